@@ -1,0 +1,42 @@
+"""Azure Functions host (Python v2 programming model): one native HTTP trigger per route.
+
+Registration only: every trigger delegates to the handler named in ``sk_core.routes``.
+Importing this module (what the Functions host does to index functions) must stay
+cheap: it does not import Semantic Kernel or the OpenAI SDK, which load on the first
+request that needs the model.
+
+``azurefunctions-extensions-http-fastapi`` makes the worker pass a real Starlette/
+FastAPI ``Request`` and accept a ``Response`` (it needs the app setting
+``PYTHON_ENABLE_INIT_INDEXING=1``), so both hosts run the very same handlers.
+"""
+
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from sk_core.routes import ROUTES, RouteSpec
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+_AUTH_LEVELS = {"function": func.AuthLevel.FUNCTION, "anonymous": func.AuthLevel.ANONYMOUS}
+
+
+def _register(route: RouteSpec) -> None:
+    endpoint = route.endpoint
+
+    # The worker reads this signature: ``req`` annotated with the extension's Request
+    # type is what switches the trigger to the streaming HTTP (FastAPI) mode.
+    async def trigger(req: Request) -> Response:
+        return await endpoint(req)
+
+    trigger.__name__ = trigger.__qualname__ = route.name
+    decorated = app.route(
+        route=route.path,
+        methods=list(route.methods),
+        auth_level=_AUTH_LEVELS[route.auth],
+    )(trigger)
+    app.function_name(name=route.name)(decorated)
+
+
+for _route in ROUTES:
+    _register(_route)

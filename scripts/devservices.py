@@ -1,0 +1,141 @@
+"""Start and stop the local helper processes: Azurite, the local model, the service.
+
+Used by ``make run`` (``scripts/dev.py``), the test fixtures and the benchmarks, so the
+way a helper is started, awaited and stopped is written once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Self
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback only)
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class ManagedProcess:
+    """A child process we started and must stop (its whole process group)."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                 log: Path | None = None, cwd: Path = ROOT) -> None:
+        self.name = name
+        self.log_path = log
+        self._log: IO[bytes] | None = open(log, "wb") if log else None  # noqa: SIM115 (lives with the process)
+        self.process = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
+            start_new_session=True,  # so stop() reaches grandchildren too
+        )
+
+    def wait_until(self, url: str, timeout: float) -> None:
+        """Block until ``url`` answers 200; raise with the log's tail if it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.log_tail()}")
+            if http_ok(url):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not answer {url} within {timeout}s: {self.log_tail()}")
+
+    def wait_for_port(self, host: str, port: int, timeout: float) -> None:
+        """Block until something accepts TCP connections on ``host:port``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.log_tail()}")
+            try:
+                with socket.create_connection((host, port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not listen on {host}:{port} within {timeout}s")
+
+    def log_tail(self, size: int = 2000) -> str:
+        """The end of the process's log, for error messages."""
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return self.log_path.read_bytes()[-size:].decode(errors="replace")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_azurite(*, port: int, log: Path | None = None, location: Path | None = None) -> ManagedProcess:
+    """Azurite's table service on loopback (in memory unless ``location`` is given)."""
+    entry = ROOT / "node_modules" / "azurite" / "dist" / "src" / "table" / "main.js"
+    if not entry.exists():
+        raise RuntimeError("Azurite is not installed: run `npm install` (make does this for you)")
+    argv = ["node", str(entry), "--tableHost", "127.0.0.1", "--tablePort", str(port), "--skipApiVersionCheck",
+            "--disableProductStyleUrl"]
+    argv += ["--location", str(location)] if location else ["--inMemoryPersistence"]
+    proc = ManagedProcess("azurite", argv, log=log)
+    proc.wait_for_port("127.0.0.1", port, timeout=30)
+    return proc
+
+
+def start_local_model(*, port: int, log: Path | None = None, alias: str = "smollm2",
+                      parallel: int = 2) -> ManagedProcess:
+    """The embedded SmolLM2 model behind llama.cpp's OpenAI-compatible server."""
+    argv = [sys.executable, str(ROOT / "scripts" / "local_model.py"), "--host", "127.0.0.1",
+            "--port", str(port), "--alias", alias, "--parallel", str(parallel)]
+    proc = ManagedProcess("local model", argv, log=log)
+    proc.wait_until(f"http://127.0.0.1:{port}/health", timeout=120)
+    return proc
+
+
+def start_service(*, port: int, env: Mapping[str, str], log: Path | None = None,
+                  workers: int = 1) -> ManagedProcess:
+    """The container host (uvicorn serving ``sk_core.asgi:app``)."""
+    argv = [sys.executable, "-m", "uvicorn", "sk_core.asgi:app", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+    proc = ManagedProcess("service", argv, env=env, log=log)
+    proc.wait_until(f"http://127.0.0.1:{port}/api/health", timeout=60)
+    return proc

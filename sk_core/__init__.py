@@ -1,0 +1,3 @@
+"""sk-functions core: Semantic Kernel prompt functions as HTTP APIs, host-independent."""
+
+__version__ = "0.1.0"

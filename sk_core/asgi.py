@@ -1,0 +1,46 @@
+"""Container host: the route table as a Starlette app, served by uvicorn.
+
+    uvicorn sk_core.asgi:app --host 0.0.0.0 --port 8000
+
+Only wiring lives here; behaviour is in the handlers. Starlette's own 404/405 answers
+are re-shaped into the same problem+json body the handlers use.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from sk_core.errors import ApiError, problem_response
+from sk_core.routes import ROUTES
+
+
+class _RouteError(ApiError):
+    def __init__(self, status: int, code: str, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.title = status, code, title
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status == 404:
+        return problem_response(_RouteError(404, "not_found", "Not found", "No such route."))
+    if status == 405:
+        error = _RouteError(405, "method_not_allowed", "Method not allowed", "This route does not accept that method.")
+        allow = exc.headers.get("Allow") if isinstance(exc, HTTPException) and exc.headers else None
+        if allow:
+            error.headers["Allow"] = allow
+        return problem_response(error)
+    return problem_response(_RouteError(status, "http_error", "HTTP error", "The request could not be handled."))
+
+
+def create_app() -> Starlette:
+    """A Starlette app serving every route of the table under ``/api``."""
+    routes = [Route(r.full_path, r.endpoint, methods=list(r.methods), name=r.name) for r in ROUTES]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+
+
+app = create_app()

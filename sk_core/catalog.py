@@ -1,0 +1,200 @@
+"""The function catalog: prompt functions read from ``sk_core/prompts/<plugin>/<name>.yaml``.
+
+The YAML files are Semantic Kernel's prompt format (name, description, template,
+input_variables, execution_settings). This module reads them with PyYAML only, so
+listing functions and validating arguments never imports Semantic Kernel (cold start);
+``kernel.py`` hands the same YAML text to ``KernelFunctionFromPrompt.from_yaml``.
+
+Each input variable may carry a ``json_schema`` (a JSON string, as in SK). We support
+the subset that request validation needs: string (minLength, maxLength, enum),
+integer/number (minimum, maximum), boolean, and an array of chat messages marked with
+``"x-sk-chat-history": true`` (converted to a ``ChatHistory`` before invoking).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+PROMPTS_DIR = Path(__file__).parent / "prompts"
+
+# Every invocation may cap the answer length; budgets (admission) clamp it further.
+MAX_TOKENS_LIMIT = 4096
+
+
+class ChatMessage(BaseModel):
+    """One message of a conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(min_length=1, max_length=32_000)]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One declared input variable of a prompt function."""
+
+    name: str
+    description: str
+    required: bool
+    default: Any
+    schema: dict[str, Any]
+
+    @property
+    def is_chat_history(self) -> bool:
+        """True when the variable carries a conversation (rendered as SK chat history)."""
+        return bool(self.schema.get("x-sk-chat-history"))
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A prompt function as declared in its YAML file."""
+
+    plugin: str
+    name: str
+    description: str
+    inputs: tuple[InputSpec, ...]
+    yaml_text: str
+    default_max_tokens: int
+    arguments_model: type[BaseModel] = field(compare=False)
+
+    @property
+    def id(self) -> str:
+        """``plugin/name``, the catalog path."""
+        return f"{self.plugin}/{self.name}"
+
+    def public(self) -> dict[str, Any]:
+        """What ``GET /api/v1/functions`` shows for this function."""
+        return {
+            "plugin": self.plugin,
+            "name": self.name,
+            "description": self.description,
+            "path": f"/api/v1/functions/{self.id}",
+            "input_variables": [
+                {
+                    "name": i.name,
+                    "description": i.description,
+                    "required": i.required,
+                    **({"default": i.default} if not i.required else {}),
+                    "schema": {k: v for k, v in i.schema.items() if not k.startswith("x-")},
+                }
+                for i in self.inputs
+            ],
+        }
+
+
+def _field_type(spec: InputSpec) -> Any:
+    schema = spec.schema
+    kind = schema.get("type", "string")
+    if spec.is_chat_history:
+        return Annotated[
+            list[ChatMessage],
+            Field(min_length=schema.get("minItems", 1), max_length=schema.get("maxItems", 64)),
+        ]
+    if kind == "string":
+        if "enum" in schema:
+            return Literal[tuple(schema["enum"])]
+        return Annotated[
+            str, Field(min_length=schema.get("minLength", 0), max_length=schema.get("maxLength"))
+        ]
+    if kind in ("integer", "number"):
+        base: type = int if kind == "integer" else float
+        return Annotated[base, Field(ge=schema.get("minimum"), le=schema.get("maximum"), strict=True)]
+    if kind == "boolean":
+        return Annotated[bool, Field(strict=True)]
+    raise ValueError(f"input {spec.name!r}: unsupported json_schema type {kind!r}")
+
+
+def _arguments_model(plugin: str, name: str, inputs: tuple[InputSpec, ...]) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for spec in inputs:
+        default = ... if spec.required else spec.default
+        fields[spec.name] = (_field_type(spec), Field(default, description=spec.description))
+    if "max_tokens" not in fields:
+        fields["max_tokens"] = (
+            int | None,
+            Field(None, ge=1, le=MAX_TOKENS_LIMIT, strict=True, description="Upper bound on the answer's tokens."),
+        )
+    model_name = "".join(part.title() for part in f"{plugin}_{name}".split("_")) + "Arguments"
+    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _coerce_default(raw: Any, schema: dict[str, Any]) -> Any:
+    # SK keeps defaults as strings; give the API the declared type.
+    if raw in (None, ""):
+        return None
+    kind = schema.get("type", "string")
+    if kind == "integer":
+        return int(raw)
+    if kind == "number":
+        return float(raw)
+    if kind == "boolean":
+        return str(raw).lower() == "true"
+    return raw
+
+
+def load_spec(path: Path, plugin: str) -> FunctionSpec:
+    """Parse one prompt YAML file; raises ``ValueError`` naming the file on any defect."""
+    text = path.read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict) or not data.get("name") or not data.get("template"):
+        raise ValueError(f"{path}: a prompt file needs at least 'name' and 'template'")
+    inputs = []
+    for var in data.get("input_variables") or []:
+        raw_schema = var.get("json_schema") or "{}"
+        try:
+            schema = json.loads(raw_schema) if isinstance(raw_schema, str) else dict(raw_schema)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: input {var.get('name')!r} has invalid json_schema") from exc
+        required = bool(var.get("is_required", True))
+        inputs.append(
+            InputSpec(
+                name=var["name"],
+                description=var.get("description") or "",
+                required=required,
+                default=None if required else _coerce_default(var.get("default"), schema),
+                schema=schema,
+            )
+        )
+    settings = (data.get("execution_settings") or {}).get("default") or {}
+    input_tuple = tuple(inputs)
+    return FunctionSpec(
+        plugin=plugin,
+        name=data["name"],
+        description=data.get("description") or "",
+        inputs=input_tuple,
+        yaml_text=text,
+        default_max_tokens=int(settings.get("max_tokens", 256)),
+        arguments_model=_arguments_model(plugin, data["name"], input_tuple),
+    )
+
+
+class Catalog:
+    """All exposed prompt functions, keyed by ``plugin/name``."""
+
+    def __init__(self, specs: list[FunctionSpec]) -> None:
+        self._specs = {spec.id: spec for spec in specs}
+
+    @classmethod
+    def load(cls, directory: Path = PROMPTS_DIR) -> Catalog:
+        """Read every ``<plugin>/<name>.yaml`` under ``directory``."""
+        specs = [
+            load_spec(path, plugin=path.parent.name) for path in sorted(directory.glob("*/*.yaml"))
+        ]
+        return cls(specs)
+
+    def get(self, plugin: str, name: str) -> FunctionSpec | None:
+        """The function, or None when it is not exposed."""
+        return self._specs.get(f"{plugin}/{name}")
+
+    def __iter__(self) -> Any:
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)

@@ -1,0 +1,272 @@
+"""Semantic Kernel wiring and the one place a model is called.
+
+Imported only by ``kernel.KernelProvider`` when the kernel is first built: this module
+imports Semantic Kernel and the OpenAI SDK, which cost seconds.
+
+Retries are ours, not the OpenAI SDK's (its client is built with ``max_retries=0``):
+we need one deadline over all attempts, ``Retry-After`` honoured only while it fits in
+that deadline, and provider failures mapped to our own error codes with the provider's
+text kept out of the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from semantic_kernel import Kernel
+from semantic_kernel.connectors.ai.open_ai import (
+    AzureChatCompletion,
+    OpenAIChatCompletion,
+    OpenAIChatPromptExecutionSettings,
+)
+from semantic_kernel.contents import AuthorRole, ChatHistory, ChatMessageContent
+from semantic_kernel.functions import KernelArguments, KernelFunction, KernelFunctionFromPrompt
+
+from sk_core.catalog import Catalog, ChatMessage, FunctionSpec
+from sk_core.errors import ApiError, ModelError, ModelRateLimited, ModelTimeout, ModelUnavailable
+from sk_core.schemas import Usage
+from sk_core.settings import Provider, Settings
+
+logger = logging.getLogger(__name__)
+
+SERVICE_ID = "chat"
+_AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
+_BACKOFF_BASE_SECONDS = 0.25
+_BACKOFF_CAP_SECONDS = 4.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a function invocation produced, with the provider's own accounting."""
+
+    text: str
+    model: str
+    usage: Usage
+    finish_reason: str | None
+
+
+def make_openai_client(settings: Settings) -> openai.AsyncOpenAI:
+    """The provider's async client; one per worker, reused by every request."""
+    common: dict[str, Any] = {"timeout": settings.model_timeout_seconds, "max_retries": 0}
+    key = settings.model_api_key.get_secret_value() or None
+    if settings.model_provider is Provider.AZURE_OPENAI:
+        if key:
+            return openai.AsyncAzureOpenAI(
+                azure_endpoint=settings.azure_openai_endpoint,
+                api_version=settings.azure_openai_api_version,
+                api_key=key,
+                **common,
+            )
+        # No key: Entra ID (managed identity in Azure, developer login locally).
+        from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
+
+        return openai.AsyncAzureOpenAI(
+            azure_endpoint=settings.azure_openai_endpoint,
+            api_version=settings.azure_openai_api_version,
+            azure_ad_token_provider=get_bearer_token_provider(DefaultAzureCredential(), _AZURE_SCOPE),
+            **common,
+        )
+    # Local servers ignore the key, but the SDK insists on one being set.
+    return openai.AsyncOpenAI(
+        base_url=settings.resolved_base_url, api_key=key or "not-needed", **common
+    )
+
+
+class ModelRuntime:
+    """The cached kernel with its chat service and one KernelFunction per catalog entry."""
+
+    def __init__(
+        self,
+        *,
+        kernel: Kernel,
+        client: openai.AsyncOpenAI,
+        functions: dict[str, KernelFunction],
+        settings: Settings,
+    ) -> None:
+        self.kernel = kernel
+        self.client = client
+        self.functions = functions
+        self._settings = settings
+
+    async def check_model(self, timeout: float) -> str | None:
+        """Readiness: list models, which costs nothing. Returns an error code, or None if OK."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.client.with_options(timeout=timeout).models.list()
+        except TimeoutError:
+            return ModelTimeout.code
+        except Exception as exc:
+            return classify_failure(exc)[0].code
+        return None
+
+    def _arguments(self, spec: FunctionSpec, values: dict[str, Any], max_tokens: int) -> KernelArguments:
+        function = self.functions[spec.id]
+        base = function.prompt_execution_settings.get(
+            SERVICE_ID
+        ) or function.prompt_execution_settings.get("default")
+        settings = OpenAIChatPromptExecutionSettings.from_prompt_execution_settings(base) if base else (
+            OpenAIChatPromptExecutionSettings()
+        )
+        settings.service_id = SERVICE_ID
+        settings.max_tokens = max_tokens
+        converted: dict[str, Any] = {}
+        for name, value in values.items():
+            spec_input = next((i for i in spec.inputs if i.name == name), None)
+            if spec_input is not None and spec_input.is_chat_history:
+                converted[name] = _chat_history(value)
+            else:
+                converted[name] = value
+        return KernelArguments(settings=settings, **converted)
+
+    async def invoke(self, spec: FunctionSpec, values: dict[str, Any], *, max_tokens: int) -> Completion:
+        """Invoke a catalog function with bounded retries inside one deadline."""
+        function = self.functions[spec.id]
+        arguments = self._arguments(spec, values, max_tokens)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.model_deadline_seconds
+        attempt = 0
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    result = await self.kernel.invoke(function, arguments)
+                break
+            except TimeoutError as exc:
+                raise ModelTimeout("The model did not answer within the deadline.") from exc
+            except Exception as exc:
+                error, retryable, retry_after = classify_failure(exc)
+                remaining = deadline - loop.time()
+                delay = retry_after if retry_after is not None else _backoff(attempt)
+                if not retryable or attempt >= self._settings.model_max_retries or delay >= remaining:
+                    if retry_after is not None and isinstance(error, ModelRateLimited):
+                        error.headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+                    raise error from exc
+                logger.warning("model call failed (%s), retry %d in %.2fs", error.code, attempt + 1, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+        return _completion(result, fallback_model=self._settings.resolved_model_id)
+
+
+def _chat_history(messages: list[ChatMessage] | list[dict[str, Any]]) -> ChatHistory:
+    history = ChatHistory()
+    for message in messages:
+        item = message if isinstance(message, ChatMessage) else ChatMessage.model_validate(message)
+        history.add_message(ChatMessageContent(role=AuthorRole(item.role), content=item.content))
+    return history
+
+
+def _completion(result: Any, *, fallback_model: str) -> Completion:
+    values = getattr(result, "value", None)
+    message = values[0] if isinstance(values, list) and values else None
+    if not isinstance(message, ChatMessageContent):
+        raise ModelError("The model returned no message.")
+    usage = message.metadata.get("usage")
+    prompt_tokens = getattr(usage, "prompt_tokens", None)
+    completion_tokens = getattr(usage, "completion_tokens", None)
+    if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
+        # Cost accounting depends on reported usage; an answer without it is not trusted.
+        raise ModelError("The model did not report token usage.")
+    inner = message.inner_content
+    model = getattr(inner, "model", None) or message.ai_model_id or fallback_model
+    finish = message.finish_reason
+    return Completion(
+        text=str(message.content or ""),
+        model=str(model),
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+        finish_reason=str(finish.value) if finish is not None else None,
+    )
+
+
+def _provider_exception(exc: BaseException) -> openai.OpenAIError | None:
+    # SK wraps the SDK's exception (ServiceResponseException, KernelInvokeException...);
+    # the status and headers we need are on the original one.
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, openai.OpenAIError):
+            return current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def _retry_after_seconds(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def classify_failure(exc: BaseException) -> tuple[ApiError, bool, float | None]:
+    """Map a failed invoke to (client-facing error, retryable?, provider's Retry-After)."""
+    provider = _provider_exception(exc)
+    if isinstance(provider, openai.APITimeoutError):
+        return ModelTimeout("The model did not answer in time."), True, None
+    if isinstance(provider, openai.APIConnectionError):
+        return ModelUnavailable("The model endpoint could not be reached."), True, None
+    if isinstance(provider, openai.APIStatusError):
+        status = provider.status_code
+        retry_after = _retry_after_seconds(provider.response.headers)
+        logger.warning("model provider answered HTTP %d", status)
+        if status == 429:
+            return ModelRateLimited("The model provider is rate limiting; retry later."), True, retry_after
+        if status == 408:
+            return ModelTimeout("The model did not answer in time."), True, retry_after
+        if status >= 500:
+            return ModelError("The model provider failed."), True, retry_after
+        return ModelError(f"The model provider rejected the request (HTTP {status})."), False, None
+    if isinstance(exc, ApiError):
+        return exc, False, None
+    logger.error("model invocation failed", exc_info=exc)
+    return ModelError("The model invocation failed."), False, None
+
+
+def _backoff(attempt: int) -> float:
+    # Full jitter: spreads retries of many workers hit by the same provider hiccup.
+    return random.uniform(0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2**attempt))
+
+
+def build_runtime(settings: Settings, catalog: Catalog) -> ModelRuntime:
+    """Build the kernel: one chat service registered by id, one function per prompt file."""
+    client = make_openai_client(settings)
+    kernel = Kernel()
+    model_id = settings.resolved_model_id
+    service: OpenAIChatCompletion | AzureChatCompletion
+    if settings.model_provider is Provider.AZURE_OPENAI:
+        assert isinstance(client, openai.AsyncAzureOpenAI)
+        service = AzureChatCompletion(
+            service_id=SERVICE_ID, deployment_name=model_id, async_client=client
+        )
+    else:
+        service = OpenAIChatCompletion(service_id=SERVICE_ID, ai_model_id=model_id, async_client=client)
+    kernel.add_service(service)
+    functions: dict[str, KernelFunction] = {}
+    for spec in catalog:
+        function = KernelFunctionFromPrompt.from_yaml(spec.yaml_text, plugin_name=spec.plugin)
+        kernel.add_function(plugin_name=spec.plugin, function=function)
+        functions[spec.id] = function
+    return ModelRuntime(kernel=kernel, client=client, functions=functions, settings=settings)

@@ -1,0 +1,134 @@
+"""OpenAPI 3.1 document generated from the route table, the catalog and the schemas.
+
+Generated rather than hand-written so it cannot drift from what the service does; it
+is what API Management imports (``infra/``) and what the API fuzzer reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from sk_core import __version__
+from sk_core.catalog import Catalog
+from sk_core.errors import PROBLEM_CONTENT_TYPE
+from sk_core.schemas import (
+    ChatResponse,
+    FunctionList,
+    HealthResponse,
+    InvokeResponse,
+    Problem,
+    ReadyResponse,
+    SummarizeResponse,
+)
+from sk_core.service import get_service
+
+_REF = "#/components/schemas/{model}"
+
+# Route name -> (request model source, 200 response model).
+_RESPONSES: dict[str, type[BaseModel]] = {
+    "summarize": SummarizeResponse,
+    "chat": ChatResponse,
+    "list_functions": FunctionList,
+    "invoke_function": InvokeResponse,
+    "health": HealthResponse,
+    "ready": ReadyResponse,
+}
+_REQUEST_FUNCTIONS = {"summarize": ("text", "summarize"), "chat": ("chat", "chat")}
+_ERRORS_WITH_BODY = {
+    "400": "Malformed JSON",
+    "413": "Body over the size limit",
+    "415": "Body is not application/json",
+    "422": "Body failed validation; `errors` names the fields",
+    "502": "The model provider failed",
+    "503": "The model provider is rate limiting, or the service is not ready",
+    "504": "The model did not answer within the deadline",
+}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": _REF.format(model="Problem")}}}}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def build_openapi(catalog: Catalog) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every route in ``ROUTES``."""
+    from sk_core.routes import ROUTES  # routes imports this module's handler
+
+    models: list[tuple[type[BaseModel], Any]] = [(m, "serialization") for m in _RESPONSES.values()]
+    models.append((Problem, "serialization"))
+    request_models = {
+        route: catalog.get(*fn) for route, fn in _REQUEST_FUNCTIONS.items() if catalog.get(*fn) is not None
+    }
+    models.extend((spec.arguments_model, "validation") for spec in request_models.values() if spec)
+    keys, components = models_json_schema(models, ref_template=_REF)
+
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        operation: dict[str, Any] = {
+            "operationId": route.name,
+            "summary": route.summary,
+            "tags": [route.tag],
+            "responses": {"200": _json(keys[(_RESPONSES.get(route.name, HealthResponse), "serialization")],
+                                       "Success")},
+        }
+        if route.auth == "function":
+            operation["security"] = [{"functionKey": []}, {"functionKeyQuery": []}]
+            operation["responses"]["401"] = {"description": "Missing or invalid function key"}
+        else:
+            operation["security"] = []
+        if route.name == "ready":
+            operation["responses"]["503"] = _json(keys[(ReadyResponse, "serialization")], "Not ready")
+        if route.name == "openapi":
+            operation["responses"]["200"] = _json({"type": "object"}, "This document")
+        if "POST" in route.methods:
+            spec = request_models.get(route.name)
+            schema: dict[str, Any] = (
+                keys[(spec.arguments_model, "validation")]
+                if spec is not None
+                else {
+                    "type": "object",
+                    "description": "The function's input variables (see GET /api/v1/functions), "
+                    "plus optional max_tokens.",
+                }
+            )
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+            operation["responses"].update({code: _problem(text) for code, text in _ERRORS_WITH_BODY.items()})
+        if "{" in route.path:
+            operation["parameters"] = [
+                {"name": name, "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}}
+                for name in ("plugin", "function")
+                if "{" + name + "}" in route.path
+            ]
+            operation["responses"]["404"] = _problem("No such function")
+        for method in route.methods:
+            paths.setdefault(route.full_path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sk-functions",
+            "version": __version__,
+            "description": "Semantic Kernel prompt functions as HTTP APIs.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components.get("$defs", {}),
+            "securitySchemes": {
+                "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
+                "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"},
+            },
+        },
+    }
+
+
+async def openapi_document(request: Request) -> Response:
+    """``GET /api/openapi.json``."""
+    return JSONResponse(build_openapi(get_service().catalog))

@@ -1,0 +1,71 @@
+"""Reading and validating request bodies: size first, then media type, JSON, schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from sk_core.errors import MalformedJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+async def read_json_body(request: Request, *, max_bytes: int) -> Any:
+    """The parsed JSON body; refuses oversized bodies without reading past the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_size = int(declared)
+        except ValueError:
+            raise MalformedJson("Content-Length is not a number.") from None
+        if declared_size > max_bytes:
+            raise PayloadTooLarge(f"The body is larger than the limit of {max_bytes} bytes.")
+    if not _is_json(request.headers.get("content-type", "")):
+        raise UnsupportedMediaType("Send the body as application/json.")
+    body = bytearray()
+    # Chunked uploads carry no Content-Length: count while reading, stop at the limit.
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"The body is larger than the limit of {max_bytes} bytes.")
+    if not body:
+        raise MalformedJson("The request body is empty; send a JSON object.")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedJson(f"The body is not valid JSON (at byte {getattr(exc, 'pos', 0)}).") from None
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(body)"
+
+
+def validate_body(model: type[ModelT], data: Any) -> ModelT:
+    """Validate parsed JSON against ``model``; a 422 names every invalid field."""
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            "The body must be a JSON object.",
+            errors=[{"field": "(body)", "message": "expected a JSON object"}],
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"field": _field_path(tuple(err["loc"])), "message": err["msg"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        names = ", ".join(sorted({e["field"] for e in errors}))
+        raise ValidationFailed(f"Invalid fields: {names}.", errors=errors) from None

@@ -1,0 +1,115 @@
+"""Response shapes of the API (request shapes come from the prompt files, see catalog.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class Usage(BaseModel):
+    """Token usage exactly as the provider reported it."""
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class ModelAnswer(BaseModel):
+    """Fields every answer produced by a model carries."""
+
+    model: str = Field(description="The model that answered, as the provider reported it.")
+    usage: Usage
+    finish_reason: str | None = Field(default=None, description="Why the model stopped (stop, length...).")
+
+
+class SummarizeResponse(ModelAnswer):
+    """``POST /api/v1/summarize``."""
+
+    summary: str
+
+
+class AssistantMessage(BaseModel):
+    """The assistant's reply in a chat."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatResponse(ModelAnswer):
+    """``POST /api/v1/chat``."""
+
+    message: AssistantMessage
+
+
+class InvokeResponse(ModelAnswer):
+    """``POST /api/v1/functions/{plugin}/{function}``."""
+
+    plugin: str
+    function: str
+    result: str
+
+
+class FunctionInput(BaseModel):
+    """One input variable of a catalog function."""
+
+    name: str
+    description: str
+    required: bool
+    default: Any = None
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class FunctionInfo(BaseModel):
+    """One entry of the catalog."""
+
+    plugin: str
+    name: str
+    description: str
+    path: str
+    input_variables: list[FunctionInput]
+
+
+class FunctionList(BaseModel):
+    """``GET /api/v1/functions``."""
+
+    functions: list[FunctionInfo]
+
+
+class HealthResponse(BaseModel):
+    """``GET /api/health``: the process is alive."""
+
+    status: Literal["ok"]
+
+
+class DependencyStatus(BaseModel):
+    """One dependency's readiness."""
+
+    status: Literal["ok", "starting", "error"]
+    code: str | None = None
+    latency_ms: float | None = None
+
+
+class ReadyResponse(BaseModel):
+    """``GET /api/ready``: 200 when every dependency is usable, else 503."""
+
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, DependencyStatus]
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request body."""
+
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """The error body of every route (RFC 9457 problem details plus ``code``)."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    errors: list[FieldError] | None = None

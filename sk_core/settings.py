@@ -1,0 +1,110 @@
+"""The one settings object, read from the environment once per worker.
+
+Azure Functions hands both ``local.settings.json`` "Values" and portal app settings to
+the worker as environment variables, and Kubernetes does the same through a ConfigMap,
+so the environment is the only source. Every field here is listed, with its local
+default, in ``local.settings.example.json`` and in the README's settings table.
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import StrEnum
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Provider(StrEnum):
+    """Where chat completions come from."""
+
+    LOCAL = "local"
+    OPENAI = "openai"
+    AZURE_OPENAI = "azure_openai"
+    OPENAI_COMPATIBLE = "openai_compatible"
+
+
+class Environment(StrEnum):
+    """``local`` tolerates placeholder secrets; ``production`` refuses to start with them."""
+
+    LOCAL = "local"
+    PRODUCTION = "production"
+
+
+# Values people paste from samples; outside local mode they must fail fast at startup
+# instead of failing as 401s from the provider on the first paid request.
+_PLACEHOLDERS = frozenset({"", "changeme", "change-me", "your-key", "<your-key>", "placeholder", "xxx"})
+
+DEFAULT_LOCAL_MODEL_URL = "http://127.0.0.1:8081/v1"
+DEFAULT_LOCAL_MODEL_ID = "smollm2"
+
+
+class Settings(BaseSettings):
+    """Service configuration. Environment variable names are the field names with ``SKF_``."""
+
+    model_config = SettingsConfigDict(env_prefix="SKF_", case_sensitive=False, extra="ignore")
+
+    environment: Environment = Environment.LOCAL
+
+    model_provider: Provider = Provider.LOCAL
+    model_id: str = Field(
+        default="",
+        description="Model name (OpenAI, compatible servers) or deployment name (Azure OpenAI). "
+        "Empty picks the provider default.",
+    )
+    model_base_url: str = Field(
+        default="", description="Base URL for openai_compatible (required) and local (optional)."
+    )
+    model_api_key: SecretStr = SecretStr("")
+    azure_openai_endpoint: str = ""
+    azure_openai_api_version: str = "2024-10-21"
+
+    model_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    model_max_retries: int = Field(default=2, ge=0, le=10)
+    model_deadline_seconds: float = Field(default=60.0, gt=0, le=900)
+
+    max_body_bytes: int = Field(default=100 * 1024, ge=1024, le=10 * 1024 * 1024)
+    ready_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+
+    @property
+    def resolved_model_id(self) -> str:
+        """The model/deployment id after provider defaults are applied."""
+        if self.model_id:
+            return self.model_id
+        if self.model_provider is Provider.LOCAL:
+            return DEFAULT_LOCAL_MODEL_ID
+        return "gpt-4o-mini"
+
+    @property
+    def resolved_base_url(self) -> str | None:
+        """Base URL the OpenAI client talks to (None: the SDK's default for the provider)."""
+        if self.model_provider is Provider.LOCAL:
+            return self.model_base_url or DEFAULT_LOCAL_MODEL_URL
+        return self.model_base_url or None
+
+    @model_validator(mode="after")
+    def _check_provider(self) -> Settings:
+        provider = self.model_provider
+        if provider is Provider.OPENAI_COMPATIBLE and not self.model_base_url:
+            raise ValueError("SKF_MODEL_BASE_URL is required when SKF_MODEL_PROVIDER=openai_compatible")
+        if provider is Provider.AZURE_OPENAI:
+            if not self.azure_openai_endpoint:
+                raise ValueError("SKF_AZURE_OPENAI_ENDPOINT is required when SKF_MODEL_PROVIDER=azure_openai")
+            if not self.model_id:
+                raise ValueError("SKF_MODEL_ID (the deployment name) is required for azure_openai")
+        if self.environment is Environment.PRODUCTION:
+            key = self.model_api_key.get_secret_value().strip().lower()
+            # Azure OpenAI may use Entra ID instead of a key; the others need a real key.
+            if provider is Provider.OPENAI and key in _PLACEHOLDERS:
+                raise ValueError("SKF_MODEL_API_KEY is missing or a placeholder")
+            if provider is Provider.AZURE_OPENAI and key and key in _PLACEHOLDERS:
+                raise ValueError("SKF_MODEL_API_KEY is a placeholder (leave it empty to use Entra ID)")
+            if provider is Provider.LOCAL:
+                raise ValueError("SKF_MODEL_PROVIDER=local is for development, not production")
+        return self
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Read the environment once per process; tests call ``get_settings.cache_clear()``."""
+    return Settings()

@@ -1,0 +1,101 @@
+"""Fixtures that start real services: the stub model server, the container host.
+
+Session-scoped and started once; every test gets a reset stub. The stub is a separate
+OS process speaking the OpenAI HTTP API, so the service's real OpenAI client, Semantic
+Kernel and retry code all run for real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.devservices import free_port, start_service
+from sk_core.service import Service, set_service
+from sk_core.settings import Settings
+from tests.hosts import ContainerHost, FunctionsHost, Host
+from tests.stub_model import StubModel, StubModelProcess, start_stub_model
+
+# Short model timings keep failure tests fast while still exercising every retry path.
+SERVICE_ENV = {
+    "SKF_MODEL_PROVIDER": "openai_compatible",
+    "SKF_MODEL_ID": "stub-model",
+    "SKF_MODEL_TIMEOUT_SECONDS": "1",
+    "SKF_MODEL_MAX_RETRIES": "2",
+    "SKF_MODEL_DEADLINE_SECONDS": "4",
+    "SKF_READY_TIMEOUT_SECONDS": "10",
+}
+
+
+@pytest.fixture(scope="session")
+def stub_process() -> Iterator[StubModelProcess]:
+    """One stub model server for the whole run."""
+    process = start_stub_model()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def stub(stub_process: StubModelProcess) -> StubModel:
+    """The stub's control client, reset so each test starts from default behaviour."""
+    stub_process.client.reset()
+    return stub_process.client
+
+
+@pytest.fixture(scope="session")
+def service_env(stub_process: StubModelProcess) -> dict[str, str]:
+    """Environment that points a service at the stub."""
+    return {**SERVICE_ENV, "SKF_MODEL_BASE_URL": stub_process.base_url}
+
+
+def make_settings(env: dict[str, str], **overrides: Any) -> Settings:
+    """Settings from an env-style dict (keys with the SKF_ prefix) plus field overrides."""
+    fields: dict[str, Any] = {key.removeprefix("SKF_").lower(): value for key, value in env.items()}
+    fields.update(overrides)
+    return Settings.model_validate(fields)
+
+
+@pytest.fixture(scope="session")
+def functions_app_functions() -> list[Any]:
+    """The Functions app's indexed functions (``get_functions`` may be called only once)."""
+    import function_app
+
+    return list(function_app.app.get_functions())
+
+
+@pytest.fixture(scope="session")
+def functions_service(service_env: dict[str, str]) -> Iterator[Service]:
+    """The in-process service context the Functions triggers use."""
+    service = Service.create(make_settings(service_env))
+    set_service(service)
+    yield service
+    set_service(None)
+
+
+@pytest.fixture(scope="session")
+def functions_host(functions_app_functions: list[Any], functions_service: Service) -> FunctionsHost:
+    """The Functions host, driven by awaiting registered triggers."""
+    return FunctionsHost(functions_app_functions)
+
+
+@pytest.fixture(scope="session")
+async def container_host(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ContainerHost]:
+    """The container host: uvicorn in its own process, real HTTP on loopback."""
+    port = free_port()
+    log: Path = tmp_path_factory.mktemp("service") / "service.log"
+    process = start_service(port=port, env=service_env, log=log)
+    host = ContainerHost(f"http://127.0.0.1:{port}")
+    yield host
+    await host.aclose()
+    process.stop()
+
+
+@pytest.fixture(params=["container", "functions"])
+def host(request: pytest.FixtureRequest, stub: StubModel) -> Host:
+    """Each contract test runs once per host."""
+    fixture = "container_host" if request.param == "container" else "functions_host"
+    value: Host = request.getfixturevalue(fixture)
+    return value

@@ -1,0 +1,197 @@
+"""Drive both hosts through one small client interface for the contract suite.
+
+- ``ContainerHost``: real HTTP on loopback to uvicorn serving ``sk_core.asgi:app`` in
+  its own process.
+- ``FunctionsHost``: Azure Functions Core Tools cannot be installed here, so we do what
+  the worker does after indexing: find the registered trigger whose route template and
+  methods match, build the Starlette ``Request`` the FastAPI extension would hand it
+  (route parameters synced into ``path_params``), and await its user function.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message
+
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class HostResponse:
+    """What either host answered."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body)
+
+
+class Host(Protocol):
+    """Something that answers HTTP requests the way one of our hosts does."""
+
+    name: str
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> HostResponse: ...
+
+
+def _body_and_headers(
+    json_body: Any, content: bytes | None, headers: dict[str, str] | None
+) -> tuple[bytes, dict[str, str]]:
+    final = {k.lower(): v for k, v in (headers or {}).items()}
+    if json_body is not None:
+        content = json.dumps(json_body).encode()
+        final.setdefault("content-type", "application/json")
+    return content or b"", final
+
+
+class ContainerHost:
+    """The container host over real HTTP."""
+
+    name = "container"
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self._client = httpx.AsyncClient(base_url=base_url, timeout=30)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> HostResponse:
+        body, final = _body_and_headers(json_body, content, headers)
+        response = await self._client.request(method, path, content=body or None, headers=final)
+        return HostResponse(response.status_code, dict(response.headers), response.content)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._client.aclose()
+
+
+@dataclass
+class _Trigger:
+    name: str
+    pattern: re.Pattern[str]
+    methods: set[str]
+    function: Any
+
+
+def _route_regex(route: str) -> re.Pattern[str]:
+    # Functions route templates: literal segments and {name} placeholders.
+    parts = re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", route)
+    regex = "".join(
+        f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts
+    )
+    return re.compile(f"^/api/{regex}$")
+
+
+class FunctionsHost:
+    """The Functions host, by awaiting each registered trigger's user function."""
+
+    name = "functions"
+
+    def __init__(self, functions: list[Any]) -> None:
+        self.triggers = [
+            _Trigger(
+                name=f.get_function_name(),
+                pattern=_route_regex(f.get_trigger().route),
+                methods={str(m.value if hasattr(m, "value") else m) for m in f.get_trigger().methods},
+                function=f.get_user_function(),
+            )
+            for f in functions
+        ]
+
+    def _match(self, method: str, path: str) -> tuple[_Trigger, dict[str, str]] | None:
+        for trigger in self.triggers:
+            found = trigger.pattern.match(path)
+            if found and method in trigger.methods:
+                return trigger, found.groupdict()
+        return None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> HostResponse:
+        body, final = _body_and_headers(json_body, content, headers)
+        if body and "content-length" not in final:
+            final["content-length"] = str(len(body))
+        matched = self._match(method, path)
+        if matched is None:
+            # The Functions host itself answers 404 for unknown routes and methods.
+            return HostResponse(404, {}, b"")
+        trigger, path_params = matched
+        request = make_request(method, path, final, body, path_params)
+        response: Response = await trigger.function(request)
+        return HostResponse(
+            response.status_code,
+            {k.decode().lower(): v.decode() for k, v in response.raw_headers},
+            bytes(response.body),
+        )
+
+
+def make_request(
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    path_params: dict[str, str] | None = None,
+    *,
+    chunk_size: int = _CHUNK,
+    consumed: list[int] | None = None,
+) -> Request:
+    """A Starlette request whose body arrives in chunks; ``consumed`` counts what was read."""
+    chunks = [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)] or [b""]
+    position = 0
+
+    async def receive() -> Message:
+        nonlocal position
+        if position >= len(chunks):
+            return {"type": "http.disconnect"}
+        chunk = chunks[position]
+        position += 1
+        if consumed is not None:
+            consumed.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": position < len(chunks)}
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 7071),
+        "path_params": path_params or {},
+    }
+    return Request(scope, receive)
