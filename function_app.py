@@ -10,7 +10,6 @@ FastAPI ``Request`` and accept a ``Response`` (it needs the app setting
 ``PYTHON_ENABLE_INIT_INDEXING=1``), so both hosts run the very same handlers.
 """
 
-
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 

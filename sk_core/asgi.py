@@ -29,12 +29,16 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     if status == 404:
         return problem_response(_RouteError(404, "not_found", "Not found", "No such route."))
     if status == 405:
-        error = _RouteError(405, "method_not_allowed", "Method not allowed", "This route does not accept that method.")
+        error = _RouteError(
+            405, "method_not_allowed", "Method not allowed", "This route does not accept that method."
+        )
         allow = exc.headers.get("Allow") if isinstance(exc, HTTPException) and exc.headers else None
         if allow:
             error.headers["Allow"] = allow
         return problem_response(error)
-    return problem_response(_RouteError(status, "http_error", "HTTP error", "The request could not be handled."))
+    return problem_response(
+        _RouteError(status, "http_error", "HTTP error", "The request could not be handled.")
+    )
 
 
 def create_app() -> Starlette:

@@ -119,7 +119,13 @@ def _arguments_model(plugin: str, name: str, inputs: tuple[InputSpec, ...]) -> t
     if "max_tokens" not in fields:
         fields["max_tokens"] = (
             int | None,
-            Field(None, ge=1, le=MAX_TOKENS_LIMIT, strict=True, description="Upper bound on the answer's tokens."),
+            Field(
+                None,
+                ge=1,
+                le=MAX_TOKENS_LIMIT,
+                strict=True,
+                description="Upper bound on the answer's tokens.",
+            ),
         )
     model_name = "".join(part.title() for part in f"{plugin}_{name}".split("_")) + "Arguments"
     return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
@@ -184,9 +190,7 @@ class Catalog:
     @classmethod
     def load(cls, directory: Path = PROMPTS_DIR) -> Catalog:
         """Read every ``<plugin>/<name>.yaml`` under ``directory``."""
-        specs = [
-            load_spec(path, plugin=path.parent.name) for path in sorted(directory.glob("*/*.yaml"))
-        ]
+        specs = [load_spec(path, plugin=path.parent.name) for path in sorted(directory.glob("*/*.yaml"))]
         return cls(specs)
 
     def get(self, plugin: str, name: str) -> FunctionSpec | None:

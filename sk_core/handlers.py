@@ -63,7 +63,9 @@ async def _arguments(request: Request, service: Service, spec: FunctionSpec) -> 
     return validate_body(spec.arguments_model, data).model_dump()
 
 
-async def _invoke(service: Service, spec: FunctionSpec, arguments: dict[str, Any], max_tokens: int) -> Completion:
+async def _invoke(
+    service: Service, spec: FunctionSpec, arguments: dict[str, Any], max_tokens: int
+) -> Completion:
     runtime = await _runtime(service)
     return await runtime.invoke(spec, arguments, max_tokens=max_tokens)
 

@@ -27,7 +27,7 @@ from semantic_kernel.connectors.ai.open_ai import (
     OpenAIChatPromptExecutionSettings,
 )
 from semantic_kernel.contents import AuthorRole, ChatHistory, ChatMessageContent
-from semantic_kernel.functions import KernelArguments, KernelFunction, KernelFunctionFromPrompt
+from semantic_kernel.functions import KernelArguments, KernelFunctionFromPrompt
 
 from sk_core.catalog import Catalog, ChatMessage, FunctionSpec
 from sk_core.errors import ApiError, ModelError, ModelRateLimited, ModelTimeout, ModelUnavailable
@@ -74,9 +74,7 @@ def make_openai_client(settings: Settings) -> openai.AsyncOpenAI:
             **common,
         )
     # Local servers ignore the key, but the SDK insists on one being set.
-    return openai.AsyncOpenAI(
-        base_url=settings.resolved_base_url, api_key=key or "not-needed", **common
-    )
+    return openai.AsyncOpenAI(base_url=settings.resolved_base_url, api_key=key or "not-needed", **common)
 
 
 class ModelRuntime:
@@ -87,7 +85,7 @@ class ModelRuntime:
         *,
         kernel: Kernel,
         client: openai.AsyncOpenAI,
-        functions: dict[str, KernelFunction],
+        functions: dict[str, KernelFunctionFromPrompt],
         settings: Settings,
     ) -> None:
         self.kernel = kernel
@@ -95,7 +93,7 @@ class ModelRuntime:
         self.functions = functions
         self._settings = settings
 
-    async def check_model(self, timeout: float) -> str | None:
+    async def check_model(self, timeout: float) -> str | None:  # noqa: ASYNC109 (bounds a probe)
         """Readiness: list models, which costs nothing. Returns an error code, or None if OK."""
         try:
             async with asyncio.timeout(timeout):
@@ -108,11 +106,13 @@ class ModelRuntime:
 
     def _arguments(self, spec: FunctionSpec, values: dict[str, Any], max_tokens: int) -> KernelArguments:
         function = self.functions[spec.id]
-        base = function.prompt_execution_settings.get(
-            SERVICE_ID
-        ) or function.prompt_execution_settings.get("default")
-        settings = OpenAIChatPromptExecutionSettings.from_prompt_execution_settings(base) if base else (
-            OpenAIChatPromptExecutionSettings()
+        base = function.prompt_execution_settings.get(SERVICE_ID) or function.prompt_execution_settings.get(
+            "default"
+        )
+        settings = (
+            OpenAIChatPromptExecutionSettings.from_prompt_execution_settings(base)
+            if base
+            else (OpenAIChatPromptExecutionSettings())
         )
         settings.service_id = SERVICE_ID
         settings.max_tokens = max_tokens
@@ -258,13 +258,11 @@ def build_runtime(settings: Settings, catalog: Catalog) -> ModelRuntime:
     service: OpenAIChatCompletion | AzureChatCompletion
     if settings.model_provider is Provider.AZURE_OPENAI:
         assert isinstance(client, openai.AsyncAzureOpenAI)
-        service = AzureChatCompletion(
-            service_id=SERVICE_ID, deployment_name=model_id, async_client=client
-        )
+        service = AzureChatCompletion(service_id=SERVICE_ID, deployment_name=model_id, async_client=client)
     else:
         service = OpenAIChatCompletion(service_id=SERVICE_ID, ai_model_id=model_id, async_client=client)
     kernel.add_service(service)
-    functions: dict[str, KernelFunction] = {}
+    functions: dict[str, KernelFunctionFromPrompt] = {}
     for spec in catalog:
         function = KernelFunctionFromPrompt.from_yaml(spec.yaml_text, plugin_name=spec.plugin)
         kernel.add_function(plugin_name=spec.plugin, function=function)

@@ -51,7 +51,10 @@ _ERRORS_WITH_BODY = {
 
 
 def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": _REF.format(model="Problem")}}}}
+    return {
+        "description": description,
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": _REF.format(model="Problem")}}},
+    }
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -76,8 +79,9 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
             "operationId": route.name,
             "summary": route.summary,
             "tags": [route.tag],
-            "responses": {"200": _json(keys[(_RESPONSES.get(route.name, HealthResponse), "serialization")],
-                                       "Success")},
+            "responses": {
+                "200": _json(keys[(_RESPONSES.get(route.name, HealthResponse), "serialization")], "Success")
+            },
         }
         if route.auth == "function":
             operation["security"] = [{"functionKey": []}, {"functionKeyQuery": []}]
@@ -103,8 +107,12 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
             operation["responses"].update({code: _problem(text) for code, text in _ERRORS_WITH_BODY.items()})
         if "{" in route.path:
             operation["parameters"] = [
-                {"name": name, "in": "path", "required": True,
-                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}}
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+                }
                 for name in ("plugin", "function")
                 if "{" + name + "}" in route.path
             ]

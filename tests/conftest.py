@@ -82,7 +82,9 @@ def functions_host(functions_app_functions: list[Any], functions_service: Servic
 
 
 @pytest.fixture(scope="session")
-async def container_host(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ContainerHost]:
+async def container_host(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ContainerHost]:
     """The container host: uvicorn in its own process, real HTTP on loopback."""
     port = free_port()
     log: Path = tmp_path_factory.mktemp("service") / "service.log"

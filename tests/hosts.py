@@ -100,9 +100,7 @@ class _Trigger:
 def _route_regex(route: str) -> re.Pattern[str]:
     # Functions route templates: literal segments and {name} placeholders.
     parts = re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", route)
-    regex = "".join(
-        f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts
-    )
+    regex = "".join(f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts)
     return re.compile(f"^/api/{regex}$")
 
 

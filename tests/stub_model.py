@@ -210,9 +210,7 @@ def _text_of(content: object) -> str:
     if isinstance(content, list):
         # Multimodal messages carry a list of parts; only text parts count.
         return "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
 
@@ -246,9 +244,7 @@ class _Completion:
         }
 
 
-def _build_completion(
-    payload: Mapping[str, Any], behaviour: Behaviour, fallback_model: str
-) -> _Completion:
+def _build_completion(payload: Mapping[str, Any], behaviour: Behaviour, fallback_model: str) -> _Completion:
     """Combine the request and a behaviour into a deterministic answer."""
     messages = payload.get("messages")
     if not isinstance(messages, list):
@@ -263,11 +259,7 @@ def _build_completion(
         "",
     )
 
-    content = (
-        behaviour.content
-        if behaviour.content is not None
-        else "Stub answer: " + last_user[:40]
-    )
+    content = behaviour.content if behaviour.content is not None else "Stub answer: " + last_user[:40]
     prompt_tokens = (
         behaviour.prompt_tokens
         if behaviour.prompt_tokens is not None
@@ -291,9 +283,7 @@ def _build_completion(
 
     requested_model = payload.get("model")
     model = behaviour.model or (
-        requested_model
-        if isinstance(requested_model, str) and requested_model
-        else fallback_model
+        requested_model if isinstance(requested_model, str) and requested_model else fallback_model
     )
     return _Completion(
         id=f"chatcmpl-stub-{uuid.uuid4().hex[:24]}",
@@ -337,9 +327,7 @@ async def _stream_chunks(c: _Completion, include_usage: bool) -> AsyncIterator[b
             "object": "chat.completion.chunk",
             "created": c.created,
             "model": c.model,
-            "choices": [
-                {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-            ],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
         if include_usage:
             # OpenAI sends ``usage: null`` on every chunk but the last.
@@ -442,9 +430,7 @@ class _StubServer:
                 path=request.url.path,
                 query=dict(request.query_params),
                 headers={
-                    name: request.headers[name]
-                    for name in _RECORDED_HEADERS
-                    if name in request.headers
+                    name: request.headers[name] for name in _RECORDED_HEADERS if name in request.headers
                 },
                 json=None if payload is _INVALID else payload,
                 received_at=time.time(),
@@ -456,26 +442,20 @@ class _StubServer:
         # Take the behaviour on arrival (before any delay) so the FIFO follows
         # request order, not completion order.
         behaviour = self.queue.popleft() if self.queue else self.default
-        if behaviour.delay > 0 and await _sleep_unless_disconnected(
-            request, behaviour.delay
-        ):
+        if behaviour.delay > 0 and await _sleep_unless_disconnected(request, behaviour.delay):
             # The client gave up (e.g. its timeout fired); nobody will read a
             # response, and leaving the handler now keeps in-flight honest.
             return Response(status_code=499)
 
         if behaviour.body is not None or behaviour.status >= 400:
             body = behaviour.body if behaviour.body is not None else DEFAULT_ERROR_BODY
-            return JSONResponse(
-                body, status_code=behaviour.status, headers=behaviour.headers
-            )
+            return JSONResponse(body, status_code=behaviour.status, headers=behaviour.headers)
 
         fallback = request.path_params.get("deployment", self.default_model)
         completion = _build_completion(payload, behaviour, fallback)
         if payload.get("stream") is True:
             options = payload.get("stream_options")
-            include_usage = (
-                isinstance(options, dict) and options.get("include_usage") is True
-            )
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
             return StreamingResponse(
                 _stream_chunks(completion, include_usage),
                 status_code=behaviour.status,
@@ -502,9 +482,7 @@ class _StubServer:
         )
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse(
-            {"status": "ok"}, headers={_INSTANCE_HEADER: self.instance_id}
-        )
+        return JSONResponse({"status": "ok"}, headers={_INSTANCE_HEADER: self.instance_id})
 
     # -- control endpoints -------------------------------------------------
 
@@ -546,9 +524,7 @@ class _StubServer:
         return JSONResponse(stats)
 
 
-def create_app(
-    default_model: str = DEFAULT_MODEL_ID, instance_id: str = ""
-) -> Starlette:
+def create_app(default_model: str = DEFAULT_MODEL_ID, instance_id: str = "") -> Starlette:
     """Build a fresh stub app with its own (empty) state.
 
     ``instance_id`` is echoed in the ``/health`` response header
@@ -615,9 +591,7 @@ class StubModel:
         ``finish_reason``. Note the openai SDK retries 429/5xx by default, and
         each retry consumes the next queued behaviour.
         """
-        self._call(
-            "POST", "/_control/script", {"responses": [dict(r) for r in responses]}
-        )
+        self._call("POST", "/_control/script", {"responses": [dict(r) for r in responses]})
 
     def set_default(self, **behaviour: Any) -> None:
         """Replace the behaviour used when the queue is empty."""
@@ -646,9 +620,7 @@ def _free_port(host: str) -> int:
 class StubModelProcess:
     """Handle on a stub server running in a child process."""
 
-    def __init__(
-        self, process: subprocess.Popen[bytes], host: str, port: int, stderr: IO[bytes]
-    ) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], host: str, port: int, stderr: IO[bytes]) -> None:
         self.process = process
         self.host = host
         self.port = port
@@ -715,15 +687,10 @@ def _spawn(host: str, port: int, startup_timeout: float) -> StubModelProcess:
         if process.poll() is not None:
             break
         try:
-            response = httpx.get(
-                f"{handle.client.url}/health", timeout=1.0, trust_env=False
-            )
+            response = httpx.get(f"{handle.client.url}/health", timeout=1.0, trust_env=False)
             # Matching the nonce guards against a port race in which another
             # server (e.g. a parallel test worker's stub) answered instead.
-            if (
-                response.status_code == 200
-                and response.headers.get(_INSTANCE_HEADER) == instance_id
-            ):
+            if response.status_code == 200 and response.headers.get(_INSTANCE_HEADER) == instance_id:
                 return handle
         except httpx.TransportError:
             pass  # Not listening yet.
@@ -731,8 +698,7 @@ def _spawn(host: str, port: int, startup_timeout: float) -> StubModelProcess:
     detail = handle.stderr_text().strip()
     handle.stop()
     raise RuntimeError(
-        f"stub model did not become healthy on {host}:{port}"
-        + (f": {detail[-2000:]}" if detail else "")
+        f"stub model did not become healthy on {host}:{port}" + (f": {detail[-2000:]}" if detail else "")
     )
 
 
@@ -767,14 +733,10 @@ def start_stub_model(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: serve the stub until terminated."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL_ID, help="model id for /v1/models"
-    )
+    parser.add_argument("--model", default=DEFAULT_MODEL_ID, help="model id for /v1/models")
     parser.add_argument("--instance-id", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     uvicorn.run(

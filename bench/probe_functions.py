@@ -1,0 +1,91 @@
+"""Child process for ``cold_start.py``: what a fresh Functions worker pays.
+
+    python bench/probe_functions.py import      # time ``import function_app``
+    python bench/probe_functions.py first-call  # spawn -> first 200 from summarize
+
+Prints one JSON line. Module-level imports are stdlib only and few, so nothing the
+service would import is preloaded before the timer starts. ``first-call`` reads the
+parent's ``time.time()`` at spawn from ``BENCH_SPAWN_WALL`` (wall clock, because the
+two processes share no monotonic reference we can rely on) and the model settings from
+the ``SKF_*`` environment, exactly as a Functions worker would.
+"""
+
+import os
+import sys
+import time
+
+# Taken before anything else runs so "spawn -> main" is interpreter start-up only.
+MAIN_WALL = time.time()
+
+
+def probe_import() -> dict[str, object]:
+    """Time ``import function_app`` and check it left Semantic Kernel unloaded."""
+    started = time.perf_counter()
+    import function_app  # noqa: F401 (the import is what is measured)
+
+    elapsed = time.perf_counter() - started
+    return {
+        "import_s": elapsed,
+        "semantic_kernel_loaded": "semantic_kernel" in sys.modules,
+        "openai_loaded": "openai" in sys.modules,
+        "modules_loaded": len(sys.modules),
+    }
+
+
+def probe_first_call() -> dict[str, object]:
+    """Import, index, and invoke the summarize trigger once, as a cold worker would."""
+    spawn_wall = float(os.environ["BENCH_SPAWN_WALL"])
+    started = time.perf_counter()
+    import function_app
+
+    imported = time.perf_counter()
+    # get_functions() is the worker's indexing step; it may be called once per process.
+    functions = function_app.app.get_functions()
+    summarize = next(f for f in functions if f.get_function_name() == "summarize")
+    indexed = time.perf_counter()
+
+    import asyncio
+    import json
+
+    from tests.hosts import make_request
+
+    body = json.dumps(
+        {"text": "Cold start probe: summarize this short text.", "style": "tldr", "max_words": 20}
+    ).encode()
+    request = make_request(
+        "POST",
+        "/api/v1/summarize",
+        {"content-type": "application/json", "content-length": str(len(body))},
+        body,
+    )
+    response = asyncio.run(summarize.get_user_function()(request))
+    done_wall = time.time()
+    done = time.perf_counter()
+    if response.status_code != 200:
+        raise SystemExit(f"summarize answered {response.status_code}: {bytes(response.body)[:500]!r}")
+    return {
+        "total_s": done_wall - spawn_wall,
+        "spawn_to_main_s": MAIN_WALL - spawn_wall,
+        "import_s": imported - started,
+        "index_s": indexed - imported,
+        "first_invoke_s": done - indexed,
+        "semantic_kernel_loaded": "semantic_kernel" in sys.modules,
+    }
+
+
+def main() -> None:
+    """Run the probe named on the command line and print its JSON result."""
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    if mode == "import":
+        result = probe_import()
+    elif mode == "first-call":
+        result = probe_first_call()
+    else:
+        raise SystemExit("usage: probe_functions.py import|first-call")
+    import json  # after the measurement: the service imports json itself
+
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The Functions host: cheap to index, and every route registered as the table says."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from typing import Any
+
+from sk_core.routes import ROUTES
+from tests.hosts import make_request
+
+
+def test_importing_function_app_does_not_import_semantic_kernel() -> None:
+    # A fresh interpreter: what the Functions host does when it indexes the app.
+    code = (
+        "import sys, json, function_app; "
+        "print(json.dumps({m: m in sys.modules for m in ('semantic_kernel', 'openai', 'function_app')}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {"semantic_kernel": False, "openai": False, "function_app": True}
+
+
+def test_every_route_is_a_trigger_with_route_methods_and_auth(functions_app_functions: list[Any]) -> None:
+    by_name = {f.get_function_name(): f for f in functions_app_functions}
+    assert set(by_name) == {r.name for r in ROUTES}
+    for route in ROUTES:
+        trigger = by_name[route.name].get_trigger()
+        assert trigger.route == route.path
+        assert sorted(str(m.value) for m in trigger.methods) == sorted(route.methods)
+        expected = "FUNCTION" if route.auth == "function" else "ANONYMOUS"
+        assert str(trigger.auth_level.value).upper() == expected
+        binding = json.loads(by_name[route.name].get_function_json())["bindings"][0]
+        assert binding["type"] == "httpTrigger"
+        assert binding["authLevel"] == expected
+
+
+def test_health_and_ready_are_anonymous_and_the_api_is_not() -> None:
+    auth = {r.name: r.auth for r in ROUTES}
+    assert auth["health"] == auth["ready"] == "anonymous"
+    assert {name for name, level in auth.items() if level == "anonymous"} == {"health", "ready"}
+
+
+def test_triggers_take_the_fastapi_extension_request_type(functions_app_functions: list[Any]) -> None:
+    from azurefunctions.extensions.base import HttpV2FeatureChecker, RequestTrackerMeta
+
+    # The worker switches a trigger to streaming HTTP when the extension is imported and
+    # the trigger's parameter is annotated with the extension's request type.
+    assert HttpV2FeatureChecker.http_v2_enabled()
+    for function in functions_app_functions:
+        parameters = inspect.signature(function.get_user_function()).parameters
+        assert list(parameters) == ["req"]
+        assert RequestTrackerMeta.check_type(parameters["req"].annotation)
+
+
+async def test_a_trigger_returns_a_starlette_response(functions_app_functions: list[Any]) -> None:
+    health = next(f for f in functions_app_functions if f.get_function_name() == "health")
+    response = await health.get_user_function()(make_request("GET", "/api/health", {}, b""))
+    assert response.status_code == 200
+    assert json.loads(response.body) == {"status": "ok"}

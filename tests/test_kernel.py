@@ -1,0 +1,117 @@
+"""The cached kernel: one build per process, shared by concurrent first callers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from sk_core.catalog import Catalog
+from sk_core.kernel import KernelProvider
+from sk_core.settings import Settings
+from tests.conftest import make_settings
+
+RUNTIME: Any = object()  # stands for a built runtime where the build itself is not under test
+
+
+async def test_fifty_simultaneous_first_requests_build_the_real_kernel_once(
+    service_env: dict[str, str],
+) -> None:
+    from sk_core.model_runtime import build_runtime
+
+    builds: list[int] = []
+
+    def counting_builder(settings: Settings, catalog: Catalog) -> Any:
+        builds.append(threading.get_ident())
+        time.sleep(0.2)  # widen the race window: every caller arrives during the build
+        return build_runtime(settings, catalog)
+
+    provider = KernelProvider(
+        settings=make_settings(service_env), catalog=Catalog.load(), builder=counting_builder
+    )
+    runtimes = await asyncio.gather(*(provider.get() for _ in range(50)))
+    assert len(builds) == 1
+    assert provider.build_count == 1
+    assert len({id(r) for r in runtimes}) == 1
+    assert set(runtimes[0].functions) == {spec.id for spec in Catalog.load()}
+
+
+async def test_callers_on_other_threads_and_loops_share_the_build() -> None:
+    started = threading.Event()
+
+    def slow_builder(settings: Settings, catalog: Catalog) -> Any:
+        started.set()
+        time.sleep(0.3)
+        return object()
+
+    provider = KernelProvider(settings=Settings(), catalog=Catalog([]), builder=slow_builder)
+    results: list[object] = []
+
+    def other_loop() -> None:
+        results.append(asyncio.run(provider.get()))
+
+    threads = [threading.Thread(target=other_loop) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    mine = await provider.get()
+    for thread in threads:
+        thread.join()
+    assert provider.build_count == 1
+    assert all(r is mine for r in results)
+
+
+async def test_a_failed_build_is_not_cached() -> None:
+    attempts: list[int] = []
+
+    def flaky_builder(settings: Settings, catalog: Catalog) -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("first build fails")
+        return RUNTIME
+
+    provider = KernelProvider(settings=Settings(), catalog=Catalog([]), builder=flaky_builder)
+    with pytest.raises(RuntimeError):
+        await provider.get()
+    built_after_failure = provider.is_built
+    assert await provider.get() is RUNTIME
+    assert (built_after_failure, provider.is_built) == (False, True)
+    assert len(attempts) == 2
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_shared_build() -> None:
+    def slow_builder(settings: Settings, catalog: Catalog) -> Any:
+        time.sleep(0.3)
+        return RUNTIME
+
+    provider = KernelProvider(settings=Settings(), catalog=Catalog([]), builder=slow_builder)
+    impatient = asyncio.ensure_future(provider.get())
+    await asyncio.sleep(0.05)
+    impatient.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await impatient
+    assert await provider.get() is RUNTIME
+    assert provider.build_count == 1
+
+
+async def test_fifty_concurrent_first_requests_through_a_trigger_build_once(
+    service_env: dict[str, str], functions_app_functions: list[Any], stub: Any
+) -> None:
+    from sk_core.service import Service, get_service, set_service
+    from tests.hosts import FunctionsHost
+
+    previous = get_service()
+    fresh = Service.create(make_settings(service_env))
+    set_service(fresh)
+    try:
+        host = FunctionsHost(functions_app_functions)
+        responses = await asyncio.gather(
+            *(host.request("POST", "/api/v1/summarize", json_body={"text": f"text {i}"}) for i in range(50))
+        )
+    finally:
+        set_service(previous)
+    assert [r.status for r in responses] == [200] * 50
+    assert fresh.kernels.build_count == 1
+    assert stub.stats()["count"] == 50

@@ -1,0 +1,87 @@
+"""Settings: typed, validated at startup, and documented where users look."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from sk_core.settings import Provider, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env_names() -> set[str]:
+    return {f"SKF_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_local_defaults_point_at_the_embedded_model() -> None:
+    settings = Settings()
+    assert settings.model_provider is Provider.LOCAL
+    assert settings.resolved_base_url == "http://127.0.0.1:8081/v1"
+    assert settings.resolved_model_id == "smollm2"
+    assert settings.max_body_bytes == 100 * 1024
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKF_MODEL_PROVIDER", "openai_compatible")
+    monkeypatch.setenv("SKF_MODEL_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("SKF_MODEL_ID", "llama3")
+    monkeypatch.setenv("SKF_MODEL_TIMEOUT_SECONDS", "12.5")
+    settings = Settings()
+    assert settings.model_provider is Provider.OPENAI_COMPATIBLE
+    assert settings.resolved_base_url == "http://127.0.0.1:11434/v1"
+    assert settings.model_timeout_seconds == 12.5
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"model_provider": "openai_compatible"}, "SKF_MODEL_BASE_URL is required"),
+        ({"model_provider": "azure_openai", "model_id": "d"}, "SKF_AZURE_OPENAI_ENDPOINT is required"),
+        ({"model_provider": "azure_openai", "azure_openai_endpoint": "https://x"}, "deployment name"),
+        (
+            {"environment": "production", "model_provider": "openai", "model_api_key": "changeme"},
+            "placeholder",
+        ),
+        ({"environment": "production", "model_provider": "openai"}, "missing or a placeholder"),
+        ({"environment": "production"}, "not production"),
+        ({"model_provider": "bedrock"}, "model_provider"),
+        ({"max_body_bytes": 10}, "max_body_bytes"),
+    ],
+)
+def test_invalid_configuration_fails_fast(fields: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings.model_validate(fields)
+
+
+def test_azure_openai_without_a_key_is_valid_in_production() -> None:
+    # Entra ID (managed identity) is the production default for Azure OpenAI.
+    settings = Settings.model_validate(
+        {
+            "environment": "production",
+            "model_provider": "azure_openai",
+            "azure_openai_endpoint": "https://res.openai.azure.com",
+            "model_id": "gpt-4o-mini",
+        }
+    )
+    assert settings.model_api_key.get_secret_value() == ""
+
+
+def test_every_setting_is_in_local_settings_example() -> None:
+    values = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
+    assert env_names() <= set(values)
+    # The example's values are the defaults (so copying it changes nothing but intent).
+    parsed = Settings.model_validate(
+        {k.removeprefix("SKF_").lower(): v for k, v in values.items() if k.startswith("SKF_")}
+    )
+    assert parsed.model_dump() == Settings().model_dump() | {"model_base_url": "http://127.0.0.1:8081/v1"}
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(SKF_[A-Z_]+)` \|", readme, flags=re.MULTILINE))
+    assert documented == env_names()
