@@ -55,6 +55,8 @@ from scripts.devservices import ROOT, ManagedProcess, free_port
 from tests.stub_model import start_stub_model
 
 PROBE = ROOT / "bench" / "probe_functions.py"
+OURS = "sk_core.asgi:app"
+NAIVE = "bench.naive_app:app"
 _IMPORTTIME_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)")
 
 
@@ -65,7 +67,9 @@ def _child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **(extra or {})}
 
 
-def _run_probe(mode: str, env: Mapping[str, str], *, python_flags: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+def _run_probe(
+    mode: str, env: Mapping[str, str], *, python_flags: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], str]:
     completed = subprocess.run(
         [sys.executable, *python_flags, str(PROBE), mode],
         cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=120, check=False,
@@ -145,10 +149,10 @@ def parse_importtime(stderr: str, root_module: str = "function_app") -> dict[str
     }
 
 
-def measure_import_breakdown() -> dict[str, Any]:
-    """One ``-X importtime`` run of the import probe (its own overhead inflates totals ~20%)."""
-    _, stderr = _run_probe("import", _child_env(), python_flags=("-X", "importtime"))
-    return parse_importtime(stderr)
+def measure_import_breakdown(mode: str = "import", root_module: str = "function_app") -> dict[str, Any]:
+    """One ``-X importtime`` run of a probe (its own overhead inflates totals by ~20-50%)."""
+    result, stderr = _run_probe(mode, _child_env(), python_flags=("-X", "importtime"))
+    return {**parse_importtime(stderr, root_module), "timer_ms": ms(float(result["import_s"]))}
 
 
 # --------------------------------------------------------------------- b. Functions host
@@ -181,9 +185,12 @@ def measure_server_first_call(app: str, trials: int, env: Mapping[str, str], log
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             started = time.perf_counter()
-            with ManagedProcess(app, uvicorn_argv(app, port), env=env, log=logs / f"{app}-{trial}.log") as proc:
+            log = logs / f"{app}-{trial}.log"
+            with ManagedProcess(app, uvicorn_argv(app, port), env=env, log=log) as proc:
                 listening = wait_for_200(proc, client, "GET", f"{base}/api/health")
-                answered = wait_for_200(proc, client, "POST", f"{base}{SUMMARIZE_PATH}", json_body=SUMMARIZE_BODY)
+                answered = wait_for_200(
+                    proc, client, "POST", f"{base}{SUMMARIZE_PATH}", json_body=SUMMARIZE_BODY
+                )
             listen.append(listening - started)
             first.append(answered - started)
     out = summary(first)
@@ -247,7 +254,8 @@ def report(results: dict[str, Any]) -> str:
             ["interpreter start (`python -c pass`, spawn -> exit)", interp["median_ms"], interp["min_ms"],
              interp["n"], "floor under every process-level figure"],
             ["a. `import function_app` (in-process timer)", imp["median_ms"], imp["min_ms"], imp["n"],
-             f"semantic_kernel loaded: {imp['semantic_kernel_loaded']}, openai loaded: {imp['openai_loaded']}"],
+             f"semantic_kernel loaded: {imp['semantic_kernel_loaded']}, "
+             f"openai loaded: {imp['openai_loaded']}"],
             ["b. Functions host: spawn -> first 200 (summarize)", fn["median_ms"], fn["min_ms"], fn["n"],
              f"start {fn['spawn_to_main_median_ms']:.0f} + import {fn['import_median_ms']:.0f} + "
              f"index {fn['index_median_ms']:.0f} + first invoke {fn['first_invoke_median_ms']:.0f} ms"],
@@ -266,6 +274,11 @@ def report(results: dict[str, Any]) -> str:
         ["imported by function_app", "cumulative ms"],
         [[d["module"], d["cumulative_ms"]] for d in breakdown["direct_imports"]],
     )
+    runtime = results["runtime_import_breakdown"]
+    runtime_packages = markdown_table(
+        ["package (self time, -X importtime)", "ms", "share"],
+        [[p["package"], p["self_ms"], f"{p['share']:.0%}"] for p in runtime["self_time_by_package"][:8]],
+    )
     ours, theirs, build = results["steady_ours"], results["steady_naive"], results["naive_build_in_process"]
     steady = markdown_table(
         ["steady state, sequential summarize over HTTP", "median ms", "mean ms", "min ms", "N"],
@@ -273,7 +286,8 @@ def report(results: dict[str, Any]) -> str:
             ["container host (kernel cached)", ours["median_ms"], ours["mean_ms"], ours["min_ms"], ours["n"]],
             ["naive baseline (kernel built per request)", theirs["median_ms"], theirs["mean_ms"],
              theirs["min_ms"], theirs["n"]],
-            ["naive per-request build alone (in-process)", build["median_ms"], "-", build["min_ms"], build["n"]],
+            ["naive per-request build alone (in-process)", build["median_ms"], "-", build["min_ms"],
+             build["n"]],
         ],
     )
     return "\n\n".join([
@@ -282,6 +296,9 @@ def report(results: dict[str, Any]) -> str:
         f"### Where `import function_app` goes (-X importtime total {breakdown['total_ms']:.0f} ms)",
         direct,
         packages,
+        f"### Where the first request's `import sk_core.model_runtime` goes "
+        f"(-X importtime total {runtime['total_ms']:.0f} ms, one run)",
+        runtime_packages,
         "### Steady state",
         steady,
     ])
@@ -309,14 +326,18 @@ def main() -> None:
             results["interpreter_start"] = measure_interpreter(args.import_trials)
             results["import_function_app"] = measure_import(args.import_trials)
             results["import_breakdown"] = measure_import_breakdown()
+            # What the first model-backed request pays on top, in either host.
+            results["runtime_import_breakdown"] = measure_import_breakdown(
+                "runtime-import", "sk_core.model_runtime"
+            )
             print("b. Functions host first call ...", file=sys.stderr)
             results["functions_first_call"] = measure_functions_first_call(args.trials, env)
             print("c. container host first call ...", file=sys.stderr)
-            results["container_first_call"] = measure_server_first_call("sk_core.asgi:app", args.trials, env, logs)
+            results["container_first_call"] = measure_server_first_call(OURS, args.trials, env, logs)
             print("d. naive baseline first call and steady state ...", file=sys.stderr)
-            results["naive_first_call"] = measure_server_first_call("bench.naive_app:app", args.trials, env, logs)
-            results["steady_ours"] = measure_steady_state("sk_core.asgi:app", args.requests, env, logs)
-            results["steady_naive"] = measure_steady_state("bench.naive_app:app", args.requests, env, logs)
+            results["naive_first_call"] = measure_server_first_call(NAIVE, args.trials, env, logs)
+            results["steady_ours"] = measure_steady_state(OURS, args.requests, env, logs)
+            results["steady_naive"] = measure_steady_state(NAIVE, args.requests, env, logs)
         results["naive_build_in_process"] = measure_naive_build(args.requests, stub.base_url)
     finally:
         stub.stop()

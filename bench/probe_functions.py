@@ -2,6 +2,7 @@
 
     python bench/probe_functions.py import      # time ``import function_app``
     python bench/probe_functions.py first-call  # spawn -> first 200 from summarize
+    python bench/probe_functions.py runtime-import  # after function_app: import SK wiring
 
 Prints one JSON line. Module-level imports are stdlib only and few, so nothing the
 service would import is preloaded before the timer starts. ``first-call`` reads the
@@ -30,6 +31,19 @@ def probe_import() -> dict[str, object]:
         "openai_loaded": "openai" in sys.modules,
         "modules_loaded": len(sys.modules),
     }
+
+
+def probe_runtime_import() -> dict[str, object]:
+    """Time ``import sk_core.model_runtime`` (SK + OpenAI SDK) on top of ``function_app``.
+
+    This is the import the first model-backed request pays, in either host.
+    """
+    import function_app  # noqa: F401 (already paid by the worker before the first request)
+
+    started = time.perf_counter()
+    import sk_core.model_runtime  # noqa: F401 (the import is what is measured)
+
+    return {"import_s": time.perf_counter() - started, "modules_loaded": len(sys.modules)}
 
 
 def probe_first_call() -> dict[str, object]:
@@ -80,8 +94,10 @@ def main() -> None:
         result = probe_import()
     elif mode == "first-call":
         result = probe_first_call()
+    elif mode == "runtime-import":
+        result = probe_runtime_import()
     else:
-        raise SystemExit("usage: probe_functions.py import|first-call")
+        raise SystemExit("usage: probe_functions.py import|first-call|runtime-import")
     import json  # after the measurement: the service imports json itself
 
     print(json.dumps(result))

@@ -8,6 +8,9 @@ are re-shaped into the same problem+json body the handlers use.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -16,6 +19,7 @@ from starlette.routing import Route
 
 from sk_core.errors import ApiError, problem_response
 from sk_core.routes import ROUTES
+from sk_core.service import get_service
 
 
 class _RouteError(ApiError):
@@ -41,10 +45,17 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     )
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield
+    # Close the provider's connection pool so shutdown does not drop sockets mid-flight.
+    await get_service().aclose()
+
+
 def create_app() -> Starlette:
     """A Starlette app serving every route of the table under ``/api``."""
     routes = [Route(r.full_path, r.endpoint, methods=list(r.methods), name=r.name) for r in ROUTES]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception}, lifespan=_lifespan)
 
 
 app = create_app()

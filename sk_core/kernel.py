@@ -87,6 +87,14 @@ class KernelProvider:
         future = self._future
         return future is not None and future.done() and future.exception() is None
 
+    async def aclose(self) -> None:
+        """Close the provider client of a built runtime (host shutdown, tests)."""
+        if self.is_built:
+            assert self._future is not None
+            await self._future.result().aclose()
+            with self._lock:
+                self._future = None
+
     async def get(self) -> ModelRuntime:
         """The runtime, building it on first use; concurrent callers share one build."""
         future = self._future

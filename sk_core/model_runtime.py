@@ -93,6 +93,10 @@ class ModelRuntime:
         self.functions = functions
         self._settings = settings
 
+    async def aclose(self) -> None:
+        """Close the provider client's connection pool."""
+        await self.client.close()
+
     async def check_model(self, timeout: float) -> str | None:  # noqa: ASYNC109 (bounds a probe)
         """Readiness: list models, which costs nothing. Returns an error code, or None if OK."""
         try:

@@ -23,6 +23,10 @@ class Service:
         self.catalog = catalog
         self.kernels = kernels
 
+    async def aclose(self) -> None:
+        """Release network resources (called on host shutdown)."""
+        await self.kernels.aclose()
+
     @classmethod
     def create(cls, settings: Settings | None = None) -> Service:
         """Build the context from settings (default: the environment)."""

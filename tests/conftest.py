@@ -67,12 +67,13 @@ def functions_app_functions() -> list[Any]:
 
 
 @pytest.fixture(scope="session")
-def functions_service(service_env: dict[str, str]) -> Iterator[Service]:
+async def functions_service(service_env: dict[str, str]) -> AsyncIterator[Service]:
     """The in-process service context the Functions triggers use."""
     service = Service.create(make_settings(service_env))
     set_service(service)
     yield service
     set_service(None)
+    await service.aclose()
 
 
 @pytest.fixture(scope="session")

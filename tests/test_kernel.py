@@ -33,6 +33,7 @@ async def test_fifty_simultaneous_first_requests_build_the_real_kernel_once(
         settings=make_settings(service_env), catalog=Catalog.load(), builder=counting_builder
     )
     runtimes = await asyncio.gather(*(provider.get() for _ in range(50)))
+    await provider.aclose()
     assert len(builds) == 1
     assert provider.build_count == 1
     assert len({id(r) for r in runtimes}) == 1
@@ -112,6 +113,7 @@ async def test_fifty_concurrent_first_requests_through_a_trigger_build_once(
         )
     finally:
         set_service(previous)
+        await fresh.aclose()
     assert [r.status for r in responses] == [200] * 50
     assert fresh.kernels.build_count == 1
     assert stub.stats()["count"] == 50
