@@ -220,14 +220,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--drain-timeout",
         type=_non_negative_float,
-        default=5.0,
+        default=3.0,
         help="on SIGTERM/SIGINT, seconds to let in-flight requests finish before "
         "aborting them (default %(default)s)",
     )
     parser.add_argument(
         "--stop-timeout",
         type=_positive_float,
-        default=5.0,
+        default=1.5,
         help="seconds allowed for tearing down an idle server before a hard exit (default %(default)s)",
     )
     args = parser.parse_args(argv)
@@ -389,11 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.cancel_dump_traceback_later()
     elapsed = time.monotonic() - started
 
-    # The one line a supervisor waits for; flush because stdout may be a pipe.
-    print(
-        f"local model ready: {base_url}/v1 (model {args.alias}, loaded in {elapsed:.2f}s)",
-        flush=True,
-    )
+    # A stop requested while loading is still pending: don't announce a
+    # server that is about to go away.
+    if not _shutdown_signal_pending():
+        # The one line a supervisor waits for; flush: stdout may be a pipe.
+        details = f"model {args.alias}, loaded in {elapsed:.2f}s"
+        print(f"local model ready: {base_url}/v1 ({details})", flush=True)
 
     signal.sigwait(SHUTDOWN_SIGNALS)
 
