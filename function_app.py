@@ -39,3 +39,12 @@ def _register(route: RouteSpec) -> None:
 
 for _route in ROUTES:
     _register(_route)
+
+
+# Every minute: charge (and flag) budget holds whose process died before settling.
+@app.function_name(name="expire_holds")
+@app.timer_trigger(schedule="0 */1 * * * *", arg_name="timer", run_on_startup=False, use_monitor=True)
+async def expire_holds(timer: func.TimerRequest) -> None:
+    from sk_core.maintenance import sweep_expired_holds
+
+    await sweep_expired_holds()

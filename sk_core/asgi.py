@@ -8,6 +8,7 @@ are re-shaped into the same problem+json body the handlers use.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from sk_core.errors import ApiError, problem_response
+from sk_core.maintenance import sweep_periodically
 from sk_core.routes import ROUTES
 from sk_core.service import get_service
 
@@ -47,9 +49,15 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    service = get_service()
+    # The Functions host runs the same sweep from a timer trigger (function_app.py).
+    sweeper = asyncio.create_task(sweep_periodically(service.settings.sweep_interval_seconds))
     yield
-    # Close the provider's connection pool so shutdown does not drop sockets mid-flight.
-    await get_service().aclose()
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    # Close connection pools so shutdown does not drop sockets mid-flight.
+    await service.aclose()
 
 
 def create_app() -> Starlette:

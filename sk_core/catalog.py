@@ -25,6 +25,11 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 # Every invocation may cap the answer length; budgets (admission) clamp it further.
 MAX_TOKENS_LIMIT = 4096
+# Chat templates wrap each message in a few special tokens (ChatML: <|im_start|>, the
+# role, a newline, <|im_end|>) and open the assistant's turn; these allowances cover
+# them generously for the templates we know.
+_PER_MESSAGE_TOKENS = 8
+_FIXED_OVERHEAD_TOKENS = 16
 
 
 class ChatMessage(BaseModel):
@@ -61,8 +66,28 @@ class FunctionSpec:
     description: str
     inputs: tuple[InputSpec, ...]
     yaml_text: str
+    template_bytes: int
     default_max_tokens: int
     arguments_model: type[BaseModel] = field(compare=False)
+
+    def prompt_token_bound(self, arguments: dict[str, Any]) -> int:
+        """An upper bound on the prompt tokens this call can be billed for.
+
+        A byte-level BPE token is at least one UTF-8 byte, so the template's bytes plus
+        every argument's bytes bound the rendered text; the model's chat template adds
+        a few special tokens per message (role markers), covered by the per-message
+        allowance. Template markup that SK strips (``<message role=...>``) only adds slack.
+        """
+        total = self.template_bytes + _FIXED_OVERHEAD_TOKENS
+        for spec in self.inputs:
+            value = arguments.get(spec.name)
+            if value is None:
+                continue
+            if spec.is_chat_history:
+                total += sum(len(str(m["content"]).encode()) + _PER_MESSAGE_TOKENS for m in value)
+            else:
+                total += len(str(value).encode())
+        return total
 
     @property
     def id(self) -> str:
@@ -176,6 +201,7 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         description=data.get("description") or "",
         inputs=input_tuple,
         yaml_text=text,
+        template_bytes=len(str(data["template"]).encode()),
         default_max_tokens=int(settings.get("max_tokens", 256)),
         arguments_model=_arguments_model(plugin, data["name"], input_tuple),
     )

@@ -99,6 +99,57 @@ class ServiceUnavailable(ApiError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
 
 
+class Unauthorized(ApiError):
+    """No key, a malformed, unknown or revoked key: all look the same to the caller."""
+
+    status, code, title = 401, "unauthorized", "Missing or invalid API key"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="sk-functions"'})
+
+
+class Forbidden(ApiError):
+    status, code, title = 403, "forbidden", "Not allowed"
+
+
+class LimitExceeded(ApiError):
+    """A rate, concurrency or budget refusal (429); ``code`` says which."""
+
+    status, title = 429, "Limit exceeded"
+
+    def __init__(
+        self, code: str, detail: str, *, retry_after: int, limit: int, remaining: int, reset: int
+    ) -> None:
+        super().__init__(
+            detail, headers={"Retry-After": str(retry_after), **rate_limit_headers(limit, remaining, reset)}
+        )
+        self.code = code
+        self.retry_after = retry_after
+
+
+class LimitsUnavailable(ApiError):
+    """Limits could not be checked (storage unreachable): fail closed, admit nothing."""
+
+    status, code, title = 503, "limits_unavailable", "Usage limits unavailable"
+
+    def __init__(self, reason: str) -> None:
+        # The reason is for logs; the client learns only that nothing was admitted.
+        super().__init__(
+            "Usage limits could not be checked, so the request was not admitted; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+        self.reason = reason
+
+
+def rate_limit_headers(limit: int, remaining: int, reset: int) -> dict[str, str]:
+    """The IETF RateLimit header fields (requests per minute window)."""
+    return {
+        "RateLimit-Limit": str(limit),
+        "RateLimit-Remaining": str(max(0, remaining)),
+        "RateLimit-Reset": str(reset),
+    }
+
+
 def problem_response(error: ApiError) -> Response:
     """Render an ``ApiError`` as the one error shape every route uses."""
     return Response(

@@ -8,7 +8,10 @@ so these functions are the whole of the API's behaviour; ``routes.py`` lists the
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -16,7 +19,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from sk_core.catalog import FunctionSpec
-from sk_core.errors import NotFound, ServiceUnavailable
+from sk_core.errors import (
+    ApiError,
+    LimitsUnavailable,
+    ModelTimeout,
+    ModelUnavailable,
+    NotFound,
+    ServiceUnavailable,
+    rate_limit_headers,
+)
+from sk_core.pricing import usd
 from sk_core.request_body import read_json_body, validate_body
 from sk_core.schemas import (
     AssistantMessage,
@@ -31,7 +43,10 @@ from sk_core.schemas import (
 from sk_core.service import Service, get_service
 
 if TYPE_CHECKING:
+    from sk_core.ledger import Hold
     from sk_core.model_runtime import Completion, ModelRuntime
+
+logger = logging.getLogger(__name__)
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
@@ -63,46 +78,122 @@ async def _arguments(request: Request, service: Service, spec: FunctionSpec) -> 
     return validate_body(spec.arguments_model, data).model_dump()
 
 
-async def _invoke(
-    service: Service, spec: FunctionSpec, arguments: dict[str, Any], max_tokens: int
-) -> Completion:
-    runtime = await _runtime(service)
-    return await runtime.invoke(spec, arguments, max_tokens=max_tokens)
+@dataclass(frozen=True)
+class _Outcome:
+    completion: Completion
+    cost_nano: int
+    headers: dict[str, str]
+
+    def fields(self) -> dict[str, Any]:
+        completion = self.completion
+        return {
+            "model": completion.model,
+            "usage": completion.usage,
+            "finish_reason": completion.finish_reason,
+            "cost_usd": usd(self.cost_nano),
+        }
 
 
-def _answer_fields(completion: Completion) -> dict[str, Any]:
-    return {"model": completion.model, "usage": completion.usage, "finish_reason": completion.finish_reason}
+# Failures after which the provider may still have done (and billed) the work: the
+# request was sent and no answer came back. These keep their reserved charge.
+_UNCERTAIN = (ModelTimeout, ModelUnavailable)
+
+
+async def _call_model(
+    request: Request,
+    service: Service,
+    spec: FunctionSpec,
+    default_max_tokens: Callable[[dict[str, Any]], int],
+) -> _Outcome:
+    """Authenticate → validate → admit (reserve, clamp) → invoke → settle."""
+    principal = await service.auth.authenticate(request.headers, spec.id)
+    arguments = await _arguments(request, service, spec)
+    requested = arguments.pop("max_tokens") or default_max_tokens(arguments)
+    price = service.settings.price
+    hold = await service.ledger.admit(
+        principal.tenant,
+        price=price,
+        prompt_tokens_bound=spec.prompt_token_bound(arguments),
+        requested_max_tokens=requested,
+        function=spec.id,
+        key_id=principal.key.key_id,
+    )
+    try:
+        runtime = await _runtime(service)
+        completion = await runtime.invoke(spec, arguments, max_tokens=hold.max_tokens)
+    except BaseException as failure:
+        # Settle even when the client has gone (cancellation): shielded, so the hold
+        # does not sit until its lease expires and block a concurrency slot.
+        charge = (
+            hold.amount_nano if not isinstance(failure, ApiError) or isinstance(failure, _UNCERTAIN) else 0
+        )
+        await asyncio.shield(_settle_quietly(service, hold, charge, 0, 0))
+        raise
+    usage = completion.usage
+    cost = price.cost_nano(usage.prompt_tokens, usage.completion_tokens)
+    charged = await _settle_quietly(service, hold, cost, usage.prompt_tokens, usage.completion_tokens)
+    headers = {
+        **rate_limit_headers(hold.rpm_limit, hold.rpm_remaining, hold.rpm_reset),
+        "X-Request-Cost-USD": f"{usd(charged):.9f}",
+    }
+    return _Outcome(completion=completion, cost_nano=charged, headers=headers)
+
+
+async def _settle_quietly(
+    service: Service, hold: Hold, cost_nano: int, prompt_tokens: int, completion_tokens: int
+) -> int:
+    """Settle; if storage fails now, the hold expires and is charged its reservation."""
+    try:
+        settlement = await service.ledger.settle(
+            hold, cost_nano=cost_nano, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+    except LimitsUnavailable as exc:
+        logger.error(
+            "could not settle %s (%s); it will expire and be charged %d nano-USD",
+            hold.request_id,
+            exc.reason,
+            hold.amount_nano,
+        )
+        return hold.amount_nano
+    return settlement.cost_nano
+
+
+def _json_with_headers(model: BaseModel, headers: dict[str, str]) -> Response:
+    response = json_response(model)
+    response.headers.update(headers)
+    return response
 
 
 async def summarize(request: Request) -> Response:
     """Summarize ``text`` in ``style`` within ``max_words``."""
     service = get_service()
     spec = _spec(service, "text", "summarize")
-    arguments = await _arguments(request, service, spec)
-    requested = arguments.pop("max_tokens")
     # A word is ~1.3 tokens in English; twice the word limit plus slack never cuts a
     # compliant summary short while stopping a runaway answer early.
-    max_tokens = requested or min(spec.default_max_tokens, 2 * arguments["max_words"] + 16)
-    completion = await _invoke(service, spec, arguments, max_tokens)
-    return json_response(SummarizeResponse(summary=completion.text.strip(), **_answer_fields(completion)))
+    outcome = await _call_model(
+        request, service, spec, lambda args: min(spec.default_max_tokens, 2 * args["max_words"] + 16)
+    )
+    body = SummarizeResponse(summary=outcome.completion.text.strip(), **outcome.fields())
+    return _json_with_headers(body, outcome.headers)
 
 
 async def chat(request: Request) -> Response:
     """Answer the next assistant message of a conversation."""
     service = get_service()
     spec = _spec(service, "chat", "chat")
-    arguments = await _arguments(request, service, spec)
-    max_tokens = arguments.pop("max_tokens") or spec.default_max_tokens
-    completion = await _invoke(service, spec, arguments, max_tokens)
-    return json_response(
-        ChatResponse(message=AssistantMessage(content=completion.text), **_answer_fields(completion))
-    )
+    outcome = await _call_model(request, service, spec, lambda _: spec.default_max_tokens)
+    body = ChatResponse(message=AssistantMessage(content=outcome.completion.text), **outcome.fields())
+    return _json_with_headers(body, outcome.headers)
 
 
 async def list_functions(request: Request) -> Response:
-    """The catalog: every exposed function with its input variables."""
+    """The catalog: every function this key may call, with its input variables."""
     service = get_service()
-    return json_response(FunctionList.model_validate({"functions": [s.public() for s in service.catalog]}))
+    principal = await service.auth.authenticate(request.headers, None)
+    visible = [
+        s.public() for s in service.catalog if principal.key.allows(s.id) and principal.tenant.allows(s.id)
+    ]
+    return json_response(FunctionList.model_validate({"functions": visible}))
 
 
 async def invoke_function(request: Request) -> Response:
@@ -110,12 +201,9 @@ async def invoke_function(request: Request) -> Response:
     service = get_service()
     plugin, name = request.path_params.get("plugin", ""), request.path_params.get("function", "")
     spec = _spec(service, plugin, name)
-    arguments = await _arguments(request, service, spec)
-    max_tokens = arguments.pop("max_tokens") or spec.default_max_tokens
-    completion = await _invoke(service, spec, arguments, max_tokens)
-    return json_response(
-        InvokeResponse(plugin=plugin, function=name, result=completion.text, **_answer_fields(completion))
-    )
+    outcome = await _call_model(request, service, spec, lambda _: spec.default_max_tokens)
+    body = InvokeResponse(plugin=plugin, function=name, result=outcome.completion.text, **outcome.fields())
+    return _json_with_headers(body, outcome.headers)
 
 
 async def health(request: Request) -> Response:
@@ -129,7 +217,6 @@ async def ready(request: Request) -> Response:
     timeout = service.settings.ready_timeout_seconds
     checks: dict[str, DependencyStatus] = {}
     runtime: ModelRuntime | None = None
-    started = time.perf_counter()
     try:
         # The first probe starts the build; a pod stays unready until the kernel is warm.
         runtime = await asyncio.wait_for(service.kernels.get(), timeout)
@@ -149,6 +236,15 @@ async def ready(request: Request) -> Response:
             if code is None
             else DependencyStatus(status="error", code=code, latency_ms=latency)
         )
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            await service.store.ping()
+        checks["storage"] = DependencyStatus(
+            status="ok", latency_ms=round((time.perf_counter() - started) * 1000, 1)
+        )
+    except (TimeoutError, LimitsUnavailable):
+        checks["storage"] = DependencyStatus(status="error", code="storage_unreachable")
     is_ready = all(c.status == "ok" for c in checks.values())
     return json_response(
         ReadyResponse(status="ready" if is_ready else "not_ready", checks=checks),

@@ -21,6 +21,7 @@ class ModelAnswer(BaseModel):
     model: str = Field(description="The model that answered, as the provider reported it.")
     usage: Usage
     finish_reason: str | None = Field(default=None, description="Why the model stopped (stop, length...).")
+    cost_usd: float = Field(ge=0, description="What this request cost the tenant, in USD.")
 
 
 class SummarizeResponse(ModelAnswer):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 from enum import StrEnum
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sk_core.pricing import Price, parse_prices
 
 
 class Provider(StrEnum):
@@ -42,7 +44,9 @@ DEFAULT_LOCAL_MODEL_ID = "smollm2"
 class Settings(BaseSettings):
     """Service configuration. Environment variable names are the field names with ``SKF_``."""
 
-    model_config = SettingsConfigDict(env_prefix="SKF_", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SKF_", case_sensitive=False, extra="ignore", populate_by_name=True
+    )
 
     environment: Environment = Environment.LOCAL
 
@@ -65,6 +69,34 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=100 * 1024, ge=1024, le=10 * 1024 * 1024)
     ready_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+
+    storage_connection_string: SecretStr = Field(
+        default=SecretStr("UseDevelopmentStorage=true"),
+        validation_alias=AliasChoices("SKF_STORAGE_CONNECTION_STRING", "AzureWebJobsStorage"),
+        description="Table Storage connection string; falls back to the Functions AzureWebJobsStorage.",
+    )
+    storage_account_endpoint: str = Field(
+        default="",
+        description="https://<account>.table.core.windows.net; wins over the connection string "
+        "and authenticates with DefaultAzureCredential (managed identity).",
+    )
+    storage_table_prefix: str = Field(default="skf", pattern=r"^[A-Za-z][A-Za-z0-9]{0,20}$")
+    storage_retries: int = Field(default=2, ge=0, le=10)
+
+    api_key_pepper: SecretStr = SecretStr("local-development-pepper")
+    auth_cache_seconds: float = Field(default=30.0, ge=0, le=300)
+    model_prices: str = Field(
+        default="",
+        description='JSON overrides of USD per million tokens: {"model": {"input": x, "output": y}}',
+    )
+    min_answer_tokens: int = Field(default=16, ge=1, le=1024)
+    hold_lease_seconds: float = Field(default=300.0, ge=5, le=86400)
+    sweep_interval_seconds: float = Field(default=60.0, ge=1, le=3600)
+
+    @property
+    def price(self) -> Price:
+        """The price of the configured model (validated to exist at startup)."""
+        return parse_prices(self.model_prices)[self.resolved_model_id]
 
     @property
     def resolved_model_id(self) -> str:
@@ -92,7 +124,19 @@ class Settings(BaseSettings):
                 raise ValueError("SKF_AZURE_OPENAI_ENDPOINT is required when SKF_MODEL_PROVIDER=azure_openai")
             if not self.model_id:
                 raise ValueError("SKF_MODEL_ID (the deployment name) is required for azure_openai")
+        try:
+            prices = parse_prices(self.model_prices)
+        except ValueError as exc:
+            raise ValueError(f"SKF_MODEL_PRICES: {exc}") from None
+        if self.resolved_model_id not in prices:
+            # A model without a price cannot be budgeted: refuse to start, not to charge 0.
+            raise ValueError(f"no price for model {self.resolved_model_id!r}: add it to SKF_MODEL_PRICES")
+        if self.hold_lease_seconds <= self.model_deadline_seconds:
+            raise ValueError("SKF_HOLD_LEASE_SECONDS must be longer than SKF_MODEL_DEADLINE_SECONDS")
         if self.environment is Environment.PRODUCTION:
+            pepper = self.api_key_pepper.get_secret_value()
+            if pepper in _PLACEHOLDERS or pepper == "local-development-pepper" or len(pepper) < 16:
+                raise ValueError("SKF_API_KEY_PEPPER must be a real secret (16+ chars) in production")
             key = self.model_api_key.get_secret_value().strip().lower()
             # Azure OpenAI may use Entra ID instead of a key; the others need a real key.
             if provider is Provider.OPENAI and key in _PLACEHOLDERS:

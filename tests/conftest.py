@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from scripts.devservices import free_port, start_service
+from scripts.devservices import free_port, start_azurite, start_service
 from sk_core.service import Service, set_service
 from sk_core.settings import Settings
+from sk_core.storage import development_connection_string
+from sk_core.tenants import Limits, Tenant
 from tests.hosts import ContainerHost, FunctionsHost, Host
 from tests.stub_model import StubModel, StubModelProcess, start_stub_model
 
@@ -27,7 +29,20 @@ SERVICE_ENV = {
     "SKF_MODEL_MAX_RETRIES": "2",
     "SKF_MODEL_DEADLINE_SECONDS": "4",
     "SKF_READY_TIMEOUT_SECONDS": "10",
+    # Non-zero prices: budgets are only tested when requests cost something.
+    "SKF_MODEL_PRICES": '{"stub-model": {"input": 1.0, "output": 2.0}}',
+    "SKF_API_KEY_PEPPER": "test-pepper-0123456789",
+    "SKF_HOLD_LEASE_SECONDS": "30",
 }
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Azurite's table service for the whole run; yields its connection string."""
+    port = free_port()
+    process = start_azurite(port=port, log=tmp_path_factory.mktemp("azurite") / "azurite.log")
+    yield development_connection_string(port)
+    process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +61,33 @@ def stub(stub_process: StubModelProcess) -> StubModel:
 
 
 @pytest.fixture(scope="session")
-def service_env(stub_process: StubModelProcess) -> dict[str, str]:
-    """Environment that points a service at the stub."""
-    return {**SERVICE_ENV, "SKF_MODEL_BASE_URL": stub_process.base_url}
+def service_env(stub_process: StubModelProcess, azurite: str) -> dict[str, str]:
+    """Environment that points a service at the stub and at Azurite."""
+    return {
+        **SERVICE_ENV,
+        "SKF_MODEL_BASE_URL": stub_process.base_url,
+        "SKF_STORAGE_CONNECTION_STRING": azurite,
+    }
+
+
+# Generous limits: the contract suite is about behaviour, not about refusals.
+CONTRACT_LIMITS = Limits(
+    requests_per_minute=100_000,
+    tokens_per_minute=100_000_000,
+    max_concurrent=500,
+    daily_budget_nano=10**15,
+    monthly_budget_nano=10**15,
+)
+
+
+@pytest.fixture(scope="session")
+async def api_key(functions_service: Service) -> str:
+    """A key of a tenant with generous limits (the contract suite's caller)."""
+    await functions_service.tenants.create_tenant(
+        Tenant(id="contract", display_name="Contract", limits=CONTRACT_LIMITS)
+    )
+    issued = await functions_service.tenants.issue_key("contract", name="contract-suite")
+    return issued.secret
 
 
 def make_settings(env: dict[str, str], **overrides: Any) -> Settings:
@@ -77,20 +116,22 @@ async def functions_service(service_env: dict[str, str]) -> AsyncIterator[Servic
 
 
 @pytest.fixture(scope="session")
-def functions_host(functions_app_functions: list[Any], functions_service: Service) -> FunctionsHost:
+def functions_host(
+    functions_app_functions: list[Any], functions_service: Service, api_key: str
+) -> FunctionsHost:
     """The Functions host, driven by awaiting registered triggers."""
-    return FunctionsHost(functions_app_functions)
+    return FunctionsHost(functions_app_functions, {"authorization": f"Bearer {api_key}"})
 
 
 @pytest.fixture(scope="session")
 async def container_host(
-    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    service_env: dict[str, str], api_key: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ContainerHost]:
     """The container host: uvicorn in its own process, real HTTP on loopback."""
     port = free_port()
     log: Path = tmp_path_factory.mktemp("service") / "service.log"
     process = start_service(port=port, env=service_env, log=log)
-    host = ContainerHost(f"http://127.0.0.1:{port}")
+    host = ContainerHost(f"http://127.0.0.1:{port}", {"x-api-key": api_key})
     yield host
     await host.aclose()
     process.stop()

@@ -40,6 +40,7 @@ class Host(Protocol):
     """Something that answers HTTP requests the way one of our hosts does."""
 
     name: str
+    default_headers: dict[str, str]
 
     async def request(
         self,
@@ -48,14 +49,16 @@ class Host(Protocol):
         *,
         json_body: Any = None,
         content: bytes | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | None] | None = None,
     ) -> HostResponse: ...
 
 
 def _body_and_headers(
-    json_body: Any, content: bytes | None, headers: dict[str, str] | None
+    json_body: Any, content: bytes | None, headers: dict[str, str | None] | None, defaults: dict[str, str]
 ) -> tuple[bytes, dict[str, str]]:
-    final = {k.lower(): v for k, v in (headers or {}).items()}
+    # Explicit headers override the host's defaults; None removes a default (no API key).
+    merged: dict[str, str | None] = {**defaults, **{k.lower(): v for k, v in (headers or {}).items()}}
+    final = {k: v for k, v in merged.items() if v is not None}
     if json_body is not None:
         content = json.dumps(json_body).encode()
         final.setdefault("content-type", "application/json")
@@ -67,8 +70,9 @@ class ContainerHost:
 
     name = "container"
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, default_headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url
+        self.default_headers = default_headers or {}
         self._client = httpx.AsyncClient(base_url=base_url, timeout=30)
 
     async def request(
@@ -78,9 +82,9 @@ class ContainerHost:
         *,
         json_body: Any = None,
         content: bytes | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | None] | None = None,
     ) -> HostResponse:
-        body, final = _body_and_headers(json_body, content, headers)
+        body, final = _body_and_headers(json_body, content, headers, self.default_headers)
         response = await self._client.request(method, path, content=body or None, headers=final)
         return HostResponse(response.status_code, dict(response.headers), response.content)
 
@@ -109,7 +113,8 @@ class FunctionsHost:
 
     name = "functions"
 
-    def __init__(self, functions: list[Any]) -> None:
+    def __init__(self, functions: list[Any], default_headers: dict[str, str] | None = None) -> None:
+        self.default_headers = default_headers or {}
         self.triggers = [
             _Trigger(
                 name=f.get_function_name(),
@@ -118,6 +123,7 @@ class FunctionsHost:
                 function=f.get_user_function(),
             )
             for f in functions
+            if f.get_trigger().get_binding_name() == "httpTrigger"
         ]
 
     def _match(self, method: str, path: str) -> tuple[_Trigger, dict[str, str]] | None:
@@ -134,9 +140,9 @@ class FunctionsHost:
         *,
         json_body: Any = None,
         content: bytes | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | None] | None = None,
     ) -> HostResponse:
-        body, final = _body_and_headers(json_body, content, headers)
+        body, final = _body_and_headers(json_body, content, headers, self.default_headers)
         if body and "content-length" not in final:
             final["content-length"] = str(len(body))
         matched = self._match(method, path)

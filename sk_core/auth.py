@@ -1,0 +1,87 @@
+"""API-key authentication: header → key record → tenant, with a short-lived cache.
+
+The cache keeps Table Storage off the hot path; its TTL (``SKF_AUTH_CACHE_SECONDS``,
+default 30 s) is the bound on how long a revoked key or a disabled tenant keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from starlette.datastructures import Headers
+
+from sk_core.errors import Forbidden, Unauthorized
+from sk_core.tenants import ApiKey, Tenant, TenantStore, parse_key
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant and the key they used."""
+
+    tenant: Tenant
+    key: ApiKey
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The key from ``Authorization: Bearer`` or ``X-API-Key``."""
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return ""  # present but not a bearer token: malformed
+    api_key = headers.get("x-api-key")
+    return api_key.strip() if api_key is not None else None
+
+
+class Authenticator:
+    """Resolves a presented key to a ``Principal`` or raises 401/403."""
+
+    def __init__(
+        self, *, tenants: TenantStore, ttl_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._tenants = tenants
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._cache: dict[str, tuple[float, ApiKey | None, Tenant | None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _lookup(self, key_id: str) -> tuple[ApiKey | None, Tenant | None]:
+        cached = self._cache.get(key_id)
+        if cached is not None and cached[0] > self._clock():
+            return cached[1], cached[2]
+        # One storage lookup per key id at a time, however many requests arrive with it.
+        lock = self._locks.setdefault(key_id, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(key_id)
+            if cached is not None and cached[0] > self._clock():
+                return cached[1], cached[2]
+            key = await self._tenants.get_key(key_id)
+            tenant = await self._tenants.get_tenant(key.tenant_id) if key is not None else None
+            self._cache[key_id] = (self._clock() + self._ttl, key, tenant)
+            if key is not None:
+                await self._tenants.touch_key(key_id, datetime.now(UTC))
+            return key, tenant
+
+    async def authenticate(self, headers: Headers, function_id: str | None) -> Principal:
+        """Check the key, its status, the tenant's status and (if given) the function scope."""
+        presented = presented_key(headers)
+        if presented is None:
+            raise Unauthorized("Send an API key as 'Authorization: Bearer <key>' or 'X-API-Key'.")
+        key_id = parse_key(presented)
+        if key_id is None:
+            raise Unauthorized("The API key is malformed.")
+        key, tenant = await self._lookup(key_id)
+        if not self._tenants.verify(presented, key) or key is None or tenant is None:
+            raise Unauthorized("The API key is not valid.")
+        if key.status != "active":
+            raise Unauthorized("The API key is not valid.")
+        if not tenant.active:
+            raise Forbidden("The tenant is disabled.")
+        if function_id is not None and not (key.allows(function_id) and tenant.allows(function_id)):
+            raise Forbidden(f"This key may not call {function_id}.")
+        return Principal(tenant=tenant, key=key)

@@ -1,0 +1,198 @@
+"""Azure Table Storage access: one service client per worker, tables created on first use.
+
+Local development uses Azurite through a connection string (``UseDevelopmentStorage=true``
+is understood, as Functions does); production uses the account endpoint with
+``DefaultAzureCredential`` (managed identity). Request-path calls get few, fast retries:
+the SDK default (10 tries, exponential from 0.8 s) would hold a request for seconds
+against a dead endpoint, and limits must fail closed quickly instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
+from azure.data.tables.aio import TableClient, TableServiceClient
+
+from sk_core.errors import LimitsUnavailable
+
+logger = logging.getLogger(__name__)
+
+# Azurite's well-known development account (public, documented by Microsoft).
+_DEV_ACCOUNT = "devstoreaccount1"
+_DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+_CONFLICT_CODES = frozenset({"UpdateConditionNotSatisfied", "EntityAlreadyExists", "ConditionNotMet"})
+
+
+class StorageUnavailable(LimitsUnavailable):
+    """Table Storage could not be reached or answered with an unexpected error (fails closed: 503)."""
+
+
+class Conflict(Exception):
+    """An optimistic-concurrency write lost the race (412 on ETag, 409 on insert)."""
+
+
+def development_connection_string(port: int = 10002) -> str:
+    """What ``UseDevelopmentStorage=true`` means, for the table endpoint."""
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={_DEV_ACCOUNT};AccountKey={_DEV_KEY};"
+        f"TableEndpoint=http://127.0.0.1:{port}/{_DEV_ACCOUNT};"
+    )
+
+
+def _retry_options(total: int) -> dict[str, Any]:
+    return {
+        "retry_total": total,
+        "retry_backoff_factor": 0.1,
+        "retry_backoff_max": 1,
+        "connection_timeout": 3,
+        "read_timeout": 5,
+    }
+
+
+class TableStore:
+    """Owns the ``TableServiceClient`` and hands out per-table clients."""
+
+    def __init__(
+        self,
+        *,
+        connection_string: str = "",
+        endpoint: str = "",
+        table_prefix: str = "skf",
+        retries: int = 2,
+    ) -> None:
+        options = _retry_options(retries)
+        if connection_string:
+            if connection_string.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
+                connection_string = development_connection_string()
+            self._service = TableServiceClient.from_connection_string(connection_string, **options)
+        elif endpoint:
+            from azure.identity.aio import DefaultAzureCredential
+
+            self._service = TableServiceClient(endpoint, credential=DefaultAzureCredential(), **options)
+        else:
+            raise ValueError("storage needs a connection string or an account endpoint")
+        self._prefix = table_prefix
+        self._clients: dict[str, TableClient] = {}
+        self._created: set[str] = set()
+        self._create_lock = asyncio.Lock()
+
+    async def table(self, name: str) -> TableClient:
+        """The client for ``<prefix><name>``, creating the table on first use."""
+        full = f"{self._prefix}{name}"
+        client = self._clients.get(full)
+        if client is None:
+            client = self._clients[full] = self._service.get_table_client(full)
+        if full not in self._created:
+            async with self._create_lock:
+                if full not in self._created:
+                    try:
+                        await self._service.create_table(full)
+                    except ResourceExistsError:
+                        pass
+                    except AzureError as exc:
+                        raise StorageUnavailable(f"cannot create table {full}") from exc
+                    self._created.add(full)
+        return client
+
+    async def ping(self) -> None:
+        """Readiness: one cheap call that proves the account answers."""
+        try:
+            async for _ in self._service.list_tables(results_per_page=1):
+                break
+        except AzureError as exc:
+            raise StorageUnavailable("storage did not answer") from exc
+
+    async def aclose(self) -> None:
+        """Close every client's connection pool."""
+        for client in self._clients.values():
+            await client.close()
+        await self._service.close()
+
+
+def int64(value: int) -> EntityProperty:
+    """An Int64 property: the SDK would send a plain int as Int32 and refuse large ones."""
+    return EntityProperty(int(value), EdmType.INT64)
+
+
+def read_int(value: Any, default: int = 0) -> int:
+    """An integer property as read back (Int64 arrives as an ``EntityProperty``)."""
+    if value is None:
+        return default
+    if isinstance(value, EntityProperty):
+        return int(value.value)
+    return int(value)
+
+
+def etag_of(entity: Any) -> str:
+    """The ETag the SDK attached to an entity it returned."""
+    return str(entity.metadata["etag"])
+
+
+def update_op(entity: dict[str, Any], etag: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A transaction operation replacing ``entity`` only if it still has ``etag``."""
+    return (
+        "update",
+        entity,
+        {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified},
+    )
+
+
+def delete_op(entity: dict[str, Any], etag: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A transaction operation deleting ``entity`` only if it still has ``etag``."""
+    return ("delete", entity, {"etag": etag, "match_condition": MatchConditions.IfNotModified})
+
+
+async def submit(table: TableClient, operations: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+    """Submit one entity-group transaction; lost races become ``Conflict``."""
+    try:
+        await table.submit_transaction(operations)
+    except TableTransactionError as exc:
+        code = str(getattr(exc, "error_code", "") or "")
+        if code in _CONFLICT_CODES or exc.status_code in (409, 412):
+            raise Conflict(code or str(exc.status_code)) from exc
+        raise StorageUnavailable(f"transaction failed: {code or exc.status_code}") from exc
+    except (ResourceModifiedError, ResourceExistsError) as exc:
+        raise Conflict(type(exc).__name__) from exc
+    except HttpResponseError as exc:
+        if exc.status_code in (409, 412):
+            raise Conflict(str(exc.status_code)) from exc
+        raise StorageUnavailable(f"transaction failed: HTTP {exc.status_code}") from exc
+    except AzureError as exc:
+        raise StorageUnavailable("storage unreachable") from exc
+
+
+async def query_partition(table: TableClient, partition: str, row_keys: list[str]) -> dict[str, Any]:
+    """Read several entities of one partition in one round trip, keyed by RowKey."""
+    clauses = " or ".join(f"RowKey eq @r{i}" for i in range(len(row_keys)))
+    parameters: dict[str, Any] = {"pk": partition, **{f"r{i}": key for i, key in enumerate(row_keys)}}
+    found: dict[str, Any] = {}
+    try:
+        async for entity in table.query_entities(
+            f"PartitionKey eq @pk and ( {clauses} )", parameters=parameters
+        ):
+            found[entity["RowKey"]] = entity
+    except AzureError as exc:
+        raise StorageUnavailable("storage unreachable") from exc
+    return found
+
+
+async def get_or_none(table: TableClient, partition: str, row: str) -> Any:
+    """One entity, or None when it does not exist."""
+    try:
+        return await table.get_entity(partition, row)
+    except ResourceNotFoundError:
+        return None
+    except AzureError as exc:
+        raise StorageUnavailable("storage unreachable") from exc

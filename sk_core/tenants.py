@@ -1,0 +1,301 @@
+"""Tenants and their API keys, in Table Storage.
+
+A key looks like ``skf_<key id>_<secret>``: the prefix makes leaked keys easy to spot
+(secret scanners), the key id finds the record without scanning, and the secret is 32
+random bytes. Only an HMAC-SHA256 of the whole key (with a server-side pepper) is
+stored, so a stolen table does not yield usable keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from sk_core.storage import StorageUnavailable, TableStore, get_or_none, int64, read_int
+
+KEY_PREFIX = "skf"
+_KEY_RE = re.compile(r"^skf_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+TENANT_PARTITION = "tenant"
+KEY_PARTITION = "key"
+ALL = "*"
+
+
+class TenantError(Exception):
+    """A tenant or key operation was refused (unknown id, duplicate, bad value)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a tenant may use. Budgets are in nano-USD (see pricing.py)."""
+
+    requests_per_minute: int = 60
+    tokens_per_minute: int = 100_000
+    max_concurrent: int = 8
+    daily_budget_nano: int = 5 * 10**9
+    monthly_budget_nano: int = 50 * 10**9
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrent"):
+            if getattr(self, name) < 1:
+                raise TenantError(f"{name} must be at least 1")
+        for name in ("daily_budget_nano", "monthly_budget_nano"):
+            if getattr(self, name) < 0:
+                raise TenantError(f"{name} must not be negative")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A customer of the API."""
+
+    id: str
+    display_name: str
+    status: str = "active"
+    limits: Limits = field(default_factory=Limits)
+    allowed_functions: tuple[str, ...] = (ALL,)
+
+    @property
+    def active(self) -> bool:
+        """Disabled tenants are refused (403) even with a valid key."""
+        return self.status == "active"
+
+    def allows(self, function_id: str) -> bool:
+        """True when the tenant may call ``plugin/name``."""
+        return ALL in self.allowed_functions or function_id in self.allowed_functions
+
+    def to_entity(self) -> dict[str, Any]:
+        """The Table Storage entity."""
+        limits = self.limits
+        return {
+            "PartitionKey": TENANT_PARTITION,
+            "RowKey": self.id,
+            "display_name": self.display_name,
+            "status": self.status,
+            "requests_per_minute": int64(limits.requests_per_minute),
+            "tokens_per_minute": int64(limits.tokens_per_minute),
+            "max_concurrent": int64(limits.max_concurrent),
+            "daily_budget_nano": int64(limits.daily_budget_nano),
+            "monthly_budget_nano": int64(limits.monthly_budget_nano),
+            "allowed_functions": json.dumps(list(self.allowed_functions)),
+        }
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> Tenant:
+        """Parse the stored entity."""
+        return cls(
+            id=entity["RowKey"],
+            display_name=entity.get("display_name", ""),
+            status=entity.get("status", "active"),
+            limits=Limits(
+                requests_per_minute=read_int(entity["requests_per_minute"]),
+                tokens_per_minute=read_int(entity["tokens_per_minute"]),
+                max_concurrent=read_int(entity["max_concurrent"]),
+                daily_budget_nano=read_int(entity["daily_budget_nano"]),
+                monthly_budget_nano=read_int(entity["monthly_budget_nano"]),
+            ),
+            allowed_functions=tuple(json.loads(entity.get("allowed_functions") or '["*"]')),
+        )
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key record (never the key itself)."""
+
+    key_id: str
+    tenant_id: str
+    key_hash: str
+    scopes: tuple[str, ...]
+    status: str
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+
+    def allows(self, function_id: str) -> bool:
+        """True when this key's scopes include ``plugin/name``."""
+        return ALL in self.scopes or function_id in self.scopes
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A new key: ``secret`` is shown once and never stored."""
+
+    record: ApiKey
+    secret: str
+
+
+def parse_key(presented: str) -> str | None:
+    """The key id of a well-formed key, else None."""
+    match = _KEY_RE.match(presented)
+    return match.group(1) if match else None
+
+
+def hash_key(presented: str, pepper: str) -> str:
+    """HMAC-SHA256 of the full key under the server's pepper."""
+    return hmac.new(pepper.encode(), presented.encode(), hashlib.sha256).hexdigest()
+
+
+def _key_from_entity(entity: Any) -> ApiKey:
+    return ApiKey(
+        key_id=entity["RowKey"],
+        tenant_id=entity["tenant_id"],
+        key_hash=entity["key_hash"],
+        scopes=tuple(json.loads(entity.get("scopes") or '["*"]')),
+        status=entity.get("status", "active"),
+        name=entity.get("name", ""),
+        created_at=entity["created_at"],
+        last_used_at=entity.get("last_used_at"),
+    )
+
+
+class TenantStore:
+    """CRUD for tenants and keys; used by the admin CLI and by authentication."""
+
+    def __init__(self, *, store: TableStore, pepper: str) -> None:
+        self._store = store
+        self._pepper = pepper
+
+    async def create_tenant(self, tenant: Tenant) -> Tenant:
+        """Insert a tenant; refuses an existing id."""
+        if not _TENANT_ID_RE.match(tenant.id):
+            raise TenantError("tenant id: 2-63 chars of a-z, 0-9 and '-', starting with a letter or digit")
+        table = await self._store.table("tenants")
+        try:
+            await table.create_entity(tenant.to_entity())
+        except ResourceExistsError:
+            raise TenantError(f"tenant {tenant.id!r} already exists") from None
+        except AzureError as exc:
+            raise StorageUnavailable("storage unreachable") from exc
+        return tenant
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        """A tenant, or None."""
+        entity = await get_or_none(await self._store.table("tenants"), TENANT_PARTITION, tenant_id)
+        return Tenant.from_entity(entity) if entity is not None else None
+
+    async def require_tenant(self, tenant_id: str) -> Tenant:
+        """A tenant, or ``TenantError`` naming the unknown id."""
+        tenant = await self.get_tenant(tenant_id)
+        if tenant is None:
+            raise TenantError(f"unknown tenant {tenant_id!r}")
+        return tenant
+
+    async def list_tenants(self) -> list[Tenant]:
+        """Every tenant, by id."""
+        table = await self._store.table("tenants")
+        try:
+            entities = [
+                e
+                async for e in table.query_entities("PartitionKey eq @p", parameters={"p": TENANT_PARTITION})
+            ]
+        except AzureError as exc:
+            raise StorageUnavailable("storage unreachable") from exc
+        return sorted((Tenant.from_entity(e) for e in entities), key=lambda t: t.id)
+
+    async def save_tenant(self, tenant: Tenant) -> Tenant:
+        """Replace an existing tenant's settings (status, limits, functions)."""
+        await self.require_tenant(tenant.id)
+        table = await self._store.table("tenants")
+        try:
+            # Configuration, not a counter: last writer wins is the intended semantics.
+            await table.update_entity(tenant.to_entity(), mode=UpdateMode.REPLACE)
+        except AzureError as exc:
+            raise StorageUnavailable("storage unreachable") from exc
+        return tenant
+
+    async def issue_key(
+        self, tenant_id: str, *, name: str = "", scopes: tuple[str, ...] = (ALL,)
+    ) -> IssuedKey:
+        """Create a key for a tenant; the returned secret is the only copy."""
+        tenant = await self.require_tenant(tenant_id)
+        unknown = [s for s in scopes if s != ALL and not tenant.allows(s)]
+        if unknown:
+            raise TenantError(f"scopes outside the tenant's allowed functions: {', '.join(unknown)}")
+        table = await self._store.table("apikeys")
+        for _ in range(5):  # a 48-bit key id collision is unlikely; retry rather than fail
+            key_id = secrets.token_hex(6)
+            secret = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+            record = ApiKey(
+                key_id=key_id,
+                tenant_id=tenant_id,
+                key_hash=hash_key(secret, self._pepper),
+                scopes=scopes,
+                status="active",
+                name=name,
+                created_at=datetime.now(UTC),
+            )
+            try:
+                await table.create_entity(
+                    {
+                        "PartitionKey": KEY_PARTITION,
+                        "RowKey": key_id,
+                        "tenant_id": tenant_id,
+                        "key_hash": record.key_hash,
+                        "scopes": json.dumps(list(scopes)),
+                        "status": "active",
+                        "name": name,
+                        "created_at": record.created_at,
+                    }
+                )
+            except ResourceExistsError:
+                continue
+            except AzureError as exc:
+                raise StorageUnavailable("storage unreachable") from exc
+            return IssuedKey(record=record, secret=secret)
+        raise TenantError("could not allocate a key id")
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        """A key record, or None."""
+        entity = await get_or_none(await self._store.table("apikeys"), KEY_PARTITION, key_id)
+        return _key_from_entity(entity) if entity is not None else None
+
+    async def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
+        """Key records (no secrets), optionally of one tenant."""
+        table = await self._store.table("apikeys")
+        query, params = "PartitionKey eq @p", {"p": KEY_PARTITION}
+        if tenant_id:
+            query += " and tenant_id eq @t"
+            params["t"] = tenant_id
+        try:
+            entities = [e async for e in table.query_entities(query, parameters=params)]
+        except AzureError as exc:
+            raise StorageUnavailable("storage unreachable") from exc
+        return sorted((_key_from_entity(e) for e in entities), key=lambda k: (k.tenant_id, k.created_at))
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        """Mark a key revoked; caches drop it within their TTL."""
+        table = await self._store.table("apikeys")
+        try:
+            await table.update_entity(
+                {"PartitionKey": KEY_PARTITION, "RowKey": key_id, "status": "revoked"}, mode=UpdateMode.MERGE
+            )
+        except ResourceNotFoundError:
+            raise TenantError(f"unknown key {key_id!r}") from None
+        except AzureError as exc:
+            raise StorageUnavailable("storage unreachable") from exc
+        key = await self.get_key(key_id)
+        assert key is not None
+        return key
+
+    async def touch_key(self, key_id: str, when: datetime) -> None:
+        """Record last use (a timestamp, not a counter: a blind merge is idempotent)."""
+        table = await self._store.table("apikeys")
+        with contextlib.suppress(AzureError):  # bookkeeping only; never fail a request over it
+            await table.update_entity(
+                {"PartitionKey": KEY_PARTITION, "RowKey": key_id, "last_used_at": when}, mode=UpdateMode.MERGE
+            )
+
+    def verify(self, presented: str, record: ApiKey | None) -> bool:
+        """Constant-time check of a presented key against its stored hash."""
+        expected = record.key_hash if record is not None else hash_key("", self._pepper)
+        ok = hmac.compare_digest(hash_key(presented, self._pepper), expected)
+        return ok and record is not None
