@@ -31,11 +31,13 @@ class ApiError(Exception):
         *,
         errors: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
+        extensions: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+        self.extensions = extensions or {}
 
     def body(self) -> dict[str, Any]:
         """The problem+json body (RFC 9457 members plus our ``code``)."""
@@ -48,6 +50,7 @@ class ApiError(Exception):
         }
         if self.errors:
             body["errors"] = self.errors
+        body.update(self.extensions)
         return body
 
 
@@ -118,10 +121,20 @@ class LimitExceeded(ApiError):
     status, title = 429, "Limit exceeded"
 
     def __init__(
-        self, code: str, detail: str, *, retry_after: int, limit: int, remaining: int, reset: int
+        self,
+        code: str,
+        detail: str,
+        *,
+        retry_after: int,
+        limit: int,
+        remaining: int,
+        reset: int,
+        extensions: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
-            detail, headers={"Retry-After": str(retry_after), **rate_limit_headers(limit, remaining, reset)}
+            detail,
+            headers={"Retry-After": str(retry_after), **rate_limit_headers(limit, remaining, reset)},
+            extensions={"retry_after_seconds": retry_after, **(extensions or {})},
         )
         self.code = code
         self.retry_after = retry_after

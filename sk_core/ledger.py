@@ -50,7 +50,7 @@ from typing import Any
 from azure.core.exceptions import AzureError
 
 from sk_core.errors import LimitExceeded
-from sk_core.pricing import Price
+from sk_core.pricing import Price, usd
 from sk_core.storage import (
     Conflict,
     StorageUnavailable,
@@ -235,11 +235,17 @@ class Ledger:
                 if budget_room < smallest:
                     daily = day_left <= month_left
                     resets = _seconds_to_next_day(now) if daily else _seconds_to_next_month(now)
+                    # The tenant's own numbers, so a caller (and the overspend test) can see
+                    # that the refusal was made because even the minimum did not fit.
                     raise refuse(
                         "budget_exceeded",
                         f"The tenant's {'daily' if daily else 'monthly'} budget cannot cover this request; "
                         f"it resets in {resets} s.",
                         retry_after=resets,
+                        extensions={
+                            "budget_remaining_usd": usd(max(0, min(day_left, month_left))),
+                            "minimum_cost_usd": usd(price.cost_nano(prompt_tokens_bound, smallest)),
+                        },
                     )
 
                 max_tokens = min(requested_max_tokens, tpm_room, budget_room)

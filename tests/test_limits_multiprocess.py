@@ -1,0 +1,230 @@
+"""The promises, proven across OS processes on real Azurite.
+
+Several container hosts (uvicorn, each its own process and its own kernel) share one
+Azurite and one stub model, as Functions instances or pods share a storage account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from scripts.devservices import ManagedProcess, free_port, start_service
+from sk_core.ledger import INFLIGHT, USAGE_TABLE, window_keys
+from sk_core.service import Service, get_service, make_store, set_service
+from sk_core.tenants import Limits, Tenant
+from tests.conftest import make_settings
+from tests.hosts import FunctionsHost
+from tests.stub_model import StubModel
+
+PROCESSES = 4
+SUMMARIZE = "/api/v1/summarize"
+
+
+async def wait_ready(client: httpx.AsyncClient, base: str) -> None:
+    # /api/ready builds the kernel: load must not start while processes are importing SK.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (await client.get(f"{base}/api/ready", timeout=30)).status_code == 200:
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{base} never became ready")
+
+
+@pytest.fixture(scope="module")
+def fleet(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Four container-host processes sharing Azurite and the stub."""
+    logs = tmp_path_factory.mktemp("fleet")
+    processes: list[ManagedProcess] = []
+    ports = [free_port() for _ in range(PROCESSES)]
+    try:
+        for index, port in enumerate(ports):
+            processes.append(start_service(port=port, env=service_env, log=logs / f"service-{index}.log"))
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for process in processes:
+            process.stop()
+
+
+@pytest.fixture(scope="module")
+async def warm_fleet(fleet: list[str]) -> list[str]:
+    async with httpx.AsyncClient() as client:
+        await asyncio.gather(*(wait_ready(client, base) for base in fleet))
+    return fleet
+
+
+async def new_tenant(service: Service, **limits: int) -> tuple[str, str]:
+    tenant_id = "mp-" + secrets.token_hex(4)
+    await service.tenants.create_tenant(Tenant(id=tenant_id, display_name="MP", limits=Limits(**limits)))
+    issued = await service.tenants.issue_key(tenant_id)
+    return tenant_id, issued.secret
+
+
+async def burst(bases: list[str], key: str, per_process: int, body: Any) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as client:
+
+        async def one(base: str) -> httpx.Response:
+            payload = body() if callable(body) else body
+            return await client.post(f"{base}{SUMMARIZE}", json=payload, headers={"x-api-key": key})
+
+        return list(await asyncio.gather(*(one(base) for base in bases for _ in range(per_process))))
+
+
+async def test_concurrent_processes_never_overspend_the_budget(
+    warm_fleet: list[str], functions_service: Service, stub: StubModel
+) -> None:
+    budget = 50_000_000  # $0.05: room for many requests, not for all of them
+    tenant_id, key = await new_tenant(
+        functions_service,
+        daily_budget_nano=budget,
+        monthly_budget_nano=10**12,
+        requests_per_minute=100_000,
+        tokens_per_minute=10**9,
+        max_concurrent=1000,
+    )
+    stub.set_default(delay=0.05)  # keep requests in flight together
+    rng = random.Random(7)
+    words = ["budget", "ledger", "tenant", "request", "window", "reserve", "settle", "clamp", "model"]
+
+    def body() -> dict[str, Any]:
+        # Varying prompt sizes give varying usage and varying worst cases.
+        return {"text": " ".join(rng.choice(words) for _ in range(rng.randint(20, 600))), "max_words": 100}
+
+    responses = await burst(warm_fleet, key, 32, body)
+    admitted = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code != 200]
+    assert admitted, "the budget should admit some requests"
+    assert refused, "the demand should exceed the budget"
+    for response in refused:
+        problem = response.json()
+        assert (response.status_code, problem["code"]) == (429, "budget_exceeded"), problem
+        # Refused only when what was left could not pay for the smallest answer.
+        assert problem["budget_remaining_usd"] < problem["minimum_cost_usd"]
+    usage = await functions_service.ledger.usage(tenant_id, window_keys(datetime.now(UTC))[0])
+    assert usage["spent_nano"] <= budget
+    assert (usage["held_nano"], usage["inflight"]) == (0, 0)
+    assert usage["requests"] == len(admitted)
+    charged = sum(r.json()["cost_usd"] for r in admitted)
+    assert charged == pytest.approx(usage["spent_nano"] / 1e9, abs=1e-9 * len(admitted))
+    assert stub.stats()["count"] == len(admitted)
+
+
+async def test_requests_per_minute_hold_across_processes(
+    warm_fleet: list[str], functions_service: Service, stub: StubModel
+) -> None:
+    if datetime.now(UTC).second > 35:  # keep the burst inside one calendar minute
+        await asyncio.sleep(61 - datetime.now(UTC).second)
+    limit = 40
+    tenant_id, key = await new_tenant(
+        functions_service,
+        requests_per_minute=limit,
+        tokens_per_minute=10**9,
+        max_concurrent=1000,
+        daily_budget_nano=10**13,
+        monthly_budget_nano=10**13,
+    )
+    responses = await burst(warm_fleet, key, 25, {"text": "count me", "max_words": 10})
+    admitted = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code != 200]
+    assert len(admitted) == limit  # exactly the limit: never more, and demand (100) was enough
+    assert {r.json()["code"] for r in refused} == {"rate_limited"}
+    for response in refused:
+        assert response.headers["ratelimit-remaining"] == "0"
+        assert 1 <= int(response.headers["retry-after"]) <= 60
+    table = await functions_service.store.table(USAGE_TABLE)
+    minutes = [
+        e
+        async for e in table.query_entities(
+            "PartitionKey eq @p and RowKey ge 'minute-' and RowKey lt 'minute.'", parameters={"p": tenant_id}
+        )
+    ]
+    assert sum(int(e["requests"].value) for e in minutes) == limit
+
+
+async def test_a_process_killed_mid_call_leaves_a_hold_that_expires_charged(
+    service_env: dict[str, str],
+    functions_service: Service,
+    stub: StubModel,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    tenant_id, key = await new_tenant(functions_service, daily_budget_nano=10**12, monthly_budget_nano=10**12)
+    port = free_port()
+    env = {**service_env, "SKF_HOLD_LEASE_SECONDS": "6", "SKF_MODEL_DEADLINE_SECONDS": "4"}
+    victim = start_service(port=port, env=env, log=tmp_path_factory.mktemp("crash") / "service.log")
+    stub.set_default(delay=30)  # the model call is still running when the process dies
+    async with httpx.AsyncClient(timeout=60) as client:
+        call = asyncio.ensure_future(
+            client.post(
+                f"http://127.0.0.1:{port}{SUMMARIZE}", json={"text": "doomed"}, headers={"x-api-key": key}
+            )
+        )
+        deadline = time.monotonic() + 60
+        while stub.stats()["count"] == 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (another process)
+            await asyncio.sleep(0.1)
+        assert stub.stats()["count"] == 1, "the request should have reached the model"
+        os.killpg(victim.process.pid, signal.SIGKILL)
+        victim.process.wait(timeout=10)
+        with pytest.raises(httpx.HTTPError):
+            await call
+    victim.stop()
+    day = window_keys(datetime.now(UTC))[0]
+    held = await functions_service.ledger.usage(tenant_id, day)
+    assert held["held_nano"] > 0
+    assert held["inflight"] == 1
+    await asyncio.sleep(6.5)  # the lease runs out
+    assert await functions_service.ledger.expire_holds() >= 1
+    after = await functions_service.ledger.usage(tenant_id, day)
+    assert after["spent_nano"] == held["held_nano"]  # charged at the reserved amount
+    assert (after["held_nano"], after["inflight"]) == (0, 0)
+    assert (after["expired_holds"], after["expired_nano"]) == (1, held["held_nano"])
+    [audit] = await functions_service.ledger.expired(tenant_id)
+    assert audit["flagged"] is True
+    assert INFLIGHT not in audit["RowKey"]
+
+
+async def test_storage_unreachable_fails_closed(
+    service_env: dict[str, str],
+    functions_app_functions: list[Any],
+    functions_service: Service,
+    stub: StubModel,
+) -> None:
+    _, key = await new_tenant(functions_service)
+    dead = f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={'A' * 86}==;TableEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;"
+    broken_settings = make_settings(service_env, storage_connection_string=dead)
+    broken_store = make_store(broken_settings)
+    previous = get_service()
+    # Keys resolve (so the refusal is about limits), but the ledger's storage is gone.
+    broken = Service.create(make_settings(service_env))
+    broken.ledger._store = broken_store
+    set_service(broken)
+    try:
+        host = FunctionsHost(functions_app_functions, {"x-api-key": key})
+        started = time.monotonic()
+        response = await host.request("POST", SUMMARIZE, json_body={"text": "no limits, no service"})
+        elapsed = time.monotonic() - started
+        # Unknown key and dead storage: the key cannot be checked either.
+        everything_dead = Service.create(broken_settings)
+        set_service(everything_dead)
+        unchecked = await host.request("POST", SUMMARIZE, json_body={"text": "x"})
+        await everything_dead.aclose()
+    finally:
+        set_service(previous)
+        await broken.aclose()
+        await broken_store.aclose()
+    assert response.status == 503, response.body
+    assert response.json()["code"] == "limits_unavailable"
+    assert response.headers["retry-after"] == "1"
+    assert elapsed < 10
+    assert unchecked.status == 503
+    assert unchecked.json()["code"] == "limits_unavailable"
+    assert stub.stats()["count"] == 0
