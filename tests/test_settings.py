@@ -14,6 +14,9 @@ from sk_core.settings import Provider, Settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+PROD = {"environment": "production", "api_key_pepper": "a-real-secret-pepper-value"}
+
+
 def env_names() -> set[str]:
     return {f"SKF_{name.upper()}" for name in Settings.model_fields}
 
@@ -31,6 +34,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("SKF_MODEL_BASE_URL", "http://127.0.0.1:11434/v1")
     monkeypatch.setenv("SKF_MODEL_ID", "llama3")
     monkeypatch.setenv("SKF_MODEL_TIMEOUT_SECONDS", "12.5")
+    monkeypatch.setenv("SKF_MODEL_PRICES", '{"llama3": {"input": 0, "output": 0}}')
     settings = Settings()
     assert settings.model_provider is Provider.OPENAI_COMPATIBLE
     assert settings.resolved_base_url == "http://127.0.0.1:11434/v1"
@@ -43,12 +47,17 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ({"model_provider": "openai_compatible"}, "SKF_MODEL_BASE_URL is required"),
         ({"model_provider": "azure_openai", "model_id": "d"}, "SKF_AZURE_OPENAI_ENDPOINT is required"),
         ({"model_provider": "azure_openai", "azure_openai_endpoint": "https://x"}, "deployment name"),
+        ({**PROD, "model_provider": "openai", "model_api_key": "changeme"}, "placeholder"),
+        ({**PROD, "model_provider": "openai"}, "missing or a placeholder"),
+        ({**PROD}, "not production"),
+        ({"environment": "production", "model_provider": "openai", "model_api_key": "sk-real"}, "PEPPER"),
         (
-            {"environment": "production", "model_provider": "openai", "model_api_key": "changeme"},
-            "placeholder",
+            {"model_provider": "openai_compatible", "model_base_url": "http://x", "model_id": "unpriced"},
+            "no price",
         ),
-        ({"environment": "production", "model_provider": "openai"}, "missing or a placeholder"),
-        ({"environment": "production"}, "not production"),
+        ({"model_prices": '{"gpt-4o-mini": {"input": -1, "output": 1}}'}, "negative"),
+        ({"model_prices": "[1, 2]"}, "JSON object"),
+        ({"hold_lease_seconds": 30, "model_deadline_seconds": 60}, "LEASE"),
         ({"model_provider": "bedrock"}, "model_provider"),
         ({"max_body_bytes": 10}, "max_body_bytes"),
     ],
@@ -62,7 +71,7 @@ def test_azure_openai_without_a_key_is_valid_in_production() -> None:
     # Entra ID (managed identity) is the production default for Azure OpenAI.
     settings = Settings.model_validate(
         {
-            "environment": "production",
+            **PROD,
             "model_provider": "azure_openai",
             "azure_openai_endpoint": "https://res.openai.azure.com",
             "model_id": "gpt-4o-mini",
