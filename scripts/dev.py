@@ -8,6 +8,7 @@ local model is not started.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -19,11 +20,31 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.devservices import ROOT, ManagedProcess, start_azurite, start_local_model, start_service
+from sk_core.storage import development_connection_string
 
 
 def _port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def _provision_dev_key(connection_string: str) -> str:
+    """A ``dev`` tenant (default limits) and a fresh key for it, in the local Azurite."""
+    from pydantic import SecretStr
+
+    from sk_core.service import make_store, make_tenant_store
+    from sk_core.settings import Settings
+    from sk_core.tenants import Tenant
+
+    settings = Settings(storage_connection_string=SecretStr(connection_string))
+    store = make_store(settings)
+    try:
+        tenants = make_tenant_store(settings, store)
+        if await tenants.get_tenant("dev") is None:
+            await tenants.create_tenant(Tenant(id="dev", display_name="Local development"))
+        return (await tenants.issue_key("dev", name="make-run")).secret
+    finally:
+        await store.aclose()
 
 
 def _stop(*_: object) -> None:
@@ -50,11 +71,13 @@ def main() -> int:
     logs.mkdir(exist_ok=True)
     signal.signal(signal.SIGTERM, _stop)
     started: list[ManagedProcess] = []
-    env = {"AzureWebJobsStorage": os.environ.get("AzureWebJobsStorage", "UseDevelopmentStorage=true")}  # noqa: SIM112 (the Functions name)
+    storage = development_connection_string(table_port)
+    env = {"SKF_STORAGE_CONNECTION_STRING": os.environ.get("SKF_STORAGE_CONNECTION_STRING", storage)}
     try:
         t0 = time.perf_counter()
         started.append(start_azurite(port=table_port, log=logs / "azurite.log"))
         print(f"azurite (tables) on 127.0.0.1:{table_port}  [log .run/azurite.log]")
+        key = asyncio.run(_provision_dev_key(env["SKF_STORAGE_CONNECTION_STRING"]))
         if provider == "local":
             started.append(start_local_model(port=model_port, log=logs / "local-model.log"))
             env["SKF_MODEL_BASE_URL"] = os.environ.get(
@@ -64,16 +87,20 @@ def main() -> int:
         service = start_service(port=port, env=env, log=logs / "service.log")
         started.append(service)
         base = f"http://127.0.0.1:{port}"
+        # Readiness builds the kernel: wait for it so the first curl answers at full speed.
+        service.wait_until(f"{base}/api/ready", timeout=120)
         print(
             f"\nsk-functions is up in {time.perf_counter() - t0:.1f}s: {base}/api  [log .run/service.log]\n"
         )
+        print(f"API key of the 'dev' tenant (make run issues a new one each start):\n  {key}\n")
         print("Try it:")
         print(f"  curl -s {base}/api/v1/summarize -H 'Content-Type: application/json' \\")
+        print(f"    -H 'X-API-Key: {key}' \\")
         print(
             '    -d \'{"text": "Azure Functions runs event-driven code without managing servers. '
             'It scales out on demand.", "style": "tldr", "max_words": 20}\''
         )
-        print(f"  curl -s {base}/api/v1/functions")
+        print(f"  curl -s {base}/api/v1/functions -H 'X-API-Key: {key}'")
         print(f"  curl -s {base}/api/ready\n")
         print("Ctrl-C stops the service and the helpers.")
         while service.process.poll() is None:
