@@ -22,6 +22,8 @@ from sk_core.errors import ApiError, problem_response
 from sk_core.maintenance import sweep_periodically
 from sk_core.routes import ROUTES
 from sk_core.service import get_service
+from sk_core.settings import get_settings
+from sk_core.telemetry import prometheus_payload, setup_telemetry
 
 
 class _RouteError(ApiError):
@@ -49,6 +51,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    setup_telemetry(get_settings(), host="container")
     service = get_service()
     # The Functions host runs the same sweep from a timer trigger (function_app.py).
     sweeper = asyncio.create_task(sweep_periodically(service.settings.sweep_interval_seconds))
@@ -60,9 +63,21 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     await service.aclose()
 
 
+async def _metrics(request: Request) -> Response:
+    # Container only: Prometheus scrapes pods; Functions exports through OTel instead.
+    payload = prometheus_payload()
+    if payload is None:
+        return problem_response(
+            _RouteError(404, "not_found", "Not found", "Prometheus metrics are disabled.")
+        )
+    body, content_type = payload
+    return Response(body, media_type=content_type)
+
+
 def create_app() -> Starlette:
-    """A Starlette app serving every route of the table under ``/api``."""
+    """A Starlette app serving every route of the table under ``/api``, plus ``/metrics``."""
     routes = [Route(r.full_path, r.endpoint, methods=list(r.methods), name=r.name) for r in ROUTES]
+    routes.append(Route("/metrics", _metrics, methods=["GET"], name="metrics"))
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception}, lifespan=_lifespan)
 
 

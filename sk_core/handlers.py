@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sk_core import telemetry
 from sk_core.catalog import FunctionSpec
 from sk_core.errors import (
     ApiError,
@@ -105,38 +106,77 @@ async def _call_model(
     spec: FunctionSpec,
     default_max_tokens: Callable[[dict[str, Any]], int],
 ) -> _Outcome:
-    """Authenticate → validate → admit (reserve, clamp) → invoke → settle."""
-    principal = await service.auth.authenticate(request.headers, spec.id)
-    arguments = await _arguments(request, service, spec)
+    """Authenticate → validate → admit (reserve, clamp) → invoke → settle, a span each."""
+    tracer = telemetry.tracer()
+    with tracer.start_as_current_span("authenticate"):
+        principal = await service.auth.authenticate(request.headers, spec.id)
+    request.state.tenant_id = principal.tenant.id
+    with tracer.start_as_current_span("validate"):
+        arguments = await _arguments(request, service, spec)
     requested = arguments.pop("max_tokens") or default_max_tokens(arguments)
     price = service.settings.price
-    hold = await service.ledger.admit(
-        principal.tenant,
-        price=price,
-        prompt_tokens_bound=spec.prompt_token_bound(arguments),
-        requested_max_tokens=requested,
-        function=spec.id,
-        key_id=principal.key.key_id,
-    )
+    with tracer.start_as_current_span("admit") as span:
+        hold = await service.ledger.admit(
+            principal.tenant,
+            price=price,
+            prompt_tokens_bound=spec.prompt_token_bound(arguments),
+            requested_max_tokens=requested,
+            function=spec.id,
+            key_id=principal.key.key_id,
+        )
+        span.set_attribute("sk.max_tokens", hold.max_tokens)
+        span.set_attribute("sk.hold_usd", usd(hold.amount_nano))
+    started = time.perf_counter()
     try:
-        runtime = await _runtime(service)
-        completion = await runtime.invoke(spec, arguments, max_tokens=hold.max_tokens)
+        with tracer.start_as_current_span("invoke", attributes={"sk.function": spec.id}):
+            runtime = await _runtime(service)
+            completion = await runtime.invoke(spec, arguments, max_tokens=hold.max_tokens)
     except BaseException as failure:
         # Settle even when the client has gone (cancellation): shielded, so the hold
         # does not sit until its lease expires and block a concurrency slot.
         charge = (
             hold.amount_nano if not isinstance(failure, ApiError) or isinstance(failure, _UNCERTAIN) else 0
         )
-        await asyncio.shield(_settle_quietly(service, hold, charge, 0, 0))
+        with tracer.start_as_current_span("settle"):
+            await asyncio.shield(_settle_quietly(service, hold, charge, 0, 0))
         raise
+    duration = time.perf_counter() - started
     usage = completion.usage
     cost = price.cost_nano(usage.prompt_tokens, usage.completion_tokens)
-    charged = await _settle_quietly(service, hold, cost, usage.prompt_tokens, usage.completion_tokens)
+    with tracer.start_as_current_span("settle") as span:
+        charged = await _settle_quietly(service, hold, cost, usage.prompt_tokens, usage.completion_tokens)
+        span.set_attribute("sk.cost_usd", usd(charged))
+    _record_call(service, principal.tenant.id, spec.id, completion, duration, charged)
     headers = {
         **rate_limit_headers(hold.rpm_limit, hold.rpm_remaining, hold.rpm_reset),
         "X-Request-Cost-USD": f"{usd(charged):.9f}",
     }
     return _Outcome(completion=completion, cost_nano=charged, headers=headers)
+
+
+def _record_call(
+    service: Service,
+    tenant_id: str,
+    function_id: str,
+    completion: Completion,
+    duration: float,
+    cost_nano: int,
+) -> None:
+    """gen_ai token and duration metrics plus our cost counter, with the same dimensions."""
+    meters = telemetry.instruments()
+    dimensions = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": service.settings.resolved_model_id,
+        "gen_ai.response.model": completion.model,
+        "sk.tenant": tenant_id,
+        "sk.function": function_id,
+    }
+    meters.token_usage.record(completion.usage.prompt_tokens, {**dimensions, "gen_ai.token.type": "input"})
+    meters.token_usage.record(
+        completion.usage.completion_tokens, {**dimensions, "gen_ai.token.type": "output"}
+    )
+    meters.operation_duration.record(duration, dimensions)
+    meters.cost.add(usd(cost_nano), dimensions)
 
 
 async def _settle_quietly(
@@ -190,6 +230,7 @@ async def list_functions(request: Request) -> Response:
     """The catalog: every function this key may call, with its input variables."""
     service = get_service()
     principal = await service.auth.authenticate(request.headers, None)
+    request.state.tenant_id = principal.tenant.id
     visible = [
         s.public() for s in service.catalog if principal.key.allows(s.id) and principal.tenant.allows(s.id)
     ]

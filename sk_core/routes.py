@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sk_core import handlers
+from sk_core import handlers, telemetry
 from sk_core.errors import ApiError, internal_error_response, problem_response
 from sk_core.openapi import openapi_document
 
@@ -27,20 +30,69 @@ Handler = Callable[[Request], Awaitable[Response]]
 API_PREFIX = "/api"
 
 
-def error_boundary(handler: Handler) -> Handler:
-    """Map domain errors to their HTTP answer and anything else to an opaque 500."""
+# Refusal reasons for the ``sk.refusals`` metric, by error code.
+_REFUSAL_REASONS = {
+    "unauthorized": "auth",
+    "forbidden": "auth",
+    "malformed_json": "validation",
+    "unsupported_media_type": "validation",
+    "payload_too_large": "validation",
+    "validation_error": "validation",
+    "rate_limited": "rate",
+    "tokens_rate_limited": "rate",
+    "concurrency_limited": "concurrency",
+    "budget_exceeded": "budget",
+    "limits_unavailable": "limits_unavailable",
+}
+
+
+def instrumented(route: RouteSpec) -> Handler:
+    """The route's handler inside the shared boundary: one server span (continuing the
+    caller's W3C trace context), domain errors mapped to HTTP, anything else an opaque
+    500, the trace id echoed in ``X-Trace-Id``, and request metrics."""
+    handler, template = route.handler, route.full_path
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ApiError as error:
-            return problem_response(error)
-        except Exception:
-            logger.exception("unhandled error in %s", handler.__name__)
-            return internal_error_response()
+        started = time.perf_counter()
+        attributes: dict[str, str | int] = {"http.request.method": request.method, "http.route": template}
+        context = propagate.extract(dict(request.headers))
+        with telemetry.tracer().start_as_current_span(
+            f"{request.method} {template}", context=context, kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            try:
+                response = await handler(request)
+            except ApiError as error:
+                response = problem_response(error)
+                reason = _REFUSAL_REASONS.get(error.code)
+                if reason is not None:
+                    telemetry.instruments().refusals.add(
+                        1, {"reason": reason, "code": error.code, **_tenant(request)}
+                    )
+                span.set_attribute("sk.error.code", error.code)
+                if error.status >= 500:
+                    span.set_status(StatusCode.ERROR, error.code)
+            except Exception as exc:
+                logger.exception("unhandled error in %s", route.name)
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, "internal_error")
+                response = internal_error_response()
+            span.set_attribute("http.response.status_code", response.status_code)
+            for key, value in _tenant(request).items():
+                span.set_attribute(key, value)
+            trace_id = telemetry.current_trace_id()
+            if trace_id:
+                response.headers[telemetry.TRACE_ID_HEADER] = trace_id
+        attributes["http.response.status_code"] = response.status_code
+        telemetry.instruments().http_duration.record(time.perf_counter() - started, attributes)
+        return response
 
     return wrapped
+
+
+def _tenant(request: Request) -> dict[str, str]:
+    tenant_id = getattr(request.state, "tenant_id", None)
+    return {"sk.tenant": tenant_id} if tenant_id else {}
 
 
 @dataclass(frozen=True)
@@ -62,8 +114,8 @@ class RouteSpec:
 
     @property
     def endpoint(self) -> Handler:
-        """The handler wrapped in the shared error boundary."""
-        return error_boundary(self.handler)
+        """The handler wrapped in the shared boundary (errors, tracing, metrics)."""
+        return instrumented(self)
 
 
 ROUTES: tuple[RouteSpec, ...] = (

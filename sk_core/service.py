@@ -9,6 +9,7 @@ process-wide singleton created on first use. Tests install their own with
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -55,8 +56,13 @@ class Service:
         """Build the context from settings (default: the environment)."""
         from sk_core.auth import Authenticator
         from sk_core.ledger import Ledger
+        from sk_core.telemetry import setup_telemetry
 
         settings = settings or get_settings()
+        # Once per process (a no-op if a host or a test installed providers already).
+        setup_telemetry(
+            settings, host="functions" if os.environ.get("FUNCTIONS_WORKER_RUNTIME") else "container"
+        )
         catalog = Catalog.load()
         store = make_store(settings)
         tenants = make_tenant_store(settings, store)

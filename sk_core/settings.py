@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,6 +93,17 @@ class Settings(BaseSettings):
     min_answer_tokens: int = Field(default=16, ge=1, le=1024)
     hold_lease_seconds: float = Field(default=300.0, ge=5, le=86400)
     sweep_interval_seconds: float = Field(default=60.0, ge=1, le=3600)
+
+    telemetry_exporter: Literal["auto", "azure_monitor", "otlp", "console", "none"] = "auto"
+    prometheus_metrics: bool = Field(default=True, description="Container host: serve /metrics.")
+    log_format: Literal["json", "text"] = "json"
+    genai_diagnostics: bool = Field(
+        default=True, description="Semantic Kernel's gen_ai spans (no prompt text)."
+    )
+    genai_sensitive_diagnostics: bool = Field(
+        default=False,
+        description="Also record prompt and completion text in SK's spans. Off unless you mean it.",
+    )
 
     @property
     def price(self) -> Price:

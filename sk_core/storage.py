@@ -73,6 +73,7 @@ class TableStore:
         retries: int = 2,
     ) -> None:
         options = _retry_options(retries)
+        self._credential: Any = None
         if connection_string:
             if connection_string.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
                 connection_string = development_connection_string()
@@ -80,7 +81,8 @@ class TableStore:
         elif endpoint:
             from azure.identity.aio import DefaultAzureCredential
 
-            self._service = TableServiceClient(endpoint, credential=DefaultAzureCredential(), **options)
+            self._credential = DefaultAzureCredential()
+            self._service = TableServiceClient(endpoint, credential=self._credential, **options)
         else:
             raise ValueError("storage needs a connection string or an account endpoint")
         self._prefix = table_prefix
@@ -119,6 +121,8 @@ class TableStore:
         for client in self._clients.values():
             await client.close()
         await self._service.close()
+        if self._credential is not None:
+            await self._credential.close()
 
 
 def int64(value: int) -> EntityProperty:

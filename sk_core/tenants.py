@@ -157,6 +157,13 @@ def _key_from_entity(entity: Any) -> ApiKey:
     )
 
 
+def validate_tenant_id(tenant_id: str) -> str:
+    """The id if it is usable as a PartitionKey and in URLs; else ``TenantError``."""
+    if not _TENANT_ID_RE.match(tenant_id):
+        raise TenantError("tenant id: 2-63 chars of a-z, 0-9 and '-', starting with a letter or digit")
+    return tenant_id
+
+
 class TenantStore:
     """CRUD for tenants and keys; used by the admin CLI and by authentication."""
 
@@ -166,8 +173,7 @@ class TenantStore:
 
     async def create_tenant(self, tenant: Tenant) -> Tenant:
         """Insert a tenant; refuses an existing id."""
-        if not _TENANT_ID_RE.match(tenant.id):
-            raise TenantError("tenant id: 2-63 chars of a-z, 0-9 and '-', starting with a letter or digit")
+        validate_tenant_id(tenant.id)
         table = await self._store.table("tenants")
         try:
             await table.create_entity(tenant.to_entity())
@@ -283,7 +289,8 @@ class TenantStore:
         except AzureError as exc:
             raise StorageUnavailable("storage unreachable") from exc
         key = await self.get_key(key_id)
-        assert key is not None
+        if key is None:  # deleted between the two calls
+            raise TenantError(f"unknown key {key_id!r}")
         return key
 
     async def touch_key(self, key_id: str, when: datetime) -> None:

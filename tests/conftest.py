@@ -8,15 +8,20 @@ Kernel and retry code all run for real.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from scripts.devservices import free_port, start_azurite, start_service
 from sk_core.service import Service, set_service
 from sk_core.settings import Settings
 from sk_core.storage import development_connection_string
+from sk_core.telemetry import Exporters, setup_telemetry
 from sk_core.tenants import Limits, Tenant
 from tests.hosts import ContainerHost, FunctionsHost, Host
 from tests.stub_model import StubModel, StubModelProcess, start_stub_model
@@ -105,8 +110,33 @@ def functions_app_functions() -> list[Any]:
     return list(function_app.app.get_functions())
 
 
+@dataclass
+class TelemetrySink:
+    """In-memory OpenTelemetry exporters installed for the whole test process."""
+
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+    logs: InMemoryLogRecordExporter
+
+
 @pytest.fixture(scope="session")
-async def functions_service(service_env: dict[str, str]) -> AsyncIterator[Service]:
+def telemetry_sink(service_env: dict[str, str]) -> TelemetrySink:
+    """Installed before any service: the process's providers can be set only once."""
+    sink = TelemetrySink(InMemorySpanExporter(), InMemoryMetricReader(), InMemoryLogRecordExporter())  # type: ignore[no-untyped-call]
+    setup_telemetry(
+        make_settings(service_env),
+        host="test",
+        exporters=Exporters(
+            spans=[sink.spans], metric_readers=[sink.metrics], logs=[sink.logs], synchronous=True
+        ),
+    )
+    return sink
+
+
+@pytest.fixture(scope="session")
+async def functions_service(
+    service_env: dict[str, str], telemetry_sink: TelemetrySink
+) -> AsyncIterator[Service]:
     """The in-process service context the Functions triggers use."""
     service = Service.create(make_settings(service_env))
     set_service(service)
