@@ -252,6 +252,8 @@ def setup_telemetry(settings: Settings, *, host: str, exporters: Exporters | Non
             root.setLevel(logging.INFO)
         if settings.log_format == "json":
             _install_json_stdout_logging(root)
+        if not settings.genai_sensitive_diagnostics:
+            _quiet_third_party_loggers()
         if settings.genai_diagnostics:
             # Semantic Kernel reads these when it is imported (kernel build, later).
             os.environ.setdefault("SEMANTICKERNEL_EXPERIMENTAL_GENAI_ENABLE_OTEL_DIAGNOSTICS", "true")
@@ -260,6 +262,25 @@ def setup_telemetry(settings: Settings, *, host: str, exporters: Exporters | Non
                 "SEMANTICKERNEL_EXPERIMENTAL_GENAI_ENABLE_OTEL_DIAGNOSTICS_SENSITIVE", "true"
             )
         return True
+
+
+# Loggers that write provider error text (Semantic Kernel logs the provider's message
+# at ERROR, the HTTP clients log request lines and headers). We log our own classified,
+# text-free line for each failure instead (sk_core.model_runtime).
+_QUIET_LOGGERS = {
+    "semantic_kernel": logging.CRITICAL,
+    "openai": logging.WARNING,
+    "httpx": logging.WARNING,
+    "httpx2": logging.WARNING,
+    "httpcore": logging.WARNING,
+    "httpcore2": logging.WARNING,
+    "azure": logging.WARNING,
+}
+
+
+def _quiet_third_party_loggers() -> None:
+    for name, level in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,0 +1,309 @@
+"""Telemetry: the span tree of one request, metrics that match the response, trace
+context continued from the caller, no prompt text or keys in logs, and a real OTLP
+export to a receiver on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from scripts.devservices import free_port, start_service
+from sk_core.service import Service
+from sk_core.tenants import Limits, Tenant
+from tests.conftest import TelemetrySink
+from tests.hosts import FunctionsHost
+from tests.stub_model import StubModel
+
+SUMMARIZE = "/api/v1/summarize"
+PROMPT = "The quarterly report shows revenue grew nine percent in Lisbon."  # must never reach logs
+
+
+@pytest.fixture(scope="module")
+async def caller(functions_service: Service) -> tuple[str, str]:
+    tenant_id = "otel-" + secrets.token_hex(3)
+    await functions_service.tenants.create_tenant(
+        Tenant(id=tenant_id, display_name="OTel", limits=Limits(daily_budget_nano=10**12))
+    )
+    return tenant_id, (await functions_service.tenants.issue_key(tenant_id)).secret
+
+
+@pytest.fixture
+def host(
+    functions_app_functions: list[Any], functions_service: Service, caller: tuple[str, str]
+) -> FunctionsHost:
+    return FunctionsHost(functions_app_functions, {"x-api-key": caller[1]})
+
+
+def metric_points(sink: TelemetrySink, name: str) -> list[Any]:
+    data = sink.metrics.get_metrics_data()
+    assert data is not None
+    return [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+async def test_one_request_is_one_span_tree_continuing_the_callers_trace(
+    host: FunctionsHost, stub: StubModel, telemetry_sink: TelemetrySink
+) -> None:
+    telemetry_sink.spans.clear()
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    stub.script({"content": "Revenue grew.", "prompt_tokens": 80, "completion_tokens": 4})
+    response = await host.request(
+        "POST",
+        SUMMARIZE,
+        json_body={"text": PROMPT},
+        headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+    )
+    assert response.status == 200, response.body
+    assert response.headers["x-trace-id"] == trace_id
+    spans = [
+        s for s in telemetry_sink.spans.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id
+    ]
+    by_name = {s.name: s for s in spans}
+    server = by_name[f"POST {SUMMARIZE}"]
+    assert server.parent is not None
+    assert format(server.parent.span_id, "016x") == parent_id  # continued, not a new trace
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.attributes["http.route"] == SUMMARIZE
+    stages = ["authenticate", "validate", "admit", "invoke", "settle"]
+    for stage in stages:
+        assert by_name[stage].parent is not None
+        assert by_name[stage].parent.span_id == server.context.span_id, stage
+    ordered = sorted((by_name[s] for s in stages), key=lambda s: s.start_time or 0)
+    assert [s.name for s in ordered] == stages
+    # Semantic Kernel's own spans nest under our invoke span, with its gen_ai usage.
+    sk_spans = [s for s in spans if s.name.startswith(("chat ", "execute_tool"))]
+    assert sk_spans, [s.name for s in spans]
+    invoke = by_name["invoke"]
+    ids = {s.context.span_id: s for s in spans}
+
+    def under_invoke(span: Any) -> bool:
+        while span.parent is not None:
+            if span.parent.span_id == invoke.context.span_id:
+                return True
+            span = ids.get(span.parent.span_id)
+            if span is None:
+                return False
+        return False
+
+    assert all(under_invoke(s) for s in sk_spans)
+    chat = next(s for s in sk_spans if s.name.startswith("chat "))
+    assert chat.attributes is not None
+    assert chat.attributes["gen_ai.usage.input_tokens"] == 80
+    assert chat.attributes["gen_ai.usage.output_tokens"] == 4
+
+
+async def test_token_and_cost_metrics_equal_the_response(
+    host: FunctionsHost, stub: StubModel, telemetry_sink: TelemetrySink, caller: tuple[str, str]
+) -> None:
+    tenant_id = caller[0]
+
+    def totals() -> tuple[int, int, float, int]:
+        tokens = [
+            p
+            for p in metric_points(telemetry_sink, "gen_ai.client.token.usage")
+            if p.attributes.get("sk.tenant") == tenant_id
+        ]
+        inputs = sum(p.sum for p in tokens if p.attributes["gen_ai.token.type"] == "input")
+        outputs = sum(p.sum for p in tokens if p.attributes["gen_ai.token.type"] == "output")
+        cost = sum(
+            p.value
+            for p in metric_points(telemetry_sink, "sk.cost")
+            if p.attributes.get("sk.tenant") == tenant_id
+        )
+        calls = sum(
+            p.count
+            for p in metric_points(telemetry_sink, "gen_ai.client.operation.duration")
+            if p.attributes.get("sk.tenant") == tenant_id
+        )
+        return int(inputs), int(outputs), float(cost), int(calls)
+
+    before = totals()
+    stub.script(
+        {"content": "A short answer.", "prompt_tokens": 321, "completion_tokens": 17, "model": "m-2025"}
+    )
+    response = await host.request("POST", SUMMARIZE, json_body={"text": "measure me"})
+    assert response.status == 200, response.body
+    body = response.json()
+    after = totals()
+    assert after[0] - before[0] == body["usage"]["prompt_tokens"] == 321
+    assert after[1] - before[1] == body["usage"]["completion_tokens"] == 17
+    assert after[2] - before[2] == pytest.approx(body["cost_usd"])
+    assert after[3] - before[3] == 1
+    points = [
+        p
+        for p in metric_points(telemetry_sink, "gen_ai.client.token.usage")
+        if p.attributes.get("sk.tenant") == tenant_id
+    ]
+    point = next(p for p in points if p.attributes["gen_ai.response.model"] == "m-2025")
+    assert point.attributes["sk.function"] == "text/summarize"
+
+
+async def test_refusals_and_requests_are_counted_by_reason_route_and_status(
+    host: FunctionsHost, telemetry_sink: TelemetrySink
+) -> None:
+    def refusals(reason: str) -> int:
+        return int(
+            sum(
+                p.value
+                for p in metric_points(telemetry_sink, "sk.refusals")
+                if p.attributes["reason"] == reason
+            )
+        )
+
+    def requests(status: int) -> int:
+        return int(
+            sum(
+                p.count
+                for p in metric_points(telemetry_sink, "http.server.request.duration")
+                if p.attributes["http.route"] == SUMMARIZE
+                and p.attributes["http.response.status_code"] == status
+            )
+        )
+
+    auth, validation, unauthorized = refusals("auth"), refusals("validation"), requests(401)
+    await host.request("POST", SUMMARIZE, json_body={"text": "x"}, headers={"x-api-key": None})
+    await host.request("POST", SUMMARIZE, json_body={"text": ""})
+    assert refusals("auth") == auth + 1
+    assert refusals("validation") == validation + 1
+    assert requests(401) == unauthorized + 1
+
+
+async def test_logs_carry_trace_ids_and_no_prompt_text_or_keys(
+    host: FunctionsHost,
+    stub: StubModel,
+    telemetry_sink: TelemetrySink,
+    caller: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    telemetry_sink.logs.clear()
+    stub.script({"status": 500}, {"status": 500}, {"status": 500})  # provider errors get logged
+    with caplog.at_level("DEBUG"):
+        response = await host.request("POST", SUMMARIZE, json_body={"text": PROMPT})
+    assert response.status == 502
+    exported = telemetry_sink.logs.get_finished_logs()
+    assert exported, "warnings about the failed model call should be exported"
+    texts = [str(r.log_record.body) + str(dict(r.log_record.attributes or {})) for r in exported]
+    texts += [r.getMessage() for r in caplog.records]
+    for text in texts:
+        assert PROMPT not in text
+        assert caller[1] not in text
+        assert "SECRET-PROVIDER-TEXT" not in text
+    assert any(r.log_record.trace_id for r in exported)  # correlated with the request's trace
+
+
+async def test_spans_carry_no_prompt_text_unless_sensitive_diagnostics_are_on(
+    host: FunctionsHost, stub: StubModel, telemetry_sink: TelemetrySink
+) -> None:
+    telemetry_sink.spans.clear()
+    response = await host.request("POST", SUMMARIZE, json_body={"text": PROMPT})
+    assert response.status == 200
+    for span in telemetry_sink.spans.get_finished_spans():
+        recorded = str(dict(span.attributes or {})) + str([dict(e.attributes or {}) for e in span.events])
+        assert PROMPT not in recorded, span.name
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    bodies: dict[str, list[bytes]]
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        length = int(self.headers["Content-Length"])
+        self.bodies.setdefault(self.path, []).append(self.rfile.read(length))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[tuple[int, dict[str, list[bytes]]]]:
+    bodies: dict[str, list[bytes]] = {}
+    handler = type("Receiver", (_Receiver,), {"bodies": bodies})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], bodies
+    server.shutdown()
+    server.server_close()
+
+
+async def test_container_host_exports_otlp_to_a_real_receiver(
+    otlp_receiver: tuple[int, dict[str, list[bytes]]],
+    service_env: dict[str, str],
+    caller: tuple[str, str],
+    stub: StubModel,
+    tmp_path: Path,
+) -> None:
+    port, bodies = otlp_receiver
+    env = {
+        **service_env,
+        "SKF_TELEMETRY_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+    }
+    service_port = free_port()
+    process = start_service(port=service_port, env=env, log=tmp_path / "service.log")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service_port}", timeout=60) as client:
+            response = await client.post(
+                SUMMARIZE, json={"text": "export me"}, headers={"x-api-key": caller[1]}
+            )
+            assert response.status_code == 200, response.text
+            trace_id = response.headers["x-trace-id"]
+            prometheus = await client.get("/metrics")
+        deadline = time.monotonic() + 20
+        spans: list[Any] = []
+        metric_names: set[str] = set()
+        while time.monotonic() < deadline:
+            spans = [
+                span
+                for body in bodies.get("/v1/traces", [])
+                for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+                for ss in rs.scope_spans
+                for span in ss.spans
+            ]
+            metric_names = {
+                metric.name
+                for body in bodies.get("/v1/metrics", [])
+                for rm in ExportMetricsServiceRequest.FromString(body).resource_metrics
+                for sm in rm.scope_metrics
+                for metric in sm.metrics
+            }
+            if (
+                any(s.name == f"POST {SUMMARIZE}" for s in spans)
+                and "gen_ai.client.token.usage" in metric_names
+            ):
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        process.stop()
+    server_span = next(s for s in spans if s.name == f"POST {SUMMARIZE}")
+    assert server_span.trace_id.hex() == trace_id
+    assert {"authenticate", "admit", "invoke", "settle"} <= {
+        s.name for s in spans if s.trace_id.hex() == trace_id
+    }
+    assert {"gen_ai.client.token.usage", "sk.cost", "http.server.request.duration"} <= metric_names
+    assert prometheus.status_code == 200
+    assert "gen_ai_client_token_usage" in prometheus.text
