@@ -6,21 +6,30 @@ parent process, and the parent must not have paid for SK when it times children.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from scripts.devservices import ROOT, ManagedProcess
+from scripts.devservices import ROOT, ManagedProcess, free_port, start_azurite
+from tests.stub_model import StubModelProcess, start_stub_model
+
+if TYPE_CHECKING:
+    from sk_core.settings import Settings
 
 RESULTS_DIR = ROOT / "bench" / "results"
 
@@ -36,13 +45,100 @@ SUMMARIZE_BODY: dict[str, Any] = {
 SUMMARIZE_PATH = "/api/v1/summarize"
 
 
-def service_env(stub_base_url: str) -> dict[str, str]:
-    """Environment that points either host (or the naive baseline) at the stub model."""
-    return {
+# Limits high enough that the benchmark measures the admission path, never a refusal.
+_BENCH_TENANT = "bench"
+_BENCH_LIMITS = {
+    "requests_per_minute": 10**7,
+    "tokens_per_minute": 10**10,
+    "max_concurrent": 10**4,
+    "daily_budget_nano": 10**15,
+    "monthly_budget_nano": 10**15,
+}
+
+
+def service_env(stub_base_url: str, storage_connection_string: str | None = None) -> dict[str, str]:
+    """Environment that points either host (or the naive baseline) at the stub model.
+
+    The stub's model id has no list price, and the service refuses to start with an
+    unpriced model; it is priced like gpt-4o-mini so the cost arithmetic runs for real.
+    """
+    env = {
         "SKF_MODEL_PROVIDER": "openai_compatible",
         "SKF_MODEL_BASE_URL": stub_base_url,
         "SKF_MODEL_ID": "stub-model",
+        "SKF_MODEL_PRICES": json.dumps({"stub-model": {"input": 0.15, "output": 0.6}}),
+        "SKF_API_KEY_PEPPER": "bench-pepper-0123456789",
     }
+    if storage_connection_string is not None:
+        env["SKF_STORAGE_CONNECTION_STRING"] = storage_connection_string
+    return env
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """In-process ``Settings`` from the very ``SKF_*`` environment given to uvicorn."""
+    from sk_core.settings import Settings
+
+    return Settings.model_validate({key.removeprefix("SKF_").lower(): value for key, value in env.items()})
+
+
+def service_has_auth() -> bool:
+    """Whether this checkout's service authenticates callers against Table Storage.
+
+    The benchmarks predate auth and the ledger; detecting them keeps the scripts usable
+    on either side of that change instead of pinning them to one commit.
+    """
+    return importlib.util.find_spec("sk_core.tenants") is not None
+
+
+async def _provision_key(env: Mapping[str, str]) -> str:
+    # Through the service's own stores, so keys are hashed exactly as it verifies them.
+    from sk_core.service import Service
+    from sk_core.tenants import Limits, Tenant
+
+    service = Service.create(settings_from_env(env))
+    try:
+        await service.tenants.create_tenant(
+            Tenant(id=_BENCH_TENANT, display_name="Benchmark", limits=Limits(**_BENCH_LIMITS))
+        )
+        issued = await service.tenants.issue_key(_BENCH_TENANT, name="bench")
+        return str(issued.secret)
+    finally:
+        await service.aclose()
+
+
+@dataclass
+class Backends:
+    """What the service needs around it: the stub model and, with auth, Azurite and a key."""
+
+    stub: StubModelProcess
+    azurite: ManagedProcess | None
+    env: dict[str, str]
+    headers: dict[str, str]
+
+
+@contextlib.contextmanager
+def backends(logs: Path) -> Iterator[Backends]:
+    """Start the stub (delay 0) and, if the service has auth, Azurite plus a tenant and key."""
+    stub = start_stub_model()
+    azurite: ManagedProcess | None = None
+    try:
+        stub.client.reset()
+        stub.client.set_default(delay=0)
+        headers: dict[str, str] = {}
+        if service_has_auth():
+            from sk_core.storage import development_connection_string
+
+            port = free_port()
+            azurite = start_azurite(port=port, log=logs / "azurite.log")
+            env = service_env(stub.base_url, development_connection_string(port))
+            headers = {"x-api-key": asyncio.run(_provision_key(env))}
+        else:
+            env = service_env(stub.base_url)
+        yield Backends(stub=stub, azurite=azurite, env=env, headers=headers)
+    finally:
+        stub.stop()
+        if azurite is not None:
+            azurite.stop()
 
 
 def ms(seconds: float) -> float:
@@ -84,10 +180,24 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def source_revision() -> str:
+    """The commit measured, with ``+dirty`` if the service code (not bench/) has local edits."""
+    def git(*argv: str) -> str:
+        completed = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+        return completed.stdout.strip() if completed.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    dirty = git("status", "--porcelain", "--", ".", ":(exclude)bench", ":(exclude)node_modules")
+    return commit + ("+dirty" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on; benchmarks are meaningless without it."""
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "revision": source_revision(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -112,7 +222,8 @@ def uvicorn_argv(app: str, port: int) -> list[str]:
 
 
 def wait_for_200(process: ManagedProcess, client: httpx.Client, method: str, url: str, *,
-                 json_body: Any = None, timeout: float = 60.0, interval: float = 0.01) -> float:
+                 json_body: Any = None, headers: Mapping[str, str] | None = None,
+                 timeout: float = 60.0, interval: float = 0.01) -> float:
     """Poll ``url`` until it answers 200; return ``time.perf_counter()`` at that answer.
 
     ``start_service`` polls every 50 ms; cold-start timing needs a finer grain, so the
@@ -124,7 +235,7 @@ def wait_for_200(process: ManagedProcess, client: httpx.Client, method: str, url
         if process.process.poll() is not None:
             raise RuntimeError(f"{process.name} exited: {process.log_tail()}")
         try:
-            response = client.request(method, url, json=json_body)
+            response = client.request(method, url, json=json_body, headers=headers)
         except httpx.TransportError:
             time.sleep(interval)
             continue

@@ -6,7 +6,9 @@ Measures, against the stub model (tests/stub_model.py) with zero delay:
 
 a. ``import function_app`` in a fresh interpreter (what the Functions host pays to
    index the app), checking Semantic Kernel stayed unloaded, plus where that import
-   time goes (one ``python -X importtime`` run, grouped by top-level package).
+   time goes (one ``python -X importtime`` run, grouped by top-level package); and
+   the lazy ``import sk_core.model_runtime`` (Semantic Kernel + OpenAI SDK) that the
+   first model-backed request pays in either host, timed and broken down the same way.
 b. Functions host: process spawn -> first 200 from the summarize trigger, in a child
    that imports ``function_app``, indexes it and awaits the trigger once
    (``bench/probe_functions.py``).
@@ -23,7 +25,6 @@ measurement, not a test: it fails only if something does not answer 200.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,16 @@ import httpx
 from bench._common import (
     SUMMARIZE_BODY,
     SUMMARIZE_PATH,
+    backends,
     machine,
     markdown_table,
     ms,
-    service_env,
     summary,
     uvicorn_argv,
     wait_for_200,
     write_results,
 )
 from scripts.devservices import ROOT, ManagedProcess, free_port
-from tests.stub_model import start_stub_model
 
 PROBE = ROOT / "bench" / "probe_functions.py"
 OURS = "sk_core.asgi:app"
@@ -94,6 +94,9 @@ def measure_interpreter(trials: int) -> dict[str, Any]:
 
 def measure_import(trials: int) -> dict[str, Any]:
     """``import function_app`` timed inside fresh interpreters; SK must stay unloaded."""
+    # One untimed run first: on a fresh checkout it writes sk_core's __pycache__, which
+    # a deployed app ships precompiled or writes once.
+    _run_probe("import", _child_env())
     samples: list[float] = []
     sk_loaded: list[bool] = []
     openai_loaded: list[bool] = []
@@ -149,6 +152,14 @@ def parse_importtime(stderr: str, root_module: str = "function_app") -> dict[str
     }
 
 
+def measure_runtime_import(trials: int) -> dict[str, Any]:
+    """``import sk_core.model_runtime`` (SK + OpenAI SDK) after ``function_app``, fresh each time.
+
+    The lazy import the first model-backed request pays in either host.
+    """
+    return summary([float(_run_probe("runtime-import", _child_env())[0]["import_s"]) for _ in range(trials)])
+
+
 def measure_import_breakdown(mode: str = "import", root_module: str = "function_app") -> dict[str, Any]:
     """One ``-X importtime`` run of a probe (its own overhead inflates totals by ~20-50%)."""
     result, stderr = _run_probe(mode, _child_env(), python_flags=("-X", "importtime"))
@@ -158,12 +169,15 @@ def measure_import_breakdown(mode: str = "import", root_module: str = "function_
 # --------------------------------------------------------------------- b. Functions host
 
 
-def measure_functions_first_call(trials: int, env: Mapping[str, str]) -> dict[str, Any]:
+def measure_functions_first_call(
+    trials: int, env: Mapping[str, str], headers: Mapping[str, str]
+) -> dict[str, Any]:
     """Spawn -> first 200 from the summarize trigger, with the child's own breakdown."""
     runs: list[dict[str, Any]] = []
+    key = {"BENCH_API_KEY": headers["x-api-key"]} if "x-api-key" in headers else {}
     for _ in range(trials):
         # Wall clock on purpose: it is the only clock both processes can read alike.
-        spawn_env = _child_env({**env, "BENCH_SPAWN_WALL": repr(time.time())})
+        spawn_env = _child_env({**env, **key, "BENCH_SPAWN_WALL": repr(time.time())})
         result, _ = _run_probe("first-call", spawn_env)
         runs.append(result)
     out = summary([float(r["total_s"]) for r in runs])
@@ -176,68 +190,65 @@ def measure_functions_first_call(trials: int, env: Mapping[str, str]) -> dict[st
 # ------------------------------------------------------------- c./d. uvicorn-served apps
 
 
-def measure_server_first_call(app: str, trials: int, env: Mapping[str, str], logs: Path) -> dict[str, Any]:
-    """Spawn of ``uvicorn <app>`` -> /api/health 200 -> first summarize 200."""
-    listen: list[float] = []
-    first: list[float] = []
-    with httpx.Client(timeout=60, trust_env=False) as client:
-        for trial in range(trials):
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            started = time.perf_counter()
-            log = logs / f"{app}-{trial}.log"
-            with ManagedProcess(app, uvicorn_argv(app, port), env=env, log=log) as proc:
-                listening = wait_for_200(proc, client, "GET", f"{base}/api/health")
-                answered = wait_for_200(
-                    proc, client, "POST", f"{base}{SUMMARIZE_PATH}", json_body=SUMMARIZE_BODY
-                )
-            listen.append(listening - started)
-            first.append(answered - started)
-    out = summary(first)
-    out["listening_median_ms"] = ms(statistics.median(listen))
-    out["listening_samples_ms"] = [ms(v) for v in listen]
+def _steady_state(client: httpx.Client, base: str, requests: int) -> dict[str, Any]:
+    """Latency of ``requests`` sequential summarize calls to a server that already answered one.
+
+    The naive baseline reports its per-request build time in ``Server-Timing``; it is
+    collected too, to split its latency into "build" and "the rest".
+    """
+    samples: list[float] = []
+    builds: list[float] = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        response = client.post(f"{base}{SUMMARIZE_PATH}", json=SUMMARIZE_BODY)
+        samples.append(time.perf_counter() - started)
+        if response.status_code != 200:
+            raise RuntimeError(f"{base} answered {response.status_code}: {response.text[:500]}")
+        timing = re.search(r"build;dur=([0-9.]+)", response.headers.get("server-timing", ""))
+        if timing:
+            builds.append(float(timing.group(1)) / 1000)
+    out = {**summary(samples), "mean_ms": ms(statistics.fmean(samples))}
+    if builds:
+        out["build_median_ms"] = ms(statistics.median(builds))
     return out
 
 
-def measure_steady_state(app: str, requests: int, env: Mapping[str, str], logs: Path) -> dict[str, Any]:
-    """Latency of ``requests`` sequential summarize calls to a warm server (first call excluded)."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    samples: list[float] = []
-    with (
-        httpx.Client(base_url=base, timeout=60, trust_env=False) as client,
-        ManagedProcess(app, uvicorn_argv(app, port), env=env, log=logs / f"{app}-steady.log") as proc,
-    ):
-        wait_for_200(proc, client, "GET", "/api/health")
-        wait_for_200(proc, client, "POST", SUMMARIZE_PATH, json_body=SUMMARIZE_BODY)  # pays the build
-        for _ in range(requests):
-            started = time.perf_counter()
-            response = client.post(SUMMARIZE_PATH, json=SUMMARIZE_BODY)
-            samples.append(time.perf_counter() - started)
-            if response.status_code != 200:
-                raise RuntimeError(f"{app} answered {response.status_code}: {response.text[:500]}")
-    return {**summary(samples), "mean_ms": ms(statistics.fmean(samples))}
+def measure_servers(
+    apps: Sequence[str], trials: int, requests: int, env: Mapping[str, str], headers: Mapping[str, str],
+    logs: Path,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Per app: spawn of ``uvicorn <app>`` -> /api/health 200 -> first summarize 200.
 
-
-def measure_naive_build(requests: int, stub_base_url: str) -> dict[str, Any]:
-    """In-process cost of the naive per-request build alone (client + service + kernel + function).
-
-    Imports Semantic Kernel into this process, so it runs after every child measurement.
+    Trials of the apps alternate (and swap order every trial) so background load on a
+    shared machine drifts over all of them alike instead of favouring one. The last
+    trial's servers, warm by then, also serve the steady-state requests (saves a spawn).
+    Returns (first-call results, steady-state results), keyed by app.
     """
-    from bench.naive_app import build
-
-    async def one() -> float:
-        started = time.perf_counter()
-        _, _, client = build(stub_base_url, "stub-model")
-        elapsed = time.perf_counter() - started
-        await client.close()
-        return elapsed
-
-    async def run() -> list[float]:
-        await one()  # first build pays one-off lazy imports inside SK
-        return [await one() for _ in range(requests)]
-
-    return summary(asyncio.run(run()))
+    listen: dict[str, list[float]] = {app: [] for app in apps}
+    first: dict[str, list[float]] = {app: [] for app in apps}
+    steady: dict[str, dict[str, Any]] = {}
+    with httpx.Client(timeout=60, trust_env=False, headers=dict(headers)) as client:
+        for trial in range(trials):
+            for app in apps if trial % 2 == 0 else list(reversed(apps)):
+                port = free_port()
+                base = f"http://127.0.0.1:{port}"
+                started = time.perf_counter()
+                log = logs / f"{app}-{trial}.log"
+                with ManagedProcess(app, uvicorn_argv(app, port), env=env, log=log) as proc:
+                    listening = wait_for_200(proc, client, "GET", f"{base}/api/health")
+                    answered = wait_for_200(
+                        proc, client, "POST", f"{base}{SUMMARIZE_PATH}", json_body=SUMMARIZE_BODY
+                    )
+                    if trial == trials - 1:
+                        steady[app] = _steady_state(client, base, requests)
+                listen[app].append(listening - started)
+                first[app].append(answered - started)
+    out: dict[str, dict[str, Any]] = {}
+    for app in apps:
+        out[app] = summary(first[app])
+        out[app]["listening_median_ms"] = ms(statistics.median(listen[app]))
+        out[app]["listening_samples_ms"] = [ms(v) for v in listen[app]]
+    return out, steady
 
 
 # ----------------------------------------------------------------------------- report
@@ -247,7 +258,7 @@ def report(results: dict[str, Any]) -> str:
     """The Markdown tables printed at the end of a run."""
     imp, fn = results["import_function_app"], results["functions_first_call"]
     box, naive = results["container_first_call"], results["naive_first_call"]
-    interp = results["interpreter_start"]
+    interp, rt = results["interpreter_start"], results["runtime_import"]
     cold = markdown_table(
         ["measurement", "median ms", "min ms", "N", "notes"],
         [
@@ -256,6 +267,8 @@ def report(results: dict[str, Any]) -> str:
             ["a. `import function_app` (in-process timer)", imp["median_ms"], imp["min_ms"], imp["n"],
              f"semantic_kernel loaded: {imp['semantic_kernel_loaded']}, "
              f"openai loaded: {imp['openai_loaded']}"],
+            ["lazy `import sk_core.model_runtime` (SK + OpenAI SDK), after function_app",
+             rt["median_ms"], rt["min_ms"], rt["n"], "paid by the first model-backed request"],
             ["b. Functions host: spawn -> first 200 (summarize)", fn["median_ms"], fn["min_ms"], fn["n"],
              f"start {fn['spawn_to_main_median_ms']:.0f} + import {fn['import_median_ms']:.0f} + "
              f"index {fn['index_median_ms']:.0f} + first invoke {fn['first_invoke_median_ms']:.0f} ms"],
@@ -279,15 +292,15 @@ def report(results: dict[str, Any]) -> str:
         ["package (self time, -X importtime)", "ms", "share"],
         [[p["package"], p["self_ms"], f"{p['share']:.0%}"] for p in runtime["self_time_by_package"][:8]],
     )
-    ours, theirs, build = results["steady_ours"], results["steady_naive"], results["naive_build_in_process"]
+    ours, theirs = results["steady_ours"], results["steady_naive"]
     steady = markdown_table(
         ["steady state, sequential summarize over HTTP", "median ms", "mean ms", "min ms", "N"],
         [
             ["container host (kernel cached)", ours["median_ms"], ours["mean_ms"], ours["min_ms"], ours["n"]],
             ["naive baseline (kernel built per request)", theirs["median_ms"], theirs["mean_ms"],
              theirs["min_ms"], theirs["n"]],
-            ["naive per-request build alone (in-process)", build["median_ms"], "-", build["min_ms"],
-             build["n"]],
+            ["naive: of which building client + kernel + function (Server-Timing)",
+             theirs.get("build_median_ms", "-"), "-", "-", theirs["n"]],
         ],
     )
     return "\n\n".join([
@@ -309,38 +322,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--trials", type=int, default=5, help="spawns per process-level measurement")
     parser.add_argument("--import-trials", type=int, default=7, help="fresh interpreters for the import time")
+    parser.add_argument("--runtime-trials", type=int, default=2,
+                        help="fresh interpreters for the lazy SK import")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for the steady state")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"machine": machine(), "load_average_start": os.getloadavg()}
     results["config"] = {"trials": args.trials, "import_trials": args.import_trials,
+                         "runtime_trials": args.runtime_trials,
                          "requests": args.requests, "stub_delay_s": 0.0, "body": SUMMARIZE_BODY}
-    stub = start_stub_model()
-    try:
-        stub.client.reset()
-        stub.client.set_default(delay=0)
-        env = service_env(stub.base_url)
-        with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
-            logs = Path(tmp)
-            print("a. import function_app ...", file=sys.stderr)
-            results["interpreter_start"] = measure_interpreter(args.import_trials)
-            results["import_function_app"] = measure_import(args.import_trials)
-            results["import_breakdown"] = measure_import_breakdown()
-            # What the first model-backed request pays on top, in either host.
-            results["runtime_import_breakdown"] = measure_import_breakdown(
-                "runtime-import", "sk_core.model_runtime"
-            )
-            print("b. Functions host first call ...", file=sys.stderr)
-            results["functions_first_call"] = measure_functions_first_call(args.trials, env)
-            print("c. container host first call ...", file=sys.stderr)
-            results["container_first_call"] = measure_server_first_call(OURS, args.trials, env, logs)
-            print("d. naive baseline first call and steady state ...", file=sys.stderr)
-            results["naive_first_call"] = measure_server_first_call(NAIVE, args.trials, env, logs)
-            results["steady_ours"] = measure_steady_state(OURS, args.requests, env, logs)
-            results["steady_naive"] = measure_steady_state(NAIVE, args.requests, env, logs)
-        results["naive_build_in_process"] = measure_naive_build(args.requests, stub.base_url)
-    finally:
-        stub.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp, backends(Path(tmp)) as be:
+        env, headers, logs = be.env, be.headers, Path(tmp)
+        results["config"]["auth"] = bool(headers)
+        print("a. import function_app ...", file=sys.stderr)
+        results["interpreter_start"] = measure_interpreter(args.import_trials)
+        results["import_function_app"] = measure_import(args.import_trials)
+        results["import_breakdown"] = measure_import_breakdown()
+        # What the first model-backed request pays on top, in either host. Breakdown
+        # first: its run also writes model_runtime's __pycache__.
+        results["runtime_import_breakdown"] = measure_import_breakdown(
+            "runtime-import", "sk_core.model_runtime"
+        )
+        results["runtime_import"] = measure_runtime_import(args.runtime_trials)
+        print("b. Functions host first call ...", file=sys.stderr)
+        results["functions_first_call"] = measure_functions_first_call(args.trials, env, headers)
+        print("c./d. container host and naive baseline: first call, steady state ...", file=sys.stderr)
+        first, steady = measure_servers([OURS, NAIVE], args.trials, args.requests, env, headers, logs)
+        results["container_first_call"], results["naive_first_call"] = first[OURS], first[NAIVE]
+        results["steady_ours"], results["steady_naive"] = steady[OURS], steady[NAIVE]
     results["load_average_end"] = os.getloadavg()
     path = write_results("cold_start", results)
     print(report(results))

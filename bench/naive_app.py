@@ -12,6 +12,7 @@ argument validation, retries or error mapping: it is a yardstick, not a service.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,11 @@ def build(base_url: str, model_id: str) -> tuple[Kernel, KernelFunction, openai.
 
 
 async def summarize(request: Request) -> JSONResponse:
-    """Build the kernel, invoke summarize, answer the text."""
+    """Build the kernel, invoke summarize, answer the text (build time in ``Server-Timing``)."""
     body: dict[str, Any] = await request.json()
+    started = time.perf_counter()
     kernel, function, client = build(os.environ["SKF_MODEL_BASE_URL"], os.environ["SKF_MODEL_ID"])
+    build_ms = (time.perf_counter() - started) * 1000
     try:
         result = await kernel.invoke(
             function,
@@ -51,7 +54,8 @@ async def summarize(request: Request) -> JSONResponse:
     finally:
         # Even a naive app should not leak one connection pool per request.
         await client.close()
-    return JSONResponse({"summary": str(result).strip()})
+    timing = {"Server-Timing": f"build;dur={build_ms:.2f}"}
+    return JSONResponse({"summary": str(result).strip()}, headers=timing)
 
 
 async def health(request: Request) -> JSONResponse:

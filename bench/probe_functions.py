@@ -7,8 +7,9 @@
 Prints one JSON line. Module-level imports are stdlib only and few, so nothing the
 service would import is preloaded before the timer starts. ``first-call`` reads the
 parent's ``time.time()`` at spawn from ``BENCH_SPAWN_WALL`` (wall clock, because the
-two processes share no monotonic reference we can rely on) and the model settings from
-the ``SKF_*`` environment, exactly as a Functions worker would.
+two processes share no monotonic reference we can rely on), the model settings from
+the ``SKF_*`` environment, exactly as a Functions worker would, and an API key from
+``BENCH_API_KEY`` when the service authenticates callers.
 """
 
 import os
@@ -66,12 +67,10 @@ def probe_first_call() -> dict[str, object]:
     body = json.dumps(
         {"text": "Cold start probe: summarize this short text.", "style": "tldr", "max_words": 20}
     ).encode()
-    request = make_request(
-        "POST",
-        "/api/v1/summarize",
-        {"content-type": "application/json", "content-length": str(len(body))},
-        body,
-    )
+    headers = {"content-type": "application/json", "content-length": str(len(body))}
+    if os.environ.get("BENCH_API_KEY"):  # services with auth: a key the parent provisioned
+        headers["x-api-key"] = os.environ["BENCH_API_KEY"]
+    request = make_request("POST", "/api/v1/summarize", headers, body)
     response = asyncio.run(summarize.get_user_function()(request))
     done_wall = time.time()
     done = time.perf_counter()

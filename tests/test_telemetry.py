@@ -223,14 +223,14 @@ async def test_spans_carry_no_prompt_text_unless_sensitive_diagnostics_are_on(
 class _Receiver(BaseHTTPRequestHandler):
     bodies: dict[str, list[bytes]]
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         self.bodies.setdefault(self.path, []).append(self.rfile.read(length))
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
 
