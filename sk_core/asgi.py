@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -24,6 +25,8 @@ from sk_core.routes import ROUTES
 from sk_core.service import get_service
 from sk_core.settings import get_settings
 from sk_core.telemetry import prometheus_payload, setup_telemetry
+
+logger = logging.getLogger(__name__)
 
 
 class _RouteError(ApiError):
@@ -53,6 +56,10 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     setup_telemetry(get_settings(), host="container")
     service = get_service()
+    # A missing or unreachable secret is reported once, clearly, and by /api/ready;
+    # the process stays up (no crash loop) so the probe can say what is wrong.
+    for problem in await service.secrets.check(service.required_secrets()):
+        logger.error("startup check: %s", problem)
     # The Functions host runs the same sweep from a timer trigger (function_app.py).
     sweeper = asyncio.create_task(sweep_periodically(service.settings.sweep_interval_seconds))
     yield

@@ -76,7 +76,7 @@ class Authenticator:
         if key_id is None:
             raise Unauthorized("The API key is malformed.")
         key, tenant = await self._lookup(key_id)
-        if not self._tenants.verify(presented, key) or key is None or tenant is None:
+        if not await self._tenants.verify(presented, key) or key is None or tenant is None:
             raise Unauthorized("The API key is not valid.")
         if key.status != "active":
             raise Unauthorized("The API key is not valid.")

@@ -286,6 +286,12 @@ async def ready(request: Request) -> Response:
         )
     except (TimeoutError, LimitsUnavailable):
         checks["storage"] = DependencyStatus(status="error", code="storage_unreachable")
+    problems = await service.secrets.check(service.required_secrets())
+    checks["secrets"] = (
+        DependencyStatus(status="ok")
+        if not problems
+        else DependencyStatus(status="error", code="secret_unavailable", detail="; ".join(problems))
+    )
     is_ready = all(c.status == "ok" for c in checks.values())
     return json_response(
         ReadyResponse(status="ready" if is_ready else "not_ready", checks=checks),

@@ -8,6 +8,11 @@ The build runs in a worker thread so the event loop keeps answering ``/api/healt
 while SK imports. All callers share one ``concurrent.futures.Future``: 50 simultaneous
 first requests trigger exactly one build, whichever event loop or thread they are on.
 A failed build is not cached; the next caller tries again.
+
+The model key comes from the secret source on every call (a cache hit, no I/O). When
+its version changes (rotated in Key Vault), the next caller builds a new runtime with
+the new key; the old one keeps serving the requests already using it and is closed
+after a grace period.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,34 +32,49 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RuntimeBuilder = Callable[["Settings", "Catalog"], "ModelRuntime"]
+RuntimeBuilder = Callable[["Settings", "Catalog", "str | None"], "ModelRuntime"]
+# Returns (key or None, version); the version changes when the key is rotated.
+KeyProvider = Callable[[], Awaitable[tuple[str | None, str]]]
 
 
-def _default_builder(settings: Settings, catalog: Catalog) -> ModelRuntime:
+def _default_builder(settings: Settings, catalog: Catalog, api_key: str | None) -> ModelRuntime:
     from sk_core.model_runtime import build_runtime
 
-    return build_runtime(settings, catalog)
+    return build_runtime(settings, catalog, api_key)
+
+
+async def _no_key() -> tuple[str | None, str]:
+    return None, ""
 
 
 class KernelProvider:
     """Hands out the process's one ``ModelRuntime`` (kernel + chat service + functions)."""
 
     def __init__(
-        self, *, settings: Settings, catalog: Catalog, builder: RuntimeBuilder = _default_builder
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        builder: RuntimeBuilder = _default_builder,
+        key_provider: KeyProvider = _no_key,
     ) -> None:
         self._settings = settings
         self._catalog = catalog
         self._builder = builder
+        self._key_provider = key_provider
         self._lock = threading.Lock()
         self._future: concurrent.futures.Future[ModelRuntime] | None = None
+        self._version: str | None = None
+        self._retiring: dict[asyncio.Task[None], ModelRuntime] = {}
         self.build_count = 0
         self.build_seconds: float | None = None
 
-    def _build_into(self, future: concurrent.futures.Future[ModelRuntime]) -> None:
+    def _build_into(self, future: concurrent.futures.Future[ModelRuntime], api_key: str | None) -> None:
         started = time.perf_counter()
-        self.build_count += 1  # only ever runs in the single build thread
+        with self._lock:
+            self.build_count += 1
         try:
-            runtime = self._builder(self._settings, self._catalog)
+            runtime = self._builder(self._settings, self._catalog, api_key)
         except BaseException as exc:  # handed to every waiter; they map it to a 503
             logger.exception("kernel build failed")
             future.set_exception(exc)
@@ -63,23 +83,40 @@ class KernelProvider:
         logger.info("kernel built in %.2fs", self.build_seconds)
         future.set_result(runtime)
 
-    def _current_future(self) -> concurrent.futures.Future[ModelRuntime]:
+    def _current_future(self, api_key: str | None, version: str) -> concurrent.futures.Future[ModelRuntime]:
         with self._lock:
             future = self._future
-            if future is None or (future.done() and future.exception() is not None):
+            stale = (
+                future is not None
+                and future.done()
+                and future.exception() is None
+                and self._version != version
+            )
+            if future is None or stale or (future.done() and future.exception() is not None):
+                if stale and future is not None:
+                    self._retire(future.result())
                 future = concurrent.futures.Future()
                 # RUNNING futures cannot be cancelled: a waiter whose request is cancelled
                 # (client gone) must not cancel the build everyone else is waiting for.
                 future.set_running_or_notify_cancel()
-                self._future = future
+                self._future, self._version = future, version
                 threading.Thread(
-                    target=self._build_into, args=(future,), name="kernel-build", daemon=True
+                    target=self._build_into, args=(future, api_key), name="kernel-build", daemon=True
                 ).start()
             return future
 
-    def start(self) -> None:
-        """Begin building in the background (readiness probes and warm-up call this)."""
-        self._current_future()
+    def _retire(self, runtime: ModelRuntime) -> None:
+        # Requests already inside the old runtime finish on it; close it afterwards.
+        logger.info("model key rotated: rebuilding the model client")
+        grace = self._settings.model_deadline_seconds + 5
+
+        async def close_later() -> None:
+            await asyncio.sleep(grace)
+            await runtime.aclose()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retiring[task] = runtime
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     @property
     def is_built(self) -> bool:
@@ -87,17 +124,21 @@ class KernelProvider:
         future = self._future
         return future is not None and future.done() and future.exception() is None
 
+    async def get(self) -> ModelRuntime:
+        """The runtime for the current model key, building it on first use or rotation."""
+        api_key, version = await self._key_provider()
+        future = self._future
+        if future is not None and self._version == version and future.done() and future.exception() is None:
+            return future.result()
+        return await asyncio.wrap_future(self._current_future(api_key, version))
+
     async def aclose(self) -> None:
-        """Close the provider client of a built runtime (host shutdown, tests)."""
+        """Close the provider client of the built runtime (host shutdown, tests)."""
+        for task, runtime in list(self._retiring.items()):
+            task.cancel()
+            await runtime.aclose()
         if self.is_built:
             assert self._future is not None
             await self._future.result().aclose()
             with self._lock:
                 self._future = None
-
-    async def get(self) -> ModelRuntime:
-        """The runtime, building it on first use; concurrent callers share one build."""
-        future = self._future
-        if future is not None and future.done() and future.exception() is None:
-            return future.result()
-        return await asyncio.wrap_future(self._current_future())

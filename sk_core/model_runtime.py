@@ -52,10 +52,10 @@ class Completion:
     finish_reason: str | None
 
 
-def make_openai_client(settings: Settings) -> openai.AsyncOpenAI:
-    """The provider's async client; one per worker, reused by every request."""
+def make_openai_client(settings: Settings, api_key: str | None) -> openai.AsyncOpenAI:
+    """The provider's async client; one per worker (per key version), reused by every request."""
     common: dict[str, Any] = {"timeout": settings.model_timeout_seconds, "max_retries": 0}
-    key = settings.model_api_key.get_secret_value() or None
+    key = api_key or None
     if settings.model_provider is Provider.AZURE_OPENAI:
         if key:
             return openai.AsyncAzureOpenAI(
@@ -254,9 +254,9 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2**attempt))
 
 
-def build_runtime(settings: Settings, catalog: Catalog) -> ModelRuntime:
+def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = None) -> ModelRuntime:
     """Build the kernel: one chat service registered by id, one function per prompt file."""
-    client = make_openai_client(settings)
+    client = make_openai_client(settings, api_key)
     kernel = Kernel()
     model_id = settings.resolved_model_id
     service: OpenAIChatCompletion | AzureChatCompletion

@@ -14,12 +14,13 @@ import threading
 from typing import TYPE_CHECKING
 
 from sk_core.catalog import Catalog
-from sk_core.kernel import KernelProvider
-from sk_core.settings import Settings, get_settings
+from sk_core.kernel import KernelProvider, KeyProvider
+from sk_core.settings import Provider, Settings, get_settings
 
 if TYPE_CHECKING:
     from sk_core.auth import Authenticator
     from sk_core.ledger import Ledger
+    from sk_core.secret_store import CachedSecrets
     from sk_core.storage import TableStore
     from sk_core.tenants import TenantStore
 
@@ -37,6 +38,7 @@ class Service:
         tenants: TenantStore,
         auth: Authenticator,
         ledger: Ledger,
+        secrets: CachedSecrets,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -45,15 +47,25 @@ class Service:
         self.tenants = tenants
         self.auth = auth
         self.ledger = ledger
+        self.secrets = secrets
 
     async def aclose(self) -> None:
         """Release network resources (called on host shutdown)."""
         await self.kernels.aclose()
         await self.store.aclose()
+        await self.secrets.aclose()
+
+    def required_secrets(self) -> list[str]:
+        """Secrets without which the service cannot serve (readiness checks them)."""
+        names = [self.settings.api_key_pepper_secret_name]
+        if self.settings.model_provider is Provider.OPENAI:
+            names.append(self.settings.model_api_key_secret_name)
+        return names
 
     @classmethod
-    def create(cls, settings: Settings | None = None) -> Service:
-        """Build the context from settings (default: the environment)."""
+    def create(cls, settings: Settings | None = None, *, secrets: CachedSecrets | None = None) -> Service:
+        """Build the context from settings (default: the environment); ``secrets`` overrides
+        the secret source the settings select (tests point it at a vault stand-in)."""
         from sk_core.auth import Authenticator
         from sk_core.ledger import Ledger
         from sk_core.telemetry import setup_telemetry
@@ -65,11 +77,15 @@ class Service:
         )
         catalog = Catalog.load()
         store = make_store(settings)
-        tenants = make_tenant_store(settings, store)
+        secrets = secrets or make_secrets(settings)
+        tenants = make_tenant_store(settings, store, secrets)
         return cls(
             settings=settings,
             catalog=catalog,
-            kernels=KernelProvider(settings=settings, catalog=catalog),
+            kernels=KernelProvider(
+                settings=settings, catalog=catalog, key_provider=make_key_provider(settings, secrets)
+            ),
+            secrets=secrets,
             store=store,
             tenants=tenants,
             auth=Authenticator(tenants=tenants, ttl_seconds=settings.auth_cache_seconds),
@@ -95,11 +111,69 @@ def make_store(settings: Settings) -> TableStore:
     )
 
 
-def make_tenant_store(settings: Settings, store: TableStore) -> TenantStore:
-    """Tenants and keys over ``store``, hashing keys with the configured pepper."""
+def make_secrets(settings: Settings) -> CachedSecrets:
+    """Key Vault when a vault URL is configured, else the settings' own values; cached."""
+    from sk_core.secret_store import CachedSecrets, EnvSecretSource, KeyVaultSecretSource, SecretSource
+    from sk_core.telemetry import instruments
+
+    source: SecretSource
+    if settings.key_vault_url:
+        source = KeyVaultSecretSource(settings.key_vault_url, client_id=settings.key_vault_client_id or None)
+    else:
+        source = EnvSecretSource(
+            {
+                settings.model_api_key_secret_name: settings.model_api_key.get_secret_value(),
+                settings.api_key_pepper_secret_name: settings.api_key_pepper.get_secret_value(),
+            }
+        )
+    return CachedSecrets(
+        source,
+        ttl_seconds=settings.secret_cache_seconds,
+        refresh_ahead_seconds=settings.secret_refresh_ahead_seconds,
+        max_staleness_seconds=settings.secret_max_staleness_seconds,
+        failure_retry_seconds=settings.secret_retry_seconds,
+        on_refresh_failure=lambda name: instruments().secret_refresh_failures.add(1, {"secret": name}),
+    )
+
+
+def make_tenant_store(
+    settings: Settings, store: TableStore, secrets: CachedSecrets | None = None
+) -> TenantStore:
+    """Tenants and keys over ``store``, hashing keys with the pepper from the secret source."""
     from sk_core.tenants import TenantStore
 
-    return TenantStore(store=store, pepper=settings.api_key_pepper.get_secret_value())
+    name = settings.api_key_pepper_secret_name
+
+    async def pepper() -> str:
+        if secrets is not None:
+            return await secrets.get(name)
+        one_shot = make_secrets(settings)  # CLI and scripts: fetch once, close
+        try:
+            return await one_shot.get(name)
+        finally:
+            await one_shot.aclose()
+
+    return TenantStore(store=store, pepper=pepper)
+
+
+def make_key_provider(settings: Settings, secrets: CachedSecrets) -> KeyProvider:
+    """How the kernel gets the model key: none (local), required (openai) or optional."""
+    from sk_core.secret_store import SecretMissing
+
+    name = settings.model_api_key_secret_name
+    provider = settings.model_provider
+
+    async def key() -> tuple[str | None, str]:
+        if provider is Provider.LOCAL:
+            return None, ""
+        try:
+            return await secrets.get_versioned(name)
+        except SecretMissing:
+            if provider is Provider.OPENAI:
+                raise
+            return None, ""  # keyless: Entra ID (Azure OpenAI) or an open local server
+
+    return key
 
 
 _lock = threading.Lock()

@@ -94,6 +94,18 @@ class Settings(BaseSettings):
     hold_lease_seconds: float = Field(default=300.0, ge=5, le=86400)
     sweep_interval_seconds: float = Field(default=60.0, ge=1, le=3600)
 
+    key_vault_url: str = Field(
+        default="",
+        description="https://<vault>.vault.azure.net: read secrets from Key Vault instead of settings.",
+    )
+    key_vault_client_id: str = Field(default="", description="Client id of a user-assigned managed identity.")
+    model_api_key_secret_name: str = "model-api-key"  # noqa: S105 (a name, not a secret)
+    api_key_pepper_secret_name: str = "api-key-pepper"  # noqa: S105 (a name, not a secret)
+    secret_cache_seconds: float = Field(default=300.0, ge=1, le=86400)
+    secret_refresh_ahead_seconds: float = Field(default=60.0, ge=0, le=86400)
+    secret_max_staleness_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
+    secret_retry_seconds: float = Field(default=10.0, ge=0.1, le=3600)
+
     telemetry_exporter: Literal["auto", "azure_monitor", "otlp", "console", "none"] = "auto"
     prometheus_metrics: bool = Field(default=True, description="Container host: serve /metrics.")
     log_format: Literal["json", "text"] = "json"
@@ -143,17 +155,23 @@ class Settings(BaseSettings):
         if self.resolved_model_id not in prices:
             # A model without a price cannot be budgeted: refuse to start, not to charge 0.
             raise ValueError(f"no price for model {self.resolved_model_id!r}: add it to SKF_MODEL_PRICES")
+        if self.secret_refresh_ahead_seconds >= self.secret_cache_seconds:
+            raise ValueError("SKF_SECRET_REFRESH_AHEAD_SECONDS must be shorter than SKF_SECRET_CACHE_SECONDS")
+        if self.secret_max_staleness_seconds < self.secret_cache_seconds:
+            raise ValueError("SKF_SECRET_MAX_STALENESS_SECONDS must be at least SKF_SECRET_CACHE_SECONDS")
         if self.hold_lease_seconds <= self.model_deadline_seconds:
             raise ValueError("SKF_HOLD_LEASE_SECONDS must be longer than SKF_MODEL_DEADLINE_SECONDS")
-        if self.environment is Environment.PRODUCTION:
+        # With a vault, secrets are checked when fetched (readiness), not here.
+        if self.environment is Environment.PRODUCTION and not self.key_vault_url:
             pepper = self.api_key_pepper.get_secret_value()
             if pepper in _PLACEHOLDERS or pepper == "local-development-pepper" or len(pepper) < 16:
                 raise ValueError("SKF_API_KEY_PEPPER must be a real secret (16+ chars) in production")
+        if self.environment is Environment.PRODUCTION:
             key = self.model_api_key.get_secret_value().strip().lower()
             # Azure OpenAI may use Entra ID instead of a key; the others need a real key.
-            if provider is Provider.OPENAI and key in _PLACEHOLDERS:
+            if provider is Provider.OPENAI and not self.key_vault_url and key in _PLACEHOLDERS:
                 raise ValueError("SKF_MODEL_API_KEY is missing or a placeholder")
-            if provider is Provider.AZURE_OPENAI and key and key in _PLACEHOLDERS:
+            if provider is Provider.AZURE_OPENAI and not self.key_vault_url and key and key in _PLACEHOLDERS:
                 raise ValueError("SKF_MODEL_API_KEY is a placeholder (leave it empty to use Entra ID)")
             if provider is Provider.LOCAL:
                 raise ValueError("SKF_MODEL_PROVIDER=local is for development, not production")

@@ -14,6 +14,7 @@ import hmac
 import json
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -167,9 +168,22 @@ def validate_tenant_id(tenant_id: str) -> str:
 class TenantStore:
     """CRUD for tenants and keys; used by the admin CLI and by authentication."""
 
-    def __init__(self, *, store: TableStore, pepper: str) -> None:
+    def __init__(self, *, store: TableStore, pepper: str | Callable[[], Awaitable[str]]) -> None:
         self._store = store
-        self._pepper = pepper
+        self._pepper_source = pepper
+        self._pepper: str | None = pepper if isinstance(pepper, str) else None
+
+    async def pepper(self) -> str:
+        """The hashing pepper, fetched once per process.
+
+        Deliberately never refreshed: a new pepper changes every key's hash, so a
+        hot swap would lock every tenant out at once. Rotating it is a planned
+        re-issue of keys plus a restart.
+        """
+        if self._pepper is None:
+            assert not isinstance(self._pepper_source, str)
+            self._pepper = await self._pepper_source()
+        return self._pepper
 
     async def create_tenant(self, tenant: Tenant) -> Tenant:
         """Insert a tenant; refuses an existing id."""
@@ -233,7 +247,7 @@ class TenantStore:
             record = ApiKey(
                 key_id=key_id,
                 tenant_id=tenant_id,
-                key_hash=hash_key(secret, self._pepper),
+                key_hash=hash_key(secret, await self.pepper()),
                 scopes=scopes,
                 status="active",
                 name=name,
@@ -301,8 +315,9 @@ class TenantStore:
                 {"PartitionKey": KEY_PARTITION, "RowKey": key_id, "last_used_at": when}, mode=UpdateMode.MERGE
             )
 
-    def verify(self, presented: str, record: ApiKey | None) -> bool:
+    async def verify(self, presented: str, record: ApiKey | None) -> bool:
         """Constant-time check of a presented key against its stored hash."""
-        expected = record.key_hash if record is not None else hash_key("", self._pepper)
-        ok = hmac.compare_digest(hash_key(presented, self._pepper), expected)
+        pepper = await self.pepper()
+        expected = record.key_hash if record is not None else hash_key("", pepper)
+        ok = hmac.compare_digest(hash_key(presented, pepper), expected)
         return ok and record is not None

@@ -119,9 +119,10 @@ class TelemetrySink:
     logs: InMemoryLogRecordExporter
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def telemetry_sink(service_env: dict[str, str]) -> TelemetrySink:
-    """Installed before any service: the process's providers can be set only once."""
+    """Installed first (autouse): the process's providers can be set only once, and
+    Semantic Kernel reads its diagnostics switch when it is first imported."""
     sink = TelemetrySink(InMemorySpanExporter(), InMemoryMetricReader(), InMemoryLogRecordExporter())  # type: ignore[no-untyped-call]
     setup_telemetry(
         make_settings(service_env),

@@ -230,7 +230,7 @@ async def test_issue_list_and_revoke_keys(env: dict[str, str], store: TableStore
     tenants = make_tenant_store(settings, store)
     record = await tenants.get_key(issued["key_id"])
     assert record is not None
-    assert tenants.verify(issued["key"], record)
+    assert await tenants.verify(issued["key"], record)
 
     secrets_and_hashes = [
         secrets_printed[0],

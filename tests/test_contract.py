@@ -53,6 +53,7 @@ async def test_ready_checks_kernel_model_and_storage(host: Host, stub: StubModel
         "kernel": "ok",
         "model": "ok",
         "storage": "ok",
+        "secrets": "ok",
     }
     # Readiness must not buy a completion.
     assert stub.stats()["count"] == 0

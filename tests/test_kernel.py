@@ -24,10 +24,10 @@ async def test_fifty_simultaneous_first_requests_build_the_real_kernel_once(
 
     builds: list[int] = []
 
-    def counting_builder(settings: Settings, catalog: Catalog) -> Any:
+    def counting_builder(settings: Settings, catalog: Catalog, api_key: str | None) -> Any:
         builds.append(threading.get_ident())
         time.sleep(0.2)  # widen the race window: every caller arrives during the build
-        return build_runtime(settings, catalog)
+        return build_runtime(settings, catalog, api_key)
 
     provider = KernelProvider(
         settings=make_settings(service_env), catalog=Catalog.load(), builder=counting_builder
@@ -43,7 +43,7 @@ async def test_fifty_simultaneous_first_requests_build_the_real_kernel_once(
 async def test_callers_on_other_threads_and_loops_share_the_build() -> None:
     started = threading.Event()
 
-    def slow_builder(settings: Settings, catalog: Catalog) -> Any:
+    def slow_builder(settings: Settings, catalog: Catalog, api_key: str | None) -> Any:
         started.set()
         time.sleep(0.3)
         return object()
@@ -67,7 +67,7 @@ async def test_callers_on_other_threads_and_loops_share_the_build() -> None:
 async def test_a_failed_build_is_not_cached() -> None:
     attempts: list[int] = []
 
-    def flaky_builder(settings: Settings, catalog: Catalog) -> Any:
+    def flaky_builder(settings: Settings, catalog: Catalog, api_key: str | None) -> Any:
         attempts.append(1)
         if len(attempts) == 1:
             raise RuntimeError("first build fails")
@@ -83,7 +83,7 @@ async def test_a_failed_build_is_not_cached() -> None:
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_shared_build() -> None:
-    def slow_builder(settings: Settings, catalog: Catalog) -> Any:
+    def slow_builder(settings: Settings, catalog: Catalog, api_key: str | None) -> Any:
         time.sleep(0.3)
         return RUNTIME
 
@@ -98,7 +98,7 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_build() -> None:
 
 
 async def test_fifty_concurrent_first_requests_through_a_trigger_build_once(
-    service_env: dict[str, str], functions_app_functions: list[Any], stub: Any
+    service_env: dict[str, str], functions_app_functions: list[Any], stub: Any, api_key: str
 ) -> None:
     from sk_core.service import Service, get_service, set_service
     from tests.hosts import FunctionsHost
@@ -107,7 +107,7 @@ async def test_fifty_concurrent_first_requests_through_a_trigger_build_once(
     fresh = Service.create(make_settings(service_env))
     set_service(fresh)
     try:
-        host = FunctionsHost(functions_app_functions)
+        host = FunctionsHost(functions_app_functions, {"x-api-key": api_key})
         responses = await asyncio.gather(
             *(host.request("POST", "/api/v1/summarize", json_body={"text": f"text {i}"}) for i in range(50))
         )
@@ -117,3 +117,37 @@ async def test_fifty_concurrent_first_requests_through_a_trigger_build_once(
     assert [r.status for r in responses] == [200] * 50
     assert fresh.kernels.build_count == 1
     assert stub.stats()["count"] == 50
+
+
+async def test_a_rotated_model_key_rebuilds_the_client_and_retires_the_old_one(
+    service_env: dict[str, str],
+) -> None:
+    from sk_core.model_runtime import build_runtime
+
+    keys = {"current": ("key-one", "v1")}
+    built_with: list[str | None] = []
+
+    def builder(settings: Settings, catalog: Catalog, api_key: str | None) -> Any:
+        built_with.append(api_key)
+        return build_runtime(settings, catalog, api_key)
+
+    async def key_provider() -> tuple[str | None, str]:
+        return keys["current"]
+
+    provider = KernelProvider(
+        settings=make_settings(service_env),
+        catalog=Catalog.load(),
+        builder=builder,
+        key_provider=key_provider,
+    )
+    first = await provider.get()
+    assert await provider.get() is first  # same version: cached
+    keys["current"] = ("key-two", "v2")  # rotated in the vault
+    second = await provider.get()
+    assert second is not first
+    assert built_with == ["key-one", "key-two"]
+    assert second.client.api_key == "key-two"
+    assert not first.client.is_closed()  # in-flight requests may still be using it
+    await provider.aclose()
+    assert first.client.is_closed()
+    assert second.client.is_closed()

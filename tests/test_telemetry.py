@@ -84,8 +84,9 @@ async def test_one_request_is_one_span_tree_continuing_the_callers_trace(
     assert server.attributes["http.route"] == SUMMARIZE
     stages = ["authenticate", "validate", "admit", "invoke", "settle"]
     for stage in stages:
-        assert by_name[stage].parent is not None
-        assert by_name[stage].parent.span_id == server.context.span_id, stage
+        parent = by_name[stage].parent
+        assert parent is not None
+        assert parent.span_id == server.context.span_id, stage
     ordered = sorted((by_name[s] for s in stages), key=lambda s: s.start_time or 0)
     assert [s.name for s in ordered] == stages
     # Semantic Kernel's own spans nest under our invoke span, with its gen_ai usage.
