@@ -145,6 +145,22 @@ def bicep_properties(path: Path) -> dict[str, str]:
     return props
 
 
+def bicep_name_values(path: Path) -> dict[str, str]:
+    """``{ name: '<literal>', value: <expr> }`` objects (app settings), name -> value source."""
+    pairs: dict[str, str] = {}
+    for node in walk(bicep_tree(path).root_node):
+        if node.type != "object":
+            continue
+        props = {
+            text(p.named_children[0]): p.named_children[-1]
+            for p in node.named_children
+            if p.type == "object_property"
+        }
+        if set(props) == {"name", "value"} and props["name"].type == "string":
+            pairs[string_value(props["name"])] = text(props["value"])
+    return pairs
+
+
 def bicep_calls(path: Path, function: str) -> list[list[tree_sitter.Node]]:
     """The argument nodes of every call of ``function`` in a Bicep file."""
     calls = []
@@ -672,24 +688,29 @@ def test_bicep_parameters_file_matches_main() -> None:
 def test_bicep_function_app() -> None:
     path = AZURE / "modules" / "functionapp.bicep"
     props = bicep_properties(path)
+    settings = bicep_name_values(path)
     source = path.read_text(encoding="utf-8")
-    assert "'FlexConsumption'" in props["tier"]
-    assert props["name"] != ""
-    assert "FC1" in source
-    assert props["PYTHON_ENABLE_INIT_INDEXING"] == "'1'"
-    assert props["AzureWebJobsStorage__accountName"] == "storageAccountName"
-    assert props["AzureWebJobsStorage__credential"] == "'managedidentity'"
+    assert props["tier"] == "'FlexConsumption'"
+    assert "'FC1'" in source
+    assert props["kind"] in {"'functionapp'", "'functionapp,linux'"}
+    assert settings["PYTHON_ENABLE_INIT_INDEXING"] == "'1'"
+    assert settings["AzureWebJobsStorage__accountName"] == "storageAccountName"
+    assert settings["AzureWebJobsStorage__credential"] == "'managedidentity'"
+    assert settings["AzureWebJobsStorage__clientId"] == "identityClientId"
     assert "alwaysReady" in props
-    assert "alwaysReadyInstanceCount" in source
+    assert "instanceCount: alwaysReadyInstanceCount" in source
     assert props["keyVaultReferenceIdentity"] == "identityId"
-    assert "'python'" in source
-    assert "'3.11'" in source
-    skf = {key for key in props if key.startswith("SKF_")}
+    assert props["runtime"].replace(" ", "").replace("\n", "") == "{name:'python'version:'3.11'}"
+    skf = {key for key in settings if key.startswith("SKF_")}
     assert skf <= setting_names(), skf - setting_names()
-    assert props["SKF_ENVIRONMENT"] == "'production'"
+    assert settings["SKF_ENVIRONMENT"] == "'production'"
+    assert settings["SKF_MODEL_PROVIDER"] == "'azure_openai'"
     for secret in ("SKF_API_KEY_PEPPER", "SKF_MODEL_API_KEY"):
-        assert props[secret].startswith("'@Microsoft.KeyVault(SecretUri=${"), secret
-    assert "FUNCTIONS_WORKER_RUNTIME" not in props, "Flex Consumption sets the runtime in functionAppConfig"
+        assert settings[secret].startswith("'@Microsoft.KeyVault(SecretUri=${"), secret
+    assert "FUNCTIONS_WORKER_RUNTIME" not in settings, (
+        "Flex Consumption sets the runtime in functionAppConfig"
+    )
+    assert "FUNCTIONS_EXTENSION_VERSION" not in settings
 
 
 def test_bicep_storage_key_vault_and_roles() -> None:

@@ -1,0 +1,154 @@
+// Function App on Flex Consumption (Linux, Python 3.11) running function_app.py, as the
+// user-assigned identity. Secrets are Key Vault references, never values.
+param location string
+param tags object
+param planName string
+param appName string
+param identityId string
+param identityClientId string
+param identityPrincipalId string
+param storageAccountName string
+param storageBlobEndpoint string
+param storageTableEndpoint string
+param deploymentContainerName string
+param appInsightsName string
+param pepperSecretUri string
+@description('Empty when the model is reached with Entra ID.')
+param modelApiKeySecretUri string
+@secure()
+param functionHostKey string
+param azureOpenAiEndpoint string
+param modelDeployment string
+param modelPrices string
+param alwaysReadyInstanceCount int
+param maximumInstanceCount int
+param instanceMemoryMB int
+
+var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: appInsightsName
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    tier: 'FlexConsumption'
+    name: 'FC1'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+var baseSettings = [
+  // Host storage through the managed identity (the account has shared keys disabled).
+  { name: 'AzureWebJobsStorage__accountName', value: storageAccountName }
+  { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
+  { name: 'AzureWebJobsStorage__clientId', value: identityClientId }
+  { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsights.properties.ConnectionString }
+  { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identityClientId};Authorization=AAD' }
+  // The FastAPI HTTP extension (azurefunctions-extensions-http-fastapi) needs it.
+  { name: 'PYTHON_ENABLE_INIT_INDEXING', value: '1' }
+  // DefaultAzureCredential (storage tables, Azure OpenAI) uses this identity.
+  { name: 'AZURE_CLIENT_ID', value: identityClientId }
+  { name: 'SKF_ENVIRONMENT', value: 'production' }
+  { name: 'SKF_MODEL_PROVIDER', value: 'azure_openai' }
+  { name: 'SKF_AZURE_OPENAI_ENDPOINT', value: azureOpenAiEndpoint }
+  { name: 'SKF_AZURE_OPENAI_API_VERSION', value: '2024-10-21' }
+  { name: 'SKF_MODEL_ID', value: modelDeployment }
+  { name: 'SKF_MODEL_PRICES', value: modelPrices }
+  { name: 'SKF_MODEL_TIMEOUT_SECONDS', value: '30' }
+  { name: 'SKF_MODEL_MAX_RETRIES', value: '2' }
+  { name: 'SKF_MODEL_DEADLINE_SECONDS', value: '60' }
+  { name: 'SKF_MAX_BODY_BYTES', value: '102400' }
+  { name: 'SKF_READY_TIMEOUT_SECONDS', value: '2' }
+  { name: 'SKF_STORAGE_ACCOUNT_ENDPOINT', value: storageTableEndpoint }
+  { name: 'SKF_STORAGE_TABLE_PREFIX', value: 'skf' }
+  { name: 'SKF_HOLD_LEASE_SECONDS', value: '300' }
+  { name: 'SKF_API_KEY_PEPPER', value: '@Microsoft.KeyVault(SecretUri=${pepperSecretUri})' }
+]
+// Only when the provider key comes from Key Vault; Entra ID otherwise.
+var modelKeySetting = empty(modelApiKeySecretUri) ? [] : [
+  { name: 'SKF_MODEL_API_KEY', value: '@Microsoft.KeyVault(SecretUri=${modelApiKeySecretUri})' }
+]
+
+// 'http' groups every HTTP trigger; the timer trigger (expire_holds) scales on its own.
+var alwaysReady = [
+  {
+    name: 'http'
+    instanceCount: alwaysReadyInstanceCount
+  }
+]
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: appName
+  location: location
+  // azd deploys the `api` service of azure.yaml to the resource with this tag.
+  tags: union(tags, { 'azd-service-name': 'api' })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${identityId}': {} }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    // Key Vault references resolve with the user-assigned identity.
+    keyVaultReferenceIdentity: identityId
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storageBlobEndpoint}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        alwaysReady: alwaysReadyInstanceCount > 0 ? alwaysReady : []
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      appSettings: concat(baseSettings, modelKeySetting)
+    }
+  }
+}
+
+// A dedicated host key for API Management (also stored in Key Vault as
+// functions-apim-key, which APIM's named value reads).
+resource apimHostKey 'Microsoft.Web/sites/host/functionKeys@2024-04-01' = {
+  name: '${functionApp.name}/default/apim-gateway'
+  properties: {
+    name: 'apim-gateway'
+    value: functionHostKey
+  }
+}
+
+// Entra ID ingestion into Application Insights.
+resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(appInsights.id, identityPrincipalId, monitoringMetricsPublisher)
+  scope: appInsights
+  properties: {
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
+  }
+}
+
+output name string = functionApp.name
+output defaultHostName string = functionApp.properties.defaultHostName
