@@ -49,6 +49,7 @@ class Authenticator:
         self._clock = clock
         self._cache: dict[str, tuple[float, ApiKey | None, Tenant | None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     async def _lookup(self, key_id: str) -> tuple[ApiKey | None, Tenant | None]:
         cached = self._cache.get(key_id)
@@ -64,8 +65,18 @@ class Authenticator:
             tenant = await self._tenants.get_tenant(key.tenant_id) if key is not None else None
             self._cache[key_id] = (self._clock() + self._ttl, key, tenant)
             if key is not None:
-                await self._tenants.touch_key(key_id, datetime.now(UTC))
+                # Bookkeeping off the request path (once per key per cache period).
+                task = asyncio.get_running_loop().create_task(
+                    self._tenants.touch_key(key_id, datetime.now(UTC))
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             return key, tenant
+
+    async def aclose(self) -> None:
+        """Let pending last-used updates finish (they are short and bounded by retries)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def authenticate(self, headers: Headers, function_id: str | None) -> Principal:
         """Check the key, its status, the tenant's status and (if given) the function scope."""

@@ -144,7 +144,10 @@ async def _call_model(
     usage = completion.usage
     cost = price.cost_nano(usage.prompt_tokens, usage.completion_tokens)
     with tracer.start_as_current_span("settle") as span:
-        charged = await _settle_quietly(service, hold, cost, usage.prompt_tokens, usage.completion_tokens)
+        # Shielded like the failure path: a cancellation here must not strand the hold.
+        charged = await asyncio.shield(
+            _settle_quietly(service, hold, cost, usage.prompt_tokens, usage.completion_tokens)
+        )
         span.set_attribute("sk.cost_usd", usd(charged))
     _record_call(service, principal.tenant.id, spec.id, completion, duration, charged)
     headers = {

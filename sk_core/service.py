@@ -51,6 +51,7 @@ class Service:
 
     async def aclose(self) -> None:
         """Release network resources (called on host shutdown)."""
+        await self.auth.aclose()
         await self.kernels.aclose()
         await self.store.aclose()
         await self.secrets.aclose()
