@@ -175,6 +175,7 @@ def start_service(
         "--no-access-log",
         "--log-level",
         "warning",
+        "--no-server-header",  # do not advertise the server software
     ]
     proc = ManagedProcess("service", argv, env=env, log=log)
     proc.wait_until(f"http://127.0.0.1:{port}/api/health", timeout=60)

@@ -656,6 +656,62 @@ async def sweep(args: argparse.Namespace, ctx: Context) -> Output:
     return Output({"charged": charged}, text)
 
 
+async def audit_cmd(args: argparse.Namespace, ctx: Context) -> Output:
+    """A tenant's most recent calls from the audit log (newest first; never prompt text)."""
+    from sk_core.audit import AuditLog
+
+    await ctx.tenants.require_tenant(args.tenant_id)
+    rows = await AuditLog(store=ctx.store, retention_days=ctx.settings.audit_retention_days).recent(
+        args.tenant_id, args.limit
+    )
+    data = [
+        {
+            "time": row["created_at"],
+            "route": row.get("route", ""),
+            "function": row.get("function", ""),
+            "status": row.get("status", 0),
+            "code": row.get("code", ""),
+            "key_id": row.get("key_id", ""),
+            "prompt_tokens": row.get("prompt_tokens", 0),
+            "completion_tokens": row.get("completion_tokens", 0),
+            "cost_usd": usd(row["cost_nano"]),
+            "latency_ms": row.get("latency_ms", 0.0),
+            "trace_id": row.get("trace_id", ""),
+            "guard": row.get("guard", ""),
+            "redactions": row.get("redactions", 0),
+        }
+        for row in rows
+    ]
+    headers = (
+        "time (UTC)",
+        "function",
+        "status",
+        "code",
+        "key",
+        "tokens in/out",
+        "cost USD",
+        "ms",
+        "trace id",
+    )
+    table_rows = [
+        (
+            d["time"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            str(d["function"]),
+            str(d["status"]),
+            str(d["code"]),
+            str(d["key_id"]),
+            f"{d['prompt_tokens']}/{d['completion_tokens']}",
+            f"{d['cost_usd']:.6f}",
+            f"{d['latency_ms']:.0f}",
+            str(d["trace_id"]),
+        )
+        for d in data
+    ]
+    return Output(
+        data, _table(headers, table_rows, right=(2, 5, 6, 7)) if table_rows else "no calls recorded"
+    )
+
+
 # --- parser ----------------------------------------------------------------------------
 
 
@@ -744,6 +800,10 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--expired", action="store_true", help="list the flagged expired-hold audit rows")
 
     leaf(commands, "sweep", sweep, "charge holds whose lease expired (one pass)")
+
+    audit = leaf(commands, "audit", audit_cmd, "a tenant's recent calls (status, tokens, cost, trace id)")
+    audit.add_argument("tenant_id", type=_tenant_id, metavar="TENANT")
+    audit.add_argument("--limit", type=int, default=20, help="how many calls (default 20)")
     return parser
 
 

@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sk_core.errors import ApiError, problem_response
+from sk_core.errors import CORS_EXPOSED_HEADERS, SECURITY_HEADERS, ApiError, problem_response
 from sk_core.maintenance import sweep_periodically
 from sk_core.routes import ROUTES
 from sk_core.service import get_service
@@ -35,7 +37,16 @@ class _RouteError(ApiError):
         self.status, self.code, self.title = status, code, title
 
 
+def _hardened(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 async def _http_exception(request: Request, exc: Exception) -> Response:
+    return _hardened(await _route_error(request, exc))
+
+
+async def _route_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     if status == 404:
         return problem_response(_RouteError(404, "not_found", "Not found", "No such route."))
@@ -78,14 +89,30 @@ async def _metrics(request: Request) -> Response:
             _RouteError(404, "not_found", "Not found", "Prometheus metrics are disabled.")
         )
     body, content_type = payload
-    return Response(body, media_type=content_type)
+    return _hardened(Response(body, media_type=content_type))
 
 
 def create_app() -> Starlette:
     """A Starlette app serving every route of the table under ``/api``, plus ``/metrics``."""
     routes = [Route(r.full_path, r.endpoint, methods=list(r.methods), name=r.name) for r in ROUTES]
     routes.append(Route("/metrics", _metrics, methods=["GET"], name="metrics"))
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception}, lifespan=_lifespan)
+    settings = get_settings()
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "traceparent", "tracestate"],
+            expose_headers=[h.strip() for h in CORS_EXPOSED_HEADERS.split(",")],
+            max_age=600,
+        )
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_exception},
+        lifespan=_lifespan,
+    )
 
 
 app = create_app()

@@ -14,12 +14,14 @@ integer/number (minimum, maximum), boolean, and an array of chat messages marked
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
@@ -32,13 +34,30 @@ _PER_MESSAGE_TOKENS = 8
 _FIXED_OVERHEAD_TOKENS = 16
 
 
+# C0/C1 control characters and DEL, except tab, line feed and carriage return: they have
+# no place in prose, and some (e.g. NUL, ESC, bidi tricks' companions) are used to hide
+# instructions from human reviewers or to break log and terminal output.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def clean_text(value: str) -> str:
+    """Unicode NFC; rejects control characters other than tab, newline and carriage return."""
+    found = _CONTROL.search(value)
+    if found:
+        raise ValueError(f"control character U+{ord(found.group()):04X} is not allowed")
+    return unicodedata.normalize("NFC", value)
+
+
+Text = Annotated[str, AfterValidator(clean_text)]
+
+
 class ChatMessage(BaseModel):
     """One message of a conversation."""
 
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: Annotated[str, Field(min_length=1, max_length=32_000)]
+    content: Annotated[Text, Field(min_length=1, max_length=32_000)]
 
 
 @dataclass(frozen=True)
@@ -126,7 +145,7 @@ def _field_type(spec: InputSpec) -> Any:
         if "enum" in schema:
             return Literal[tuple(schema["enum"])]
         return Annotated[
-            str, Field(min_length=schema.get("minLength", 0), max_length=schema.get("maxLength"))
+            Text, Field(min_length=schema.get("minLength", 0), max_length=schema.get("maxLength"))
         ]
     if kind in ("integer", "number"):
         base: type = int if kind == "integer" else float

@@ -154,6 +154,23 @@ class LimitsUnavailable(ApiError):
         self.reason = reason
 
 
+# On every response from every route: these answers are JSON for programs, never pages
+# to render, frame, cache or sniff.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+}
+
+# Headers a browser client may read on a cross-origin response.
+CORS_EXPOSED_HEADERS = (
+    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-Cost-USD, X-Trace-Id"
+)
+
+
 def rate_limit_headers(limit: int, remaining: int, reset: int) -> dict[str, str]:
     """The IETF RateLimit header fields (requests per minute window)."""
     return {

@@ -44,6 +44,7 @@ from sk_core.schemas import (
 from sk_core.service import Service, get_service
 
 if TYPE_CHECKING:
+    from sk_core.audit import AuditEntry
     from sk_core.ledger import Hold
     from sk_core.model_runtime import Completion, ModelRuntime
 
@@ -111,6 +112,9 @@ async def _call_model(
     with tracer.start_as_current_span("authenticate"):
         principal = await service.auth.authenticate(request.headers, spec.id)
     request.state.tenant_id = principal.tenant.id
+    audit: AuditEntry | None = getattr(request.state, "audit", None)
+    if audit is not None:
+        audit.tenant_id, audit.key_id, audit.function = principal.tenant.id, principal.key.key_id, spec.id
     with tracer.start_as_current_span("validate"):
         arguments = await _arguments(request, service, spec)
     requested = arguments.pop("max_tokens") or default_max_tokens(arguments)
@@ -138,7 +142,9 @@ async def _call_model(
             hold.amount_nano if not isinstance(failure, ApiError) or isinstance(failure, _UNCERTAIN) else 0
         )
         with tracer.start_as_current_span("settle"):
-            await asyncio.shield(_settle_quietly(service, hold, charge, 0, 0))
+            charged = await asyncio.shield(_settle_quietly(service, hold, charge, 0, 0))
+        if audit is not None:
+            audit.cost_nano = charged
         raise
     duration = time.perf_counter() - started
     usage = completion.usage
@@ -150,6 +156,9 @@ async def _call_model(
         )
         span.set_attribute("sk.cost_usd", usd(charged))
     _record_call(service, principal.tenant.id, spec.id, completion, duration, charged)
+    if audit is not None:
+        audit.prompt_tokens, audit.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        audit.cost_nano = charged
     headers = {
         **rate_limit_headers(hold.rpm_limit, hold.rpm_remaining, hold.rpm_reset),
         "X-Request-Cost-USD": f"{usd(charged):.9f}",
@@ -256,7 +265,11 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: the kernel is built and the model endpoint answers (no paid call)."""
+    """Readiness: the kernel is built, the model endpoint, storage and secrets answer.
+
+    Anonymous callers see only each dependency's status and a code; the details (which
+    secret, what failed) go to the log, not to whoever can reach the probe.
+    """
     service = get_service()
     timeout = service.settings.ready_timeout_seconds
     checks: dict[str, DependencyStatus] = {}
@@ -272,28 +285,21 @@ async def ready(request: Request) -> Response:
     if runtime is None:
         checks["model"] = DependencyStatus(status="starting")
     else:
-        started = time.perf_counter()
         code = await runtime.check_model(timeout)
-        latency = round((time.perf_counter() - started) * 1000, 1)
-        checks["model"] = (
-            DependencyStatus(status="ok", latency_ms=latency)
-            if code is None
-            else DependencyStatus(status="error", code=code, latency_ms=latency)
-        )
-    started = time.perf_counter()
+        checks["model"] = DependencyStatus(status="ok" if code is None else "error", code=code)
     try:
         async with asyncio.timeout(timeout):
             await service.store.ping()
-        checks["storage"] = DependencyStatus(
-            status="ok", latency_ms=round((time.perf_counter() - started) * 1000, 1)
-        )
+        checks["storage"] = DependencyStatus(status="ok")
     except (TimeoutError, LimitsUnavailable):
         checks["storage"] = DependencyStatus(status="error", code="storage_unreachable")
     problems = await service.secrets.check(service.required_secrets())
+    for problem in problems:
+        logger.error("readiness: %s", problem)
     checks["secrets"] = (
         DependencyStatus(status="ok")
         if not problems
-        else DependencyStatus(status="error", code="secret_unavailable", detail="; ".join(problems))
+        else DependencyStatus(status="error", code="secret_unavailable")
     )
     is_ready = all(c.status == "ok" for c in checks.values())
     return json_response(

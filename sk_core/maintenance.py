@@ -1,4 +1,4 @@
-"""Scheduled work shared by both hosts: charging holds whose lease expired.
+"""Scheduled work shared by both hosts: charging expired holds, purging old audit rows.
 
 The Functions host runs ``sweep_expired_holds`` from a timer trigger; the container
 host runs ``sweep_periodically`` as a background task. Several instances sweeping at
@@ -19,11 +19,13 @@ logger = logging.getLogger(__name__)
 
 async def sweep_expired_holds() -> int:
     """Charge and flag every expired hold once; returns how many were charged."""
+    service = get_service()
     try:
-        charged = await get_service().ledger.expire_holds()
+        charged = await service.ledger.expire_holds()
     except LimitsUnavailable as exc:
         logger.warning("hold sweep skipped: %s", exc.reason)
         return 0
+    await service.audit.purge()
     if charged:
         logger.warning("charged %d expired holds at their reserved amount (flagged for audit)", charged)
     return charged

@@ -39,6 +39,8 @@ _RESPONSES: dict[str, type[BaseModel]] = {
     "ready": ReadyResponse,
 }
 _REQUEST_FUNCTIONS = {"summarize": ("text", "summarize"), "chat": ("chat", "chat")}
+_MODEL_ROUTES = {"summarize", "chat", "invoke_function"}
+_TENANT_ROUTES = _MODEL_ROUTES | {"list_functions"}
 _ERRORS_WITH_BODY = {
     "400": "Malformed JSON",
     "413": "Body over the size limit",
@@ -83,15 +85,25 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                 "200": _json(keys[(_RESPONSES.get(route.name, HealthResponse), "serialization")], "Success")
             },
         }
-        if route.auth == "function":
-            operation["security"] = [{"functionKey": []}, {"functionKeyQuery": []}]
-            operation["responses"]["401"] = {"description": "Missing or invalid function key"}
+        if route.name in _TENANT_ROUTES:
+            # The tenant's API key. (On Azure Functions the host also wants a function
+            # key; API Management adds it from a named value, so clients never see it.)
+            operation["security"] = [{"apiKey": []}, {"bearerAuth": []}]
+            operation["responses"]["401"] = _problem("Missing, malformed, unknown or revoked API key")
+            operation["responses"]["403"] = _problem(
+                "The key may not call this function, or the tenant is disabled"
+            )
+            operation["responses"]["503"] = _problem("Usage limits or the model are unavailable")
         else:
             operation["security"] = []
         if route.name == "ready":
             operation["responses"]["503"] = _json(keys[(ReadyResponse, "serialization")], "Not ready")
         if route.name == "openapi":
             operation["responses"]["200"] = _json({"type": "object"}, "This document")
+        if route.name in _MODEL_ROUTES:
+            operation["responses"]["429"] = _problem(
+                "A rate, token, concurrency or budget limit refused the request (see `code`, `Retry-After`)"
+            )
         if "POST" in route.methods:
             spec = request_models.get(route.name)
             schema: dict[str, Any] = (
@@ -130,8 +142,12 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
         "components": {
             "schemas": components.get("$defs", {}),
             "securitySchemes": {
-                "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
-                "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The same API key as a bearer token.",
+                },
             },
         },
     }

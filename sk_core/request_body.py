@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -11,6 +12,10 @@ from starlette.requests import Request
 from sk_core.errors import MalformedJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# Our bodies are at most 3 levels deep (object → messages → message); 32 leaves room
+# without letting a client make us walk a pathological structure.
+MAX_JSON_DEPTH = 32
 
 
 def _is_json(content_type: str) -> bool:
@@ -41,9 +46,45 @@ async def read_json_body(request: Request, *, max_bytes: int) -> Any:
     if not body:
         raise MalformedJson("The request body is empty; send a JSON object.")
     try:
-        return json.loads(body)
+        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedJson(f"The body is not valid JSON (at byte {getattr(exc, 'pos', 0)}).") from None
+    except (RecursionError, ValueError):
+        # RecursionError: nesting deeper than the parser's stack; ValueError: e.g. an
+        # integer literal longer than Python's digit limit.
+        raise MalformedJson(
+            "The body is not valid JSON: nested too deeply, or a number out of range "
+            "(NaN and Infinity are not JSON)."
+        ) from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise MalformedJson(f"The body is nested deeper than {MAX_JSON_DEPTH} levels.")
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259), though Python's parser accepts them.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError("number out of range")
+    return number
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, iteratively (no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def _field_path(location: tuple[int | str, ...]) -> str:

@@ -21,8 +21,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from sk_core import handlers, telemetry
-from sk_core.errors import ApiError, internal_error_response, problem_response
+from sk_core.audit import AuditEntry
+from sk_core.errors import (
+    CORS_EXPOSED_HEADERS,
+    SECURITY_HEADERS,
+    ApiError,
+    internal_error_response,
+    problem_response,
+)
 from sk_core.openapi import openapi_document
+from sk_core.service import get_service
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +63,18 @@ def instrumented(route: RouteSpec) -> Handler:
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         started = time.perf_counter()
+        audit = AuditEntry(route=template) if route.audited else None
+        request.state.audit = audit
         attributes: dict[str, str | int] = {"http.request.method": request.method, "http.route": template}
         context = propagate.extract(dict(request.headers))
         with telemetry.tracer().start_as_current_span(
             f"{request.method} {template}", context=context, kind=SpanKind.SERVER, attributes=attributes
         ) as span:
+            error_code: str | None = None
             try:
                 response = await handler(request)
             except ApiError as error:
+                error_code = error.code
                 response = problem_response(error)
                 reason = _REFUSAL_REASONS.get(error.code)
                 if reason is not None:
@@ -73,6 +85,7 @@ def instrumented(route: RouteSpec) -> Handler:
                 if error.status >= 500:
                     span.set_status(StatusCode.ERROR, error.code)
             except Exception as exc:
+                error_code = "internal_error"
                 logger.exception("unhandled error in %s", route.name)
                 span.record_exception(exc)
                 span.set_status(StatusCode.ERROR, "internal_error")
@@ -83,11 +96,30 @@ def instrumented(route: RouteSpec) -> Handler:
             trace_id = telemetry.current_trace_id()
             if trace_id:
                 response.headers[telemetry.TRACE_ID_HEADER] = trace_id
+        response.headers.update(SECURITY_HEADERS)
+        _allow_origin(request, response)
+        elapsed = time.perf_counter() - started
         attributes["http.response.status_code"] = response.status_code
-        telemetry.instruments().http_duration.record(time.perf_counter() - started, attributes)
+        telemetry.instruments().http_duration.record(elapsed, attributes)
+        if audit is not None:
+            audit.status, audit.latency_ms, audit.trace_id = response.status_code, elapsed * 1000, trace_id
+            audit.code = error_code
+            get_service().audit.record(audit)
         return response
 
     return wrapped
+
+
+def _allow_origin(request: Request, response: Response) -> None:
+    # Actual (non-preflight) cross-origin requests. Preflights: the container host's
+    # CORSMiddleware with the same list; on Azure Functions, the platform's CORS setting.
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    response.headers["Vary"] = "Origin"
+    if origin.rstrip("/") in get_service().settings.cors_origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
 
 
 def _tenant(request: Request) -> dict[str, str]:
@@ -106,6 +138,7 @@ class RouteSpec:
     auth: Literal["function", "anonymous"]
     summary: str
     tag: str
+    audited: bool = False
 
     @property
     def full_path(self) -> str:
@@ -127,9 +160,17 @@ ROUTES: tuple[RouteSpec, ...] = (
         "function",
         "Summarize a text",
         "functions",
+        audited=True,
     ),
     RouteSpec(
-        "chat", "v1/chat", ("POST",), handlers.chat, "function", "Continue a conversation", "functions"
+        "chat",
+        "v1/chat",
+        ("POST",),
+        handlers.chat,
+        "function",
+        "Continue a conversation",
+        "functions",
+        audited=True,
     ),
     RouteSpec(
         "list_functions",
@@ -148,6 +189,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "function",
         "Invoke a catalog function",
         "catalog",
+        audited=True,
     ),
     RouteSpec("health", "health", ("GET",), handlers.health, "anonymous", "Liveness", "operations"),
     RouteSpec(

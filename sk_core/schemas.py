@@ -88,8 +88,6 @@ class DependencyStatus(BaseModel):
 
     status: Literal["ok", "starting", "error"]
     code: str | None = None
-    detail: str | None = None
-    latency_ms: float | None = None
 
 
 class ReadyResponse(BaseModel):

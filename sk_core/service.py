@@ -18,6 +18,7 @@ from sk_core.kernel import KernelProvider, KeyProvider
 from sk_core.settings import Provider, Settings, get_settings
 
 if TYPE_CHECKING:
+    from sk_core.audit import AuditLog
     from sk_core.auth import Authenticator
     from sk_core.ledger import Ledger
     from sk_core.secret_store import CachedSecrets
@@ -39,6 +40,7 @@ class Service:
         auth: Authenticator,
         ledger: Ledger,
         secrets: CachedSecrets,
+        audit: AuditLog,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -48,10 +50,12 @@ class Service:
         self.auth = auth
         self.ledger = ledger
         self.secrets = secrets
+        self.audit = audit
 
     async def aclose(self) -> None:
         """Release network resources (called on host shutdown)."""
         await self.auth.aclose()
+        await self.audit.aclose()
         await self.kernels.aclose()
         await self.store.aclose()
         await self.secrets.aclose()
@@ -67,6 +71,7 @@ class Service:
     def create(cls, settings: Settings | None = None, *, secrets: CachedSecrets | None = None) -> Service:
         """Build the context from settings (default: the environment); ``secrets`` overrides
         the secret source the settings select (tests point it at a vault stand-in)."""
+        from sk_core.audit import AuditLog
         from sk_core.auth import Authenticator
         from sk_core.ledger import Ledger
         from sk_core.telemetry import setup_telemetry
@@ -87,6 +92,7 @@ class Service:
                 settings=settings, catalog=catalog, key_provider=make_key_provider(settings, secrets)
             ),
             secrets=secrets,
+            audit=AuditLog(store=store, retention_days=settings.audit_retention_days),
             store=store,
             tenants=tenants,
             auth=Authenticator(tenants=tenants, ttl_seconds=settings.auth_cache_seconds),

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     min_answer_tokens: int = Field(default=16, ge=1, le=1024)
     hold_lease_seconds: float = Field(default=300.0, ge=5, le=86400)
     sweep_interval_seconds: float = Field(default=60.0, ge=1, le=3600)
+    audit_retention_days: float = Field(default=30.0, gt=0, le=3650)
 
     key_vault_url: str = Field(
         default="",
@@ -105,6 +106,15 @@ class Settings(BaseSettings):
     secret_refresh_ahead_seconds: float = Field(default=60.0, ge=0, le=86400)
     secret_max_staleness_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
     secret_retry_seconds: float = Field(default=10.0, ge=0.1, le=3600)
+
+    cors_allowed_origins: str = Field(
+        default="", description="Comma-separated origins allowed to call from browsers (no '*'); empty: none."
+    )
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """The CORS allow-list."""
+        return [o.strip().rstrip("/") for o in self.cors_allowed_origins.split(",") if o.strip()]
 
     telemetry_exporter: Literal["auto", "azure_monitor", "otlp", "console", "none"] = "auto"
     prometheus_metrics: bool = Field(default=True, description="Container host: serve /metrics.")
@@ -155,6 +165,8 @@ class Settings(BaseSettings):
         if self.resolved_model_id not in prices:
             # A model without a price cannot be budgeted: refuse to start, not to charge 0.
             raise ValueError(f"no price for model {self.resolved_model_id!r}: add it to SKF_MODEL_PRICES")
+        if "*" in self.cors_origins:
+            raise ValueError("SKF_CORS_ALLOWED_ORIGINS must list origins; '*' is not allowed")
         if self.secret_refresh_ahead_seconds >= self.secret_cache_seconds:
             raise ValueError("SKF_SECRET_REFRESH_AHEAD_SECONDS must be shorter than SKF_SECRET_CACHE_SECONDS")
         if self.secret_max_staleness_seconds < self.secret_cache_seconds:

@@ -432,3 +432,40 @@ def test_unreachable_storage_exits_3_quickly(env: dict[str, str], args: list[str
     assert result.err == f"error: storage unreachable (http://127.0.0.1:{port}/devstoreaccount1)\n"
     assert result.out == ""
     assert result.seconds < 10
+
+
+async def test_audit_lists_a_tenants_recent_calls_without_prompt_text(
+    functions_app_functions: list[Any], functions_service: Any, stub: Any
+) -> None:
+    from sk_core.service import get_service
+    from sk_core.tenants import Tenant
+    from tests.hosts import FunctionsHost
+
+    service = get_service()
+    tenant_id = new_id("audit")
+    await service.tenants.create_tenant(Tenant(id=tenant_id, display_name="Audit"))
+    issued = await service.tenants.issue_key(tenant_id)
+    host = FunctionsHost(functions_app_functions, {"x-api-key": issued.secret})
+    stub.script({"content": "ok", "prompt_tokens": 50, "completion_tokens": 5})
+    prompt = "confidential merger plans for audit check"
+    ok = await host.request("POST", "/api/v1/summarize", json_body={"text": prompt})
+    bad = await host.request("POST", "/api/v1/summarize", json_body={"text": ""})
+    assert (ok.status, bad.status) == (200, 422)
+    await service.audit.aclose()  # flush the background writes
+    rows = await service.audit.recent(tenant_id)
+    assert [(r["status"], r["code"]) for r in rows] == [(422, "validation_error"), (200, "")]
+    newest_ok = rows[1]
+    assert (newest_ok["prompt_tokens"], newest_ok["completion_tokens"]) == (50, 5)
+    assert newest_ok["key_id"] == issued.record.key_id
+    assert newest_ok["trace_id"] == ok.headers["x-trace-id"]
+    assert newest_ok["cost_nano"] == round(ok.json()["cost_usd"] * 1e9)
+    assert all(prompt not in str(r) for r in rows)
+    connection = service.settings.storage_connection_string.get_secret_value()
+    env = {
+        **SERVICE_ENV,
+        "SKF_MODEL_BASE_URL": service.settings.model_base_url,
+        "SKF_STORAGE_CONNECTION_STRING": connection,
+    }
+    result = admin(env, "audit", tenant_id, "--json")
+    assert result.code == 0, result.err
+    assert [row["status"] for row in result.json()] == [422, 200]
