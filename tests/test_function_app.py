@@ -22,8 +22,12 @@ def test_importing_function_app_does_not_import_semantic_kernel() -> None:
     assert json.loads(out.stdout) == {"semantic_kernel": False, "openai": False, "function_app": True}
 
 
+def http_functions(functions: list[Any]) -> list[Any]:
+    return [f for f in functions if f.get_trigger().get_binding_name() == "httpTrigger"]
+
+
 def test_every_route_is_a_trigger_with_route_methods_and_auth(functions_app_functions: list[Any]) -> None:
-    by_name = {f.get_function_name(): f for f in functions_app_functions}
+    by_name = {f.get_function_name(): f for f in http_functions(functions_app_functions)}
     assert set(by_name) == {r.name for r in ROUTES}
     for route in ROUTES:
         trigger = by_name[route.name].get_trigger()
@@ -48,7 +52,7 @@ def test_triggers_take_the_fastapi_extension_request_type(functions_app_function
     # The worker switches a trigger to streaming HTTP when the extension is imported and
     # the trigger's parameter is annotated with the extension's request type.
     assert HttpV2FeatureChecker.http_v2_enabled()
-    for function in functions_app_functions:
+    for function in http_functions(functions_app_functions):
         parameters = inspect.signature(function.get_user_function()).parameters
         assert list(parameters) == ["req"]
         assert RequestTrackerMeta.check_type(parameters["req"].annotation)
@@ -59,3 +63,10 @@ async def test_a_trigger_returns_a_starlette_response(functions_app_functions: l
     response = await health.get_user_function()(make_request("GET", "/api/health", {}, b""))
     assert response.status_code == 200
     assert json.loads(response.body) == {"status": "ok"}
+
+
+def test_the_hold_sweeper_is_a_timer_trigger_every_minute(functions_app_functions: list[Any]) -> None:
+    [timer] = [f for f in functions_app_functions if f.get_trigger().get_binding_name() == "timerTrigger"]
+    assert timer.get_function_name() == "expire_holds"
+    assert timer.get_trigger().schedule == "0 */1 * * * *"
+    assert inspect.iscoroutinefunction(timer.get_user_function())

@@ -6,6 +6,7 @@ The service runs as the container host (its own process, real HTTP) with the def
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +15,22 @@ import httpx
 import pytest
 
 from scripts.devservices import free_port, start_local_model, start_service
+from sk_core.service import Service
+from sk_core.tenants import Tenant
 
 pytestmark = pytest.mark.local_model
 
 
 @pytest.fixture(scope="module")
-def local_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+async def local_key(functions_service: Service) -> str:
+    """A tenant in the shared Azurite (same pepper as the service below)."""
+    tenant_id = "local-" + secrets.token_hex(3)
+    await functions_service.tenants.create_tenant(Tenant(id=tenant_id, display_name="Local model"))
+    return (await functions_service.tenants.issue_key(tenant_id)).secret
+
+
+@pytest.fixture(scope="module")
+def local_service(tmp_path_factory: pytest.TempPathFactory, service_env: dict[str, str]) -> Iterator[str]:
     logs: Path = tmp_path_factory.mktemp("local-model")
     model_port, service_port = free_port(), free_port()
     model = start_local_model(port=model_port, log=logs / "model.log")
@@ -27,7 +38,11 @@ def local_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         service = start_service(
             port=service_port,
             env={
+                "SKF_STORAGE_CONNECTION_STRING": service_env["SKF_STORAGE_CONNECTION_STRING"],
+                "SKF_API_KEY_PEPPER": service_env["SKF_API_KEY_PEPPER"],
                 "SKF_MODEL_PROVIDER": "local",
+                "SKF_MODEL_ID": "",
+                "SKF_MODEL_PRICES": "",
                 "SKF_MODEL_BASE_URL": f"http://127.0.0.1:{model_port}/v1",
                 "SKF_MODEL_TIMEOUT_SECONDS": "60",
             },
@@ -41,7 +56,7 @@ def local_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         model.stop()
 
 
-def test_summarize_answers_from_the_local_model(local_service: str) -> None:
+def test_summarize_answers_from_the_local_model(local_service: str, local_key: str) -> None:
     text = (
         "The city council met on Tuesday to discuss the new bike lanes. After a long debate, "
         "the council voted to build three new lanes downtown, to be finished next summer."
@@ -49,6 +64,7 @@ def test_summarize_answers_from_the_local_model(local_service: str) -> None:
     response = httpx.post(
         f"{local_service}/api/v1/summarize",
         json={"text": text, "style": "tldr", "max_words": 20},
+        headers={"x-api-key": local_key},
         timeout=120,
     )
     assert response.status_code == 200, response.text
@@ -63,10 +79,11 @@ def test_summarize_answers_from_the_local_model(local_service: str) -> None:
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-def test_chat_answers_from_the_local_model(local_service: str) -> None:
+def test_chat_answers_from_the_local_model(local_service: str, local_key: str) -> None:
     response = httpx.post(
         f"{local_service}/api/v1/chat",
         json={"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 24},
+        headers={"x-api-key": local_key},
         timeout=120,
     )
     assert response.status_code == 200, response.text
