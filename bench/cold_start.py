@@ -57,6 +57,7 @@ from scripts.devservices import ROOT, ManagedProcess, free_port
 PROBE = ROOT / "bench" / "probe_functions.py"
 OURS = "sk_core.asgi:app"
 NAIVE = "bench.naive_app:app"
+_TOP = 20
 _IMPORTTIME_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)")
 
 
@@ -77,6 +78,28 @@ def _run_probe(
     if completed.returncode != 0:
         raise RuntimeError(f"probe {mode} failed ({completed.returncode}): {completed.stderr[-2000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1]), completed.stderr
+
+
+class Budget:
+    """The script's wall-clock allowance, so it stays bounded on a loaded machine.
+
+    Trial loops ask before each further trial whether it (plus what later sections
+    still need) fits; a loop that stops early records fewer samples and says so,
+    rather than overrunning.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.perf_counter() + seconds
+
+    def allows(self, seconds: float) -> bool:
+        """True if ``seconds`` more work ends before the deadline."""
+        return time.perf_counter() + seconds < self.deadline
+
+
+def _note_truncated(out: dict[str, Any], requested: int) -> None:
+    if out["n"] < requested:
+        out["truncated_from"] = requested
+        print(f"  time budget: stopped after {out['n']} of {requested} trials", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- a. import
@@ -138,26 +161,38 @@ def parse_importtime(stderr: str, root_module: str = "function_app") -> dict[str
     for _, self_us, _, name in subtree:
         by_package[name.split(".")[0]] += self_us
     total = entries[end][2]
+    # The top entries carry the story; the long tail would only bloat the results file.
     return {
         "total_ms": round(total / 1000, 1),
         "direct_imports": [
             {"module": name, "cumulative_ms": round(cum / 1000, 1)}
             for level, _, cum, name in sorted(subtree, key=lambda e: -e[2])
             if level == 1
-        ],
+        ][:_TOP],
         "self_time_by_package": [
             {"package": pkg, "self_ms": round(us / 1000, 1), "share": round(us / total, 3)}
             for pkg, us in sorted(by_package.items(), key=lambda kv: -kv[1])
-        ],
+        ][:_TOP],
     }
 
 
-def measure_runtime_import(trials: int) -> dict[str, Any]:
+def measure_runtime_import(trials: int, budget: Budget) -> dict[str, Any] | None:
     """``import sk_core.model_runtime`` (SK + OpenAI SDK) after ``function_app``, fresh each time.
 
-    The lazy import the first model-backed request pays in either host.
+    The lazy import the first model-backed request pays in either host. Optional: runs
+    last, only as many times as the budget allows (None if not even once).
     """
-    return summary([float(_run_probe("runtime-import", _child_env())[0]["import_s"]) for _ in range(trials)])
+    samples: list[float] = []
+    last = 10.0  # generous guess for the first run on a loaded 2-core box
+    while len(samples) < trials and budget.allows(last * 1.5):
+        started = time.perf_counter()
+        samples.append(float(_run_probe("runtime-import", _child_env())[0]["import_s"]))
+        last = time.perf_counter() - started
+    if not samples:
+        return None
+    out = summary(samples)
+    _note_truncated(out, trials)
+    return out
 
 
 def measure_import_breakdown(mode: str = "import", root_module: str = "function_app") -> dict[str, Any]:
@@ -170,17 +205,24 @@ def measure_import_breakdown(mode: str = "import", root_module: str = "function_
 
 
 def measure_functions_first_call(
-    trials: int, env: Mapping[str, str], headers: Mapping[str, str]
+    trials: int, env: Mapping[str, str], headers: Mapping[str, str], budget: Budget
 ) -> dict[str, Any]:
     """Spawn -> first 200 from the summarize trigger, with the child's own breakdown."""
     runs: list[dict[str, Any]] = []
     key = {"BENCH_API_KEY": headers["x-api-key"]} if "x-api-key" in headers else {}
-    for _ in range(trials):
+    fastest = 0.0
+    # Later, c./d. need about 2 x trials spawns of similar length: reserve them. The
+    # fastest trial so far is the estimate, so one slow outlier does not cut the loop.
+    while len(runs) < trials and (not runs or budget.allows(fastest * (1 + 2 * trials))):
+        started = time.perf_counter()
         # Wall clock on purpose: it is the only clock both processes can read alike.
         spawn_env = _child_env({**env, **key, "BENCH_SPAWN_WALL": repr(time.time())})
         result, _ = _run_probe("first-call", spawn_env)
         runs.append(result)
+        elapsed = time.perf_counter() - started
+        fastest = min(fastest, elapsed) if fastest else elapsed
     out = summary([float(r["total_s"]) for r in runs])
+    _note_truncated(out, trials)
     for part in ("spawn_to_main_s", "import_s", "index_s", "first_invoke_s"):
         out[part.replace("_s", "_median_ms")] = ms(statistics.median(float(r[part]) for r in runs))
     out["semantic_kernel_loaded_after_first_call"] = all(bool(r["semantic_kernel_loaded"]) for r in runs)
@@ -215,20 +257,25 @@ def _steady_state(client: httpx.Client, base: str, requests: int) -> dict[str, A
 
 def measure_servers(
     apps: Sequence[str], trials: int, requests: int, env: Mapping[str, str], headers: Mapping[str, str],
-    logs: Path,
+    logs: Path, budget: Budget,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Per app: spawn of ``uvicorn <app>`` -> /api/health 200 -> first summarize 200.
 
     Trials of the apps alternate (and swap order every trial) so background load on a
-    shared machine drifts over all of them alike instead of favouring one. The last
-    trial's servers, warm by then, also serve the steady-state requests (saves a spawn).
-    Returns (first-call results, steady-state results), keyed by app.
+    shared machine drifts over all of them alike instead of favouring one. The first
+    trial's servers, warm once they have answered, also serve the steady-state requests
+    (saves a spawn, and survives a budget cut). Returns (first-call, steady-state)
+    results, keyed by app.
     """
     listen: dict[str, list[float]] = {app: [] for app in apps}
     first: dict[str, list[float]] = {app: [] for app in apps}
     steady: dict[str, dict[str, Any]] = {}
+    last_round = 0.0
     with httpx.Client(timeout=60, trust_env=False, headers=dict(headers)) as client:
         for trial in range(trials):
+            if trial and not budget.allows(last_round * 1.2):
+                break
+            round_started = time.perf_counter()
             for app in apps if trial % 2 == 0 else list(reversed(apps)):
                 port = free_port()
                 base = f"http://127.0.0.1:{port}"
@@ -239,13 +286,15 @@ def measure_servers(
                     answered = wait_for_200(
                         proc, client, "POST", f"{base}{SUMMARIZE_PATH}", json_body=SUMMARIZE_BODY
                     )
-                    if trial == trials - 1:
+                    if trial == 0:
                         steady[app] = _steady_state(client, base, requests)
                 listen[app].append(listening - started)
                 first[app].append(answered - started)
+            last_round = time.perf_counter() - round_started
     out: dict[str, dict[str, Any]] = {}
     for app in apps:
         out[app] = summary(first[app])
+        _note_truncated(out[app], trials)
         out[app]["listening_median_ms"] = ms(statistics.median(listen[app]))
         out[app]["listening_samples_ms"] = [ms(v) for v in listen[app]]
     return out, steady
@@ -258,7 +307,10 @@ def report(results: dict[str, Any]) -> str:
     """The Markdown tables printed at the end of a run."""
     imp, fn = results["import_function_app"], results["functions_first_call"]
     box, naive = results["container_first_call"], results["naive_first_call"]
-    interp, rt = results["interpreter_start"], results["runtime_import"]
+    interp = results["interpreter_start"]
+    # Optional measurement: fall back to the -X importtime run's own timer (inflated).
+    rt = results["runtime_import"] or {"median_ms": results["runtime_import_breakdown"]["timer_ms"],
+                                       "min_ms": "-", "n": "1 (-X importtime)"}
     cold = markdown_table(
         ["measurement", "median ms", "min ms", "N", "notes"],
         [
@@ -322,15 +374,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--trials", type=int, default=5, help="spawns per process-level measurement")
     parser.add_argument("--import-trials", type=int, default=7, help="fresh interpreters for the import time")
-    parser.add_argument("--runtime-trials", type=int, default=2,
+    parser.add_argument("--runtime-trials", type=int, default=3,
                         help="fresh interpreters for the lazy SK import")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for the steady state")
+    parser.add_argument("--budget", type=float, default=165.0,
+                        help="wall-clock seconds; trial loops stop early rather than overrun it")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"machine": machine(), "load_average_start": os.getloadavg()}
     results["config"] = {"trials": args.trials, "import_trials": args.import_trials,
                          "runtime_trials": args.runtime_trials,
                          "requests": args.requests, "stub_delay_s": 0.0, "body": SUMMARIZE_BODY}
+    budget = Budget(args.budget)
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp, backends(Path(tmp)) as be:
         env, headers, logs = be.env, be.headers, Path(tmp)
         results["config"]["auth"] = bool(headers)
@@ -338,18 +393,19 @@ def main() -> None:
         results["interpreter_start"] = measure_interpreter(args.import_trials)
         results["import_function_app"] = measure_import(args.import_trials)
         results["import_breakdown"] = measure_import_breakdown()
-        # What the first model-backed request pays on top, in either host. Breakdown
-        # first: its run also writes model_runtime's __pycache__.
+        # What the first model-backed request pays on top, in either host (also writes
+        # model_runtime's __pycache__ before anything is timed).
         results["runtime_import_breakdown"] = measure_import_breakdown(
             "runtime-import", "sk_core.model_runtime"
         )
-        results["runtime_import"] = measure_runtime_import(args.runtime_trials)
         print("b. Functions host first call ...", file=sys.stderr)
-        results["functions_first_call"] = measure_functions_first_call(args.trials, env, headers)
+        results["functions_first_call"] = measure_functions_first_call(args.trials, env, headers, budget)
         print("c./d. container host and naive baseline: first call, steady state ...", file=sys.stderr)
-        first, steady = measure_servers([OURS, NAIVE], args.trials, args.requests, env, headers, logs)
+        first, steady = measure_servers([OURS, NAIVE], args.trials, args.requests, env, headers, logs, budget)
         results["container_first_call"], results["naive_first_call"] = first[OURS], first[NAIVE]
         results["steady_ours"], results["steady_naive"] = steady[OURS], steady[NAIVE]
+        print("extra: lazy SK import, as the budget allows ...", file=sys.stderr)
+        results["runtime_import"] = measure_runtime_import(args.runtime_trials, budget)
     results["load_average_end"] = os.getloadavg()
     path = write_results("cold_start", results)
     print(report(results))

@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,9 @@ from tests.stub_model import StubModelProcess
 if TYPE_CHECKING:
     from sk_core.model_runtime import ModelRuntime
 
-Call = Callable[[], Awaitable[bool]]
+# A call returns None on success, else a short label of what went wrong (HTTP status,
+# exception type), so a run reports which failures it saw, not only how many.
+Call = Callable[[], Awaitable[str | None]]
 
 CONTAINER = "container host (uvicorn, HTTP)"
 FUNCTIONS = "Functions trigger (in-process)"
@@ -104,7 +107,7 @@ class LoadResult:
     """Latencies of the completed requests of one or more load runs of one path."""
 
     latencies: list[float] = field(default_factory=list)
-    errors: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
     wall: float = 0.0
     cpu: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # as in Cpu
 
@@ -121,7 +124,8 @@ class LoadResult:
         bench, service, stub, storage = (ms(c / n) if n else 0.0 for c in self.cpu)
         return {
             "requests": n,
-            "errors": self.errors,
+            "errors": sum(self.errors.values()),
+            "error_kinds": dict(self.errors),
             "seconds": round(self.wall, 2),
             "rps": round(n / self.wall, 1) if self.wall else 0.0,
             "p50_ms": ms(percentile(self.latencies, 50)),
@@ -152,13 +156,13 @@ async def run_load(call: Call, *, concurrency: int, max_requests: int, max_secon
             issued += 1
             begun = time.perf_counter()
             try:
-                ok = await call()
-            except Exception:
-                ok = False
-            if ok:
+                failure = await call()
+            except Exception as exc:
+                failure = type(exc).__name__
+            if failure is None:
                 result.latencies.append(time.perf_counter() - begun)
             else:
-                result.errors += 1
+                result.errors[failure] += 1
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     result.wall = time.perf_counter() - started
@@ -168,12 +172,21 @@ async def run_load(call: Call, *, concurrency: int, max_requests: int, max_secon
 # ------------------------------------------------------------------------------ paths
 
 
+def _problem_label(status: int, body: bytes) -> str:
+    """``"503 limits_unavailable"``: the status and the problem+json ``code`` if there is one."""
+    try:
+        code = json.loads(body).get("code", "")
+    except (ValueError, AttributeError):
+        code = ""
+    return f"{status} {code}".strip()
+
+
 def container_call(client: httpx.AsyncClient) -> Call:
     """POST summarize to the running uvicorn over keep-alive HTTP."""
 
-    async def call() -> bool:
+    async def call() -> str | None:
         response = await client.post(SUMMARIZE_PATH, json=SUMMARIZE_BODY)
-        return response.status_code == 200
+        return None if response.status_code == 200 else _problem_label(response.status_code, response.content)
 
     return call
 
@@ -185,9 +198,10 @@ def functions_call(trigger: Callable[[Any], Awaitable[Any]], auth: Mapping[str, 
     body = json.dumps(SUMMARIZE_BODY).encode()
     headers = {"content-type": "application/json", "content-length": str(len(body)), **auth}
 
-    async def call() -> bool:
+    async def call() -> str | None:
         response = await trigger(make_request("POST", SUMMARIZE_PATH, headers, body))
-        return int(response.status_code) == 200
+        status = int(response.status_code)
+        return None if status == 200 else _problem_label(status, bytes(response.body))
 
     return call
 
@@ -208,12 +222,12 @@ def bare_call(runtime: ModelRuntime) -> Call:
     # The handler's rule (2 * max_words + 16, capped by the prompt's 512).
     max_tokens = min(512, 2 * int(values["max_words"]) + 16)
 
-    async def call() -> bool:
+    async def call() -> str | None:
         execution = OpenAIChatPromptExecutionSettings(
             service_id=SERVICE_ID, max_tokens=max_tokens, temperature=0.2
         )
         result = await kernel.invoke(function, KernelArguments(settings=execution, **values))
-        return result is not None and bool(str(result))
+        return None if result is not None and str(result) else "empty result"
 
     return call
 
@@ -276,7 +290,7 @@ async def _measure(args: argparse.Namespace, stub: StubModelProcess, meter: CpuM
             warm = await run_load(call, concurrency=args.concurrency, max_requests=args.warmup,
                                   max_seconds=args.warmup_seconds)
             if warm.errors:
-                raise RuntimeError(f"{name}: {warm.errors} errors during warm-up")
+                raise RuntimeError(f"{name}: errors during warm-up: {dict(warm.errors)}")
         totals = {name: LoadResult() for name in paths}
         peaks = dict.fromkeys(paths, 0)
         names = list(paths)
@@ -326,7 +340,9 @@ def report(results: dict[str, Any]) -> str:
         bare = scenario["paths"][BARE]
         for name, stats in scenario["paths"].items():
             rows.append([
-                f"{scenario['stub_delay_s']:g}", name, stats["requests"], stats["p50_ms"], stats["p99_ms"],
+                f"{scenario['stub_delay_s']:g}", name,
+                f"{stats['requests']}" + (f" (+{stats['errors']} failed)" if stats["errors"] else ""),
+                stats["p50_ms"], stats["p99_ms"],
                 stats["rps"],
                 "1.00" if name == BARE else f"{stats['p50_ms'] / bare['p50_ms']:.2f}",
                 "1.00" if name == BARE else f"{bare['rps'] / stats['rps']:.2f}",

@@ -109,6 +109,7 @@ async def _call_model(
 ) -> _Outcome:
     """Authenticate → validate → admit (reserve, clamp) → invoke → settle, a span each."""
     tracer = telemetry.tracer()
+    service.kernels.warm()  # first request of a process: SK imports while we authenticate
     with tracer.start_as_current_span("authenticate"):
         principal = await service.auth.authenticate(request.headers, spec.id)
     request.state.tenant_id = principal.tenant.id

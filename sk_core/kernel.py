@@ -66,6 +66,7 @@ class KernelProvider:
         self._future: concurrent.futures.Future[ModelRuntime] | None = None
         self._version: str | None = None
         self._retiring: dict[asyncio.Task[None], ModelRuntime] = {}
+        self._warming: asyncio.Task[None] | None = None
         self.build_count = 0
         self.build_seconds: float | None = None
 
@@ -132,8 +133,29 @@ class KernelProvider:
             return future.result()
         return await asyncio.wrap_future(self._current_future(api_key, version))
 
+    def warm(self) -> None:
+        """Start building in the background if nothing is built yet (no one waits on it).
+
+        Hosts call this at startup, and the request pipeline calls it before its storage
+        round trips, so the seconds of SK import overlap work that has to happen anyway.
+        """
+        if self.is_built or self._warming is not None:
+            return
+
+        async def build() -> None:
+            try:
+                await self.get()
+            except Exception:
+                logger.warning("kernel warm-up failed; the next request retries", exc_info=True)
+            finally:
+                self._warming = None
+
+        self._warming = asyncio.get_running_loop().create_task(build())
+
     async def aclose(self) -> None:
         """Close the provider client of the built runtime (host shutdown, tests)."""
+        if self._warming is not None:
+            await asyncio.gather(self._warming, return_exceptions=True)
         for task, runtime in list(self._retiring.items()):
             task.cancel()
             await runtime.aclose()
