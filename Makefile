@@ -38,6 +38,7 @@ test: lint typecheck pytest
 bench: install
 	PYTHONPATH=. $(BIN)/python bench/cold_start.py
 	PYTHONPATH=. $(BIN)/python bench/overhead.py
+	PYTHONPATH=. $(BIN)/python bench/limits.py
 
 clean:
 	rm -rf $(VENV) node_modules .run .mypy_cache .ruff_cache .pytest_cache
