@@ -89,6 +89,17 @@ class FunctionSpec:
     default_max_tokens: int
     arguments_model: type[BaseModel] = field(compare=False)
 
+    def user_texts(self, arguments: dict[str, Any]) -> list[str]:
+        """Every caller-supplied text of a call (what prompt screening inspects)."""
+        texts: list[str] = []
+        for spec in self.inputs:
+            value = arguments.get(spec.name)
+            if spec.is_chat_history and value:
+                texts.extend(str(m["content"]) for m in value)
+            elif isinstance(value, str):
+                texts.append(value)
+        return texts
+
     def prompt_token_bound(self, arguments: dict[str, Any]) -> int:
         """An upper bound on the prompt tokens this call can be billed for.
 

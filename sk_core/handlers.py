@@ -83,6 +83,8 @@ async def _arguments(request: Request, service: Service, spec: FunctionSpec) -> 
 @dataclass(frozen=True)
 class _Outcome:
     completion: Completion
+    text: str  # the answer after output redaction
+    redactions: dict[str, int]
     cost_nano: int
     headers: dict[str, str]
 
@@ -93,6 +95,8 @@ class _Outcome:
             "usage": completion.usage,
             "finish_reason": completion.finish_reason,
             "cost_usd": usd(self.cost_nano),
+            "redacted": sum(self.redactions.values()),
+            "redactions": self.redactions,
         }
 
 
@@ -119,6 +123,14 @@ async def _call_model(
     with tracer.start_as_current_span("validate"):
         arguments = await _arguments(request, service, spec)
     requested = arguments.pop("max_tokens") or default_max_tokens(arguments)
+    with tracer.start_as_current_span("guard") as span:
+        # Before admission: a rejected prompt is neither charged nor counted.
+        screening = await service.screen(spec.id, spec.user_texts(arguments))
+        if screening is not None:
+            span.set_attribute("sk.guard.flagged", screening.flagged)
+            if audit is not None:
+                audit.guard = screening.summary
+            screening.enforce()
     price = service.settings.price
     with tracer.start_as_current_span("admit") as span:
         hold = await service.ledger.admit(
@@ -148,6 +160,7 @@ async def _call_model(
             audit.cost_nano = charged
         raise
     duration = time.perf_counter() - started
+    redaction = service.redactor_for(spec.id).redact(completion.text)
     usage = completion.usage
     cost = price.cost_nano(usage.prompt_tokens, usage.completion_tokens)
     with tracer.start_as_current_span("settle") as span:
@@ -164,7 +177,15 @@ async def _call_model(
         **rate_limit_headers(hold.rpm_limit, hold.rpm_remaining, hold.rpm_reset),
         "X-Request-Cost-USD": f"{usd(charged):.9f}",
     }
-    return _Outcome(completion=completion, cost_nano=charged, headers=headers)
+    if audit is not None:
+        audit.redactions = redaction.total
+    return _Outcome(
+        completion=completion,
+        text=redaction.text,
+        redactions=dict(redaction.counts),
+        cost_nano=charged,
+        headers=headers,
+    )
 
 
 def _record_call(
@@ -226,7 +247,7 @@ async def summarize(request: Request) -> Response:
     outcome = await _call_model(
         request, service, spec, lambda args: min(spec.default_max_tokens, 2 * args["max_words"] + 16)
     )
-    body = SummarizeResponse(summary=outcome.completion.text.strip(), **outcome.fields())
+    body = SummarizeResponse(summary=outcome.text.strip(), **outcome.fields())
     return _json_with_headers(body, outcome.headers)
 
 
@@ -235,7 +256,7 @@ async def chat(request: Request) -> Response:
     service = get_service()
     spec = _spec(service, "chat", "chat")
     outcome = await _call_model(request, service, spec, lambda _: spec.default_max_tokens)
-    body = ChatResponse(message=AssistantMessage(content=outcome.completion.text), **outcome.fields())
+    body = ChatResponse(message=AssistantMessage(content=outcome.text), **outcome.fields())
     return _json_with_headers(body, outcome.headers)
 
 
@@ -256,7 +277,7 @@ async def invoke_function(request: Request) -> Response:
     plugin, name = request.path_params.get("plugin", ""), request.path_params.get("function", "")
     spec = _spec(service, plugin, name)
     outcome = await _call_model(request, service, spec, lambda _: spec.default_max_tokens)
-    body = InvokeResponse(plugin=plugin, function=name, result=outcome.completion.text, **outcome.fields())
+    body = InvokeResponse(plugin=plugin, function=name, result=outcome.text, **outcome.fields())
     return _json_with_headers(body, outcome.headers)
 
 

@@ -42,7 +42,7 @@ _REQUEST_FUNCTIONS = {"summarize": ("text", "summarize"), "chat": ("chat", "chat
 _MODEL_ROUTES = {"summarize", "chat", "invoke_function"}
 _TENANT_ROUTES = _MODEL_ROUTES | {"list_functions"}
 _ERRORS_WITH_BODY = {
-    "400": "Malformed JSON",
+    "400": "Malformed JSON, or the prompt was rejected by the injection guard (`prompt_rejected`)",
     "413": "Body over the size limit",
     "415": "Body is not application/json",
     "422": "Body failed validation; `errors` names the fields",

@@ -50,6 +50,7 @@ _REFUSAL_REASONS = {
     "tokens_rate_limited": "rate",
     "concurrency_limited": "concurrency",
     "budget_exceeded": "budget",
+    "prompt_rejected": "guard",
     "limits_unavailable": "limits_unavailable",
 }
 

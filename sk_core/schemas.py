@@ -22,6 +22,8 @@ class ModelAnswer(BaseModel):
     usage: Usage
     finish_reason: str | None = Field(default=None, description="Why the model stopped (stop, length...).")
     cost_usd: float = Field(ge=0, description="What this request cost the tenant, in USD.")
+    redacted: int = Field(default=0, ge=0, description="How many items were redacted from the answer.")
+    redactions: dict[str, int] = Field(default_factory=dict, description="Redacted items by kind.")
 
 
 class SummarizeResponse(ModelAnswer):

@@ -9,9 +9,13 @@ process-wide singleton created on first use. Tests install their own with
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sk_core.catalog import Catalog
 from sk_core.kernel import KernelProvider, KeyProvider
@@ -20,10 +24,21 @@ from sk_core.settings import Provider, Settings, get_settings
 if TYPE_CHECKING:
     from sk_core.audit import AuditLog
     from sk_core.auth import Authenticator
+    from sk_core.guard import Guard
     from sk_core.ledger import Ledger
+    from sk_core.redaction import Redactor
     from sk_core.secret_store import CachedSecrets
     from sk_core.storage import TableStore
     from sk_core.tenants import TenantStore
+
+
+@dataclass(frozen=True)
+class Screening:
+    """The guard's verdict on one call: an audit summary and the policy's enforcement."""
+
+    summary: dict[str, Any]
+    flagged: bool
+    enforce: Callable[[], None]
 
 
 class Service:
@@ -41,6 +56,7 @@ class Service:
         ledger: Ledger,
         secrets: CachedSecrets,
         audit: AuditLog,
+        guard: Guard,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -51,14 +67,49 @@ class Service:
         self.ledger = ledger
         self.secrets = secrets
         self.audit = audit
+        self.guard = guard
+        self._redactors: dict[tuple[str, ...], Redactor] = {}
 
     async def aclose(self) -> None:
         """Release network resources (called on host shutdown)."""
         await self.auth.aclose()
         await self.audit.aclose()
+        await self.guard.aclose()
         await self.kernels.aclose()
         await self.store.aclose()
         await self.secrets.aclose()
+
+    async def screen(self, function_id: str, texts: list[str]) -> Screening | None:
+        """Prompt-injection screening under the function's policy (None when ``off``).
+
+        The caller records ``summary`` and then calls ``enforce()``, which raises
+        ``PromptInjectionDetected`` (400 ``prompt_rejected``) under ``block``.
+        """
+        from sk_core.guard import enforce
+
+        policy = self.settings.guard_policy_for(function_id)
+        if policy == "off":
+            return None
+        detection = await self.guard.inspect(texts)
+        if detection.flagged:
+            logger.warning(
+                "prompt flagged for %s (%s): %s", function_id, policy, ",".join(detection.categories)
+            )
+        return Screening(
+            summary={**detection.to_audit(), "policy": policy},
+            flagged=detection.flagged,
+            enforce=lambda: enforce(detection, policy),
+        )
+
+    def redactor_for(self, function_id: str) -> Redactor:
+        """The output redactor configured for a function (built once per configuration)."""
+        from sk_core.redaction import Redactor
+
+        kinds = self.settings.redaction_for(function_id)
+        redactor = self._redactors.get(kinds)
+        if redactor is None:
+            redactor = self._redactors[kinds] = Redactor(kinds)
+        return redactor
 
     def required_secrets(self) -> list[str]:
         """Secrets without which the service cannot serve (readiness checks them)."""
@@ -93,6 +144,7 @@ class Service:
             ),
             secrets=secrets,
             audit=AuditLog(store=store, retention_days=settings.audit_retention_days),
+            guard=make_guard(settings),
             store=store,
             tenants=tenants,
             auth=Authenticator(tenants=tenants, ttl_seconds=settings.auth_cache_seconds),
@@ -115,6 +167,23 @@ def make_store(settings: Settings) -> TableStore:
         endpoint=settings.storage_account_endpoint,
         table_prefix=settings.storage_table_prefix,
         retries=settings.storage_retries,
+    )
+
+
+def make_guard(settings: Settings) -> Guard:
+    """The prompt-injection guard: local patterns, plus Prompt Shields when configured."""
+    from sk_core.guard import Guard, InjectionDetector, PromptShieldsClient
+
+    extra = json.loads(settings.guard_extra_patterns) if settings.guard_extra_patterns.strip() else []
+    shields = (
+        PromptShieldsClient(
+            settings.content_safety_endpoint, settings.content_safety_key.get_secret_value() or None
+        )
+        if settings.content_safety_endpoint
+        else None
+    )
+    return Guard(
+        InjectionDetector(extra_patterns=extra), shields=shields, fail_closed=settings.guard_fail_closed
     )
 
 
@@ -183,6 +252,7 @@ def make_key_provider(settings: Settings, secrets: CachedSecrets) -> KeyProvider
     return key
 
 
+logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _service: Service | None = None
 

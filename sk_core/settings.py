@@ -9,8 +9,9 @@ default, in ``local.settings.example.json`` and in the README's settings table.
 from __future__ import annotations
 
 import functools
+import json
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -107,6 +108,41 @@ class Settings(BaseSettings):
     secret_max_staleness_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
     secret_retry_seconds: float = Field(default=10.0, ge=0.1, le=3600)
 
+    guard_policy: Literal["block", "flag", "off"] = Field(
+        default="flag", description="Prompt-injection policy for every function unless overridden."
+    )
+    guard_policies: str = Field(
+        default="",
+        description='Per-function overrides as JSON: {"chat/chat": "block", "text/translate": "off"}',
+    )
+    guard_extra_patterns: str = Field(
+        default="", description="JSON list of extra regexes flagged as injection."
+    )
+    guard_fail_closed: bool = Field(
+        default=False, description="Refuse (503) when Prompt Shields is configured but unreachable."
+    )
+    content_safety_endpoint: str = Field(
+        default="", description="Azure AI Content Safety endpoint: also screen prompts with Prompt Shields."
+    )
+    content_safety_key: SecretStr = SecretStr("")
+    redaction: str = Field(
+        default="email,phone,payment_card,iban,secret",
+        description="Kinds redacted from model output (comma-separated; empty: none).",
+    )
+    redaction_policies: str = Field(
+        default="", description='Per-function overrides as JSON: {"text/translate": "email,secret"}'
+    )
+
+    def guard_policy_for(self, function_id: str) -> Literal["block", "flag", "off"]:
+        """The injection policy of one function."""
+        override = _json_object(self.guard_policies, "SKF_GUARD_POLICIES").get(function_id)
+        return override if override in ("block", "flag", "off") else self.guard_policy
+
+    def redaction_for(self, function_id: str) -> tuple[str, ...]:
+        """The kinds redacted from one function's output."""
+        raw = _json_object(self.redaction_policies, "SKF_REDACTION_POLICIES").get(function_id, self.redaction)
+        return tuple(kind.strip() for kind in str(raw).split(",") if kind.strip())
+
     cors_allowed_origins: str = Field(
         default="", description="Comma-separated origins allowed to call from browsers (no '*'); empty: none."
     )
@@ -165,6 +201,16 @@ class Settings(BaseSettings):
         if self.resolved_model_id not in prices:
             # A model without a price cannot be budgeted: refuse to start, not to charge 0.
             raise ValueError(f"no price for model {self.resolved_model_id!r}: add it to SKF_MODEL_PRICES")
+        for name, raw in (
+            ("SKF_GUARD_POLICIES", self.guard_policies),
+            ("SKF_REDACTION_POLICIES", self.redaction_policies),
+        ):
+            _json_object(raw, name)
+        bad = {
+            v for v in _json_object(self.guard_policies, "x").values() if v not in ("block", "flag", "off")
+        }
+        if bad:
+            raise ValueError(f"SKF_GUARD_POLICIES: policies are block, flag or off (got {sorted(bad)})")
         if "*" in self.cors_origins:
             raise ValueError("SKF_CORS_ALLOWED_ORIGINS must list origins; '*' is not allowed")
         if self.secret_refresh_ahead_seconds >= self.secret_cache_seconds:
@@ -188,6 +234,18 @@ class Settings(BaseSettings):
             if provider is Provider.LOCAL:
                 raise ValueError("SKF_MODEL_PROVIDER=local is for development, not production")
         return self
+
+
+def _json_object(raw: str, name: str) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError(f"{name} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object")
+    return value
 
 
 @functools.cache

@@ -182,7 +182,8 @@ async def test_a_process_killed_mid_call_leaves_a_hold_that_expires_charged(
     assert held["held_nano"] > 0
     assert held["inflight"] == 1
     await asyncio.sleep(6.5)  # the lease runs out
-    assert await functions_service.ledger.expire_holds() >= 1
+    # Any sweeper may charge it: this one, or a container host's periodic sweep.
+    await functions_service.ledger.expire_holds()
     after = await functions_service.ledger.usage(tenant_id, day)
     assert after["spent_nano"] == held["held_nano"]  # charged at the reserved amount
     assert (after["held_nano"], after["inflight"]) == (0, 0)
