@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.threaded_server import ThreadedServer
 
 __all__ = [
     "ATTACK_MARKER",
@@ -83,17 +83,15 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     )
 
 
-class ContentSafetyStub:
+class ContentSafetyStub(ThreadedServer):
     """The server and its control surface. Use as a context manager or call start/stop."""
 
     def __init__(self, *, key: str = STUB_KEY, token: str = STUB_TOKEN) -> None:
+        super().__init__()
         self.key = key
         self.token = token
-        self.port = 0
         self._lock = threading.Lock()
         self._state = _State()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
         self.app = Starlette(
             routes=[Route("/contentsafety/text:shieldPrompt", self._shield, methods=["POST"])]
         )
@@ -131,46 +129,6 @@ class ContentSafetyStub:
         """Forget requests and failure modes."""
         with self._lock:
             self._state = _State()
-
-    def start(self) -> None:
-        """Serve; returns once listening."""
-        if self._thread is not None:
-            return
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, name="content-safety-stub", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("Content Safety stub did not start")
-            time.sleep(0.01)
-        if not self.port:
-            self.port = server.servers[0].sockets[0].getsockname()[1]
-        self._server, self._thread = server, thread
-
-    def stop(self) -> None:
-        """Stop listening (clients then get connection refused)."""
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._server = self._thread = None
-
-    def __enter__(self) -> ContentSafetyStub:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # -- the REST API ----------------------------------------------------------------
 

@@ -37,7 +37,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import uvicorn
 from azure.core.credentials import AccessToken
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -47,6 +46,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.threaded_server import ThreadedServer
 
 __all__ = [
     "CHALLENGE",
@@ -177,17 +178,15 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-class KeyVaultStub:
+class KeyVaultStub(ThreadedServer):
     """The server and its control surface. Use as a context manager or call start/stop."""
 
     def __init__(self, directory: Path, *, token: str = STUB_TOKEN) -> None:
+        super().__init__()
         self.token = token
         self.cert_path, self._key_path = make_self_signed_cert(directory)
-        self.port = 0  # chosen by the OS on first start, then reused so clients reconnect
         self._lock = threading.Lock()
         self._state = _State()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
         self.app = Starlette(
             routes=[
                 Route("/secrets/{name}", self._get_secret, methods=["GET"]),
@@ -230,47 +229,9 @@ class KeyVaultStub:
         with self._lock:
             self._state = _State()
 
-    def start(self) -> None:
-        """Serve (again, on the same port after a stop); returns once listening."""
-        if self._thread is not None:
-            return
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            ssl_certfile=str(self.cert_path),
-            ssl_keyfile=str(self._key_path),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, name="keyvault-stub", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("Key Vault stub did not start")
-            time.sleep(0.01)
-        if not self.port:
-            self.port = server.servers[0].sockets[0].getsockname()[1]
-        self._server, self._thread = server, thread
-
-    def stop(self) -> None:
-        """Stop listening: clients now get connection refused (the vault is 'down')."""
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._server = self._thread = None
-
-    def __enter__(self) -> KeyVaultStub:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def server_options(self) -> dict[str, Any]:
+        """Serve HTTPS with the stub's self-signed certificate."""
+        return {"ssl_certfile": str(self.cert_path), "ssl_keyfile": str(self._key_path)}
 
     # -- the REST API ----------------------------------------------------------------
 

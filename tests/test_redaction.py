@@ -492,4 +492,5 @@ def test_adversarial_input_is_linear(text: str) -> None:
         start = time.perf_counter()
         redact(text)
         elapsed.append(time.perf_counter() - start)
-    assert min(elapsed) < 0.2, f"{min(elapsed) * 1000:.0f} ms"
+    # Linear-time guard, not a speed claim: quadratic regexes take seconds on 100k chars.
+    assert min(elapsed) < 2.0, f"{min(elapsed) * 1000:.0f} ms"
