@@ -214,7 +214,7 @@ async def test_retry_after_beyond_the_deadline_is_not_waited_for(host: Host, stu
     started = time.monotonic()
     response = await host.request("POST", SUMMARIZE, json_body={"text": TEXT})
     assert_problem(response, 503, "model_rate_limited")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # far below the 30 s it would have waited
     assert response.headers["retry-after"] == "30"
     assert stub.stats()["count"] == 1
 
@@ -240,7 +240,7 @@ async def test_model_timeout_is_504_within_the_deadline(host: Host, stub: StubMo
     elapsed = time.monotonic() - started
     stub.reset()
     assert_problem(response, 504, "model_timeout")
-    assert elapsed < 4 + 1  # the configured deadline, plus scheduling slack
+    assert elapsed < 4 + 3  # the configured deadline, plus slack for a loaded machine
 
 
 async def test_openapi_describes_every_route(host: Host) -> None:
