@@ -40,15 +40,25 @@ _FIXED_OVERHEAD_TOKENS = 16
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def clean_text(value: str) -> str:
-    """Unicode NFC; rejects control characters other than tab, newline and carriage return."""
+    """Unicode NFC; rejects control characters other than tab, newline and carriage return,
+    and lone surrogates (valid JSON escapes like "\\ud800" that are not text and cannot be
+    encoded as UTF-8)."""
+    if _SURROGATE.search(value):
+        raise ValueError("unpaired surrogate code points are not allowed")
     found = _CONTROL.search(value)
     if found:
         raise ValueError(f"control character U+{ord(found.group()):04X} is not allowed")
     return unicodedata.normalize("NFC", value)
 
 
-Text = Annotated[str, AfterValidator(clean_text)]
+# The same rule, published in the OpenAPI document (validation itself is clean_text's,
+# for its clearer error message).
+_TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F\\uD800-\\uDFFF]*$"
+Text = Annotated[str, AfterValidator(clean_text), Field(json_schema_extra={"pattern": _TEXT_PATTERN})]
 
 
 class ChatMessage(BaseModel):

@@ -46,7 +46,10 @@ async def read_json_body(request: Request, *, max_bytes: int) -> Any:
     if not body:
         raise MalformedJson("The request body is empty; send a JSON object.")
     try:
-        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        # Strict UTF-8 (RFC 8259): json.loads(bytes) would also guess UTF-16/32 and let
+        # surrogate byte sequences through, which nothing downstream can encode again.
+        text = bytes(body).decode("utf-8")
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedJson(f"The body is not valid JSON (at byte {getattr(exc, 'pos', 0)}).") from None
     except (RecursionError, ValueError):
