@@ -34,6 +34,16 @@ _PER_MESSAGE_TOKENS = 8
 _FIXED_OVERHEAD_TOKENS = 16
 
 
+# The chat parameters a prompt file's execution_settings may set, named as in the OpenAI
+# API (chat_service.ChatSettings has a field for each). Anything else is refused when
+# the catalog loads: SK would drop an unknown key silently at request time.
+CHAT_SETTINGS = (
+    "max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "stop", "seed"
+)
+# SK's template engines (handlebars is imported only when a prompt uses it: sk_loader.py).
+TEMPLATE_FORMATS = ("semantic-kernel", "handlebars", "jinja2")
+
+
 # C0/C1 control characters and DEL, except tab, line feed and carriage return: they have
 # no place in prose, and some (e.g. NUL, ESC, bidi tricks' companions) are used to hide
 # instructions from human reviewers or to break log and terminal output.
@@ -233,7 +243,18 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
                 schema=schema,
             )
         )
-    settings = (data.get("execution_settings") or {}).get("default") or {}
+    template_format = data.get("template_format") or "semantic-kernel"
+    if template_format not in TEMPLATE_FORMATS:
+        raise ValueError(f"{path}: template_format must be one of {', '.join(TEMPLATE_FORMATS)}")
+    all_settings = data.get("execution_settings") or {}
+    for service, values in all_settings.items():
+        unknown = sorted(set(values or {}) - set(CHAT_SETTINGS))
+        if unknown:
+            raise ValueError(
+                f"{path}: execution_settings.{service} has unsupported keys {unknown}; "
+                f"supported: {', '.join(CHAT_SETTINGS)}"
+            )
+    settings = all_settings.get("default") or {}
     input_tuple = tuple(inputs)
     return FunctionSpec(
         plugin=plugin,

@@ -38,6 +38,9 @@ KeyProvider = Callable[[], Awaitable[tuple[str | None, str]]]
 
 
 def _default_builder(settings: Settings, catalog: Catalog, api_key: str | None) -> ModelRuntime:
+    from sk_core.sk_loader import import_semantic_kernel
+
+    import_semantic_kernel()  # first, so SK's handlebars engine is deferred (sk_loader.py)
     from sk_core.model_runtime import build_runtime
 
     return build_runtime(settings, catalog, api_key)

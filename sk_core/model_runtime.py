@@ -21,15 +21,11 @@ from typing import Any
 
 import openai
 from semantic_kernel import Kernel
-from semantic_kernel.connectors.ai.open_ai import (
-    AzureChatCompletion,
-    OpenAIChatCompletion,
-    OpenAIChatPromptExecutionSettings,
-)
 from semantic_kernel.contents import AuthorRole, ChatHistory, ChatMessageContent
 from semantic_kernel.functions import KernelArguments, KernelFunctionFromPrompt
 
 from sk_core.catalog import Catalog, ChatMessage, FunctionSpec
+from sk_core.chat_service import ChatSettings, OpenAIChat
 from sk_core.errors import ApiError, ModelError, ModelRateLimited, ModelTimeout, ModelUnavailable
 from sk_core.schemas import Usage
 from sk_core.settings import Provider, Settings
@@ -113,11 +109,7 @@ class ModelRuntime:
         base = function.prompt_execution_settings.get(SERVICE_ID) or function.prompt_execution_settings.get(
             "default"
         )
-        settings = (
-            OpenAIChatPromptExecutionSettings.from_prompt_execution_settings(base)
-            if base
-            else (OpenAIChatPromptExecutionSettings())
-        )
+        settings = ChatSettings.from_prompt_execution_settings(base) if base else ChatSettings()
         settings.service_id = SERVICE_ID
         settings.max_tokens = max_tokens
         converted: dict[str, Any] = {}
@@ -258,13 +250,9 @@ def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = No
     """Build the kernel: one chat service registered by id, one function per prompt file."""
     client = make_openai_client(settings, api_key)
     kernel = Kernel()
-    model_id = settings.resolved_model_id
-    service: OpenAIChatCompletion | AzureChatCompletion
-    if settings.model_provider is Provider.AZURE_OPENAI:
-        assert isinstance(client, openai.AsyncAzureOpenAI)
-        service = AzureChatCompletion(service_id=SERVICE_ID, deployment_name=model_id, async_client=client)
-    else:
-        service = OpenAIChatCompletion(service_id=SERVICE_ID, ai_model_id=model_id, async_client=client)
+    # For Azure OpenAI the model id is the deployment name, which the Azure client puts
+    # in the URL path; the same chat service serves every provider.
+    service = OpenAIChat(service_id=SERVICE_ID, ai_model_id=settings.resolved_model_id, client=client)
     kernel.add_service(service)
     functions: dict[str, KernelFunctionFromPrompt] = {}
     for spec in catalog:

@@ -1,0 +1,110 @@
+"""The kernel's chat service: an SK ``ChatCompletionClientBase`` over the OpenAI SDK client.
+
+Why not SK's own ``OpenAIChatCompletion``: importing anything from
+``semantic_kernel.connectors.ai.open_ai`` runs that package's ``__init__``, which loads
+every OpenAI-family connector (realtime with aiortc/av, audio, images, embeddings,
+Azure assistants): about 1 s of a cold start on this machine, for features no prompt
+function here uses. This class does the one thing we need (a non-streaming chat
+completion) through the same ``openai.AsyncOpenAI``/``AsyncAzureOpenAI`` client,
+returns the same ``ChatMessageContent`` shape (usage in ``metadata["usage"]``, the SDK
+response as ``inner_content``) and keeps SK's gen_ai tracing decorator, so kernels,
+prompt functions, filters and telemetry behave as with SK's connector.
+
+Not supported, on purpose: streaming, tool/function calling, ``n > 1``. Execution
+settings outside :data:`CHAT_SETTINGS` are refused when the catalog loads, rather than
+silently dropped at request time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+from semantic_kernel.connectors.ai.chat_completion_client_base import ChatCompletionClientBase
+from semantic_kernel.connectors.ai.completion_usage import CompletionUsage
+from semantic_kernel.connectors.ai.prompt_execution_settings import PromptExecutionSettings
+from semantic_kernel.contents import AuthorRole, ChatHistory, ChatMessageContent
+from semantic_kernel.contents.text_content import TextContent
+from semantic_kernel.contents.utils.finish_reason import FinishReason
+from semantic_kernel.utils.telemetry.model_diagnostics.decorators import trace_chat_completion
+
+from sk_core.catalog import CHAT_SETTINGS
+
+
+class ChatSettings(PromptExecutionSettings):
+    """The chat-completion parameters a prompt file may set (names as in the OpenAI API)."""
+
+    # Set per request from the reservation; a prompt file's value is the default cap.
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+    def request_options(self) -> dict[str, Any]:
+        """The settings as keyword arguments of ``chat.completions.create``."""
+        return {name: value for name in CHAT_SETTINGS if (value := getattr(self, name)) is not None}
+
+
+class OpenAIChat(ChatCompletionClientBase):
+    """Chat completions from any OpenAI-API endpoint (OpenAI, Azure OpenAI, local servers)."""
+
+    # The gen_ai.system value SK's own OpenAI connectors report, Azure included.
+    MODEL_PROVIDER_NAME: ClassVar[str] = "openai"
+
+    client: Any = Field(exclude=True)
+
+    def get_prompt_execution_settings_class(self) -> type[PromptExecutionSettings]:
+        """SK converts a prompt file's generic settings into this class before calling us."""
+        return ChatSettings
+
+    def service_url(self) -> str | None:
+        """The endpoint, for SK's ``server.address`` span attribute."""
+        return str(self.client.base_url)
+
+    @trace_chat_completion(MODEL_PROVIDER_NAME)
+    async def _inner_get_chat_message_contents(
+        self, chat_history: ChatHistory, settings: PromptExecutionSettings
+    ) -> list[ChatMessageContent]:
+        if not isinstance(settings, ChatSettings):
+            settings = ChatSettings.from_prompt_execution_settings(settings)
+        assert isinstance(settings, ChatSettings)  # for mypy: the branch above guarantees it
+        # Errors propagate as the SDK raised them: model_runtime.classify_failure reads
+        # their status and Retry-After, and maps them to client-safe problems.
+        response = await self.client.chat.completions.create(
+            model=self.ai_model_id,
+            messages=[message.to_dict() for message in chat_history.messages],
+            stream=False,
+            **settings.request_options(),
+        )
+        usage = CompletionUsage.from_openai(response.usage) if response.usage is not None else None
+        contents = []
+        for choice in response.choices:
+            text = choice.message.content or getattr(choice.message, "refusal", None)
+            contents.append(
+                ChatMessageContent(
+                    role=AuthorRole(choice.message.role),
+                    items=[TextContent(text=text)] if text else [],
+                    inner_content=response,
+                    ai_model_id=self.ai_model_id,
+                    finish_reason=_finish_reason(choice.finish_reason),
+                    metadata={
+                        "id": response.id,
+                        "created": response.created,
+                        "system_fingerprint": response.system_fingerprint,
+                        "usage": usage,
+                    },
+                )
+            )
+        return contents
+
+
+def _finish_reason(value: str | None) -> FinishReason | None:
+    # Local servers may report values outside OpenAI's set; an unknown reason is not
+    # worth failing an answer the caller has already been charged for.
+    try:
+        return FinishReason(value) if value else None
+    except ValueError:
+        return None

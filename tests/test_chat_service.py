@@ -1,0 +1,143 @@
+"""The kernel's own chat service and the deferred handlebars engine (cold start).
+
+The import checks run in fresh interpreters: which modules a build loads is a property
+of the process, and pytest's process has long imported everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sk_core.catalog import Catalog, load_spec
+from tests.conftest import make_settings
+from tests.stub_model import StubModel
+
+ROOT = Path(__file__).resolve().parent.parent
+# What SK's own OpenAI connector package and handlebars engine would have loaded.
+HEAVY = ("pymeta", "pybars._compiler", "semantic_kernel.connectors.ai.open_ai", "aiortc", "av")
+
+
+def _run(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=120, env=env,
+    )
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_building_the_kernel_loads_neither_handlebars_nor_the_openai_connector_package() -> None:
+    result = _run(
+        f"""
+        import json, sys
+        from sk_core.catalog import Catalog
+        from sk_core.kernel import _default_builder
+        from sk_core.settings import Settings
+        runtime = _default_builder(Settings(), Catalog.load(), None)
+        import semantic_kernel.prompt_template.handlebars_prompt_template as hb
+        print(json.dumps({{
+            "functions": sorted(runtime.functions),
+            "loaded": [m for m in {HEAVY!r} if m in sys.modules],
+            "pybars_in_sys_modules": "pybars" in sys.modules,
+            "compiler": hb.Compiler.__name__,
+        }}))
+        """
+    )
+    assert result["functions"] == sorted(spec.id for spec in Catalog.load())
+    assert result["loaded"] == []
+    # The placeholder lived only for SK's import: nobody else can pick it up.
+    assert result["pybars_in_sys_modules"] is False
+    assert result["compiler"] == "_DeferredCompiler"
+
+
+def test_a_handlebars_prompt_still_renders_and_reports_syntax_errors() -> None:
+    result = _run(
+        """
+        import asyncio, json, sys
+        from sk_core.sk_loader import import_semantic_kernel
+        import_semantic_kernel()
+        deferred = "pybars._compiler" not in sys.modules
+        from semantic_kernel import Kernel
+        from semantic_kernel.exceptions import HandlebarsTemplateSyntaxError
+        from semantic_kernel.functions import KernelArguments, KernelFunctionFromPrompt
+        good = KernelFunctionFromPrompt.from_yaml(
+            "name: greet\\ntemplate_format: handlebars\\n"
+            "template: 'Hello {{name}}, {{#if vip}}welcome back{{/if}}'\\n"
+        )
+        rendered = asyncio.run(
+            good.prompt_template.render(Kernel(), KernelArguments(name="Ada", vip=True))
+        )
+        try:
+            KernelFunctionFromPrompt.from_yaml(
+                "name: broken\\ntemplate_format: handlebars\\ntemplate: 'Hello {{/if}}'\\n"
+            )
+            error = None
+        except HandlebarsTemplateSyntaxError as exc:  # SK's mapping of the real PybarsError
+            error = type(exc.__cause__).__module__
+        import pybars
+        print(json.dumps({
+            "deferred": deferred, "rendered": rendered, "error": error,
+            "real_pybars": hasattr(pybars, "_compiler"),
+        }))
+        """
+    )
+    assert result == {
+        "deferred": True,
+        "rendered": "Hello Ada, welcome back",
+        "error": "pybars._compiler",
+        "real_pybars": True,
+    }
+
+
+async def test_the_request_carries_the_prompt_files_settings_and_nothing_else(
+    service_env: dict[str, str], stub: StubModel
+) -> None:
+    from sk_core.model_runtime import build_runtime
+
+    settings = make_settings(service_env)
+    catalog = Catalog.load()
+    runtime = build_runtime(settings, catalog)
+    try:
+        stub.script({"content": "ok", "prompt_tokens": 5, "completion_tokens": 1, "finish_reason": "eos"})
+        spec = catalog.get("text", "summarize")
+        assert spec is not None
+        completion = await runtime.invoke(
+            spec, {"text": "Some text.", "style": "tldr", "max_words": 10}, max_tokens=40
+        )
+    finally:
+        await runtime.aclose()
+    sent = stub.requests()[-1]["json"]
+    assert sent is not None
+    assert sent["model"] == settings.resolved_model_id
+    assert sent["temperature"] == 0.2  # from summarize.yaml's execution_settings
+    assert sent["max_tokens"] == 40
+    assert [m["role"] for m in sent["messages"]] == ["system", "user"]
+    assert not {"tools", "tool_choice", "n", "stream_options"} & set(sent)
+    assert sent.get("stream") in (None, False)
+    # A finish reason outside OpenAI's set does not fail an answer already charged.
+    assert completion.text == "ok"
+    assert completion.finish_reason is None
+
+
+def _prompt(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "demo" / "f.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("name: f\ntemplate: 'Hi {{$x}}'\n" + body, encoding="utf-8")
+    return path
+
+
+def test_a_prompt_file_with_an_unsupported_execution_setting_is_refused(tmp_path: Path) -> None:
+    path = _prompt(tmp_path, "execution_settings:\n  default:\n    temperature: 0.1\n    tools: []\n")
+    with pytest.raises(ValueError, match=r"unsupported keys \['tools'\]"):
+        load_spec(path, "demo")
+
+
+def test_a_prompt_file_with_an_unknown_template_format_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="template_format"):
+        load_spec(_prompt(tmp_path, "template_format: mustache\n"), "demo")
