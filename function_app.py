@@ -10,6 +10,12 @@ FastAPI ``Request`` and accept a ``Response`` (it needs the app setting
 ``PYTHON_ENABLE_INIT_INDEXING=1``), so both hosts run the very same handlers.
 """
 
+from sk_core import startup
+
+# Before the heavy imports: the cyclic GC stays off until the kernel is built (why:
+# sk_core/startup.py).
+startup.begin()
+
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 

@@ -138,29 +138,45 @@ def measure_import(trials: int) -> dict[str, Any]:
     }
 
 
-def parse_importtime(stderr: str, root_module: str = "function_app") -> dict[str, Any]:
-    """Attribute ``root_module``'s import time (``-X importtime`` output) to packages.
+def measure_import_split(trials: int) -> dict[str, Any]:
+    """The required Functions SDK + FastAPI extension alone, then function_app on top."""
+    sdk: list[float] = []
+    ours: list[float] = []
+    for _ in range(trials):
+        result, _ = _run_probe("import-split", _child_env())
+        sdk.append(float(result["sdk_s"]))
+        ours.append(float(result["ours_s"]))
+    return {"sdk": summary(sdk), "ours": summary(ours)}
 
-    Returns the direct imports of ``root_module`` with their cumulative time (who pulled
-    the cost in) and the self time summed per top-level package (where it is spent).
+
+def parse_importtime(stderr: str, root_module: str | tuple[str, ...] = "function_app") -> dict[str, Any]:
+    """Attribute the import time of ``root_module`` (one or several top-level imports in
+    ``-X importtime`` output) to packages.
+
+    Returns the direct imports of the roots with their cumulative time (who pulled the
+    cost in) and the self time summed per top-level package (where it is spent).
     """
+    roots = (root_module,) if isinstance(root_module, str) else root_module
     entries: list[tuple[int, int, int, str]] = []  # (level, self_us, cumulative_us, name)
     for line in stderr.splitlines():
         match = _IMPORTTIME_LINE.match(line)
         if match:
             level = (len(match.group(3)) - 1) // 2
             entries.append((level, int(match.group(1)), int(match.group(2)), match.group(4)))
-    end = next(i for i, e in enumerate(entries) if e[0] == 0 and e[3] == root_module)
-    start = end
-    # -X importtime prints children before parents: the subtree is the run of deeper
-    # entries right above the root's own line.
-    while start > 0 and entries[start - 1][0] > 0:
-        start -= 1
-    subtree = entries[start : end + 1]
+    subtree: list[tuple[int, int, int, str]] = []
+    total = 0
+    for root in roots:
+        end = next(i for i, e in enumerate(entries) if e[0] == 0 and e[3] == root)
+        start = end
+        # -X importtime prints children before parents: the subtree is the run of deeper
+        # entries right above the root's own line.
+        while start > 0 and entries[start - 1][0] > 0:
+            start -= 1
+        subtree.extend(entries[start : end + 1])
+        total += entries[end][2]
     by_package: dict[str, int] = defaultdict(int)
     for _, self_us, _, name in subtree:
         by_package[name.split(".")[0]] += self_us
-    total = entries[end][2]
     # The top entries carry the story; the long tail would only bloat the results file.
     return {
         "total_ms": round(total / 1000, 1),
@@ -195,7 +211,9 @@ def measure_runtime_import(trials: int, budget: Budget) -> dict[str, Any] | None
     return out
 
 
-def measure_import_breakdown(mode: str = "import", root_module: str = "function_app") -> dict[str, Any]:
+def measure_import_breakdown(
+    mode: str = "import", root_module: str | tuple[str, ...] = "function_app"
+) -> dict[str, Any]:
     """One ``-X importtime`` run of a probe (its own overhead inflates totals by ~20-50%)."""
     result, stderr = _run_probe(mode, _child_env(), python_flags=("-X", "importtime"))
     return {**parse_importtime(stderr, root_module), "timer_ms": ms(float(result["import_s"]))}
@@ -205,7 +223,11 @@ def measure_import_breakdown(mode: str = "import", root_module: str = "function_
 
 
 def measure_functions_first_call(
-    trials: int, env: Mapping[str, str], headers: Mapping[str, str], budget: Budget
+    trials: int,
+    env: Mapping[str, str],
+    headers: Mapping[str, str],
+    budget: Budget,
+    extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Spawn -> first 200 from the summarize trigger, with the child's own breakdown."""
     runs: list[dict[str, Any]] = []
@@ -216,7 +238,7 @@ def measure_functions_first_call(
     while len(runs) < trials and (not runs or budget.allows(fastest * (1 + 2 * trials))):
         started = time.perf_counter()
         # Wall clock on purpose: it is the only clock both processes can read alike.
-        spawn_env = _child_env({**env, **key, "BENCH_SPAWN_WALL": repr(time.time())})
+        spawn_env = _child_env({**env, **key, **(extra_env or {}), "BENCH_SPAWN_WALL": repr(time.time())})
         result, _ = _run_probe("first-call", spawn_env)
         runs.append(result)
         elapsed = time.perf_counter() - started
@@ -308,6 +330,7 @@ def report(results: dict[str, Any]) -> str:
     imp, fn = results["import_function_app"], results["functions_first_call"]
     box, naive = results["container_first_call"], results["naive_first_call"]
     interp = results["interpreter_start"]
+    split, nogc = results["import_split"], results["functions_first_call_no_gc_pause"]
     # Optional measurement: fall back to the -X importtime run's own timer (inflated).
     rt = results["runtime_import"] or {"median_ms": results["runtime_import_breakdown"]["timer_ms"],
                                        "min_ms": "-", "n": "1 (-X importtime)"}
@@ -319,11 +342,18 @@ def report(results: dict[str, Any]) -> str:
             ["a. `import function_app` (in-process timer)", imp["median_ms"], imp["min_ms"], imp["n"],
              f"semantic_kernel loaded: {imp['semantic_kernel_loaded']}, "
              f"openai loaded: {imp['openai_loaded']}"],
-            ["lazy `import sk_core.model_runtime` (SK + OpenAI SDK), after function_app",
+            ["a'. of which `azure.functions` + FastAPI extension alone (required to index)",
+             split["sdk"]["median_ms"], split["sdk"]["min_ms"], split["sdk"]["n"],
+             "the floor for any app on the FastAPI HTTP extension"],
+            ["a''. of which `function_app` on top of them (ours)",
+             split["ours"]["median_ms"], split["ours"]["min_ms"], split["ours"]["n"], "same interpreters"],
+            ["lazy SK import (`semantic_kernel` + `sk_core.model_runtime`), after function_app",
              rt["median_ms"], rt["min_ms"], rt["n"], "paid by the first model-backed request"],
             ["b. Functions host: spawn -> first 200 (summarize)", fn["median_ms"], fn["min_ms"], fn["n"],
              f"start {fn['spawn_to_main_median_ms']:.0f} + import {fn['import_median_ms']:.0f} + "
              f"index {fn['index_median_ms']:.0f} + first invoke {fn['first_invoke_median_ms']:.0f} ms"],
+            ["b'. the same without the startup GC pause", nogc["median_ms"], nogc["min_ms"], nogc["n"],
+             "BENCH_NO_GC_PAUSE=1: what sk_core/startup.py saves"],
             ["c. container host: spawn -> first 200 (summarize)", box["median_ms"], box["min_ms"], box["n"],
              f"listening (/api/health 200) after {box['listening_median_ms']:.0f} ms"],
             ["d. naive baseline: spawn -> first 200 (summarize)", naive["median_ms"], naive["min_ms"],
@@ -361,7 +391,7 @@ def report(results: dict[str, Any]) -> str:
         f"### Where `import function_app` goes (-X importtime total {breakdown['total_ms']:.0f} ms)",
         direct,
         packages,
-        f"### Where the first request's `import sk_core.model_runtime` goes "
+        "### Where the first request's SK import goes "
         f"(-X importtime total {runtime['total_ms']:.0f} ms, one run)",
         runtime_packages,
         "### Steady state",
@@ -377,7 +407,7 @@ def main() -> None:
     parser.add_argument("--runtime-trials", type=int, default=3,
                         help="fresh interpreters for the lazy SK import")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for the steady state")
-    parser.add_argument("--budget", type=float, default=165.0,
+    parser.add_argument("--budget", type=float, default=240.0,
                         help="wall-clock seconds; trial loops stop early rather than overrun it")
     args = parser.parse_args()
 
@@ -392,14 +422,18 @@ def main() -> None:
         print("a. import function_app ...", file=sys.stderr)
         results["interpreter_start"] = measure_interpreter(args.import_trials)
         results["import_function_app"] = measure_import(args.import_trials)
+        results["import_split"] = measure_import_split(args.import_trials)
         results["import_breakdown"] = measure_import_breakdown()
         # What the first model-backed request pays on top, in either host (also writes
         # model_runtime's __pycache__ before anything is timed).
         results["runtime_import_breakdown"] = measure_import_breakdown(
-            "runtime-import", "sk_core.model_runtime"
+            "runtime-import", ("semantic_kernel", "sk_core.model_runtime")
         )
         print("b. Functions host first call ...", file=sys.stderr)
         results["functions_first_call"] = measure_functions_first_call(args.trials, env, headers, budget)
+        results["functions_first_call_no_gc_pause"] = measure_functions_first_call(
+            args.trials, env, headers, budget, {"BENCH_NO_GC_PAUSE": "1"}
+        )
         print("c./d. container host and naive baseline: first call, steady state ...", file=sys.stderr)
         first, steady = measure_servers([OURS, NAIVE], args.trials, args.requests, env, headers, logs, budget)
         results["container_first_call"], results["naive_first_call"] = first[OURS], first[NAIVE]

@@ -212,9 +212,9 @@ def bare_call(runtime: ModelRuntime) -> Call:
     Same prompt, model, service id and ``max_tokens`` as the service sends for
     SUMMARIZE_BODY, so the stub does identical work on both paths.
     """
-    from semantic_kernel.connectors.ai.open_ai import OpenAIChatPromptExecutionSettings
     from semantic_kernel.functions import KernelArguments
 
+    from sk_core.chat_service import ChatSettings
     from sk_core.model_runtime import SERVICE_ID
 
     kernel, function = runtime.kernel, runtime.functions["text/summarize"]
@@ -223,9 +223,7 @@ def bare_call(runtime: ModelRuntime) -> Call:
     max_tokens = min(512, 2 * int(values["max_words"]) + 16)
 
     async def call() -> str | None:
-        execution = OpenAIChatPromptExecutionSettings(
-            service_id=SERVICE_ID, max_tokens=max_tokens, temperature=0.2
-        )
+        execution = ChatSettings(service_id=SERVICE_ID, max_tokens=max_tokens, temperature=0.2)
         result = await kernel.invoke(function, KernelArguments(settings=execution, **values))
         return None if result is not None and str(result) else "empty result"
 

@@ -3,6 +3,11 @@
     python bench/probe_functions.py import      # time ``import function_app``
     python bench/probe_functions.py first-call  # spawn -> first 200 from summarize
     python bench/probe_functions.py runtime-import  # after function_app: import SK wiring
+    python bench/probe_functions.py import-split    # the Functions SDK + FastAPI extension
+                                                    # alone, then function_app on top
+
+``BENCH_NO_GC_PAUSE=1`` turns off the hosts' cold-start GC pause (sk_core/startup.py)
+in ``first-call``, to measure what the pause is worth.
 
 Prints one JSON line. Module-level imports are stdlib only and few, so nothing the
 service would import is preloaded before the timer starts. ``first-call`` reads the
@@ -50,10 +55,31 @@ def probe_runtime_import() -> dict[str, object]:
     return {"import_s": time.perf_counter() - started, "modules_loaded": len(sys.modules)}
 
 
+def probe_import_split() -> dict[str, object]:
+    """``import function_app`` split into what the required SDKs cost alone and what we add.
+
+    ``azure.functions`` and ``azurefunctions.extensions.http.fastapi`` (which imports
+    FastAPI and uvicorn) are what any app on the FastAPI HTTP extension imports to be
+    indexed: the floor under the import time, whatever the app does.
+    """
+    started = time.perf_counter()
+    import azure.functions  # noqa: F401
+    import azurefunctions.extensions.http.fastapi  # noqa: F401
+
+    sdk = time.perf_counter()
+    import function_app  # noqa: F401
+
+    return {"sdk_s": sdk - started, "ours_s": time.perf_counter() - sdk}
+
+
 def probe_first_call() -> dict[str, object]:
     """Import, index, and invoke the summarize trigger once, as a cold worker would."""
     spawn_wall = float(os.environ["BENCH_SPAWN_WALL"])
     started = time.perf_counter()
+    if os.environ.get("BENCH_NO_GC_PAUSE") == "1":
+        from sk_core import startup
+
+        startup.end()  # marks the pause done before the host module can begin it
     import function_app
 
     imported = time.perf_counter()
@@ -86,6 +112,7 @@ def probe_first_call() -> dict[str, object]:
         "index_s": indexed - imported,
         "first_invoke_s": done - indexed,
         "semantic_kernel_loaded": "semantic_kernel" in sys.modules,
+        "gc_pause": os.environ.get("BENCH_NO_GC_PAUSE") != "1",
     }
 
 
@@ -98,8 +125,10 @@ def main() -> None:
         result = probe_first_call()
     elif mode == "runtime-import":
         result = probe_runtime_import()
+    elif mode == "import-split":
+        result = probe_import_split()
     else:
-        raise SystemExit("usage: probe_functions.py import|first-call|runtime-import")
+        raise SystemExit("usage: probe_functions.py import|first-call|runtime-import|import-split")
     import json  # after the measurement: the service imports json itself
 
     print(json.dumps(result))

@@ -8,6 +8,12 @@ are re-shaped into the same problem+json body the handlers use.
 
 from __future__ import annotations
 
+from sk_core import startup
+
+# Before the heavy imports: the cyclic GC stays off until the kernel is built (why:
+# sk_core/startup.py).
+startup.begin()
+
 import asyncio
 import contextlib
 import logging

@@ -25,6 +25,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from sk_core import startup
+
 if TYPE_CHECKING:
     from sk_core.catalog import Catalog
     from sk_core.model_runtime import ModelRuntime
@@ -83,6 +85,8 @@ class KernelProvider:
             logger.exception("kernel build failed")
             future.set_exception(exc)
             return
+        finally:
+            startup.end()  # the process has done its heavy imports: collector back on
         self.build_seconds = time.perf_counter() - started
         logger.info("kernel built in %.2fs", self.build_seconds)
         future.set_result(runtime)

@@ -7,6 +7,10 @@ Kernel and retry code all run for real.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +97,21 @@ async def api_key(functions_service: Service) -> str:
     )
     issued = await functions_service.tenants.issue_key("contract", name="contract-suite")
     return issued.secret
+
+
+def run_fresh_python(code: str) -> dict[str, Any]:
+    """Run ``code`` in a new interpreter at the repo root; its last stdout line is JSON.
+
+    For properties of a whole process (which modules an import loads, the GC state),
+    which pytest's own long-lived process cannot show.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def make_settings(env: dict[str, str], **overrides: Any) -> Settings:

@@ -6,34 +6,20 @@ of the process, and pytest's process has long imported everything.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from sk_core.catalog import Catalog, load_spec
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_fresh_python
 from tests.stub_model import StubModel
 
-ROOT = Path(__file__).resolve().parent.parent
 # What SK's own OpenAI connector package and handlebars engine would have loaded.
 HEAVY = ("pymeta", "pybars._compiler", "semantic_kernel.connectors.ai.open_ai", "aiortc", "av")
 
 
-def _run(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=120, env=env,
-    )
-    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
 def test_building_the_kernel_loads_neither_handlebars_nor_the_openai_connector_package() -> None:
-    result = _run(
+    result = run_fresh_python(
         f"""
         import json, sys
         from sk_core.catalog import Catalog
@@ -57,7 +43,7 @@ def test_building_the_kernel_loads_neither_handlebars_nor_the_openai_connector_p
 
 
 def test_a_handlebars_prompt_still_renders_and_reports_syntax_errors() -> None:
-    result = _run(
+    result = run_fresh_python(
         """
         import asyncio, json, sys
         from sk_core.sk_loader import import_semantic_kernel

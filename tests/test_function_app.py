@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import inspect
 import json
-import subprocess
-import sys
 from typing import Any
 
 from sk_core.routes import ROUTES
+from tests.conftest import run_fresh_python
 from tests.hosts import make_request
 
 
 def test_importing_function_app_does_not_import_semantic_kernel() -> None:
     # A fresh interpreter: what the Functions host does when it indexes the app.
-    code = (
+    result = run_fresh_python(
         "import sys, json, function_app; "
         "print(json.dumps({m: m in sys.modules for m in ('semantic_kernel', 'openai', 'function_app')}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == {"semantic_kernel": False, "openai": False, "function_app": True}
+    assert result == {"semantic_kernel": False, "openai": False, "function_app": True}
 
 
 def http_functions(functions: list[Any]) -> list[Any]:
