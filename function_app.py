@@ -1,6 +1,6 @@
 """Azure Functions host (Python v2 programming model): one native HTTP trigger per route.
 
-Registration only: every trigger delegates to the handler named in ``sk_core.routes``.
+Registration only: every trigger delegates to the handler named in ``sk_core.route_table``.
 Importing this module (what the Functions host does to index functions) must stay
 cheap: it does not import Semantic Kernel or the OpenAI SDK, which load on the first
 request that needs the model.
@@ -19,7 +19,7 @@ startup.begin()
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from sk_core.routes import ROUTES, RouteSpec
+from sk_core.route_table import ROUTES, RouteSpec
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -27,7 +27,7 @@ _AUTH_LEVELS = {"function": func.AuthLevel.FUNCTION, "anonymous": func.AuthLevel
 
 
 def _register(route: RouteSpec) -> None:
-    endpoint = route.endpoint
+    endpoint = route.endpoint  # the handler's imports load on the first call, not here
 
     # The worker reads this signature: ``req`` annotated with the extension's Request
     # type is what switches the trigger to the streaming HTTP (FastAPI) mode.

@@ -763,7 +763,7 @@ def nolimits_app() -> Starlette:
     from sk_core.kernel import KernelProvider
     from sk_core.pricing import usd
     from sk_core.request_body import read_json_body, validate_body
-    from sk_core.routes import RouteSpec
+    from sk_core.route_table import RouteSpec
     from sk_core.schemas import HealthResponse, SummarizeResponse
     from sk_core.settings import get_settings
 

@@ -63,6 +63,9 @@ def probe_import_split() -> dict[str, object]:
     indexed: the floor under the import time, whatever the app does.
     """
     started = time.perf_counter()
+    from sk_core import startup
+
+    startup.begin()  # as function_app's first statement does, so both parts run alike
     import azure.functions  # noqa: F401
     import azurefunctions.extensions.http.fastapi  # noqa: F401
 

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from sk_core.errors import CORS_EXPOSED_HEADERS, SECURITY_HEADERS, ApiError, problem_response
 from sk_core.maintenance import sweep_periodically
-from sk_core.routes import ROUTES
+from sk_core.route_table import ROUTES
 from sk_core.service import get_service
 from sk_core.settings import get_settings
 from sk_core.telemetry import prometheus_payload, setup_telemetry

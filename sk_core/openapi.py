@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from sk_core import __version__
 from sk_core.catalog import Catalog
 from sk_core.errors import PROBLEM_CONTENT_TYPE
+from sk_core.route_table import ROUTES
 from sk_core.schemas import (
     ChatResponse,
     FunctionList,
@@ -65,8 +66,6 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def build_openapi(catalog: Catalog) -> dict[str, Any]:
     """The OpenAPI 3.1 document for every route in ``ROUTES``."""
-    from sk_core.routes import ROUTES  # routes imports this module's handler
-
     models: list[tuple[type[BaseModel], Any]] = [(m, "serialization") for m in _RESPONSES.values()]
     models.append((Problem, "serialization"))
     request_models = {

@@ -1,9 +1,7 @@
-"""The one route table both hosts read.
+"""The shared boundary every route's handler runs inside, in both hosts.
 
-``path`` is relative to the ``/api`` prefix (the Functions host's default
-``routePrefix``; the container host mounts the same paths under ``/api``), and uses
-the ``{name}`` placeholder syntax that both Functions route templates and Starlette
-understand.
+The route table itself is ``sk_core.route_table`` (data only, cheap to import for
+indexing); this module is imported on the first request.
 """
 
 from __future__ import annotations
@@ -11,16 +9,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sk_core import handlers, telemetry
+from sk_core import telemetry
 from sk_core.audit import AuditEntry
 from sk_core.errors import (
     CORS_EXPOSED_HEADERS,
@@ -29,13 +24,10 @@ from sk_core.errors import (
     internal_error_response,
     problem_response,
 )
-from sk_core.openapi import openapi_document
+from sk_core.route_table import Handler, RouteSpec
 from sk_core.service import get_service
 
 logger = logging.getLogger(__name__)
-
-Handler = Callable[[Request], Awaitable[Response]]
-API_PREFIX = "/api"
 
 
 # Refusal reasons for the ``sk.refusals`` metric, by error code.
@@ -59,7 +51,7 @@ def instrumented(route: RouteSpec) -> Handler:
     """The route's handler inside the shared boundary: one server span (continuing the
     caller's W3C trace context), domain errors mapped to HTTP, anything else an opaque
     500, the trace id echoed in ``X-Trace-Id``, and request metrics."""
-    handler, template = route.handler, route.full_path
+    handler, template = route.resolve_handler(), route.full_path
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
@@ -126,89 +118,3 @@ def _allow_origin(request: Request, response: Response) -> None:
 def _tenant(request: Request) -> dict[str, str]:
     tenant_id = getattr(request.state, "tenant_id", None)
     return {"sk.tenant": tenant_id} if tenant_id else {}
-
-
-@dataclass(frozen=True)
-class RouteSpec:
-    """One HTTP endpoint: a Functions trigger in one host, a Starlette route in the other."""
-
-    name: str
-    path: str
-    methods: tuple[str, ...]
-    handler: Handler
-    auth: Literal["function", "anonymous"]
-    summary: str
-    tag: str
-    audited: bool = False
-
-    @property
-    def full_path(self) -> str:
-        """The path clients call, prefix included."""
-        return f"{API_PREFIX}/{self.path}"
-
-    @property
-    def endpoint(self) -> Handler:
-        """The handler wrapped in the shared boundary (errors, tracing, metrics)."""
-        return instrumented(self)
-
-
-ROUTES: tuple[RouteSpec, ...] = (
-    RouteSpec(
-        "summarize",
-        "v1/summarize",
-        ("POST",),
-        handlers.summarize,
-        "function",
-        "Summarize a text",
-        "functions",
-        audited=True,
-    ),
-    RouteSpec(
-        "chat",
-        "v1/chat",
-        ("POST",),
-        handlers.chat,
-        "function",
-        "Continue a conversation",
-        "functions",
-        audited=True,
-    ),
-    RouteSpec(
-        "list_functions",
-        "v1/functions",
-        ("GET",),
-        handlers.list_functions,
-        "function",
-        "List exposed functions and their inputs",
-        "catalog",
-    ),
-    RouteSpec(
-        "invoke_function",
-        "v1/functions/{plugin}/{function}",
-        ("POST",),
-        handlers.invoke_function,
-        "function",
-        "Invoke a catalog function",
-        "catalog",
-        audited=True,
-    ),
-    RouteSpec("health", "health", ("GET",), handlers.health, "anonymous", "Liveness", "operations"),
-    RouteSpec(
-        "ready",
-        "ready",
-        ("GET",),
-        handlers.ready,
-        "anonymous",
-        "Readiness (kernel built, model reachable)",
-        "operations",
-    ),
-    RouteSpec(
-        "openapi",
-        "openapi.json",
-        ("GET",),
-        openapi_document,
-        "function",
-        "This API's OpenAPI 3.1 document",
-        "operations",
-    ),
-)

@@ -1,0 +1,95 @@
+"""The one route table both hosts read.
+
+``path`` is relative to the ``/api`` prefix (the Functions host's default
+``routePrefix``; the container host mounts the same paths under ``/api``), and uses
+the ``{name}`` placeholder syntax that both Functions route templates and Starlette
+understand.
+
+This module is data plus the standard library, on purpose: the Functions host imports
+it to index the app, and indexing should not pay for the handlers' imports (pydantic
+models, settings, the catalog, telemetry: about 0.1 s here). Handlers are named as
+``"module:function"`` and imported, wrapped in the shared boundary
+(``sk_core.routes.instrumented``), the first time a route is called.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+Handler = Callable[["Request"], Awaitable["Response"]]
+API_PREFIX = "/api"
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """One HTTP endpoint: a Functions trigger in one host, a Starlette route in the other."""
+
+    name: str
+    path: str
+    methods: tuple[str, ...]
+    # "module:function", resolved on first use; or the handler itself (benchmarks, tests).
+    handler: str | Handler
+    auth: Literal["function", "anonymous"]
+    summary: str
+    tag: str
+    audited: bool = False
+
+    @property
+    def full_path(self) -> str:
+        """The path clients call, prefix included."""
+        return f"{API_PREFIX}/{self.path}"
+
+    def resolve_handler(self) -> Handler:
+        """The handler function itself (imports its module the first time)."""
+        if not isinstance(self.handler, str):
+            return self.handler
+        module, _, attribute = self.handler.partition(":")
+        handler: Handler = getattr(importlib.import_module(module), attribute)
+        return handler
+
+    @functools.cached_property
+    def _endpoint(self) -> Handler:
+        from sk_core.routes import instrumented
+
+        return instrumented(self)
+
+    async def endpoint(self, request: Request) -> Response:
+        """Serve a request: the handler inside the shared boundary (errors, tracing, metrics)."""
+        return await self._endpoint(request)
+
+
+ROUTES: tuple[RouteSpec, ...] = (
+    RouteSpec(
+        "summarize", "v1/summarize", ("POST",), "sk_core.handlers:summarize", "function",
+        "Summarize a text", "functions", audited=True,
+    ),
+    RouteSpec(
+        "chat", "v1/chat", ("POST",), "sk_core.handlers:chat", "function",
+        "Continue a conversation", "functions", audited=True,
+    ),
+    RouteSpec(
+        "list_functions", "v1/functions", ("GET",), "sk_core.handlers:list_functions", "function",
+        "List exposed functions and their inputs", "catalog",
+    ),
+    RouteSpec(
+        "invoke_function", "v1/functions/{plugin}/{function}", ("POST",), "sk_core.handlers:invoke_function",
+        "function", "Invoke a catalog function", "catalog", audited=True,
+    ),
+    RouteSpec("health", "health", ("GET",), "sk_core.handlers:health", "anonymous", "Liveness", "operations"),
+    RouteSpec(
+        "ready", "ready", ("GET",), "sk_core.handlers:ready", "anonymous",
+        "Readiness (kernel built, model reachable)", "operations",
+    ),
+    RouteSpec(
+        "openapi", "openapi.json", ("GET",), "sk_core.openapi:openapi_document", "function",
+        "This API's OpenAPI 3.1 document", "operations",
+    ),
+)
