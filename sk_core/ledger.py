@@ -42,10 +42,10 @@ import functools
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core.exceptions import AzureError
 
@@ -154,6 +154,16 @@ class _Row:
         return ("create", entity, {}) if self.etag is None else update_op(entity, self.etag)
 
 
+_T = TypeVar("_T")
+# A read-and-plan step of an optimistic update: the operations to submit as one
+# ETag-conditional transaction (none: nothing to write) and the result once they commit.
+Plan = tuple[list[Any], _T]
+
+
+class _Contended(StorageUnavailable):
+    """An update lost the ETag race on every attempt."""
+
+
 class Ledger:
     """Reserve, settle and expire, against the tenant's partition."""
 
@@ -184,6 +194,27 @@ class Ledger:
         self.conflicts += 1
         await asyncio.sleep(random.uniform(0, min(0.25, 0.005 * 2 ** min(attempt, 6))))
 
+    async def _update(
+        self, table: Any, tenant_id: str, what: str, plan: Callable[[], Awaitable[Plan[_T]]]
+    ) -> _T:
+        """Read, plan and submit until the transaction commits: every ledger write.
+
+        ``plan`` re-reads the rows each time, so a retry after a lost ETag race decides
+        again on fresh numbers (it may refuse, or find the work already done).
+        """
+        async with self._lock(tenant_id):
+            for attempt in range(self._max_attempts):
+                operations, result = await plan()
+                if not operations:
+                    return result
+                try:
+                    await submit(table, operations)
+                except Conflict:
+                    await self._backoff(attempt)
+                    continue
+                return result
+        raise _Contended(f"{what} did not converge under contention")
+
     async def admit(
         self,
         tenant: Tenant,
@@ -197,159 +228,145 @@ class Ledger:
         """Admit a request or raise ``Refused``; the returned hold must be settled."""
         table = await self._store.table(USAGE_TABLE)
         limits = tenant.limits
-        async with self._lock(tenant.id):
-            for attempt in range(self._max_attempts):
-                now = self._clock()
-                day_key, month_key, minute_key = window_keys(now)
-                rows = await query_partition(table, tenant.id, [day_key, month_key, minute_key, INFLIGHT])
-                day = _Row(tenant.id, day_key, rows.get(day_key), _WINDOW_FIELDS)
-                month = _Row(tenant.id, month_key, rows.get(month_key), _WINDOW_FIELDS)
-                minute = _Row(tenant.id, minute_key, rows.get(minute_key), ("requests", "tokens"))
-                inflight = _Row(tenant.id, INFLIGHT, rows.get(INFLIGHT), ("count",))
-                minute_reset = _seconds_to_next_minute(now)
 
-                refuse = functools.partial(
-                    LimitExceeded,
-                    limit=limits.requests_per_minute,
-                    remaining=limits.requests_per_minute - minute["requests"],
-                    reset=minute_reset,
+        async def plan() -> Plan[Hold]:
+            now = self._clock()
+            day_key, month_key, minute_key = window_keys(now)
+            rows = await query_partition(table, tenant.id, [day_key, month_key, minute_key, INFLIGHT])
+            day = _Row(tenant.id, day_key, rows.get(day_key), _WINDOW_FIELDS)
+            month = _Row(tenant.id, month_key, rows.get(month_key), _WINDOW_FIELDS)
+            minute = _Row(tenant.id, minute_key, rows.get(minute_key), ("requests", "tokens"))
+            inflight = _Row(tenant.id, INFLIGHT, rows.get(INFLIGHT), ("count",))
+            minute_reset = _seconds_to_next_minute(now)
+
+            refuse = functools.partial(
+                LimitExceeded,
+                limit=limits.requests_per_minute,
+                remaining=limits.requests_per_minute - minute["requests"],
+                reset=minute_reset,
+            )
+
+            if inflight["count"] >= limits.max_concurrent:
+                raise refuse(
+                    "concurrency_limited", "Too many requests in flight for this tenant.", retry_after=1
+                )
+            if minute["requests"] >= limits.requests_per_minute:
+                raise refuse("rate_limited", "Requests-per-minute limit reached.", retry_after=minute_reset)
+            smallest = min(self._min_tokens, requested_max_tokens)
+            tpm_room = limits.tokens_per_minute - minute["tokens"] - prompt_tokens_bound
+            if tpm_room < smallest:
+                raise refuse(
+                    "tokens_rate_limited", "Tokens-per-minute limit reached.", retry_after=minute_reset
+                )
+            day_left = limits.daily_budget_nano - day["spent_nano"] - day["held_nano"]
+            month_left = limits.monthly_budget_nano - month["spent_nano"] - month["held_nano"]
+            budget_room = price.max_output_tokens(min(day_left, month_left), prompt_tokens_bound)
+            if budget_room < smallest:
+                daily = day_left <= month_left
+                resets = _seconds_to_next_day(now) if daily else _seconds_to_next_month(now)
+                # The tenant's own numbers, so a caller (and the overspend test) can see
+                # that the refusal was made because even the minimum did not fit.
+                raise refuse(
+                    "budget_exceeded",
+                    f"The tenant's {'daily' if daily else 'monthly'} budget cannot cover this request; "
+                    f"it resets in {resets} s.",
+                    retry_after=resets,
+                    extensions={
+                        "budget_remaining_usd": usd(max(0, min(day_left, month_left))),
+                        "minimum_cost_usd": usd(price.cost_nano(prompt_tokens_bound, smallest)),
+                    },
                 )
 
-                if inflight["count"] >= limits.max_concurrent:
-                    raise refuse(
-                        "concurrency_limited", "Too many requests in flight for this tenant.", retry_after=1
-                    )
-                if minute["requests"] >= limits.requests_per_minute:
-                    raise refuse(
-                        "rate_limited", "Requests-per-minute limit reached.", retry_after=minute_reset
-                    )
-                smallest = min(self._min_tokens, requested_max_tokens)
-                tpm_room = limits.tokens_per_minute - minute["tokens"] - prompt_tokens_bound
-                if tpm_room < smallest:
-                    raise refuse(
-                        "tokens_rate_limited", "Tokens-per-minute limit reached.", retry_after=minute_reset
-                    )
-                day_left = limits.daily_budget_nano - day["spent_nano"] - day["held_nano"]
-                month_left = limits.monthly_budget_nano - month["spent_nano"] - month["held_nano"]
-                budget_room = price.max_output_tokens(min(day_left, month_left), prompt_tokens_bound)
-                if budget_room < smallest:
-                    daily = day_left <= month_left
-                    resets = _seconds_to_next_day(now) if daily else _seconds_to_next_month(now)
-                    # The tenant's own numbers, so a caller (and the overspend test) can see
-                    # that the refusal was made because even the minimum did not fit.
-                    raise refuse(
-                        "budget_exceeded",
-                        f"The tenant's {'daily' if daily else 'monthly'} budget cannot cover this request; "
-                        f"it resets in {resets} s.",
-                        retry_after=resets,
-                        extensions={
-                            "budget_remaining_usd": usd(max(0, min(day_left, month_left))),
-                            "minimum_cost_usd": usd(price.cost_nano(prompt_tokens_bound, smallest)),
-                        },
-                    )
+            max_tokens = min(requested_max_tokens, tpm_room, budget_room)
+            amount = price.cost_nano(prompt_tokens_bound, max_tokens)
+            reserved_tokens = prompt_tokens_bound + max_tokens
+            request_id = uuid.uuid4().hex
+            for window in (day, month):
+                window.add("held_nano", amount)
+            minute.add("requests", 1)
+            minute.add("tokens", reserved_tokens)
+            inflight.add("count", 1)
+            hold_entity = {
+                "PartitionKey": tenant.id,
+                "RowKey": f"hold-{request_id}",
+                "amount_nano": int64(amount),
+                "reserved_tokens": int64(reserved_tokens),
+                "day": day_key,
+                "month": month_key,
+                "minute": minute_key,
+                "function": function,
+                "key_id": key_id,
+                "created_at": now,
+                "expires_at": now + self._lease,
+            }
+            operations = [
+                day.operation(),
+                month.operation(),
+                minute.operation(),
+                inflight.operation(),
+                ("create", hold_entity, {}),
+            ]
+            return operations, Hold(
+                tenant_id=tenant.id,
+                request_id=request_id,
+                amount_nano=amount,
+                max_tokens=max_tokens,
+                reserved_tokens=reserved_tokens,
+                day=day_key,
+                month=month_key,
+                minute=minute_key,
+                rpm_limit=limits.requests_per_minute,
+                rpm_remaining=limits.requests_per_minute - minute["requests"],
+                rpm_reset=minute_reset,
+            )
 
-                max_tokens = min(requested_max_tokens, tpm_room, budget_room)
-                amount = price.cost_nano(prompt_tokens_bound, max_tokens)
-                reserved_tokens = prompt_tokens_bound + max_tokens
-                request_id = uuid.uuid4().hex
-                for window in (day, month):
-                    window.add("held_nano", amount)
-                minute.add("requests", 1)
-                minute.add("tokens", reserved_tokens)
-                inflight.add("count", 1)
-                hold_entity = {
-                    "PartitionKey": tenant.id,
-                    "RowKey": f"hold-{request_id}",
-                    "amount_nano": int64(amount),
-                    "reserved_tokens": int64(reserved_tokens),
-                    "day": day_key,
-                    "month": month_key,
-                    "minute": minute_key,
-                    "function": function,
-                    "key_id": key_id,
-                    "created_at": now,
-                    "expires_at": now + self._lease,
-                }
-                operations = [
-                    day.operation(),
-                    month.operation(),
-                    minute.operation(),
-                    inflight.operation(),
-                    ("create", hold_entity, {}),
-                ]
-                try:
-                    await submit(table, operations)
-                except Conflict:
-                    await self._backoff(attempt)
-                    continue
-                return Hold(
-                    tenant_id=tenant.id,
-                    request_id=request_id,
-                    amount_nano=amount,
-                    max_tokens=max_tokens,
-                    reserved_tokens=reserved_tokens,
-                    day=day_key,
-                    month=month_key,
-                    minute=minute_key,
-                    rpm_limit=limits.requests_per_minute,
-                    rpm_remaining=limits.requests_per_minute - minute["requests"],
-                    rpm_reset=minute_reset,
-                )
-        raise StorageUnavailable("admission did not converge under contention")
+        return await self._update(table, tenant.id, "admission", plan)
 
     async def settle(
         self, hold: Hold, *, cost_nano: int, prompt_tokens: int, completion_tokens: int
     ) -> Settlement:
         """Replace the hold by the actual cost; a settled or expired hold is never charged twice."""
         table = await self._store.table(USAGE_TABLE)
-        async with self._lock(hold.tenant_id):
-            for attempt in range(self._max_attempts):
-                rows = await query_partition(
-                    table, hold.tenant_id, [hold.day, hold.month, hold.minute, INFLIGHT, hold.row]
-                )
-                stored = rows.get(hold.row)
-                if stored is None:
-                    # Already expired by the sweeper (charged at the reserved amount) or
-                    # settled by an earlier try whose answer was lost: never charge twice.
-                    logger.warning(
-                        "late settlement of %s/%s: hold already gone", hold.tenant_id, hold.request_id
-                    )
-                    return Settlement(cost_nano=int(hold.amount_nano), late=True)
-                amount = read_int(stored["amount_nano"])
-                operations = []
-                for key in (hold.day, hold.month):
-                    window = _Row(hold.tenant_id, key, rows.get(key), _WINDOW_FIELDS)
-                    window.add("held_nano", -amount)
-                    window.add("spent_nano", cost_nano)
-                    window.add("requests", 1)
-                    window.add("prompt_tokens", prompt_tokens)
-                    window.add("completion_tokens", completion_tokens)
-                    if cost_nano > amount:
-                        window.add("overrun_nano", cost_nano - amount)
-                    operations.append(window.operation())
-                if hold.minute in rows:  # the sweeper deletes old minute rows; nothing to correct then
-                    minute = _Row(hold.tenant_id, hold.minute, rows[hold.minute], ("requests", "tokens"))
-                    minute.add(
-                        "tokens", prompt_tokens + completion_tokens - read_int(stored["reserved_tokens"])
-                    )
-                    operations.append(minute.operation())
-                inflight = _Row(hold.tenant_id, INFLIGHT, rows.get(INFLIGHT), ("count",))
-                inflight.add("count", -1)
-                operations.append(inflight.operation())
-                operations.append(
-                    delete_op({"PartitionKey": hold.tenant_id, "RowKey": hold.row}, etag_of(stored))
-                )
-                try:
-                    await submit(table, operations)
-                except Conflict:
-                    await self._backoff(attempt)
-                    continue
+
+        async def plan() -> Plan[Settlement]:
+            rows = await query_partition(
+                table, hold.tenant_id, [hold.day, hold.month, hold.minute, INFLIGHT, hold.row]
+            )
+            stored = rows.get(hold.row)
+            if stored is None:
+                # Already expired by the sweeper (charged at the reserved amount) or
+                # settled by an earlier try whose answer was lost: never charge twice.
+                logger.warning("late settlement of %s/%s: hold already gone", hold.tenant_id, hold.request_id)
+                return [], Settlement(cost_nano=int(hold.amount_nano), late=True)
+            amount = read_int(stored["amount_nano"])
+            operations = []
+            for key in (hold.day, hold.month):
+                window = _Row(hold.tenant_id, key, rows.get(key), _WINDOW_FIELDS)
+                window.add("held_nano", -amount)
+                window.add("spent_nano", cost_nano)
+                window.add("requests", 1)
+                window.add("prompt_tokens", prompt_tokens)
+                window.add("completion_tokens", completion_tokens)
                 if cost_nano > amount:
-                    logger.warning(
-                        "provider overran the hold of %s by %d nano-USD", hold.request_id, cost_nano - amount
-                    )
-                return Settlement(cost_nano=cost_nano)
-        raise StorageUnavailable("settlement did not converge under contention")
+                    window.add("overrun_nano", cost_nano - amount)
+                operations.append(window.operation())
+            if hold.minute in rows:  # the sweeper deletes old minute rows; nothing to correct then
+                minute = _Row(hold.tenant_id, hold.minute, rows[hold.minute], ("requests", "tokens"))
+                minute.add("tokens", prompt_tokens + completion_tokens - read_int(stored["reserved_tokens"]))
+                operations.append(minute.operation())
+            inflight = _Row(hold.tenant_id, INFLIGHT, rows.get(INFLIGHT), ("count",))
+            inflight.add("count", -1)
+            operations.append(inflight.operation())
+            operations.append(
+                delete_op({"PartitionKey": hold.tenant_id, "RowKey": hold.row}, etag_of(stored))
+            )
+            return operations, Settlement(cost_nano=cost_nano)
+
+        settlement = await self._update(table, hold.tenant_id, "settlement", plan)
+        overrun = cost_nano - hold.amount_nano
+        if not settlement.late and overrun > 0:
+            logger.warning("provider overran the hold of %s by %d nano-USD", hold.request_id, overrun)
+        return settlement
 
     async def expire_holds(self) -> int:
         """Charge every hold whose lease has passed at its reserved amount, flagged. Returns how many."""
@@ -372,54 +389,52 @@ class Ledger:
         return charged
 
     async def _expire_one(self, table: Any, tenant_id: str, row: str) -> bool:
-        async with self._lock(tenant_id):
-            for attempt in range(self._max_attempts):
-                holds = await query_partition(table, tenant_id, [row])
-                hold = holds.get(row)
-                if hold is None:
-                    return False  # settled meanwhile
-                amount = read_int(hold["amount_nano"])
-                rows = await query_partition(table, tenant_id, [hold["day"], hold["month"], INFLIGHT])
-                operations = []
-                for key in (hold["day"], hold["month"]):
-                    window = _Row(tenant_id, key, rows.get(key), _WINDOW_FIELDS)
-                    window.add("held_nano", -amount)
-                    window.add("spent_nano", amount)
-                    window.add("expired_holds", 1)
-                    window.add("expired_nano", amount)
-                    operations.append(window.operation())
-                inflight = _Row(tenant_id, INFLIGHT, rows.get(INFLIGHT), ("count",))
-                inflight.add("count", -1)
-                operations.append(inflight.operation())
-                operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": row}, etag_of(hold)))
-                # The audit trail: which hold was charged without a settlement, and why.
-                audit = {k: v for k, v in hold.items() if k not in ("PartitionKey", "RowKey")}
-                operations.append(
-                    (
-                        "create",
-                        {
-                            "PartitionKey": tenant_id,
-                            "RowKey": "expired-" + row[5:],
-                            **audit,
-                            "flagged": True,
-                            "charged_at": self._clock(),
-                        },
-                        {},
-                    )
+        async def plan() -> Plan[int | None]:
+            holds = await query_partition(table, tenant_id, [row])
+            hold = holds.get(row)
+            if hold is None:
+                return [], None  # settled meanwhile
+            amount = read_int(hold["amount_nano"])
+            rows = await query_partition(table, tenant_id, [hold["day"], hold["month"], INFLIGHT])
+            operations = []
+            for key in (hold["day"], hold["month"]):
+                window = _Row(tenant_id, key, rows.get(key), _WINDOW_FIELDS)
+                window.add("held_nano", -amount)
+                window.add("spent_nano", amount)
+                window.add("expired_holds", 1)
+                window.add("expired_nano", amount)
+                operations.append(window.operation())
+            inflight = _Row(tenant_id, INFLIGHT, rows.get(INFLIGHT), ("count",))
+            inflight.add("count", -1)
+            operations.append(inflight.operation())
+            operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": row}, etag_of(hold)))
+            # The audit trail: which hold was charged without a settlement, and why.
+            audit = {k: v for k, v in hold.items() if k not in ("PartitionKey", "RowKey")}
+            operations.append(
+                (
+                    "create",
+                    {
+                        "PartitionKey": tenant_id,
+                        "RowKey": "expired-" + row[5:],
+                        **audit,
+                        "flagged": True,
+                        "charged_at": self._clock(),
+                    },
+                    {},
                 )
-                try:
-                    await submit(table, operations)
-                except Conflict:
-                    await self._backoff(attempt)
-                    continue
-                logger.warning(
-                    "hold %s of tenant %s expired unsettled: charged %d nano-USD and flagged",
-                    row,
-                    tenant_id,
-                    amount,
-                )
-                return True
-        return False
+            )
+            return operations, amount
+
+        try:
+            amount = await self._update(table, tenant_id, "expiry", plan)
+        except _Contended:
+            return False  # the next sweep tries again
+        if amount is None:
+            return False
+        logger.warning(
+            "hold %s of tenant %s expired unsettled: charged %d nano-USD and flagged", row, tenant_id, amount
+        )
+        return True
 
     async def _drop_old_minutes(self, table: Any, now: datetime) -> None:
         # Minute rows are only needed while their minute (and late settlements) may

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -215,3 +216,45 @@ async def test_concurrent_admissions_in_one_process_never_overspend(store: Table
     assert set(outcomes) == {"admitted", "budget_exceeded"}
     usage = await ledger.usage(who.id, window_keys(clock())[0])
     assert usage["held_nano"] <= who.limits.daily_budget_nano
+
+
+async def test_an_update_that_loses_every_race_gives_up_and_writes_nothing(
+    store: TableStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admit, settle and expire each retry a lost ETag race, then stop; nothing half-done."""
+    from azure.data.tables import UpdateMode
+
+    from sk_core import ledger as ledger_module
+    from sk_core.storage import StorageUnavailable, submit
+
+    ledger = Ledger(store=store, lease_seconds=30, min_answer_tokens=16, clock=clock, max_attempts=3)
+    who = tenant(daily_budget_nano=10**12)
+    table = await store.table(ledger_module.USAGE_TABLE)
+    attempts = 0
+
+    async def racing_submit(table_client: object, operations: list[tuple[str, Any, Any]]) -> None:
+        # Another instance writes the tenant's in-flight row between our read and our
+        # write, every time: the real transaction then fails its ETag (or insert) check.
+        nonlocal attempts
+        attempts += 1
+        row = {"PartitionKey": who.id, "RowKey": ledger_module.INFLIGHT, "touched": attempts}
+        await table.upsert_entity(row, mode=UpdateMode.MERGE)
+        await submit(table_client, operations)  # type: ignore[arg-type]
+
+    day = window_keys(clock())[0]
+    held = await admit(ledger, who, prompt=100, max_tokens=100)  # real submits: one hold to settle
+    monkeypatch.setattr(ledger_module, "submit", racing_submit)
+    with pytest.raises(StorageUnavailable) as refused:  # a 503, and nothing admitted
+        await admit(ledger, who, prompt=100, max_tokens=100)
+    assert (refused.value.reason, attempts) == ("admission did not converge under contention", 3)
+    with pytest.raises(StorageUnavailable) as failed:
+        await ledger.settle(held, cost_nano=1, prompt_tokens=1, completion_tokens=1)
+    assert (failed.value.reason, attempts) == ("settlement did not converge under contention", 6)
+    clock.now += timedelta(seconds=31)
+    assert await ledger.expire_holds() == 0  # gave up on this hold; the next sweep retries
+    assert attempts == 9
+    usage = await ledger.usage(who.id, day)
+    # Only the first, real admission is in the ledger: still held, nothing spent.
+    assert (usage["held_nano"], usage["spent_nano"], usage["inflight"]) == (held.amount_nano, 0, 1)
+    monkeypatch.setattr(ledger_module, "submit", submit)
+    assert await ledger.expire_holds() == 1
