@@ -82,11 +82,12 @@ class KernelProvider:
         try:
             runtime = self._builder(self._settings, self._catalog, api_key)
         except BaseException as exc:  # handed to every waiter; they map it to a 503
+            startup.end()  # before waking the waiters, so they see the collector back on
             logger.exception("kernel build failed")
             future.set_exception(exc)
             return
-        finally:
-            startup.end()  # the process has done its heavy imports: collector back on
+        # The process has done its heavy imports: collector back on (sk_core/startup.py).
+        startup.end()
         self.build_seconds = time.perf_counter() - started
         logger.info("kernel built in %.2fs", self.build_seconds)
         future.set_result(runtime)
