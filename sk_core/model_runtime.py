@@ -257,6 +257,10 @@ def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = No
     functions: dict[str, KernelFunctionFromPrompt] = {}
     for spec in catalog:
         function = KernelFunctionFromPrompt.from_yaml(spec.yaml_text, plugin_name=spec.plugin)
+        for execution in function.prompt_execution_settings.values():
+            # An out-of-range value (temperature: 7) fails this build, visibly in
+            # /api/ready, rather than every request that would use it.
+            ChatSettings.from_prompt_execution_settings(execution)
         kernel.add_function(plugin_name=spec.plugin, function=function)
         functions[spec.id] = function
     return ModelRuntime(kernel=kernel, client=client, functions=functions, settings=settings)

@@ -127,3 +127,14 @@ def test_a_prompt_file_with_an_unsupported_execution_setting_is_refused(tmp_path
 def test_a_prompt_file_with_an_unknown_template_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="template_format"):
         load_spec(_prompt(tmp_path, "template_format: mustache\n"), "demo")
+
+
+def test_an_out_of_range_setting_fails_the_kernel_build_not_each_request(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from sk_core.model_runtime import build_runtime
+    from sk_core.settings import Settings
+
+    _prompt(tmp_path, "execution_settings:\n  default:\n    temperature: 7\n")
+    with pytest.raises(ValidationError, match="temperature"):
+        build_runtime(Settings(), Catalog.load(tmp_path))
