@@ -246,10 +246,10 @@ async def test_an_update_that_loses_every_race_gives_up_and_writes_nothing(
     monkeypatch.setattr(ledger_module, "submit", racing_submit)
     with pytest.raises(StorageUnavailable) as refused:  # a 503, and nothing admitted
         await admit(ledger, who, prompt=100, max_tokens=100)
-    assert (refused.value.reason, attempts) == ("admission did not converge under contention", 3)
+    assert (refused.value.reason, attempts) == ("ledger update did not converge under contention", 3)
     with pytest.raises(StorageUnavailable) as failed:
         await ledger.settle(held, cost_nano=1, prompt_tokens=1, completion_tokens=1)
-    assert (failed.value.reason, attempts) == ("settlement did not converge under contention", 6)
+    assert (failed.value.reason, attempts) == ("ledger update did not converge under contention", 6)
     clock.now += timedelta(seconds=31)
     assert await ledger.expire_holds() == 0  # gave up on this hold; the next sweep retries
     assert attempts == 9
@@ -258,3 +258,60 @@ async def test_an_update_that_loses_every_race_gives_up_and_writes_nothing(
     assert (usage["held_nano"], usage["spent_nano"], usage["inflight"]) == (held.amount_nano, 0, 1)
     monkeypatch.setattr(ledger_module, "submit", submit)
     assert await ledger.expire_holds() == 1
+
+
+async def test_concurrent_requests_of_one_tenant_share_transactions_and_add_up(
+    store: TableStore, clock: Clock
+) -> None:
+    """Group commit: many decisions per transaction, every one of them exact."""
+    ledger = make_ledger(store, clock)
+    who = tenant(daily_budget_nano=10**12, max_concurrent=100, requests_per_minute=1000)
+    holds = await asyncio.gather(*(admit(ledger, who, prompt=100 + i, max_tokens=50) for i in range(40)))
+    admitted_in = ledger.transactions
+    assert admitted_in < 40 / 2  # one writer per tenant, many admissions per write
+    day = window_keys(clock())[0]
+    usage = await ledger.usage(who.id, day)
+    assert (usage["held_nano"], usage["inflight"]) == (sum(h.amount_nano for h in holds), 40)
+    assert len({h.request_id for h in holds}) == 40
+    # The minute's request count went up by one per admission, in order.
+    assert sorted(h.rpm_remaining for h in holds) == list(range(1000 - 40, 1000 - 0))
+
+    costs = [h.amount_nano // (i + 2) for i, h in enumerate(holds)]
+    pairs = zip(holds, costs, strict=True)
+    settled = await asyncio.gather(
+        *(ledger.settle(h, cost_nano=c, prompt_tokens=10, completion_tokens=5) for h, c in pairs)
+    )
+    assert [s.cost_nano for s in settled] == costs
+    assert not any(s.late for s in settled)
+    assert ledger.transactions - admitted_in < 40 / 2
+    usage = await ledger.usage(who.id, day)
+    assert (usage["spent_nano"], usage["held_nano"], usage["inflight"]) == (sum(costs), 0, 0)
+    assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (40, 400, 200)
+
+
+async def test_an_admission_cancelled_while_queued_writes_nothing(
+    store: TableStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sk_core import ledger as ledger_module
+    from sk_core.storage import submit
+
+    ledger = make_ledger(store, clock)
+    who = tenant(daily_budget_nano=10**12)
+    release = asyncio.Event()
+
+    async def slow_submit(table_client: Any, operations: list[Any]) -> None:
+        await release.wait()  # the first batch stays in flight until the test says so
+        await submit(table_client, operations)
+
+    monkeypatch.setattr(ledger_module, "submit", slow_submit)
+    first = asyncio.create_task(admit(ledger, who))
+    await asyncio.sleep(0.2)  # the first batch is taken and waiting on its write
+    second = asyncio.create_task(admit(ledger, who))
+    await asyncio.sleep(0.05)
+    second.cancel()
+    release.set()
+    hold = await first
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    usage = await ledger.usage(who.id, window_keys(clock())[0])
+    assert (usage["held_nano"], usage["inflight"], ledger.transactions) == (hold.amount_nano, 1, 1)
