@@ -32,7 +32,12 @@ logger = logging.getLogger(__name__)
 _DEV_ACCOUNT = "devstoreaccount1"
 _DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
-_CONFLICT_CODES = frozenset({"UpdateConditionNotSatisfied", "EntityAlreadyExists", "ConditionNotMet"})
+# A transaction is planned on rows just read; any of these means one of them changed
+# (ETag), appeared (insert) or disappeared (a conditional delete of a row another
+# process deleted) since: re-read and decide again.
+_CONFLICT_CODES = frozenset(
+    {"UpdateConditionNotSatisfied", "EntityAlreadyExists", "ConditionNotMet", "ResourceNotFound"}
+)
 
 
 class StorageUnavailable(LimitsUnavailable):

@@ -315,3 +315,31 @@ async def test_an_admission_cancelled_while_queued_writes_nothing(
         await second
     usage = await ledger.usage(who.id, window_keys(clock())[0])
     assert (usage["held_nano"], usage["inflight"], ledger.transactions) == (hold.amount_nano, 1, 1)
+
+
+async def test_a_hold_deleted_between_read_and_write_makes_the_settlement_late_not_an_error(
+    store: TableStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process expired the hold after we read it: re-read, and never charge twice."""
+    from sk_core import ledger as ledger_module
+    from sk_core.storage import submit
+
+    ledger = make_ledger(store, clock)
+    who = tenant(daily_budget_nano=10**12)
+    hold = await admit(ledger, who)
+    table = await store.table(ledger_module.USAGE_TABLE)
+    raced = False
+
+    async def racing_submit(table_client: Any, operations: list[Any]) -> None:
+        nonlocal raced
+        if not raced:  # only the hold goes, as if swept elsewhere; the counters stay as read
+            raced = True
+            await table.delete_entity(who.id, hold.row)
+        await submit(table_client, operations)
+
+    monkeypatch.setattr(ledger_module, "submit", racing_submit)
+    settlement = await ledger.settle(hold, cost_nano=5, prompt_tokens=1, completion_tokens=1)
+    assert settlement.late
+    assert ledger.conflicts == 1
+    usage = await ledger.usage(who.id, window_keys(clock())[0])
+    assert usage["spent_nano"] == 0  # the other process's charge is its own business
