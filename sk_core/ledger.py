@@ -13,6 +13,8 @@ transaction, every update conditional on the ETag it read and every new row an i
 if another process changed anything in between, the whole transaction fails (412/409)
 and we re-read and retry with jittered backoff. So each admission decision is made on
 the exact current state, across any number of processes, and the rows change together.
+Within a process, the admissions and settlements of a tenant that arrive while its
+previous transaction is in flight share the next one (group commit, see ``Ledger``).
 
 **Guarantees** (each checked against the state the transaction commits on):
 
@@ -327,8 +329,12 @@ class Ledger:
                     await self._commit(tenant_id, batch)
                 except BaseException as exc:  # storage down, contention, a bug: tell every waiter
                     for job in batch:
-                        if not job.future.done():
+                        if job.future.done():
+                            continue
+                        if isinstance(exc, Exception):
                             job.future.set_exception(exc)
+                        else:  # this task is being cancelled (shutdown)
+                            job.future.cancel()
                     if not isinstance(exc, Exception):
                         raise
         finally:
