@@ -82,11 +82,13 @@ class ModelRuntime:
         kernel: Kernel,
         client: openai.AsyncOpenAI,
         functions: dict[str, KernelFunctionFromPrompt],
+        defaults: dict[str, ChatSettings],
         settings: Settings,
     ) -> None:
         self.kernel = kernel
         self.client = client
         self.functions = functions
+        self._defaults = defaults
         self._settings = settings
 
     async def aclose(self) -> None:
@@ -105,12 +107,7 @@ class ModelRuntime:
         return None
 
     def _arguments(self, spec: FunctionSpec, values: dict[str, Any], max_tokens: int) -> KernelArguments:
-        function = self.functions[spec.id]
-        base = function.prompt_execution_settings.get(SERVICE_ID) or function.prompt_execution_settings.get(
-            "default"
-        )
-        settings = ChatSettings.from_prompt_execution_settings(base) if base else ChatSettings()
-        settings.service_id = SERVICE_ID
+        settings = self._defaults[spec.id].model_copy()
         settings.max_tokens = max_tokens
         converted: dict[str, Any] = {}
         for name, value in values.items():
@@ -255,12 +252,19 @@ def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = No
     service = OpenAIChat(service_id=SERVICE_ID, ai_model_id=settings.resolved_model_id, client=client)
     kernel.add_service(service)
     functions: dict[str, KernelFunctionFromPrompt] = {}
+    defaults: dict[str, ChatSettings] = {}
     for spec in catalog:
         function = KernelFunctionFromPrompt.from_yaml(spec.yaml_text, plugin_name=spec.plugin)
-        for execution in function.prompt_execution_settings.values():
-            # An out-of-range value (temperature: 7) fails this build, visibly in
-            # /api/ready, rather than every request that would use it.
-            ChatSettings.from_prompt_execution_settings(execution)
         kernel.add_function(plugin_name=spec.plugin, function=function)
         functions[spec.id] = function
-    return ModelRuntime(kernel=kernel, client=client, functions=functions, settings=settings)
+        # The prompt file's settings, converted once: an out-of-range value
+        # (temperature: 7) fails this build, visibly in /api/ready, rather than every
+        # request; each request copies them and sets its own max_tokens.
+        prompt = function.prompt_execution_settings
+        base = prompt.get(SERVICE_ID) or prompt.get("default")
+        chat = ChatSettings.from_prompt_execution_settings(base) if base else ChatSettings()
+        chat.service_id = SERVICE_ID
+        defaults[spec.id] = chat
+    return ModelRuntime(
+        kernel=kernel, client=client, functions=functions, defaults=defaults, settings=settings
+    )

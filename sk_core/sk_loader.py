@@ -34,7 +34,7 @@ class _PlaceholderError(Exception):
     """Stands in for ``pybars.PybarsError`` until pybars loads; never raised."""
 
 
-def load_handlebars() -> types.ModuleType:
+def _load_handlebars() -> types.ModuleType:
     """Import the real pybars and bind it into SK's handlebars module (idempotent)."""
     with _lock:
         pybars = importlib.import_module("pybars")
@@ -49,7 +49,7 @@ class _DeferredCompiler:
     """``pybars.Compiler`` as SK's handlebars module sees it before the first handlebars prompt."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        return load_handlebars().Compiler(*args, **kwargs)
+        return _load_handlebars().Compiler(*args, **kwargs)
 
 
 def import_semantic_kernel() -> None:
@@ -69,8 +69,3 @@ def import_semantic_kernel() -> None:
         finally:
             if sys.modules.get("pybars") is placeholder:
                 del sys.modules["pybars"]
-
-
-def handlebars_loaded() -> bool:
-    """True once the real pybars is imported (for tests and the cold-start benchmark)."""
-    return "pybars._compiler" in sys.modules

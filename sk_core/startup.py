@@ -63,5 +63,5 @@ def end() -> None:
 
 
 def paused() -> bool:
-    """True while the startup pause is on (tests and the benchmark read it)."""
+    """True while the startup pause is on."""
     return _state == "paused"

@@ -138,3 +138,15 @@ def test_an_out_of_range_setting_fails_the_kernel_build_not_each_request(tmp_pat
     _prompt(tmp_path, "execution_settings:\n  default:\n    temperature: 7\n")
     with pytest.raises(ValidationError, match="temperature"):
         build_runtime(Settings(), Catalog.load(tmp_path))
+
+
+def test_the_catalogs_list_of_chat_settings_is_what_chat_settings_carries() -> None:
+    # The catalog (which must not import SK) checks prompt files against CHAT_SETTINGS;
+    # the chat service sends ChatSettings' fields. One list must not drift from the other.
+    from semantic_kernel.connectors.ai.prompt_execution_settings import PromptExecutionSettings
+
+    from sk_core.catalog import CHAT_SETTINGS
+    from sk_core.chat_service import ChatSettings
+
+    own = set(ChatSettings.model_fields) - set(PromptExecutionSettings.model_fields)
+    assert own == set(CHAT_SETTINGS)
