@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from scripts.devservices import ROOT, ManagedProcess, free_port, start_azurite
-from tests.stub_model import StubModelProcess, start_stub_model
+from tests.support.stub_model import StubModelProcess, start_stub_model
 
 if TYPE_CHECKING:
     from sk_core.settings import Settings

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/cold_start.py [--trials 5] [--import-trials 7]
 
-Measures, against the stub model (tests/stub_model.py) with zero delay:
+Measures, against the stub model (tests/support/stub_model.py) with zero delay:
 
 a. ``import function_app`` in a fresh interpreter (what the Functions host pays to
    index the app), checking Semantic Kernel stayed unloaded, plus where that import

@@ -83,7 +83,7 @@ if TYPE_CHECKING:
     from sk_core.pricing import Price
     from sk_core.service import Service
     from sk_core.tenants import Tenant
-    from tests.stub_model import StubModelProcess
+    from tests.support.stub_model import StubModelProcess
 
 SCRIPT = Path(__file__).resolve()
 CONCURRENCY = 16
@@ -1192,7 +1192,7 @@ def redirect_stderr_log_handlers(path: Path) -> Iterator[None]:
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every section; everything started here is stopped in the ``finally``."""
     from sk_core.service import Service
-    from tests.stub_model import start_stub_model
+    from tests.support.stub_model import start_stub_model
 
     install_round_trip_hooks()
     results: dict[str, Any] = {}

@@ -55,7 +55,7 @@ from bench._common import (
     write_results,
 )
 from scripts.devservices import ROOT, free_port, start_service
-from tests.stub_model import StubModelProcess
+from tests.support.stub_model import StubModelProcess
 
 if TYPE_CHECKING:
     from sk_core.model_runtime import ModelRuntime
@@ -193,7 +193,7 @@ def container_call(client: httpx.AsyncClient) -> Call:
 
 def functions_call(trigger: Callable[[Any], Awaitable[Any]], auth: Mapping[str, str]) -> Call:
     """Await the Functions summarize trigger with a fresh Starlette request each time."""
-    from tests.hosts import make_request
+    from tests.support.hosts import make_request
 
     body = json.dumps(SUMMARIZE_BODY).encode()
     headers = {"content-type": "application/json", "content-length": str(len(body)), **auth}

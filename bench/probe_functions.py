@@ -94,7 +94,7 @@ def probe_first_call() -> dict[str, object]:
     import asyncio
     import json
 
-    from tests.hosts import make_request
+    from tests.support.hosts import make_request
 
     body = json.dumps(
         {"text": "Cold start probe: summarize this short text.", "style": "tldr", "max_words": 20}

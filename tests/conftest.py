@@ -27,8 +27,8 @@ from sk_core.settings import Settings
 from sk_core.storage import development_connection_string
 from sk_core.telemetry import Exporters, setup_telemetry
 from sk_core.tenants import Limits, Tenant
-from tests.hosts import ContainerHost, FunctionsHost, Host
-from tests.stub_model import StubModel, StubModelProcess, start_stub_model
+from tests.support.hosts import ContainerHost, FunctionsHost, Host
+from tests.support.stub_model import StubModel, StubModelProcess, start_stub_model
 
 # Short model timings keep failure tests fast while still exercising every retry path.
 SERVICE_ENV = {

@@ -439,7 +439,7 @@ async def test_audit_lists_a_tenants_recent_calls_without_prompt_text(
 ) -> None:
     from sk_core.service import get_service
     from sk_core.tenants import Tenant
-    from tests.hosts import FunctionsHost
+    from tests.support.hosts import FunctionsHost
 
     service = get_service()
     tenant_id = new_id("audit")

@@ -13,8 +13,8 @@ from sk_core.errors import Unauthorized
 from sk_core.ledger import window_keys
 from sk_core.service import Service
 from sk_core.tenants import Limits, Tenant, hash_key, parse_key
-from tests.hosts import FunctionsHost
-from tests.stub_model import StubModel
+from tests.support.hosts import FunctionsHost
+from tests.support.stub_model import StubModel
 
 SUMMARIZE = "/api/v1/summarize"
 BODY = {"text": "Something worth summarizing, briefly."}

@@ -12,7 +12,7 @@ import pytest
 
 from sk_core.catalog import Catalog, load_spec
 from tests.conftest import make_settings, run_fresh_python
-from tests.stub_model import StubModel
+from tests.support.stub_model import StubModel
 
 # What SK's own OpenAI connector package and handlebars engine would have loaded.
 HEAVY = ("pymeta", "pybars._compiler", "semantic_kernel.connectors.ai.open_ai", "aiortc", "av")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.hosts import Host, HostResponse
-from tests.stub_model import SECRET_MARKER, StubModel
+from tests.support.hosts import Host, HostResponse
+from tests.support.stub_model import SECRET_MARKER, StubModel
 
 SUMMARIZE = "/api/v1/summarize"
 TEXT = "Azure Functions runs small pieces of code in the cloud. " * 3

@@ -8,7 +8,7 @@ from typing import Any
 
 from sk_core.route_table import ROUTES
 from tests.conftest import run_fresh_python
-from tests.hosts import make_request
+from tests.support.hosts import make_request
 
 
 def test_importing_function_app_does_not_import_semantic_kernel() -> None:

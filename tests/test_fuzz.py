@@ -31,8 +31,8 @@ import pytest
 import schemathesis
 from schemathesis.engine import StopReason, events, from_schema
 
-from tests.hosts import ContainerHost, Host, HostResponse
-from tests.stub_model import StubModel
+from tests.support.hosts import ContainerHost, Host, HostResponse
+from tests.support.stub_model import StubModel
 
 # The issue asks for at least 1,000 generated cases. With MAX_EXAMPLES per operation the
 # run makes ~1,200 requests: ~210 from the coverage phase plus up to MAX_EXAMPLES from

@@ -32,8 +32,8 @@ from sk_core.guard import (
     load_corpus,
     normalise,
 )
-from tests.content_safety_stub import ATTACK_MARKER, SECRET_MARKER, STUB_KEY, STUB_TOKEN, ContentSafetyStub
-from tests.keyvault_stub import StaticTokenCredential
+from tests.support.content_safety_stub import ATTACK_MARKER, SECRET_MARKER, STUB_KEY, STUB_TOKEN, ContentSafetyStub
+from tests.support.keyvault_stub import StaticTokenCredential
 
 # Thresholds set below the measured rates (100% / 0.5% at the time of writing) so a
 # reasonable rule change does not break the build, but a regression does.

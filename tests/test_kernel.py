@@ -101,7 +101,7 @@ async def test_fifty_concurrent_first_requests_through_a_trigger_build_once(
     service_env: dict[str, str], functions_app_functions: list[Any], stub: Any, api_key: str
 ) -> None:
     from sk_core.service import Service, get_service, set_service
-    from tests.hosts import FunctionsHost
+    from tests.support.hosts import FunctionsHost
 
     previous = get_service()
     fresh = Service.create(make_settings(service_env))

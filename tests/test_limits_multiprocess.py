@@ -24,8 +24,8 @@ from sk_core.ledger import INFLIGHT, USAGE_TABLE, window_keys
 from sk_core.service import Service, get_service, make_store, set_service
 from sk_core.tenants import Limits, Tenant
 from tests.conftest import make_settings
-from tests.hosts import FunctionsHost
-from tests.stub_model import StubModel
+from tests.support.hosts import FunctionsHost
+from tests.support.stub_model import StubModel
 
 PROCESSES = 4
 SUMMARIZE = "/api/v1/summarize"

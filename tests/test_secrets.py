@@ -1,6 +1,6 @@
 """Secrets: the cache's timing rules, against the real SecretClient and a local HTTPS vault.
 
-The vault is :mod:`tests.keyvault_stub` (no Key Vault emulator exists); the SDK runs
+The vault is :mod:`tests.support.keyvault_stub` (no Key Vault emulator exists); the SDK runs
 unmodified over TLS, including its challenge authentication and retry policies. Time
 is a fake clock injected into ``CachedSecrets``, so TTLs of minutes cost nothing.
 """
@@ -21,7 +21,7 @@ from sk_core.secret_store import (
     SecretSource,
     SecretUnavailable,
 )
-from tests.keyvault_stub import VAULT_SCOPE, KeyVaultStub, StaticTokenCredential
+from tests.support.keyvault_stub import VAULT_SCOPE, KeyVaultStub, StaticTokenCredential
 
 TTL = 300.0
 REFRESH_AHEAD = 60.0

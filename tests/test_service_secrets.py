@@ -14,9 +14,9 @@ from sk_core.secret_store import CachedSecrets, KeyVaultSecretSource
 from sk_core.service import Service, get_service, set_service
 from sk_core.tenants import Tenant
 from tests.conftest import make_settings
-from tests.hosts import FunctionsHost
-from tests.keyvault_stub import KeyVaultStub, StaticTokenCredential
-from tests.stub_model import StubModel
+from tests.support.hosts import FunctionsHost
+from tests.support.keyvault_stub import KeyVaultStub, StaticTokenCredential
+from tests.support.stub_model import StubModel
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from scripts.devservices import free_port, start_service
 from sk_core.service import Service
 from sk_core.tenants import Limits, Tenant
 from tests.conftest import TelemetrySink
-from tests.hosts import FunctionsHost
-from tests.stub_model import StubModel
+from tests.support.hosts import FunctionsHost
+from tests.support.stub_model import StubModel
 
 SUMMARIZE = "/api/v1/summarize"
 PROMPT = "The quarterly report shows revenue grew nine percent in Lisbon."  # must never reach logs

@@ -17,7 +17,7 @@ Error bodies contain :data:`SECRET_MARKER`, so tests can assert that provider er
 never leaks into the client's exceptions.
 
 It runs uvicorn in a background thread with its own event loop (like
-``tests/keyvault_stub.py``), so a test's event loop can await the client while the
+``tests/support/keyvault_stub.py``), so a test's event loop can await the client while the
 server answers. Plain HTTP on 127.0.0.1: the client under test only needs an endpoint.
 """
 
@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.threaded_server import ThreadedServer
+from tests.support.threaded_server import ThreadedServer
 
 __all__ = [
     "ATTACK_MARKER",
