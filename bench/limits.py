@@ -79,7 +79,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from sk_core.catalog import FunctionSpec
-    from sk_core.ledger import Ledger
+    from sk_core.limits import Ledger
     from sk_core.pricing import Price
     from sk_core.service import Service
     from sk_core.tenants import Tenant
@@ -215,14 +215,12 @@ class Call:
     @classmethod
     def summarize(cls, service: Service) -> Call:
         """The benchmark body through validation, the token bound and the default max_tokens."""
-        from sk_core.request_body import validate_body
+        from sk_core.http.request_body import validate_body
 
         spec = service.catalog.get("text", "summarize")
         assert spec is not None
         arguments = validate_body(spec.arguments_model, dict(SUMMARIZE_BODY)).model_dump()
-        requested = arguments.pop("max_tokens") or min(
-            spec.default_max_tokens, 2 * arguments["max_words"] + 16
-        )
+        requested = arguments.pop("max_tokens") or spec.default_max_tokens_for(arguments)
         return cls(spec, service.settings.price, spec.prompt_token_bound(arguments), int(requested))
 
     async def admit_settle(self, ledger: Ledger, tenant: Tenant, key_id: str) -> tuple[float, float]:
@@ -397,8 +395,8 @@ async def profile_steady(service: Service, call: Call, headers: Any, n: int) -> 
 
 # Functions whose cumulative CPU (callees included) is reported as a share of the total.
 PROFILE_MARKERS = {
-    "Ledger.admit": ("sk_core/ledger.py", "admit"),
-    "Ledger.settle": ("sk_core/ledger.py", "settle"),
+    "Ledger.admit": ("sk_core/limits/ledger.py", "admit"),
+    "Ledger.settle": ("sk_core/limits/ledger.py", "settle"),
     "storage.query_partition (1 GET)": ("sk_core/storage.py", "query_partition"),
     "storage.submit (1 POST $batch)": ("sk_core/storage.py", "submit"),
     "log handlers (Logger.callHandlers)": ("logging/__init__.py", "callHandlers"),
@@ -605,7 +603,7 @@ async def section_contention_inproc(
     service: Service, tenant_id: str, n: int, seconds: float, ledgers: int
 ) -> dict[str, Any]:
     """``ledgers`` Ledger instances, each with its own store (own lock, own pool), on one tenant."""
-    from sk_core.ledger import Ledger
+    from sk_core.limits import Ledger
     from sk_core.service import make_store
 
     call = Call.summarize(service)
@@ -639,7 +637,7 @@ async def section_contention_inproc(
 async def contend_worker(tenant_id: str, n: int, seconds: float) -> None:
     """Child process: one Ledger, wait for "go" on stdin, loop, print the result as JSON."""
     from sk_core.catalog import Catalog
-    from sk_core.ledger import Ledger
+    from sk_core.limits import Ledger
     from sk_core.service import make_store, make_tenant_store
     from sk_core.settings import get_settings
 
@@ -656,12 +654,10 @@ async def contend_worker(tenant_id: str, n: int, seconds: float) -> None:
         await store.table("usage")
         spec = Catalog.load().get("text", "summarize")
         assert spec is not None
-        from sk_core.request_body import validate_body
+        from sk_core.http.request_body import validate_body
 
         arguments = validate_body(spec.arguments_model, dict(SUMMARIZE_BODY)).model_dump()
-        requested = arguments.pop("max_tokens") or min(
-            spec.default_max_tokens, 2 * arguments["max_words"] + 16
-        )
+        requested = arguments.pop("max_tokens") or spec.default_max_tokens_for(arguments)
         call = Call(spec, settings.price, spec.prompt_token_bound(arguments), int(requested))
         # One warm-up pair so the connection is open before the race starts.
         await call.admit_settle(ledger, tenant, "bench")
@@ -747,7 +743,7 @@ async def run_workers(
 def nolimits_app() -> Starlette:
     """The service's summarize pipeline without authentication, admission or settlement.
 
-    Same body reading and validation, the same cached ``KernelProvider`` runtime and
+    Same body reading and validation, the same cached ``RuntimeProvider`` runtime and
     ``invoke``, the same ``max_tokens`` default, the same response model and the same
     route boundary (``RouteSpec.endpoint``); only ``auth.authenticate``,
     ``ledger.admit``, ``ledger.settle`` and what depends on them (rate-limit headers,
@@ -759,17 +755,17 @@ def nolimits_app() -> Starlette:
     from starlette.routing import Route
 
     from sk_core.catalog import Catalog
-    from sk_core.handlers import json_response
-    from sk_core.kernel import KernelProvider
+    from sk_core.http.rendering import json_response
+    from sk_core.http.request_body import read_json_body, validate_body
+    from sk_core.kernel import RuntimeProvider
     from sk_core.pricing import usd
-    from sk_core.request_body import read_json_body, validate_body
     from sk_core.route_table import RouteSpec
     from sk_core.schemas import HealthResponse, SummarizeResponse
     from sk_core.settings import get_settings
 
     settings = get_settings()
     catalog = Catalog.load()
-    kernels = KernelProvider(settings=settings, catalog=catalog)
+    kernels = RuntimeProvider(settings=settings, catalog=catalog)
     spec = catalog.get("text", "summarize")
     assert spec is not None
     price = settings.price
@@ -790,9 +786,7 @@ def nolimits_app() -> Starlette:
         with span("validate"):
             data = await read_json_body(request, max_bytes=settings.max_body_bytes)
             arguments = validate_body(spec.arguments_model, data).model_dump()
-        requested = arguments.pop("max_tokens") or min(
-            spec.default_max_tokens, 2 * arguments["max_words"] + 16
-        )
+        requested = arguments.pop("max_tokens") or spec.default_max_tokens_for(arguments)
         with span("invoke"):
             runtime = await kernels.get()
             completion = await runtime.invoke(spec, arguments, max_tokens=requested)

@@ -36,8 +36,8 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from pydantic import ValidationError
 
 from sk_core.catalog import Catalog
-from sk_core.errors import LimitsUnavailable
-from sk_core.ledger import Ledger, window_keys
+from sk_core.errors import StorageUnavailable
+from sk_core.limits import Ledger, remaining_budget, window_keys
 from sk_core.pricing import NANO_PER_USD, nano, usd
 from sk_core.service import make_store, make_tenant_store
 from sk_core.settings import Settings
@@ -558,7 +558,7 @@ async def _usage(ctx: Context, tenant: Tenant, windows: list[_Window], *, expire
             tenant.limits.daily_budget_nano if window.kind == "day" else tenant.limits.monthly_budget_nano
         )
         # Held money is as unavailable as spent money: admission counts both.
-        remaining = budget - counters["spent_nano"] - counters["held_nano"]
+        remaining = remaining_budget(budget, counters["spent_nano"], counters["held_nano"])
         entry: dict[str, Any] = {
             "window": window.row,
             "period": window.kind,
@@ -923,9 +923,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     except BadValue as exc:
         return _usage_error(command_parser, str(exc))
-    except (LimitsUnavailable, AzureError) as exc:
+    except (StorageUnavailable, AzureError) as exc:
         # One line, no traceback: the operator needs where, not the SDK's stack.
-        cause = exc.__cause__ if isinstance(exc, LimitsUnavailable) else exc
+        cause = exc.__cause__ if isinstance(exc, StorageUnavailable) else exc
         detail = f": HTTP {cause.status_code}" if isinstance(cause, HttpResponseError) else ""
         print(f"error: storage unreachable ({storage_endpoint(settings)}){detail}", file=sys.stderr)
         return EXIT_STORAGE

@@ -27,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sk_core.errors import CORS_EXPOSED_HEADERS, SECURITY_HEADERS, ApiError, problem_response
+from sk_core.errors import ApiError
+from sk_core.http.rendering import CORS_EXPOSED_HEADERS, SECURITY_HEADERS, problem_response
 from sk_core.maintenance import sweep_periodically
 from sk_core.route_table import ROUTES
 from sk_core.service import get_service
@@ -61,9 +62,7 @@ async def _route_error(request: Request, exc: Exception) -> Response:
             405, "method_not_allowed", "Method not allowed", "This route does not accept that method."
         )
         allow = exc.headers.get("Allow") if isinstance(exc, HTTPException) and exc.headers else None
-        if allow:
-            error.headers["Allow"] = allow
-        return problem_response(error)
+        return problem_response(error, {"Allow": allow} if allow else None)
     return problem_response(
         _RouteError(status, "http_error", "HTTP error", "The request could not be handled.")
     )
@@ -75,9 +74,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     service = get_service()
     # A missing or unreachable secret is reported once, clearly, and by /api/ready;
     # the process stays up (no crash loop) so the probe can say what is wrong.
-    for problem in await service.secrets.check(service.required_secrets()):
+    for problem in await service.secrets.check(service.settings.required_secrets()):
         logger.error("startup check: %s", problem)
-    service.kernels.warm()  # build the kernel now, not on the first request
+    service.runtimes.warm()  # build the kernel now, not on the first request
     # The Functions host runs the same sweep from a timer trigger (function_app.py).
     sweeper = asyncio.create_task(sweep_periodically(service.settings.sweep_interval_seconds))
     yield

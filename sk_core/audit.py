@@ -109,7 +109,7 @@ class AuditLog:
         """Delete rows past retention; returns how many."""
         from azure.core.exceptions import AzureError
 
-        from sk_core.errors import LimitsUnavailable
+        from sk_core.errors import StorageUnavailable
         from sk_core.storage import Conflict, delete_op, etag_of, submit
 
         table = await self._store.table(AUDIT_TABLE)
@@ -121,7 +121,7 @@ class AuditLog:
                 key = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
                 await submit(table, [delete_op(key, etag_of(entity))])
                 deleted += 1
-        except (AzureError, Conflict, LimitsUnavailable):
+        except (AzureError, Conflict, StorageUnavailable):
             logger.warning("audit purge interrupted; the next sweep continues")
         return deleted
 

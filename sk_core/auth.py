@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from starlette.datastructures import Headers
-
+from sk_core.accounts import ApiKey, Tenant, parse_key
 from sk_core.errors import Forbidden, Unauthorized
-from sk_core.tenants import ApiKey, Tenant, TenantStore, parse_key
+
+if TYPE_CHECKING:
+    from sk_core.tenants import TenantStore
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,12 @@ class Principal:
     key: ApiKey
 
 
-def presented_key(headers: Headers) -> str | None:
-    """The key from ``Authorization: Bearer`` or ``X-API-Key``."""
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key from ``Authorization: Bearer`` or ``X-API-Key``.
+
+    ``headers`` maps lower-case names to values, as ASGI delivers them (Starlette's
+    ``Headers`` is such a mapping, and looks names up case-insensitively besides).
+    """
     authorization = headers.get("authorization")
     if authorization:
         scheme, _, value = authorization.partition(" ")
@@ -78,7 +84,7 @@ class Authenticator:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def authenticate(self, headers: Headers, function_id: str | None) -> Principal:
+    async def authenticate(self, headers: Mapping[str, str], function_id: str | None) -> Principal:
         """Check the key, its status, the tenant's status and (if given) the function scope."""
         presented = presented_key(headers)
         if presented is None:

@@ -95,6 +95,19 @@ class InputSpec:
         """True when the variable carries a conversation (rendered as SK chat history)."""
         return bool(self.schema.get("x-sk-chat-history"))
 
+    @property
+    def answer_tokens(self) -> tuple[int, int] | None:
+        """``(per, plus)`` when the answer's natural length scales with this integer input.
+
+        Declared in the prompt file as ``"x-sk-answer-tokens": {"per": 2, "plus": 16}``
+        on e.g. a word limit: a call that names no ``max_tokens`` is then capped at
+        ``per * value + plus`` (and never above the function's own ``max_tokens``).
+        """
+        rule = self.schema.get("x-sk-answer-tokens")
+        if rule is None:
+            return None
+        return int(rule["per"]), int(rule.get("plus", 0))
+
 
 @dataclass(frozen=True)
 class FunctionSpec:
@@ -108,6 +121,16 @@ class FunctionSpec:
     template_bytes: int
     default_max_tokens: int
     arguments_model: type[BaseModel] = field(compare=False)
+
+    def default_max_tokens_for(self, arguments: dict[str, Any]) -> int:
+        """The answer cap of a call that names none: the function's ``max_tokens``,
+        lowered by any input that declares how the answer scales with it."""
+        cap = self.default_max_tokens
+        for spec in self.inputs:
+            rule, value = spec.answer_tokens, arguments.get(spec.name)
+            if rule is not None and isinstance(value, int):
+                cap = min(cap, rule[0] * value + rule[1])
+        return max(1, cap)
 
     def user_texts(self, arguments: dict[str, Any]) -> list[str]:
         """Every caller-supplied text of a call (what prompt screening inspects)."""
@@ -220,6 +243,26 @@ def _coerce_default(raw: Any, schema: dict[str, Any]) -> Any:
     return raw
 
 
+def _check_answer_tokens(path: Path, name: Any, schema: dict[str, Any]) -> None:
+    rule = schema.get("x-sk-answer-tokens")
+    if rule is None:
+        return
+    valid = (
+        schema.get("type") == "integer"
+        and isinstance(rule, dict)
+        and set(rule) <= {"per", "plus"}
+        and isinstance(rule.get("per"), int)
+        and rule["per"] >= 1
+        and isinstance(rule.get("plus", 0), int)
+        and rule.get("plus", 0) >= 0
+    )
+    if not valid:
+        raise ValueError(
+            f"{path}: input {name!r}: x-sk-answer-tokens needs an integer input and "
+            '{"per": <int >= 1>, "plus": <int >= 0>}'
+        )
+
+
 def load_spec(path: Path, plugin: str) -> FunctionSpec:
     """Parse one prompt YAML file; raises ``ValueError`` naming the file on any defect."""
     text = path.read_text(encoding="utf-8")
@@ -234,6 +277,7 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: input {var.get('name')!r} has invalid json_schema") from exc
         required = bool(var.get("is_required", True))
+        _check_answer_tokens(path, var.get("name"), schema)
         inputs.append(
             InputSpec(
                 name=var["name"],
@@ -254,7 +298,9 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
                 f"{path}: execution_settings.{service} has unsupported keys {unknown}; "
                 f"supported: {', '.join(CHAT_SETTINGS)}"
             )
-    settings = all_settings.get("default") or {}
+    # The same choice the kernel makes (model_runtime.build_runtime): the chat service's
+    # own settings when the file has them, else the default ones.
+    settings = all_settings.get("chat") or all_settings.get("default") or {}
     input_tuple = tuple(inputs)
     return FunctionSpec(
         plugin=plugin,

@@ -1,21 +1,17 @@
-"""Domain errors and their one mapping to HTTP.
+"""Domain errors: plain exceptions with data.
 
 Every error a client can see is an ``ApiError``: it carries a stable machine-readable
-``code``, the HTTP status and a human ``detail`` written by us. Provider messages,
-keys and stack traces never go into ``detail``; they go to the log.
+``code``, the HTTP status it maps to and a human ``detail`` written by us. Provider
+messages, keys and stack traces never go into ``detail``; they go to the log. The data
+a response needs (retry delay, rate-limit state) is kept as values here; turning it
+into headers and a problem+json body is the HTTP side's job (``sk_core.http.rendering``).
+This module imports nothing outside the standard library.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+from dataclasses import dataclass
 from typing import Any
-
-from starlette.responses import Response
-
-logger = logging.getLogger(__name__)
-
-PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
 class ApiError(Exception):
@@ -30,13 +26,14 @@ class ApiError(Exception):
         detail: str,
         *,
         errors: list[dict[str, str]] | None = None,
-        headers: dict[str, str] | None = None,
+        retry_after: int | None = None,
         extensions: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
-        self.headers = headers or {}
+        # Seconds a client should wait before retrying (the ``Retry-After`` header).
+        self.retry_after = retry_after
         self.extensions = extensions or {}
 
     def body(self) -> dict[str, Any]:
@@ -107,8 +104,6 @@ class Unauthorized(ApiError):
 
     status, code, title = 401, "unauthorized", "Missing or invalid API key"
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="sk-functions"'})
 
 
 class Forbidden(ApiError):
@@ -133,11 +128,12 @@ class LimitExceeded(ApiError):
     ) -> None:
         super().__init__(
             detail,
-            headers={"Retry-After": str(retry_after), **rate_limit_headers(limit, remaining, reset)},
+            retry_after=retry_after,
             extensions={"retry_after_seconds": retry_after, **(extensions or {})},
         )
         self.code = code
-        self.retry_after = retry_after
+        # The requests-per-minute window at the time of the refusal (RateLimit headers).
+        self.rate = RateState(limit=limit, remaining=remaining, reset=reset)
 
 
 class LimitsUnavailable(ApiError):
@@ -149,47 +145,27 @@ class LimitsUnavailable(ApiError):
         # The reason is for logs; the client learns only that nothing was admitted.
         super().__init__(
             "Usage limits could not be checked, so the request was not admitted; retry shortly.",
-            headers={"Retry-After": "1"},
+            retry_after=1,
         )
         self.reason = reason
 
 
-# On every response from every route: these answers are JSON for programs, never pages
-# to render, frame, cache or sniff.
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
-}
+class StorageUnavailable(Exception):
+    """Table Storage could not be reached or answered unexpectedly.
 
-# Headers a browser client may read on a cross-origin response.
-CORS_EXPOSED_HEADERS = (
-    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-Cost-USD, X-Trace-Id"
-)
+    Not an ``ApiError``: storage is a dependency, not an answer. Where a request needs
+    it (authentication, admission) the pipeline fails closed as ``LimitsUnavailable``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-def rate_limit_headers(limit: int, remaining: int, reset: int) -> dict[str, str]:
-    """The IETF RateLimit header fields (requests per minute window)."""
-    return {
-        "RateLimit-Limit": str(limit),
-        "RateLimit-Remaining": str(max(0, remaining)),
-        "RateLimit-Reset": str(reset),
-    }
+@dataclass(frozen=True)
+class RateState:
+    """A requests-per-minute window as a client sees it (IETF RateLimit fields)."""
 
-
-def problem_response(error: ApiError) -> Response:
-    """Render an ``ApiError`` as the one error shape every route uses."""
-    return Response(
-        content=json.dumps(error.body()),
-        status_code=error.status,
-        media_type=PROBLEM_CONTENT_TYPE,
-        headers=error.headers,
-    )
-
-
-def internal_error_response() -> Response:
-    """A 500 that says nothing about the cause; the cause is logged by the caller."""
-    return problem_response(ApiError("An unexpected error occurred; it has been logged."))
+    limit: int
+    remaining: int
+    reset: int

@@ -42,7 +42,7 @@ import re
 import sys
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
@@ -1004,7 +1004,7 @@ class GuardUnavailable(ServiceUnavailable):
         # ``reason`` is ours ("http 500", "timeout"), never provider text; it is for logs.
         super().__init__(
             "The request could not be screened for prompt injection right now; retry shortly.",
-            headers={"Retry-After": "1"},
+            retry_after=1,
         )
         self.reason = reason
 
@@ -1273,6 +1273,33 @@ def enforce(detection: Detection, policy: Policy) -> None:
     """
     if policy == "block" and detection.flagged:
         raise PromptInjectionDetected(detection)
+
+
+@dataclass(frozen=True)
+class Screening:
+    """The guard's verdict on one call: an audit summary and the policy's enforcement."""
+
+    summary: dict[str, Any]
+    flagged: bool
+    enforce: Callable[[], None]
+
+
+async def screen(guard: Guard, policy: Policy, function_id: str, texts: list[str]) -> Screening | None:
+    """Prompt-injection screening under the function's policy (None when ``off``).
+
+    The caller records ``summary`` and then calls ``enforce()``, which raises
+    ``PromptInjectionDetected`` (400 ``prompt_rejected``) under ``block``.
+    """
+    if policy == "off":
+        return None
+    detection = await guard.inspect(texts)
+    if detection.flagged:
+        logger.warning("prompt flagged for %s (%s): %s", function_id, policy, ",".join(detection.categories))
+    return Screening(
+        summary={**detection.to_audit(), "policy": policy},
+        flagged=detection.flagged,
+        enforce=lambda: enforce(detection, policy),
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ async def _no_key() -> tuple[str | None, str]:
     return None, ""
 
 
-class KernelProvider:
+class RuntimeProvider:
     """Hands out the process's one ``ModelRuntime`` (kernel + chat service + functions)."""
 
     def __init__(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sk_core.errors import LimitsUnavailable
+from sk_core.errors import StorageUnavailable
 from sk_core.service import get_service
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ async def sweep_expired_holds() -> int:
     service = get_service()
     try:
         charged = await service.ledger.expire_holds()
-    except LimitsUnavailable as exc:
+    except StorageUnavailable as exc:
         logger.warning("hold sweep skipped: %s", exc.reason)
         return 0
     await service.audit.purge()

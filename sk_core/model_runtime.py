@@ -1,6 +1,6 @@
 """Semantic Kernel wiring and the one place a model is called.
 
-Imported only by ``kernel.KernelProvider`` when the kernel is first built: this module
+Imported only by ``kernel.RuntimeProvider`` when the kernel is first built: this module
 imports Semantic Kernel and the OpenAI SDK, which cost seconds.
 
 Retries are ours, not the OpenAI SDK's (its client is built with ``max_retries=0``):
@@ -138,7 +138,7 @@ class ModelRuntime:
                 delay = retry_after if retry_after is not None else _backoff(attempt)
                 if not retryable or attempt >= self._settings.model_max_retries or delay >= remaining:
                     if retry_after is not None and isinstance(error, ModelRateLimited):
-                        error.headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+                        error.retry_after = max(1, int(retry_after + 0.999))
                     raise error from exc
                 logger.warning("model call failed (%s), retry %d in %.2fs", error.code, attempt + 1, delay)
                 await asyncio.sleep(delay)

@@ -68,6 +68,7 @@ e-mails are searched from their '@'. 100 k characters take tens of milliseconds.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -603,3 +604,9 @@ _DEFAULT = Redactor()
 def redact(text: str) -> RedactionResult:
     """Redact every kind, with a shared :class:`Redactor`."""
     return _DEFAULT.redact(text)
+
+
+@functools.cache
+def cached_redactor(kinds: tuple[str, ...]) -> Redactor:
+    """One ``Redactor`` per configuration, built on first use (its patterns compile once)."""
+    return Redactor(kinds)

@@ -9,7 +9,7 @@ This module is data plus the standard library, on purpose: the Functions host im
 it to index the app, and indexing should not pay for the handlers' imports (pydantic
 models, settings, the catalog, telemetry: about 0.1 s here). Handlers are named as
 ``"module:function"`` and imported, wrapped in the shared boundary
-(``sk_core.routes.instrumented``), the first time a route is called.
+(``sk_core.http.boundary.instrumented``), the first time a route is called.
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ class RouteSpec:
 
     @functools.cached_property
     def _endpoint(self) -> Handler:
-        from sk_core.routes import instrumented
+        from sk_core.http.boundary import instrumented
 
-        return instrumented(self)
+        return instrumented(
+            self.resolve_handler(), name=self.name, template=self.full_path, audited=self.audited
+        )
 
     async def endpoint(self, request: Request) -> Response:
         """Serve a request: the handler inside the shared boundary (errors, tracing, metrics)."""
@@ -68,28 +70,31 @@ class RouteSpec:
 
 ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
-        "summarize", "v1/summarize", ("POST",), "sk_core.handlers:summarize", "function",
+        "summarize", "v1/summarize", ("POST",), "sk_core.http.handlers:summarize", "function",
         "Summarize a text", "functions", audited=True,
     ),
     RouteSpec(
-        "chat", "v1/chat", ("POST",), "sk_core.handlers:chat", "function",
+        "chat", "v1/chat", ("POST",), "sk_core.http.handlers:chat", "function",
         "Continue a conversation", "functions", audited=True,
     ),
     RouteSpec(
-        "list_functions", "v1/functions", ("GET",), "sk_core.handlers:list_functions", "function",
+        "list_functions", "v1/functions", ("GET",), "sk_core.http.handlers:list_functions", "function",
         "List exposed functions and their inputs", "catalog",
     ),
     RouteSpec(
-        "invoke_function", "v1/functions/{plugin}/{function}", ("POST",), "sk_core.handlers:invoke_function",
-        "function", "Invoke a catalog function", "catalog", audited=True,
+        "invoke_function", "v1/functions/{plugin}/{function}", ("POST",),
+        "sk_core.http.handlers:invoke_function", "function", "Invoke a catalog function", "catalog",
+        audited=True,
     ),
-    RouteSpec("health", "health", ("GET",), "sk_core.handlers:health", "anonymous", "Liveness", "operations"),
     RouteSpec(
-        "ready", "ready", ("GET",), "sk_core.handlers:ready", "anonymous",
+        "health", "health", ("GET",), "sk_core.http.handlers:health", "anonymous", "Liveness", "operations"
+    ),
+    RouteSpec(
+        "ready", "ready", ("GET",), "sk_core.http.handlers:ready", "anonymous",
         "Readiness (kernel built, model reachable)", "operations",
     ),
     RouteSpec(
-        "openapi", "openapi.json", ("GET",), "sk_core.openapi:openapi_document", "function",
+        "openapi", "openapi.json", ("GET",), "sk_core.http.openapi:openapi_document", "function",
         "This API's OpenAPI 3.1 document", "operations",
     ),
 )

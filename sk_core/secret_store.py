@@ -38,7 +38,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -409,3 +409,27 @@ class CachedSecrets:
         # Await them so none is destroyed while pending; their errors are already handled.
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.source.aclose()
+
+
+class SecretReader(Protocol):
+    """Anything that reads a secret by name (``CachedSecrets``, ``OneShotSecrets``)."""
+
+    async def get(self, name: str) -> str:
+        """The secret's current value; raises ``SecretMissing`` when it does not exist."""
+        ...
+
+
+class OneShotSecrets:
+    """A secret reader for short-lived commands (admin CLI, scripts): each read opens the
+    configured source, reads and closes it, so no client outlives the command."""
+
+    def __init__(self, open_source: Callable[[], CachedSecrets]) -> None:
+        self._open = open_source
+
+    async def get(self, name: str) -> str:
+        """Read ``name`` once from a freshly opened source."""
+        source = self._open()
+        try:
+            return await source.get(name)
+        finally:
+            await source.aclose()

@@ -1,4 +1,9 @@
-"""The per-process service context: settings, catalog, the cached kernel, storage.
+"""The composition root: the one place that builds the parts and wires them together.
+
+``Service.create`` reads the settings and makes every collaborator (storage, secrets,
+tenants, the runtime provider, the guard, the ledger) and the ``Pipeline`` over them;
+the ``make_*`` factories below are the only constructors of configured parts, shared
+with the admin CLI and scripts. No behaviour lives here.
 
 Both hosts call the same handlers, and neither host has a place to hang state that the
 other shares (a Functions trigger has no Starlette ``app.state``), so the context is a
@@ -9,36 +14,27 @@ process-wide singleton created on first use. Tests install their own with
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sk_core.catalog import Catalog
-from sk_core.kernel import KernelProvider, KeyProvider
+from sk_core.kernel import KeyProvider, RuntimeProvider
+from sk_core.pipeline import Pipeline
 from sk_core.settings import Provider, Settings, get_settings
 
 if TYPE_CHECKING:
     from sk_core.audit import AuditLog
     from sk_core.auth import Authenticator
     from sk_core.guard import Guard
-    from sk_core.ledger import Ledger
+    from sk_core.limits import Ledger
     from sk_core.redaction import Redactor
     from sk_core.secret_store import CachedSecrets
     from sk_core.storage import TableStore
     from sk_core.tenants import TenantStore
-
-
-@dataclass(frozen=True)
-class Screening:
-    """The guard's verdict on one call: an audit summary and the policy's enforcement."""
-
-    summary: dict[str, Any]
-    flagged: bool
-    enforce: Callable[[], None]
 
 
 class Service:
@@ -49,7 +45,7 @@ class Service:
         *,
         settings: Settings,
         catalog: Catalog,
-        kernels: KernelProvider,
+        runtimes: RuntimeProvider,
         store: TableStore,
         tenants: TenantStore,
         auth: Authenticator,
@@ -57,10 +53,11 @@ class Service:
         secrets: CachedSecrets,
         audit: AuditLog,
         guard: Guard,
+        pipeline: Pipeline | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.kernels = kernels
+        self.runtimes = runtimes
         self.store = store
         self.tenants = tenants
         self.auth = auth
@@ -68,55 +65,25 @@ class Service:
         self.secrets = secrets
         self.audit = audit
         self.guard = guard
-        self._redactors: dict[tuple[str, ...], Redactor] = {}
+        self.pipeline = pipeline or Pipeline(
+            auth=auth,
+            guard=guard,
+            guard_policy=settings.guard_policy_for,
+            ledger=ledger,
+            runtimes=runtimes,
+            redactor=functools.partial(_redactor_for, settings),
+            price=settings.price,
+            model_id=settings.resolved_model_id,
+        )
 
     async def aclose(self) -> None:
         """Release network resources (called on host shutdown)."""
         await self.auth.aclose()
         await self.audit.aclose()
         await self.guard.aclose()
-        await self.kernels.aclose()
+        await self.runtimes.aclose()
         await self.store.aclose()
         await self.secrets.aclose()
-
-    async def screen(self, function_id: str, texts: list[str]) -> Screening | None:
-        """Prompt-injection screening under the function's policy (None when ``off``).
-
-        The caller records ``summary`` and then calls ``enforce()``, which raises
-        ``PromptInjectionDetected`` (400 ``prompt_rejected``) under ``block``.
-        """
-        from sk_core.guard import enforce
-
-        policy = self.settings.guard_policy_for(function_id)
-        if policy == "off":
-            return None
-        detection = await self.guard.inspect(texts)
-        if detection.flagged:
-            logger.warning(
-                "prompt flagged for %s (%s): %s", function_id, policy, ",".join(detection.categories)
-            )
-        return Screening(
-            summary={**detection.to_audit(), "policy": policy},
-            flagged=detection.flagged,
-            enforce=lambda: enforce(detection, policy),
-        )
-
-    def redactor_for(self, function_id: str) -> Redactor:
-        """The output redactor configured for a function (built once per configuration)."""
-        from sk_core.redaction import Redactor
-
-        kinds = self.settings.redaction_for(function_id)
-        redactor = self._redactors.get(kinds)
-        if redactor is None:
-            redactor = self._redactors[kinds] = Redactor(kinds)
-        return redactor
-
-    def required_secrets(self) -> list[str]:
-        """Secrets without which the service cannot serve (readiness checks them)."""
-        names = [self.settings.api_key_pepper_secret_name]
-        if self.settings.model_provider is Provider.OPENAI:
-            names.append(self.settings.model_api_key_secret_name)
-        return names
 
     @classmethod
     def create(cls, settings: Settings | None = None, *, secrets: CachedSecrets | None = None) -> Service:
@@ -124,7 +91,7 @@ class Service:
         the secret source the settings select (tests point it at a vault stand-in)."""
         from sk_core.audit import AuditLog
         from sk_core.auth import Authenticator
-        from sk_core.ledger import Ledger
+        from sk_core.limits import Ledger
         from sk_core.telemetry import setup_telemetry
 
         settings = settings or get_settings()
@@ -139,7 +106,7 @@ class Service:
         return cls(
             settings=settings,
             catalog=catalog,
-            kernels=KernelProvider(
+            runtimes=RuntimeProvider(
                 settings=settings, catalog=catalog, key_provider=make_key_provider(settings, secrets)
             ),
             secrets=secrets,
@@ -154,6 +121,13 @@ class Service:
                 min_answer_tokens=settings.min_answer_tokens,
             ),
         )
+
+
+def _redactor_for(settings: Settings, function_id: str) -> Redactor:
+    # Imported on first use: its patterns compile at import, after the first answer.
+    from sk_core.redaction import cached_redactor
+
+    return cached_redactor(settings.redaction_for(function_id))
 
 
 def make_store(settings: Settings) -> TableStore:
@@ -215,21 +189,13 @@ def make_secrets(settings: Settings) -> CachedSecrets:
 def make_tenant_store(
     settings: Settings, store: TableStore, secrets: CachedSecrets | None = None
 ) -> TenantStore:
-    """Tenants and keys over ``store``, hashing keys with the pepper from the secret source."""
+    """Tenants and keys over ``store``; keys are hashed with the pepper read from ``secrets``
+    (default: a one-shot reader of the configured source, for the CLI and scripts)."""
+    from sk_core.secret_store import OneShotSecrets
     from sk_core.tenants import TenantStore
 
-    name = settings.api_key_pepper_secret_name
-
-    async def pepper() -> str:
-        if secrets is not None:
-            return await secrets.get(name)
-        one_shot = make_secrets(settings)  # CLI and scripts: fetch once, close
-        try:
-            return await one_shot.get(name)
-        finally:
-            await one_shot.aclose()
-
-    return TenantStore(store=store, pepper=pepper)
+    reader = secrets if secrets is not None else OneShotSecrets(lambda: make_secrets(settings))
+    return TenantStore(store=store, secrets=reader, pepper_name=settings.api_key_pepper_secret_name)
 
 
 def make_key_provider(settings: Settings, secrets: CachedSecrets) -> KeyProvider:

@@ -133,15 +133,39 @@ class Settings(BaseSettings):
         default="", description='Per-function overrides as JSON: {"text/translate": "email,secret"}'
     )
 
+    # The JSON-valued settings are parsed once (the validator below touches each, so a
+    # bad value fails at startup) and cached: requests read the parsed values.
+    @functools.cached_property
+    def _guard_overrides(self) -> dict[str, Literal["block", "flag", "off"]]:
+        raw = _json_object(self.guard_policies, "SKF_GUARD_POLICIES")
+        bad = {v for v in raw.values() if v not in ("block", "flag", "off")}
+        if bad:
+            raise ValueError(f"SKF_GUARD_POLICIES: policies are block, flag or off (got {sorted(bad)})")
+        return raw
+
+    @functools.cached_property
+    def _redaction_overrides(self) -> dict[str, tuple[str, ...]]:
+        raw = _json_object(self.redaction_policies, "SKF_REDACTION_POLICIES")
+        return {function: _kinds(value) for function, value in raw.items()}
+
+    @functools.cached_property
+    def _default_redaction(self) -> tuple[str, ...]:
+        return _kinds(self.redaction)
+
     def guard_policy_for(self, function_id: str) -> Literal["block", "flag", "off"]:
         """The injection policy of one function."""
-        override = _json_object(self.guard_policies, "SKF_GUARD_POLICIES").get(function_id)
-        return override if override in ("block", "flag", "off") else self.guard_policy
+        return self._guard_overrides.get(function_id, self.guard_policy)
 
     def redaction_for(self, function_id: str) -> tuple[str, ...]:
         """The kinds redacted from one function's output."""
-        raw = _json_object(self.redaction_policies, "SKF_REDACTION_POLICIES").get(function_id, self.redaction)
-        return tuple(kind.strip() for kind in str(raw).split(",") if kind.strip())
+        return self._redaction_overrides.get(function_id, self._default_redaction)
+
+    def required_secrets(self) -> list[str]:
+        """Secrets without which the service cannot serve (readiness checks them)."""
+        names = [self.api_key_pepper_secret_name]
+        if self.model_provider is Provider.OPENAI:
+            names.append(self.model_api_key_secret_name)
+        return names
 
     cors_allowed_origins: str = Field(
         default="", description="Comma-separated origins allowed to call from browsers (no '*'); empty: none."
@@ -163,10 +187,18 @@ class Settings(BaseSettings):
         description="Also record prompt and completion text in SK's spans. Off unless you mean it.",
     )
 
+    @functools.cached_property
+    def prices(self) -> dict[str, Price]:
+        """The price table: defaults overlaid with ``SKF_MODEL_PRICES`` (parsed once)."""
+        try:
+            return parse_prices(self.model_prices)
+        except ValueError as exc:
+            raise ValueError(f"SKF_MODEL_PRICES: {exc}") from None
+
     @property
     def price(self) -> Price:
         """The price of the configured model (validated to exist at startup)."""
-        return parse_prices(self.model_prices)[self.resolved_model_id]
+        return self.prices[self.resolved_model_id]
 
     @property
     def resolved_model_id(self) -> str:
@@ -194,23 +226,10 @@ class Settings(BaseSettings):
                 raise ValueError("SKF_AZURE_OPENAI_ENDPOINT is required when SKF_MODEL_PROVIDER=azure_openai")
             if not self.model_id:
                 raise ValueError("SKF_MODEL_ID (the deployment name) is required for azure_openai")
-        try:
-            prices = parse_prices(self.model_prices)
-        except ValueError as exc:
-            raise ValueError(f"SKF_MODEL_PRICES: {exc}") from None
-        if self.resolved_model_id not in prices:
+        if self.resolved_model_id not in self.prices:
             # A model without a price cannot be budgeted: refuse to start, not to charge 0.
             raise ValueError(f"no price for model {self.resolved_model_id!r}: add it to SKF_MODEL_PRICES")
-        for name, raw in (
-            ("SKF_GUARD_POLICIES", self.guard_policies),
-            ("SKF_REDACTION_POLICIES", self.redaction_policies),
-        ):
-            _json_object(raw, name)
-        bad = {
-            v for v in _json_object(self.guard_policies, "x").values() if v not in ("block", "flag", "off")
-        }
-        if bad:
-            raise ValueError(f"SKF_GUARD_POLICIES: policies are block, flag or off (got {sorted(bad)})")
+        _ = (self._guard_overrides, self._redaction_overrides)  # parsed (and checked) now, not per request
         if "*" in self.cors_origins:
             raise ValueError("SKF_CORS_ALLOWED_ORIGINS must list origins; '*' is not allowed")
         if self.secret_refresh_ahead_seconds >= self.secret_cache_seconds:
@@ -234,6 +253,10 @@ class Settings(BaseSettings):
             if provider is Provider.LOCAL:
                 raise ValueError("SKF_MODEL_PROVIDER=local is for development, not production")
         return self
+
+
+def _kinds(raw: Any) -> tuple[str, ...]:
+    return tuple(kind.strip() for kind in str(raw).split(",") if kind.strip())
 
 
 def _json_object(raw: str, name: str) -> dict[str, Any]:

@@ -10,7 +10,9 @@ against a dead endpoint, and limits must fail closed quickly instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from azure.core import MatchConditions
@@ -24,7 +26,7 @@ from azure.core.exceptions import (
 from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from sk_core.errors import LimitsUnavailable
+from sk_core.errors import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,17 @@ _CONFLICT_CODES = frozenset(
 )
 
 
-class StorageUnavailable(LimitsUnavailable):
-    """Table Storage could not be reached or answered with an unexpected error (fails closed: 503)."""
+@contextlib.contextmanager
+def storage_errors(reason: str = "storage unreachable") -> Iterator[None]:
+    """Translate the Azure SDK's errors into ``StorageUnavailable`` (the one place that does).
+
+    Put the SDK-specific cases (not found, already exists) inside, as ``except`` clauses
+    of an inner ``try``: only what they leave unhandled becomes an outage.
+    """
+    try:
+        yield
+    except AzureError as exc:
+        raise StorageUnavailable(reason) from exc
 
 
 class Conflict(Exception):
@@ -104,22 +115,19 @@ class TableStore:
         if full not in self._created:
             async with self._create_lock:
                 if full not in self._created:
-                    try:
+                    with (
+                        storage_errors(f"cannot create table {full}"),
+                        contextlib.suppress(ResourceExistsError),
+                    ):
                         await self._service.create_table(full)
-                    except ResourceExistsError:
-                        pass
-                    except AzureError as exc:
-                        raise StorageUnavailable(f"cannot create table {full}") from exc
                     self._created.add(full)
         return client
 
     async def ping(self) -> None:
         """Readiness: one cheap call that proves the account answers."""
-        try:
+        with storage_errors("storage did not answer"):
             async for _ in self._service.list_tables(results_per_page=1):
                 break
-        except AzureError as exc:
-            raise StorageUnavailable("storage did not answer") from exc
 
     async def aclose(self) -> None:
         """Close every client's connection pool."""
@@ -165,21 +173,20 @@ def delete_op(entity: dict[str, Any], etag: str) -> tuple[str, dict[str, Any], d
 
 async def submit(table: TableClient, operations: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
     """Submit one entity-group transaction; lost races become ``Conflict``."""
-    try:
-        await table.submit_transaction(operations)
-    except TableTransactionError as exc:
-        code = str(getattr(exc, "error_code", "") or "")
-        if code in _CONFLICT_CODES or exc.status_code in (409, 412):
-            raise Conflict(code or str(exc.status_code)) from exc
-        raise StorageUnavailable(f"transaction failed: {code or exc.status_code}") from exc
-    except (ResourceModifiedError, ResourceExistsError) as exc:
-        raise Conflict(type(exc).__name__) from exc
-    except HttpResponseError as exc:
-        if exc.status_code in (409, 412):
-            raise Conflict(str(exc.status_code)) from exc
-        raise StorageUnavailable(f"transaction failed: HTTP {exc.status_code}") from exc
-    except AzureError as exc:
-        raise StorageUnavailable("storage unreachable") from exc
+    with storage_errors():
+        try:
+            await table.submit_transaction(operations)
+        except TableTransactionError as exc:
+            code = str(getattr(exc, "error_code", "") or "")
+            if code in _CONFLICT_CODES or exc.status_code in (409, 412):
+                raise Conflict(code or str(exc.status_code)) from exc
+            raise StorageUnavailable(f"transaction failed: {code or exc.status_code}") from exc
+        except (ResourceModifiedError, ResourceExistsError) as exc:
+            raise Conflict(type(exc).__name__) from exc
+        except HttpResponseError as exc:
+            if exc.status_code in (409, 412):
+                raise Conflict(str(exc.status_code)) from exc
+            raise StorageUnavailable(f"transaction failed: HTTP {exc.status_code}") from exc
 
 
 async def query_partition(table: TableClient, partition: str, row_keys: list[str]) -> dict[str, Any]:
@@ -187,21 +194,18 @@ async def query_partition(table: TableClient, partition: str, row_keys: list[str
     clauses = " or ".join(f"RowKey eq @r{i}" for i in range(len(row_keys)))
     parameters: dict[str, Any] = {"pk": partition, **{f"r{i}": key for i, key in enumerate(row_keys)}}
     found: dict[str, Any] = {}
-    try:
+    with storage_errors():
         async for entity in table.query_entities(
             f"PartitionKey eq @pk and ( {clauses} )", parameters=parameters
         ):
             found[entity["RowKey"]] = entity
-    except AzureError as exc:
-        raise StorageUnavailable("storage unreachable") from exc
     return found
 
 
 async def get_or_none(table: TableClient, partition: str, row: str) -> Any:
     """One entity, or None when it does not exist."""
-    try:
-        return await table.get_entity(partition, row)
-    except ResourceNotFoundError:
-        return None
-    except AzureError as exc:
-        raise StorageUnavailable("storage unreachable") from exc
+    with storage_errors():
+        try:
+            return await table.get_entity(partition, row)
+        except ResourceNotFoundError:
+            return None

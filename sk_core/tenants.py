@@ -1,148 +1,89 @@
-"""Tenants and their API keys, in Table Storage.
+"""Tenants and their API keys, in Table Storage: the store and the entity encoding.
 
-A key looks like ``skf_<key id>_<secret>``: the prefix makes leaked keys easy to spot
-(secret scanners), the key id finds the record without scanning, and the secret is 32
-random bytes. Only an HMAC-SHA256 of the whole key (with a server-side pepper) is
-stored, so a stolen table does not yield usable keys.
+The values themselves (``Tenant``, ``Limits``, ``ApiKey``, the key format) are
+``sk_core.accounts``; they are re-exported here for callers that use both.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
-from sk_core.storage import StorageUnavailable, TableStore, get_or_none, int64, read_int
+from sk_core.accounts import (
+    ALL,
+    KEY_PREFIX,
+    ApiKey,
+    IssuedKey,
+    Limits,
+    Tenant,
+    TenantError,
+    hash_key,
+    parse_key,
+)
+from sk_core.secret_store import SecretReader
+from sk_core.storage import TableStore, get_or_none, int64, read_int, storage_errors
 
-KEY_PREFIX = "skf"
-_KEY_RE = re.compile(r"^skf_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+__all__ = [
+    "ALL",
+    "KEY_PREFIX",
+    "ApiKey",
+    "IssuedKey",
+    "Limits",
+    "Tenant",
+    "TenantError",
+    "TenantStore",
+    "hash_key",
+    "parse_key",
+    "tenant_entity",
+    "tenant_from_entity",
+    "validate_tenant_id",
+]
+
 _TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 TENANT_PARTITION = "tenant"
 KEY_PARTITION = "key"
-ALL = "*"
 
 
-class TenantError(Exception):
-    """A tenant or key operation was refused (unknown id, duplicate, bad value)."""
+def tenant_entity(tenant: Tenant) -> dict[str, Any]:
+    """The Table Storage entity of a tenant."""
+    limits = tenant.limits
+    return {
+        "PartitionKey": TENANT_PARTITION,
+        "RowKey": tenant.id,
+        "display_name": tenant.display_name,
+        "status": tenant.status,
+        "requests_per_minute": int64(limits.requests_per_minute),
+        "tokens_per_minute": int64(limits.tokens_per_minute),
+        "max_concurrent": int64(limits.max_concurrent),
+        "daily_budget_nano": int64(limits.daily_budget_nano),
+        "monthly_budget_nano": int64(limits.monthly_budget_nano),
+        "allowed_functions": json.dumps(list(tenant.allowed_functions)),
+    }
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What a tenant may use. Budgets are in nano-USD (see pricing.py)."""
-
-    requests_per_minute: int = 60
-    tokens_per_minute: int = 100_000
-    max_concurrent: int = 8
-    daily_budget_nano: int = 5 * 10**9
-    monthly_budget_nano: int = 50 * 10**9
-
-    def __post_init__(self) -> None:
-        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrent"):
-            if getattr(self, name) < 1:
-                raise TenantError(f"{name} must be at least 1")
-        for name in ("daily_budget_nano", "monthly_budget_nano"):
-            if getattr(self, name) < 0:
-                raise TenantError(f"{name} must not be negative")
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """A customer of the API."""
-
-    id: str
-    display_name: str
-    status: str = "active"
-    limits: Limits = field(default_factory=Limits)
-    allowed_functions: tuple[str, ...] = (ALL,)
-
-    @property
-    def active(self) -> bool:
-        """Disabled tenants are refused (403) even with a valid key."""
-        return self.status == "active"
-
-    def allows(self, function_id: str) -> bool:
-        """True when the tenant may call ``plugin/name``."""
-        return ALL in self.allowed_functions or function_id in self.allowed_functions
-
-    def to_entity(self) -> dict[str, Any]:
-        """The Table Storage entity."""
-        limits = self.limits
-        return {
-            "PartitionKey": TENANT_PARTITION,
-            "RowKey": self.id,
-            "display_name": self.display_name,
-            "status": self.status,
-            "requests_per_minute": int64(limits.requests_per_minute),
-            "tokens_per_minute": int64(limits.tokens_per_minute),
-            "max_concurrent": int64(limits.max_concurrent),
-            "daily_budget_nano": int64(limits.daily_budget_nano),
-            "monthly_budget_nano": int64(limits.monthly_budget_nano),
-            "allowed_functions": json.dumps(list(self.allowed_functions)),
-        }
-
-    @classmethod
-    def from_entity(cls, entity: Any) -> Tenant:
-        """Parse the stored entity."""
-        return cls(
-            id=entity["RowKey"],
-            display_name=entity.get("display_name", ""),
-            status=entity.get("status", "active"),
-            limits=Limits(
-                requests_per_minute=read_int(entity["requests_per_minute"]),
-                tokens_per_minute=read_int(entity["tokens_per_minute"]),
-                max_concurrent=read_int(entity["max_concurrent"]),
-                daily_budget_nano=read_int(entity["daily_budget_nano"]),
-                monthly_budget_nano=read_int(entity["monthly_budget_nano"]),
-            ),
-            allowed_functions=tuple(json.loads(entity.get("allowed_functions") or '["*"]')),
-        )
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """A stored key record (never the key itself)."""
-
-    key_id: str
-    tenant_id: str
-    key_hash: str
-    scopes: tuple[str, ...]
-    status: str
-    name: str
-    created_at: datetime
-    last_used_at: datetime | None = None
-
-    def allows(self, function_id: str) -> bool:
-        """True when this key's scopes include ``plugin/name``."""
-        return ALL in self.scopes or function_id in self.scopes
-
-
-@dataclass(frozen=True)
-class IssuedKey:
-    """A new key: ``secret`` is shown once and never stored."""
-
-    record: ApiKey
-    secret: str
-
-
-def parse_key(presented: str) -> str | None:
-    """The key id of a well-formed key, else None."""
-    match = _KEY_RE.match(presented)
-    return match.group(1) if match else None
-
-
-def hash_key(presented: str, pepper: str) -> str:
-    """HMAC-SHA256 of the full key under the server's pepper."""
-    return hmac.new(pepper.encode(), presented.encode(), hashlib.sha256).hexdigest()
+def tenant_from_entity(entity: Any) -> Tenant:
+    """Parse a stored tenant entity."""
+    return Tenant(
+        id=entity["RowKey"],
+        display_name=entity.get("display_name", ""),
+        status=entity.get("status", "active"),
+        limits=Limits(
+            requests_per_minute=read_int(entity["requests_per_minute"]),
+            tokens_per_minute=read_int(entity["tokens_per_minute"]),
+            max_concurrent=read_int(entity["max_concurrent"]),
+            daily_budget_nano=read_int(entity["daily_budget_nano"]),
+            monthly_budget_nano=read_int(entity["monthly_budget_nano"]),
+        ),
+        allowed_functions=tuple(json.loads(entity.get("allowed_functions") or '["*"]')),
+    )
 
 
 def _key_from_entity(entity: Any) -> ApiKey:
@@ -168,10 +109,11 @@ def validate_tenant_id(tenant_id: str) -> str:
 class TenantStore:
     """CRUD for tenants and keys; used by the admin CLI and by authentication."""
 
-    def __init__(self, *, store: TableStore, pepper: str | Callable[[], Awaitable[str]]) -> None:
+    def __init__(self, *, store: TableStore, secrets: SecretReader, pepper_name: str) -> None:
         self._store = store
-        self._pepper_source = pepper
-        self._pepper: str | None = pepper if isinstance(pepper, str) else None
+        self._secrets = secrets
+        self._pepper_name = pepper_name
+        self._pepper: str | None = None
 
     async def pepper(self) -> str:
         """The hashing pepper, fetched once per process.
@@ -181,26 +123,24 @@ class TenantStore:
         re-issue of keys plus a restart.
         """
         if self._pepper is None:
-            assert not isinstance(self._pepper_source, str)
-            self._pepper = await self._pepper_source()
+            self._pepper = await self._secrets.get(self._pepper_name)
         return self._pepper
 
     async def create_tenant(self, tenant: Tenant) -> Tenant:
         """Insert a tenant; refuses an existing id."""
         validate_tenant_id(tenant.id)
         table = await self._store.table("tenants")
-        try:
-            await table.create_entity(tenant.to_entity())
-        except ResourceExistsError:
-            raise TenantError(f"tenant {tenant.id!r} already exists") from None
-        except AzureError as exc:
-            raise StorageUnavailable("storage unreachable") from exc
+        with storage_errors():
+            try:
+                await table.create_entity(tenant_entity(tenant))
+            except ResourceExistsError:
+                raise TenantError(f"tenant {tenant.id!r} already exists") from None
         return tenant
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         """A tenant, or None."""
         entity = await get_or_none(await self._store.table("tenants"), TENANT_PARTITION, tenant_id)
-        return Tenant.from_entity(entity) if entity is not None else None
+        return tenant_from_entity(entity) if entity is not None else None
 
     async def require_tenant(self, tenant_id: str) -> Tenant:
         """A tenant, or ``TenantError`` naming the unknown id."""
@@ -212,24 +152,20 @@ class TenantStore:
     async def list_tenants(self) -> list[Tenant]:
         """Every tenant, by id."""
         table = await self._store.table("tenants")
-        try:
+        with storage_errors():
             entities = [
                 e
                 async for e in table.query_entities("PartitionKey eq @p", parameters={"p": TENANT_PARTITION})
             ]
-        except AzureError as exc:
-            raise StorageUnavailable("storage unreachable") from exc
-        return sorted((Tenant.from_entity(e) for e in entities), key=lambda t: t.id)
+        return sorted((tenant_from_entity(e) for e in entities), key=lambda t: t.id)
 
     async def save_tenant(self, tenant: Tenant) -> Tenant:
         """Replace an existing tenant's settings (status, limits, functions)."""
         await self.require_tenant(tenant.id)
         table = await self._store.table("tenants")
-        try:
+        with storage_errors():
             # Configuration, not a counter: last writer wins is the intended semantics.
-            await table.update_entity(tenant.to_entity(), mode=UpdateMode.REPLACE)
-        except AzureError as exc:
-            raise StorageUnavailable("storage unreachable") from exc
+            await table.update_entity(tenant_entity(tenant), mode=UpdateMode.REPLACE)
         return tenant
 
     async def issue_key(
@@ -253,23 +189,22 @@ class TenantStore:
                 name=name,
                 created_at=datetime.now(UTC),
             )
-            try:
-                await table.create_entity(
-                    {
-                        "PartitionKey": KEY_PARTITION,
-                        "RowKey": key_id,
-                        "tenant_id": tenant_id,
-                        "key_hash": record.key_hash,
-                        "scopes": json.dumps(list(scopes)),
-                        "status": "active",
-                        "name": name,
-                        "created_at": record.created_at,
-                    }
-                )
-            except ResourceExistsError:
-                continue
-            except AzureError as exc:
-                raise StorageUnavailable("storage unreachable") from exc
+            with storage_errors():
+                try:
+                    await table.create_entity(
+                        {
+                            "PartitionKey": KEY_PARTITION,
+                            "RowKey": key_id,
+                            "tenant_id": tenant_id,
+                            "key_hash": record.key_hash,
+                            "scopes": json.dumps(list(scopes)),
+                            "status": "active",
+                            "name": name,
+                            "created_at": record.created_at,
+                        }
+                    )
+                except ResourceExistsError:
+                    continue
             return IssuedKey(record=record, secret=secret)
         raise TenantError("could not allocate a key id")
 
@@ -285,23 +220,21 @@ class TenantStore:
         if tenant_id:
             query += " and tenant_id eq @t"
             params["t"] = tenant_id
-        try:
+        with storage_errors():
             entities = [e async for e in table.query_entities(query, parameters=params)]
-        except AzureError as exc:
-            raise StorageUnavailable("storage unreachable") from exc
         return sorted((_key_from_entity(e) for e in entities), key=lambda k: (k.tenant_id, k.created_at))
 
     async def revoke_key(self, key_id: str) -> ApiKey:
         """Mark a key revoked; caches drop it within their TTL."""
         table = await self._store.table("apikeys")
-        try:
-            await table.update_entity(
-                {"PartitionKey": KEY_PARTITION, "RowKey": key_id, "status": "revoked"}, mode=UpdateMode.MERGE
-            )
-        except ResourceNotFoundError:
-            raise TenantError(f"unknown key {key_id!r}") from None
-        except AzureError as exc:
-            raise StorageUnavailable("storage unreachable") from exc
+        with storage_errors():
+            try:
+                await table.update_entity(
+                    {"PartitionKey": KEY_PARTITION, "RowKey": key_id, "status": "revoked"},
+                    mode=UpdateMode.MERGE,
+                )
+            except ResourceNotFoundError:
+                raise TenantError(f"unknown key {key_id!r}") from None
         key = await self.get_key(key_id)
         if key is None:  # deleted between the two calls
             raise TenantError(f"unknown key {key_id!r}")

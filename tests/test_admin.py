@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from scripts.devservices import free_port
-from sk_core.ledger import Ledger
+from sk_core.limits import Ledger
 from sk_core.pricing import Price
 from sk_core.service import make_store, make_tenant_store
 from sk_core.storage import TableStore, development_connection_string

@@ -10,7 +10,7 @@ from starlette.datastructures import Headers
 
 from sk_core.auth import Authenticator, presented_key
 from sk_core.errors import Unauthorized
-from sk_core.ledger import window_keys
+from sk_core.limits import window_keys
 from sk_core.service import Service
 from sk_core.tenants import Limits, Tenant, hash_key, parse_key
 from tests.support.hosts import FunctionsHost

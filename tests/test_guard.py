@@ -32,7 +32,13 @@ from sk_core.guard import (
     load_corpus,
     normalise,
 )
-from tests.support.content_safety_stub import ATTACK_MARKER, SECRET_MARKER, STUB_KEY, STUB_TOKEN, ContentSafetyStub
+from tests.support.content_safety_stub import (
+    ATTACK_MARKER,
+    SECRET_MARKER,
+    STUB_KEY,
+    STUB_TOKEN,
+    ContentSafetyStub,
+)
 from tests.support.keyvault_stub import StaticTokenCredential
 
 # Thresholds set below the measured rates (100% / 0.5% at the time of writing) so a

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sk_core.ledger import window_keys
+from sk_core.limits import window_keys
 from sk_core.service import Service, get_service, set_service
 from sk_core.tenants import Limits, Tenant
 from tests.conftest import make_settings

@@ -34,7 +34,7 @@ import tree_sitter_bicep
 import yaml
 
 from sk_core.catalog import Catalog
-from sk_core.openapi import build_openapi
+from sk_core.http.openapi import build_openapi
 from sk_core.settings import Environment, Provider, Settings
 
 ROOT = Path(__file__).resolve().parents[1]

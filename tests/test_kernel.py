@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sk_core.catalog import Catalog
-from sk_core.kernel import KernelProvider
+from sk_core.kernel import RuntimeProvider
 from sk_core.settings import Settings
 from tests.conftest import make_settings
 
@@ -29,7 +29,7 @@ async def test_fifty_simultaneous_first_requests_build_the_real_kernel_once(
         time.sleep(0.2)  # widen the race window: every caller arrives during the build
         return build_runtime(settings, catalog, api_key)
 
-    provider = KernelProvider(
+    provider = RuntimeProvider(
         settings=make_settings(service_env), catalog=Catalog.load(), builder=counting_builder
     )
     runtimes = await asyncio.gather(*(provider.get() for _ in range(50)))
@@ -48,7 +48,7 @@ async def test_callers_on_other_threads_and_loops_share_the_build() -> None:
         time.sleep(0.3)
         return object()
 
-    provider = KernelProvider(settings=Settings(), catalog=Catalog([]), builder=slow_builder)
+    provider = RuntimeProvider(settings=Settings(), catalog=Catalog([]), builder=slow_builder)
     results: list[object] = []
 
     def other_loop() -> None:
@@ -73,7 +73,7 @@ async def test_a_failed_build_is_not_cached() -> None:
             raise RuntimeError("first build fails")
         return RUNTIME
 
-    provider = KernelProvider(settings=Settings(), catalog=Catalog([]), builder=flaky_builder)
+    provider = RuntimeProvider(settings=Settings(), catalog=Catalog([]), builder=flaky_builder)
     with pytest.raises(RuntimeError):
         await provider.get()
     built_after_failure = provider.is_built
@@ -87,7 +87,7 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_build() -> None:
         time.sleep(0.3)
         return RUNTIME
 
-    provider = KernelProvider(settings=Settings(), catalog=Catalog([]), builder=slow_builder)
+    provider = RuntimeProvider(settings=Settings(), catalog=Catalog([]), builder=slow_builder)
     impatient = asyncio.ensure_future(provider.get())
     await asyncio.sleep(0.05)
     impatient.cancel()
@@ -115,7 +115,7 @@ async def test_fifty_concurrent_first_requests_through_a_trigger_build_once(
         set_service(previous)
         await fresh.aclose()
     assert [r.status for r in responses] == [200] * 50
-    assert fresh.kernels.build_count == 1
+    assert fresh.runtimes.build_count == 1
     assert stub.stats()["count"] == 50
 
 
@@ -134,7 +134,7 @@ async def test_a_rotated_model_key_rebuilds_the_client_and_retires_the_old_one(
     async def key_provider() -> tuple[str | None, str]:
         return keys["current"]
 
-    provider = KernelProvider(
+    provider = RuntimeProvider(
         settings=make_settings(service_env),
         catalog=Catalog.load(),
         builder=builder,

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from sk_core.errors import LimitExceeded
-from sk_core.ledger import Hold, Ledger, window_keys
+from sk_core.http.rendering import error_headers
+from sk_core.limits import INFLIGHT, USAGE_TABLE, Hold, Ledger, window_keys
 from sk_core.pricing import Price
 from sk_core.storage import TableStore
 from sk_core.tenants import Limits, Tenant
@@ -125,8 +126,8 @@ async def test_requests_per_minute_is_exact_in_a_calendar_minute(store: TableSto
     with pytest.raises(LimitExceeded) as refused:
         await admit(ledger, who, prompt=10, max_tokens=16)
     assert refused.value.code == "rate_limited"
-    assert refused.value.headers["RateLimit-Remaining"] == "0"
-    assert refused.value.headers["Retry-After"] == "50"  # to the next minute
+    assert error_headers(refused.value)["RateLimit-Remaining"] == "0"
+    assert error_headers(refused.value)["Retry-After"] == "50"  # to the next minute
     clock.now += timedelta(seconds=50)  # the next calendar minute
     await admit(ledger, who, prompt=10, max_tokens=16)
 
@@ -224,12 +225,13 @@ async def test_an_update_that_loses_every_race_gives_up_and_writes_nothing(
     """Admit, settle and expire each retry a lost ETag race, then stop; nothing half-done."""
     from azure.data.tables import UpdateMode
 
-    from sk_core import ledger as ledger_module
-    from sk_core.storage import StorageUnavailable, submit
+    from sk_core.errors import StorageUnavailable
+    from sk_core.limits import ledger as ledger_module
+    from sk_core.storage import submit
 
     ledger = Ledger(store=store, lease_seconds=30, min_answer_tokens=16, clock=clock, max_attempts=3)
     who = tenant(daily_budget_nano=10**12)
-    table = await store.table(ledger_module.USAGE_TABLE)
+    table = await store.table(USAGE_TABLE)
     attempts = 0
 
     async def racing_submit(table_client: object, operations: list[tuple[str, Any, Any]]) -> None:
@@ -237,7 +239,7 @@ async def test_an_update_that_loses_every_race_gives_up_and_writes_nothing(
         # write, every time: the real transaction then fails its ETag (or insert) check.
         nonlocal attempts
         attempts += 1
-        row = {"PartitionKey": who.id, "RowKey": ledger_module.INFLIGHT, "touched": attempts}
+        row = {"PartitionKey": who.id, "RowKey": INFLIGHT, "touched": attempts}
         await table.upsert_entity(row, mode=UpdateMode.MERGE)
         await submit(table_client, operations)  # type: ignore[arg-type]
 
@@ -292,7 +294,7 @@ async def test_concurrent_requests_of_one_tenant_share_transactions_and_add_up(
 async def test_an_admission_cancelled_while_queued_writes_nothing(
     store: TableStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sk_core import ledger as ledger_module
+    from sk_core.limits import ledger as ledger_module
     from sk_core.storage import submit
 
     ledger = make_ledger(store, clock)
@@ -321,13 +323,13 @@ async def test_a_hold_deleted_between_read_and_write_makes_the_settlement_late_n
     store: TableStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process expired the hold after we read it: re-read, and never charge twice."""
-    from sk_core import ledger as ledger_module
+    from sk_core.limits import ledger as ledger_module
     from sk_core.storage import submit
 
     ledger = make_ledger(store, clock)
     who = tenant(daily_budget_nano=10**12)
     hold = await admit(ledger, who)
-    table = await store.table(ledger_module.USAGE_TABLE)
+    table = await store.table(USAGE_TABLE)
     raced = False
 
     async def racing_submit(table_client: Any, operations: list[Any]) -> None:

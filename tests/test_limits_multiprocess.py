@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from scripts.devservices import ManagedProcess, free_port, start_service
-from sk_core.ledger import INFLIGHT, USAGE_TABLE, window_keys
+from sk_core.limits import INFLIGHT, USAGE_TABLE, window_keys
 from sk_core.service import Service, get_service, make_store, set_service
 from sk_core.tenants import Limits, Tenant
 from tests.conftest import make_settings

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sk_core.errors import MalformedJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from sk_core.request_body import read_json_body, validate_body
+from sk_core.http.request_body import read_json_body, validate_body
 from tests.support.hosts import make_request
 
 LIMIT = 100 * 1024

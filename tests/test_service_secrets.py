@@ -65,7 +65,7 @@ async def test_model_key_comes_from_the_vault_and_rotation_needs_no_restart(
     second = await host.request("POST", "/api/v1/summarize", json_body={"text": "two"})
     assert second.status == 200, second.body
     assert stub.requests()[-1]["headers"]["authorization"] == "Bearer key-two"
-    assert vault_service.kernels.build_count == 2
+    assert vault_service.runtimes.build_count == 2
     # The pepper came from the vault too: the key verifies against it, not the settings'.
     assert await vault_service.tenants.pepper() == "pepper-from-the-vault-0123"
 
@@ -78,7 +78,7 @@ async def test_a_missing_secret_is_a_readiness_error_naming_it(
 ) -> None:
     vault.delete_secret("api-key-pepper")
     host = FunctionsHost(functions_app_functions)
-    with caplog.at_level("ERROR", logger="sk_core.handlers"):
+    with caplog.at_level("ERROR", logger="sk_core.http.handlers"):
         response = await host.request("GET", "/api/ready")
     assert response.status == 503
     assert response.json()["checks"]["secrets"] == {"status": "error", "code": "secret_unavailable"}

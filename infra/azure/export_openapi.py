@@ -22,7 +22,7 @@ def render() -> str:
     """The served OpenAPI document, serialized deterministically."""
     sys.path.insert(0, str(ROOT))
     from sk_core.catalog import Catalog
-    from sk_core.openapi import build_openapi
+    from sk_core.http.openapi import build_openapi
 
     return json.dumps(build_openapi(Catalog.load()), indent=2, sort_keys=True) + "\n"
 

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from sk_core import __version__
 from sk_core.catalog import Catalog
-from sk_core.errors import PROBLEM_CONTENT_TYPE
+from sk_core.http.rendering import PROBLEM_CONTENT_TYPE
 from sk_core.route_table import ROUTES
 from sk_core.schemas import (
     ChatResponse,

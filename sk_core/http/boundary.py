@@ -1,7 +1,8 @@
-"""The shared boundary every route's handler runs inside, in both hosts.
+"""The error and tracing boundary every route's handler runs inside, in both hosts.
 
-The route table itself is ``sk_core.route_table`` (data only, cheap to import for
-indexing); this module is imported on the first request.
+The route table (``sk_core.route_table``, data only, cheap to import for indexing)
+wraps each handler here on its first call: one server span, domain errors rendered as
+problem+json, request metrics, security and CORS headers, the audit row.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, StatusCode
@@ -17,15 +19,16 @@ from starlette.responses import Response
 
 from sk_core import telemetry
 from sk_core.audit import AuditEntry
-from sk_core.errors import (
+from sk_core.errors import ApiError, LimitsUnavailable, StorageUnavailable
+from sk_core.http.rendering import (
     CORS_EXPOSED_HEADERS,
     SECURITY_HEADERS,
-    ApiError,
     internal_error_response,
     problem_response,
 )
-from sk_core.route_table import Handler, RouteSpec
 from sk_core.service import get_service
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +50,15 @@ _REFUSAL_REASONS = {
 }
 
 
-def instrumented(route: RouteSpec) -> Handler:
-    """The route's handler inside the shared boundary: one server span (continuing the
+def instrumented(handler: Handler, *, name: str, template: str, audited: bool) -> Handler:
+    """A route's handler inside the shared boundary: one server span (continuing the
     caller's W3C trace context), domain errors mapped to HTTP, anything else an opaque
-    500, the trace id echoed in ``X-Trace-Id``, and request metrics."""
-    handler, template = route.resolve_handler(), route.full_path
+    500, the trace id echoed in ``X-Trace-Id``, request metrics and the audit row."""
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         started = time.perf_counter()
-        audit = AuditEntry(route=template) if route.audited else None
+        audit = AuditEntry(route=template) if audited else None
         request.state.audit = audit
         attributes: dict[str, str | int] = {"http.request.method": request.method, "http.route": template}
         context = propagate.extract(dict(request.headers))
@@ -65,7 +67,10 @@ def instrumented(route: RouteSpec) -> Handler:
         ) as span:
             error_code: str | None = None
             try:
-                response = await handler(request)
+                try:
+                    response = await handler(request)
+                except StorageUnavailable as outage:  # storage a route needed: fail closed
+                    raise LimitsUnavailable(outage.reason) from outage
             except ApiError as error:
                 error_code = error.code
                 response = problem_response(error)
@@ -79,7 +84,7 @@ def instrumented(route: RouteSpec) -> Handler:
                     span.set_status(StatusCode.ERROR, error.code)
             except Exception as exc:
                 error_code = "internal_error"
-                logger.exception("unhandled error in %s", route.name)
+                logger.exception("unhandled error in %s", name)
                 span.record_exception(exc)
                 span.set_status(StatusCode.ERROR, "internal_error")
                 response = internal_error_response()

@@ -1,0 +1,1 @@
+"""The HTTP side of the core: handlers, the error/tracing boundary, rendering, bodies, OpenAPI."""

@@ -1,0 +1,95 @@
+"""Domain values and errors as HTTP: problem+json bodies, RateLimit and security headers.
+
+The one place where an ``ApiError``'s data (status, code, retry delay, rate state)
+becomes a response, for every route of both hosts.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from sk_core.errors import ApiError, LimitExceeded, RateState, Unauthorized
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+# On every response from every route: these answers are JSON for programs, never pages
+# to render, frame, cache or sniff.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+}
+
+# Headers a browser client may read on a cross-origin response.
+CORS_EXPOSED_HEADERS = (
+    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-Cost-USD, X-Trace-Id"
+)
+
+
+def rate_limit_headers(rate: RateState) -> dict[str, str]:
+    """The IETF RateLimit header fields (requests per minute window)."""
+    return {
+        "RateLimit-Limit": str(rate.limit),
+        "RateLimit-Remaining": str(max(0, rate.remaining)),
+        "RateLimit-Reset": str(rate.reset),
+    }
+
+
+def problem_body(error: ApiError) -> dict[str, object]:
+    """The problem+json body (RFC 9457 members plus our ``code`` and the error's extensions)."""
+    body: dict[str, object] = {
+        "type": f"https://sk-functions.dev/errors/{error.code}",
+        "title": error.title,
+        "status": error.status,
+        "code": error.code,
+        "detail": error.detail,
+    }
+    if error.errors:
+        body["errors"] = error.errors
+    body.update(error.extensions)
+    return body
+
+
+def error_headers(error: ApiError) -> dict[str, str]:
+    """The headers an error's data calls for."""
+    headers: dict[str, str] = {}
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="sk-functions"'
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, LimitExceeded):
+        headers.update(rate_limit_headers(error.rate))
+    return headers
+
+
+def problem_response(error: ApiError, extra_headers: dict[str, str] | None = None) -> Response:
+    """Render an ``ApiError`` as the one error shape every route uses."""
+    return Response(
+        content=json.dumps(problem_body(error)),
+        status_code=error.status,
+        media_type=PROBLEM_CONTENT_TYPE,
+        headers={**error_headers(error), **(extra_headers or {})},
+    )
+
+
+def internal_error_response() -> Response:
+    """A 500 that says nothing about the cause; the cause is logged by the caller."""
+    return problem_response(ApiError("An unexpected error occurred; it has been logged."))
+
+
+def json_response(
+    model: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """Serialize a response model."""
+    return Response(
+        content=model.model_dump_json(by_alias=True, exclude_none=True),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,439 @@
+"""The ledger: admit and settle against a tenant's counters in Table Storage.
+
+The rules are ``policy.py``; the stored layout is ``rows.py``; expiry of abandoned
+holds and the usage read model are ``sweep.py``. This module is the committer.
+
+**Admission** reads the tenant's rows in one query and writes them back in one
+entity-group transaction, every update conditional on the ETag it read and every new
+row an insert: if another process changed anything in between, the whole transaction
+fails (412/409) and we re-read and retry with jittered backoff. So each admission
+decision is made on the exact current state, across any number of processes, and the
+rows change together. Within a process, the admissions and settlements of a tenant
+that arrive while its previous transaction is in flight share the next one (group
+commit, see ``Ledger``).
+
+**Settlement** replaces the hold with the actual cost in one transaction (windows
+updated, hold deleted). Settled cost never exceeds the hold (a provider that honours
+``max_tokens`` cannot go over), so the sum of settled cost in a window never exceeds
+its budget. A hold never settled (process killed) expires after its lease and is
+charged at the reserved amount and flagged (``sweep.expire_holds``), never released
+silently: the call may have happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sk_core.accounts import Tenant
+from sk_core.errors import LimitExceeded, StorageUnavailable
+from sk_core.limits import policy
+from sk_core.limits.rows import (
+    INFLIGHT,
+    INFLIGHT_FIELDS,
+    MINUTE_FIELDS,
+    USAGE_TABLE,
+    WINDOW_FIELDS,
+    PartitionRows,
+)
+from sk_core.pricing import Price
+from sk_core.storage import Conflict, TableStore, delete_op, etag_of, int64, query_partition, read_int, submit
+
+logger = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class Hold:
+    """An admitted request's reservation."""
+
+    tenant_id: str
+    request_id: str
+    amount_nano: int
+    max_tokens: int
+    reserved_tokens: int
+    day: str
+    month: str
+    minute: str
+    rpm_limit: int
+    rpm_remaining: int
+    rpm_reset: int
+
+    @property
+    def row(self) -> str:
+        """The hold's RowKey."""
+        return f"hold-{self.request_id}"
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a settled request cost."""
+
+    cost_nano: int
+    late: bool = False
+
+
+_T = TypeVar("_T")
+# A read-and-plan step of an optimistic update: the operations to submit as one
+# ETag-conditional transaction (none: nothing to write) and the result once they commit.
+Plan = tuple[list[Any], _T]
+
+# Limits of one batch (group commit, see Ledger): Table Storage allows 100 entities per
+# transaction and 15 comparisons per query filter (PartitionKey plus 14 RowKeys). Three
+# keys stay spare: the day, month and minute may roll over between taking a batch and
+# reading its rows, which adds the new windows' keys.
+_BATCH_JOBS = 32
+_BATCH_KEYS = 11
+
+
+class Contended(StorageUnavailable):
+    """An update lost the ETag race on every attempt."""
+
+
+@dataclass(eq=False)
+class _Admission:
+    """A queued admission (Ledger.admit's arguments and the caller's future)."""
+
+    tenant: Tenant
+    price: Price
+    prompt_tokens_bound: int
+    requested_max_tokens: int
+    function: str
+    key_id: str
+    future: asyncio.Future[Hold]
+    # Its caller went away after the batch took it: skipped unless already committed.
+    abandoned: bool = False
+
+    def keys(self, now: datetime) -> list[str]:
+        return [*policy.window_keys(now), INFLIGHT]
+
+
+@dataclass(eq=False)
+class _Settling:
+    """A queued settlement."""
+
+    hold: Hold
+    cost_nano: int
+    prompt_tokens: int
+    completion_tokens: int
+    future: asyncio.Future[Settlement]
+
+    def keys(self, now: datetime) -> list[str]:
+        hold = self.hold
+        return [hold.day, hold.month, hold.minute, INFLIGHT, hold.row]
+
+
+_Job = _Admission | _Settling
+
+
+class Ledger:
+    """Reserve, settle and expire, against the tenant's partition.
+
+    **Group commit.** Admissions and settlements of one tenant queue per process; one
+    task at a time reads the tenant's rows, decides every queued job in arrival order
+    on that state (each job sees the ones before it), and commits all of them in one
+    ETag-conditional transaction. A lost race re-reads and re-decides the whole batch.
+    Under load, one round trip and one transaction's CPU serve many requests instead of
+    one; alone, a request costs what it did before. Every guarantee above holds per
+    decision, because each decision is made on the exact state the batch commits on.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: TableStore,
+        lease_seconds: float,
+        min_answer_tokens: int,
+        max_attempts: int = 60,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._lease = timedelta(seconds=lease_seconds)
+        self._min_tokens = min_answer_tokens
+        self._max_attempts = max_attempts
+        self._clock = clock
+        # Within one process, one ledger write per tenant at a time: the transaction
+        # would lose the ETag race to its own siblings otherwise. Across processes the
+        # ETag decides.
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._queues: dict[str, list[_Job]] = {}
+        self._committers: dict[str, asyncio.Task[None]] = {}
+        self.conflicts = 0
+        self.transactions = 0
+
+    def _lock(self, tenant_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(tenant_id, asyncio.Lock())
+
+    async def _backoff(self, attempt: int) -> None:
+        self.conflicts += 1
+        await asyncio.sleep(random.uniform(0, min(0.25, 0.005 * 2 ** min(attempt, 6))))
+
+    async def _submit(self, table: Any, operations: list[Any]) -> None:
+        await submit(table, operations)
+        self.transactions += 1
+
+    async def update(
+        self, table: Any, tenant_id: str, what: str, plan: Callable[[], Awaitable[Plan[_T]]]
+    ) -> _T:
+        """The one optimistic-update loop: read and plan, submit, and on a lost ETag race
+        back off and do both again, until the transaction commits.
+
+        ``plan`` re-reads the rows each time, so a retry decides again on fresh numbers
+        (it may find the work already done, and then plans no operations).
+        """
+        async with self._lock(tenant_id):
+            for attempt in range(self._max_attempts):
+                operations, result = await plan()
+                if not operations:
+                    return result
+                try:
+                    await self._submit(table, operations)
+                except Conflict:
+                    await self._backoff(attempt)
+                    continue
+                return result
+        raise Contended(f"{what} did not converge under contention")
+
+    # ------------------------------------------------------------------ group commit
+
+    async def _enqueue(self, tenant_id: str, job: _Job) -> Any:
+        self._queues.setdefault(tenant_id, []).append(job)
+        if tenant_id not in self._committers:
+            # A task of its own: a caller that goes away must not abort the others' batch.
+            self._committers[tenant_id] = asyncio.create_task(self._commit_queue(tenant_id))
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            queue = self._queues.get(tenant_id, [])
+            if job in queue:  # not taken yet: drop it, nothing was written for it
+                queue.remove(job)
+            elif isinstance(job, _Admission):
+                # In a batch already: skipped if not committed yet; if it was, the hold
+                # expires after its lease and is charged, as for a crashed process.
+                job.abandoned = True
+            # Nobody will read the outcome now; retrieve it so asyncio does not log it.
+            job.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise
+
+    async def _commit_queue(self, tenant_id: str) -> None:
+        queue = self._queues[tenant_id]
+        try:
+            while queue:
+                batch = self._take(queue)
+                try:
+                    await self._commit(tenant_id, batch)
+                except BaseException as exc:  # storage down, contention, a bug: tell every waiter
+                    for job in batch:
+                        if job.future.done():
+                            continue
+                        if isinstance(exc, Exception):
+                            job.future.set_exception(exc)
+                        else:  # this task is being cancelled (shutdown)
+                            job.future.cancel()
+                    if not isinstance(exc, Exception):
+                        raise
+        finally:
+            del self._committers[tenant_id]
+
+    def _take(self, queue: list[_Job]) -> list[_Job]:
+        """The oldest jobs that fit one query and one transaction."""
+        now = self._clock()
+        batch: list[_Job] = []
+        keys: set[str] = set()
+        while queue and len(batch) < _BATCH_JOBS:
+            wanted = keys | set(queue[0].keys(now))
+            if batch and len(wanted) > _BATCH_KEYS:
+                break
+            keys = wanted
+            batch.append(queue.pop(0))
+        return batch
+
+    async def _commit(self, tenant_id: str, batch: list[_Job]) -> None:
+        table = await self._store.table(USAGE_TABLE)
+
+        async def plan() -> Plan[list[tuple[_Job, Any, BaseException | None]]]:
+            now = self._clock()
+            keys = list(dict.fromkeys(key for job in batch for key in job.keys(now)))
+            rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
+            outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+            creates_and_deletes: list[Any] = []
+            for job in batch:
+                if isinstance(job, _Admission) and job.abandoned:
+                    continue
+                result: Hold | Settlement
+                try:
+                    if isinstance(job, _Admission):
+                        operation, result = self._plan_admission(rows, job, now)
+                    else:
+                        operation, result = self._plan_settlement(rows, job)
+                except LimitExceeded as refused:
+                    outcomes.append((job, None, refused))
+                    continue
+                if operation is not None:
+                    creates_and_deletes.append(operation)
+                outcomes.append((job, result, None))
+            return rows.operations() + creates_and_deletes, outcomes
+
+        outcomes = await self.update(table, tenant_id, "ledger update", plan)
+        for job, outcome, error in outcomes:
+            future: asyncio.Future[Any] = job.future
+            if future.done():  # its caller was cancelled while it was in flight
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(outcome)
+        self._log_outcomes(outcomes)
+
+    def _log_outcomes(self, outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        for job, result, _ in outcomes:
+            if not isinstance(job, _Settling) or result is None:
+                continue
+            hold = job.hold
+            if result.late:
+                logger.warning("late settlement of %s/%s: hold already gone", hold.tenant_id, hold.request_id)
+            elif job.cost_nano > hold.amount_nano:
+                logger.warning(
+                    "provider overran the hold of %s by %d nano-USD",
+                    hold.request_id,
+                    job.cost_nano - hold.amount_nano,
+                )
+
+    # ------------------------------------------------------------------ decisions
+
+    async def admit(
+        self,
+        tenant: Tenant,
+        *,
+        price: Price,
+        prompt_tokens_bound: int,
+        requested_max_tokens: int,
+        function: str,
+        key_id: str,
+    ) -> Hold:
+        """Admit a request or raise ``LimitExceeded``; the returned hold must be settled."""
+        job = _Admission(
+            tenant,
+            price,
+            prompt_tokens_bound,
+            requested_max_tokens,
+            function,
+            key_id,
+            asyncio.get_running_loop().create_future(),
+        )
+        hold: Hold = await self._enqueue(tenant.id, job)
+        return hold
+
+    async def settle(
+        self, hold: Hold, *, cost_nano: int, prompt_tokens: int, completion_tokens: int
+    ) -> Settlement:
+        """Replace the hold by the actual cost; a settled or expired hold is never charged twice."""
+        job = _Settling(
+            hold, cost_nano, prompt_tokens, completion_tokens, asyncio.get_running_loop().create_future()
+        )
+        settlement: Settlement = await self._enqueue(hold.tenant_id, job)
+        return settlement
+
+    def _plan_admission(self, rows: PartitionRows, job: _Admission, now: datetime) -> tuple[Any, Hold]:
+        tenant = job.tenant
+        day_key, month_key, minute_key = policy.window_keys(now)
+        grant = policy.decide(
+            tenant.limits,
+            rows.counters(day_key, month_key, minute_key),
+            price=job.price,
+            prompt_tokens_bound=job.prompt_tokens_bound,
+            requested_max_tokens=job.requested_max_tokens,
+            min_answer_tokens=self._min_tokens,
+            now=now,
+        )
+        for key in (day_key, month_key):
+            rows.counter(key, WINDOW_FIELDS).add("held_nano", grant.amount_nano)
+        minute = rows.counter(minute_key, MINUTE_FIELDS)
+        minute.add("requests", 1)
+        minute.add("tokens", grant.reserved_tokens)
+        rows.counter(INFLIGHT, INFLIGHT_FIELDS).add("count", 1)
+        request_id = uuid.uuid4().hex
+        hold_entity = {
+            "PartitionKey": tenant.id,
+            "RowKey": f"hold-{request_id}",
+            "amount_nano": int64(grant.amount_nano),
+            "reserved_tokens": int64(grant.reserved_tokens),
+            "day": day_key,
+            "month": month_key,
+            "minute": minute_key,
+            "function": job.function,
+            "key_id": job.key_id,
+            "created_at": now,
+            "expires_at": now + self._lease,
+        }
+        return ("create", hold_entity, {}), Hold(
+            tenant_id=tenant.id,
+            request_id=request_id,
+            amount_nano=grant.amount_nano,
+            max_tokens=grant.max_tokens,
+            reserved_tokens=grant.reserved_tokens,
+            day=day_key,
+            month=month_key,
+            minute=minute_key,
+            rpm_limit=grant.rpm_limit,
+            rpm_remaining=grant.rpm_remaining,
+            rpm_reset=grant.rpm_reset,
+        )
+
+    def _plan_settlement(self, rows: PartitionRows, job: _Settling) -> tuple[Any, Settlement]:
+        hold, cost_nano = job.hold, job.cost_nano
+        stored = rows.entities.get(hold.row)
+        if stored is None:
+            # Already expired by the sweeper (charged at the reserved amount) or
+            # settled by an earlier try whose answer was lost: never charge twice.
+            return None, Settlement(cost_nano=int(hold.amount_nano), late=True)
+        amount = read_int(stored["amount_nano"])
+        for key in (hold.day, hold.month):
+            window = rows.counter(key, WINDOW_FIELDS)
+            window.add("held_nano", -amount)
+            window.add("spent_nano", cost_nano)
+            window.add("requests", 1)
+            window.add("prompt_tokens", job.prompt_tokens)
+            window.add("completion_tokens", job.completion_tokens)
+            if cost_nano > amount:
+                window.add("overrun_nano", cost_nano - amount)
+        if rows.exists(hold.minute):  # the sweeper deletes old minute rows; nothing to correct then
+            minute = rows.counter(hold.minute, MINUTE_FIELDS)
+            actual = job.prompt_tokens + job.completion_tokens
+            minute.add("tokens", actual - read_int(stored["reserved_tokens"]))
+        rows.counter(INFLIGHT, INFLIGHT_FIELDS).add("count", -1)
+        delete = delete_op({"PartitionKey": hold.tenant_id, "RowKey": hold.row}, etag_of(stored))
+        return delete, Settlement(cost_nano=cost_nano)
+
+    async def expire_holds(self) -> int:
+        """Charge every hold whose lease has passed (see ``sweep.expire_holds``)."""
+        from sk_core.limits.sweep import expire_holds
+
+        return await expire_holds(self)
+
+    async def usage(self, tenant_id: str, window: str) -> dict[str, int]:
+        """Counters of one window row (see ``sweep.usage``)."""
+        from sk_core.limits.sweep import usage
+
+        return await usage(self._store, tenant_id, window)
+
+    async def expired(self, tenant_id: str) -> list[dict[str, Any]]:
+        """The flagged expired-hold audit rows of a tenant (see ``sweep.expired``)."""
+        from sk_core.limits.sweep import expired
+
+        return await expired(self._store, tenant_id)
+
+    @property
+    def store(self) -> TableStore:
+        """The storage this ledger writes to."""
+        return self._store
+
+    def now(self) -> datetime:
+        """The ledger's clock (tests move it)."""
+        return self._clock()

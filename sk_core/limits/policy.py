@@ -1,0 +1,143 @@
+"""The admission rules: budget, requests and tokens per minute, concurrency.
+
+Pure arithmetic on counters: no I/O, no clock of its own, nothing from Azure. The
+ledger reads a tenant's counters, asks ``decide`` and writes the grant back; the
+admin CLI and the usage API use ``remaining_budget``, so "how much is left" is
+computed in one place.
+
+**Guarantees** (each checked against the counters the caller commits on):
+
+- Budget: ``spent + held + worst_case <= budget`` for the day and the month, where the
+  worst case is the prompt's upper bound (UTF-8 bytes + per-message overhead) at the
+  input price plus the clamped ``max_tokens`` at the output price.
+- Requests per minute: at most ``rpm`` admissions inside one UTC calendar minute.
+- Tokens per minute: admitted worst-case tokens never exceed ``tpm`` in one minute.
+- Concurrency: at most ``max_concurrent`` admitted-but-unsettled requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sk_core.accounts import Limits
+from sk_core.errors import LimitExceeded
+from sk_core.pricing import Price, usd
+
+
+def window_keys(now: datetime) -> tuple[str, str, str]:
+    """(day, month, minute) window names for an instant (UTC)."""
+    now = now.astimezone(UTC)
+    return now.strftime("day-%Y%m%d"), now.strftime("month-%Y%m"), now.strftime("minute-%Y%m%d%H%M")
+
+
+def seconds_to_next_minute(now: datetime) -> int:
+    """Seconds until the current UTC minute ends (at least 1)."""
+    return max(1, 60 - now.second)
+
+
+def seconds_to_next_day(now: datetime) -> int:
+    """Seconds until the current UTC day ends (at least 1)."""
+    tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((tomorrow - now).total_seconds()) + 1)
+
+
+def seconds_to_next_month(now: datetime) -> int:
+    """Seconds until the current UTC month ends (at least 1)."""
+    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (first + timedelta(days=32)).replace(day=1)
+    return max(1, int((following - now).total_seconds()) + 1)
+
+
+def remaining_budget(budget_nano: int, spent_nano: int, held_nano: int) -> int:
+    """What a window can still pay for: the budget less what is spent and reserved."""
+    return budget_nano - spent_nano - held_nano
+
+
+@dataclass(frozen=True)
+class Counters:
+    """A tenant's counters as an admission sees them."""
+
+    inflight: int = 0
+    minute_requests: int = 0
+    minute_tokens: int = 0
+    day_spent_nano: int = 0
+    day_held_nano: int = 0
+    month_spent_nano: int = 0
+    month_held_nano: int = 0
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An admission: the clamped answer cap and what it reserves."""
+
+    max_tokens: int
+    amount_nano: int
+    reserved_tokens: int
+    rpm_limit: int
+    rpm_remaining: int
+    rpm_reset: int
+
+
+def decide(
+    limits: Limits,
+    counters: Counters,
+    *,
+    price: Price,
+    prompt_tokens_bound: int,
+    requested_max_tokens: int,
+    min_answer_tokens: int,
+    now: datetime,
+) -> Grant:
+    """Admit one request on ``counters`` or raise ``LimitExceeded`` saying which limit."""
+    minute_reset = seconds_to_next_minute(now)
+    rpm = limits.requests_per_minute
+
+    def refuse(code: str, detail: str, retry_after: int, extensions: dict[str, float] | None = None) -> None:
+        raise LimitExceeded(
+            code,
+            detail,
+            retry_after=retry_after,
+            limit=rpm,
+            remaining=rpm - counters.minute_requests,
+            reset=minute_reset,
+            extensions=extensions,
+        )
+
+    if counters.inflight >= limits.max_concurrent:
+        refuse("concurrency_limited", "Too many requests in flight for this tenant.", 1)
+    if counters.minute_requests >= rpm:
+        refuse("rate_limited", "Requests-per-minute limit reached.", minute_reset)
+    smallest = min(min_answer_tokens, requested_max_tokens)
+    tpm_room = limits.tokens_per_minute - counters.minute_tokens - prompt_tokens_bound
+    if tpm_room < smallest:
+        refuse("tokens_rate_limited", "Tokens-per-minute limit reached.", minute_reset)
+    day_left = remaining_budget(limits.daily_budget_nano, counters.day_spent_nano, counters.day_held_nano)
+    month_left = remaining_budget(
+        limits.monthly_budget_nano, counters.month_spent_nano, counters.month_held_nano
+    )
+    budget_room = price.max_output_tokens(min(day_left, month_left), prompt_tokens_bound)
+    if budget_room < smallest:
+        daily = day_left <= month_left
+        resets = seconds_to_next_day(now) if daily else seconds_to_next_month(now)
+        # The tenant's own numbers, so a caller (and the overspend test) can see that
+        # the refusal was made because even the minimum did not fit.
+        refuse(
+            "budget_exceeded",
+            f"The tenant's {'daily' if daily else 'monthly'} budget cannot cover this request; "
+            f"it resets in {resets} s.",
+            resets,
+            {
+                "budget_remaining_usd": usd(max(0, min(day_left, month_left))),
+                "minimum_cost_usd": usd(price.cost_nano(prompt_tokens_bound, smallest)),
+            },
+        )
+    max_tokens = min(requested_max_tokens, tpm_room, budget_room)
+    return Grant(
+        max_tokens=max_tokens,
+        amount_nano=price.cost_nano(prompt_tokens_bound, max_tokens),
+        reserved_tokens=prompt_tokens_bound + max_tokens,
+        rpm_limit=rpm,
+        rpm_remaining=rpm - counters.minute_requests - 1,
+        rpm_reset=minute_reset,
+    )

@@ -1,0 +1,93 @@
+"""How a tenant's counters are stored: rows of its partition in the usage table.
+
+    day-YYYYMMDD        spent_nano, held_nano, requests, tokens, expired holds
+    month-YYYYMM        the same, for the calendar month (UTC)
+    minute-YYYYMMDDHHMM requests admitted and tokens charged in that UTC minute
+    inflight            requests admitted and not yet settled
+    hold-<request id>   one reservation: amount, windows, lease expiry
+
+A ``CounterRow`` is a row as read (with its ETag), changed in memory and written back
+as one operation of an ETag-conditional entity-group transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sk_core.limits.policy import Counters
+from sk_core.storage import etag_of, int64, read_int, update_op
+
+USAGE_TABLE = "usage"
+INFLIGHT = "inflight"
+WINDOW_FIELDS = (
+    "spent_nano",
+    "held_nano",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "expired_holds",
+    "expired_nano",
+    "overrun_nano",
+)
+MINUTE_FIELDS = ("requests", "tokens")
+INFLIGHT_FIELDS = ("count",)
+
+
+class CounterRow:
+    """A counter row as read, with its ETag (None: it does not exist yet)."""
+
+    def __init__(self, tenant_id: str, key: str, entity: Any, fields: tuple[str, ...]) -> None:
+        self.etag = etag_of(entity) if entity is not None else None
+        self.changed = False
+        self.values: dict[str, Any] = {"PartitionKey": tenant_id, "RowKey": key}
+        for name in fields:
+            self.values[name] = read_int(entity.get(name)) if entity is not None else 0
+
+    def __getitem__(self, name: str) -> int:
+        return int(self.values[name])
+
+    def add(self, name: str, amount: int) -> None:
+        self.values[name] = int(self.values[name]) + amount
+        self.changed = True
+
+    def operation(self) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        entity = {k: v if k in ("PartitionKey", "RowKey") else int64(v) for k, v in self.values.items()}
+        # New rows are inserts: two processes creating the same window collide (409)
+        # instead of one overwriting the other.
+        return ("create", entity, {}) if self.etag is None else update_op(entity, self.etag)
+
+
+class PartitionRows:
+    """One read of a tenant's rows, the counters changed in memory as jobs are planned."""
+
+    def __init__(self, tenant_id: str, entities: dict[str, Any]) -> None:
+        self.tenant_id = tenant_id
+        self.entities = entities
+        self._counters: dict[str, CounterRow] = {}
+
+    def counter(self, key: str, fields: tuple[str, ...]) -> CounterRow:
+        if key not in self._counters:
+            self._counters[key] = CounterRow(self.tenant_id, key, self.entities.get(key), fields)
+        return self._counters[key]
+
+    def exists(self, key: str) -> bool:
+        return key in self.entities or key in self._counters
+
+    def operations(self) -> list[Any]:
+        """One conditional write per counter row a planned job changed."""
+        return [row.operation() for row in self._counters.values() if row.changed]
+
+    def counters(self, day: str, month: str, minute: str) -> Counters:
+        """The admission policy's view of these rows."""
+        day_row = self.counter(day, WINDOW_FIELDS)
+        month_row = self.counter(month, WINDOW_FIELDS)
+        minute_row = self.counter(minute, MINUTE_FIELDS)
+        return Counters(
+            inflight=self.counter(INFLIGHT, INFLIGHT_FIELDS)["count"],
+            minute_requests=minute_row["requests"],
+            minute_tokens=minute_row["tokens"],
+            day_spent_nano=day_row["spent_nano"],
+            day_held_nano=day_row["held_nano"],
+            month_spent_nano=month_row["spent_nano"],
+            month_held_nano=month_row["held_nano"],
+        )

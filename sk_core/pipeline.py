@@ -1,0 +1,256 @@
+"""The one use case every entry shares: a prompt function call under hard limits.
+
+    authenticate → screen → admit → invoke → settle → record
+
+It takes plain values (headers as a mapping, a principal, a function spec, validated
+arguments, the requested answer cap) and returns an ``Outcome``; it knows nothing of
+HTTP. The handlers parse a request, call it and render what it returns, so a second
+entry (another wire format, a streamed answer) is another thin adapter over the same
+stages, and the whole flow can be tested and benchmarked without a web request.
+
+What a call did is written into an ``AuditEntry`` as it goes (a plain record the
+caller owns), so that a call that fails half-way still leaves its tenant, guard
+verdict and charge behind for the audit row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sk_core import telemetry
+from sk_core.errors import (
+    ApiError,
+    LimitsUnavailable,
+    ModelTimeout,
+    ModelUnavailable,
+    RateState,
+    ServiceUnavailable,
+    StorageUnavailable,
+)
+from sk_core.pricing import Price, usd
+
+if TYPE_CHECKING:
+    from sk_core.audit import AuditEntry
+    from sk_core.auth import Authenticator, Principal
+    from sk_core.catalog import FunctionSpec
+    from sk_core.guard import Guard, Policy
+    from sk_core.kernel import RuntimeProvider
+    from sk_core.limits import Hold, Ledger
+    from sk_core.model_runtime import Completion, ModelRuntime
+    from sk_core.redaction import Redactor
+
+logger = logging.getLogger(__name__)
+
+# Failures after which the provider may still have done (and billed) the work: the
+# request was sent and no answer came back. These keep their reserved charge.
+_UNCERTAIN = (ModelTimeout, ModelUnavailable)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a successful call produced and cost."""
+
+    completion: Completion
+    text: str  # the answer after output redaction
+    redactions: dict[str, int]
+    cost_nano: int
+    rate: RateState  # the requests-per-minute window after this admission
+
+    def fields(self) -> dict[str, Any]:
+        """The members every function response carries besides its answer."""
+        completion = self.completion
+        return {
+            "model": completion.model,
+            "usage": completion.usage,
+            "finish_reason": completion.finish_reason,
+            "cost_usd": usd(self.cost_nano),
+            "redacted": sum(self.redactions.values()),
+            "redactions": self.redactions,
+        }
+
+
+@contextlib.contextmanager
+def fail_closed() -> Iterator[None]:
+    """Storage trouble while deciding whether to serve: admit nothing (503)."""
+    try:
+        yield
+    except StorageUnavailable as exc:
+        raise LimitsUnavailable(exc.reason) from exc
+
+
+class Pipeline:
+    """The call stages, wired to their collaborators once per process."""
+
+    def __init__(
+        self,
+        *,
+        auth: Authenticator,
+        guard: Guard,
+        guard_policy: Callable[[str], Policy],
+        ledger: Ledger,
+        runtimes: RuntimeProvider,
+        redactor: Callable[[str], Redactor],
+        price: Price,
+        model_id: str,
+    ) -> None:
+        self._auth = auth
+        self._guard = guard
+        self._guard_policy = guard_policy
+        self._ledger = ledger
+        self._runtimes = runtimes
+        self._redactor = redactor
+        self._price = price
+        self._model_id = model_id
+
+    async def authenticate(
+        self, headers: Mapping[str, str], function_id: str | None, record: AuditEntry | None = None
+    ) -> Principal:
+        """The caller, allowed to call ``function_id`` (any function when None).
+
+        From here on the audit record names the caller, also when a later stage (the
+        body's validation included) refuses the call.
+        """
+        if function_id is not None:
+            # A model call follows: Semantic Kernel imports while we authenticate.
+            self._runtimes.warm()
+        with telemetry.tracer().start_as_current_span("authenticate"), fail_closed():
+            principal = await self._auth.authenticate(headers, function_id)
+        if record is not None:
+            record.tenant_id, record.key_id, record.function = (
+                principal.tenant.id,
+                principal.key.key_id,
+                function_id,
+            )
+        return principal
+
+    async def call(
+        self,
+        principal: Principal,
+        spec: FunctionSpec,
+        arguments: dict[str, Any],
+        *,
+        max_tokens: int | None,
+        record: AuditEntry | None = None,
+    ) -> Outcome:
+        """Screen → admit (reserve, clamp) → invoke → settle → record, a span each."""
+        tracer = telemetry.tracer()
+        tenant = principal.tenant
+        requested = max_tokens or spec.default_max_tokens_for(arguments)
+        await self._screen(spec, arguments, record)
+        price = self._price
+        with tracer.start_as_current_span("admit") as span, fail_closed():
+            hold = await self._ledger.admit(
+                tenant,
+                price=price,
+                prompt_tokens_bound=spec.prompt_token_bound(arguments),
+                requested_max_tokens=requested,
+                function=spec.id,
+                key_id=principal.key.key_id,
+            )
+            span.set_attribute("sk.max_tokens", hold.max_tokens)
+            span.set_attribute("sk.hold_usd", usd(hold.amount_nano))
+        started = time.perf_counter()
+        try:
+            with tracer.start_as_current_span("invoke", attributes={"sk.function": spec.id}):
+                runtime = await self._runtime()
+                completion = await runtime.invoke(spec, arguments, max_tokens=hold.max_tokens)
+        except BaseException as failure:
+            charge = (
+                hold.amount_nano
+                if not isinstance(failure, ApiError) or isinstance(failure, _UNCERTAIN)
+                else 0
+            )
+            with tracer.start_as_current_span("settle"):
+                # Settle even when the client has gone (cancellation): shielded, so the
+                # hold does not sit until its lease expires and block a concurrency slot.
+                charged = await asyncio.shield(self._settle_quietly(hold, charge, 0, 0))
+            if record is not None:
+                record.cost_nano = charged
+            raise
+        duration = time.perf_counter() - started
+        redaction = self._redactor(spec.id).redact(completion.text)
+        usage = completion.usage
+        cost = price.cost_nano(usage.prompt_tokens, usage.completion_tokens)
+        with tracer.start_as_current_span("settle") as span:
+            # Shielded like the failure path: a cancellation here must not strand the hold.
+            charged = await asyncio.shield(
+                self._settle_quietly(hold, cost, usage.prompt_tokens, usage.completion_tokens)
+            )
+            span.set_attribute("sk.cost_usd", usd(charged))
+        self._record(tenant.id, spec.id, completion, duration, charged)
+        if record is not None:
+            record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+            record.cost_nano = charged
+            record.redactions = redaction.total
+        return Outcome(
+            completion=completion,
+            text=redaction.text,
+            redactions=dict(redaction.counts),
+            cost_nano=charged,
+            rate=RateState(limit=hold.rpm_limit, remaining=hold.rpm_remaining, reset=hold.rpm_reset),
+        )
+
+    async def _screen(self, spec: FunctionSpec, arguments: dict[str, Any], record: AuditEntry | None) -> None:
+        """Prompt-injection screening, before admission: a rejected prompt is neither
+        charged nor counted."""
+        from sk_core.guard import screen
+
+        with telemetry.tracer().start_as_current_span("guard") as span:
+            screening = await screen(
+                self._guard, self._guard_policy(spec.id), spec.id, spec.user_texts(arguments)
+            )
+            if screening is None:
+                return
+            span.set_attribute("sk.guard.flagged", screening.flagged)
+            if record is not None:
+                record.guard = screening.summary
+            screening.enforce()
+
+    async def _runtime(self) -> ModelRuntime:
+        try:
+            return await self._runtimes.get()
+        except Exception:
+            # The cause (bad settings, missing package) is logged by the runtime provider.
+            raise ServiceUnavailable("The model runtime could not be initialised.") from None
+
+    async def _settle_quietly(
+        self, hold: Hold, cost_nano: int, prompt_tokens: int, completion_tokens: int
+    ) -> int:
+        """Settle; if storage fails now, the hold expires and is charged its reservation."""
+        try:
+            settlement = await self._ledger.settle(
+                hold, cost_nano=cost_nano, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )
+        except StorageUnavailable as exc:
+            logger.error(
+                "could not settle %s (%s); it will expire and be charged %d nano-USD",
+                hold.request_id,
+                exc.reason,
+                hold.amount_nano,
+            )
+            return hold.amount_nano
+        return settlement.cost_nano
+
+    def _record(
+        self, tenant_id: str, function_id: str, completion: Completion, duration: float, cost_nano: int
+    ) -> None:
+        """gen_ai token and duration metrics plus our cost counter, with the same dimensions."""
+        meters = telemetry.instruments()
+        dimensions = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": self._model_id,
+            "gen_ai.response.model": completion.model,
+            "sk.tenant": tenant_id,
+            "sk.function": function_id,
+        }
+        usage = completion.usage
+        meters.token_usage.record(usage.prompt_tokens, {**dimensions, "gen_ai.token.type": "input"})
+        meters.token_usage.record(usage.completion_tokens, {**dimensions, "gen_ai.token.type": "output"})
+        meters.operation_duration.record(duration, dimensions)
+        meters.cost.add(usd(cost_nano), dimensions)

@@ -1,0 +1,34 @@
+"""The audit log in real Azurite: one row per call, newest first, never the prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sk_core.audit import AuditEntry, AuditLog
+from sk_core.storage import TableStore
+
+
+@pytest.fixture
+async def audit(azurite: str) -> AsyncIterator[AuditLog]:
+    store = TableStore(connection_string=azurite, table_prefix="aud" + secrets.token_hex(4))
+    log = AuditLog(store=store, retention_days=1)
+    yield log
+    await log.aclose()
+    await store.aclose()
+
+
+async def test_rows_read_back_newest_first_and_expire(audit: AuditLog) -> None:
+    for status in (200, 429):
+        audit.record(AuditEntry(route="/api/v1/summarize", status=status, tenant_id="acme", cost_nano=5))
+        await audit.aclose()  # wait for the background write
+        await asyncio.sleep(0.005)  # rows order by millisecond: keep the two apart
+    rows = await audit.recent("acme")
+    assert [row["status"] for row in rows] == [429, 200]
+    assert rows[0]["cost_nano"] == 5
+    assert await audit.purge(now=datetime.now(UTC) + timedelta(days=2)) == 2
+    assert await audit.recent("acme") == []

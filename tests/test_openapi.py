@@ -1,0 +1,31 @@
+"""The OpenAPI document: every route of the one table, every catalog function, one error shape."""
+
+from __future__ import annotations
+
+from sk_core.catalog import Catalog
+from sk_core.http.openapi import build_openapi
+from sk_core.http.rendering import PROBLEM_CONTENT_TYPE
+from sk_core.route_table import ROUTES
+
+
+def test_every_route_and_method_is_documented() -> None:
+    document = build_openapi(Catalog.load())
+    assert document["openapi"].startswith("3.1")
+    for route in ROUTES:
+        item = document["paths"].get(route.full_path)
+        assert item is not None, route.full_path
+        for method in route.methods:
+            assert method.lower() in item, (route.full_path, method)
+
+
+def test_errors_are_documented_as_problem_json() -> None:
+    document = build_openapi(Catalog.load())
+    summarize = document["paths"]["/api/v1/summarize"]["post"]
+    refused = summarize["responses"]["429"]["content"]
+    assert PROBLEM_CONTENT_TYPE in refused
+
+
+def test_the_summarize_body_publishes_its_inputs_but_not_internal_rules() -> None:
+    text = str(build_openapi(Catalog.load()))
+    assert "max_words" in text
+    assert "x-sk-answer-tokens" not in text

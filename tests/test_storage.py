@@ -1,0 +1,57 @@
+"""Table Storage access: the one error translation, conflicts, batched reads (real Azurite)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from scripts.devservices import free_port
+from sk_core.errors import StorageUnavailable
+from sk_core.storage import (
+    Conflict,
+    TableStore,
+    development_connection_string,
+    etag_of,
+    int64,
+    query_partition,
+    read_int,
+    submit,
+    update_op,
+)
+
+
+@pytest.fixture
+async def store(azurite: str) -> AsyncIterator[TableStore]:
+    table_store = TableStore(connection_string=azurite, table_prefix="sto" + secrets.token_hex(4))
+    yield table_store
+    await table_store.aclose()
+
+
+async def test_a_stale_etag_is_a_conflict_not_an_overwrite(store: TableStore) -> None:
+    table = await store.table("t")
+    await submit(table, [("create", {"PartitionKey": "p", "RowKey": "r", "n": int64(1)}, {})])
+    first = (await query_partition(table, "p", ["r"]))["r"]
+    await submit(table, [update_op({"PartitionKey": "p", "RowKey": "r", "n": int64(2)}, etag_of(first))])
+    with pytest.raises(Conflict):
+        await submit(table, [update_op({"PartitionKey": "p", "RowKey": "r", "n": int64(3)}, etag_of(first))])
+    assert read_int((await query_partition(table, "p", ["r"]))["r"]["n"]) == 2
+
+
+async def test_one_query_reads_several_rows_of_a_partition(store: TableStore) -> None:
+    table = await store.table("t")
+    await submit(table, [("create", {"PartitionKey": "p", "RowKey": k}, {}) for k in ("a", "b", "c")])
+    assert sorted(await query_partition(table, "p", ["a", "c", "missing"])) == ["a", "c"]
+
+
+async def test_an_unreachable_account_is_storage_unavailable_quickly() -> None:
+    dead = TableStore(connection_string=development_connection_string(free_port()), retries=0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailable):
+            await dead.ping()
+    finally:
+        await dead.aclose()
+    assert time.monotonic() - started < 5
