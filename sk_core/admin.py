@@ -558,7 +558,9 @@ async def _usage(ctx: Context, tenant: Tenant, windows: list[_Window], *, expire
             tenant.limits.daily_budget_nano if window.kind == "day" else tenant.limits.monthly_budget_nano
         )
         # Held money is as unavailable as spent money: admission counts both.
-        remaining = remaining_budget(budget, counters["spent_nano"], counters["held_nano"])
+        remaining = remaining_budget(
+            budget, counters["spent_nano"], counters["held_nano"] + counters["leased_nano"]
+        )
         entry: dict[str, Any] = {
             "window": window.row,
             "period": window.kind,

@@ -81,6 +81,7 @@ class Service:
         await self.auth.aclose()
         await self.audit.aclose()
         await self.guard.aclose()
+        await self.ledger.aclose()  # leases hand back and report before storage closes
         await self.runtimes.aclose()
         await self.store.aclose()
         await self.secrets.aclose()
@@ -92,6 +93,7 @@ class Service:
         from sk_core.audit import AuditLog
         from sk_core.auth import Authenticator
         from sk_core.limits import Ledger
+        from sk_core.limits.leases import LeaseSettings
         from sk_core.telemetry import setup_telemetry
 
         settings = settings or get_settings()
@@ -119,6 +121,15 @@ class Service:
                 store=store,
                 lease_seconds=settings.hold_lease_seconds,
                 min_answer_tokens=settings.min_answer_tokens,
+                leases=LeaseSettings(
+                    report_seconds=settings.lease_report_seconds,
+                    idle_seconds=settings.lease_idle_seconds,
+                    horizon_seconds=settings.lease_horizon_seconds,
+                    share=settings.lease_share,
+                    ttl_seconds=settings.hold_lease_seconds,
+                )
+                if settings.leases
+                else None,
             ),
         )
 

@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     min_answer_tokens: int = Field(default=16, ge=1, le=1024)
     hold_lease_seconds: float = Field(default=300.0, ge=5, le=86400)
     sweep_interval_seconds: float = Field(default=60.0, ge=1, le=3600)
+    leases: bool = Field(
+        default=True,
+        description="Quota leases: admit and settle in memory against leased slices (false: every "
+        "admission and settlement is its own storage transaction).",
+    )
+    lease_report_seconds: float = Field(default=1.0, gt=0, le=60)
+    lease_idle_seconds: float = Field(default=3.0, gt=0, le=600)
+    lease_horizon_seconds: float = Field(default=4.0, gt=0, le=600)
+    lease_share: float = Field(default=0.5, gt=0, le=1)
     audit_retention_days: float = Field(default=30.0, gt=0, le=3650)
 
     key_vault_url: str = Field(

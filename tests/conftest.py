@@ -42,6 +42,10 @@ SERVICE_ENV = {
     "SKF_MODEL_PRICES": '{"stub-model": {"input": 1.0, "output": 2.0}}',
     "SKF_API_KEY_PEPPER": "test-pepper-0123456789",
     "SKF_HOLD_LEASE_SECONDS": "30",
+    # Quota leases report and hand back quickly, so that tests reading stored usage
+    # after traffic see it within a second.
+    "SKF_LEASE_REPORT_SECONDS": "0.2",
+    "SKF_LEASE_IDLE_SECONDS": "0.5",
 }
 
 

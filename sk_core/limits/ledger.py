@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from sk_core.accounts import Tenant
 from sk_core.errors import LimitExceeded, StorageUnavailable
 from sk_core.limits import policy
+from sk_core.limits.leases import LeaseKeeper, LeaseSettings
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -64,6 +65,8 @@ class Hold:
     rpm_limit: int
     rpm_remaining: int
     rpm_reset: int
+    # The lease generation it was admitted from (settled in memory); None: a hold row.
+    lease: int | None = None
 
     @property
     def row(self) -> str:
@@ -152,6 +155,7 @@ class Ledger:
         min_answer_tokens: int,
         max_attempts: int = 60,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        leases: LeaseSettings | None = None,
     ) -> None:
         self._store = store
         self._lease = timedelta(seconds=lease_seconds)
@@ -166,6 +170,18 @@ class Ledger:
         self._committers: dict[str, asyncio.Task[None]] = {}
         self.conflicts = 0
         self.transactions = 0
+        # Quota leases (leases.py): admit and settle in memory; None: every decision exact.
+        self.leases = LeaseKeeper(self, leases) if leases is not None else None
+
+    async def flush(self, tenant_id: str | None = None) -> None:
+        """Report what this process's leases settled so far, so that stored usage is current."""
+        if self.leases is not None:
+            await self.leases.flush(tenant_id)
+
+    async def aclose(self) -> None:
+        """Hand leased capacity back and report what was settled (host shutdown)."""
+        if self.leases is not None:
+            await self.leases.aclose()
 
     def _lock(self, tenant_id: str) -> asyncio.Lock:
         return self._locks.setdefault(tenant_id, asyncio.Lock())
@@ -318,6 +334,10 @@ class Ledger:
         key_id: str,
     ) -> Hold:
         """Admit a request or raise ``LimitExceeded``; the returned hold must be settled."""
+        if self.leases is not None:
+            leased = await self.leases.admit(tenant, price, prompt_tokens_bound, requested_max_tokens)
+            if leased is not None:
+                return leased
         job = _Admission(
             tenant,
             price,
@@ -334,6 +354,8 @@ class Ledger:
         self, hold: Hold, *, cost_nano: int, prompt_tokens: int, completion_tokens: int
     ) -> Settlement:
         """Replace the hold by the actual cost; a settled or expired hold is never charged twice."""
+        if hold.lease is not None and self.leases is not None:
+            return self.leases.settle(hold, cost_nano, prompt_tokens, completion_tokens)
         job = _Settling(
             hold, cost_nano, prompt_tokens, completion_tokens, asyncio.get_running_loop().create_future()
         )
@@ -418,9 +440,11 @@ class Ledger:
         return await expire_holds(self)
 
     async def usage(self, tenant_id: str, window: str) -> dict[str, int]:
-        """Counters of one window row (see ``sweep.usage``)."""
+        """Counters of one window row (see ``sweep.usage``), this process's unreported
+        settlements included (reported first)."""
         from sk_core.limits.sweep import usage
 
+        await self.flush(tenant_id)
         return await usage(self._store, tenant_id, window)
 
     async def expired(self, tenant_id: str) -> list[dict[str, Any]]:

@@ -5,6 +5,11 @@
     minute-YYYYMMDDHHMM requests admitted and tokens charged in that UTC minute
     inflight            requests admitted and not yet settled
     hold-<request id>   one reservation: amount, windows, lease expiry
+    lease-<process id>  one process's lease: budget slices, slots, expiry (leases.py)
+
+Window rows count ``leased_nano`` (budget slices held by processes) beside
+``held_nano``; minute and in-flight rows count leased requests, tokens and slots as
+used, so an exact admission always sees what the leases took.
 
 A ``CounterRow`` is a row as read (with its ETag), changed in memory and written back
 as one operation of an ETag-conditional entity-group transaction.
@@ -22,11 +27,13 @@ INFLIGHT = "inflight"
 WINDOW_FIELDS = (
     "spent_nano",
     "held_nano",
+    "leased_nano",
     "requests",
     "prompt_tokens",
     "completion_tokens",
     "expired_holds",
     "expired_nano",
+    "expired_leases",
     "overrun_nano",
 )
 MINUTE_FIELDS = ("requests", "tokens")
@@ -87,7 +94,8 @@ class PartitionRows:
             minute_requests=minute_row["requests"],
             minute_tokens=minute_row["tokens"],
             day_spent_nano=day_row["spent_nano"],
-            day_held_nano=day_row["held_nano"],
+            # Capacity leased to processes is as unavailable here as a held reservation.
+            day_held_nano=day_row["held_nano"] + day_row["leased_nano"],
             month_spent_nano=month_row["spent_nano"],
-            month_held_nano=month_row["held_nano"],
+            month_held_nano=month_row["held_nano"] + month_row["leased_nano"],
         )

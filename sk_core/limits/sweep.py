@@ -12,13 +12,22 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sk_core.errors import StorageUnavailable
+from sk_core.limits.leases import LEASE_PREFIX, lease_amounts, lease_rows_expired
 from sk_core.limits.ledger import Contended
-from sk_core.limits.rows import INFLIGHT, INFLIGHT_FIELDS, USAGE_TABLE, WINDOW_FIELDS, CounterRow
+from sk_core.limits.rows import (
+    INFLIGHT,
+    INFLIGHT_FIELDS,
+    USAGE_TABLE,
+    WINDOW_FIELDS,
+    CounterRow,
+    PartitionRows,
+)
 from sk_core.storage import (
     Conflict,
     TableStore,
     delete_op,
     etag_of,
+    int64,
     query_partition,
     read_int,
     storage_errors,
@@ -46,9 +55,78 @@ async def expire_holds(ledger: Ledger) -> int:
     for entity in expired:
         if await _expire_one(ledger, table, entity["PartitionKey"], entity["RowKey"]):
             charged += 1
+    charged += await expire_leases(ledger)
     await _drop_old_minutes(table, now)
     return charged
 
+
+async def expire_leases(ledger: Ledger) -> int:
+    """Charge every lease whose process stopped renewing it: its whole outstanding budget
+    slice counts as spent (flagged), its slots are released. Returns how many."""
+    table = await ledger.store.table(USAGE_TABLE)
+    now = ledger.now()
+    with storage_errors():
+        stale = [
+            entity
+            async for entity in table.query_entities(
+                f"RowKey ge '{LEASE_PREFIX}' and RowKey lt 'lease.' and expires_at lt @now",
+                parameters={"now": now},
+            )
+        ]
+    charged = 0
+    for entity in stale:
+        if await _expire_lease(ledger, table, entity["PartitionKey"], entity["RowKey"]):
+            charged += 1
+    return charged
+
+
+async def _expire_lease(ledger: Ledger, table: Any, tenant_id: str, row: str) -> bool:
+    async def plan() -> Plan[int | None]:
+        lease = (await query_partition(table, tenant_id, [row])).get(row)
+        if lease is None or not lease_rows_expired(lease, ledger.now()):
+            return [], None  # handed back or renewed meanwhile
+        slices = lease_amounts(lease)
+        keys = list(dict.fromkeys([INFLIGHT, *(key for day, month, _ in slices for key in (day, month))]))
+        rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
+        total = 0
+        for day, month, amount in slices:
+            total += amount
+            for key in (day, month):
+                window = rows.counter(key, WINDOW_FIELDS)
+                window.add("leased_nano", -amount)
+                window.add("spent_nano", amount)
+                window.add("expired_leases", 1)
+                window.add("expired_nano", amount)
+        rows.counter(INFLIGHT, INFLIGHT_FIELDS).add("count", -read_int(lease.get("slots")))
+        audit = {k: v for k, v in lease.items() if k not in ("PartitionKey", "RowKey")}
+        operations = [
+            *rows.operations(),
+            delete_op({"PartitionKey": tenant_id, "RowKey": row}, etag_of(lease)),
+            (
+                "create",
+                {
+                    "PartitionKey": tenant_id,
+                    "RowKey": f"expired-{row}-{int(ledger.now().timestamp())}",
+                    **audit,
+                    "charged_nano": int64(total),
+                    "flagged": True,
+                    "charged_at": ledger.now(),
+                },
+                {},
+            ),
+        ]
+        return operations, total
+
+    try:
+        amount = await ledger.update(table, tenant_id, "lease expiry", plan)
+    except Contended:
+        return False  # the next sweep tries again
+    if amount is None:
+        return False
+    logger.warning(
+        "lease %s of tenant %s expired unrenewed: charged %d nano-USD and flagged", row, tenant_id, amount
+    )
+    return True
 
 async def _expire_one(ledger: Ledger, table: Any, tenant_id: str, row: str) -> bool:
     async def plan() -> Plan[int | None]:

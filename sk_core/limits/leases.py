@@ -1,0 +1,575 @@
+"""Quota leases: admit and settle in memory against slices leased from the tenant's pool.
+
+Each process holds, per tenant it serves, one lease row ``lease-<process id>`` in the
+tenant's usage partition. One ETag-conditional transaction (a *sync*) moves capacity
+between the tenant's window rows and that row, and reports what was settled since the
+last sync. Between syncs, admission and settlement touch no storage (``slices.py``).
+
+The stored state always satisfies, for every window,
+``spent + held + leased <= budget`` (day and month), ``requests <= rpm`` and
+``tokens <= tpm`` (minute; leased requests and tokens count as used when granted),
+``inflight <= max_concurrent`` (leased slots count as in flight). So every guarantee of
+the exact path holds across any number of processes.
+
+**When a sync runs:** before the first local admission; ahead of exhaustion (a slice
+below half of its last grant); when settled usage has waited ``report_seconds``; when
+the process has been idle for ``idle_seconds`` (everything unused goes back); at
+shutdown. Renewals run off the request path; a request waits for one only when its
+slice cannot admit it. Grants follow recent demand, take at most ``share`` of what is
+left, and are zero close to the limit, where the exact per-request path decides.
+
+**Crashes:** a lease row whose process stopped renewing expires after the hold lease
+(``SKF_HOLD_LEASE_SECONDS``); the sweep then charges its whole outstanding budget
+slice as spent (flagged, ``expired-lease-`` audit row) and releases its slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sk_core.accounts import Tenant
+from sk_core.errors import StorageUnavailable
+from sk_core.limits import policy
+from sk_core.limits.rows import INFLIGHT, INFLIGHT_FIELDS, MINUTE_FIELDS, WINDOW_FIELDS, PartitionRows
+from sk_core.limits.slices import BudgetSlice, MinuteSlice, grant
+from sk_core.pricing import Price
+from sk_core.storage import delete_op, etag_of, int64, query_partition, read_int, update_op
+
+if TYPE_CHECKING:
+    from sk_core.limits.ledger import Hold, Ledger, Plan, Settlement
+
+logger = logging.getLogger(__name__)
+
+LEASE_PREFIX = "lease-"
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """How leases are sized and renewed."""
+
+    report_seconds: float = 1.0  # settled usage reaches the store at least this often
+    idle_seconds: float = 3.0  # a lease unused this long gives everything back
+    horizon_seconds: float = 4.0  # a grant aims to last this long at the recent rate
+    share: float = 0.5  # at most this share of what is left goes to one grant
+    ttl_seconds: float = 300.0  # a lease row not renewed this long is expired by the sweep
+
+
+@dataclass
+class _Demand:
+    """Recent demand of one tenant in this process (what the next grant should cover)."""
+
+    admitted: int = 0  # admissions since the last sync
+    amount: int = 0  # their reservations
+    tokens: int = 0
+    peak_inflight: int = 0
+    waiting: int = 0  # requests waiting for a sync right now
+    rate: float = 0.0  # admissions per second, smoothed
+    unit_amount: int = 0  # a typical reservation
+    unit_tokens: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+    def note(self, amount: int, tokens: int) -> None:
+        self.admitted += 1
+        self.amount += amount
+        self.tokens += tokens
+        self.unit_amount = max(self.unit_amount, amount) if self.unit_amount == 0 else (
+            (self.unit_amount * 7 + amount) // 8
+        )
+        self.unit_tokens = tokens if self.unit_tokens == 0 else (self.unit_tokens * 7 + tokens) // 8
+
+    def roll(self, now: float) -> None:
+        elapsed = max(1e-3, now - self.since)
+        observed = self.admitted / elapsed
+        self.rate = observed if self.rate == 0 else 0.5 * self.rate + 0.5 * observed
+        self.admitted = self.amount = self.tokens = 0
+        self.since = now
+
+
+@dataclass
+class TenantLease:
+    """This process's lease of one tenant's limits (what its lease row says, and more)."""
+
+    tenant: Tenant
+    generation: int = 0
+    current: BudgetSlice | None = None  # the slice of the current UTC day
+    previous: BudgetSlice | None = None  # yesterday's, draining its calls in flight
+    minute: MinuteSlice | None = None
+    slots: int = 0
+    inflight: int = 0
+    valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
+    exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
+    frozen: bool = False  # a sync that shrinks the slices is in flight
+    granted: tuple[int, int, int] = (0, 0, 0)  # the last grant: free nano-USD, requests, tokens
+    renew_after: float = 0.0  # monotonic; no background renewal before
+    last_used: float = field(default_factory=time.monotonic)
+    demand: _Demand = field(default_factory=_Demand)
+    sync: asyncio.Task[None] | None = None
+    keeper: asyncio.Task[None] | None = None
+    stored: bool = False  # the lease row exists (as far as we know)
+
+    def slice_for(self, day: str) -> BudgetSlice | None:
+        for budget in (self.current, self.previous):
+            if budget is not None and budget.day == day:
+                return budget
+        return None
+
+    @property
+    def empty(self) -> bool:
+        """Nothing leased, nothing in flight, nothing to report."""
+        slices = [s for s in (self.current, self.previous) if s is not None]
+        return (
+            self.slots == 0
+            and self.inflight == 0
+            and all(s.outstanding == 0 and s.held == 0 and not s.unreported for s in slices)
+        )
+
+
+@dataclass
+class _Snapshot:
+    """The local numbers a sync was planned on (local activity goes on meanwhile)."""
+
+    budget: list[tuple[BudgetSlice, int, int, int, int, int, int, int]]  # slice, free, spent, ...
+    new_free: dict[int, int]
+    minute: MinuteSlice | None
+    minute_requests: int
+    minute_tokens: int
+    new_minute: MinuteSlice | None
+    slots: int
+    new_slots: int
+    lost: bool
+
+
+class LeaseKeeper:
+    """The leases of one process, for every tenant it serves."""
+
+    def __init__(self, ledger: Ledger, settings: LeaseSettings) -> None:
+        self._ledger = ledger
+        self._settings = settings
+        self._leases: dict[str, TenantLease] = {}
+        self.process_id = uuid.uuid4().hex[:16]
+        self.syncs = 0
+        self._closing = False
+
+    @property
+    def row_key(self) -> str:
+        """This process's lease row in every tenant partition."""
+        return f"{LEASE_PREFIX}{self.process_id}"
+
+    # ---------------------------------------------------------------- request path
+
+    async def admit(self, tenant: Tenant, price: Price, prompt: int, requested: int) -> Hold | None:
+        """Admit from this process's slices, renewing them once if needed.
+
+        None: the slices cannot admit it (close to a limit, or storage unreachable):
+        the caller decides on the exact path, which also gives the precise refusal.
+        """
+        if self._closing:
+            return None
+        lease = self._leases.get(tenant.id)
+        if lease is None:
+            lease = self._leases[tenant.id] = TenantLease(tenant=tenant)
+        lease.tenant = tenant
+        lease.last_used = time.monotonic()
+        amount = price.cost_nano(prompt, requested)
+        tokens = prompt + requested
+        hold = self._take(lease, amount, tokens, requested)
+        if hold is not None:
+            self._renew_ahead(lease)
+            return hold
+        if time.monotonic() < lease.exact_until:
+            return None
+        lease.demand.waiting += 1
+        lease.demand.unit_amount = max(lease.demand.unit_amount, amount)
+        lease.demand.unit_tokens = max(lease.demand.unit_tokens, tokens)
+        try:
+            # Twice at most: a renewal already in flight may have been sized before this
+            # request arrived; the second sync counts it among those waiting.
+            for _ in range(2):
+                await self._sync_now(tenant.id, lease)
+                hold = self._take(lease, amount, tokens, requested)
+                if hold is not None:
+                    return hold
+        except StorageUnavailable:
+            return None
+        finally:
+            lease.demand.waiting -= 1
+        # The grant did not cover this request: near the limit, decide exactly for a
+        # while instead of renewing per request.
+        lease.exact_until = time.monotonic() + self._settings.report_seconds
+        return None
+
+    def _take(self, lease: TenantLease, amount: int, tokens: int, max_tokens: int) -> Hold | None:
+        from sk_core.limits.ledger import Hold
+
+        if lease.frozen or time.monotonic() >= lease.valid_until:
+            return None
+        now = self._ledger.now()
+        day, month, minute_key = policy.window_keys(now)
+        budget, minute = lease.current, lease.minute
+        if budget is None or budget.day != day or minute is None or minute.minute != minute_key:
+            return None
+        if lease.inflight >= lease.slots or not budget.fits(amount) or not minute.fits(tokens):
+            return None
+        budget.take(amount)
+        minute.take(tokens)
+        lease.inflight += 1
+        lease.demand.note(amount, tokens)
+        lease.demand.peak_inflight = max(lease.demand.peak_inflight, lease.inflight)
+        limits = lease.tenant.limits
+        return Hold(
+            tenant_id=lease.tenant.id,
+            request_id=uuid.uuid4().hex,
+            amount_nano=amount,
+            max_tokens=max_tokens,
+            reserved_tokens=tokens,
+            day=day,
+            month=month,
+            minute=minute_key,
+            rpm_limit=limits.requests_per_minute,
+            # Globally exact only at the store; this is what this process can still admit.
+            rpm_remaining=minute.requests,
+            rpm_reset=policy.seconds_to_next_minute(now),
+            lease=lease.generation,
+        )
+
+    def settle(self, hold: Hold, cost: int, prompt_tokens: int, completion_tokens: int) -> Settlement:
+        """Settle a call admitted from a slice: in memory; reported with the next sync."""
+        from sk_core.limits.ledger import Settlement
+
+        lease = self._leases.get(hold.tenant_id)
+        budget = lease.slice_for(hold.day) if lease is not None else None
+        if lease is None or lease.generation != hold.lease or budget is None:
+            # The lease expired at the store meanwhile and was charged in full.
+            logger.warning("late settlement of %s/%s: lease already expired", hold.tenant_id, hold.request_id)
+            return Settlement(cost_nano=hold.amount_nano, late=True)
+        budget.settle(hold.amount_nano, cost, prompt_tokens, completion_tokens)
+        lease.inflight -= 1
+        if cost > hold.amount_nano:
+            logger.warning(
+                "provider overran the hold of %s by %d nano-USD", hold.request_id, cost - hold.amount_nano
+            )
+        if lease.minute is not None and lease.minute.minute == hold.minute:
+            lease.minute.give_back(max(0, hold.reserved_tokens - prompt_tokens - completion_tokens))
+        self._ensure_keeper(hold.tenant_id, lease)
+        return Settlement(cost_nano=cost)
+
+    # ---------------------------------------------------------------- background
+
+    def _renew_ahead(self, lease: TenantLease) -> None:
+        """Renew in the background once a slice is down to half of its last grant."""
+        self._ensure_keeper(lease.tenant.id, lease)
+        budget, minute = lease.current, lease.minute
+        if budget is None or minute is None or lease.sync is not None:
+            return
+        granted = lease.granted
+        low = (
+            budget.free * 2 < granted[0]
+            or minute.requests * 2 < granted[1]
+            or minute.tokens * 2 < granted[2]
+            or lease.slots - lease.inflight < 1
+        )
+        now = time.monotonic()
+        if low and now >= lease.renew_after:
+            # Near a limit the grants stay small: renew at most a few times a second.
+            lease.renew_after = now + self._settings.report_seconds / 4
+            self._start_sync(lease.tenant.id, lease)
+
+    def _ensure_keeper(self, tenant_id: str, lease: TenantLease) -> None:
+        if lease.keeper is None or lease.keeper.done():
+            lease.keeper = asyncio.get_running_loop().create_task(self._keep(tenant_id, lease))
+
+    async def _keep(self, tenant_id: str, lease: TenantLease) -> None:
+        """Report, renew and hand back, until the lease is empty."""
+        settings = self._settings
+        while not self._closing:
+            await asyncio.sleep(settings.report_seconds)
+            if self._leases.get(tenant_id) is not lease:
+                return
+            idle = lease.demand.waiting == 0 and time.monotonic() - lease.last_used >= settings.idle_seconds
+            slices = [s for s in (lease.current, lease.previous) if s is not None]
+            due = any(s.unreported for s in slices) or lease.previous is not None
+            expiring = lease.stored and lease.valid_until - time.monotonic() < settings.ttl_seconds / 4
+            if not (due or expiring or (idle and lease.stored)):
+                if idle and lease.empty and not lease.stored:
+                    return
+                continue
+            try:
+                await self._sync_now(tenant_id, lease)
+            except StorageUnavailable as exc:
+                logger.warning("lease sync for %s failed (%s); retrying", tenant_id, exc.reason)
+            if idle and not lease.stored and lease.empty:
+                return
+
+    def _start_sync(self, tenant_id: str, lease: TenantLease) -> asyncio.Task[None]:
+        if lease.sync is None or lease.sync.done():
+            task = asyncio.get_running_loop().create_task(self._sync(tenant_id, lease))
+            lease.sync = task
+
+            def done(finished: asyncio.Task[None]) -> None:
+                if lease.sync is finished:
+                    lease.sync = None
+                if not finished.cancelled() and finished.exception() is not None:
+                    logger.warning("lease sync for %s failed: %s", tenant_id, finished.exception())
+
+            task.add_done_callback(done)
+        return lease.sync
+
+    async def _sync_now(self, tenant_id: str, lease: TenantLease) -> None:
+        """Join the sync in flight (or start one) and wait for it."""
+        task = self._start_sync(tenant_id, lease)
+        await asyncio.shield(task)
+
+    async def flush(self, tenant_id: str | None = None) -> None:
+        """Report settled usage now (of one tenant, or all), keeping the slices."""
+        for leased_tenant, lease in list(self._leases.items()):
+            if tenant_id not in (None, leased_tenant):
+                continue
+            if lease.stored or not lease.empty:
+                await self._sync_now(leased_tenant, lease)
+
+    async def aclose(self) -> None:
+        """Hand every lease back (shutdown): unused capacity returns, usage is reported."""
+        self._closing = True
+        for tenant_id, lease in list(self._leases.items()):
+            if lease.keeper is not None:
+                lease.keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lease.keeper
+            if lease.sync is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await lease.sync
+            if lease.stored or not lease.empty:
+                lease.last_used = 0.0  # idle: give everything back
+                with contextlib.suppress(StorageUnavailable):
+                    await self._sync(tenant_id, lease)
+
+    # ---------------------------------------------------------------- the sync
+
+    async def _sync(self, tenant_id: str, lease: TenantLease) -> None:
+        ledger = self._ledger
+        table = await ledger.store.table("usage")
+        snapshot: list[_Snapshot] = []
+
+        async def plan() -> Plan[None]:
+            operations, snap = await self._plan(table, tenant_id, lease)
+            snapshot[:] = [snap]
+            return operations, None
+
+        try:
+            await ledger.update(table, tenant_id, "lease sync", plan)
+        finally:
+            lease.frozen = False
+        self.syncs += 1
+        self._apply(lease, snapshot[0])
+        if lease.stored and not self._closing:
+            # Whatever the requests did with it, a stored lease is renewed, reported and
+            # handed back by its keeper.
+            self._ensure_keeper(tenant_id, lease)
+
+    async def _plan(self, table: Any, tenant_id: str, lease: TenantLease) -> tuple[list[Any], _Snapshot]:
+        settings = self._settings
+        now = self._ledger.now()
+        day, month, minute_key = policy.window_keys(now)
+        limits = lease.tenant.limits
+        idle = self._closing or (
+            lease.demand.waiting == 0 and time.monotonic() - lease.last_used >= settings.idle_seconds
+        )
+        # Yesterday's slice (if any) only drains; today's is resized.
+        if lease.current is not None and lease.current.day != day:
+            lease.previous, lease.current = lease.current, None
+        slices = [s for s in (lease.current, lease.previous) if s is not None]
+        keys = [day, month, minute_key, INFLIGHT, self.row_key]
+        for budget in slices:
+            keys += [budget.day, budget.month]
+        keys = list(dict.fromkeys(keys))
+        rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
+        stored = rows.entities.get(self.row_key)
+
+        lost = stored is None and lease.stored
+        if lost:
+            # The sweep expired this lease (we could not renew it in time) and charged
+            # everything on it: calls still in flight settle as late, nothing is reported.
+            logger.warning("lease of %s expired at the store; starting a new one", tenant_id)
+            lease.generation += 1
+            lease.current = lease.previous = lease.minute = None
+            lease.slots = lease.inflight = 0
+            slices = []
+        if lease.current is None:
+            lease.current = BudgetSlice(day=day, month=month)
+            slices.insert(0, lease.current)
+
+        demand = lease.demand
+        demand.roll(time.monotonic())
+        horizon = settings.horizon_seconds
+        expected_calls = max(demand.rate * horizon, float(demand.waiting), float(demand.peak_inflight))
+        snap_budget: list[tuple[BudgetSlice, int, int, int, int, int, int, int]] = []
+        new_free: dict[int, int] = {}
+        shrink = False
+        for budget in slices:
+            snap = (
+                budget, budget.free, budget.spent, budget.requests, budget.prompt_tokens,
+                budget.completion_tokens, budget.overrun, budget.outstanding,
+            )
+            snap_budget.append(snap)
+            day_row = rows.counter(budget.day, WINDOW_FIELDS)
+            month_row = rows.counter(budget.month, WINDOW_FIELDS)
+            free = 0
+            if budget is lease.current and not idle:
+                left = min(
+                    policy.remaining_budget(
+                        limits.daily_budget_nano, day_row["spent_nano"],
+                        day_row["held_nano"] + day_row["leased_nano"],
+                    ),
+                    policy.remaining_budget(
+                        limits.monthly_budget_nano, month_row["spent_nano"],
+                        month_row["held_nano"] + month_row["leased_nano"],
+                    ),
+                )
+                unit = max(1, demand.unit_amount)
+                free = grant(
+                    available=left + budget.free,
+                    demand=int(expected_calls * unit),
+                    unit=unit,
+                    share=settings.share,
+                )
+            new_free[id(budget)] = free
+            shrink = shrink or free < budget.free
+            for window in (day_row, month_row):
+                window.add("spent_nano", budget.spent)
+                window.add("leased_nano", budget.held + free - budget.outstanding)
+                window.add("requests", budget.requests)
+                window.add("prompt_tokens", budget.prompt_tokens)
+                window.add("completion_tokens", budget.completion_tokens)
+                window.add("overrun_nano", budget.overrun)
+
+        minute_row = rows.counter(minute_key, MINUTE_FIELDS)
+        same_minute = lease.minute is not None and lease.minute.minute == minute_key
+        unused_requests = lease.minute.requests if same_minute and lease.minute else 0
+        unused_tokens = lease.minute.tokens if same_minute and lease.minute else 0
+        new_requests = new_tokens = 0
+        if not idle:
+            new_requests = grant(
+                available=limits.requests_per_minute - minute_row["requests"] + unused_requests,
+                demand=int(expected_calls) + 1,
+                unit=1,
+                share=settings.share,
+            )
+            token_unit = max(1, demand.unit_tokens)
+            new_tokens = grant(
+                available=limits.tokens_per_minute - minute_row["tokens"] + unused_tokens,
+                demand=int((expected_calls + 1) * token_unit),
+                unit=token_unit,
+                share=settings.share,
+            )
+        minute_row.add("requests", new_requests - unused_requests)
+        minute_row.add("tokens", new_tokens - unused_tokens)
+        shrink = shrink or new_requests < unused_requests or new_tokens < unused_tokens
+
+        inflight_row = rows.counter(INFLIGHT, INFLIGHT_FIELDS)
+        new_slots = lease.inflight
+        if not idle:
+            wanted = max(demand.peak_inflight * 2, lease.inflight + demand.waiting + 1, 2)
+            new_slots = max(
+                lease.inflight,
+                grant(
+                    available=limits.max_concurrent - inflight_row["count"] + lease.slots,
+                    demand=wanted,
+                    unit=1,
+                    share=1.0 if demand.waiting else settings.share,
+                ),
+            )
+        inflight_row.add("count", new_slots - lease.slots)
+        shrink = shrink or new_slots < lease.slots
+        demand.peak_inflight = lease.inflight
+
+        operations = rows.operations()
+        amounts = {id(b): b.held + new_free[id(b)] for b in slices}
+        keep = new_slots > 0 or any(amounts.values()) or lease.inflight > 0
+        if keep:
+            current = lease.current
+            previous = lease.previous
+            entity: dict[str, Any] = {
+                "PartitionKey": tenant_id,
+                "RowKey": self.row_key,
+                "day": current.day,
+                "month": current.month,
+                "amount_nano": int64(amounts[id(current)]),
+                "prev_day": previous.day if previous else "",
+                "prev_month": previous.month if previous else "",
+                "prev_amount_nano": int64(amounts[id(previous)] if previous else 0),
+                "slots": int64(new_slots),
+                "expires_at": now + timedelta(seconds=settings.ttl_seconds),
+            }
+            write = ("create", entity, {}) if stored is None else update_op(entity, etag_of(stored))
+            operations.append(write)
+        elif stored is not None:
+            operations.append(
+                delete_op({"PartitionKey": tenant_id, "RowKey": self.row_key}, etag_of(stored))
+            )
+        if shrink:
+            lease.frozen = True  # no local admission may use what this sync takes back
+        return operations, _Snapshot(
+            budget=snap_budget,
+            new_free=new_free,
+            minute=lease.minute,
+            minute_requests=unused_requests,
+            minute_tokens=unused_tokens,
+            new_minute=MinuteSlice(minute_key, new_requests, new_tokens),
+            slots=lease.slots,
+            new_slots=new_slots,
+            lost=lost,
+        )
+
+    def _apply(self, lease: TenantLease, snap: _Snapshot) -> None:
+        """The sync committed: move the local numbers by what it changed."""
+        for budget, free, spent, requests, prompt, completion, overrun, _ in snap.budget:
+            budget.free += snap.new_free[id(budget)] - free
+            budget.spent -= spent
+            budget.requests -= requests
+            budget.prompt_tokens -= prompt
+            budget.completion_tokens -= completion
+            budget.overrun -= overrun
+            budget.outstanding = budget.free + budget.held + budget.spent
+        new_minute = snap.new_minute
+        if new_minute is not None:
+            kept = lease.minute
+            if kept is not None and kept is snap.minute and kept.minute == new_minute.minute:
+                kept.requests += new_minute.requests - snap.minute_requests
+                kept.tokens += new_minute.tokens - snap.minute_tokens
+            else:
+                lease.minute = new_minute
+        lease.slots += snap.new_slots - snap.slots
+        if lease.previous is not None and lease.previous.drained:
+            lease.previous = None
+        current = lease.current
+        lease.stored = lease.slots > 0 or lease.inflight > 0 or any(
+            s.outstanding > 0 for s in (current, lease.previous) if s is not None
+        )
+        lease.valid_until = time.monotonic() + self._settings.ttl_seconds / 2 if lease.stored else 0.0
+        current_free = snap.new_free.get(id(current), 0) if current is not None else 0
+        if new_minute is not None:
+            lease.granted = (current_free, new_minute.requests, new_minute.tokens)
+        if current_free > 0:
+            lease.exact_until = 0.0
+
+
+def lease_rows_expired(entity: Any, now: datetime) -> bool:
+    """True for a lease row whose process stopped renewing it."""
+    expires = entity.get("expires_at")
+    return bool(entity["RowKey"].startswith(LEASE_PREFIX) and expires is not None and expires < now)
+
+
+def lease_amounts(entity: Any) -> list[tuple[str, str, int]]:
+    """The budget slices a lease row holds: (day, month, outstanding nano-USD)."""
+    slices = [(str(entity["day"]), str(entity["month"]), read_int(entity.get("amount_nano")))]
+    if entity.get("prev_day"):
+        previous = read_int(entity.get("prev_amount_nano"))
+        slices.append((str(entity["prev_day"]), str(entity["prev_month"]), previous))
+    return [s for s in slices if s[2] > 0]
