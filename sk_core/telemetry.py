@@ -7,12 +7,18 @@ indexing), with the exporter the settings select:
 
 - ``azure_monitor`` — Application Insights (``APPLICATIONINSIGHTS_CONNECTION_STRING``),
 - ``otlp`` — OTLP over http/protobuf or grpc, configured by the standard
-  ``OTEL_EXPORTER_OTLP_*`` variables,
+  ``OTEL_EXPORTER_OTLP_*`` variables; where the gRPC exporter cannot load (under the
+  Functions worker, whose protobuf is too old for it) it falls back to http/protobuf,
+  with a warning,
 - ``console`` — JSON lines on stdout, ``none`` — nothing leaves the process,
 - ``auto`` (default) — Azure Monitor when its connection string is set, else OTLP when
   ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else none.
 
 The container host also exposes Prometheus ``/metrics`` from the same meter provider.
+
+Setting telemetry up never fails a request: what cannot be set up is logged once, with
+the reason. JSON log lines go to stdout except under the Functions worker, which
+forwards Python logging to the host itself.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import metrics, trace
 
@@ -78,6 +85,7 @@ class Instruments:
 
 _lock = threading.Lock()
 _installed = False
+_setup_failure_logged = False  # the reason is logged once, not per retry
 _prometheus_reader: Any = None
 
 
@@ -140,7 +148,7 @@ def _parse_resource_attributes(raw: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def _configured_exporters(settings: Settings) -> Exporters:
+def _configured_exporters(settings: Settings, problems: list[str]) -> Exporters:
     choice = settings.telemetry_exporter
     if choice == "auto":
         if os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING"):
@@ -180,88 +188,189 @@ def _configured_exporters(settings: Settings) -> Exporters:
             ],
             logs=[AzureMonitorLogExporter(connection_string=connection)],
         )
-    # otlp: the exporters read OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout) themselves.
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # type: ignore[assignment]
-            OTLPLogExporter,
+    return _otlp_exporters(problems)
+
+
+# The ports IANA registered for OTLP: collectors (and the Aspire dashboard, Jaeger...)
+# listen on both, so a gRPC endpoint on 4317 has its http/protobuf twin on 4318.
+_OTLP_GRPC_PORT, _OTLP_HTTP_PORT = 4317, 4318
+_SIGNALS = ("traces", "metrics", "logs")
+
+
+def _otlp_exporters(problems: list[str]) -> Exporters:
+    """OTLP exporters; they read ``OTEL_EXPORTER_OTLP_*`` (endpoint, headers, timeout)."""
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    if os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError as error:
+            # Under the Azure Functions Python worker the worker's own folder comes first
+            # on sys.path, so the app runs on the worker's protobuf (4.25), and the gRPC
+            # exporter's generated code (googleapis-common-protos) needs a newer one. The
+            # http/protobuf exporter runs on it: falling back keeps telemetry on, where
+            # refusing would leave a Functions app with no telemetry at all.
+            endpoints = {signal: _http_twin_of_grpc_endpoint(signal) for signal in _SIGNALS}
+            problems.append(
+                "OTLP over gRPC is unavailable in this process "
+                f"({type(error).__name__}: {error}); exporting OTLP over http/protobuf instead, "
+                f"to {endpoints['traces'] or 'the exporter default'} (and /v1/metrics, /v1/logs). "
+                "Set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf and the collector's OTLP/HTTP "
+                "endpoint to silence this warning."
+            )
+            return _otlp_http_exporters(endpoints)
+        return Exporters(
+            spans=[OTLPSpanExporter()],
+            metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())],
+            logs=[OTLPLogExporter()],
         )
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
-            OTLPMetricExporter,
-        )
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
-            OTLPSpanExporter,
-        )
+    return _otlp_http_exporters({})
+
+
+def _otlp_http_exporters(endpoints: dict[str, str | None]) -> Exporters:
+    """http/protobuf exporters; ``endpoints`` overrides a signal's URL (else the env's)."""
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
     return Exporters(
-        spans=[OTLPSpanExporter()],
-        metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())],
-        logs=[OTLPLogExporter()],
+        spans=[OTLPSpanExporter(endpoint=endpoints.get("traces"))],
+        metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoints.get("metrics")))],
+        logs=[OTLPLogExporter(endpoint=endpoints.get("logs"))],
     )
 
 
+def _http_twin_of_grpc_endpoint(signal: str) -> str | None:
+    """The OTLP/HTTP URL for ``signal`` matching the configured gRPC endpoint (None: the
+    exporter's default). A gRPC endpoint has no path, so the signal's path is appended;
+    the standard gRPC port becomes the standard HTTP one."""
+    raw = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if not raw:
+        return None
+    url = urlsplit(raw if "://" in raw else f"http://{raw}")
+    netloc = url.netloc
+    if url.port == _OTLP_GRPC_PORT:
+        netloc = netloc.rsplit(":", 1)[0] + f":{_OTLP_HTTP_PORT}"
+    return urlunsplit((url.scheme, netloc, f"{url.path.rstrip('/')}/v1/{signal}", "", ""))
+
+
+def installed() -> bool:
+    """Whether this process's SDK providers are installed (False after a failed setup)."""
+    return _installed
+
+
 def setup_telemetry(settings: Settings, *, host: str, exporters: Exporters | None = None) -> bool:
-    """Install the SDK providers once per process; returns False if already installed."""
-    global _installed, _prometheus_reader, _instruments
+    """Install the SDK providers once per process; True when this call installed them.
+
+    Never raises: telemetry is not worth a failed request. An exporter that cannot be set
+    up is replaced (OTLP gRPC by OTLP http/protobuf) or left out, and said once as a
+    warning. If the providers themselves cannot be installed, the process stays on the
+    API's no-op providers, ``installed()`` stays False, the reason is logged once as an
+    error, and the next call tries again.
+    """
+    global _installed, _setup_failure_logged
     with _lock:
         if _installed:
             return False
+        problems: list[str] = []
+        try:
+            _install(settings, host, exporters, problems)
+        except Exception as error:
+            if not _setup_failure_logged:
+                _setup_failure_logged = True
+                logger.error(
+                    "telemetry is off: the OpenTelemetry providers could not be installed "
+                    "(%s: %s); requests are served without traces, metrics or exported logs",
+                    type(error).__name__,
+                    error,
+                    exc_info=True,
+                )
+            return False
         _installed = True
-        from opentelemetry._logs import set_logger_provider
-        from opentelemetry.instrumentation.logging.handler import LoggingHandler
-        from opentelemetry.sdk._logs import LoggerProvider
-        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    # After installing, so that these also reach the exporters that did start.
+    for problem in problems:
+        logger.warning("telemetry: %s", problem)
+    return True
 
-        chosen = exporters if exporters is not None else _configured_exporters(settings)
-        resource = _resource(host)
-        tracer_provider = TracerProvider(resource=resource)
-        for span_exporter in chosen.spans:
-            tracer_provider.add_span_processor(
-                SimpleSpanProcessor(span_exporter)
-                if chosen.synchronous
-                else BatchSpanProcessor(span_exporter)
+
+def _install(settings: Settings, host: str, exporters: Exporters | None, problems: list[str]) -> None:
+    # Everything that can fail (imports, exporters, providers) comes before the first
+    # global change, so a failure leaves the process as it was and a retry is clean.
+    global _prometheus_reader, _instruments
+    from opentelemetry._logs import set_logger_provider
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    if exporters is not None:
+        chosen = exporters
+    else:
+        try:
+            chosen = _configured_exporters(settings, problems)
+        except Exception as error:
+            # Traces still carry X-Trace-Id and Prometheus still serves: keep what works.
+            problems.append(
+                f"no exporter for SKF_TELEMETRY_EXPORTER={settings.telemetry_exporter} "
+                f"({type(error).__name__}: {error}); spans, metrics and logs stay in this process"
             )
-        trace.set_tracer_provider(tracer_provider)
+            chosen = Exporters()
+    resource = _resource(host)
+    tracer_provider = TracerProvider(resource=resource)
+    for span_exporter in chosen.spans:
+        tracer_provider.add_span_processor(
+            SimpleSpanProcessor(span_exporter) if chosen.synchronous else BatchSpanProcessor(span_exporter)
+        )
+    readers = list(chosen.metric_readers)
+    prometheus_reader = None
+    if settings.prometheus_metrics and host == "container":
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
-        readers = list(chosen.metric_readers)
-        if settings.prometheus_metrics and host == "container":
-            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        prometheus_reader = PrometheusMetricReader()
+        readers.append(prometheus_reader)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    logger_provider = LoggerProvider(resource=resource)
+    for log_exporter in chosen.logs:
+        logger_provider.add_log_record_processor(
+            SimpleLogRecordProcessor(log_exporter)
+            if chosen.synchronous
+            else BatchLogRecordProcessor(log_exporter)
+        )
+    log_handler = LoggingHandler(level=logging.INFO, logger_provider=logger_provider)
 
-            _prometheus_reader = PrometheusMetricReader()
-            readers.append(_prometheus_reader)
-        metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
-        _instruments = None  # rebind to the real meter provider
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    _prometheus_reader = prometheus_reader
+    _instruments = None  # rebind to the real meter provider
+    set_logger_provider(logger_provider)
+    root = logging.getLogger()
+    root.addHandler(log_handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    if settings.log_format == "json" and not under_functions_worker():
+        # Under the Functions worker, not: the worker already forwards every record of
+        # the root logger to the host over its gRPC channel (RpcLog), and the host also
+        # relays the worker's stdout, so a stdout handler would write each line twice.
+        _install_json_stdout_logging(root)
+    if not settings.genai_sensitive_diagnostics:
+        _quiet_third_party_loggers()
+    if settings.genai_diagnostics:
+        # Semantic Kernel reads these when it is imported (kernel build, later).
+        os.environ.setdefault("SEMANTICKERNEL_EXPERIMENTAL_GENAI_ENABLE_OTEL_DIAGNOSTICS", "true")
+    if settings.genai_sensitive_diagnostics:
+        os.environ.setdefault("SEMANTICKERNEL_EXPERIMENTAL_GENAI_ENABLE_OTEL_DIAGNOSTICS_SENSITIVE", "true")
 
-        logger_provider = LoggerProvider(resource=resource)
-        for log_exporter in chosen.logs:
-            logger_provider.add_log_record_processor(
-                SimpleLogRecordProcessor(log_exporter)
-                if chosen.synchronous
-                else BatchLogRecordProcessor(log_exporter)
-            )
-        set_logger_provider(logger_provider)
-        root = logging.getLogger()
-        root.addHandler(LoggingHandler(level=logging.INFO, logger_provider=logger_provider))
-        if root.level > logging.INFO or root.level == logging.NOTSET:
-            root.setLevel(logging.INFO)
-        if settings.log_format == "json":
-            _install_json_stdout_logging(root)
-        if not settings.genai_sensitive_diagnostics:
-            _quiet_third_party_loggers()
-        if settings.genai_diagnostics:
-            # Semantic Kernel reads these when it is imported (kernel build, later).
-            os.environ.setdefault("SEMANTICKERNEL_EXPERIMENTAL_GENAI_ENABLE_OTEL_DIAGNOSTICS", "true")
-        if settings.genai_sensitive_diagnostics:
-            os.environ.setdefault(
-                "SEMANTICKERNEL_EXPERIMENTAL_GENAI_ENABLE_OTEL_DIAGNOSTICS_SENSITIVE", "true"
-            )
-        return True
+
+def under_functions_worker() -> bool:
+    """Whether this process is an Azure Functions language worker (the host sets this)."""
+    return bool(os.environ.get("FUNCTIONS_WORKER_RUNTIME"))
 
 
 # Loggers that write provider error text (Semantic Kernel logs the provider's message

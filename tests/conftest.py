@@ -8,6 +8,7 @@ Kernel and retry code all run for real.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -29,6 +32,23 @@ from sk_core.telemetry import Exporters, setup_telemetry
 from sk_core.tenants import Limits, Tenant
 from tests.support.hosts import ContainerHost, FunctionsHost, Host
 from tests.support.stub_model import StubModel, StubModelProcess, start_stub_model
+
+# Hypothesis profiles. `ci` (the default, also for `make test` by hand): derandomized, so
+# every run draws the same examples and a red run reproduces (a fresh clone once failed 1
+# run in 3 on a randomly drawn input); no example database, so a local .hypothesis/ does
+# not change what runs; print_blob, so a failure prints the line to replay it. Inputs
+# found this way are kept as explicit @example()s. `random`: many more, freshly random
+# examples, with the database, for hunting by hand: HYPOTHESIS_PROFILE=random make pytest.
+# Test modules must not set max_examples themselves, or the profiles cannot scale them.
+_PROPERTY_DEFAULTS: dict[str, Any] = {
+    "deadline": None,  # 2 shared cores: timing is not what the properties are about
+    "print_blob": True,
+    "suppress_health_check": [HealthCheck.too_slow],
+}
+hypothesis_settings.register_profile("ci", max_examples=200, derandomize=True, **_PROPERTY_DEFAULTS)
+hypothesis_settings.register_profile("random", max_examples=2_000, derandomize=False, **_PROPERTY_DEFAULTS)
+# Loaded here, before the test modules import: their settings(...) objects inherit from it.
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Short model timings keep failure tests fast while still exercising every retry path.
 SERVICE_ENV = {

@@ -293,7 +293,8 @@ def test_typical_request_is_well_under_a_millisecond_budget() -> None:
 # Properties
 # --------------------------------------------------------------------------------------
 
-PROPERTY_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The example count and randomness come from the Hypothesis profile (tests/conftest.py).
+PROPERTY_SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY_SETTINGS

@@ -604,6 +604,17 @@ def test_dockerfile_pins_match_the_project() -> None:
     assert "-r requirements.txt" in "\n".join(stages(CONTAINER / "Dockerfile")["builder"])
 
 
+@pytest.mark.parametrize("name", ["requirements.txt", "requirements-dev.txt"])
+def test_every_requirement_is_pinned_exactly(name: str) -> None:
+    """A deployment installs what CI tested: no ranges (an unbounded `PyYAML>=6.0` was one)."""
+    lines = (ROOT / name).read_text(encoding="utf-8").splitlines()
+    requirements = [line.split("#")[0].strip() for line in lines]
+    requirements = [r for r in requirements if r and not r.startswith("-r ")]
+    assert requirements
+    loose = [r for r in requirements if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[A-Za-z0-9_.]+", r)]
+    assert loose == []
+
+
 def test_functions_dockerfile_contract() -> None:
     by_stage = stages(CONTAINER / "Dockerfile.functions")
     [instructions] = by_stage.values()

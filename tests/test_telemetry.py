@@ -5,10 +5,15 @@ export to a receiver on loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from scripts.devservices import free_port, start_service
 from sk_core.service import Service
 from sk_core.tenants import Limits, Tenant
-from tests.conftest import TelemetrySink
+from tests.conftest import TelemetrySink, run_fresh_python
 from tests.support.hosts import FunctionsHost
 from tests.support.stub_model import StubModel
 
@@ -235,16 +240,35 @@ class _Receiver(BaseHTTPRequestHandler):
         return
 
 
-@pytest.fixture
-def otlp_receiver() -> Iterator[tuple[int, dict[str, list[bytes]]]]:
+@contextmanager
+def running_otlp_receiver() -> Iterator[tuple[int, dict[str, list[bytes]]]]:
+    """A loopback OTLP/HTTP receiver: its port, and the bodies POSTed to each path."""
     bodies: dict[str, list[bytes]] = {}
     handler = type("Receiver", (_Receiver,), {"bodies": bodies})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server.server_address[1], bodies
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server.server_address[1], bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[tuple[int, dict[str, list[bytes]]]]:
+    with running_otlp_receiver() as receiver:
+        yield receiver
+
+
+def exported_spans(bodies: dict[str, list[bytes]]) -> list[Any]:
+    return [
+        span
+        for body in bodies.get("/v1/traces", [])
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
 
 
 async def test_container_host_exports_otlp_to_a_real_receiver(
@@ -278,13 +302,7 @@ async def test_container_host_exports_otlp_to_a_real_receiver(
         spans: list[Any] = []
         metric_names: set[str] = set()
         while time.monotonic() < deadline:
-            spans = [
-                span
-                for body in bodies.get("/v1/traces", [])
-                for rs in ExportTraceServiceRequest.FromString(body).resource_spans
-                for ss in rs.scope_spans
-                for span in ss.spans
-            ]
+            spans = exported_spans(bodies)
             metric_names = {
                 metric.name
                 for body in bodies.get("/v1/metrics", [])
@@ -308,3 +326,245 @@ async def test_container_host_exports_otlp_to_a_real_receiver(
     assert {"gen_ai.client.token.usage", "sk.cost", "http.server.request.duration"} <= metric_names
     assert prometheus.status_code == 200
     assert "gen_ai_client_token_usage" in prometheus.text
+
+
+# --------------------------------------------------------------------------------------
+# Setup that cannot complete, and the app under the real Functions worker
+# --------------------------------------------------------------------------------------
+
+_CAPTURE_TELEMETRY_LOGS = """
+    import json, logging, os, sys
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logging.getLogger("sk_core.telemetry").addHandler(Keep())
+"""
+
+
+def test_a_failed_setup_is_logged_once_never_raises_and_is_retried() -> None:
+    result = run_fresh_python(
+        _CAPTURE_TELEMETRY_LOGS
+        + """
+    sys.modules["opentelemetry.sdk.trace"] = None  # as if the SDK could not be imported
+    from opentelemetry import trace
+    from sk_core import telemetry
+    from sk_core.settings import Settings
+
+    settings = Settings.model_validate({"telemetry_exporter": "none"})
+    attempts = [telemetry.setup_telemetry(settings, host="test") for _ in range(3)]
+    installed_after_failures = telemetry.installed()
+    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+    del sys.modules["opentelemetry.sdk.trace"]
+    retried = telemetry.setup_telemetry(settings, host="test")
+    print(json.dumps({
+        "attempts": attempts, "installed_after_failures": installed_after_failures,
+        "errors": errors, "retried": retried, "installed": telemetry.installed(),
+        "provider": type(trace.get_tracer_provider()).__name__,
+    }))
+    """
+    )
+    assert result["attempts"] == [False, False, False]
+    assert result["installed_after_failures"] is False
+    assert len(result["errors"]) == 1, result["errors"]
+    assert "telemetry is off" in result["errors"][0]
+    assert "opentelemetry.sdk.trace" in result["errors"][0]  # says what failed
+    assert result["retried"] is True
+    assert result["installed"] is True
+    assert result["provider"] == "TracerProvider"  # the SDK's, not the API's no-op proxy
+
+
+def test_otlp_grpc_that_cannot_load_falls_back_to_http_and_says_so_once(
+    otlp_receiver: tuple[int, dict[str, list[bytes]]],
+) -> None:
+    port, bodies = otlp_receiver
+    result = run_fresh_python(
+        _CAPTURE_TELEMETRY_LOGS
+        + f"""
+    os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:{port}"
+    # What the worker's old protobuf does to the gRPC exporter's import, by other means.
+    sys.modules["opentelemetry.exporter.otlp.proto.grpc"] = None
+    from opentelemetry import trace
+    from sk_core import telemetry
+    from sk_core.settings import Settings
+
+    settings = Settings.model_validate({{"telemetry_exporter": "otlp"}})
+    installed = telemetry.setup_telemetry(settings, host="test")
+    telemetry.setup_telemetry(settings, host="test")
+    with telemetry.tracer().start_as_current_span("fallback-probe"):
+        pass
+    trace.get_tracer_provider().force_flush()
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    print(json.dumps({{"installed": installed, "warnings": warnings}}))
+    """
+    )
+    assert result["installed"] is True
+    assert len(result["warnings"]) == 1, result["warnings"]
+    warning = result["warnings"][0]
+    assert "gRPC is unavailable" in warning
+    assert f"http://127.0.0.1:{port}/v1/traces" in warning
+    assert [s.name for s in exported_spans(bodies)] == ["fallback-probe"]
+
+
+def test_the_http_twin_of_a_grpc_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sk_core.telemetry import _http_twin_of_grpc_endpoint
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    for signal in ("traces", "metrics", "logs"):
+        monkeypatch.delenv(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", raising=False)
+    assert _http_twin_of_grpc_endpoint("traces") is None  # the exporter's own default
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    assert _http_twin_of_grpc_endpoint("traces") == "http://collector:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otel.example.net:9000/")
+    assert _http_twin_of_grpc_endpoint("metrics") == "https://otel.example.net:9000/v1/metrics"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "collector:4317")
+    assert _http_twin_of_grpc_endpoint("logs") == "http://collector:4318/v1/logs"
+
+
+@pytest.mark.parametrize(("worker_runtime", "json_handlers"), [("", 1), ("python", 0)])
+def test_json_lines_go_to_stdout_except_under_the_functions_worker(
+    worker_runtime: str, json_handlers: int
+) -> None:
+    result = run_fresh_python(
+        f"""
+    import json, logging, os
+    os.environ["FUNCTIONS_WORKER_RUNTIME"] = {worker_runtime!r}
+    from sk_core import telemetry
+    from sk_core.settings import Settings
+
+    telemetry.setup_telemetry(
+        Settings.model_validate({{"telemetry_exporter": "none", "log_format": "json"}}), host="test"
+    )
+    handlers = [
+        h for h in logging.getLogger().handlers if isinstance(h.formatter, telemetry.JsonFormatter)
+    ]
+    print(json.dumps({{"json_handlers": len(handlers)}}))
+    """
+    )
+    assert result["json_handlers"] == json_handlers
+
+
+# The real Azure Functions Python worker, driven by the shared host stand-in (see its
+# README). It lives beside the repository on CI and on our machines; elsewhere (or
+# pointed at another copy with SKF_FUNCTIONS_HOST_DIR) these tests skip.
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS_HOST = Path(os.environ.get("SKF_FUNCTIONS_HOST_DIR") or ROOT.parent / "shared" / "functions-host")
+needs_functions_host = pytest.mark.skipif(
+    not (FUNCTIONS_HOST / "host_emulator.py").exists(),
+    reason=f"the Functions host stand-in is not at {FUNCTIONS_HOST}",
+)
+
+
+@dataclass
+class WorkerRun:
+    summary: dict[str, Any]
+    transcript: list[str]
+    bodies: dict[str, list[bytes]]
+
+    def worker_logs(self, needle: str) -> list[str]:
+        """Lines the worker forwarded to the host over its gRPC log channel."""
+        return [line for line in self.transcript if "[worker log " in line and needle in line]
+
+    def stdout_json_lines(self) -> list[str]:
+        """Lines the worker process wrote to stdout as our JSON log lines."""
+        return [line for line in self.transcript if '[worker stdout] {"time"' in line]
+
+
+@pytest.fixture(scope="module")
+async def worker_run(
+    functions_service: Service, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WorkerRun]:
+    """One run of the app under the real worker, with OTLP over gRPC asked for and JSON
+    logs on: the two settings that went wrong there."""
+    if not (FUNCTIONS_HOST / "host_emulator.py").exists():
+        pytest.skip(f"the Functions host stand-in is not at {FUNCTIONS_HOST}")
+    tenant_id = "worker-" + secrets.token_hex(3)
+    await functions_service.tenants.create_tenant(
+        Tenant(id=tenant_id, display_name="Worker", limits=Limits(daily_budget_nano=10**12))
+    )
+    key = (await functions_service.tenants.issue_key(tenant_id)).secret
+    runs = tmp_path_factory.mktemp("functions-host")
+    with running_otlp_receiver() as (port, bodies):
+        values = {
+            "FUNCTIONS_WORKER_RUNTIME": "python",
+            "PYTHON_ENABLE_INIT_INDEXING": "1",
+            "AzureWebJobsStorage": service_env["SKF_STORAGE_CONNECTION_STRING"],
+            **service_env,
+            "SKF_LOG_FORMAT": "json",
+            "SKF_TELEMETRY_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        }
+        (runs / "settings.json").write_text(json.dumps({"IsEncrypted": False, "Values": values}))
+        summarize = {
+            "method": "POST",
+            "path": SUMMARIZE,
+            "headers": {"x-api-key": key},
+            "json": {"text": "export me from the worker"},
+            "expect": 200,
+        }
+        # /api/ready is the first request to build the service (and set telemetry up):
+        # no retry_for, so a 500 there fails the run.
+        requests = ["GET /api/health 200", "GET /api/ready 200", json.dumps(summarize), "GET /api/ready 200"]
+        command = [
+            sys.executable,
+            str(FUNCTIONS_HOST / "host_emulator.py"),
+            *("--app-dir", str(ROOT), "--python", sys.executable, "--quiet"),
+            *("--protos-dir", str(FUNCTIONS_HOST / "hostprotos")),
+            *("--settings", str(runs / "settings.json")),
+            *("--log-file", str(runs / "transcript.log"), "--json-out", str(runs / "summary.json")),
+            *(arg for request in requests for arg in ("--request", request)),
+        ]
+        env = {**os.environ, "PYTHONPYCACHEPREFIX": str(runs / "pycache")}
+        process = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        await asyncio.wait_for(process.wait(), timeout=300)
+        yield WorkerRun(
+            summary=json.loads((runs / "summary.json").read_text()),
+            transcript=(runs / "transcript.log").read_text().splitlines(),
+            bodies=bodies,
+        )
+
+
+@needs_functions_host
+def test_under_the_worker_every_request_answers_with_otlp_grpc_asked_for(worker_run: WorkerRun) -> None:
+    invocations = worker_run.summary["invocations"]
+    assert [(i["request"], i.get("http_status")) for i in invocations] == [
+        ("GET /api/health", 200),
+        ("GET /api/ready", 200),
+        (f"POST {SUMMARIZE}", 200),
+        ("GET /api/ready", 200),
+    ]
+    assert worker_run.summary["ok"] is True, worker_run.summary.get("error")
+    assert worker_run.summary["worker_error_logs"] == []
+
+
+@needs_functions_host
+def test_under_the_worker_telemetry_falls_back_to_http_and_exports(worker_run: WorkerRun) -> None:
+    # Said once, through the worker's log channel, and nowhere else.
+    fallback = [line for line in worker_run.transcript if "gRPC is unavailable" in line]
+    assert len(fallback) == 1, fallback
+    assert worker_run.worker_logs("gRPC is unavailable") == fallback
+    assert "runtime_version" in fallback[0]  # the real cause: the worker's protobuf 4.25
+    spans = exported_spans(worker_run.bodies)
+    assert f"POST {SUMMARIZE}" in {s.name for s in spans}
+    assert "invoke" in {s.name for s in spans}
+    resources = [
+        {a.key: a.value.string_value for a in rs.resource.attributes}
+        for body in worker_run.bodies["/v1/traces"]
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+    ]
+    assert all(r["sk.host"] == "functions" for r in resources)
+
+
+@needs_functions_host
+def test_under_the_worker_log_lines_go_through_its_channel_once(worker_run: WorkerRun) -> None:
+    assert worker_run.stdout_json_lines() == []
+    # The app's own lines still reach the host, through the worker's channel.
+    assert worker_run.worker_logs("sk_core.")
