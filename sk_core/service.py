@@ -13,9 +13,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sk_core.catalog import Catalog
 from sk_core.kernel import KernelProvider, KeyProvider
@@ -24,21 +22,12 @@ from sk_core.settings import Provider, Settings, get_settings
 if TYPE_CHECKING:
     from sk_core.audit import AuditLog
     from sk_core.auth import Authenticator
-    from sk_core.guard import Guard
+    from sk_core.guard import Guard, Screening
     from sk_core.ledger import Ledger
     from sk_core.redaction import Redactor
     from sk_core.secret_store import CachedSecrets
     from sk_core.storage import TableStore
     from sk_core.tenants import TenantStore
-
-
-@dataclass(frozen=True)
-class Screening:
-    """The guard's verdict on one call: an audit summary and the policy's enforcement."""
-
-    summary: dict[str, Any]
-    flagged: bool
-    enforce: Callable[[], None]
 
 
 class Service:
@@ -80,26 +69,10 @@ class Service:
         await self.secrets.aclose()
 
     async def screen(self, function_id: str, texts: list[str]) -> Screening | None:
-        """Prompt-injection screening under the function's policy (None when ``off``).
+        """Prompt-injection screening under the function's policy (see :func:`sk_core.guard.screen`)."""
+        from sk_core.guard import screen
 
-        The caller records ``summary`` and then calls ``enforce()``, which raises
-        ``PromptInjectionDetected`` (400 ``prompt_rejected``) under ``block``.
-        """
-        from sk_core.guard import enforce
-
-        policy = self.settings.guard_policy_for(function_id)
-        if policy == "off":
-            return None
-        detection = await self.guard.inspect(texts)
-        if detection.flagged:
-            logger.warning(
-                "prompt flagged for %s (%s): %s", function_id, policy, ",".join(detection.categories)
-            )
-        return Screening(
-            summary={**detection.to_audit(), "policy": policy},
-            flagged=detection.flagged,
-            enforce=lambda: enforce(detection, policy),
-        )
+        return await screen(self.guard, self.settings.guard_policy_for(function_id), function_id, texts)
 
     def redactor_for(self, function_id: str) -> Redactor:
         """The output redactor configured for a function (built once per configuration)."""

@@ -4,17 +4,20 @@ the Prompt Shields client against a local stub of the real REST API."""
 # ruff: noqa: RUF001 - homoglyph and mixed-script inputs are what these tests feed in
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sk_core.guard
 from sk_core.guard import (
     CATEGORIES,
     CONTENT_SAFETY_SCOPE,
@@ -526,3 +529,32 @@ async def test_transport_can_be_injected() -> None:
     assert str(seen[0].url) == (
         "https://example.cognitiveservices.azure.com/contentsafety/text:shieldPrompt?api-version=2024-09-01"
     )
+
+
+def test_guard_package_imports_no_host_and_no_sdk() -> None:
+    # The guard runs in both hosts and in the CLI: it must stay importable without the
+    # hosts' and SK's heavy imports (sk_core.errors is its one allowed edge to HTTP).
+    forbidden = {"starlette", "azure", "semantic_kernel", "fastapi"}
+    package = Path(sk_core.guard.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    assert len(modules) >= 7, modules
+    for path in modules:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # `if TYPE_CHECKING:` imports (the azure-identity credential type) never run.
+        typing_only = {
+            id(node)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+            for stmt in block.body
+            for node in ast.walk(stmt)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not {name.split(".")[0] for name in names} & forbidden, (path.name, names)
