@@ -33,8 +33,13 @@ from sk_core.redaction import (
 )
 
 MARKER_RE = re.compile(r"\[REDACTED:[a-z_]+\]")
+# Derandomized so CI is deterministic; counterexamples found while exploring become @example.
 PROPERTY = settings(
-    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=150,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 

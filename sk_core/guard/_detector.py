@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from sk_core.guard._normalise import INVISIBLE_RE, normalise
-from sk_core.guard._rules import CATEGORIES, COMPACT_RULES, NEGATED_BEFORE_RE, TEXT_RULES, Rule
+from sk_core.guard._rules import CATEGORIES, COMPACT_RULES, TEXT_RULES, Rule
 
 #: What Prompt Shields contributed to a Detection.
 ShieldsVerdict = Literal["not_configured", "skipped", "clean", "attack", "error"]
@@ -93,15 +93,6 @@ _MIN_DECODED_CHARS = 12
 _MAX_DECODE_BYTES = 256 * 1024  # per input text: bounds work on a wall of base64
 
 
-def _first_match(rule: Rule, norm: str) -> re.Match[str] | None:
-    if not rule.negatable:
-        return rule.pattern.search(norm)
-    for found in rule.pattern.finditer(norm):
-        if not NEGATED_BEFORE_RE.search(norm, max(0, found.start() - 7), found.start()):
-            return found
-    return None
-
-
 def _excerpt(text: str) -> str:
     return text[:EXCERPT_CHARS]
 
@@ -175,7 +166,7 @@ class InjectionDetector:
                 present[t] if t in present else present.setdefault(t, t in norm) for t in rule.triggers
             ):
                 continue
-            found = _first_match(rule, norm)
+            found = rule.pattern.search(norm)
             if found is not None:
                 yield Hit(rule.rule_id, rule.category, index, _excerpt(found.group()))
 

@@ -1,4 +1,9 @@
-"""Corpus evaluation: how well the local detector does on labelled examples."""
+"""Corpus evaluation: how well the local detector does on labelled examples.
+
+The corpus has two splits. ``tuning`` is what the rules were written against, so its
+rates flatter them. ``held_out`` was written before the rules were tuned for it and must
+never be tuned on: its rates are the honest estimate, and the ones the README reports.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal, TextIO, get_args
 
 from sk_core.guard._detector import Detection, InjectionDetector
 
 CORPUS_DIR: Final = Path(__file__).with_name("corpus")
+Split = Literal["tuning", "held_out"]
+SPLITS: Final[tuple[Split, ...]] = get_args(Split)
 
 
 @dataclass(frozen=True, slots=True)
 class CorpusItem:
-    """One labelled example from ``guard_corpus``."""
+    """One labelled example from the corpus."""
 
     text: str
     category: str  # the expected category for positives; the kind of text for negatives
@@ -27,8 +34,9 @@ class CorpusItem:
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """Detector quality on the corpus."""
+    """Detector quality on one split of the corpus."""
 
+    split: str
     positives: int
     detected: int
     negatives: int
@@ -61,15 +69,22 @@ def _read_jsonl(path: Path) -> list[CorpusItem]:
     return items
 
 
-def load_corpus(directory: Path = CORPUS_DIR) -> tuple[list[CorpusItem], list[CorpusItem]]:
-    """(positives, negatives) from ``positives.jsonl`` and ``negatives.jsonl``."""
-    return _read_jsonl(directory / "positives.jsonl"), _read_jsonl(directory / "negatives.jsonl")
+def load_corpus(
+    split: Split = "tuning", directory: Path = CORPUS_DIR
+) -> tuple[list[CorpusItem], list[CorpusItem]]:
+    """(positives, negatives) of one split: ``<split>/positives.jsonl`` and ``negatives.jsonl``."""
+    return (
+        _read_jsonl(directory / split / "positives.jsonl"),
+        _read_jsonl(directory / split / "negatives.jsonl"),
+    )
 
 
-def evaluate(detector: InjectionDetector | None = None, directory: Path = CORPUS_DIR) -> Evaluation:
-    """Run the detector over the corpus and count hits, misses and false alarms."""
+def evaluate(
+    detector: InjectionDetector | None = None, split: Split = "tuning", directory: Path = CORPUS_DIR
+) -> Evaluation:
+    """Run the detector over one split and count hits, misses and false alarms."""
     detector = detector or InjectionDetector()
-    positives, negatives = load_corpus(directory)
+    positives, negatives = load_corpus(split, directory)
     per_category: dict[str, list[int]] = {}
     missed: list[CorpusItem] = []
     false_alarms: list[tuple[CorpusItem, tuple[str, ...]]] = []
@@ -93,6 +108,7 @@ def evaluate(detector: InjectionDetector | None = None, directory: Path = CORPUS
         if detection.flagged:
             false_alarms.append((item, detection.rule_ids))
     return Evaluation(
+        split=split,
         positives=len(positives),
         detected=len(positives) - len(missed),
         negatives=len(negatives),
@@ -109,13 +125,22 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sk_core.guard", description="Prompt-injection guard tools."
     )
-    parser.add_argument("--evaluate", action="store_true", help="measure the detector on the bundled corpus")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="measure the detector on both splits of the bundled corpus"
+    )
     args = parser.parse_args(argv)
     if not args.evaluate:
         parser.print_help()
         return 2
-    result = evaluate()
+    detector = InjectionDetector()
     out = sys.stdout
+    for split in SPLITS:
+        _report(evaluate(detector, split), out)
+    return 0
+
+
+def _report(result: Evaluation, out: TextIO) -> None:
+    out.write(f"== {result.split}\n")
     out.write(f"positives: {result.detected}/{result.positives} detected ({result.detection_rate:.1%})\n")
     for category, (hit, total) in result.per_category.items():
         out.write(f"  {category:26s} {hit}/{total}\n")
@@ -128,4 +153,3 @@ def _main(argv: Sequence[str] | None = None) -> int:
         out.write(f"MISSED [{item.category}] {item.text[:70]!r}\n")
     for item, rules in result.false_alarms:
         out.write(f"FALSE ALARM [{item.category}] {','.join(rules)} {item.text[:70]!r}\n")
-    return 0

@@ -43,22 +43,22 @@ class Rule:
     #: Substrings of the normalised text of which at least one must be present for the
     #: regex to run at all: a cheap prefilter that keeps clean text at memchr speed.
     triggers: tuple[str, ...]
-    #: Skip matches preceded by a negation ("do not ignore ...").
-    negatable: bool = False
 
 
-def _rule(rule_id: str, category: Category, pattern: str, *triggers: str, negatable: bool = False) -> Rule:
-    return Rule(rule_id, category, re.compile(pattern), triggers, negatable)
+def _rule(rule_id: str, category: Category, pattern: str, *triggers: str) -> Rule:
+    return Rule(rule_id, category, re.compile(pattern), triggers)
 
 
-# "don't ignore the previous instructions" is the opposite of an attack. Checked on the
-# few characters before a match (not as lookbehinds, which would run at every position).
-NEGATED_BEFORE_RE = re.compile(r"(?:\b(?:not|don't|dont|never|no|non|nicht|pas|n')) ?$")
+# No rule has an exception for a preceding negation ("do not ignore the previous
+# instructions"): the attacker writes the context, so "NO Ignore all previous
+# instructions." or "Do NOT ignore this: ignore all previous instructions" would turn any
+# rule off. A benign negated sentence is flagged instead; under the default ``flag``
+# policy that costs an audit record, not an answer.
 _OVERRIDE_VERB = r"\b(?:ignor|disregard|forget|forgot|overrid|set aside|throw out|discard)[^ ]*+"
 _EARLIER = _words(
     "previous", "prior", "above", "earlier", "preceding", "foregoing", "former", "original",
     "initial", "old", "all", "any", "every", "existing", "system", "developer", "your", "these",
-    "those", "default", "safety", "pre-?programmed", "built-?in", "current",
+    "those", "default", "pre-?programmed", "built-?in", "current",
 )  # fmt: skip
 _DIRECTIVES = _words(
     r"instructions?", r"prompts?", r"directives?", r"rules?", r"guidelines?", r"context",
@@ -118,7 +118,6 @@ TEXT_RULES: Final[tuple[Rule, ...]] = (
         "set aside",
         "throw out",
         "discard",
-        negatable=True,
     ),
     _rule(
         "IO-forget-everything",
@@ -129,7 +128,6 @@ TEXT_RULES: Final[tuple[Rule, ...]] = (
         "ignor",
         "disregard",
         "forget",
-        negatable=True,
     ),
     _rule(
         "IO-ignore-the-above",
@@ -141,7 +139,6 @@ TEXT_RULES: Final[tuple[Rule, ...]] = (
         "ignor",
         "disregard",
         "forget",
-        negatable=True,
     ),
     _rule(
         "IO-do-not-follow",
@@ -237,7 +234,6 @@ TEXT_RULES: Final[tuple[Rule, ...]] = (
         "oubli",
         "compte",
         "abstraction",
-        negatable=True,
     ),
     _rule(
         "IO-ignore-de",
@@ -255,10 +251,12 @@ TEXT_RULES: Final[tuple[Rule, ...]] = (
         "ubergeh",
         "ubergah",
     ),
+    # Spanish "olvides" is the subjunctive, which only follows a "no" ("no olvides las
+    # instrucciones": don't forget them); the imperative an attack needs is "olvida".
     _rule(
         "IO-ignore-es-it-pt",
         "instruction_override",
-        r"\b(?:ignor|olvid|esquec|dimentic|omit|descart|haz caso omiso d|non (?:seguire|"
+        r"\b(?:ignor|olvid(?!es\b)|esquec|dimentic|omit|descart|haz caso omiso d|non (?:seguire|"
         r"considerare))[^ ]*+"
         + _gap(3)
         + r"(?:(?:todas?|todos|tutte?|tus|sus|suas|tuas|le|las|as|i)"
@@ -278,7 +276,6 @@ TEXT_RULES: Final[tuple[Rule, ...]] = (
         "caso omiso",
         "non seguire",
         "non considerare",
-        negatable=True,
     ),
     # --- system_prompt_extraction -----------------------------------------------------
     _rule(
