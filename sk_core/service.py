@@ -15,6 +15,8 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+import yaml
+
 from sk_core.catalog import Catalog
 from sk_core.kernel import KernelProvider, KeyProvider
 from sk_core.settings import Provider, Settings, get_settings
@@ -57,7 +59,7 @@ class Service:
         self.secrets = secrets
         self.audit = audit
         self.guard = guard
-        self._redactors: dict[tuple[str, ...], Redactor] = {}
+        self._redactors: dict[str, Redactor] = {}
 
     async def aclose(self) -> None:
         """Release network resources (called on host shutdown)."""
@@ -75,13 +77,21 @@ class Service:
         return await screen(self.guard, self.settings.guard_policy_for(function_id), function_id, texts)
 
     def redactor_for(self, function_id: str) -> Redactor:
-        """The output redactor configured for a function (built once per configuration)."""
+        """The output redactor configured for a function (built once per function)."""
         from sk_core.redaction import Redactor
 
-        kinds = self.settings.redaction_for(function_id)
-        redactor = self._redactors.get(kinds)
+        redactor = self._redactors.get(function_id)
         if redactor is None:
-            redactor = self._redactors[kinds] = Redactor(kinds)
+            plugin, _, name = function_id.partition("/")
+            spec = self.catalog.get(plugin, name)
+            # The template's own text, which an answer must not echo (kind prompt_echo).
+            template = str(yaml.safe_load(spec.yaml_text).get("template", "")) if spec else ""
+            redactor = self._redactors[function_id] = Redactor(
+                self.settings.redaction_for(function_id),
+                link_hosts=self.settings.link_hosts_for(function_id),
+                template=template,
+                echo_words=self.settings.redaction_echo_words,
+            )
         return redactor
 
     def required_secrets(self) -> list[str]:

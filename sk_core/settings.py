@@ -126,11 +126,19 @@ class Settings(BaseSettings):
     )
     content_safety_key: SecretStr = SecretStr("")
     redaction: str = Field(
-        default="email,phone,payment_card,iban,secret",
+        default="prompt_echo,link,email,phone,payment_card,iban,secret",
         description="Kinds redacted from model output (comma-separated; empty: none).",
     )
     redaction_policies: str = Field(
         default="", description='Per-function overrides as JSON: {"text/translate": "email,secret"}'
+    )
+    redaction_link_hosts: str = Field(
+        default="",
+        description='Hosts whose links and images may stay in a function\'s output, as JSON: '
+        '{"chat/chat": "docs.example.com,*.contoso.com"}; a function not listed: none.',
+    )
+    redaction_echo_words: int = Field(
+        default=8, ge=3, le=1000, description="Template words in a row an answer may repeat before redaction."
     )
 
     def guard_policy_for(self, function_id: str) -> Literal["block", "flag", "off"]:
@@ -142,6 +150,11 @@ class Settings(BaseSettings):
         """The kinds redacted from one function's output."""
         raw = _json_object(self.redaction_policies, "SKF_REDACTION_POLICIES").get(function_id, self.redaction)
         return tuple(kind.strip() for kind in str(raw).split(",") if kind.strip())
+
+    def link_hosts_for(self, function_id: str) -> tuple[str, ...]:
+        """The hosts one function's output may link to (SKF_REDACTION_LINK_HOSTS)."""
+        raw = _json_object(self.redaction_link_hosts, "SKF_REDACTION_LINK_HOSTS").get(function_id, "")
+        return tuple(host.strip() for host in str(raw).split(",") if host.strip())
 
     cors_allowed_origins: str = Field(
         default="", description="Comma-separated origins allowed to call from browsers (no '*'); empty: none."
@@ -204,6 +217,7 @@ class Settings(BaseSettings):
         for name, raw in (
             ("SKF_GUARD_POLICIES", self.guard_policies),
             ("SKF_REDACTION_POLICIES", self.redaction_policies),
+            ("SKF_REDACTION_LINK_HOSTS", self.redaction_link_hosts),
         ):
             _json_object(raw, name)
         bad = {
