@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
+from urllib.parse import unquote_plus
 
 from sk_core.guard._normalise import INVISIBLE_RE, normalise
-from sk_core.guard._rules import CATEGORIES, COMPACT_RULES, TEXT_RULES, Rule
+from sk_core.guard._rules import CATEGORIES, COMPACT_RULES, NATIVE_RULES, TEXT_RULES, Rule
 
 #: What Prompt Shields contributed to a Detection.
 ShieldsVerdict = Literal["not_configured", "skipped", "clean", "attack", "error"]
@@ -88,6 +91,22 @@ _BIDI_OVERRIDE_RE = re.compile("[\u202d\u202e]")
 _BIDI_EMBED_RE = re.compile("[\u202a\u202b\u2066-\u2069]")
 _RTL_LETTER_RE = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc]")
 
+# --- whole-text transforms: each is gated by a cheap test, so clean text pays nothing --
+_CYRILLIC_RE = re.compile("[\u0400-\u04ff]")
+# Leetspeak: digits or symbols standing for letters *between* letters ("1gn0r3",
+# "pr3v10u5"). Numbers glued to one end of a word ("llm01", "3pm", "4g") are ordinary.
+# Only the words around such tokens are re-read, not the whole text: a phrase rule spans
+# a few words, and a second full scan would double the cost of every prompt with a hash.
+_LEET_WORD_RE = re.compile(r"[a-z][013457@$]++[a-z]")
+_LEET_TABLE = str.maketrans("013457@$", "oieastas")
+_LEET_WINDOW = 10  # words either side of a leet word
+_URL_ESCAPES_RE = re.compile(r"(?:%[0-9a-fA-F]{2}[^%]{0,20}){3}")
+_BASE32_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z2-7]{16,}+={0,6}")
+# Key words of an attack as they look under ROT13 and reversed: the gate for trying
+# those transforms at all ("ignore", "instructions", "previous", "system", "prompt").
+_ROT13_MARKERS = ("rot13", "rot-13", "rot 13", "vtaber", "vafgehpgvba", "cerivbhf", "flfgrz", "cebzcg")
+_REVERSED_MARKERS = ("erongi", "snoitcurtsni", "suoiverp", "metsys", "tpmorp", "dragersid")
+
 _CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 _MIN_DECODED_CHARS = 12
 _MAX_DECODE_BYTES = 256 * 1024  # per input text: bounds work on a wall of base64
@@ -132,6 +151,7 @@ class InjectionDetector:
         # Decoded payloads are judged by every phrase rule: "encoded_payload" names the
         # hiding technique, so enabling it alone must still recognise what was hidden.
         self._decoded_rules = TEXT_RULES + tuple(custom)
+        self._native_rules = tuple(r for r in NATIVE_RULES if r.category in enabled)
         self._max_depth = max_decode_depth
 
     def scan(self, texts: Sequence[str]) -> Detection:
@@ -151,6 +171,9 @@ class InjectionDetector:
     def _scan(self, text: str, index: int, depth: int) -> Iterator[Hit]:
         norm = normalise(text)
         yield from self._match(self._rules if depth == 0 else self._decoded_rules, norm, index)
+        if self._native_rules and not text.isascii() and _CYRILLIC_RE.search(text):
+            native = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+            yield from self._match(self._native_rules, native, index)
         if self._compact_rules and _SPACED_GATE_RE.search(" " + norm):
             for run in _SPACED_RUN_RE.finditer(norm):
                 squashed = _SPACED_SEPARATORS_RE.sub("", run.group())
@@ -180,7 +203,7 @@ class InjectionDetector:
         # removed: "aWdu\u200bb3Jl" must still decode).
         raw = text if text.isascii() else INVISIBLE_RE.sub("", text)
         budget = _MAX_DECODE_BYTES
-        for kind, decoded in self._decoded_blobs(raw):
+        for kind, decoded in (*self._decoded_blobs(raw), *_transformed(raw, normalise(raw))):
             budget -= len(decoded)
             if budget < 0:
                 break
@@ -219,6 +242,46 @@ class InjectionDetector:
             decoded = _decode_hex(found.group())
             if decoded is not None:
                 yield "hex", decoded
+
+
+def _transformed(raw: str, norm: str) -> Iterator[tuple[str, str]]:
+    """The whole text read as leetspeak, URL-encoded, ROT13 or reversed, where it looks so."""
+    leet = _leet_windows(norm)
+    if leet:
+        yield "leet", leet
+    if "%" in raw and _URL_ESCAPES_RE.search(raw):
+        yield "url", unquote_plus(raw)
+    if any(marker in norm for marker in _ROT13_MARKERS):
+        yield "rot13", codecs.encode(raw, "rot13")
+    if any(marker in norm for marker in _REVERSED_MARKERS):
+        yield "reversed", raw[::-1]
+    for found in _BASE32_RE.finditer(raw):
+        decoded = _decode_base32(found.group())
+        if decoded is not None:
+            yield "base32", decoded
+
+
+def _leet_windows(norm: str) -> str:
+    """The words around leet words, de-leeted; empty unless at least two words are leet."""
+    if not _LEET_WORD_RE.search(norm):
+        return ""
+    words = norm.split(" ")
+    marked = [i for i, word in enumerate(words) if _LEET_WORD_RE.search(word)]
+    if len(marked) < 2:
+        return ""
+    keep: set[int] = set()
+    for i in marked:
+        keep.update(range(max(0, i - _LEET_WINDOW), min(len(words), i + _LEET_WINDOW + 1)))
+    return " ".join(words[i].translate(_LEET_TABLE) for i in sorted(keep))
+
+
+def _decode_base32(blob: str) -> str | None:
+    core = blob.rstrip("=")
+    try:
+        data = base64.b32decode(core + "=" * (-len(core) % 8))
+    except (binascii.Error, ValueError):
+        return None
+    return _printable_text(data)
 
 
 def _printable_text(data: bytes) -> str | None:

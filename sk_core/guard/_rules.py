@@ -54,11 +54,16 @@ def _rule(rule_id: str, category: Category, pattern: str, *triggers: str) -> Rul
 # instructions." or "Do NOT ignore this: ignore all previous instructions" would turn any
 # rule off. A benign negated sentence is flagged instead; under the default ``flag``
 # policy that costs an audit record, not an answer.
-_OVERRIDE_VERB = r"\b(?:ignor|disregard|forget|forgot|overrid|set aside|throw out|discard)[^ ]*+"
+# Imperative and -ing forms only: "the captain ignored all previous orders" narrates,
+# an attack has to tell the model what to do.
+_OVERRIDE_VERB = (
+    r"\b(?:ignor(?!ed\b|es\b)|disregard(?!ed\b|s\b)|forget(?!s\b)|overrid(?!den\b|es\b)|set aside|"
+    r"throw out|discard(?!ed\b|s\b))[^ ]*+"
+)
 _EARLIER = _words(
     "previous", "prior", "above", "earlier", "preceding", "foregoing", "former", "original",
-    "initial", "old", "all", "any", "every", "existing", "system", "developer", "your", "these",
-    "those", "default", "pre-?programmed", "built-?in", "current",
+    "initial", "all", "any", "every", "existing", "system", "developer", "your", "these",
+    "those", "pre-?programmed", "built-?in", "current",
 )  # fmt: skip
 _DIRECTIVES = _words(
     r"instructions?", r"prompts?", r"directives?", r"rules?", r"guidelines?", r"context",
@@ -124,7 +129,9 @@ TEXT_RULES: Final[tuple[Rule, ...]] = (
         "instruction_override",
         r"\b(?:ignore|disregard|forget)[^ ]*+ (?:about )?(?:everything|all|anything)(?: (?:that )?"
         r"(?:you (?:were|have been|'ve been) (?:told|given|taught|instructed)|(?:i |we )?(?:said |told you |"
-        r"wrote |written |stated )?(?:above|before|previously|so far|earlier|up to this point)))\b",
+        r"wrote |written |stated )?(?:above|before|previously|so far|earlier|up to this point)"
+        # "Disregard all earlier quotes": a noun after the adverb makes it an adjective.
+        r"(?! (?!and\b|then\b|instead\b|now\b|please\b|just\b)[a-z])))\b",
         "ignor",
         "disregard",
         "forget",
@@ -320,7 +327,8 @@ TEXT_RULES: Final[tuple[Rule, ...]] = (
     _rule(
         "SPE-repeat-above",
         "system_prompt_extraction",
-        r"\b(?:repeat|print|output|recite|show|copy|echo|write|return) (?:back )?(?:all |everything |the "
+        # Not "copy" or "write": "don't copy the text above word for word" is a teacher's line.
+        r"\b(?:repeat|print|output|recite|show|echo|return) (?:back )?(?:all |everything |the "
         r"(?:text|words|content|message|lines?|tokens?|instructions?) )?(?:written |that (?:appears?|is) |"
         r"you (?:see|were given|received) )?(?:above|before (?:this|my) (?:message|line|prompt)|prior to "
         r"(?:this|my) (?:message|prompt)|at the (?:start|beginning) of (?:this|the|our) (?:conversation|chat"
@@ -496,18 +504,105 @@ TEXT_RULES: Final[tuple[Rule, ...]] = (
         "comply",
         "the following",
     ),
+    # --- paraphrases and indirect framing (issue #13) ----------------------------------
+    _rule(
+        "IO-paraphrase",
+        "instruction_override",
+        # Override verbs that are not "ignore": they need an object naming what the model
+        # was told, so "drop the previous batch" or "scrap the old plan" stay prose.
+        r"\b(?:disregard|ignore|forget|drop|scrap|discard|abandon|cancel|set aside|pay no attention to|"
+        r"never ?mind|stop following|throw away|bin) (?:all |everything |whatever |anything |what |the )?"
+        r"(?:(?:instructions?|rules|guidance|directives|commands|orders|prompts?) )?"
+        r"(?:you(?:'ve| have)? (?:been|were|got) (?:told|given|instructed|taught|programmed)|"
+        r"you (?:got|received) (?:before|earlier|previously)|(?:your|the) operator (?:wrote|gave)|"
+        r"(?:prior|previous|earlier) (?:commands|guidance|directives))\b"
+        r"|\b(?:your|the) (?:earlier|previous|prior|original|above|initial) (?:instructions|directives|rules|"
+        r"guidance|brief|prompt) (?:are|is) (?:void|cancel+ed|revoked|obsolete|no longer valid)\b"
+        r"|\b(?:instructions|rules|directives) above no longer apply\b"
+        r"|\bthe real instructions (?:begin|start) (?:now|here)\b"
+        r"|\bstop following your (?:original |initial |previous )?(?:brief|instructions|rules|prompt)\b",
+        # Triggers are the object phrases (rare in prose), not the common verbs.
+        "been told", "been given", "been instructed", "been taught", "been programmed", "were told",
+        "were given", "were instructed", "were taught", "were programmed", "got told", "got before",
+        "received before", "got earlier", "received earlier", "operator", "prior commands",
+        "previous commands", "earlier commands", "prior guidance", "previous guidance", "earlier guidance",
+        "prior directives", "previous directives", "earlier directives", "void", "cancel", "revoked",
+        "obsolete", "no longer valid", "no longer apply", "real instructions", "stop following",
+    ),
+    _rule(
+        "IO-indirect",
+        "instruction_override",
+        # A document that addresses the model reading it: in an e-mail, a review or a web
+        # page there is no other reader called "AI assistant".
+        r"\b(?:note|message|instructions?|attention) (?:to|for) (?:the |any |all )?(?:ai|llm|language model|"
+        r"assistant|chatbot|ai assistant|ai model)s?\b"
+        r"|\b(?:ai|llm|gpt|language model|ai model|ai assistant|assistant|chatbot)s? (?:reading|processing|"
+        r"summari[sz]ing|analy[sz]ing|parsing|reviewing) (?:this|these)\b"
+        r"|\bif you are an? (?:ai|llm|large language model|language model|ai assistant|chatbot)\b"
+        r"|\bmessage for the (?:ai|assistant|model)\b",
+        " ai", "llm", "language model", "assistant", "chatbot", "gpt",
+    ),
+    _rule(
+        "IO-ignore-multilingual",
+        "instruction_override",
+        # Chinese, Japanese, Korean, Arabic, Hindi: the classic "ignore the previous
+        # instructions" in each script (normalised text: no confusable folding applies).
+        r"(?:忽略|无视|無視|忽视|忽視|不要理会|忘记|忘記|忘掉)[^。！？!?]{0,8}?(?:之前|以前|先前|上面|以上|上述|前面|"
+        r"所有|全部|原来|原有)[^。！？!?]{0,8}?(?:指令|指示|说明|說明|规则|規則|提示|命令|设定|設定)"
+        r"|(?:以前|前|上記|これまで|すべて|全て)の(?:指示|命令|ルール|指令|プロンプト)[^。！？]{0,10}?(?:無視|忘れ)"
+        r"|(?:이전|앞|위|모든)[^.!?]{0,10}?(?:지시|지침|명령|규칙|프롬프트)[^.!?]{0,10}?(?:무시|잊어)"
+        r"|(?:تجاهل|انس|تناس)[^.!؟]{0,30}?(?:التعليمات|الأوامر|التوجيهات|القواعد)"
+        r"|(?:पिछले|पहले के|सभी)[^।]{0,30}?(?:निर्देश|नियम|आदेश)[^।]{0,20}?(?:अनदेखा|नज़रअंदाज़|नजरअंदाज|भूल)",
+        "忽略", "无视", "無視", "忽视", "忽視", "理会", "忘", "の", "무시", "잊어", "تجاهل", "انس", "تناس",
+        "निर्देश", "नियम", "आदेश",
+    ),
+    _rule(
+        "SPE-multilingual",
+        "system_prompt_extraction",
+        r"(?:输出|輸出|显示|顯示|告诉我|告訴我|打印|重复|重複|泄露|给我看|展示|原样)[^。！？!?]{0,10}?(?:系统提示|"
+        r"系統提示|系统指令|系統指令|初始指令|提示词|提示詞)"
+        r"|(?:把|将)你的(?:系统提示|系統提示|系统指令|提示词)"
+        r"|システムプロンプトを(?:教え|表示|出力|見せ)"
+        r"|시스템 ?프롬프트[^.!?]{0,6}?(?:출력|보여|알려|공개)"
+        r"|\b(?:gib|zeig|nenn|wiederhol|verrat)[^ ]*+(?: [^ ]++){0,4}? (?:deinen |ihren |den )?(?:systemprompt|"
+        r"system-prompt|systemanweisung|systemnachricht)",
+        "提示", "指令", "システムプロンプト", "프롬프트", "systemprompt", "system-prompt", "systemanweisung",
+        "systemnachricht",
+    ),
+    _rule(
+        "SPE-paraphrase",
+        "system_prompt_extraction",
+        r"\b(?:output|print|show|repeat|dump|reveal|quote|give me) (?:me )?(?:your |the )?(?:full |entire |"
+        r"exact |hidden )?(?:preamble|configuration prompt|config prompt|initial prompt|setup prompt|"
+        r"instructions you were (?:initiali[sz]ed|configured|set up|started) with)\b"
+        r"|\bwhat (?:text|instructions) did (?:your|the) (?:developers?|creators?|operators?) (?:put|write|place)"
+        r" before\b",
+        "preamble", "configuration prompt", "config prompt", "initial prompt", "setup prompt",
+        "instructions you were", "what text did", "what instructions did",
+    ),
     # --- role_marker_injection --------------------------------------------------------
+    _rule(
+        "RM-json-role",
+        "role_marker_injection",
+        # A chat message smuggled as JSON. A "user" message is ordinary API usage; a
+        # system or developer message in user input is an attempt to speak as the operator.
+        r"[\"'](?:role|from|author)[\"'] ?: ?[\"'](?:system|developer)[\"']",
+        "\"role\"", "'role'", "\"from\"", "'from'", "\"author\"", "'author'",
+    ),
     _rule(
         "RM-chatml",
         "role_marker_injection",
-        r"<\|(?:im_start|im_end|im_sep|system|user|assistant|endoftext|eot_id|start_header_id|end_header_id|"
-        r"begin_of_text|end_of_text|eom_id|python_tag|fim_prefix|fim_middle|fim_suffix)\|>",
+        # A turn opened for a privileged role, or a special token that ends one. A user turn
+        # (what chat-template documentation shows) alone is not flagged.
+        r"<\|im_start\|> ?(?:system|assistant|developer|tool)\b|<\|(?:system|assistant|developer)\|>|"
+        r"<\|start_header_id\|> ?(?:system|assistant)\b|<\|(?:im_end|eot_id|endoftext)\|> ?<\|",
         "<|",
     ),
     _rule(
         "RM-llama-gemma",
         "role_marker_injection",
-        r"\[/?inst\]|<</?sys>>|<(?:start|end)_of_turn>",
+        r"\[/?inst\]|<</?sys>>|<start_of_turn> ?(?:model|system)\b|<end_of_turn> ?<start_of_turn>|"
+        r"<start_of_turn> ?user [^<]{0,200}?<end_of_turn>",
         "inst]",
         "sys>>",
         "_of_turn>",
@@ -549,6 +644,25 @@ TEXT_RULES: Final[tuple[Rule, ...]] = (
         "---",
         "===",
         "###",
+    ),
+)
+
+# Cyrillic rules run on a copy that is only casefolded and NFKC-normalised: the matching
+# form folds Cyrillic look-alikes to Latin ("игнорируй" would read "игhopиpyй").
+NATIVE_RULES: Final[tuple[Rule, ...]] = (
+    _rule(
+        "IO-ignore-ru",
+        "instruction_override",
+        r"(?:игнорируй|проигнорируй|забудь|не обращай внимания на|не слушай|отбрось)[^ .!?]*+[^.!?]{0,30}?"
+        r"(?:предыдущ|прежн|все|свои|системн|ранее)[^.!?]{0,30}?(?:инструкци|указани|правил|команд|промпт|установк)",
+        "игнорир", "забуд", "внимания", "слушай", "отбрось",
+    ),
+    _rule(
+        "SPE-ru",
+        "system_prompt_extraction",
+        r"(?:покажи|выведи|раскрой|напиши|повтори|скажи)[^.!?]{0,20}?(?:системн[^ ]* (?:промпт|подсказк|инструкци|"
+        r"сообщени)|свои (?:инструкции|указания))",
+        "системн", "свои",
     ),
 )
 
