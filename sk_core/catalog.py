@@ -118,6 +118,7 @@ class FunctionSpec:
     description: str
     inputs: tuple[InputSpec, ...]
     yaml_text: str
+    template: str  # the template's own text (an answer must not echo it)
     template_bytes: int
     default_max_tokens: int
     arguments_model: type[BaseModel] = field(compare=False)
@@ -308,6 +309,7 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         description=data.get("description") or "",
         inputs=input_tuple,
         yaml_text=text,
+        template=str(data["template"]),
         template_bytes=len(str(data["template"]).encode()),
         default_max_tokens=int(settings.get("max_tokens", 256)),
         arguments_model=_arguments_model(plugin, data["name"], input_tuple),

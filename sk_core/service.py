@@ -14,7 +14,6 @@ process-wide singleton created on first use. Tests install their own with
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -71,7 +70,7 @@ class Service:
             guard_policy=settings.guard_policy_for,
             ledger=ledger,
             runtimes=runtimes,
-            redactor=functools.partial(_redactor_for, settings),
+            redactor=Redactors(settings, catalog),
             price=settings.price,
             model_id=settings.resolved_model_id,
         )
@@ -134,11 +133,32 @@ class Service:
         )
 
 
-def _redactor_for(settings: Settings, function_id: str) -> Redactor:
-    # Imported on first use: its patterns compile at import, after the first answer.
-    from sk_core.redaction import cached_redactor
+class Redactors:
+    """One output redactor per function, built on first use: the function's redaction
+    kinds, the hosts its answers may link to, and its template, which an answer must not
+    echo (kind ``prompt_echo``)."""
 
-    return cached_redactor(settings.redaction_for(function_id))
+    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+        self._settings = settings
+        self._catalog = catalog
+        self._built: dict[str, Redactor] = {}
+
+    def __call__(self, function_id: str) -> Redactor:
+        redactor = self._built.get(function_id)
+        if redactor is None:
+            # Imported on first use: its patterns compile at import, after the first answer.
+            from sk_core.redaction import Redactor
+
+            plugin, _, name = function_id.partition("/")
+            spec = self._catalog.get(plugin, name)
+            settings = self._settings
+            redactor = self._built[function_id] = Redactor(
+                settings.redaction_for(function_id),
+                link_hosts=settings.link_hosts_for(function_id),
+                template=spec.template if spec is not None else "",
+                echo_words=settings.redaction_echo_words,
+            )
+        return redactor
 
 
 def make_store(settings: Settings) -> TableStore:

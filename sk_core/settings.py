@@ -135,11 +135,19 @@ class Settings(BaseSettings):
     )
     content_safety_key: SecretStr = SecretStr("")
     redaction: str = Field(
-        default="email,phone,payment_card,iban,secret",
+        default="prompt_echo,link,email,phone,payment_card,iban,secret",
         description="Kinds redacted from model output (comma-separated; empty: none).",
     )
     redaction_policies: str = Field(
         default="", description='Per-function overrides as JSON: {"text/translate": "email,secret"}'
+    )
+    redaction_link_hosts: str = Field(
+        default="",
+        description='Hosts whose links and images may stay in a function\'s output, as JSON: '
+        '{"chat/chat": "docs.example.com,*.contoso.com"}; a function not listed: none.',
+    )
+    redaction_echo_words: int = Field(
+        default=8, ge=3, le=1000, description="Template words in a row an answer may repeat before redaction."
     )
 
     # The JSON-valued settings are parsed once (the validator below touches each, so a
@@ -175,6 +183,15 @@ class Settings(BaseSettings):
         if self.model_provider is Provider.OPENAI:
             names.append(self.model_api_key_secret_name)
         return names
+
+    @functools.cached_property
+    def _link_hosts(self) -> dict[str, tuple[str, ...]]:
+        raw = _json_object(self.redaction_link_hosts, "SKF_REDACTION_LINK_HOSTS")
+        return {function: _kinds(hosts) for function, hosts in raw.items()}
+
+    def link_hosts_for(self, function_id: str) -> tuple[str, ...]:
+        """The hosts one function's output may link to (SKF_REDACTION_LINK_HOSTS)."""
+        return self._link_hosts.get(function_id, ())
 
     cors_allowed_origins: str = Field(
         default="", description="Comma-separated origins allowed to call from browsers (no '*'); empty: none."
@@ -238,7 +255,8 @@ class Settings(BaseSettings):
         if self.resolved_model_id not in self.prices:
             # A model without a price cannot be budgeted: refuse to start, not to charge 0.
             raise ValueError(f"no price for model {self.resolved_model_id!r}: add it to SKF_MODEL_PRICES")
-        _ = (self._guard_overrides, self._redaction_overrides)  # parsed (and checked) now, not per request
+        # Parsed (and checked) now, not per request.
+        _ = (self._guard_overrides, self._redaction_overrides, self._link_hosts)
         if "*" in self.cors_origins:
             raise ValueError("SKF_CORS_ALLOWED_ORIGINS must list origins; '*' is not allowed")
         if self.secret_refresh_ahead_seconds >= self.secret_cache_seconds:

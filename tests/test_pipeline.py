@@ -17,7 +17,7 @@ from sk_core.errors import ApiError, LimitsUnavailable, ModelError, StorageUnava
 from sk_core.guard import PromptInjectionDetected
 from sk_core.limits import window_keys
 from sk_core.pipeline import Pipeline, fail_closed
-from sk_core.redaction import cached_redactor
+from sk_core.redaction import Redactor
 from sk_core.service import Service
 from sk_core.tenants import Limits, Tenant
 from tests.support.stub_model import StubModel
@@ -81,7 +81,7 @@ async def test_a_blocked_prompt_is_neither_charged_nor_sent(
         guard_policy=lambda _: "block",
         ledger=service.ledger,
         runtimes=service.runtimes,
-        redactor=lambda _: cached_redactor(()),
+        redactor=lambda _: Redactor(()),
         price=service.settings.price,
         model_id=service.settings.resolved_model_id,
     )
