@@ -213,10 +213,10 @@ def test_collector_pipelines_reference_defined_components_and_reach_the_backends
     assert set(service["extensions"]) == set(config["extensions"])
     # Traces reach Jaeger's OTLP gRPC port; the Prometheus exporter is what Prometheus scrapes.
     services = compose()["services"]
-    jaeger = config["exporters"]["otlp/jaeger"]["endpoint"]
+    jaeger = config["exporters"]["otlp_grpc/jaeger"]["endpoint"]
     assert host_port(jaeger) == ("jaeger", 4317)
     assert "jaeger" in services
-    assert "otlp/jaeger" in service["pipelines"]["traces"]["exporters"]
+    assert "otlp_grpc/jaeger" in service["pipelines"]["traces"]["exporters"]
     prometheus_exporter = config["exporters"]["prometheus"]
     assert "prometheus" in service["pipelines"]["metrics"]["exporters"]
     assert prometheus_exporter["translation_strategy"] == "UnderscoreEscapingWithSuffixes"
