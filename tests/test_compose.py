@@ -47,7 +47,7 @@ from scripts.devservices import ROOT, free_port, start_service
 from sk_core.storage import development_connection_string
 from sk_core.tenants import parse_key
 from tests.conftest import make_settings
-from tests.stub_model import StubModelProcess
+from tests.support.stub_model import StubModelProcess
 
 COMPOSE = ROOT / "compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
