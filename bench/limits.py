@@ -172,8 +172,15 @@ def install_round_trip_hooks() -> None:
     class Hooked(Original):
         @classmethod
         def from_connection_string(cls, conn_str: str, **kwargs: Any) -> TableServiceClient:
+            store_hook = kwargs.pop("raw_response_hook", None)  # TableStore's own counter
+
+            def on_response(response: PipelineResponse[Any, Any]) -> None:
+                _on_response(response)
+                if store_hook is not None:
+                    store_hook(response)
+
             return super().from_connection_string(
-                conn_str, raw_request_hook=_on_request, raw_response_hook=_on_response, **kwargs
+                conn_str, raw_request_hook=_on_request, raw_response_hook=on_response, **kwargs
             )
 
     # The name sk_core.storage imported, replaced in that module only.

@@ -1,8 +1,11 @@
 """The audit log: one Table Storage row per API call, never the prompt.
 
-Rows are written off the request path (a tracked background task): an audit write
-must neither slow an answer nor fail it. Each row carries an ``expires_at``; the
-maintenance sweep deletes rows past the retention period.
+Rows are written off the request path, batched: ``record`` queues the row, and a
+background flusher writes what queued at least every ``flush_seconds`` (1 s), as one
+entity-group transaction per tenant partition (up to 100 rows each), and on shutdown.
+An audit write must neither slow an answer nor fail it. A process killed outright loses
+the rows it had not flushed yet (at most the last second's). Each row carries an
+``expires_at``; the maintenance sweep deletes rows past the retention period.
 
 Layout: PartitionKey = tenant id (``_anonymous`` for calls that never authenticated),
 RowKey = inverted milliseconds + request id, so a partition reads newest first.
@@ -11,6 +14,7 @@ RowKey = inverted milliseconds + request id, so a partition reads newest first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +29,7 @@ logger = logging.getLogger(__name__)
 AUDIT_TABLE = "audit"
 ANONYMOUS = "_anonymous"
 _MAX_MS = 10**15  # inverted timestamps stay positive and sort newest first
+_BATCH = 100  # entities per entity-group transaction (the Table Storage maximum)
 
 
 @dataclass
@@ -47,25 +52,29 @@ class AuditEntry:
 
 
 class AuditLog:
-    """Writes and reads audit rows."""
+    """Writes (batched) and reads audit rows."""
 
-    def __init__(self, *, store: TableStore, retention_days: float) -> None:
+    def __init__(self, *, store: TableStore, retention_days: float, flush_seconds: float = 1.0) -> None:
         self._store = store
         self._retention = timedelta(days=retention_days)
-        self._pending: set[asyncio.Task[None]] = set()
+        self._flush_seconds = flush_seconds
+        self._queue: list[dict[str, Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.lost = 0  # rows that could not be written (logged)
 
     def record(self, entry: AuditEntry) -> None:
-        """Write ``entry`` in the background."""
-        task = asyncio.get_running_loop().create_task(self._write(entry))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        """Queue ``entry``; the flusher writes it within ``flush_seconds``."""
+        self._queue.append(self._row(entry))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
 
-    async def _write(self, entry: AuditEntry) -> None:
+    def _row(self, entry: AuditEntry) -> dict[str, Any]:
         from sk_core.storage import int64
 
         now = datetime.now(UTC)
         millis = int(now.timestamp() * 1000)
-        row = {
+        return {
             "PartitionKey": entry.tenant_id or ANONYMOUS,
             "RowKey": f"{_MAX_MS - millis:015d}-{uuid.uuid4().hex[:12]}",
             "route": entry.route,
@@ -83,11 +92,31 @@ class AuditLog:
             "created_at": now,
             "expires_at": now + self._retention,
         }
-        try:
-            table = await self._store.table(AUDIT_TABLE)
-            await table.create_entity(row)
-        except Exception:  # an audit gap is logged, never turned into a failed answer
-            logger.warning("audit write failed for %s %s", entry.route, entry.status)
+
+    async def _flush_later(self) -> None:
+        # Sleeps until the flush is due, or until aclose() wakes it to write right away.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
+        self._wake.clear()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write every queued row now: one transaction per partition and 100 rows."""
+        from sk_core.storage import submit
+
+        rows, self._queue = self._queue, []
+        by_partition: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_partition.setdefault(row["PartitionKey"], []).append(row)
+        for partition, partition_rows in by_partition.items():
+            for start in range(0, len(partition_rows), _BATCH):
+                chunk = partition_rows[start : start + _BATCH]
+                try:
+                    table = await self._store.table(AUDIT_TABLE)
+                    await submit(table, [("create", row, {}) for row in chunk])
+                except Exception:  # an audit gap is logged, never turned into a failed answer
+                    self.lost += len(chunk)
+                    logger.warning("audit write failed for %d rows of %s", len(chunk), partition)
 
     async def recent(self, tenant_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The tenant's newest rows first."""
@@ -126,9 +155,12 @@ class AuditLog:
         return deleted
 
     async def aclose(self) -> None:
-        """Wait for pending writes (shutdown)."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        """Write everything queued (shutdown); the log stays usable afterwards."""
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            self._wake.set()
+            await flusher  # never cancelled mid-write: rows it took would be lost
+        await self.flush()
 
 
 def _compact(guard: dict[str, Any]) -> str:

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         description="Quota leases: admit and settle in memory against leased slices (false: every "
         "admission and settlement is its own storage transaction).",
     )
-    lease_report_seconds: float = Field(default=1.0, gt=0, le=60)
+    lease_report_seconds: float = Field(default=2.0, gt=0, le=60)
     lease_idle_seconds: float = Field(default=3.0, gt=0, le=600)
     lease_horizon_seconds: float = Field(default=4.0, gt=0, le=600)
     lease_share: float = Field(default=0.5, gt=0, le=1)

@@ -88,7 +88,11 @@ class TableStore:
         table_prefix: str = "skf",
         retries: int = 2,
     ) -> None:
-        options = _retry_options(retries)
+        options: dict[str, Any] = {**_retry_options(retries), "raw_response_hook": self._count}
+        # Every HTTP exchange with the account (a round trip), and the conflicts among
+        # them: what the benchmarks report per request, and what leases keep low.
+        self.round_trips = 0
+        self.conflicts = 0
         self._credential: Any = None
         if connection_string:
             if connection_string.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
@@ -105,6 +109,16 @@ class TableStore:
         self._clients: dict[str, TableClient] = {}
         self._created: set[str] = set()
         self._create_lock = asyncio.Lock()
+
+    def _count(self, response: Any) -> None:
+        self.round_trips += 1
+        status = getattr(response.http_response, "status_code", 0)
+        if status in (409, 412):
+            self.conflicts += 1
+
+    def note_conflict(self) -> None:
+        """A transaction lost an ETag race (reported inside a 202 batch answer)."""
+        self.conflicts += 1
 
     async def table(self, name: str) -> TableClient:
         """The client for ``<prefix><name>``, creating the table on first use."""

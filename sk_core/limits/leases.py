@@ -54,7 +54,7 @@ LEASE_PREFIX = "lease-"
 class LeaseSettings:
     """How leases are sized and renewed."""
 
-    report_seconds: float = 1.0  # settled usage reaches the store at least this often
+    report_seconds: float = 2.0  # settled usage reaches the store at least this often
     idle_seconds: float = 3.0  # a lease unused this long gives everything back
     horizon_seconds: float = 4.0  # a grant aims to last this long at the recent rate
     share: float = 0.5  # at most this share of what is left goes to one grant

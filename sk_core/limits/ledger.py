@@ -188,6 +188,7 @@ class Ledger:
 
     async def _backoff(self, attempt: int) -> None:
         self.conflicts += 1
+        self._store.note_conflict()
         await asyncio.sleep(random.uniform(0, min(0.25, 0.005 * 2 ** min(attempt, 6))))
 
     async def _submit(self, table: Any, operations: list[Any]) -> None:
