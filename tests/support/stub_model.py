@@ -100,6 +100,8 @@ _BEHAVIOUR_KEYS = frozenset(
         "body",
         "model",
         "finish_reason",
+        "raw",
+        "drop",
     }
 )
 
@@ -152,6 +154,11 @@ class Behaviour:
     body: Any = None
     model: str | None = None
     finish_reason: str | None = None
+    #: Sent verbatim as the body (e.g. malformed JSON), with ``status``.
+    raw: str | None = None
+    #: Start a 200 answer, then break the connection mid-body (a broken connection
+    #: after the request was received: the provider may have done the work).
+    drop: bool = False
 
     @classmethod
     def from_json(cls, raw: object) -> Behaviour:
@@ -169,7 +176,7 @@ class Behaviour:
         status = raw.get("status", 200)
         if not _is_int(status) or not 100 <= status <= 599:
             raise _BehaviourError("status must be an int in 100..599")
-        for key in ("content", "model", "finish_reason"):
+        for key in ("content", "model", "finish_reason", "raw"):
             if raw.get(key) is not None and not isinstance(raw[key], str):
                 raise _BehaviourError(f"{key} must be a string")
         for key in ("prompt_tokens", "completion_tokens"):
@@ -195,6 +202,8 @@ class Behaviour:
             body=raw.get("body"),
             model=raw.get("model"),
             finish_reason=raw.get("finish_reason"),
+            raw=raw.get("raw"),
+            drop=bool(raw.get("drop", False)),
         )
 
 
@@ -353,6 +362,13 @@ async def _stream_chunks(c: _Completion, include_usage: bool) -> AsyncIterator[b
     yield b"data: [DONE]\n\n"
 
 
+async def _broken_body() -> AsyncIterator[bytes]:
+    yield b'{"id": "chatcmpl-broken", "object": "chat.completion", '
+    # uvicorn aborts the connection when a streamed body fails after it started: the
+    # client sees the headers and part of the body, then the connection close mid-body.
+    raise ConnectionAbortedError("stub: dropping the connection mid-answer")
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(
         {"error": {"message": message, "type": "invalid_request_error"}},
@@ -447,6 +463,10 @@ class _StubServer:
             # response, and leaving the handler now keeps in-flight honest.
             return Response(status_code=499)
 
+        if behaviour.drop:
+            return StreamingResponse(_broken_body(), status_code=200, media_type="application/json")
+        if behaviour.raw is not None:
+            return Response(behaviour.raw, status_code=behaviour.status, media_type="application/json")
         if behaviour.body is not None or behaviour.status >= 400:
             body = behaviour.body if behaviour.body is not None else DEFAULT_ERROR_BODY
             return JSONResponse(body, status_code=behaviour.status, headers=behaviour.headers)
@@ -587,8 +607,9 @@ class StubModel:
         """Append behaviours to the FIFO queue, one per upcoming request.
 
         Each behaviour may set ``status``, ``content``, ``prompt_tokens``,
-        ``completion_tokens``, ``delay``, ``headers``, ``body``, ``model`` and
-        ``finish_reason``. Note the openai SDK retries 429/5xx by default, and
+        ``completion_tokens``, ``delay``, ``headers``, ``body``, ``model``,
+        ``finish_reason``, ``raw`` (a verbatim body) and ``drop`` (break mid-body).
+        Note the openai SDK retries 429/5xx by default, and
         each retry consumes the next queued behaviour.
         """
         self._call("POST", "/_control/script", {"responses": [dict(r) for r in responses]})
