@@ -157,6 +157,25 @@ def start_local_model(
     return proc
 
 
+# Idle time between requests on a kept-alive connection; under the ingress's 60 s so
+# the proxy, not us, is the side that closes (no race on a reused connection).
+KEEP_ALIVE_SECONDS = 5
+# Requests in flight per worker before uvicorn answers 503 at once: a flood then costs a
+# refusal, not unbounded memory. A ceiling well above per-tenant concurrency limits
+# times a handful of busy tenants; not a measured peak (bench/ has the throughput).
+LIMIT_CONCURRENCY = 512
+# The container host's connection limits, the same in infra/container/Dockerfile's CMD
+# (tests/test_infra.py checks). Why these numbers: README, "Connection limits".
+UVICORN_FLAGS = (
+    "--http",
+    "sk_core.asgi:BoundedHttpProtocol",
+    "--timeout-keep-alive",
+    str(KEEP_ALIVE_SECONDS),
+    "--limit-concurrency",
+    str(LIMIT_CONCURRENCY),
+)
+
+
 def start_service(
     *, port: int, env: Mapping[str, str], log: Path | None = None, workers: int = 1
 ) -> ManagedProcess:
@@ -176,6 +195,8 @@ def start_service(
         "--log-level",
         "warning",
         "--no-server-header",  # do not advertise the server software
+        # The container's connection limits (read deadlines, keep-alive, concurrency).
+        *UVICORN_FLAGS,
     ]
     proc = ManagedProcess("service", argv, env=env, log=log)
     proc.wait_until(f"http://127.0.0.1:{port}/api/health", timeout=60)

@@ -1,9 +1,19 @@
 """Container host: the route table as a Starlette app, served by uvicorn.
 
-    uvicorn sk_core.asgi:app --host 0.0.0.0 --port 8000
+    uvicorn sk_core.asgi:app --host 0.0.0.0 --port 8000 <scripts/devservices.py UVICORN_FLAGS>
 
 Only wiring lives here; behaviour is in the handlers. Starlette's own 404/405 answers
 are re-shaped into the same problem+json body the handlers use.
+
+**Connection limits.** uvicorn bounds the idle time between requests on a kept-alive
+connection (``--timeout-keep-alive``) and the requests in flight per worker
+(``--limit-concurrency``: beyond it, an immediate 503), but not how long a client may
+take to send a request. ``BoundedHttpProtocol`` (``--http``) adds that: a connection
+must deliver a request's headers within ``SKF_HTTP_HEADER_TIMEOUT_SECONDS`` of
+connecting (or of its first byte, on a kept-alive connection) and the whole request
+within ``SKF_HTTP_REQUEST_TIMEOUT_SECONDS``, or it is closed; the handler of a request cut off mid-body
+sees a disconnect, recorded as 499. The numbers, and why, are in the README
+("Connection limits").
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,6 +37,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sk_core.errors import ApiError
 from sk_core.http.rendering import CORS_EXPOSED_HEADERS, SECURITY_HEADERS, problem_response
@@ -36,6 +48,58 @@ from sk_core.settings import get_settings
 from sk_core.telemetry import prometheus_payload, setup_telemetry
 
 logger = logging.getLogger(__name__)
+
+# The read deadlines are settings (SKF_HTTP_HEADER_TIMEOUT_SECONDS, default 10:
+# a real client sends its headers in one packet, and idle connections that never send
+# anything are closed; SKF_HTTP_REQUEST_TIMEOUT_SECONDS, default 30: bodies are at
+# most SKF_MAX_BODY_BYTES, 100 KiB, so ~3.4 KB/s, far below any real link, while a
+# 1 byte/s sender is cut off instead of holding a slot forever).
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with deadlines on receiving a request."""
+
+    _read_timer: asyncio.TimerHandle | None = None
+    _request_began = 0.0  # loop time the current request's deadlines count from
+
+    def _begin(self) -> None:
+        self._request_began = self.loop.time()
+        self._arm(get_settings().http_header_timeout_seconds)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(seconds, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _too_slow(self) -> None:
+        self._read_timer = None
+        if not self.transport.is_closing():
+            logger.info("closing a connection that was too slow to send its request")
+            self.transport.close()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._begin()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._read_timer is None:  # a kept-alive connection's next request
+            self._begin()
+
+    def on_headers_complete(self) -> None:
+        spent = self.loop.time() - self._request_began
+        self._arm(max(0.0, get_settings().http_request_timeout_seconds - spent))
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
 
 class _RouteError(ApiError):

@@ -122,6 +122,9 @@ class FunctionSpec:
     template_bytes: int
     default_max_tokens: int
     arguments_model: type[BaseModel] = field(compare=False)
+    # The model fallback chain the prompt file names (``model_chain:``, a key SK ignores);
+    # None: the configured default chain (sk_core/routing.py).
+    model_chain: str | None = None
 
     def default_max_tokens_for(self, arguments: dict[str, Any]) -> int:
         """The answer cap of a call that names none: the function's ``max_tokens``,
@@ -313,6 +316,7 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         template_bytes=len(str(data["template"]).encode()),
         default_max_tokens=int(settings.get("max_tokens", 256)),
         arguments_model=_arguments_model(plugin, data["name"], input_tuple),
+        model_chain=str(data["model_chain"]) if data.get("model_chain") else None,
     )
 
 

@@ -17,8 +17,10 @@ silently dropped at request time.
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
+import openai
 from pydantic import Field
 from semantic_kernel.connectors.ai.chat_completion_client_base import ChatCompletionClientBase
 from semantic_kernel.connectors.ai.completion_usage import CompletionUsage
@@ -29,6 +31,10 @@ from semantic_kernel.contents.utils.finish_reason import FinishReason
 from semantic_kernel.utils.telemetry.model_diagnostics.decorators import trace_chat_completion
 
 from sk_core.catalog import CHAT_SETTINGS
+
+
+class UnusableAnswer(Exception):
+    """The provider answered 2xx with something that is not a usable chat completion."""
 
 
 class ChatSettings(PromptExecutionSettings):
@@ -73,12 +79,23 @@ class OpenAIChat(ChatCompletionClientBase):
         assert isinstance(settings, ChatSettings)  # for mypy: the branch above guarantees it
         # Errors propagate as the SDK raised them: model_runtime.classify_failure reads
         # their status and Retry-After, and maps them to client-safe problems.
-        response = await self.client.chat.completions.create(
-            model=self.ai_model_id,
-            messages=[message.to_dict() for message in chat_history.messages],
-            stream=False,
-            **settings.request_options(),
-        )
+        try:
+            response = await self.client.chat.completions.create(
+                model=self.ai_model_id,
+                messages=[message.to_dict() for message in chat_history.messages],
+                stream=False,
+                **settings.request_options(),
+            )
+        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
+            # A 2xx whose body is not JSON (or not a completion): answered, probably billed.
+            raise UnusableAnswer("the provider's answer is not a chat completion") from exc
+        try:
+            return self._contents(response)
+        except (AttributeError, TypeError, ValueError) as exc:
+            # Parsed, but not shaped like a completion (the SDK does not validate).
+            raise UnusableAnswer("the provider's answer is not a chat completion") from exc
+
+    def _contents(self, response: Any) -> list[ChatMessageContent]:
         usage = CompletionUsage.from_openai(response.usage) if response.usage is not None else None
         contents = []
         for choice in response.choices:

@@ -20,6 +20,10 @@ class ApiError(Exception):
     status: int = 500
     code: str = "internal_error"
     title: str = "Internal server error"
+    # Whether the model provider may have done (and billed) work for the request before
+    # it failed: the pipeline then keeps the reservation as the charge (README, "What
+    # a failed call costs"). An instance may set it when an earlier attempt was uncertain.
+    billable: bool = False
 
     def __init__(
         self,
@@ -82,9 +86,24 @@ class ModelError(ApiError):
 
 
 class ModelUnavailable(ApiError):
-    """The provider could not be reached (connection refused, DNS, TLS)."""
+    """The connection broke after the request was sent: the provider may have run it."""
 
     status, code, title = 502, "model_unavailable", "The model provider is unreachable"
+    billable = True
+
+
+class ModelUnreachable(ModelUnavailable):
+    """No connection was ever made (refused, DNS, connect timeout, every breaker open):
+    no provider received the request, so it costs nothing. Same answer as above."""
+
+    billable = False
+
+
+class ModelBadAnswer(ModelError):
+    """A 200 whose body is not a usable completion (malformed JSON, no usage): the
+    provider has probably billed it, so the reservation is charged."""
+
+    billable = True
 
 
 class ModelRateLimited(ApiError):
@@ -93,6 +112,7 @@ class ModelRateLimited(ApiError):
 
 class ModelTimeout(ApiError):
     status, code, title = 504, "model_timeout", "The model provider did not answer in time"
+    billable = True
 
 
 class ServiceUnavailable(ApiError):

@@ -12,21 +12,34 @@ text kept out of the response.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import logging
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import openai
+from opentelemetry import trace
 from semantic_kernel import Kernel
 from semantic_kernel.contents import AuthorRole, ChatHistory, ChatMessageContent
 from semantic_kernel.functions import KernelArguments, KernelFunctionFromPrompt
 
 from sk_core.catalog import Catalog, ChatMessage, FunctionSpec
-from sk_core.chat_service import ChatSettings, OpenAIChat
-from sk_core.errors import ApiError, ModelError, ModelRateLimited, ModelTimeout, ModelUnavailable
+from sk_core.chat_service import ChatSettings, OpenAIChat, UnusableAnswer
+from sk_core.errors import (
+    ApiError,
+    ModelBadAnswer,
+    ModelError,
+    ModelRateLimited,
+    ModelTimeout,
+    ModelUnavailable,
+    ModelUnreachable,
+)
+from sk_core.pricing import Price
+from sk_core.routing import BreakerState, Chain, Deployment, DeploymentHealth, RoutingTable
 from sk_core.schemas import Usage
 from sk_core.settings import Provider, Settings
 
@@ -46,17 +59,24 @@ class Completion:
     model: str
     usage: Usage
     finish_reason: str | None
+    deployment: str = "default"  # the deployment that answered (routing.py)
+    price: Price | None = None  # its price: what the settlement charges
+    attempts: int = 1
 
 
-def make_openai_client(settings: Settings, api_key: str | None) -> openai.AsyncOpenAI:
-    """The provider's async client; one per worker (per key version), reused by every request."""
+def make_openai_client(settings: Settings, api_key: str | None, deployment: Deployment) -> openai.AsyncOpenAI:
+    """A deployment's async client; one per worker (per key version), reused by every request.
+
+    Every deployment shares the one model key (local and compatible servers ignore it;
+    Azure OpenAI without a key uses Entra ID).
+    """
     common: dict[str, Any] = {"timeout": settings.model_timeout_seconds, "max_retries": 0}
     key = api_key or None
-    if settings.model_provider is Provider.AZURE_OPENAI:
+    if deployment.provider == Provider.AZURE_OPENAI:
         if key:
             return openai.AsyncAzureOpenAI(
-                azure_endpoint=settings.azure_openai_endpoint,
-                api_version=settings.azure_openai_api_version,
+                azure_endpoint=deployment.azure_endpoint,
+                api_version=deployment.api_version,
                 api_key=key,
                 **common,
             )
@@ -64,51 +84,80 @@ def make_openai_client(settings: Settings, api_key: str | None) -> openai.AsyncO
         from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
 
         return openai.AsyncAzureOpenAI(
-            azure_endpoint=settings.azure_openai_endpoint,
-            api_version=settings.azure_openai_api_version,
+            azure_endpoint=deployment.azure_endpoint,
+            api_version=deployment.api_version,
             azure_ad_token_provider=get_bearer_token_provider(DefaultAzureCredential(), _AZURE_SCOPE),
             **common,
         )
     # Local servers ignore the key, but the SDK insists on one being set.
-    return openai.AsyncOpenAI(base_url=settings.resolved_base_url, api_key=key or "not-needed", **common)
+    return openai.AsyncOpenAI(base_url=deployment.base_url, api_key=key or "not-needed", **common)
 
 
 class ModelRuntime:
-    """The cached kernel with its chat service and one KernelFunction per catalog entry."""
+    """The cached kernel: one chat service per deployment, one KernelFunction per catalog
+    entry, and the process's view of each deployment's health (breakers, retry budget)."""
 
     def __init__(
         self,
         *,
         kernel: Kernel,
-        client: openai.AsyncOpenAI,
+        clients: dict[str, openai.AsyncOpenAI],
         functions: dict[str, KernelFunctionFromPrompt],
         defaults: dict[str, ChatSettings],
         settings: Settings,
+        health: DeploymentHealth,
     ) -> None:
         self.kernel = kernel
-        self.client = client
+        self.clients = clients
+        self.client = next(iter(clients.values()))  # the default chain's first deployment
         self.functions = functions
         self._defaults = defaults
         self._settings = settings
+        self.health = health
+
+    @property
+    def routing(self) -> RoutingTable:
+        """The deployments and chains this runtime serves."""
+        return self.health.table
 
     async def aclose(self) -> None:
-        """Close the provider client's connection pool."""
-        await self.client.close()
+        """Close every deployment client's connection pool."""
+        for client in self.clients.values():
+            await client.close()
 
-    async def check_model(self, timeout: float) -> str | None:  # noqa: ASYNC109 (bounds a probe)
+    async def check_deployment(self, name: str, timeout: float) -> str | None:  # noqa: ASYNC109 (bounds a probe)
         """Readiness: list models, which costs nothing. Returns an error code, or None if OK."""
         try:
             async with asyncio.timeout(timeout):
-                await self.client.with_options(timeout=timeout).models.list()
+                await self.clients[name].with_options(timeout=timeout).models.list()
         except TimeoutError:
             return ModelTimeout.code
         except Exception as exc:
             return classify_failure(exc)[0].code
         return None
 
-    def _arguments(self, spec: FunctionSpec, values: dict[str, Any], max_tokens: int) -> KernelArguments:
+    async def check_model(self, timeout: float) -> str | None:  # noqa: ASYNC109 (bounds a probe)
+        """Readiness: every chain has a deployment that answers. One provider down takes
+        no pod out of rotation while a chain can fall back. (Breakers are not consulted:
+        an open one only says calls failed lately; a pod out of rotation does not help
+        a chain with nowhere else to go.) Returns an error code, or None if OK."""
+        names = list(self.clients)
+        results = await asyncio.gather(*(self.check_deployment(n, timeout) for n in names))
+        codes = dict(zip(names, results, strict=True))
+        for name, code in codes.items():
+            if code is not None:
+                logger.warning("readiness: deployment %s: %s", name, code)
+        for chain in self.routing.chains.values():
+            if all(codes[d.name] is not None for d in chain.deployments):
+                return codes[chain.deployments[0].name]
+        return None
+
+    def _arguments(
+        self, spec: FunctionSpec, values: dict[str, Any], max_tokens: int, deployment: str
+    ) -> KernelArguments:
         settings = self._defaults[spec.id].model_copy()
         settings.max_tokens = max_tokens
+        settings.service_id = deployment  # SK picks the chat service registered under this id
         converted: dict[str, Any] = {}
         for name, value in values.items():
             spec_input = next((i for i in spec.inputs if i.name == name), None)
@@ -118,32 +167,103 @@ class ModelRuntime:
                 converted[name] = value
         return KernelArguments(settings=settings, **converted)
 
-    async def invoke(self, spec: FunctionSpec, values: dict[str, Any], *, max_tokens: int) -> Completion:
-        """Invoke a catalog function with bounded retries inside one deadline."""
+    async def invoke(
+        self, spec: FunctionSpec, values: dict[str, Any], *, max_tokens: int, chain: Chain | None = None
+    ) -> Completion:
+        """Invoke a catalog function along a fallback chain, inside one deadline.
+
+        A failure another deployment may not share (429, 5xx, timeout, connection) moves
+        on to the next deployment at once; on the last one, the call is retried with
+        backoff (``Retry-After`` honoured while it fits). Deployments whose breaker is
+        open or that are at their concurrency cap are skipped. Every attempt after the
+        first takes a token from the retry budget. A 4xx about the request is final.
+        """
+        chain = chain or self.routing.chain(None)
         function = self.functions[spec.id]
-        arguments = self._arguments(spec, values, max_tokens)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.model_deadline_seconds
-        attempt = 0
-        while True:
+        health = self.health
+        health.retries.note_request()
+        span = trace.get_current_span()
+        attempts = retries_here = index = 0
+        last: ApiError | None = None
+        billable = False  # some attempt may have been run (and billed) by a provider
+        while index < len(chain.deployments):
+            deployment = chain.deployments[index]
+            last_in_chain = index == len(chain.deployments) - 1
+            if not health.acquire(deployment):
+                _count_attempt(deployment.name, "skipped", health.state(deployment.name))
+                index, retries_here = index + 1, 0
+                continue
+            if attempts > 0 and not health.retries.try_retry():
+                health.release(deployment, ok=None)
+                _count_attempt(deployment.name, "retry_budget_exhausted", health.state(deployment.name))
+                break
+            attempts += 1
+            verdict: bool | None = None
+            pause: float | None = None  # set: retry this deployment after this backoff
             try:
                 async with asyncio.timeout_at(deadline):
-                    result = await self.kernel.invoke(function, arguments)
-                break
+                    result = await self.kernel.invoke(
+                        function, self._arguments(spec, values, max_tokens, deployment.name)
+                    )
+                verdict = True
             except TimeoutError as exc:
+                verdict = False
                 raise ModelTimeout("The model did not answer within the deadline.") from exc
             except Exception as exc:
                 error, retryable, retry_after = classify_failure(exc)
+                verdict = not retryable  # a 4xx about the request: the deployment works
+                billable = billable or error.billable
+                last = error
+                _count_attempt(deployment.name, error.code, health.state(deployment.name))
+                if not retryable:
+                    error.billable = billable
+                    raise error from exc
                 remaining = deadline - loop.time()
-                delay = retry_after if retry_after is not None else _backoff(attempt)
-                if not retryable or attempt >= self._settings.model_max_retries or delay >= remaining:
+                if not last_in_chain:
+                    logger.warning("deployment %s failed (%s): falling back", deployment.name, error.code)
+                    index, retries_here = index + 1, 0
+                    continue
+                delay = retry_after if retry_after is not None else _backoff(retries_here)
+                if retries_here >= self._settings.model_max_retries or delay >= remaining:
                     if retry_after is not None and isinstance(error, ModelRateLimited):
                         error.retry_after = max(1, int(retry_after + 0.999))
-                    raise error from exc
-                logger.warning("model call failed (%s), retry %d in %.2fs", error.code, attempt + 1, delay)
-                await asyncio.sleep(delay)
-                attempt += 1
-        return _completion(result, fallback_model=self._settings.resolved_model_id)
+                    break
+                logger.warning(
+                    "model call failed (%s), retry %d in %.2fs", error.code, retries_here + 1, delay
+                )
+                pause, retries_here = delay, retries_here + 1
+            finally:
+                health.release(deployment, ok=verdict)
+            if pause is not None:  # slept with the slot given back: it is not in use
+                await asyncio.sleep(pause)
+                continue
+            _count_attempt(deployment.name, "ok", health.state(deployment.name))
+            span.set_attribute("sk.deployment", deployment.name)
+            span.set_attribute("sk.model.attempts", attempts)
+            completion = _completion(result, fallback_model=deployment.model)
+            return dataclasses.replace(
+                completion, deployment=deployment.name, price=deployment.price, attempts=attempts
+            )
+        span.set_attribute("sk.model.attempts", attempts)
+        if last is None:
+            # Nothing was sent: every deployment was open or full. Free, like a refusal.
+            raise ModelUnreachable(f"No deployment of model chain {chain.name!r} is available now.")
+        last.billable = billable
+        raise last
+
+
+def _count_attempt(deployment: str, outcome: str, state: BreakerState) -> None:
+    """Per-deployment attempts by outcome, with the breaker state (metrics, and the span)."""
+    from sk_core.telemetry import instruments
+
+    instruments().model_attempts.add(
+        1, {"sk.deployment": deployment, "sk.outcome": outcome, "sk.breaker.state": str(state)}
+    )
+    trace.get_current_span().add_event(
+        "model.attempt", {"sk.deployment": deployment, "sk.outcome": outcome, "sk.breaker.state": str(state)}
+    )
 
 
 def _chat_history(messages: list[ChatMessage] | list[dict[str, Any]]) -> ChatHistory:
@@ -158,13 +278,14 @@ def _completion(result: Any, *, fallback_model: str) -> Completion:
     values = getattr(result, "value", None)
     message = values[0] if isinstance(values, list) and values else None
     if not isinstance(message, ChatMessageContent):
-        raise ModelError("The model returned no message.")
+        raise ModelBadAnswer("The model returned no message.")
     usage = message.metadata.get("usage")
     prompt_tokens = getattr(usage, "prompt_tokens", None)
     completion_tokens = getattr(usage, "completion_tokens", None)
     if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
-        # Cost accounting depends on reported usage; an answer without it is not trusted.
-        raise ModelError("The model did not report token usage.")
+        # Cost accounting depends on reported usage; an answer without it is not trusted,
+        # and it is charged its reservation (the provider has probably billed it).
+        raise ModelBadAnswer("The model did not report token usage.")
     inner = message.inner_content
     model = getattr(inner, "model", None) or message.ai_model_id or fallback_model
     finish = message.finish_reason
@@ -180,17 +301,33 @@ def _completion(result: Any, *, fallback_model: str) -> Completion:
     )
 
 
-def _provider_exception(exc: BaseException) -> openai.OpenAIError | None:
-    # SK wraps the SDK's exception (ServiceResponseException, KernelInvokeException...);
-    # the status and headers we need are on the original one.
-    seen = 0
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    # SK wraps the SDK's exception (ServiceResponseException, KernelInvokeException...),
+    # which wraps httpx's: what we need is down the chain. Bounded against cycles.
     current: BaseException | None = exc
-    while current is not None and seen < 10:
-        if isinstance(current, openai.OpenAIError):
-            return current
+    for _ in range(10):
+        if current is None:
+            return
+        yield current
         current = current.__cause__ or current.__context__
-        seen += 1
-    return None
+
+
+def _caused_by(exc: BaseException, *kinds: type[BaseException]) -> bool:
+    return any(isinstance(cause, kinds) for cause in _causes(exc))
+
+
+# The HTTP stack's "no connection was made" errors. By name: the OpenAI SDK runs on its
+# own copy of httpx (``httpx2``/``httpcore2`` in this release), not the ``httpx`` we
+# could import, and the names are what both share.
+_CONNECT_FAILURES = frozenset({"ConnectError", "ConnectTimeout"})
+
+
+def _never_connected(exc: BaseException) -> bool:
+    return any(type(cause).__name__ in _CONNECT_FAILURES for cause in _causes(exc))
+
+
+def _provider_exception(exc: BaseException) -> openai.OpenAIError | None:
+    return next((c for c in _causes(exc) if isinstance(c, openai.OpenAIError)), None)
 
 
 def _retry_after_seconds(headers: Any) -> float | None:
@@ -216,11 +353,20 @@ def _retry_after_seconds(headers: Any) -> float | None:
 
 def classify_failure(exc: BaseException) -> tuple[ApiError, bool, float | None]:
     """Map a failed invoke to (client-facing error, retryable?, provider's Retry-After)."""
+    if _caused_by(exc, UnusableAnswer):
+        # A 200 we cannot use (malformed JSON, no usage): the provider has probably
+        # billed it, so it is charged, and not retried (a retry would be billed again).
+        logger.error("model answer unusable", exc_info=exc)
+        return ModelBadAnswer("The model provider returned an unusable answer."), False, None
     provider = _provider_exception(exc)
+    if isinstance(provider, openai.APIConnectionError) and _never_connected(provider):
+        # No connection was made, so no request was sent: free, and worth a fallback.
+        return ModelUnreachable("The model endpoint could not be reached."), True, None
     if isinstance(provider, openai.APITimeoutError):
         return ModelTimeout("The model did not answer in time."), True, None
     if isinstance(provider, openai.APIConnectionError):
-        return ModelUnavailable("The model endpoint could not be reached."), True, None
+        # Sent, then the connection broke: the provider may have run (and billed) it.
+        return ModelUnavailable("The connection to the model endpoint broke."), True, None
     if isinstance(provider, openai.APIStatusError):
         status = provider.status_code
         retry_after = _retry_after_seconds(provider.response.headers)
@@ -244,27 +390,59 @@ def _backoff(attempt: int) -> float:
 
 
 def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = None) -> ModelRuntime:
-    """Build the kernel: one chat service registered by id, one function per prompt file."""
-    client = make_openai_client(settings, api_key)
+    """Build the kernel: one chat service per deployment (registered under its name),
+    one function per prompt file."""
+    table = settings.routing
     kernel = Kernel()
-    # For Azure OpenAI the model id is the deployment name, which the Azure client puts
-    # in the URL path; the same chat service serves every provider.
-    service = OpenAIChat(service_id=SERVICE_ID, ai_model_id=settings.resolved_model_id, client=client)
-    kernel.add_service(service)
+    clients: dict[str, openai.AsyncOpenAI] = {}
+    for deployment in table.deployments.values():
+        client = clients[deployment.name] = make_openai_client(settings, api_key, deployment)
+        # For Azure OpenAI the model id is the deployment name, which the Azure client
+        # puts in the URL path; the same chat service serves every provider.
+        kernel.add_service(
+            OpenAIChat(service_id=deployment.name, ai_model_id=deployment.model, client=client)
+        )
+    first = table.chain(None).deployments[0].name
     functions: dict[str, KernelFunctionFromPrompt] = {}
     defaults: dict[str, ChatSettings] = {}
     for spec in catalog:
+        if spec.model_chain is not None and spec.model_chain not in table.chains:
+            # Fails the build, visibly in /api/ready, rather than every call of the function.
+            raise ValueError(f"{spec.id}: model_chain {spec.model_chain!r} is not configured")
         function = KernelFunctionFromPrompt.from_yaml(spec.yaml_text, plugin_name=spec.plugin)
         kernel.add_function(plugin_name=spec.plugin, function=function)
         functions[spec.id] = function
         # The prompt file's settings, converted once: an out-of-range value
         # (temperature: 7) fails this build, visibly in /api/ready, rather than every
-        # request; each request copies them and sets its own max_tokens.
+        # request; each request copies them and sets its deployment and max_tokens.
         prompt = function.prompt_execution_settings
         base = prompt.get(SERVICE_ID) or prompt.get("default")
         chat = ChatSettings.from_prompt_execution_settings(base) if base else ChatSettings()
-        chat.service_id = SERVICE_ID
+        chat.service_id = first
         defaults[spec.id] = chat
     return ModelRuntime(
-        kernel=kernel, client=client, functions=functions, defaults=defaults, settings=settings
+        kernel=kernel,
+        clients=clients,
+        functions=functions,
+        defaults=defaults,
+        settings=settings,
+        health=make_health(settings, table),
+    )
+
+
+def make_health(settings: Settings, table: RoutingTable) -> DeploymentHealth:
+    """Breakers and the retry budget; breaker transitions are counted and logged."""
+
+    def changed(name: str, old: BreakerState, new: BreakerState) -> None:
+        from sk_core.telemetry import instruments
+
+        logger.warning("circuit breaker of deployment %s: %s -> %s", name, old, new)
+        instruments().breaker_transitions.add(1, {"sk.deployment": name, "sk.breaker.state": str(new)})
+
+    return DeploymentHealth(
+        table,
+        failures=settings.breaker_failures,
+        cooldown=settings.breaker_cooldown_seconds,
+        retry_ratio=settings.retry_budget_ratio,
+        on_change=changed,
     )

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +27,12 @@ from sk_core import telemetry
 from sk_core.errors import (
     ApiError,
     LimitsUnavailable,
-    ModelTimeout,
-    ModelUnavailable,
     RateState,
     ServiceUnavailable,
     StorageUnavailable,
 )
 from sk_core.pricing import Price, usd
+from sk_core.routing import Deployment, RoutingTable
 
 if TYPE_CHECKING:
     from sk_core.audit import AuditEntry
@@ -47,9 +46,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Failures after which the provider may still have done (and billed) the work: the
-# request was sent and no answer came back. These keep their reserved charge.
-_UNCERTAIN = (ModelTimeout, ModelUnavailable)
+# Failures after which the provider may still have done (and billed) the work keep
+# their reserved charge: ``ApiError.billable`` (a timeout, a connection broken after
+# sending, a 2xx without a usable answer); anything not an ApiError (a cancelled call)
+# too. A refused connection, a 4xx/5xx/429 answer or a refusal before the call is free.
+def _charge_on_failure(failure: BaseException, hold: Hold) -> int:
+    return hold.amount_nano if not isinstance(failure, ApiError) or failure.billable else 0
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,18 @@ class Outcome:
         }
 
 
-@contextlib.contextmanager
-def fail_closed() -> Iterator[None]:
-    """Storage trouble while deciding whether to serve: admit nothing (503)."""
+@contextlib.asynccontextmanager
+async def fail_closed(bound: float) -> AsyncIterator[None]:
+    """Storage trouble while deciding whether to serve: admit nothing (503), and decide
+    that within ``bound`` seconds, however slow or silent storage is (a black-holed
+    endpoint, a batch or lease sync queued ahead of this request)."""
     try:
-        yield
+        async with asyncio.timeout(bound):
+            yield
     except StorageUnavailable as exc:
         raise LimitsUnavailable(exc.reason) from exc
+    except TimeoutError as exc:
+        raise LimitsUnavailable(f"storage did not answer within {bound:g}s") from exc
 
 
 class Pipeline:
@@ -98,6 +105,8 @@ class Pipeline:
         redactor: Callable[[str], Redactor],
         price: Price,
         model_id: str,
+        routing: RoutingTable | None = None,
+        storage_deadline_seconds: float = 2.0,
     ) -> None:
         self._auth = auth
         self._guard = guard
@@ -105,8 +114,13 @@ class Pipeline:
         self._ledger = ledger
         self._runtimes = runtimes
         self._redactor = redactor
-        self._price = price
         self._model_id = model_id
+        self._routing = routing or RoutingTable.single(
+            Deployment(name="default", provider="", model=model_id, price=price)
+        )
+        self._storage_deadline = storage_deadline_seconds
+        # Settlements still running after their answer went out (strong references).
+        self._settling: set[asyncio.Task[int]] = set()
 
     async def authenticate(
         self, headers: Mapping[str, str], function_id: str | None, record: AuditEntry | None = None
@@ -119,8 +133,9 @@ class Pipeline:
         if function_id is not None:
             # A model call follows: Semantic Kernel imports while we authenticate.
             self._runtimes.warm()
-        with telemetry.tracer().start_as_current_span("authenticate"), fail_closed():
-            principal = await self._auth.authenticate(headers, function_id)
+        async with fail_closed(self._storage_deadline):
+            with telemetry.tracer().start_as_current_span("authenticate"):
+                principal = await self._auth.authenticate(headers, function_id)
         if record is not None:
             record.tenant_id, record.key_id, record.function = (
                 principal.tenant.id,
@@ -137,51 +152,49 @@ class Pipeline:
         *,
         max_tokens: int | None,
         record: AuditEntry | None = None,
+        chain: str | None = None,
     ) -> Outcome:
-        """Screen → admit (reserve, clamp) → invoke → settle → record, a span each."""
+        """Screen → admit (reserve, clamp) → invoke → settle → record, a span each.
+
+        ``chain`` names the model fallback chain (None: the one the prompt file names,
+        else the configured default). The reservation is priced at the dearest
+        deployment the call may reach; the settlement at the one that answered.
+        """
         tracer = telemetry.tracer()
         tenant = principal.tenant
         requested = max_tokens or spec.default_max_tokens_for(arguments)
+        route = self._routing.chain(chain or spec.model_chain)
         await self._screen(spec, arguments, record)
-        price = self._price
-        with tracer.start_as_current_span("admit") as span, fail_closed():
-            hold = await self._ledger.admit(
-                tenant,
-                price=price,
-                prompt_tokens_bound=spec.prompt_token_bound(arguments),
-                requested_max_tokens=requested,
-                function=spec.id,
-                key_id=principal.key.key_id,
-            )
-            span.set_attribute("sk.max_tokens", hold.max_tokens)
-            span.set_attribute("sk.hold_usd", usd(hold.amount_nano))
+        price = route.reservation_price
+        async with fail_closed(self._storage_deadline):
+            with tracer.start_as_current_span("admit") as span:
+                hold = await self._ledger.admit(
+                    tenant,
+                    price=price,
+                    prompt_tokens_bound=spec.prompt_token_bound(arguments),
+                    requested_max_tokens=requested,
+                    function=spec.id,
+                    key_id=principal.key.key_id,
+                )
+                span.set_attribute("sk.max_tokens", hold.max_tokens)
+                span.set_attribute("sk.hold_usd", usd(hold.amount_nano))
         started = time.perf_counter()
         try:
             with tracer.start_as_current_span("invoke", attributes={"sk.function": spec.id}):
                 runtime = await self._runtime()
-                completion = await runtime.invoke(spec, arguments, max_tokens=hold.max_tokens)
+                completion = await runtime.invoke(spec, arguments, max_tokens=hold.max_tokens, chain=route)
         except BaseException as failure:
-            charge = (
-                hold.amount_nano
-                if not isinstance(failure, ApiError) or isinstance(failure, _UNCERTAIN)
-                else 0
-            )
             with tracer.start_as_current_span("settle"):
-                # Settle even when the client has gone (cancellation): shielded, so the
-                # hold does not sit until its lease expires and block a concurrency slot.
-                charged = await asyncio.shield(self._settle_quietly(hold, charge, 0, 0))
+                charged = await self._settle_bounded(hold, _charge_on_failure(failure, hold), 0, 0)
             if record is not None:
                 record.cost_nano = charged
             raise
         duration = time.perf_counter() - started
         redaction = self._redactor(spec.id).redact(completion.text)
         usage = completion.usage
-        cost = price.cost_nano(usage.prompt_tokens, usage.completion_tokens)
+        cost = (completion.price or price).cost_nano(usage.prompt_tokens, usage.completion_tokens)
         with tracer.start_as_current_span("settle") as span:
-            # Shielded like the failure path: a cancellation here must not strand the hold.
-            charged = await asyncio.shield(
-                self._settle_quietly(hold, cost, usage.prompt_tokens, usage.completion_tokens)
-            )
+            charged = await self._settle_bounded(hold, cost, usage.prompt_tokens, usage.completion_tokens)
             span.set_attribute("sk.cost_usd", usd(charged))
         self._record(tenant.id, spec.id, completion, duration, charged)
         if record is not None:
@@ -218,6 +231,33 @@ class Pipeline:
         except Exception:
             # The cause (bad settings, missing package) is logged by the runtime provider.
             raise ServiceUnavailable("The model runtime could not be initialised.") from None
+
+    async def _settle_bounded(
+        self, hold: Hold, cost_nano: int, prompt_tokens: int, completion_tokens: int
+    ) -> int:
+        """Settle, but let the answer wait for it at most the storage deadline (the same
+        bound as admission's storage calls).
+
+        Leased holds settle in memory (at once). An exact-path hold is settled by a task
+        of its own: a cancellation (the client gone) does not stop it, so the hold does
+        not sit until it expires and block a concurrency slot; and if storage is slow or
+        cut, the answer goes out naming the cost the settlement records, while the
+        settlement finishes in the background, bounded by the storage client's own
+        timeouts. If it fails, the hold expires and is charged its reservation instead
+        (logged; flagged in the ledger's audit rows).
+        """
+        if hold.lease is not None:  # in memory: nothing to wait for
+            return await self._settle_quietly(hold, cost_nano, prompt_tokens, completion_tokens)
+        task = asyncio.get_running_loop().create_task(
+            self._settle_quietly(hold, cost_nano, prompt_tokens, completion_tokens)
+        )
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        done, _ = await asyncio.shield(asyncio.wait({task}, timeout=self._storage_deadline))
+        if task in done:
+            return task.result()
+        logger.warning("settlement of %s is slow; answering without waiting for it", hold.request_id)
+        return cost_nano
 
     async def _settle_quietly(
         self, hold: Hold, cost_nano: int, prompt_tokens: int, completion_tokens: int

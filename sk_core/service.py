@@ -73,6 +73,8 @@ class Service:
             redactor=Redactors(settings, catalog),
             price=settings.price,
             model_id=settings.resolved_model_id,
+            routing=settings.routing,
+            storage_deadline_seconds=settings.storage_deadline_seconds,
         )
 
     async def aclose(self) -> None:
@@ -172,6 +174,7 @@ def make_store(settings: Settings) -> TableStore:
         endpoint=settings.storage_account_endpoint,
         table_prefix=settings.storage_table_prefix,
         retries=settings.storage_retries,
+        timeout_seconds=settings.storage_deadline_seconds,
     )
 
 

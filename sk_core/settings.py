@@ -11,12 +11,15 @@ from __future__ import annotations
 import functools
 import json
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sk_core.pricing import Price, parse_prices
+
+if TYPE_CHECKING:
+    from sk_core.routing import RoutingTable
 
 
 class Provider(StrEnum):
@@ -68,6 +71,30 @@ class Settings(BaseSettings):
     model_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     model_max_retries: int = Field(default=2, ge=0, le=10)
     model_deadline_seconds: float = Field(default=60.0, gt=0, le=900)
+
+    # Routing (sk_core/routing.py). Empty deployments: one deployment from SKF_MODEL_*.
+    model_deployments: str = Field(
+        default="",
+        description='JSON: {"name": {"provider", "model", "base_url" | "endpoint", "price"?, '
+        '"max_concurrency"?}}; empty: the single SKF_MODEL_* deployment.',
+    )
+    model_chains: str = Field(
+        default="", description='JSON: {"chain": ["deployment", ...]}; empty: one chain of every deployment.'
+    )
+    model_chain: str = Field(default="default", description="The chain a call uses unless it picks one.")
+    breaker_failures: int = Field(default=5, ge=1, le=1000)
+    breaker_cooldown_seconds: float = Field(default=5.0, gt=0, le=600)
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=10)
+    storage_deadline_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="Longest a request waits on Table Storage before failing closed.",
+    )
+
+    # Container host only (sk_core/asgi.py, BoundedHttpProtocol): slow or silent clients.
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    http_request_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     max_body_bytes: int = Field(default=100 * 1024, ge=1024, le=10 * 1024 * 1024)
     ready_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
@@ -226,6 +253,13 @@ class Settings(BaseSettings):
         """The price of the configured model (validated to exist at startup)."""
         return self.prices[self.resolved_model_id]
 
+    @functools.cached_property
+    def routing(self) -> RoutingTable:
+        """Deployments and fallback chains (parsed once, checked at startup)."""
+        from sk_core.routing import RoutingTable
+
+        return RoutingTable.from_settings(self)
+
     @property
     def resolved_model_id(self) -> str:
         """The model/deployment id after provider defaults are applied."""
@@ -256,7 +290,7 @@ class Settings(BaseSettings):
             # A model without a price cannot be budgeted: refuse to start, not to charge 0.
             raise ValueError(f"no price for model {self.resolved_model_id!r}: add it to SKF_MODEL_PRICES")
         # Parsed (and checked) now, not per request.
-        _ = (self._guard_overrides, self._redaction_overrides, self._link_hosts)
+        _ = (self._guard_overrides, self._redaction_overrides, self._link_hosts, self.routing)
         if "*" in self.cors_origins:
             raise ValueError("SKF_CORS_ALLOWED_ORIGINS must list origins; '*' is not allowed")
         if self.secret_refresh_ahead_seconds >= self.secret_cache_seconds:

@@ -67,13 +67,17 @@ def development_connection_string(port: int = 10002) -> str:
     )
 
 
-def _retry_options(total: int) -> dict[str, Any]:
+def _retry_options(total: int, timeout: float) -> dict[str, Any]:
+    # Each try waits at most ``timeout`` for an answer (a black-holed endpoint otherwise
+    # holds a request for 3 tries x 5 s). The request path also bounds the whole call
+    # (pipeline.fail_closed); these bound what runs on without a waiter (settlements,
+    # audit flushes, lease syncs), so a dead endpoint never piles up work for long.
     return {
         "retry_total": total,
         "retry_backoff_factor": 0.1,
         "retry_backoff_max": 1,
-        "connection_timeout": 3,
-        "read_timeout": 5,
+        "connection_timeout": max(0.5, timeout / 2),
+        "read_timeout": timeout,
     }
 
 
@@ -87,8 +91,12 @@ class TableStore:
         endpoint: str = "",
         table_prefix: str = "skf",
         retries: int = 2,
+        timeout_seconds: float = 2.0,
     ) -> None:
-        options: dict[str, Any] = {**_retry_options(retries), "raw_response_hook": self._count}
+        options: dict[str, Any] = {
+            **_retry_options(retries, timeout_seconds),
+            "raw_response_hook": self._count,
+        }
         # Every HTTP exchange with the account (a round trip), and the conflicts among
         # them: what the benchmarks report per request, and what leases keep low.
         self.round_trips = 0
@@ -112,9 +120,17 @@ class TableStore:
 
     def _count(self, response: Any) -> None:
         self.round_trips += 1
-        status = getattr(response.http_response, "status_code", 0)
+        http = response.http_response
+        status = getattr(http, "status_code", 0)
         if status in (409, 412):
             self.conflicts += 1
+        elif status == 404 and http.headers.get("x-ms-error-code") == "TableNotFound":
+            # The account lost its tables (Azurite restarted without persistence, a table
+            # deleted by hand): forget what we created, so the next call re-creates them.
+            # This request still fails closed; the next one is served.
+            if self._created:
+                logger.warning("storage lost its tables; re-creating them on next use")
+            self._created.clear()
 
     def note_conflict(self) -> None:
         """A transaction lost an ETag race (reported inside a 202 batch answer)."""

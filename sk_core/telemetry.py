@@ -76,6 +76,18 @@ class Instruments:
             unit="{request}",
             description="Requests refused, by reason (rate, budget, auth, validation...).",
         )
+        # Model routing (sk_core/routing.py): attempts per deployment with the breaker
+        # state they saw, and breaker transitions (an open breaker is an alert).
+        self.model_attempts = meter.create_counter(
+            "sk.model.attempts",
+            unit="{attempt}",
+            description="Model call attempts by deployment, outcome and breaker state.",
+        )
+        self.breaker_transitions = meter.create_counter(
+            "sk.model.breaker.transitions",
+            unit="{transition}",
+            description="Circuit breaker state changes by deployment and new state.",
+        )
         self.secret_refresh_failures = meter.create_counter(
             "sk.secrets.refresh_failures",
             unit="{failure}",

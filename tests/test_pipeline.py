@@ -6,7 +6,9 @@ Starlette request anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -124,9 +126,19 @@ async def test_authentication_takes_a_plain_header_mapping(functions_service: Se
         await functions_service.pipeline.authenticate({"authorization": "Basic abc"}, None)
 
 
-def test_storage_trouble_while_deciding_fails_closed() -> None:
-    with pytest.raises(LimitsUnavailable) as caught, fail_closed():
-        raise StorageUnavailable("connection refused")
+async def test_storage_trouble_while_deciding_fails_closed() -> None:
+    with pytest.raises(LimitsUnavailable) as caught:
+        async with fail_closed(2.0):
+            raise StorageUnavailable("connection refused")
     assert isinstance(caught.value, ApiError)
     assert caught.value.status == 503
     assert caught.value.reason == "connection refused"
+
+
+async def test_silent_storage_fails_closed_within_the_bound() -> None:
+    started = time.perf_counter()
+    with pytest.raises(LimitsUnavailable) as caught:
+        async with fail_closed(0.2):
+            await asyncio.sleep(30)  # a black-holed endpoint
+    assert time.perf_counter() - started < 1.0
+    assert "0.2s" in caught.value.reason

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, StatusCode
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from sk_core import telemetry
@@ -31,6 +31,10 @@ from sk_core.service import get_service
 Handler = Callable[[Request], Awaitable[Response]]
 
 logger = logging.getLogger(__name__)
+
+# Nobody reads this answer; the status is for audit, metrics and the span.
+CLIENT_CLOSED_STATUS = 499
+CLIENT_CLOSED_CODE = "client_closed_request"
 
 
 # Refusal reasons for the ``sk.refusals`` metric, by error code.
@@ -82,6 +86,12 @@ def instrumented(handler: Handler, *, name: str, template: str, audited: bool) -
                 span.set_attribute("sk.error.code", error.code)
                 if error.status >= 500:
                     span.set_status(StatusCode.ERROR, error.code)
+            except ClientDisconnect:
+                # The client went away mid-body: its doing, not ours. 499 as proxies
+                # record it (nginx), so audit, metrics and alerts do not count a 500.
+                error_code = CLIENT_CLOSED_CODE
+                span.set_attribute("sk.error.code", error_code)
+                response = Response(status_code=CLIENT_CLOSED_STATUS)
             except Exception as exc:
                 error_code = "internal_error"
                 logger.exception("unhandled error in %s", name)

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# A caller may pick a configured model fallback chain (sk_core/routing.py) per request.
+MODEL_CHAIN_HEADER = "x-model-chain"
+
 
 def _spec(service: Service, plugin: str, name: str) -> FunctionSpec:
     spec = service.catalog.get(plugin, name)
@@ -57,8 +60,20 @@ async def _call(request: Request, service: Service, spec: FunctionSpec) -> tuple
         data = await read_json_body(request, max_bytes=service.settings.max_body_bytes)
         arguments = validate_body(spec.arguments_model, data).model_dump()
     max_tokens = arguments.pop("max_tokens")
-    outcome = await pipeline.call(principal, spec, arguments, max_tokens=max_tokens, record=record)
-    headers = {**rate_limit_headers(outcome.rate), "X-Request-Cost-USD": f"{usd(outcome.cost_nano):.9f}"}
+    outcome = await pipeline.call(
+        principal,
+        spec,
+        arguments,
+        max_tokens=max_tokens,
+        record=record,
+        chain=request.headers.get(MODEL_CHAIN_HEADER) or None,
+    )
+    headers = {
+        **rate_limit_headers(outcome.rate),
+        "X-Request-Cost-USD": f"{usd(outcome.cost_nano):.9f}",
+        # Which deployment of the fallback chain answered (and set the price charged).
+        "X-Model-Deployment": outcome.completion.deployment,
+    }
     return outcome, headers
 
 

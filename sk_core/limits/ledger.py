@@ -170,6 +170,7 @@ class Ledger:
         self._committers: dict[str, asyncio.Task[None]] = {}
         self.conflicts = 0
         self.transactions = 0
+        self._releasing: set[asyncio.Task[Settlement]] = set()
         # Quota leases (leases.py): admit and settle in memory; None: every decision exact.
         self.leases = LeaseKeeper(self, leases) if leases is not None else None
 
@@ -258,6 +259,19 @@ class Ledger:
         finally:
             del self._committers[tenant_id]
 
+    def _release(self, hold: Hold) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.settle(hold, cost_nano=0, prompt_tokens=0, completion_tokens=0)
+        )
+        self._releasing.add(task)
+        # If this fails too, the hold expires and is charged, as for a crash (logged).
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[Settlement]) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("could not release abandoned hold: it will expire and be charged")
+
     def _take(self, queue: list[_Job]) -> list[_Job]:
         """The oldest jobs that fit one query and one transaction."""
         now = self._clock()
@@ -300,6 +314,11 @@ class Ledger:
         outcomes = await self.update(table, tenant_id, "ledger update", plan)
         for job, outcome, error in outcomes:
             future: asyncio.Future[Any] = job.future
+            if isinstance(job, _Admission) and job.abandoned and isinstance(outcome, Hold):
+                # Its caller gave up (e.g. storage too slow for its deadline) after the
+                # batch was planned: no model call will follow, so release the hold now
+                # instead of letting it expire and be charged.
+                self._release(outcome)
             if future.done():  # its caller was cancelled while it was in flight
                 continue
             if error is not None:

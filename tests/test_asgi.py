@@ -1,0 +1,115 @@
+"""The container host's connection limits, against a real uvicorn process over raw sockets.
+
+Short read deadlines (1 s for headers, 2 s for a whole request) keep the tests quick;
+production numbers are in scripts/devservices.py (UVICORN_FLAGS) and the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scripts.devservices import UVICORN_FLAGS, ManagedProcess, free_port, start_service
+
+HEADER_TIMEOUT = 1.0
+REQUEST_TIMEOUT = 2.0
+
+
+@pytest.fixture(scope="module")
+def strict_host(
+    service_env: dict[str, str], api_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **service_env,
+        "SKF_HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        "SKF_HTTP_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT),
+    }
+    process: ManagedProcess = start_service(
+        port=port, env=env, log=tmp_path_factory.mktemp("strict") / "service.log"
+    )
+    yield f"127.0.0.1:{port}"
+    process.stop()
+
+
+async def _closed_after(reader: asyncio.StreamReader, limit: float) -> float:
+    """Seconds until the server closes the connection (EOF or reset)."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(limit):
+            while await reader.read(1024):
+                pass
+    except ConnectionError:
+        pass
+    return time.perf_counter() - started
+
+
+async def _connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = address.split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def test_a_connection_that_sends_nothing_is_closed(strict_host: str) -> None:
+    reader, writer = await _connect(strict_host)
+    elapsed = await _closed_after(reader, 10)
+    writer.close()
+    assert HEADER_TIMEOUT * 0.8 < elapsed < HEADER_TIMEOUT + 2.5
+
+
+async def test_a_one_byte_per_second_body_is_cut_off(strict_host: str, api_key: str) -> None:
+    reader, writer = await _connect(strict_host)
+    writer.write(
+        b"POST /api/v1/summarize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-API-Key: {api_key}\r\nContent-Length: 1000\r\n\r\n".encode()
+    )
+    started = time.perf_counter()
+
+    async def trickle() -> None:
+        for _ in range(20):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(1)
+
+    trickler = asyncio.create_task(trickle())
+    elapsed = await _closed_after(reader, 15)
+    trickler.cancel()
+    writer.close()
+    total = time.perf_counter() - started
+    assert elapsed < REQUEST_TIMEOUT + 3
+    assert total < REQUEST_TIMEOUT + 3  # cut off, not served 20 s later
+
+
+async def test_a_client_gone_mid_body_is_a_499_not_a_500(strict_host: str, api_key: str) -> None:
+    _, writer = await _connect(strict_host)
+    writer.write(
+        b"POST /api/v1/summarize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-API-Key: {api_key}\r\nContent-Length: 1000\r\n\r\n".encode()
+        + b'{"text": "half a bo'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.5)  # authenticated, reading the body
+    writer.close()
+    await asyncio.sleep(1.0)
+    async with httpx.AsyncClient(base_url=f"http://{strict_host}") as client:
+        metrics = (await client.get("/metrics")).text
+    statuses = set(
+        re.findall(
+            r'http_server_request_duration_seconds_count\{[^}]*http_response_status_code="(\d+)"', metrics
+        )
+    )
+    assert "499" in statuses, statuses
+    assert "500" not in statuses
+
+
+def test_the_dockerfile_runs_uvicorn_with_the_same_limits() -> None:
+    dockerfile = (Path(__file__).resolve().parent.parent / "infra" / "container" / "Dockerfile").read_text()
+    commands = [line for line in dockerfile.splitlines() if line.startswith('CMD ["uvicorn"')]
+    assert commands
+    for command in commands:
+        assert ", ".join(f'"{flag}"' for flag in UVICORN_FLAGS) in command
