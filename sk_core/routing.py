@@ -318,12 +318,18 @@ class DeploymentHealth:
         self.inflight = dict.fromkeys(table.deployments, 0)
         self.retries = RetryBudget(ratio=retry_ratio, clock=clock)
 
-    def acquire(self, deployment: Deployment) -> bool:
-        """Take a slot on ``deployment`` if its cap and breaker allow; then ``release``."""
+    def acquire(self, deployment: Deployment, *, last_resort: bool = False) -> bool:
+        """Take a slot on ``deployment`` if its cap and breaker allow; then ``release``.
+
+        ``last_resort``: nothing else of the chain was tried, so the breaker is not asked.
+        A breaker diverts calls to a fallback; with none left, refusing the call would
+        turn a blip (one reset pooled connection fails every call in flight at once)
+        into seconds of failures. The retry budget still bounds the load on a dead one.
+        """
         cap = deployment.max_concurrency
         if cap is not None and self.inflight[deployment.name] >= cap:
             return False
-        if not self.breakers[deployment.name].allow():
+        if not self.breakers[deployment.name].allow() and not last_resort:
             return False
         self.inflight[deployment.name] += 1
         return True
