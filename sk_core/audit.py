@@ -30,6 +30,9 @@ AUDIT_TABLE = "audit"
 ANONYMOUS = "_anonymous"
 _MAX_MS = 10**15  # inverted timestamps stay positive and sort newest first
 _BATCH = 100  # entities per entity-group transaction (the Table Storage maximum)
+# Rows kept for another try while storage is down (~1 KB each): a short outage loses
+# none; a long one loses what is beyond this, counted in ``lost`` and logged.
+_RETRY_ROWS = 10_000
 
 
 @dataclass
@@ -62,6 +65,7 @@ class AuditLog:
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.lost = 0  # rows that could not be written (logged)
+        self._retrying = False  # the last flush left rows to try again
 
     def record(self, entry: AuditEntry) -> None:
         """Queue ``entry``; the flusher writes it within ``flush_seconds``."""
@@ -94,29 +98,46 @@ class AuditLog:
         }
 
     async def _flush_later(self) -> None:
-        # Sleeps until the flush is due, or until aclose() wakes it to write right away.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
-        self._wake.clear()
-        await self.flush()
+        # Sleeps until the flush is due, or until aclose() wakes it to write right away;
+        # again while rows wait for another try (storage down), also with no new calls.
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
+            self._wake.clear()
+            await self.flush()
+            if not self._retrying:
+                return
 
     async def flush(self) -> None:
-        """Write every queued row now: one transaction per partition and 100 rows."""
+        """Write every queued row now: one transaction per partition and 100 rows.
+
+        Rows whose write failed go back to the queue for the next flush (a second later),
+        up to ``_RETRY_ROWS``: rows are upserts, so a batch that was written although its
+        answer was lost is written again harmlessly.
+        """
         from sk_core.storage import submit
 
         rows, self._queue = self._queue, []
+        failed: list[dict[str, Any]] = []
         by_partition: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             by_partition.setdefault(row["PartitionKey"], []).append(row)
-        for partition, partition_rows in by_partition.items():
+        for partition_rows in by_partition.values():
             for start in range(0, len(partition_rows), _BATCH):
                 chunk = partition_rows[start : start + _BATCH]
                 try:
                     table = await self._store.table(AUDIT_TABLE)
-                    await submit(table, [("create", row, {}) for row in chunk])
+                    await submit(table, [("upsert", row, {}) for row in chunk])
                 except Exception:  # an audit gap is logged, never turned into a failed answer
-                    self.lost += len(chunk)
-                    logger.warning("audit write failed for %d rows of %s", len(chunk), partition)
+                    failed.extend(chunk)
+        if failed:
+            kept = failed[: max(0, _RETRY_ROWS - len(self._queue))]
+            self._queue[:0] = kept
+            if len(kept) < len(failed):
+                self.lost += len(failed) - len(kept)
+                logger.warning("audit write failed: %d rows lost", len(failed) - len(kept))
+            logger.warning("audit write failed for %d rows; retrying", len(kept))
+        self._retrying = bool(failed)
 
     async def recent(self, tenant_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The tenant's newest rows first."""

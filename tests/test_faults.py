@@ -524,3 +524,22 @@ async def test_tables_are_recreated_after_storage_lost_its_data(
     finally:
         await context.service.aclose()
         azurite.stop()
+
+
+async def test_audit_rows_written_while_storage_is_down_arrive_when_it_is_back(
+    faulty: Faulty, storage_proxy: FaultProxy
+) -> None:
+    audit = faulty.service.audit
+    tenant = faulty.principal.tenant.id
+    before = len(await audit.recent(tenant, limit=1000))
+    storage_proxy.set("reset")
+    for _ in range(3):
+        audit.record(AuditEntry(route="fault", status=200, tenant_id=tenant))
+    await asyncio.sleep(1.5)  # at least one flush failed
+    storage_proxy.set("pass")
+    for _ in range(50):
+        if len(await audit.recent(tenant, limit=1000)) == before + 3:
+            break
+        await asyncio.sleep(0.2)
+    assert len(await audit.recent(tenant, limit=1000)) == before + 3
+    assert audit.lost == 0
