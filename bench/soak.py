@@ -1,0 +1,355 @@
+"""Soak: mixed traffic of two tenants against the container host, with faults injected.
+
+    PYTHONPATH=. .venv/bin/python bench/soak.py [--minutes 10] [--clients 6] [--fault-every 6]
+
+Starts its own stub model, Azurite and the container host (uvicorn, one worker), with a
+TCP fault proxy between the service and the model and between the service and Azurite.
+Clients send summarize calls for two tenants, alternately, as fast as answers come;
+every ``--fault-every`` seconds the next fault of a fixed cycle is injected for a moment
+(stub: 429 with Retry-After, 500, malformed JSON, no usage, a broken connection, a hang;
+proxy: model latency, model black hole, model reset, storage black hole, storage reset).
+
+Reports, per minute: requests, p50/p99 latency, 5xx by code, and the service's RSS
+(growth after the first minute, the warm-up, should stay under 10 %); at the end the
+ledger check: the service is stopped gracefully (leases handed back, audit flushed),
+every hold past its lease is charged, and per tenant the stored ledger is compared with
+the audit rows and with what clients were told. Writes ``bench/results/soak.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import httpx
+
+from bench._common import SUMMARIZE_BODY, SUMMARIZE_PATH, machine, markdown_table, percentile, write_results
+from scripts.devservices import free_port, start_azurite, start_service
+from tests.support.fault_proxy import FaultProxy
+from tests.support.stub_model import start_stub_model
+
+TENANTS = ("soak-a", "soak-b")
+LIMITS = {
+    "requests_per_minute": 10**6,
+    "tokens_per_minute": 10**9,
+    "max_concurrent": 1000,
+    "daily_budget_nano": 10**15,
+    "monthly_budget_nano": 10**15,
+}
+STUB_FAULTS: list[dict[str, Any]] = [
+    {"status": 429, "headers": {"retry-after": "1"}},
+    {"status": 500},
+    {"raw": '{"id": "x", "choi'},
+    {"body": {"id": "x", "object": "chat.completion", "created": 0, "model": "stub-model", "choices": []}},
+    {"drop": True},
+    {"delay": 10},
+]
+# (proxy, mode, seconds it lasts)
+PROXY_FAULTS: list[tuple[str, str, float]] = [
+    ("model", "latency", 2.0),
+    ("model", "blackhole", 1.5),
+    ("model", "reset", 0.0),
+    ("storage", "blackhole", 1.5),
+    ("storage", "reset", 0.0),
+]
+
+
+@dataclass
+class Sample:
+    started: float  # seconds since the soak began
+    seconds: float
+    status: int
+    code: str | None
+    tenant: str
+    cost_nano: int
+
+
+@dataclass
+class Soak:
+    samples: list[Sample] = field(default_factory=list)
+    rss_kib: dict[int, int] = field(default_factory=dict)  # minute -> peak RSS
+    faults: Counter[str] = field(default_factory=Counter)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def _client(
+    soak: Soak, client: httpx.AsyncClient, keys: dict[str, str], begin: float, until: float, index: int
+) -> None:
+    tenants = itertools.cycle(TENANTS[index % 2 :] + TENANTS[: index % 2])
+    while time.perf_counter() < until:
+        tenant = next(tenants)
+        started = time.perf_counter()
+        try:
+            response = await client.post(
+                SUMMARIZE_PATH, json=SUMMARIZE_BODY, headers={"x-api-key": keys[tenant]}
+            )
+            status = response.status_code
+            code = None
+            if status >= 400:
+                try:
+                    code = response.json().get("code")
+                except ValueError:
+                    code = f"http_{status}"
+            cost = response.headers.get("x-request-cost-usd")
+            cost_nano = round(float(cost) * 1e9) if cost and status == 200 else 0
+        except httpx.TransportError as exc:
+            status, code, cost_nano = 0, type(exc).__name__, 0
+        soak.samples.append(
+            Sample(started - begin, time.perf_counter() - started, status, code, tenant, cost_nano)
+        )
+
+
+async def _inject(soak: Soak, stub: Any, proxies: dict[str, FaultProxy], every: float, until: float) -> None:
+    faults: list[Any] = [*STUB_FAULTS, *PROXY_FAULTS]
+    random.Random(7).shuffle(faults)  # a fixed order: runs are comparable
+    for fault in itertools.cycle(faults):
+        await asyncio.sleep(every)
+        if time.perf_counter() >= until:
+            return
+        if isinstance(fault, dict):
+            await asyncio.to_thread(stub.script, fault)
+            soak.faults["stub " + ",".join(fault)] += 1
+            continue
+        name, mode, seconds = fault
+        proxies[name].set(mode, 0.2 if mode == "latency" else 0.0)
+        await asyncio.sleep(seconds)
+        proxies[name].set("pass")
+        soak.faults[f"{name} {mode}"] += 1
+
+
+async def _sample_rss(soak: Soak, pid: int, begin: float, until: float) -> None:
+    while time.perf_counter() < until:
+        minute = int((time.perf_counter() - begin) // 60)
+        with contextlib.suppress(OSError):
+            soak.rss_kib[minute] = max(soak.rss_kib.get(minute, 0), _rss_kib(pid))
+        await asyncio.sleep(2)
+
+
+async def _provision(env: dict[str, str]) -> dict[str, str]:
+    from bench._common import settings_from_env
+    from sk_core.service import Service
+    from sk_core.tenants import Limits, Tenant
+
+    service = Service.create(settings_from_env(env))
+    try:
+        keys = {}
+        for tenant in TENANTS:
+            await service.tenants.create_tenant(
+                Tenant(id=tenant, display_name=tenant, limits=Limits(**LIMITS))
+            )
+            keys[tenant] = str((await service.tenants.issue_key(tenant, name="soak")).secret)
+        return keys
+    finally:
+        await service.aclose()
+
+
+async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
+    """After the service stopped: charge every hold past its lease, then compare per tenant."""
+    from bench._common import settings_from_env
+    from sk_core.limits import Ledger, window_keys
+    from sk_core.limits.rows import INFLIGHT, USAGE_TABLE
+    from sk_core.service import Service
+    from sk_core.storage import query_partition, read_int
+
+    service = Service.create(settings_from_env(env))
+    try:
+        later = Ledger(
+            store=service.store,
+            lease_seconds=30,
+            min_answer_tokens=1,
+            clock=lambda: datetime.now(UTC) + timedelta(hours=1),
+        )
+        expired = await later.expire_holds()
+        reservation = _reservation(service)
+        day = window_keys(datetime.now(UTC))[0]
+        usage_table = await service.store.table(USAGE_TABLE)
+        audit_table = await service.store.table("audit")
+        report: dict[str, Any] = {"holds_expired_by_final_sweep": expired, "tenants": {}}
+        for tenant in TENANTS:
+            rows = await query_partition(usage_table, tenant, [day, INFLIGHT])
+            window, inflight = rows.get(day, {}), rows.get(INFLIGHT, {})
+            audit_cost = audit_rows = 0
+            async for row in audit_table.query_entities("PartitionKey eq @p", parameters={"p": tenant}):
+                audit_rows += 1
+                audit_cost += read_int(row.get("cost_nano"))
+            mine = [s for s in soak.samples if s.tenant == tenant]
+            told = sum(s.cost_nano for s in mine)
+            spent, held = read_int(window.get("spent_nano")), read_int(window.get("held_nano"))
+            expired_nano = read_int(window.get("expired_nano"))
+            # Failures that may keep their reservation (README, "Faults and what they cost").
+            billable = sum(s.status in (0, 502, 504) for s in mine)
+            charged_failures, remainder = divmod(spent - told, reservation)
+            report["tenants"][tenant] = {
+                "requests_sent": len(mine),
+                "audit_rows": audit_rows,
+                "spent_nano": spent,
+                "held_nano": held,
+                "inflight": read_int(inflight.get("count")),
+                "expired_holds": read_int(window.get("expired_holds")),
+                "expired_nano": expired_nano,
+                "audit_cost_nano": audit_cost,
+                "told_clients_nano": told,
+                "reservation_nano": reservation,
+                "failures_charged_their_reservation": charged_failures,
+                "failures_that_may_be_charged": billable,
+                # Exact: nothing held or in flight, and the stored spend is what the 200s
+                # were told plus whole reservations of failed calls that may have been
+                # billed (every call here reserves the same amount). A hold charged at
+                # expiry (its settlement lost) would break the multiple: then only the
+                # first two hold, and expired_holds says why.
+                "ok": held == 0
+                and read_int(inflight.get("count")) == 0
+                and (expired_nano > 0 or (remainder == 0 and 0 <= charged_failures <= billable)),
+            }
+        return report
+    finally:
+        await service.aclose()
+
+
+def _reservation(service: Any) -> int:
+    """What admission holds for one soak call (limits are far away: nothing is clamped)."""
+    spec = service.catalog.get("text", "summarize")
+    arguments = spec.arguments_model.model_validate(SUMMARIZE_BODY).model_dump()
+    requested = arguments.pop("max_tokens") or spec.default_max_tokens_for(arguments)
+    price = service.settings.routing.chain(None).reservation_price
+    return int(price.cost_nano(spec.prompt_token_bound(arguments), requested))
+
+
+def _per_minute(soak: Soak) -> list[dict[str, Any]]:
+    minutes: dict[int, list[Sample]] = defaultdict(list)
+    for sample in soak.samples:
+        minutes[int(sample.started // 60)].append(sample)
+    table = []
+    for minute in sorted(minutes):
+        samples = minutes[minute]
+        durations = [s.seconds for s in samples]
+        errors = Counter(f"{s.status} {s.code}" for s in samples if s.status >= 500 or s.status == 0)
+        table.append(
+            {
+                "minute": minute + 1,
+                "requests": len(samples),
+                "ok": sum(s.status == 200 for s in samples),
+                "p50_ms": round(percentile(durations, 50) * 1000, 1),
+                "p99_ms": round(percentile(durations, 99) * 1000, 1),
+                "errors_5xx": dict(errors),
+                "rss_mib": round(soak.rss_kib.get(minute, 0) / 1024, 1),
+            }
+        )
+    return table
+
+
+async def run(minutes: float, clients: int, every: float) -> dict[str, Any]:
+    with TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        stub = start_stub_model()
+        stub.client.set_default(delay=0.05)
+        azurite_port = free_port()
+        azurite = start_azurite(port=azurite_port, log=logs / "azurite.log")
+        model_proxy = FaultProxy(stub.host, stub.port).start()
+        storage_proxy = FaultProxy("127.0.0.1", azurite_port).start()
+        service = None
+        try:
+            from bench._common import service_env
+            from sk_core.storage import development_connection_string
+
+            direct = service_env(stub.base_url, development_connection_string(azurite_port))
+            keys = await _provision(direct)
+            env = {
+                **service_env(
+                    f"http://{model_proxy.address}/v1", development_connection_string(storage_proxy.port)
+                ),
+                "SKF_MODEL_TIMEOUT_SECONDS": "2",
+                "SKF_MODEL_DEADLINE_SECONDS": "6",
+                "SKF_HOLD_LEASE_SECONDS": "30",
+                "SKF_LOG_FORMAT": "text",
+                "SKF_TELEMETRY_EXPORTER": "none",
+            }
+            port = free_port()
+            service = start_service(port=port, env=env, log=logs / "service.log")
+            soak = Soak()
+            begin = time.perf_counter()
+            until = begin + minutes * 60
+            proxies = {"model": model_proxy, "storage": storage_proxy}
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                await asyncio.gather(
+                    *(_client(soak, client, keys, begin, until, i) for i in range(clients)),
+                    _inject(soak, stub.client, proxies, every, until),
+                    _sample_rss(soak, service.process.pid, begin, until),
+                )
+            model_proxy.set("pass")
+            storage_proxy.set("pass")
+            service.stop(timeout=30)  # graceful: leases handed back, audit flushed
+            ledger = await _ledger_check(direct, soak)
+            service_log = (logs / "service.log").read_text(errors="replace")
+        finally:
+            if service is not None:
+                service.stop()
+            model_proxy.stop()
+            storage_proxy.stop()
+            azurite.stop()
+            stub.stop()
+    per_minute = _per_minute(soak)
+    warm = [m["rss_mib"] for m in per_minute[1:] if m["rss_mib"]]
+    statuses = Counter(f"{s.status} {s.code or ''}".strip() for s in soak.samples)
+    return {
+        "config": {"minutes": minutes, "clients": clients, "fault_every_seconds": every},
+        "machine": machine(),
+        "requests": len(soak.samples),
+        "statuses": dict(statuses.most_common()),
+        "faults_injected": dict(soak.faults),
+        "per_minute": per_minute,
+        "rss_growth_after_warmup_pct": round((warm[-1] - warm[0]) / warm[0] * 100, 1)
+        if len(warm) > 1
+        else None,
+        "ledger": ledger,
+        "unhandled_errors_in_log": service_log.count("unhandled error"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=6)
+    parser.add_argument("--fault-every", type=float, default=6.0, help="seconds between injected faults")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.minutes, args.clients, args.fault_every))
+    rows = [
+        [
+            m["minute"],
+            m["requests"],
+            m["ok"],
+            m["p50_ms"],
+            m["p99_ms"],
+            m["rss_mib"],
+            json.dumps(m["errors_5xx"]),
+        ]
+        for m in result["per_minute"]
+    ]
+    print(markdown_table(["minute", "requests", "200", "p50 ms", "p99 ms", "RSS MiB", "5xx by code"], rows))
+    print(f"\nstatuses: {result['statuses']}")
+    print(f"faults injected: {result['faults_injected']}")
+    print(f"RSS growth after warm-up: {result['rss_growth_after_warmup_pct']} %")
+    print(f"unhandled errors in the service log: {result['unhandled_errors_in_log']}")
+    print("ledger:", json.dumps(result["ledger"], indent=2))
+    print(f"wrote {write_results('soak', result)}")
+
+
+if __name__ == "__main__":
+    main()
