@@ -175,8 +175,8 @@ class ModelRuntime:
         A failure another deployment may not share (429, 5xx, timeout, connection) moves
         on to the next deployment at once; on the last one, the call is retried with
         backoff (``Retry-After`` honoured while it fits). Deployments whose breaker is
-        open or that are at their concurrency cap are skipped, except that the last one
-        is tried when nothing else was (a single deployment behaves as without breakers).
+        open or that are at their concurrency cap are skipped, except that the breaker
+        never skips the last one (a single deployment behaves as without breakers).
         Every attempt after the first takes a token from the retry budget. A 4xx about
         the request is final.
         """
@@ -193,7 +193,7 @@ class ModelRuntime:
         while index < len(chain.deployments):
             deployment = chain.deployments[index]
             last_in_chain = index == len(chain.deployments) - 1
-            if not health.acquire(deployment, last_resort=last_in_chain and attempts == 0):
+            if not health.acquire(deployment, last_resort=last_in_chain):
                 _count_attempt(deployment.name, "skipped", health.state(deployment.name))
                 index, retries_here = index + 1, 0
                 continue

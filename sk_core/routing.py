@@ -321,7 +321,7 @@ class DeploymentHealth:
     def acquire(self, deployment: Deployment, *, last_resort: bool = False) -> bool:
         """Take a slot on ``deployment`` if its cap and breaker allow; then ``release``.
 
-        ``last_resort``: nothing else of the chain was tried, so the breaker is not asked.
+        ``last_resort``: the chain's last deployment, which the breaker does not skip.
         A breaker diverts calls to a fallback; with none left, refusing the call would
         turn a blip (one reset pooled connection fails every call in flight at once)
         into seconds of failures. The retry budget still bounds the load on a dead one.
