@@ -165,3 +165,17 @@ def test_a_deployment_at_its_cap_is_skipped_without_touching_its_breaker() -> No
     health.release(west, ok=True)
     assert health.acquire(west)
     assert health.state("west") is BreakerState.CLOSED
+
+
+def test_an_open_breaker_never_refuses_a_chains_last_resort() -> None:
+    settings = make_settings(
+        SERVICE_ENV, model_base_url="http://x/v1", model_deployments=json.dumps(DEPLOYMENTS)
+    )
+    health = DeploymentHealth(settings.routing, failures=1, cooldown=60, retry_ratio=0.2)
+    east = settings.routing.deployments["east"]
+    assert health.acquire(east)
+    health.release(east, ok=False)
+    assert health.state("east") is BreakerState.OPEN
+    assert not health.acquire(east)  # a fallback would be tried instead
+    assert health.acquire(east, last_resort=True)  # nothing else to try: called anyway
+    health.release(east, ok=True)
