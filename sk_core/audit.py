@@ -66,6 +66,7 @@ class AuditLog:
         self._wake = asyncio.Event()
         self.lost = 0  # rows that could not be written (logged)
         self._retrying = False  # the last flush left rows to try again
+        self._closing = False  # shutting down: one last try, no retry loop
 
     def record(self, entry: AuditEntry) -> None:
         """Queue ``entry``; the flusher writes it within ``flush_seconds``."""
@@ -105,7 +106,7 @@ class AuditLog:
                 await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
             self._wake.clear()
             await self.flush()
-            if not self._retrying:
+            if not self._retrying or self._closing:
                 return
 
     async def flush(self) -> None:
@@ -177,11 +178,17 @@ class AuditLog:
 
     async def aclose(self) -> None:
         """Write everything queued (shutdown); the log stays usable afterwards."""
+        self._closing = True
         flusher = self._flusher
         if flusher is not None and not flusher.done():
             self._wake.set()
             await flusher  # never cancelled mid-write: rows it took would be lost
         await self.flush()
+        self._closing = False  # the log stays usable (tests reuse it)
+        if self._queue:  # storage still down at shutdown: these are gone
+            self.lost += len(self._queue)
+            logger.warning("audit: %d rows not written at shutdown", len(self._queue))
+            self._queue = []
 
 
 def _compact(guard: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from sk_core.redaction import Redactor
 
 logger = logging.getLogger(__name__)
+
 
 # Failures after which the provider may still have done (and billed) the work keep
 # their reserved charge: ``ApiError.billable`` (a timeout, a connection broken after
@@ -77,18 +79,43 @@ class Outcome:
         }
 
 
+# However busy storage is (ETag contention near a limit), a decision waits no longer.
+_MAX_DECISION_SECONDS = 10.0
+
+
 @contextlib.asynccontextmanager
-async def fail_closed(bound: float) -> AsyncIterator[None]:
-    """Storage trouble while deciding whether to serve: admit nothing (503), and decide
-    that within ``bound`` seconds, however slow or silent storage is (a black-holed
-    endpoint, a batch or lease sync queued ahead of this request)."""
+async def fail_closed(bound: float, silence: Callable[[], float] = lambda: math.inf) -> AsyncIterator[None]:
+    """Storage trouble while deciding whether to serve: admit nothing (503).
+
+    Decided once storage has been silent for ``bound`` seconds (``silence()``: seconds
+    since it last answered anything, a 412 included), which a black-holed endpoint or a
+    batch or lease sync stuck ahead of this request reach ``bound`` after they start;
+    a store that answers but is contended (many processes near one limit) is waited
+    for, up to ``_MAX_DECISION_SECONDS``.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
-        async with asyncio.timeout(bound):
-            yield
+        async with asyncio.timeout(None) as deadline:
+            watchdog: asyncio.TimerHandle
+
+            def check() -> None:
+                nonlocal watchdog
+                quiet = silence()
+                if quiet >= bound or loop.time() - started >= _MAX_DECISION_SECONDS - bound:
+                    deadline.reschedule(loop.time())
+                else:
+                    watchdog = loop.call_later(bound - quiet, check)
+
+            watchdog = loop.call_later(bound, check)
+            try:
+                yield
+            finally:
+                watchdog.cancel()
     except StorageUnavailable as exc:
         raise LimitsUnavailable(exc.reason) from exc
     except TimeoutError as exc:
-        raise LimitsUnavailable(f"storage did not answer within {bound:g}s") from exc
+        raise LimitsUnavailable(f"storage did not answer for {bound:g}s") from exc
 
 
 class Pipeline:
@@ -107,6 +134,7 @@ class Pipeline:
         model_id: str,
         routing: RoutingTable | None = None,
         storage_deadline_seconds: float = 2.0,
+        storage_silence: Callable[[], float] = lambda: math.inf,
     ) -> None:
         self._auth = auth
         self._guard = guard
@@ -119,6 +147,7 @@ class Pipeline:
             Deployment(name="default", provider="", model=model_id, price=price)
         )
         self._storage_deadline = storage_deadline_seconds
+        self._storage_silence = storage_silence  # seconds since storage last answered
         # Settlements still running after their answer went out (strong references).
         self._settling: set[asyncio.Task[int]] = set()
 
@@ -133,7 +162,7 @@ class Pipeline:
         if function_id is not None:
             # A model call follows: Semantic Kernel imports while we authenticate.
             self._runtimes.warm()
-        async with fail_closed(self._storage_deadline):
+        async with fail_closed(self._storage_deadline, self._storage_silence):
             with telemetry.tracer().start_as_current_span("authenticate"):
                 principal = await self._auth.authenticate(headers, function_id)
         if record is not None:
@@ -166,7 +195,7 @@ class Pipeline:
         route = self._routing.chain(chain or spec.model_chain)
         await self._screen(spec, arguments, record)
         price = route.reservation_price
-        async with fail_closed(self._storage_deadline):
+        async with fail_closed(self._storage_deadline, self._storage_silence):
             with tracer.start_as_current_span("admit") as span:
                 hold = await self._ledger.admit(
                     tenant,

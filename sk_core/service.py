@@ -75,6 +75,7 @@ class Service:
             model_id=settings.resolved_model_id,
             routing=settings.routing,
             storage_deadline_seconds=settings.storage_deadline_seconds,
+            storage_silence=store.silence,
         )
 
     async def aclose(self) -> None:

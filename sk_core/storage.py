@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,6 +102,7 @@ class TableStore:
         # them: what the benchmarks report per request, and what leases keep low.
         self.round_trips = 0
         self.conflicts = 0
+        self._last_answer = time.monotonic()
         self._credential: Any = None
         if connection_string:
             if connection_string.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
@@ -118,8 +120,13 @@ class TableStore:
         self._created: set[str] = set()
         self._create_lock = asyncio.Lock()
 
+    def silence(self) -> float:
+        """Seconds since the account last answered anything (an error or a 412 included)."""
+        return time.monotonic() - self._last_answer
+
     def _count(self, response: Any) -> None:
         self.round_trips += 1
+        self._last_answer = time.monotonic()
         http = response.http_response
         status = getattr(http, "status_code", 0)
         if status in (409, 412):
