@@ -95,6 +95,10 @@ _BATCH_JOBS = 32
 _BATCH_KEYS = 11
 
 
+# How long a usage read waits for settlements still in flight.
+_FLUSH_WAIT_SECONDS = 10.0
+
+
 class Contended(StorageUnavailable):
     """An update lost the ETag race on every attempt."""
 
@@ -171,11 +175,17 @@ class Ledger:
         self.conflicts = 0
         self.transactions = 0
         self._releasing: set[asyncio.Task[Settlement]] = set()
+        # Exact-path settlements not committed yet, by tenant (flush waits for them).
+        self._settling: dict[asyncio.Future[Settlement], str] = {}
         # Quota leases (leases.py): admit and settle in memory; None: every decision exact.
         self.leases = LeaseKeeper(self, leases) if leases is not None else None
 
     async def flush(self, tenant_id: str | None = None) -> None:
-        """Report what this process's leases settled so far, so that stored usage is current."""
+        """Report what this process's leases settled so far, and let settlements still in
+        flight land (an answer does not wait for a slow one), so stored usage is current."""
+        pending = [f for f, owner in self._settling.items() if tenant_id in (None, owner)]
+        if pending:
+            await asyncio.wait(pending, timeout=_FLUSH_WAIT_SECONDS)
         if self.leases is not None:
             await self.leases.flush(tenant_id)
 
@@ -379,6 +389,8 @@ class Ledger:
         job = _Settling(
             hold, cost_nano, prompt_tokens, completion_tokens, asyncio.get_running_loop().create_future()
         )
+        self._settling[job.future] = hold.tenant_id
+        job.future.add_done_callback(self._settling.pop)
         settlement: Settlement = await self._enqueue(hold.tenant_id, job)
         return settlement
 
