@@ -9,7 +9,7 @@ import pytest
 
 from sk_core.errors import BadRequest
 from sk_core.pricing import Price
-from sk_core.routing import BreakerState, CircuitBreaker, DeploymentHealth, RetryBudget
+from sk_core.routing import BreakerState, CircuitBreaker, Deployment, DeploymentHealth, RetryBudget
 from tests.conftest import SERVICE_ENV, make_settings
 
 
@@ -123,9 +123,14 @@ def test_a_failed_probe_reopens_and_an_abandoned_probe_frees_the_slot() -> None:
     assert state(breaker) is BreakerState.OPEN
 
 
-def test_the_breaker_opens_on_an_error_rate_without_a_failure_streak() -> None:
+def rate_only_breaker() -> tuple[Clock, CircuitBreaker]:
+    """A breaker whose failure streak never trips: only its error-rate rule can."""
     clock = Clock()
-    breaker = CircuitBreaker(failures=100, cooldown=1, clock=clock)
+    return clock, CircuitBreaker(failures=100, cooldown=1, clock=clock)
+
+
+def test_the_breaker_opens_on_an_error_rate_without_a_failure_streak() -> None:
+    _, breaker = rate_only_breaker()
     for i in range(10):
         breaker.allow()
         breaker.record(i % 2 == 0)  # alternating: never two failures in a row
@@ -133,8 +138,7 @@ def test_the_breaker_opens_on_an_error_rate_without_a_failure_streak() -> None:
 
 
 def test_old_calls_leave_the_error_rate_window() -> None:
-    clock = Clock()
-    breaker = CircuitBreaker(failures=100, cooldown=1, clock=clock)
+    clock, breaker = rate_only_breaker()
     for i in range(9):
         breaker.record(i % 2 == 1)  # F S F S F S F S F: 5 of 9, too few calls to judge
     assert state(breaker) is BreakerState.CLOSED
@@ -154,12 +158,18 @@ def test_the_retry_budget_is_a_share_of_recent_requests_with_a_floor() -> None:
     assert sum(budget.try_retry() for _ in range(100)) == 3  # the floor
 
 
-def test_a_deployment_at_its_cap_is_skipped_without_touching_its_breaker() -> None:
+def two_deployments() -> tuple[DeploymentHealth, dict[str, Deployment]]:
+    """Health (a breaker that opens on one failure) over the two DEPLOYMENTS."""
     settings = make_settings(
         SERVICE_ENV, model_base_url="http://x/v1", model_deployments=json.dumps(DEPLOYMENTS)
     )
-    health = DeploymentHealth(settings.routing, failures=1, cooldown=1, retry_ratio=0.2)
-    west = settings.routing.deployments["west"]
+    table = settings.routing
+    return DeploymentHealth(table, failures=1, cooldown=60, retry_ratio=0.2), table.deployments
+
+
+def test_a_deployment_at_its_cap_is_skipped_without_touching_its_breaker() -> None:
+    health, deployments = two_deployments()
+    west = deployments["west"]
     assert health.acquire(west)
     assert not health.acquire(west)  # max_concurrency 1
     health.release(west, ok=True)
@@ -168,11 +178,8 @@ def test_a_deployment_at_its_cap_is_skipped_without_touching_its_breaker() -> No
 
 
 def test_an_open_breaker_never_refuses_a_chains_last_resort() -> None:
-    settings = make_settings(
-        SERVICE_ENV, model_base_url="http://x/v1", model_deployments=json.dumps(DEPLOYMENTS)
-    )
-    health = DeploymentHealth(settings.routing, failures=1, cooldown=60, retry_ratio=0.2)
-    east = settings.routing.deployments["east"]
+    health, deployments = two_deployments()
+    east = deployments["east"]
     assert health.acquire(east)
     health.release(east, ok=False)
     assert health.state("east") is BreakerState.OPEN
