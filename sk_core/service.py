@@ -125,7 +125,7 @@ class Service:
                     idle_seconds=settings.lease_idle_seconds,
                     horizon_seconds=settings.lease_horizon_seconds,
                     share=settings.lease_share,
-                    ttl_seconds=settings.hold_lease_seconds,
+                    ttl_seconds=settings.lease_ttl_seconds,
                 )
                 if settings.leases
                 else None,

@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     lease_idle_seconds: float = Field(default=3.0, gt=0, le=600)
     lease_horizon_seconds: float = Field(default=4.0, gt=0, le=600)
     lease_share: float = Field(default=0.5, gt=0, le=1)
+    lease_ttl_seconds: float = Field(
+        default=30.0,
+        ge=5,
+        le=3600,
+        description="A lease not renewed this long (its process died) is charged in full and its "
+        "slots released by the sweep.",
+    )
     audit_retention_days: float = Field(default=30.0, gt=0, le=3650)
 
     key_vault_url: str = Field(
@@ -263,6 +270,8 @@ class Settings(BaseSettings):
             raise ValueError("SKF_SECRET_REFRESH_AHEAD_SECONDS must be shorter than SKF_SECRET_CACHE_SECONDS")
         if self.secret_max_staleness_seconds < self.secret_cache_seconds:
             raise ValueError("SKF_SECRET_MAX_STALENESS_SECONDS must be at least SKF_SECRET_CACHE_SECONDS")
+        if self.lease_ttl_seconds < 4 * self.lease_report_seconds:
+            raise ValueError("SKF_LEASE_TTL_SECONDS must be at least 4 x SKF_LEASE_REPORT_SECONDS")
         if self.hold_lease_seconds <= self.model_deadline_seconds:
             raise ValueError("SKF_HOLD_LEASE_SECONDS must be longer than SKF_MODEL_DEADLINE_SECONDS")
         # With a vault, secrets are checked when fetched (readiness), not here.

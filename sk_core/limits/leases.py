@@ -18,9 +18,11 @@ shutdown. Renewals run off the request path; a request waits for one only when i
 slice cannot admit it. Grants follow recent demand, take at most ``share`` of what is
 left, and are zero close to the limit, where the exact per-request path decides.
 
-**Crashes:** a lease row whose process stopped renewing expires after the hold lease
-(``SKF_HOLD_LEASE_SECONDS``); the sweep then charges its whole outstanding budget
-slice as spent (flagged, ``expired-lease-`` audit row) and releases its slots.
+**Crashes:** a lease row whose process stopped renewing it expires after
+``SKF_LEASE_TTL_SECONDS`` (30 s; a live process renews well before); the sweep then
+charges its whole outstanding budget slice as spent (flagged, ``expired-lease-``
+audit row) and releases its slots. A process that cannot reach storage stops admitting
+from its lease after half that time, so it never serves on a lease already charged.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sk_core.accounts import Tenant
@@ -58,7 +60,7 @@ class LeaseSettings:
     idle_seconds: float = 3.0  # a lease unused this long gives everything back
     horizon_seconds: float = 4.0  # a grant aims to last this long at the recent rate
     share: float = 0.5  # at most this share of what is left goes to one grant
-    ttl_seconds: float = 300.0  # a lease row not renewed this long is expired by the sweep
+    ttl_seconds: float = 30.0  # a lease row not renewed this long is expired by the sweep
 
 
 @dataclass
@@ -558,12 +560,6 @@ class LeaseKeeper:
             lease.granted = (current_free, new_minute.requests, new_minute.tokens)
         if current_free > 0:
             lease.exact_until = 0.0
-
-
-def lease_rows_expired(entity: Any, now: datetime) -> bool:
-    """True for a lease row whose process stopped renewing it."""
-    expires = entity.get("expires_at")
-    return bool(entity["RowKey"].startswith(LEASE_PREFIX) and expires is not None and expires < now)
 
 
 def lease_amounts(entity: Any) -> list[tuple[str, str, int]]:
