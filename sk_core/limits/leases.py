@@ -81,9 +81,9 @@ class _Demand:
         self.admitted += 1
         self.amount += amount
         self.tokens += tokens
-        self.unit_amount = max(self.unit_amount, amount) if self.unit_amount == 0 else (
-            (self.unit_amount * 7 + amount) // 8
-        )
+        # Typical sizes, smoothed (1/8 weight to the newest) so one odd call does not
+        # resize the next grant.
+        self.unit_amount = amount if self.unit_amount == 0 else (self.unit_amount * 7 + amount) // 8
         self.unit_tokens = tokens if self.unit_tokens == 0 else (self.unit_tokens * 7 + tokens) // 8
 
     def roll(self, now: float) -> None:
