@@ -66,6 +66,9 @@ def test_a_slice_always_accounts_for_everything_it_was_granted(steps: list[tuple
         assert budget.held == sum(in_flight)
         assert budget.free >= 0
         assert store_spent + budget.spent == settled_total
+    # If the process died now, expiry would charge everything outstanding on top of what
+    # was reported: never less than what was really settled.
+    assert store_spent + budget.outstanding >= settled_total
     store_spent += budget.spent
     budget.synced(0)
     assert budget.outstanding == sum(in_flight)
