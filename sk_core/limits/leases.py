@@ -37,7 +37,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sk_core.accounts import Tenant
-from sk_core.errors import StorageUnavailable
+from sk_core.errors import RateState, StorageUnavailable
 from sk_core.limits import policy
 from sk_core.limits.rows import INFLIGHT, INFLIGHT_FIELDS, MINUTE_FIELDS, WINDOW_FIELDS, PartitionRows
 from sk_core.limits.slices import BudgetSlice, MinuteSlice, grant
@@ -239,6 +239,24 @@ class LeaseKeeper:
             rpm_remaining=minute.requests,
             rpm_reset=policy.seconds_to_next_minute(now),
             lease=lease.generation,
+        )
+
+    def count_request(self, tenant: Tenant) -> RateState | None:
+        """Take one request (no tokens, no budget, no slot) from this process's slice of
+        the current minute; None when there is none to take (the ledger decides exactly)."""
+        lease = self._leases.get(tenant.id)
+        if lease is None or lease.frozen or time.monotonic() >= lease.valid_until:
+            return None
+        now = self._ledger.now()
+        minute = lease.minute
+        if minute is None or minute.minute != policy.window_keys(now)[2] or not minute.fits(0):
+            return None
+        minute.take(0)
+        lease.last_used = time.monotonic()
+        return RateState(
+            limit=tenant.limits.requests_per_minute,
+            remaining=minute.requests,
+            reset=policy.seconds_to_next_minute(now),
         )
 
     def settle(self, hold: Hold, cost: int, prompt_tokens: int, completion_tokens: int) -> Settlement:
