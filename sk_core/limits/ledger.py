@@ -371,7 +371,7 @@ class Ledger:
         the minute row, under the same ETag rule as every admission.
         """
         if self.leases is not None:
-            counted = self.leases.count_request(tenant)
+            counted = await self.leases.count_request(tenant)
             if counted is not None:
                 return counted
         table = await self._store.table(USAGE_TABLE)
