@@ -82,6 +82,17 @@ class Outcome:
         }
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One call as the stages after screening see it."""
+
+    principal: Principal
+    spec: FunctionSpec
+    arguments: dict[str, Any]
+    requested: int  # the answer cap asked for, before the budget clamps it
+    record: AuditEntry | None
+
+
 @contextlib.contextmanager
 def fail_closed() -> Iterator[None]:
     """Storage trouble while deciding whether to serve: admit nothing (503)."""
@@ -151,16 +162,13 @@ class Pipeline:
         """Screen → cache → admit (reserve, clamp) → invoke → settle → record, a span each."""
         requested = max_tokens or spec.default_max_tokens_for(arguments)
         flagged = await self._screen(spec, arguments, record)
-        return await self._cached(principal, spec, arguments, requested, flagged, cache_control, record)
+        call = _Call(principal, spec, arguments, requested, record)
+        return await self._cached(call, flagged, cache_control)
 
-    async def _admitted(
-        self,
-        principal: Principal,
-        spec: FunctionSpec,
-        arguments: dict[str, Any],
-        requested: int,
-        record: AuditEntry | None,
-    ) -> Outcome:
+    async def _admitted(self, call: _Call) -> Outcome:
+        principal, spec, arguments, requested, record = (
+            call.principal, call.spec, call.arguments, call.requested, call.record
+        )
         tracer = telemetry.tracer()
         tenant = principal.tenant
         price = self._price
@@ -217,16 +225,7 @@ class Pipeline:
             clamped=hold.max_tokens < requested,
         )
 
-    async def _cached(
-        self,
-        principal: Principal,
-        spec: FunctionSpec,
-        arguments: dict[str, Any],
-        requested: int,
-        flagged: bool,
-        cache_control: str | None,
-        record: AuditEntry | None,
-    ) -> Outcome:
+    async def _cached(self, call: _Call, flagged: bool, cache_control: str | None) -> Outcome:
         """The cache stage (``sk_core.cache``), between screening and admission.
 
         A hit is answered here: counted against requests per minute only, never charged.
@@ -235,23 +234,17 @@ class Pipeline:
         answer than the key promises) or the caller said ``no-store``. Failures raise
         and so are never stored.
         """
-        cache = self._cache
+        cache, spec, record = self._cache, call.spec, call.record
         if cache is None or not cache.policy(spec).enabled:
-            return await self._admitted(principal, spec, arguments, requested, record)
-        tenant = principal.tenant
+            return await self._admitted(call)
+        tenant = call.principal.tenant
         mode = cache.directive(cache_control)
         with telemetry.tracer().start_as_current_span("cache") as span:
-            slot = cache.slot(tenant.id, spec, self._model_id, arguments, requested)
+            slot = cache.slot(tenant.id, spec, self._model_id, call.arguments, call.requested)
             if flagged or mode == "no-store":
-                found: tuple[CachedAnswer, Tier] | Outcome = await self._admitted(
-                    principal, spec, arguments, requested, record
-                )
+                found: tuple[CachedAnswer, Tier] | Outcome = await self._admitted(call)
             else:
-                found = await cache.fetch(
-                    slot,
-                    mode,
-                    lambda: self._stored(cache, slot, principal, spec, arguments, requested, record),
-                )
+                found = await cache.fetch(slot, mode, lambda: self._stored(cache, slot, call))
             result, tier = ("miss", "") if isinstance(found, Outcome) else ("hit", found[1])
             span.set_attribute("sk.cache.result", result)
             dimensions = {"result": result, "sk.function": spec.id, **({"tier": tier} if tier else {})}
@@ -262,18 +255,9 @@ class Pipeline:
                 return dataclasses.replace(found, cache="miss")
             return await self._hit(cache, tenant, spec, found[0], record)
 
-    async def _stored(
-        self,
-        cache: ResponseCache,
-        slot: Slot,
-        principal: Principal,
-        spec: FunctionSpec,
-        arguments: dict[str, Any],
-        requested: int,
-        record: AuditEntry | None,
-    ) -> Outcome:
+    async def _stored(self, cache: ResponseCache, slot: Slot, call: _Call) -> Outcome:
         """A miss: the admitted call, its answer (already redacted) kept in ``slot``."""
-        outcome = await self._admitted(principal, spec, arguments, requested, record)
+        outcome = await self._admitted(call)
         if not outcome.clamped:
             completion = outcome.completion
             await cache.put(

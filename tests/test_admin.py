@@ -472,25 +472,15 @@ async def test_audit_lists_a_tenants_recent_calls_without_prompt_text(
 
 
 async def test_cache_stats_and_purge_by_tenant_and_function(env: dict[str, str], store: TableStore) -> None:
-    from sk_core.cache import CachedAnswer, Slot
-    from sk_core.schemas import Usage
+    from sk_core.cache import Slot
     from sk_core.service import make_cache
+    from tests.test_cache import sample_answer
 
     acme, globex = new_id("cache"), new_id("cache")
     for tenant_id in (acme, globex):
         create(env, tenant_id)
     cache = make_cache(make_settings(env), store)
-    now = time.time()
-    answer = CachedAnswer(
-        text="An answer.",
-        model="m",
-        finish_reason="stop",
-        usage=Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5),
-        cost_nano=7,
-        redactions={},
-        created_at=now,
-        expires_at=now + 600,
-    )
+    answer = sample_answer(time.time(), 600)
     for tenant_id, function, key in (
         (acme, "text/summarize", "a1"),
         (acme, "text/translate", "a2"),

@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from scripts.devservices import ManagedProcess, free_port, start_service
 from sk_core.audit import AuditEntry
 from sk_core.auth import Principal
 from sk_core.cache import (
@@ -39,6 +38,7 @@ from sk_core.schemas import Usage
 from sk_core.service import Service, make_store
 from sk_core.storage import TableStore
 from sk_core.tenants import Limits, Tenant
+from tests.support.hosts import container_fleet
 from tests.support.stub_model import StubModel
 
 ON = CachePolicy(enabled=True)
@@ -114,6 +114,20 @@ def test_a_function_opts_in_in_its_prompt_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ the pipeline's stage
 
 
+def sample_answer(now: float, ttl: float) -> CachedAnswer:
+    """A stored answer made by hand (for storage, purge and sweep checks)."""
+    return CachedAnswer(
+        text="An answer.",
+        model="m",
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5),
+        cost_nano=7,
+        redactions={},
+        created_at=now,
+        expires_at=now + ttl,
+    )
+
+
 def _cache(store: TableStore, **overrides: Any) -> ResponseCache:
     options: dict[str, Any] = {
         "ttl_seconds": 3600,
@@ -151,6 +165,18 @@ async def cache_store(functions_service: Service) -> AsyncIterator[TableStore]:
     store = make_store(functions_service.settings)
     yield store
     await store.aclose()
+
+
+@pytest.fixture
+def pipeline(functions_service: Service, cache_store: TableStore) -> Pipeline:
+    """The service's stages with a cache of their own in front."""
+    return _pipeline(functions_service, _cache(cache_store))
+
+
+@pytest.fixture
+async def acme(functions_service: Service) -> Principal:
+    """A new tenant's caller, with default limits."""
+    return await _principal(functions_service)
 
 
 async def _principal(service: Service, **limits: int) -> Principal:
@@ -226,11 +252,8 @@ async def test_a_hit_from_another_processs_entry_is_one_storage_read(
 
 
 async def test_single_flight_32_identical_requests_make_one_model_call(
-    functions_service: Service, spec: FunctionSpec, cache_store: TableStore, stub: StubModel
+    spec: FunctionSpec, pipeline: Pipeline, acme: Principal, stub: StubModel
 ) -> None:
-    service = functions_service
-    pipeline = _pipeline(service, _cache(cache_store))
-    acme = await _principal(service)
     stub.set_default(content="Once.", prompt_tokens=30, completion_tokens=3, delay=0.5)
     calls = (pipeline.call(acme, spec, dict(ARGS), max_tokens=None) for _ in range(32))
     outcomes = await asyncio.gather(*calls)
@@ -241,11 +264,9 @@ async def test_single_flight_32_identical_requests_make_one_model_call(
 
 
 async def test_failures_clamped_and_flagged_answers_are_not_stored(
-    functions_service: Service, spec: FunctionSpec, cache_store: TableStore, stub: StubModel
+    functions_service: Service, spec: FunctionSpec, pipeline: Pipeline, acme: Principal, stub: StubModel
 ) -> None:
     service = functions_service
-    pipeline = _pipeline(service, _cache(cache_store))
-    acme = await _principal(service)
     stub.script({"status": 400})
     with pytest.raises(ModelError):
         await pipeline.call(acme, spec, dict(ARGS), max_tokens=None)
@@ -270,11 +291,8 @@ async def test_failures_clamped_and_flagged_answers_are_not_stored(
 
 
 async def test_no_cache_refreshes_and_no_store_neither_reads_nor_writes(
-    functions_service: Service, spec: FunctionSpec, cache_store: TableStore, stub: StubModel
+    spec: FunctionSpec, pipeline: Pipeline, acme: Principal, stub: StubModel
 ) -> None:
-    service = functions_service
-    pipeline = _pipeline(service, _cache(cache_store))
-    acme = await _principal(service)
     stub.script(
         {"content": "Old.", "prompt_tokens": 30, "completion_tokens": 3},
         {"content": "New.", "prompt_tokens": 30, "completion_tokens": 3},
@@ -325,16 +343,7 @@ async def test_expired_entries_are_swept_and_purge_is_scoped(
     cache = _cache(cache_store, ttl_seconds=60, clock=lambda: now[0])
     acme, globex = await _principal(service), await _principal(service)
     slots = [cache.slot(p.tenant.id, spec, "stub-model", ARGS, 56) for p in (acme, globex)]
-    answer = CachedAnswer(
-        text="x",
-        model="m",
-        finish_reason="stop",
-        usage=Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2),
-        cost_nano=5,
-        redactions={},
-        created_at=now[0],
-        expires_at=now[0] + 60,
-    )
+    answer = sample_answer(now[0], 60)
     for slot in slots:
         assert await cache.put(slot, answer)
 
@@ -360,16 +369,8 @@ async def test_expired_entries_are_swept_and_purge_is_scoped(
 def two_hosts(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """Two container hosts sharing Azurite, with the cache on for text/summarize."""
     env = {**service_env, "SKF_CACHE_FUNCTIONS": '{"text/summarize": {"enabled": true}}'}
-    logs = tmp_path_factory.mktemp("cache-hosts")
-    processes: list[ManagedProcess] = []
-    ports = [free_port() for _ in range(2)]
-    try:
-        for index, port in enumerate(ports):
-            processes.append(start_service(port=port, env=env, log=logs / f"service-{index}.log"))
-        yield [f"http://127.0.0.1:{port}" for port in ports]
-    finally:
-        for process in processes:
-            process.stop()
+    with container_fleet(2, env, tmp_path_factory.mktemp("cache-hosts")) as urls:
+        yield urls
 
 
 async def test_across_two_processes_tenants_stay_apart_and_hits_are_free(
