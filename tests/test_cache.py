@@ -38,6 +38,7 @@ from sk_core.schemas import Usage
 from sk_core.service import Service, make_store
 from sk_core.storage import TableStore
 from sk_core.tenants import Limits, Tenant
+from tests.conftest import TelemetrySink
 from tests.support.hosts import container_fleet
 from tests.support.stub_model import StubModel
 
@@ -417,3 +418,51 @@ async def test_across_two_processes_tenants_stay_apart_and_hits_are_free(
         assert (fresh.json()["summary"], fresh.headers["x-cache"]) == ("Acme, refreshed.", "miss")
         assert "age" not in fresh.headers
     assert len(stub.requests()) == 3
+
+
+async def test_a_hit_is_traced_counted_and_its_saving_reported(
+    spec: FunctionSpec, pipeline: Pipeline, acme: Principal, stub: StubModel, telemetry_sink: TelemetrySink
+) -> None:
+    from tests.test_telemetry import metric_points
+
+    def saved() -> float:
+        points = metric_points(telemetry_sink, "sk.cost.saved")
+        return float(sum(p.value for p in points if p.attributes.get("sk.tenant") == acme.tenant.id))
+
+    def hits() -> int:
+        points = metric_points(telemetry_sink, "sk.cache.requests")
+        wanted = {"result": "hit", "tier": "memory", "sk.function": spec.id}
+        return int(sum(p.value for p in points if p.attributes == wanted))
+
+    stub.script({"content": "Traced.", "prompt_tokens": 30, "completion_tokens": 3})
+    first = await pipeline.call(acme, spec, dict(ARGS), max_tokens=None)
+    before = hits()
+    telemetry_sink.spans.clear()
+    await pipeline.call(acme, spec, dict(ARGS), max_tokens=None)
+    assert hits() == before + 1
+    assert saved() == pytest.approx(first.fields()["cost_usd"])
+    cache_spans = [s for s in telemetry_sink.spans.get_finished_spans() if s.name == "cache"]
+    assert [s.attributes["sk.cache.result"] for s in cache_spans if s.attributes] == ["hit"]
+    names = {s.name for s in telemetry_sink.spans.get_finished_spans()}
+    assert "invoke" not in names
+    assert "admit" not in names
+
+
+async def test_the_maintenance_sweep_deletes_expired_entries(
+    functions_service: Service, spec: FunctionSpec, acme: Principal
+) -> None:
+    from sk_core.maintenance import sweep_expired_holds
+
+    cache = functions_service.cache
+    assert cache is not None  # on by default (SKF_CACHE), for the functions that opt in
+    slot = cache.slot(acme.tenant.id, spec, "stub-model", ARGS, 56)
+    assert await cache.put(slot, sample_answer(cache.now() - 120, 60))  # expired a minute ago
+    table = await functions_service.store.table(CACHE_TABLE)
+
+    async def rows() -> list[Any]:
+        found = table.query_entities("PartitionKey eq @p", parameters={"p": acme.tenant.id})
+        return [e async for e in found]
+
+    assert len(await rows()) == 1
+    await sweep_expired_holds()
+    assert await rows() == []
