@@ -66,10 +66,10 @@ async def _call(request: Request, service: Service, spec: FunctionSpec) -> tuple
         cache_control=request.headers.get("cache-control"),
     )
     headers = {**rate_limit_headers(outcome.rate), "X-Request-Cost-USD": f"{usd(outcome.cost_nano):.9f}"}
-    return outcome, {**headers, **cache_headers(outcome)}
+    return outcome, {**headers, **_cache_headers(outcome)}
 
 
-def cache_headers(outcome: Outcome) -> dict[str, str]:
+def _cache_headers(outcome: Outcome) -> dict[str, str]:
     """``X-Cache: hit|miss`` for a cacheable function, and ``Age`` on a hit."""
     if outcome.cache is None:
         return {}
