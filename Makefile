@@ -41,6 +41,7 @@ bench: install
 	PYTHONPATH=. $(BIN)/python bench/overhead.py
 	PYTHONPATH=. $(BIN)/python bench/limits.py
 	PYTHONPATH=. $(BIN)/python bench/leases.py
+	PYTHONPATH=. $(BIN)/python bench/cache.py
 
 clean:
 	rm -rf $(VENV) node_modules .run .mypy_cache .ruff_cache .pytest_cache

@@ -195,6 +195,14 @@ def _functions(text: str) -> tuple[str, ...]:
     return items
 
 
+def _function_id(text: str) -> str:
+    """One catalog function (``plugin/name``), checked as ``_functions`` checks a list."""
+    items = _functions(text)
+    if len(items) != 1 or items == (ALL,):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected one plugin/name")
+    return items[0]
+
+
 def _day(text: str) -> date:
     """A UTC calendar day, YYYY-MM-DD."""
     if not _DAY_RE.match(text):
@@ -681,6 +689,7 @@ async def audit_cmd(args: argparse.Namespace, ctx: Context) -> Output:
             "trace_id": row.get("trace_id", ""),
             "guard": row.get("guard", ""),
             "redactions": row.get("redactions", 0),
+            "cache": row.get("cache", ""),
         }
         for row in rows
     ]
@@ -712,6 +721,61 @@ async def audit_cmd(args: argparse.Namespace, ctx: Context) -> Output:
     return Output(
         data, _table(headers, table_rows, right=(2, 5, 6, 7)) if table_rows else "no calls recorded"
     )
+
+
+# --- the response cache ----------------------------------------------------------------
+
+
+async def cache_purge(args: argparse.Namespace, ctx: Context) -> Output:
+    """Delete cached answers of a tenant (or the cross-tenant ones), of one function or all."""
+    from sk_core.cache import SHARED
+    from sk_core.service import make_cache
+
+    if args.tenant is not None:
+        await ctx.tenants.require_tenant(args.tenant)
+    scope = args.tenant if args.tenant is not None else SHARED
+    deleted = await make_cache(ctx.settings, ctx.store).purge(scope, args.function)
+    what = ("shared entries" if scope == SHARED else scope) + (f" / {args.function}" if args.function else "")
+    memory = ctx.settings.cache_memory_seconds
+    return Output(
+        {"scope": scope, "function": args.function, "deleted": deleted},
+        f"deleted {deleted} cached answer(s) of {what}; running instances forget them within {memory:g} s",
+    )
+
+
+async def cache_stats(args: argparse.Namespace, ctx: Context) -> Output:
+    """Cached answers in the shared table, by tenant (or shared) and function."""
+    from sk_core.service import make_cache
+
+    stats = await make_cache(ctx.settings, ctx.store).stats()
+    rows = stats["table"]
+    table_rows = [
+        (r["scope"], r["function"], str(r["entries"]), str(r["expired"]), str(r["text_bytes"])) for r in rows
+    ]
+    text = (
+        _table(("scope", "function", "entries", "expired", "text bytes"), table_rows, right=(2, 3, 4))
+        if table_rows
+        else "no cached answers"
+    )
+    return Output(rows, text)
+
+
+def _add_cache_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    leaf: Callable[
+        [argparse._SubParsersAction[argparse.ArgumentParser], str, Handler, str], argparse.ArgumentParser
+    ],
+) -> None:
+    cache = commands.add_parser("cache", help="purge, stats of the response cache")
+    cache_cmds = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    purge = leaf(cache_cmds, "purge", cache_purge, "delete cached answers (a tenant's, or --shared ones)")
+    scope = purge.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--tenant", type=_tenant_id, metavar="ID", help="this tenant's answers")
+    scope.add_argument(
+        "--shared", action="store_true", help="the answers of functions cached across tenants"
+    )
+    purge.add_argument("--function", type=_function_id, metavar="PLUGIN/NAME", help="only this function's")
+    leaf(cache_cmds, "stats", cache_stats, "cached answers by tenant and function")
 
 
 # --- parser ----------------------------------------------------------------------------
@@ -806,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = leaf(commands, "audit", audit_cmd, "a tenant's recent calls (status, tokens, cost, trace id)")
     audit.add_argument("tenant_id", type=_tenant_id, metavar="TENANT")
     audit.add_argument("--limit", type=int, default=20, help="how many calls (default 20)")
+    _add_cache_commands(commands, leaf)
     return parser
 
 

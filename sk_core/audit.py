@@ -49,6 +49,7 @@ class AuditEntry:
     trace_id: str | None = None
     guard: dict[str, Any] = field(default_factory=dict)
     redactions: int = 0
+    cache: str = ""  # "hit" (answered from the response cache, nothing charged) or "miss"
 
 
 class AuditLog:
@@ -89,6 +90,7 @@ class AuditLog:
             "trace_id": entry.trace_id or "",
             "guard": _compact(entry.guard),
             "redactions": entry.redactions,
+            "cache": entry.cache,
             "created_at": now,
             "expires_at": now + self._retention,
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,8 +37,10 @@ from sk_core.errors import (
 from sk_core.pricing import Price, usd
 
 if TYPE_CHECKING:
+    from sk_core.accounts import Tenant
     from sk_core.audit import AuditEntry
     from sk_core.auth import Authenticator, Principal
+    from sk_core.cache import CachedAnswer, ResponseCache, Slot, Tier
     from sk_core.catalog import FunctionSpec
     from sk_core.guard import Guard, Policy
     from sk_core.kernel import RuntimeProvider
@@ -56,11 +59,14 @@ _UNCERTAIN = (ModelTimeout, ModelUnavailable)
 class Outcome:
     """What a successful call produced and cost."""
 
-    completion: Completion
+    completion: Completion | CachedAnswer
     text: str  # the answer after output redaction
     redactions: dict[str, int]
     cost_nano: int
     rate: RateState  # the requests-per-minute window after this admission
+    clamped: bool = False  # the budget lowered max_tokens: not the answer others would get
+    cache: str | None = None  # "hit" or "miss" for a cacheable function (X-Cache), else None
+    age: int = 0  # seconds since a cached answer was produced (Age)
 
     def fields(self) -> dict[str, Any]:
         """The members every function response carries besides its answer."""
@@ -72,7 +78,19 @@ class Outcome:
             "cost_usd": usd(self.cost_nano),
             "redacted": sum(self.redactions.values()),
             "redactions": self.redactions,
+            "cached": self.cache == "hit",
         }
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call as the stages after screening see it."""
+
+    principal: Principal
+    spec: FunctionSpec
+    arguments: dict[str, Any]
+    requested: int  # the answer cap asked for, before the budget clamps it
+    record: AuditEntry | None
 
 
 @contextlib.contextmanager
@@ -98,6 +116,7 @@ class Pipeline:
         redactor: Callable[[str], Redactor],
         price: Price,
         model_id: str,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._auth = auth
         self._guard = guard
@@ -107,6 +126,7 @@ class Pipeline:
         self._redactor = redactor
         self._price = price
         self._model_id = model_id
+        self._cache = cache
 
     async def authenticate(
         self, headers: Mapping[str, str], function_id: str | None, record: AuditEntry | None = None
@@ -137,12 +157,20 @@ class Pipeline:
         *,
         max_tokens: int | None,
         record: AuditEntry | None = None,
+        cache_control: str | None = None,
     ) -> Outcome:
-        """Screen → admit (reserve, clamp) → invoke → settle → record, a span each."""
+        """Screen → cache → admit (reserve, clamp) → invoke → settle → record, a span each."""
+        requested = max_tokens or spec.default_max_tokens_for(arguments)
+        flagged = await self._screen(spec, arguments, record)
+        call = _Call(principal, spec, arguments, requested, record)
+        return await self._cached(call, flagged, cache_control)
+
+    async def _admitted(self, call: _Call) -> Outcome:
+        principal, spec, arguments, requested, record = (
+            call.principal, call.spec, call.arguments, call.requested, call.record
+        )
         tracer = telemetry.tracer()
         tenant = principal.tenant
-        requested = max_tokens or spec.default_max_tokens_for(arguments)
-        await self._screen(spec, arguments, record)
         price = self._price
         with tracer.start_as_current_span("admit") as span, fail_closed():
             hold = await self._ledger.admit(
@@ -194,11 +222,87 @@ class Pipeline:
             redactions=dict(redaction.counts),
             cost_nano=charged,
             rate=RateState(limit=hold.rpm_limit, remaining=hold.rpm_remaining, reset=hold.rpm_reset),
+            clamped=hold.max_tokens < requested,
         )
 
-    async def _screen(self, spec: FunctionSpec, arguments: dict[str, Any], record: AuditEntry | None) -> None:
+    async def _cached(self, call: _Call, flagged: bool, cache_control: str | None) -> Outcome:
+        """The cache stage (``sk_core.cache``), between screening and admission.
+
+        A hit is answered here: counted against requests per minute only, never charged.
+        A miss is admitted, invoked and settled as usual, and its answer stored unless
+        the guard flagged the prompt, the budget clamped ``max_tokens`` (a shorter
+        answer than the key promises) or the caller said ``no-store``. Failures raise
+        and so are never stored.
+        """
+        cache, spec, record = self._cache, call.spec, call.record
+        if cache is None or not cache.policy(spec).enabled:
+            return await self._admitted(call)
+        tenant = call.principal.tenant
+        mode = cache.directive(cache_control)
+        with telemetry.tracer().start_as_current_span("cache") as span:
+            slot = cache.slot(tenant.id, spec, self._model_id, call.arguments, call.requested)
+            if flagged or mode == "no-store":
+                found: tuple[CachedAnswer, Tier] | Outcome = await self._admitted(call)
+            else:
+                found = await cache.fetch(slot, mode, lambda: self._stored(cache, slot, call))
+            result, tier = ("miss", "") if isinstance(found, Outcome) else ("hit", found[1])
+            span.set_attribute("sk.cache.result", result)
+            dimensions = {"result": result, "sk.function": spec.id, **({"tier": tier} if tier else {})}
+            telemetry.instruments().cache_requests.add(1, dimensions)
+            if record is not None:
+                record.cache = result
+            if isinstance(found, Outcome):
+                return dataclasses.replace(found, cache="miss")
+            return await self._hit(cache, tenant, spec, found[0], record)
+
+    async def _stored(self, cache: ResponseCache, slot: Slot, call: _Call) -> Outcome:
+        """A miss: the admitted call, its answer (already redacted) kept in ``slot``."""
+        outcome = await self._admitted(call)
+        if not outcome.clamped:
+            completion = outcome.completion
+            await cache.put(
+                slot,
+                cache.answer(
+                    slot,
+                    text=outcome.text,
+                    model=completion.model,
+                    finish_reason=completion.finish_reason,
+                    usage=completion.usage,
+                    cost_nano=outcome.cost_nano,
+                    redactions=outcome.redactions,
+                ),
+            )
+        return outcome
+
+    async def _hit(
+        self,
+        cache: ResponseCache,
+        tenant: Tenant,
+        spec: FunctionSpec,
+        answer: CachedAnswer,
+        record: AuditEntry | None,
+    ) -> Outcome:
+        """A cached answer: one request of the minute counted, nothing charged."""
+        with fail_closed():
+            rate = await self._ledger.count_request(tenant)
+        telemetry.instruments().cost_saved.add(
+            usd(answer.cost_nano), {"sk.tenant": tenant.id, "sk.function": spec.id}
+        )
+        if record is not None:
+            record.redactions = sum(answer.redactions.values())
+        return Outcome(
+            completion=answer,
+            text=answer.text,
+            redactions=dict(answer.redactions),
+            cost_nano=0,
+            rate=rate,
+            cache="hit",
+            age=answer.age(cache.now()),
+        )
+
+    async def _screen(self, spec: FunctionSpec, arguments: dict[str, Any], record: AuditEntry | None) -> bool:
         """Prompt-injection screening, before admission: a rejected prompt is neither
-        charged nor counted."""
+        charged nor counted. True: flagged (and answered under the ``flag`` policy)."""
         from sk_core.guard import screen
 
         with telemetry.tracer().start_as_current_span("guard") as span:
@@ -206,11 +310,12 @@ class Pipeline:
                 self._guard, self._guard_policy(spec.id), spec.id, spec.user_texts(arguments)
             )
             if screening is None:
-                return
+                return False
             span.set_attribute("sk.guard.flagged", screening.flagged)
             if record is not None:
                 record.guard = screening.summary
             screening.enforce()
+            return bool(screening.flagged)
 
     async def _runtime(self) -> ModelRuntime:
         try:

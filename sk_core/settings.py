@@ -11,12 +11,15 @@ from __future__ import annotations
 import functools
 import json
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sk_core.pricing import Price, parse_prices
+
+if TYPE_CHECKING:
+    from sk_core.catalog import CachePolicy
 
 
 class Provider(StrEnum):
@@ -200,6 +203,42 @@ class Settings(BaseSettings):
         """The hosts one function's output may link to (SKF_REDACTION_LINK_HOSTS)."""
         return self._link_hosts.get(function_id, ())
 
+    cache: bool = Field(
+        default=True,
+        description="Response cache for the functions whose prompt file opts in (false: none is cached).",
+    )
+    cache_ttl_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=30 * 86400,
+        description="How long a cached answer lives, unless its function says.",
+    )
+    cache_memory_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="Bound of each process's in-memory cache (0: Table only)."
+    )
+    cache_memory_seconds: float = Field(
+        default=60.0, gt=0, le=86400, description="How long a process keeps an answer in memory: a purge "
+        "reaches every instance within it."
+    )
+    cache_functions: str = Field(
+        default="",
+        description='Per-function overrides of the prompt files\' cache blocks, as JSON: '
+        '{"text/summarize": {"enabled": true, "ttl_seconds": 600}}',
+    )
+
+    @functools.cached_property
+    def _cache_overrides(self) -> dict[str, CachePolicy]:
+        from sk_core.catalog import CachePolicy
+
+        raw = _json_object(self.cache_functions, "SKF_CACHE_FUNCTIONS")
+        # No temperature is known here: an override turns a function on only with an
+        # explicit true / "enabled": true.
+        return {fid: CachePolicy.parse(value, None, "SKF_CACHE_FUNCTIONS") for fid, value in raw.items()}
+
+    def cache_override_for(self, function_id: str) -> CachePolicy | None:
+        """SKF_CACHE_FUNCTIONS' policy for one function, replacing its prompt file's."""
+        return self._cache_overrides.get(function_id)
+
     cors_allowed_origins: str = Field(
         default="", description="Comma-separated origins allowed to call from browsers (no '*'); empty: none."
     )
@@ -263,7 +302,7 @@ class Settings(BaseSettings):
             # A model without a price cannot be budgeted: refuse to start, not to charge 0.
             raise ValueError(f"no price for model {self.resolved_model_id!r}: add it to SKF_MODEL_PRICES")
         # Parsed (and checked) now, not per request.
-        _ = (self._guard_overrides, self._redaction_overrides, self._link_hosts)
+        _ = (self._guard_overrides, self._redaction_overrides, self._link_hosts, self._cache_overrides)
         if "*" in self.cors_origins:
             raise ValueError("SKF_CORS_ALLOWED_ORIGINS must list origins; '*' is not allowed")
         if self.secret_refresh_ahead_seconds >= self.secret_cache_seconds:

@@ -76,6 +76,16 @@ class Instruments:
             unit="{request}",
             description="Requests refused, by reason (rate, budget, auth, validation...).",
         )
+        self.cache_requests = meter.create_counter(
+            "sk.cache.requests",
+            unit="{request}",
+            description="Calls of cacheable functions, by result (hit, miss) and tier (memory, table).",
+        )
+        self.cost_saved = meter.create_counter(
+            "sk.cost.saved",
+            unit="USD",
+            description="What cache hits would have cost, by tenant and function.",
+        )
         self.secret_refresh_failures = meter.create_counter(
             "sk.secrets.refresh_failures",
             unit="{failure}",

@@ -469,3 +469,35 @@ async def test_audit_lists_a_tenants_recent_calls_without_prompt_text(
     result = admin(env, "audit", tenant_id, "--json")
     assert result.code == 0, result.err
     assert [row["status"] for row in result.json()] == [422, 200]
+
+
+async def test_cache_stats_and_purge_by_tenant_and_function(env: dict[str, str], store: TableStore) -> None:
+    from sk_core.cache import Slot
+    from sk_core.service import make_cache
+    from tests.test_cache import sample_answer
+
+    acme, globex = new_id("cache"), new_id("cache")
+    for tenant_id in (acme, globex):
+        create(env, tenant_id)
+    cache = make_cache(make_settings(env), store)
+    answer = sample_answer(time.time(), 600)
+    for tenant_id, function, key in (
+        (acme, "text/summarize", "a1"),
+        (acme, "text/translate", "a2"),
+        (globex, "text/summarize", "g1"),
+    ):
+        assert await cache.put(Slot(tenant_id, function, key, 600), answer)
+
+    stats = admin(env, "cache", "stats", "--json")
+    assert stats.code == 0, stats.err
+    mine = {(r["scope"], r["function"]): r["entries"] for r in stats.json() if r["scope"] in (acme, globex)}
+    assert mine == {(acme, "text/summarize"): 1, (acme, "text/translate"): 1, (globex, "text/summarize"): 1}
+
+    purged = admin(env, "cache", "purge", "--tenant", acme, "--function", "text/summarize", "--json")
+    assert (purged.code, purged.json()["deleted"]) == (0, 1), purged.err
+    assert admin(env, "cache", "purge", "--tenant", acme, "--json").json()["deleted"] == 1
+    after = {r["scope"] for r in admin(env, "cache", "stats", "--json").json()}
+    assert acme not in after
+    assert globex in after  # another tenant's answers are untouched
+    assert admin(env, "cache", "purge", "--tenant", "no-such-tenant").code == 1
+    assert admin(env, "cache", "purge", "--tenant", acme, "--function", "nope/nope").code == 2

@@ -262,3 +262,34 @@ async def test_a_killed_lease_holder_is_charged_its_whole_slice_and_flagged(
     await crashed.settle(hold, cost_nano=1, prompt_tokens=1, completion_tokens=1)
     await crashed.aclose()
     assert (await rows(stores[1], who))[day]["spent_nano"] == outstanding
+
+
+async def test_counted_requests_come_from_the_minute_slice_even_in_a_process_that_only_counts(
+    stores: list[TableStore],
+) -> None:
+    """Cache hits: a process that only serves hits leases a minute slice too, so most
+    hits touch no storage, and the minute's requests still never exceed rpm."""
+    rpm = 60
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=rpm,
+                 tokens_per_minute=10**8, max_concurrent=64)
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
+    minute = await _inside_one_minute(3)
+    counted = 0
+    for _ in range(rpm + 10):
+        try:
+            await ledger.count_request(who)
+            counted += 1
+        except LimitExceeded:
+            pass
+    transactions = ledger.transactions
+    await ledger.aclose()
+    assert window_keys(datetime.now(UTC))[2] == minute
+    assert counted == rpm
+    assert transactions < rpm / 3  # slices, not a transaction per request
+    table = await stores[0].table(USAGE_TABLE)
+    stored = (await query_partition(table, who.id, [minute]))[minute]
+    assert read_int(stored["requests"]) == rpm  # handed back: exactly what was counted
+    counters = await rows(stores[0], who)
+    day = window_keys(datetime.now(UTC))[0]
+    assert counters[day].get("spent_nano", 0) == 0
+    assert counters[INFLIGHT]["count"] == 0

@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from scripts.devservices import ManagedProcess, free_port, start_service
+from scripts.devservices import free_port, start_service
 from sk_core.limits import INFLIGHT, USAGE_TABLE, window_keys
 from sk_core.service import Service, get_service, make_store, set_service
 from sk_core.tenants import Limits, Tenant
 from tests.conftest import make_settings
-from tests.support.hosts import FunctionsHost
+from tests.support.hosts import FunctionsHost, container_fleet
 from tests.support.stub_model import StubModel
 
 PROCESSES = 8
@@ -43,17 +43,9 @@ async def wait_ready(client: httpx.AsyncClient, base: str) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """Four container-host processes sharing Azurite and the stub."""
-    logs = tmp_path_factory.mktemp("fleet")
-    processes: list[ManagedProcess] = []
-    ports = [free_port() for _ in range(PROCESSES)]
-    try:
-        for index, port in enumerate(ports):
-            processes.append(start_service(port=port, env=service_env, log=logs / f"service-{index}.log"))
-        yield [f"http://127.0.0.1:{port}" for port in ports]
-    finally:
-        for process in processes:
-            process.stop()
+    """Eight container-host processes sharing Azurite and the stub."""
+    with container_fleet(PROCESSES, service_env, tmp_path_factory.mktemp("fleet")) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")

@@ -29,3 +29,13 @@ def test_the_summarize_body_publishes_its_inputs_but_not_internal_rules() -> Non
     text = str(build_openapi(Catalog.load()))
     assert "max_words" in text
     assert "x-sk-answer-tokens" not in text
+
+
+def test_the_cache_headers_are_documented_on_model_routes() -> None:
+    document = build_openapi(Catalog.load())
+    for path in ("/api/v1/summarize", "/api/v1/chat", "/api/v1/functions/{plugin}/{function}"):
+        operation = document["paths"][path]["post"]
+        assert "Cache-Control" in [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+        assert set(operation["responses"]["200"]["headers"]) == {"X-Cache", "Age"}
+    assert "cached" in document["components"]["schemas"]["SummarizeResponse"]["properties"]
+    assert "headers" not in document["paths"]["/api/health"]["get"]["responses"]["200"]

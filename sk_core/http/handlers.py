@@ -57,9 +57,23 @@ async def _call(request: Request, service: Service, spec: FunctionSpec) -> tuple
         data = await read_json_body(request, max_bytes=service.settings.max_body_bytes)
         arguments = validate_body(spec.arguments_model, data).model_dump()
     max_tokens = arguments.pop("max_tokens")
-    outcome = await pipeline.call(principal, spec, arguments, max_tokens=max_tokens, record=record)
+    outcome = await pipeline.call(
+        principal,
+        spec,
+        arguments,
+        max_tokens=max_tokens,
+        record=record,
+        cache_control=request.headers.get("cache-control"),
+    )
     headers = {**rate_limit_headers(outcome.rate), "X-Request-Cost-USD": f"{usd(outcome.cost_nano):.9f}"}
-    return outcome, headers
+    return outcome, {**headers, **_cache_headers(outcome)}
+
+
+def _cache_headers(outcome: Outcome) -> dict[str, str]:
+    """``X-Cache: hit|miss`` for a cacheable function, and ``Age`` on a hit."""
+    if outcome.cache is None:
+        return {}
+    return {"X-Cache": outcome.cache, **({"Age": str(outcome.age)} if outcome.cache == "hit" else {})}
 
 
 async def summarize(request: Request) -> Response:

@@ -64,6 +64,30 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _document_cache(operation: dict[str, Any]) -> None:
+    """The response cache's request directive and answer headers (``sk_core.cache``)."""
+    operation.setdefault("parameters", []).append(
+        {
+            "name": "Cache-Control",
+            "in": "header",
+            "required": False,
+            "description": "For a function with the response cache on: `no-cache` forces a fresh "
+            "answer (which is stored), `no-store` neither reads nor stores.",
+            "schema": {"type": "string"},
+        }
+    )
+    operation["responses"]["200"]["headers"] = {
+        "X-Cache": {
+            "description": "`hit` or `miss`, for a function with the response cache on.",
+            "schema": {"type": "string", "enum": ["hit", "miss"]},
+        },
+        "Age": {
+            "description": "On a hit: seconds since the cached answer was produced.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+    }
+
+
 def build_openapi(catalog: Catalog) -> dict[str, Any]:
     """The OpenAPI 3.1 document for every route in ``ROUTES``."""
     models: list[tuple[type[BaseModel], Any]] = [(m, "serialization") for m in _RESPONSES.values()]
@@ -128,6 +152,8 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                 if "{" + name + "}" in route.path
             ]
             operation["responses"]["404"] = _problem("No such function")
+        if route.name in _MODEL_ROUTES:
+            _document_cache(operation)
         for method in route.methods:
             paths.setdefault(route.full_path, {})[method.lower()] = operation
     return {

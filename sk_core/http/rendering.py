@@ -28,7 +28,8 @@ SECURITY_HEADERS = {
 
 # Headers a browser client may read on a cross-origin response.
 CORS_EXPOSED_HEADERS = (
-    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-Cost-USD, X-Trace-Id"
+    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-Cost-USD, X-Trace-Id, "
+    "X-Cache, Age"
 )
 
 

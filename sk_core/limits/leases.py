@@ -32,12 +32,13 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core.accounts import Tenant
-from sk_core.errors import StorageUnavailable
+from sk_core.errors import RateState, StorageUnavailable
 from sk_core.limits import policy
 from sk_core.limits.rows import INFLIGHT, INFLIGHT_FIELDS, MINUTE_FIELDS, WINDOW_FIELDS, PartitionRows
 from sk_core.limits.slices import BudgetSlice, MinuteSlice, grant
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LEASE_PREFIX = "lease-"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class _Demand:
     peak_inflight: int = 0
     waiting: int = 0  # requests waiting for a sync right now
     rate: float = 0.0  # admissions per second, smoothed
+    counted: int = 0  # requests counted without an admission (cache hits) since the last sync
+    count_rate: float = 0.0  # those per second, smoothed: the minute slice covers them too
     unit_amount: int = 0  # a typical reservation
     unit_tokens: int = 0
     since: float = field(default_factory=time.monotonic)
@@ -88,10 +93,14 @@ class _Demand:
 
     def roll(self, now: float) -> None:
         elapsed = max(1e-3, now - self.since)
-        observed = self.admitted / elapsed
-        self.rate = observed if self.rate == 0 else 0.5 * self.rate + 0.5 * observed
-        self.admitted = self.amount = self.tokens = 0
+        self.rate = _smoothed(self.rate, self.admitted / elapsed)
+        self.count_rate = _smoothed(self.count_rate, self.counted / elapsed)
+        self.admitted = self.amount = self.tokens = self.counted = 0
         self.since = now
+
+
+def _smoothed(previous: float, observed: float) -> float:
+    return observed if previous == 0 else 0.5 * previous + 0.5 * observed
 
 
 @dataclass
@@ -172,6 +181,30 @@ class LeaseKeeper:
         None: the slices cannot admit it (close to a limit, or storage unreachable):
         the caller decides on the exact path, which also gives the precise refusal.
         """
+        amount = price.cost_nano(prompt, requested)
+        tokens = prompt + requested
+
+        def size(demand: _Demand) -> None:
+            demand.unit_amount = max(demand.unit_amount, amount)
+            demand.unit_tokens = max(demand.unit_tokens, tokens)
+
+        def take(lease: TenantLease) -> Hold | None:
+            return self._take(lease, amount, tokens, requested)
+
+        return await self._from_lease(tenant, take, size)
+
+    async def count_request(self, tenant: Tenant) -> RateState | None:
+        """Take one request (no tokens, no budget, no slot) from this process's slice of
+        the current minute, renewing it once if needed; None: the ledger decides exactly."""
+        return await self._from_lease(tenant, self._count, lambda _: None)
+
+    async def _from_lease(
+        self,
+        tenant: Tenant,
+        take: Callable[[TenantLease], _T | None],
+        size: Callable[[_Demand], None],
+    ) -> _T | None:
+        """``take`` from the tenant's lease; if it cannot, sync (sized by ``size``) and retry."""
         if self._closing:
             return None
         lease = self._leases.get(tenant.id)
@@ -179,25 +212,22 @@ class LeaseKeeper:
             lease = self._leases[tenant.id] = TenantLease(tenant=tenant)
         lease.tenant = tenant
         lease.last_used = time.monotonic()
-        amount = price.cost_nano(prompt, requested)
-        tokens = prompt + requested
-        hold = self._take(lease, amount, tokens, requested)
-        if hold is not None:
+        taken = take(lease)
+        if taken is not None:
             self._renew_ahead(lease)
-            return hold
+            return taken
         if time.monotonic() < lease.exact_until:
             return None
         lease.demand.waiting += 1
-        lease.demand.unit_amount = max(lease.demand.unit_amount, amount)
-        lease.demand.unit_tokens = max(lease.demand.unit_tokens, tokens)
+        size(lease.demand)
         try:
             # Twice at most: a renewal already in flight may have been sized before this
             # request arrived; the second sync counts it among those waiting.
             for _ in range(2):
                 await self._sync_now(tenant.id, lease)
-                hold = self._take(lease, amount, tokens, requested)
-                if hold is not None:
-                    return hold
+                taken = take(lease)
+                if taken is not None:
+                    return taken
         except StorageUnavailable:
             return None
         finally:
@@ -239,6 +269,21 @@ class LeaseKeeper:
             rpm_remaining=minute.requests,
             rpm_reset=policy.seconds_to_next_minute(now),
             lease=lease.generation,
+        )
+
+    def _count(self, lease: TenantLease) -> RateState | None:
+        if lease.frozen or time.monotonic() >= lease.valid_until:
+            return None
+        now = self._ledger.now()
+        minute = lease.minute
+        if minute is None or minute.minute != policy.window_keys(now)[2] or not minute.fits(0):
+            return None
+        minute.take(0)
+        lease.demand.counted += 1
+        return RateState(
+            limit=lease.tenant.limits.requests_per_minute,
+            remaining=minute.requests,
+            reset=policy.seconds_to_next_minute(now),
         )
 
     def settle(self, hold: Hold, cost: int, prompt_tokens: int, completion_tokens: int) -> Settlement:
@@ -459,7 +504,7 @@ class LeaseKeeper:
         if not idle:
             new_requests = grant(
                 available=limits.requests_per_minute - minute_row["requests"] + unused_requests,
-                demand=int(expected_calls) + 1,
+                demand=int(expected_calls + demand.count_rate * horizon) + 1,
                 unit=1,
                 share=settings.share,
             )

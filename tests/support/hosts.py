@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -199,3 +202,20 @@ def make_request(
         "path_params": path_params or {},
     }
     return Request(scope, receive)
+
+
+@contextlib.contextmanager
+def container_fleet(count: int, env: Mapping[str, str], logs: Path) -> Iterator[list[str]]:
+    """``count`` container hosts (each its own uvicorn process) with one environment,
+    as instances or pods share a storage account; yields their base URLs, stops them all."""
+    from scripts.devservices import ManagedProcess, free_port, start_service
+
+    processes: list[ManagedProcess] = []
+    ports = [free_port() for _ in range(count)]
+    try:
+        for index, port in enumerate(ports):
+            processes.append(start_service(port=port, env=env, log=logs / f"service-{index}.log"))
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for process in processes:
+            process.stop()
