@@ -837,9 +837,13 @@ class StreamingRedaction:
         # matches and which, unlike a string start, is not a line start.
         self._context = ""
         self.counts: Counter[str] = Counter()
+        # A template with words outside ASCII could be echoed from inside such a run.
+        self._script_cuts = all(word.isascii() for word in redactor.template_words)
 
     def feed(self, text: str) -> str:
         """Add the next piece; return what is now final (possibly nothing)."""
+        if not self._redactor.kinds:
+            return text  # nothing to find: nothing to hold back
         self._pending += text
         cut = self._last_cut()
         if cut <= 0:
@@ -865,15 +869,24 @@ class StreamingRedaction:
     def _last_cut(self) -> int:
         text = self._pending
         limit, spans = _constructs(text)
-        for match in reversed(list(_CUT_RE.finditer(text, 0, limit))):
-            cut = match.end()
-            if cut >= len(text):
-                continue  # the blank run may still grow; the next word decides
-            if (
-                self._clean(match.group("word"))
-                and not any(start < cut < end for start, end in spans)
-                and not self._in_reference_line(match.start("word"))
-            ):
+        # After a blank that follows a clean word. A cut at the very end (the blank run
+        # may still grow) is safe too: the next piece then starts with blanks, and is
+        # judged with these as context.
+        candidates = [
+            (match.end(), match.start("word"))
+            for match in _CUT_RE.finditer(text, 0, limit)
+            if self._clean(match.group("word"))
+        ]
+        if self._script_cuts:
+            # Between two letters outside ASCII (scripts written without blanks): no
+            # value kind matches them, and no template word contains them.
+            candidates += [
+                (match.end(), match.start())
+                for match in _SCRIPT_CUT_RE.finditer(text)
+                if match.end() < min(limit, len(text))
+            ]
+        for cut, word_start in sorted(candidates, reverse=True):
+            if not any(start < cut < end for start, end in spans) and not self._in_reference_line(word_start):
                 return cut
         return 0
 
@@ -881,8 +894,12 @@ class StreamingRedaction:
         if _CLEAN_WORD_RE.fullmatch(word) is None:
             return False
         bare = word.rstrip(".,!?").casefold()
+        # The value patterns look only at ASCII around them: after a letter of another
+        # script, "Bearer" starts a token as if it began the word.
+        ascii_tail = bare[len(bare.rstrip("abcdefghijklmnopqrstuvwxyz")) :]
         return (
             bare not in _CARRYING_WORDS
+            and ascii_tail not in _CARRYING_WORDS
             and not bare.endswith(_ALL_CREDENTIAL_WORDS)
             and bare not in self._redactor.template_words
         )
@@ -923,6 +940,10 @@ def _constructs(text: str) -> tuple[int, list[Span]]:
             limit = min(limit, link)
             break
     spans.extend(m.span() for m in _HTML_URL_ATTR_RE.finditer(text))
+    spans.extend(m.span() for m in _AUTOLINK_RE.finditer(text))
+    autolink = _OPEN_AUTOLINK_RE.search(text)
+    if autolink is not None:
+        limit = min(limit, autolink.start())
     quote = _OPEN_ATTRIBUTE_RE.search(text)
     if quote is not None:
         limit = min(limit, quote.start())
@@ -936,8 +957,12 @@ def _all(text: str, needle: str) -> Iterator[int]:
         position = text.find(needle, position + 1)
 
 
-# A word (a run of non-blanks) and the blanks after it: the only places a stream is cut.
+# A word (a run of non-blanks) and the blanks after it: where a stream is cut.
 _CUT_RE = re.compile(r"(?P<word>\S+)\s+")
+# Two letters outside ASCII in a row: where text without blanks (Chinese, Japanese) is cut.
+_SCRIPT_CUT_RE = re.compile(r"[^\W\d_\x00-\x7f](?=[^\W\d_\x00-\x7f])")
+# An autolink still open at the end of the text (its URL may hold such letters).
+_OPEN_AUTOLINK_RE = re.compile(r"<[A-Za-z][A-Za-z0-9+.-]{1,31}+:[^\s<>]*+\Z")
 # An HTML URL attribute whose quoted value is still open at the end of the text.
 _OPEN_ATTRIBUTE_RE = re.compile(
     r"""\b(?:src|href|srcset|action|formaction|poster|background|data)[\ \t]*+=[\ \t]*+

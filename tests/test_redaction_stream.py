@@ -11,6 +11,8 @@ then cuts the answer at arbitrary places.
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -31,6 +33,8 @@ FRAGMENTS = [
     "You are a helpful, concise assistant. Summarize the following text in a few",
     "Summarize the following text", "hello", "world", "the", "and", "Note:", "key", "version 1.2.3",
     "x", "Hello,", "bar.", "href", "=", '"', "](", ")", "Bearer", "apikey", "-----", "Ünïcödé", "数字",
+    "こんにちは世界", "数字文本很长", "<https://例え.jp/パス>", '[x](https://例え.jp/パス "标题 这里")',
+    "<a href=例え.jp>", "<https://例え",
 ]
 SEPARATORS = ["", " ", " ", "\n", "\n\n", ", ", "  ", "\t"]
 
@@ -41,7 +45,7 @@ answers = st.lists(
 
 def chunked(text: str, cuts: list[int]) -> list[str]:
     points = sorted({min(max(cut, 0), len(text)) for cut in cuts} | {0, len(text)})
-    return [text[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [text[a:b] for a, b in itertools.pairwise(points)]
 
 
 def streamed(redactor: Redactor, pieces: list[str]) -> tuple[list[str], dict[str, int]]:
@@ -57,6 +61,9 @@ def streamed(redactor: Redactor, pieces: list[str]) -> tuple[list[str], dict[str
 )
 @example(text='[link](http://evil.com "my title here") bar.\n', cuts=[17, 37])
 @example(text="Hello [a]: http://evil.com/x\n", cuts=[6, 7])
+@example(  # after a letter of another script, "Bearer" still starts a bearer token
+    text="<https://例えBearer abcdef1234567890abcdef, ", cuts=[9, 16, 32]
+)
 def test_any_chunking_of_any_answer_redacts_like_the_whole(text: str, cuts: list[int]) -> None:
     redactor = Redactor(template=TEMPLATE)
     released, counts = streamed(redactor, chunked(text, cuts))
@@ -74,8 +81,18 @@ def test_one_character_at_a_time_redacts_like_the_whole(text: str) -> None:
 
 def test_plain_prose_is_released_word_by_word_not_at_the_end() -> None:
     released, _ = streamed(Redactor(template=TEMPLATE), ["Hello ", "there ", "my ", "friend ", "again"])
-    # Each word is final once the next one starts (the blank run is over).
-    assert released == ["", "Hello ", "there ", "my ", "friend ", "again"]
+    # A clean word is final once a blank follows it; the last word may still grow.
+    assert released == ["Hello ", "there ", "my ", "friend ", "", "again"]
+
+
+def test_tokens_with_leading_blanks_are_released_one_token_behind() -> None:
+    released, _ = streamed(Redactor(template=TEMPLATE), ["Hello", " there", " my", " friend"])
+    assert released == ["", "Hello ", "there ", "my ", "friend"]
+
+
+def test_without_kinds_nothing_is_held_back() -> None:
+    released, counts = streamed(Redactor(()), ["jane@", "example.com ", "4111"])
+    assert (released, counts) == (["jane@", "example.com ", "4111", ""], {})
 
 
 def test_a_value_split_across_chunks_is_held_then_redacted() -> None:
@@ -90,6 +107,12 @@ def test_an_open_link_title_is_held_until_it_closes() -> None:
     stream = Redactor().stream()
     assert stream.feed('Read [this](http://evil.example "a long ') == "Read "
     assert stream.feed("title here") == ""
-    assert stream.feed('") now ') == ""
-    assert stream.feed("please") == "[this][REDACTED:link] now "
+    assert stream.feed('") now ') == "[this][REDACTED:link] now "
+    assert stream.feed("please") == ""
     assert stream.finish() == "please"
+
+
+def test_text_without_blanks_streams_between_letters_of_its_script() -> None:
+    released, _ = streamed(Redactor(template=TEMPLATE), ["こんにちは", "世界、", "元気ですか"])
+    # A cut needs letters on both sides, and the one after it must have arrived.
+    assert released == ["こんにち", "は世", "界、元気です", "か"]
