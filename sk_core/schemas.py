@@ -26,6 +26,11 @@ class ModelAnswer(BaseModel):
     redactions: dict[str, int] = Field(default_factory=dict, description="Redacted items by kind.")
 
 
+class StreamDone(ModelAnswer):
+    """The last event of a streamed catalog answer (``event: done``): its accounting;
+    the text came before it in ``delta`` events."""
+
+
 class SummarizeResponse(ModelAnswer):
     """``POST /api/v1/summarize``."""
 
