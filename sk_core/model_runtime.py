@@ -16,8 +16,9 @@ import email.utils
 import logging
 import random
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 from semantic_kernel import Kernel
@@ -36,6 +37,7 @@ SERVICE_ID = "chat"
 _AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 _BACKOFF_BASE_SECONDS = 0.25
 _BACKOFF_CAP_SECONDS = 4.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,14 @@ class ModelRuntime:
         self,
         *,
         kernel: Kernel,
+        chat: OpenAIChat,
         client: openai.AsyncOpenAI,
         functions: dict[str, KernelFunctionFromPrompt],
         defaults: dict[str, ChatSettings],
         settings: Settings,
     ) -> None:
         self.kernel = kernel
+        self.chat = chat
         self.client = client
         self.functions = functions
         self._defaults = defaults
@@ -106,9 +110,18 @@ class ModelRuntime:
             return classify_failure(exc)[0].code
         return None
 
-    def _arguments(self, spec: FunctionSpec, values: dict[str, Any], max_tokens: int) -> KernelArguments:
-        settings = self._defaults[spec.id].model_copy()
+    def _request_settings(
+        self, spec: FunctionSpec, max_tokens: int, options: Mapping[str, Any] | None
+    ) -> ChatSettings:
+        # The prompt file's settings, then the caller's sampling options (validated by
+        # the request's schema), then the admitted answer cap, which nothing overrides.
+        settings = self._defaults[spec.id].model_copy(update=dict(options or {}))
         settings.max_tokens = max_tokens
+        return settings
+
+    def _arguments(
+        self, spec: FunctionSpec, values: dict[str, Any], settings: ChatSettings
+    ) -> KernelArguments:
         converted: dict[str, Any] = {}
         for name, value in values.items():
             spec_input = next((i for i in spec.inputs if i.name == name), None)
@@ -118,18 +131,56 @@ class ModelRuntime:
                 converted[name] = value
         return KernelArguments(settings=settings, **converted)
 
-    async def invoke(self, spec: FunctionSpec, values: dict[str, Any], *, max_tokens: int) -> Completion:
+    async def invoke(
+        self,
+        spec: FunctionSpec,
+        values: dict[str, Any],
+        *,
+        max_tokens: int,
+        options: Mapping[str, Any] | None = None,
+    ) -> Completion:
         """Invoke a catalog function with bounded retries inside one deadline."""
         function = self.functions[spec.id]
-        arguments = self._arguments(spec, values, max_tokens)
+        arguments = self._arguments(spec, values, self._request_settings(spec, max_tokens, options))
+        deadline = asyncio.get_running_loop().time() + self._settings.model_deadline_seconds
+        result = await self._retrying(lambda: self.kernel.invoke(function, arguments), deadline)
+        return _completion(result, fallback_model=self._settings.resolved_model_id)
+
+    async def open_stream(
+        self,
+        spec: FunctionSpec,
+        values: dict[str, Any],
+        *,
+        max_tokens: int,
+        options: Mapping[str, Any] | None = None,
+    ) -> ModelStream:
+        """Render the function's prompt and open a streamed completion of it.
+
+        Retries (within the deadline) cover opening only, until the provider's response
+        headers arrive: nothing has reached the caller yet. Once text flows, a failure
+        ends the stream; the same deadline bounds the whole stream, so a hold is always
+        settled before it could expire.
+        """
+        function = self.functions[spec.id]
+        settings = self._request_settings(spec, max_tokens, options)
+        arguments = self._arguments(spec, values, settings)
+        # What kernel.invoke does before calling the service (no prompt-rendering
+        # filters are registered on this kernel).
+        function.update_arguments_with_defaults(arguments)
+        rendered = await function.prompt_template.render(self.kernel, arguments)
+        history = ChatHistory.from_rendered_prompt(rendered)
+        deadline = asyncio.get_running_loop().time() + self._settings.model_deadline_seconds
+        stream = await self._retrying(lambda: self.chat.open_stream(history, settings), deadline)
+        return ModelStream(stream, deadline=deadline, fallback_model=self._settings.resolved_model_id)
+
+    async def _retrying(self, attempt_once: Callable[[], Awaitable[T]], deadline: float) -> T:
+        """``attempt_once`` until it succeeds, a failure is final, or the deadline is near."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.model_deadline_seconds
         attempt = 0
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
-                    result = await self.kernel.invoke(function, arguments)
-                break
+                    return await attempt_once()
             except TimeoutError as exc:
                 raise ModelTimeout("The model did not answer within the deadline.") from exc
             except Exception as exc:
@@ -143,7 +194,62 @@ class ModelRuntime:
                 logger.warning("model call failed (%s), retry %d in %.2fs", error.code, attempt + 1, delay)
                 await asyncio.sleep(delay)
                 attempt += 1
-        return _completion(result, fallback_model=self._settings.resolved_model_id)
+
+
+class ModelStream:
+    """A provider's streamed completion: text deltas, then the accounting of the whole.
+
+    Iterate for the text; afterwards :meth:`completion` gives the model, usage and
+    finish reason the stream reported (usage arrives on its last chunk). ``aclose``
+    closes the provider's HTTP response at once (the provider stops generating).
+    """
+
+    def __init__(self, stream: Any, *, deadline: float, fallback_model: str) -> None:
+        self._stream = stream
+        self._deadline = deadline
+        self.model = fallback_model
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        chunks = self._stream.__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout_at(self._deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise ModelTimeout("The model did not finish within the deadline.") from exc
+            except ApiError:
+                raise
+            except Exception as exc:
+                # Mid-stream nothing is retried: part of the answer is already out.
+                raise classify_failure(exc)[0] from exc
+            self.model = getattr(chunk, "model", None) or self.model
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                self.usage = Usage(
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    total_tokens=usage.prompt_tokens + usage.completion_tokens,
+                )
+            # Azure sends chunks without choices (content-filter results); usage too.
+            for choice in chunk.choices or ():
+                if choice.finish_reason:
+                    self.finish_reason = str(choice.finish_reason)
+                if choice.delta is not None and choice.delta.content:
+                    yield choice.delta.content
+
+    def completion(self, text: str) -> Completion:
+        """What the finished stream produced; refused without reported usage, as every call."""
+        if self.usage is None:
+            raise ModelError("The model did not report token usage.")
+        return Completion(text=text, model=self.model, usage=self.usage, finish_reason=self.finish_reason)
+
+    async def aclose(self) -> None:
+        """Close the provider's response (idempotent)."""
+        await self._stream.close()
 
 
 def _chat_history(messages: list[ChatMessage] | list[dict[str, Any]]) -> ChatHistory:
@@ -266,5 +372,5 @@ def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = No
         chat.service_id = SERVICE_ID
         defaults[spec.id] = chat
     return ModelRuntime(
-        kernel=kernel, client=client, functions=functions, defaults=defaults, settings=settings
+        kernel=kernel, chat=service, client=client, functions=functions, defaults=defaults, settings=settings
     )

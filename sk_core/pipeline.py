@@ -20,9 +20,9 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core import telemetry
 from sk_core.errors import (
@@ -45,10 +45,11 @@ if TYPE_CHECKING:
     from sk_core.guard import Guard, Policy
     from sk_core.kernel import RuntimeProvider
     from sk_core.limits import Hold, Ledger
-    from sk_core.model_runtime import Completion, ModelRuntime
-    from sk_core.redaction import Redactor
+    from sk_core.model_runtime import Completion, ModelRuntime, ModelStream
+    from sk_core.redaction import Redactor, StreamingRedaction
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Failures after which the provider may still have done (and billed) the work: the
 # request was sent and no answer came back. These keep their reserved charge.
@@ -91,6 +92,7 @@ class _Call:
     arguments: dict[str, Any]
     requested: int  # the answer cap asked for, before the budget clamps it
     record: AuditEntry | None
+    options: Mapping[str, Any] | None = None  # the caller's sampling settings, if any
 
 
 @contextlib.contextmanager
@@ -156,26 +158,73 @@ class Pipeline:
         arguments: dict[str, Any],
         *,
         max_tokens: int | None,
+        options: Mapping[str, Any] | None = None,
         record: AuditEntry | None = None,
         cache_control: str | None = None,
     ) -> Outcome:
-        """Screen → cache → admit (reserve, clamp) → invoke → settle → record, a span each."""
+        """Screen → cache → admit (reserve, clamp) → invoke → settle → record, a span each.
+
+        ``options`` are the caller's sampling settings (temperature, stop...), already
+        validated; they override the prompt file's, never the admitted answer cap.
+        """
         requested = max_tokens or spec.default_max_tokens_for(arguments)
         flagged = await self._screen(spec, arguments, record)
-        call = _Call(principal, spec, arguments, requested, record)
+        call = _Call(principal, spec, arguments, requested, record, options)
         return await self._cached(call, flagged, cache_control)
 
     async def _admitted(self, call: _Call) -> Outcome:
-        principal, spec, arguments, requested, record = (
-            call.principal, call.spec, call.arguments, call.requested, call.record
+        """Admit → invoke → settle: the call past screening and the cache."""
+        spec, arguments, options = call.spec, call.arguments, call.options
+        hold = await self._reserve(call.principal, spec, arguments, call.requested)
+        started = time.perf_counter()
+        completion = await self._invoke(
+            spec, hold, call.record,
+            lambda runtime: runtime.invoke(spec, arguments, max_tokens=hold.max_tokens, options=options),
         )
-        tracer = telemetry.tracer()
-        tenant = principal.tenant
-        price = self._price
-        with tracer.start_as_current_span("admit") as span, fail_closed():
+        redaction = self._redactor(spec.id).redact(completion.text)
+        return await self._settle_success(
+            call.principal, spec, hold, completion, redaction.text, dict(redaction.counts),
+            time.perf_counter() - started, call.record, clamped=hold.max_tokens < call.requested,
+        )
+
+    async def stream(
+        self,
+        principal: Principal,
+        spec: FunctionSpec,
+        arguments: dict[str, Any],
+        *,
+        max_tokens: int | None,
+        options: Mapping[str, Any] | None = None,
+        record: AuditEntry | None = None,
+    ) -> StreamedCall:
+        """The same call, answered as it is generated: the same stages, in two parts.
+
+        Before the first byte (awaiting this): screen → admit (reserve, clamp) → open
+        the provider's stream; a refusal or a provider that fails to answer raises here,
+        so the caller can still answer with a plain error. Then iterating the returned
+        ``StreamedCall`` yields redacted text and, after the last piece, settles from
+        the usage the provider reported and records, like ``call``.
+        """
+        await self._screen(spec, arguments, record)
+        requested = max_tokens or spec.default_max_tokens_for(arguments)
+        hold = await self._reserve(principal, spec, arguments, requested)
+        started = time.perf_counter()
+        model_stream = await self._invoke(
+            spec, hold, record,
+            lambda runtime: runtime.open_stream(spec, arguments, max_tokens=hold.max_tokens, options=options),
+        )
+        return StreamedCall(
+            self, principal, spec, hold, model_stream, self._redactor(spec.id).stream(), started, record
+        )
+
+    async def _reserve(
+        self, principal: Principal, spec: FunctionSpec, arguments: dict[str, Any], requested: int
+    ) -> Hold:
+        """Reserve the worst case and clamp the answer cap to what it can pay (screened before)."""
+        with telemetry.tracer().start_as_current_span("admit") as span, fail_closed():
             hold = await self._ledger.admit(
-                tenant,
-                price=price,
+                principal.tenant,
+                price=self._price,
                 prompt_tokens_bound=spec.prompt_token_bound(arguments),
                 requested_max_tokens=requested,
                 function=spec.id,
@@ -183,46 +232,75 @@ class Pipeline:
             )
             span.set_attribute("sk.max_tokens", hold.max_tokens)
             span.set_attribute("sk.hold_usd", usd(hold.amount_nano))
-        started = time.perf_counter()
+        return hold
+
+    async def _invoke(
+        self,
+        spec: FunctionSpec,
+        hold: Hold,
+        record: AuditEntry | None,
+        model_call: Callable[[ModelRuntime], Awaitable[T]],
+    ) -> T:
+        """``model_call`` on the runtime, in the ``invoke`` span; a failure settles the hold."""
         try:
-            with tracer.start_as_current_span("invoke", attributes={"sk.function": spec.id}):
-                runtime = await self._runtime()
-                completion = await runtime.invoke(spec, arguments, max_tokens=hold.max_tokens)
+            with telemetry.tracer().start_as_current_span("invoke", attributes={"sk.function": spec.id}):
+                return await model_call(await self._runtime())
         except BaseException as failure:
-            charge = (
-                hold.amount_nano
-                if not isinstance(failure, ApiError) or isinstance(failure, _UNCERTAIN)
-                else 0
-            )
-            with tracer.start_as_current_span("settle"):
-                # Settle even when the client has gone (cancellation): shielded, so the
-                # hold does not sit until its lease expires and block a concurrency slot.
-                charged = await asyncio.shield(self._settle_quietly(hold, charge, 0, 0))
-            if record is not None:
-                record.cost_nano = charged
+            await self._settle_failure(hold, failure, record)
             raise
-        duration = time.perf_counter() - started
-        redaction = self._redactor(spec.id).redact(completion.text)
+
+    async def _settle_failure(
+        self, hold: Hold, failure: BaseException, record: AuditEntry | None, *, did_work: bool = False
+    ) -> None:
+        """A call that failed: free when the provider refused it, else (it may have
+        done the work: a timeout, a broken connection, a client gone mid-call, or
+        ``did_work``) charged its reservation."""
+        uncertain = did_work or not isinstance(failure, ApiError) or isinstance(failure, _UNCERTAIN)
+        charge = hold.amount_nano if uncertain else 0
+        if record is not None:
+            # Before awaiting: a cancelled caller (client gone) may not see the result.
+            record.cost_nano = charge
+        with telemetry.tracer().start_as_current_span("settle"):
+            # Settle even when the client has gone (cancellation): shielded, so the
+            # hold does not sit until its lease expires and block a concurrency slot.
+            charged = await asyncio.shield(self._settle_quietly(hold, charge, 0, 0))
+        if record is not None:
+            record.cost_nano = charged
+
+    async def _settle_success(
+        self,
+        principal: Principal,
+        spec: FunctionSpec,
+        hold: Hold,
+        completion: Completion,
+        text: str,
+        redactions: dict[str, int],
+        duration: float,
+        record: AuditEntry | None,
+        *,
+        clamped: bool = False,
+    ) -> Outcome:
+        """Settle at the reported usage's price, record metrics and audit; the outcome."""
         usage = completion.usage
-        cost = price.cost_nano(usage.prompt_tokens, usage.completion_tokens)
-        with tracer.start_as_current_span("settle") as span:
+        cost = self._price.cost_nano(usage.prompt_tokens, usage.completion_tokens)
+        with telemetry.tracer().start_as_current_span("settle") as span:
             # Shielded like the failure path: a cancellation here must not strand the hold.
             charged = await asyncio.shield(
                 self._settle_quietly(hold, cost, usage.prompt_tokens, usage.completion_tokens)
             )
             span.set_attribute("sk.cost_usd", usd(charged))
-        self._record(tenant.id, spec.id, completion, duration, charged)
+        self._record(principal.tenant.id, spec.id, completion, duration, charged)
         if record is not None:
             record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
             record.cost_nano = charged
-            record.redactions = redaction.total
+            record.redactions = sum(redactions.values())
         return Outcome(
             completion=completion,
-            text=redaction.text,
-            redactions=dict(redaction.counts),
+            text=text,
+            redactions=redactions,
             cost_nano=charged,
-            rate=RateState(limit=hold.rpm_limit, remaining=hold.rpm_remaining, reset=hold.rpm_reset),
-            clamped=hold.max_tokens < requested,
+            rate=_rate(hold),
+            clamped=clamped,
         )
 
     async def _cached(self, call: _Call, flagged: bool, cache_control: str | None) -> Outcome:
@@ -235,7 +313,9 @@ class Pipeline:
         and so are never stored.
         """
         cache, spec, record = self._cache, call.spec, call.record
-        if cache is None or not cache.policy(spec).enabled:
+        # A caller's own sampling settings (the OpenAI-compatible route) are not part of
+        # the key: such calls are never served from, or stored in, the cache.
+        if cache is None or not cache.policy(spec).enabled or call.options:
             return await self._admitted(call)
         tenant = call.principal.tenant
         mode = cache.directive(cache_control)
@@ -299,7 +379,6 @@ class Pipeline:
             cache="hit",
             age=answer.age(cache.now()),
         )
-
     async def _screen(self, spec: FunctionSpec, arguments: dict[str, Any], record: AuditEntry | None) -> bool:
         """Prompt-injection screening, before admission: a rejected prompt is neither
         charged nor counted. True: flagged (and answered under the ``flag`` policy)."""
@@ -342,20 +421,110 @@ class Pipeline:
             return hold.amount_nano
         return settlement.cost_nano
 
+    def _dimensions(self, tenant_id: str, function_id: str, response_model: str) -> dict[str, str]:
+        return {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": self._model_id,
+            "gen_ai.response.model": response_model,
+            "sk.tenant": tenant_id,
+            "sk.function": function_id,
+        }
+
     def _record(
         self, tenant_id: str, function_id: str, completion: Completion, duration: float, cost_nano: int
     ) -> None:
         """gen_ai token and duration metrics plus our cost counter, with the same dimensions."""
         meters = telemetry.instruments()
-        dimensions = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.request.model": self._model_id,
-            "gen_ai.response.model": completion.model,
-            "sk.tenant": tenant_id,
-            "sk.function": function_id,
-        }
+        dimensions = self._dimensions(tenant_id, function_id, completion.model)
         usage = completion.usage
         meters.token_usage.record(usage.prompt_tokens, {**dimensions, "gen_ai.token.type": "input"})
         meters.token_usage.record(usage.completion_tokens, {**dimensions, "gen_ai.token.type": "output"})
         meters.operation_duration.record(duration, dimensions)
         meters.cost.add(usd(cost_nano), dimensions)
+
+
+def _rate(hold: Hold) -> RateState:
+    return RateState(limit=hold.rpm_limit, remaining=hold.rpm_remaining, reset=hold.rpm_reset)
+
+
+@dataclass(eq=False)
+class StreamedCall:
+    """An admitted call whose provider stream is open: iterate it once for redacted text.
+
+    When the iteration ends normally the call has been settled from the usage the
+    provider streamed, and ``outcome`` says what it produced and cost. When it ends
+    otherwise (the provider failed mid-stream, the client went away: the iterator is
+    closed or cancelled), the provider's stream is closed at once and the call is
+    charged its reservation: text was generated, usage never arrived. ``rate`` is known
+    before the first byte (the RateLimit headers).
+    """
+
+    _pipeline: Pipeline
+    _principal: Principal
+    _spec: FunctionSpec
+    _hold: Hold
+    _model: ModelStream
+    _redaction: StreamingRedaction
+    _started: float
+    _record: AuditEntry | None
+    outcome: Outcome | None = field(default=None, init=False)
+
+    @property
+    def rate(self) -> RateState:
+        """The requests-per-minute window after this admission."""
+        return _rate(self._hold)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        pipeline, model, redaction = self._pipeline, self._model, self._redaction
+        raw: list[str] = []
+        released: list[str] = []
+        first_chunk: float | None = None
+        first_text: float | None = None
+        settled = False
+        try:
+            async for delta in model:
+                if first_chunk is None:
+                    first_chunk = time.perf_counter()
+                raw.append(delta)
+                piece = redaction.feed(delta)
+                if piece:
+                    if first_text is None:
+                        first_text = time.perf_counter()
+                    released.append(piece)
+                    yield piece
+            tail = redaction.finish()
+            released.append(tail)
+            completion = model.completion("".join(raw))
+            # Settled before the last piece goes out: a client that leaves now has had
+            # the whole answer, and is charged exactly for it.
+            settled = True
+            finished = time.perf_counter()
+            self.outcome = await pipeline._settle_success(
+                self._principal, self._spec, self._hold, completion, "".join(released),
+                dict(redaction.counts), finished - self._started, self._record,
+            )
+            self._record_stream(completion, first_chunk, first_text or finished, finished)
+            if tail:
+                yield tail
+        except BaseException as failure:
+            if not settled:
+                await pipeline._settle_failure(
+                    self._hold, failure, self._record, did_work=first_chunk is not None
+                )
+            raise
+        finally:
+            # At once, also on cancellation: the provider stops generating for nobody.
+            await asyncio.shield(model.aclose())
+
+    def _record_stream(
+        self, completion: Completion, first_chunk: float | None, first_text: float, finished: float
+    ) -> None:
+        meters = telemetry.instruments()
+        dimensions = self._pipeline._dimensions(self._principal.tenant.id, self._spec.id, completion.model)
+        if first_chunk is not None:
+            meters.time_to_first_chunk.record(first_chunk - self._started, dimensions)
+        meters.time_to_first_token.record(first_text - self._started, dimensions)
+        tokens = completion.usage.completion_tokens
+        if tokens > 1 and finished > first_text:
+            meters.time_per_output_token.record((finished - first_text) / (tokens - 1), dimensions)
+            meters.output_token_rate.record(tokens / (finished - first_text), dimensions)

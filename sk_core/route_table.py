@@ -41,6 +41,8 @@ class RouteSpec:
     summary: str
     tag: str
     audited: bool = False
+    # "openai": errors in OpenAI's shape ({"error": {...}}), for OpenAI's own clients.
+    errors: Literal["problem", "openai"] = "problem"
 
     @property
     def full_path(self) -> str:
@@ -60,7 +62,11 @@ class RouteSpec:
         from sk_core.http.boundary import instrumented
 
         return instrumented(
-            self.resolve_handler(), name=self.name, template=self.full_path, audited=self.audited
+            self.resolve_handler(),
+            name=self.name,
+            template=self.full_path,
+            audited=self.audited,
+            errors=self.errors,
         )
 
     async def endpoint(self, request: Request) -> Response:
@@ -85,6 +91,15 @@ ROUTES: tuple[RouteSpec, ...] = (
         "invoke_function", "v1/functions/{plugin}/{function}", ("POST",),
         "sk_core.http.handlers:invoke_function", "function", "Invoke a catalog function", "catalog",
         audited=True,
+    ),
+    RouteSpec(
+        "chat_completions", "v1/chat/completions", ("POST",), "sk_core.http.openai_compat:chat_completions",
+        "function", "Chat completion in the OpenAI wire format (streams with stream: true)", "openai",
+        audited=True, errors="openai",
+    ),
+    RouteSpec(
+        "list_models", "v1/models", ("GET",), "sk_core.http.openai_compat:list_models", "function",
+        "Models this key may use (OpenAI wire format)", "openai", errors="openai",
     ),
     RouteSpec(
         "health", "health", ("GET",), "sk_core.http.handlers:health", "anonymous", "Liveness", "operations"

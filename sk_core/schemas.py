@@ -31,6 +31,11 @@ class ModelAnswer(BaseModel):
     )
 
 
+class StreamDone(ModelAnswer):
+    """The last event of a streamed catalog answer (``event: done``): its accounting;
+    the text came before it in ``delta`` events."""
+
+
 class SummarizeResponse(ModelAnswer):
     """``POST /api/v1/summarize``."""
 

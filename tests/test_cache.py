@@ -437,7 +437,7 @@ async def test_across_two_processes_tenants_stay_apart_and_hits_are_free(
 async def test_a_hit_is_traced_counted_and_its_saving_reported(
     spec: FunctionSpec, pipeline: Pipeline, acme: Principal, stub: StubModel, telemetry_sink: TelemetrySink
 ) -> None:
-    from tests.test_telemetry import metric_points
+    from tests.support.metrics import metric_points
 
     def saved() -> float:
         points = metric_points(telemetry_sink, "sk.cost.saved")

@@ -379,7 +379,12 @@ class LeaseKeeper:
             if tenant_id not in (None, leased_tenant):
                 continue
             if lease.stored or not lease.empty:
+                joined = lease.sync is not None and not lease.sync.done()
                 await self._sync_now(leased_tenant, lease)
+                if joined:
+                    # The sync in flight was planned before the settlements made since
+                    # (the ones a caller of flush wants stored): one more, fresh.
+                    await self._sync_now(leased_tenant, lease)
 
     async def aclose(self) -> None:
         """Hand every lease back (shutdown): unused capacity returns, usage is reported."""

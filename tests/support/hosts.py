@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import httpx
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message
 
 _CHUNK = 64 * 1024
@@ -155,10 +155,15 @@ class FunctionsHost:
         trigger, path_params = matched
         request = make_request(method, path, final, body, path_params)
         response: Response = await trigger.function(request)
+        if isinstance(response, StreamingResponse):
+            # What the worker does with an HTTP stream: read the body as it is produced.
+            body = b"".join(
+                [c if isinstance(c, bytes) else str(c).encode() async for c in response.body_iterator]
+            )
+        else:
+            body = bytes(response.body)
         return HostResponse(
-            response.status_code,
-            {k.decode().lower(): v.decode() for k, v in response.raw_headers},
-            bytes(response.body),
+            response.status_code, {k.decode().lower(): v.decode() for k, v in response.raw_headers}, body
         )
 
 
