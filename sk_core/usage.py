@@ -50,6 +50,7 @@ from sk_core.rollups import HOUR, MINUTE, Bucket, bucket_start, combine, percent
 
 if TYPE_CHECKING:
     from sk_core.accounts import Limits, Tenant
+    from sk_core.audit import AuditLog
     from sk_core.limits import Ledger
     from sk_core.storage import TableStore
 
@@ -375,9 +376,11 @@ def _names(grain: str, now: datetime, count: int) -> list[str]:
 
 
 async def detail(
-    ledger: Ledger, tenant: Tenant, audit_rows: Sequence[Mapping[str, Any]], now: datetime | None = None
+    ledger: Ledger, tenant: Tenant, audit: AuditLog, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Everything the dashboard shows for one tenant (``audit_rows``: its newest calls)."""
+    """Everything the dashboard shows for one tenant."""
+    from sk_core.storage import storage_errors
+
     now = now or ledger.now()
     usage = await usage_of(ledger, tenant, now)
     days = await read_windows(ledger, tenant, last_days(now, CHART_DAYS))
@@ -399,6 +402,8 @@ async def detail(
         }
         for name, stats in sorted(last_day.functions.items(), key=lambda item: -item[1].cost_nano)
     ]
+    with storage_errors():
+        audit_rows = await audit.recent(tenant.id, RECENT_CALLS)
     expired = await ledger.expired(tenant.id)
     return {
         "usage": usage.model_dump(mode="json"),
