@@ -19,7 +19,15 @@ $(NODE_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(PY_STAMP) $(NODE_STAMP)
+# The dashboard's browser tests drive Debian's Chromium through Playwright (whose own
+# browser download cannot run here). A file target: apt-get runs only when it is missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+install: $(PY_STAMP) $(NODE_STAMP) $(CHROMIUM)
 
 run: install
 	$(BIN)/python scripts/dev.py

@@ -71,14 +71,15 @@ class AuditLog:
 
     def record(self, entry: AuditEntry) -> None:
         """Queue ``entry``; the flusher writes it within ``flush_seconds``."""
-        self._queue.append(self._row(entry))
+        self._queue.append(self.row(entry))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
 
-    def _row(self, entry: AuditEntry) -> dict[str, Any]:
+    def row(self, entry: AuditEntry, at: datetime | None = None) -> dict[str, Any]:
+        """The stored row of ``entry``, recorded ``at`` (default now; benchmarks backdate)."""
         from sk_core.storage import int64
 
-        now = datetime.now(UTC)
+        now = at or datetime.now(UTC)
         millis = int(now.timestamp() * 1000)
         return {
             "PartitionKey": entry.tenant_id or ANONYMOUS,
@@ -165,7 +166,7 @@ class AuditLog:
         return rows
 
     async def purge(self, now: datetime | None = None) -> int:
-        """Delete rows past retention; returns how many."""
+        """Delete rows past retention (rollups included); returns how many calls' rows."""
         from azure.core.exceptions import AzureError
 
         from sk_core.errors import StorageUnavailable
@@ -179,7 +180,8 @@ class AuditLog:
             ):
                 key = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
                 await submit(table, [delete_op(key, etag_of(entity))])
-                deleted += 1
+                # Rollup rows past their own retention go too, but are not calls.
+                deleted += not str(entity["RowKey"]).startswith(ROLLUP_PREFIX)
         except (AzureError, Conflict, StorageUnavailable):
             logger.warning("audit purge interrupted; the next sweep continues")
         return deleted
