@@ -111,11 +111,11 @@ ROUTES: tuple[RouteSpec, ...] = (
         "One tenant's last 30 days and this month as CSV (admin key)", "admin",
     ),
     RouteSpec(
-        "dashboard", "dashboard", ("GET",), "sk_core.http.dashboard:page", "anonymous",
+        "dashboard", "dashboard", ("GET",), "sk_core.http.dashboard:page", "function",
         "The operators' usage dashboard (a static page; its data needs an admin key)", "admin",
     ),
     RouteSpec(
-        "dashboard_asset", "dashboard/{asset}", ("GET",), "sk_core.http.dashboard:asset", "anonymous",
+        "dashboard_asset", "dashboard/{asset}", ("GET",), "sk_core.http.dashboard:asset", "function",
         "The dashboard's scripts and stylesheets", "admin",
     ),
     RouteSpec(

@@ -46,11 +46,11 @@ _REQUEST_FUNCTIONS = {"summarize": ("text", "summarize"), "chat": ("chat", "chat
 _MODEL_ROUTES = {"summarize", "chat", "invoke_function"}
 _TENANT_ROUTES = _MODEL_ROUTES | {"list_functions", "usage"}
 _ADMIN_ROUTES = {"admin_tenants", "admin_tenant", "admin_tenant_csv"}
-# Non-JSON answers: (media type, description).
+# Non-JSON answers: (media types, description).
 _OTHER_CONTENT = {
-    "admin_tenant_csv": ("text/csv", "The tenant's usage windows as CSV (USD and nano-USD columns)"),
-    "dashboard": ("text/html", "The dashboard page"),
-    "dashboard_asset": ("text/javascript", "A script or stylesheet of the page"),
+    "admin_tenant_csv": (("text/csv",), "The tenant's usage windows as CSV (USD and nano-USD columns)"),
+    "dashboard": (("text/html",), "The dashboard page"),
+    "dashboard_asset": (("text/javascript", "text/css"), "A script or stylesheet of the page"),
 }
 _PATH_PATTERNS = {
     "plugin": "^[A-Za-z0-9_-]+$",
@@ -123,10 +123,10 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
         else:
             operation["security"] = []
         if route.name in _OTHER_CONTENT:
-            media_type, description = _OTHER_CONTENT[route.name]
+            media_types, description = _OTHER_CONTENT[route.name]
             operation["responses"]["200"] = {
                 "description": description,
-                "content": {media_type: {"schema": {"type": "string"}}},
+                "content": {media_type: {"schema": {"type": "string"}} for media_type in media_types},
             }
         if route.name == "ready":
             operation["responses"]["503"] = _json(keys[(ReadyResponse, "serialization")], "Not ready")
