@@ -6,17 +6,18 @@ from the ledger's rows (``sk_core.limits.rows``), "how much is left" from the ad
 policy's ``remaining_budget``, charts from the audit rollups (``sk_core.rollups``).
 
 **Freshness.** Stored usage lags what processes settled on quota leases by up to
-``SKF_LEASE_REPORT_SECONDS``; every reader here first reports this process's own leases
-(``Ledger.flush``), so a single-process service answers exactly.
+``SKF_LEASE_REPORT_SECONDS``; the operators' views first report this process's own
+leases (``Ledger.flush``), so a single-process service shows them exactly. The tenant's
+own ``/v1/usage`` does not (see ``usage_of``).
 
 **Storage reads** (round trips; a page holds up to 1,000 rows):
 
 - tenant usage (``usage_of``): 1 point query (day, month, minute and in-flight rows);
 - all tenants (``overview``): 2 (the tenant list; one query for every tenant's four rows);
-- one tenant's charts (``detail``): 7 (usage rows; 30 day rows; the last 3 hours of
-  minute rollups; the last 24 hours of hour rollups; the 20 newest audit rows; expired
-  holds and leases; the tenant), whatever the traffic: rollups are one row per minute
-  (and hour) per writing process, never one per call.
+- one tenant's charts (``detail``): 8 (the tenant; its usage rows; 30 day rows and the
+  month row; the last 3 hours of minute rollups; the last 24 hours of hour rollups; the
+  20 newest audit rows; expired holds and leases), whatever the traffic: rollups are one
+  row per minute (and hour) per writing process, never one per call.
 """
 
 from __future__ import annotations
@@ -151,12 +152,15 @@ class WindowUsage(BaseModel):
 
 
 class RateUsage(BaseModel):
-    """This UTC minute's admissions against the per-minute limits."""
+    """This UTC minute's admissions against the per-minute limits.
 
-    requests: int
+    Capacity leased to service processes counts as used (it is not available to others).
+    """
+
+    requests: int = Field(description="Requests admitted this minute, or leased to processes.")
     requests_limit: int
     tokens: int = Field(
-        description="Tokens admitted this minute (reserved, corrected to actual on settlement)."
+        description="Tokens admitted or leased this minute (reserved; corrected to actual on settlement)."
     )
     tokens_limit: int
     resets_at: datetime
@@ -230,11 +234,19 @@ def _usage_keys(now: datetime) -> list[str]:
     return [*window_keys(now), INFLIGHT]
 
 
-async def usage_of(ledger: Ledger, tenant: Tenant, now: datetime | None = None) -> UsageResponse:
-    """A tenant's usage now: one query of its four counter rows."""
+async def usage_of(
+    ledger: Ledger, tenant: Tenant, now: datetime | None = None, *, report_own_leases: bool = True
+) -> UsageResponse:
+    """A tenant's usage now: one query of its four counter rows.
+
+    ``report_own_leases=False`` reads the stored rows as they are (lagging by at most
+    ``SKF_LEASE_REPORT_SECONDS``): reporting is a storage write, and a tenant polling its
+    usage must not be able to make this process write on every poll.
+    """
     from sk_core.storage import query_partition
 
-    await ledger.flush(tenant.id)
+    if report_own_leases:
+        await ledger.flush(tenant.id)
     now = now or ledger.now()
     table = await ledger.store.table(USAGE_TABLE)
     rows = await query_partition(table, tenant.id, _usage_keys(now))
