@@ -161,24 +161,23 @@ def _tenant_id(text: str) -> str:
         raise argparse.ArgumentTypeError(f"invalid tenant id {text!r}: {exc}") from None
 
 
-def _key_id(text: str) -> str:
-    """A key id; a whole key is accepted too (revoking a leaked key is pasting it)."""
-    from_key = parse_key(text)
+def _id_of(text: str, parse: Callable[[str], str | None]) -> str:
+    from_key = parse(text)
     if from_key is not None:
         return from_key
     if not _KEY_ID_RE.match(text):
         raise argparse.ArgumentTypeError(f"invalid key id {text!r}: expected 12 hex digits")
     return text
+
+
+def _key_id(text: str) -> str:
+    """A key id; a whole key is accepted too (revoking a leaked key is pasting it)."""
+    return _id_of(text, parse_key)
 
 
 def _admin_key_id(text: str) -> str:
     """An operator key id; the whole admin key is accepted too."""
-    from_key = parse_admin_key(text)
-    if from_key is not None:
-        return from_key
-    if not _KEY_ID_RE.match(text):
-        raise argparse.ArgumentTypeError(f"invalid key id {text!r}: expected 12 hex digits")
-    return text
+    return _id_of(text, parse_admin_key)
 
 
 def _day_count(text: str) -> int:

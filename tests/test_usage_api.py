@@ -55,6 +55,7 @@ def _check_consistent(document: dict[str, Any], limits: Limits) -> None:
         window = document[period]
         assert window["budget_nano"] == budget
         assert window["remaining_nano"] == budget - window["spent_nano"] - window["held_nano"]
+        assert window["spent_nano"] + window["held_nano"] <= budget  # never over, even mid-flight
     assert 0 <= document["concurrency"]["in_flight"] <= limits.max_concurrent
     assert document["minute"]["requests"] <= limits.requests_per_minute
 
