@@ -90,8 +90,9 @@
     fill.style.width = spentPct.toFixed(2) + "%";
     held.style.left = spentPct.toFixed(2) + "%";
     held.style.width = heldPct.toFixed(2) + "%";
-    box.dataset.pct = spentPct.toFixed(2);
-    box.title = pct(used(window), window.budget_nano).toFixed(1) + "% of the budget used or held";
+    // The share used or held: what the highlight and the "% of budget" order go by.
+    box.dataset.used = pct(used(window), window.budget_nano).toFixed(2);
+    box.title = box.dataset.used + "% of the budget spent or held";
     box.append(fill, held);
     td.append(box, el("span", usd(window.spent_nano) + " / " + usd(window.budget_nano), "money"));
   }
