@@ -102,10 +102,15 @@ class AuditLog:
 
     async def _flush_later(self) -> None:
         # Sleeps until the flush is due, or until aclose() wakes it to write right away.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
-        self._wake.clear()
-        await self.flush()
+        # Rows recorded while a flush is writing found this task still running and
+        # started none: go round again for them, or they would wait for the next call.
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
+            self._wake.clear()
+            await self.flush()
+            if not self._queue:
+                return
 
     async def flush(self) -> None:
         """Write every queued row now: one transaction per partition and 100 rows, the
