@@ -170,11 +170,12 @@ async def test_the_dashboard_shows_the_ledgers_numbers(
     saved = await asyncio.to_thread(Path(await download.path()).read_text)
     assert saved == admin_cli(service_env, "usage", calm_id, "--days", "30", "--csv")
 
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+
     await busy_row.click()
     await expect(page.locator("#detail-title")).to_contain_text(busy_id)
     await expect(page.locator("#recent tbody tr")).to_have_count(4)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     # It refreshes by itself: new traffic shows up without a reload.
     before = await busy_row.locator('[data-field="day-remaining"]').inner_text()

@@ -186,8 +186,10 @@
     }, [m.t, m.calls, m.tokens]);
     const d = data.spend_by_day;
     chart("chart-days", {
-      series: [{}, { label: "spent USD", stroke: "#3358d4", fill: "#a9bcf5", paths: uPlot.paths.bars({ size: [0.7, 40] }) },
-        { label: "daily budget", stroke: "#1d2330", dash: [6, 4] }],
+      series: [{}, { label: "spent USD", stroke: "#3358d4", fill: "#a9bcf5", paths: uPlot.paths.bars({ size: [0.7, 40] }), points: { show: false } },
+        { label: "daily budget", stroke: "#1d2330", dash: [6, 4], points: { show: false } }],
+      // Cents and less are common here: three significant digits, not rounded to 0.
+      axes: [{}, { values: (u, splits) => splits.map((v) => (v === 0 ? "0" : v.toPrecision(3))), size: 70 }],
     }, [d.t, d.spent_usd, d.t.map(() => d.budget_usd)]);
     const h = data.per_hour;
     const codes = Object.keys(h.codes);
