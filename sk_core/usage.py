@@ -14,14 +14,15 @@ own ``/v1/usage`` does not (see ``usage_of``).
 
 - tenant usage (``usage_of``): 1 point query (day, month, minute and in-flight rows);
 - all tenants (``overview``): 2 (the tenant list; one query for every tenant's four rows);
-- one tenant's charts (``detail``): 8 (the tenant; its usage rows; 30 day rows and the
-  month row; the last 3 hours of minute rollups; the last 24 hours of hour rollups; the
-  20 newest audit rows; expired holds and leases), whatever the traffic: rollups are one
-  row per minute (and hour) per writing process, never one per call.
+- one tenant's charts (``detail``): 4, issued together (the tenant; its usage partition's
+  30 day rows, month, minute, in-flight and expired rows in one query; the last 24
+  hourly rollups, minute series inside; the 20 newest audit rows), whatever the
+  traffic: a rollup is one row per hour per writing process, never one per call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import Mapping, Sequence
@@ -47,13 +48,14 @@ from sk_core.limits.rows import (
     CounterRow,
 )
 from sk_core.pricing import usd
-from sk_core.rollups import HOUR, MINUTE, Bucket, bucket_start, combine, percentile, row_prefix, stamp
+from sk_core.rollups import HOUR_PREFIX, Bucket, bucket_start, combine, percentile, stamp
 
 if TYPE_CHECKING:
     from sk_core.accounts import Limits, Tenant
     from sk_core.audit import AuditLog
     from sk_core.limits import Ledger
     from sk_core.storage import TableStore
+    from sk_core.tenants import TenantStore
 
 CHART_MINUTES = 180  # requests and tokens per minute over the last 3 hours
 CHART_HOURS = 24  # refusals, cost and latency by function over the last day
@@ -254,9 +256,10 @@ async def usage_of(
 
 
 async def overview(
-    ledger: Ledger, tenants: Sequence[Tenant], now: datetime | None = None
-) -> list[UsageResponse]:
-    """Every tenant's usage: one query for all their counter rows (cross-partition)."""
+    ledger: Ledger, tenants: TenantStore, now: datetime | None = None
+) -> list[tuple[Tenant, UsageResponse]]:
+    """Every tenant with its usage: the tenant list and one query for all their counter
+    rows (cross-partition), read at the same time."""
     from sk_core.storage import storage_errors
 
     await ledger.flush()
@@ -264,36 +267,51 @@ async def overview(
     table = await ledger.store.table(USAGE_TABLE)
     keys = _usage_keys(now)
     clauses = " or ".join(f"RowKey eq @r{i}" for i in range(len(keys)))
-    by_tenant: dict[str, dict[str, Any]] = {}
-    with storage_errors():
-        async for entity in table.query_entities(
-            clauses, parameters={f"r{i}": key for i, key in enumerate(keys)}, results_per_page=1000
-        ):
-            by_tenant.setdefault(entity["PartitionKey"], {})[entity["RowKey"]] = entity
-    return [usage_document(t, by_tenant.get(t.id, {}), now) for t in tenants]
+
+    async def counter_rows() -> dict[str, dict[str, Any]]:
+        by_tenant: dict[str, dict[str, Any]] = {}
+        with storage_errors():
+            async for entity in table.query_entities(
+                clauses, parameters={f"r{i}": key for i, key in enumerate(keys)}, results_per_page=1000
+            ):
+                by_tenant.setdefault(entity["PartitionKey"], {})[entity["RowKey"]] = entity
+        return by_tenant
+
+    listed, by_tenant = await asyncio.gather(tenants.list_tenants(), counter_rows())
+    return [(t, usage_document(t, by_tenant.get(t.id, {}), now)) for t in listed]
 
 
 # --- history: day rows and rollups -------------------------------------------------------
 
 
-async def read_windows(ledger: Ledger, tenant: Tenant, windows: Sequence[Window]) -> list[dict[str, Any]]:
-    """``window_entry`` of each window, read in at most two queries (the day range, the months)."""
+async def read_windows(
+    ledger: Ledger, tenant: Tenant, windows: Sequence[Window], *, report_own_leases: bool = True
+) -> list[dict[str, Any]]:
+    """``window_entry`` of each window, read in two concurrent queries (the day range, the months)."""
     from sk_core.storage import query_partition, storage_errors
 
-    await ledger.flush(tenant.id)
+    if report_own_leases:
+        await ledger.flush(tenant.id)
     table = await ledger.store.table(USAGE_TABLE)
     days = sorted(w.row for w in windows if w.period == "day")
-    found: dict[str, Any] = {}
-    if days:
-        with storage_errors():
-            async for entity in table.query_entities(
-                "PartitionKey eq @p and RowKey ge @first and RowKey le @last",
-                parameters={"p": tenant.id, "first": days[0], "last": days[-1]},
-            ):
-                found[entity["RowKey"]] = entity
     months = [w.row for w in windows if w.period == "month"]
-    if months:
-        found.update(await query_partition(table, tenant.id, months))
+
+    async def day_rows() -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        if days:
+            with storage_errors():
+                async for entity in table.query_entities(
+                    "PartitionKey eq @p and RowKey ge @first and RowKey le @last",
+                    parameters={"p": tenant.id, "first": days[0], "last": days[-1]},
+                ):
+                    found[entity["RowKey"]] = entity
+        return found
+
+    async def month_rows() -> dict[str, Any]:
+        return await query_partition(table, tenant.id, months) if months else {}
+
+    by_day, by_month = await asyncio.gather(day_rows(), month_rows())
+    found = {**by_day, **by_month}
     return [
         window_entry(w, _counters(tenant.id, w.row, found.get(w.row), WINDOW_FIELDS), tenant.limits)
         for w in windows
@@ -349,31 +367,36 @@ def _usd_text(amount_nano: int) -> str:
     return f"{sign}{whole}.{fraction:09d}"
 
 
-async def _rollups(store: TableStore, tenant_id: str, grain: str, first: str) -> dict[str, Bucket]:
+async def _rollups(store: TableStore, tenant_id: str, first: str) -> dict[str, Bucket]:
+    """The tenant's hourly rollups from hour ``first`` on, every writer's rows added up."""
     from sk_core.audit import AUDIT_TABLE
     from sk_core.storage import storage_errors
 
     table = await store.table(AUDIT_TABLE)
-    prefix = row_prefix(grain)
     with storage_errors():
         rows = [
             e
             async for e in table.query_entities(
                 "PartitionKey eq @p and RowKey ge @first and RowKey lt @end",
-                parameters={"p": tenant_id, "first": prefix + first, "end": prefix + "~"},
+                parameters={"p": tenant_id, "first": HOUR_PREFIX + first, "end": HOUR_PREFIX + "~"},
                 results_per_page=1000,
             )
         ]
     return combine(rows)
 
 
-def _series(buckets: Mapping[str, Bucket], grain: str, names: Sequence[str]) -> dict[str, Any]:
-    """Chart columns: bucket start times (epoch seconds) and each measure, zeros where idle."""
+def _hours(now: datetime, count: int) -> list[str]:
+    """The names of the last ``count`` UTC hours, oldest first, the current one last."""
+    return [stamp(now - timedelta(hours=n)) for n in range(count - 1, -1, -1)]
+
+
+def _per_hour(buckets: Mapping[str, Bucket], names: Sequence[str]) -> dict[str, Any]:
+    """Chart columns by hour: start times (epoch seconds), calls, errors, tokens, cost, codes."""
     empty = Bucket()
     picked = [buckets.get(name, empty) for name in names]
     codes = sorted({code for b in picked for code in b.codes})
     return {
-        "t": [int(bucket_start(grain, name).timestamp()) for name in names],
+        "t": [int(bucket_start(name).timestamp()) for name in names],
         "calls": [b.calls for b in picked],
         "errors": [b.errors for b in picked],
         "tokens": [b.prompt_tokens + b.completion_tokens for b in picked],
@@ -382,26 +405,81 @@ def _series(buckets: Mapping[str, Bucket], grain: str, names: Sequence[str]) -> 
     }
 
 
-def _names(grain: str, now: datetime, count: int) -> list[str]:
-    step = timedelta(minutes=1) if grain == MINUTE else timedelta(hours=1)
-    return [stamp(grain, now - step * n) for n in range(count - 1, -1, -1)]
+def _per_minute(buckets: Mapping[str, Bucket], now: datetime, count: int) -> dict[str, Any]:
+    """Chart columns by minute for the last ``count`` minutes, from the hours' minute slots."""
+    start = now.replace(second=0, microsecond=0) - timedelta(minutes=count - 1)
+    times, calls, tokens = [], [], []
+    for n in range(count):
+        minute = start + timedelta(minutes=n)
+        bucket = buckets.get(stamp(minute))
+        slot = bucket.minutes.get(minute.minute, [0, 0]) if bucket is not None else [0, 0]
+        times.append(int(minute.timestamp()))
+        calls.append(slot[0])
+        tokens.append(slot[1])
+    return {"t": times, "calls": calls, "tokens": tokens}
+
+
+async def _ledger_rows(
+    ledger: Ledger, tenant_id: str, now: datetime, days: Sequence[Window]
+) -> dict[str, Any]:
+    """One query of the tenant's usage partition: the day range, this month, this minute,
+    in flight and the expired-hold and -lease records (Table Storage serves a partition
+    query from its index; one round trip instead of four)."""
+    from sk_core.storage import storage_errors
+
+    _, month, minute = window_keys(now)
+    table = await ledger.store.table(USAGE_TABLE)
+    # Spaces around every parameter: the SDK substitutes @names word by word.
+    query = (
+        "PartitionKey eq @p and ( ( RowKey ge @first and RowKey le @last ) or RowKey eq @month"
+        " or RowKey eq @minute or RowKey eq @inflight or ( RowKey ge 'expired-' and RowKey lt 'expired.' ) )"
+    )
+    parameters = {
+        "p": tenant_id,
+        "first": days[0].row,
+        "last": days[-1].row,
+        "month": month,
+        "minute": minute,
+        "inflight": INFLIGHT,
+    }
+    with storage_errors():
+        return {e["RowKey"]: e async for e in table.query_entities(query, parameters=parameters)}
 
 
 async def detail(
-    ledger: Ledger, tenant: Tenant, audit: AuditLog, now: datetime | None = None
-) -> dict[str, Any]:
-    """Everything the dashboard shows for one tenant."""
+    ledger: Ledger, tenants: TenantStore, tenant_id: str, audit: AuditLog, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """Everything the dashboard shows for one tenant (None: no such tenant)."""
     from sk_core.storage import storage_errors
 
+    await ledger.flush(tenant_id)
     now = now or ledger.now()
-    usage = await usage_of(ledger, tenant, now)
-    days = await read_windows(ledger, tenant, last_days(now, CHART_DAYS))
-    minute_names = _names(MINUTE, now, CHART_MINUTES)
-    hour_names = _names(HOUR, now, CHART_HOURS)
-    minutes = await _rollups(ledger.store, tenant.id, MINUTE, minute_names[0])
-    hours = await _rollups(ledger.store, tenant.id, HOUR, hour_names[0])
+    windows = last_days(now, CHART_DAYS)
+    # The day's hours cover the minute chart's 3 hours too: one query for every chart.
+    hour_names = _hours(now, max(CHART_HOURS, CHART_MINUTES // 60 + 1))
+
+    async def recent() -> list[dict[str, Any]]:
+        with storage_errors():
+            return await audit.recent(tenant_id, RECENT_CALLS)
+
+    # Four independent reads, issued together: a refresh waits for the slowest, not the sum.
+    found, rows, hours, audit_rows = await asyncio.gather(
+        tenants.get_tenant(tenant_id),
+        _ledger_rows(ledger, tenant_id, now, windows[:-1]),
+        _rollups(ledger.store, tenant_id, hour_names[0]),
+        recent(),
+    )
+    if found is None:
+        return None
+    tenant = found
+    usage = usage_document(tenant, rows, now)
+    days = [
+        window_entry(w, _counters(tenant.id, w.row, rows.get(w.row), WINDOW_FIELDS), tenant.limits)
+        for w in windows
+    ]
+    expired = [row for key, row in sorted(rows.items()) if key.startswith("expired-")]
     last_day = Bucket()
-    for name in hour_names:
+    for name in hour_names[-CHART_HOURS:]:
         if name in hours:
             last_day.merge(hours[name])
     functions = [
@@ -414,10 +492,10 @@ async def detail(
         }
         for name, stats in sorted(last_day.functions.items(), key=lambda item: -item[1].cost_nano)
     ]
-    with storage_errors():
-        audit_rows = await audit.recent(tenant.id, RECENT_CALLS)
-    expired = await ledger.expired(tenant.id)
     return {
+        "tenant_id": tenant.id,
+        "name": tenant.display_name,
+        "status": tenant.status,
         "usage": usage.model_dump(mode="json"),
         "windows": days[-2:],  # today and this month, exactly as ``admin usage`` prints them
         "spend_by_day": {
@@ -428,11 +506,11 @@ async def detail(
             "spent_usd": [e["spent_usd"] for e in days[:-1]],
             "budget_usd": usd(tenant.limits.daily_budget_nano),
         },
-        "per_minute": _series(minutes, MINUTE, minute_names),
-        "per_hour": _series(hours, HOUR, hour_names),
+        "per_minute": _per_minute(hours, now, CHART_MINUTES),
+        "per_hour": _per_hour(hours, hour_names[-CHART_HOURS:]),
         "by_function": functions,
         "recent": [_call_json(row) for row in audit_rows],
-        "expired": [_expired_json(row) for row in sorted(expired, key=lambda r: str(r.get("RowKey")))],
+        "expired": [_expired_json(row) for row in expired],
     }
 
 

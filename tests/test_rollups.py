@@ -10,15 +10,13 @@ import pytest
 
 from sk_core.audit import AUDIT_TABLE, AuditEntry, AuditLog
 from sk_core.rollups import (
-    HOUR,
-    MINUTE,
+    HOUR_PREFIX,
     Bucket,
     Rollups,
     bucket_bound,
     combine,
     latency_bucket,
     percentile,
-    row_prefix,
     stamp,
 )
 from sk_core.storage import TableStore
@@ -66,25 +64,27 @@ def test_a_bucket_counts_calls_refusals_tokens_cost_and_functions() -> None:
     bucket = Bucket()
     bucket.add(_row())
     bucket.add(_row(status=429, code="rate_limited", prompt_tokens=0, completion_tokens=0, cost_nano=0))
-    bucket.add(_row(function="chat/chat", cost_nano=300))
+    bucket.add(_row(function="chat/chat", cost_nano=300, created_at=T0 + timedelta(minutes=2)))
     assert (bucket.calls, bucket.errors) == (3, 1)
+    # Per minute of the hour: calls and tokens (10:15 twice, 10:17 once).
+    assert bucket.minutes == {15: [2, 15], 17: [1, 15]}
     assert bucket.codes == {"rate_limited": 1}
     assert bucket.cost_nano == 1000
     assert bucket.prompt_tokens + bucket.completion_tokens == 30
     assert {name: s.calls for name, s in bucket.functions.items()} == {"text/summarize": 2, "chat/chat": 1}
     # Stored and read back, it is the same bucket.
-    again = Bucket.from_entity(bucket.entity("acme", MINUTE, stamp(MINUTE, T0), "w1"))
+    again = Bucket.from_entity(bucket.entity("acme", stamp(T0), "w1"))
     assert again == bucket
 
 
 def test_a_plan_changes_nothing_until_it_is_committed() -> None:
     rollups = Rollups(writer="w1")
-    first = rollups.plan([_row()])
-    assert set(first) == {("acme", MINUTE, "202603041015"), ("acme", HOUR, "2026030410")}
+    first = rollups.plan([_row(), _row(PartitionKey="beta", created_at=T0 + timedelta(hours=1))])
+    assert set(first) == {("acme", "2026030410"), ("beta", "2026030411")}
     # Not committed (the transaction failed): the next plan starts from zero again.
-    assert rollups.plan([_row()])[("acme", MINUTE, "202603041015")].calls == 1
+    assert rollups.plan([_row()])[("acme", "2026030410")].calls == 1
     rollups.commit(first, T0)
-    assert rollups.plan([_row()])[("acme", MINUTE, "202603041015")].calls == 2
+    assert rollups.plan([_row()])[("acme", "2026030410")].calls == 2
 
 
 def test_buckets_that_ended_long_ago_are_dropped_and_never_restarted_from_zero() -> None:
@@ -103,9 +103,9 @@ async def audit_store(azurite: str) -> AsyncIterator[TableStore]:
     await store.aclose()
 
 
-async def _stored_rollups(store: TableStore, tenant: str, grain: str) -> list[dict[str, object]]:
+async def _stored_rollups(store: TableStore, tenant: str) -> list[dict[str, object]]:
     table = await store.table(AUDIT_TABLE)
-    prefix = row_prefix(grain)
+    prefix = HOUR_PREFIX
     return [
         dict(e)
         async for e in table.query_entities(
@@ -129,29 +129,28 @@ async def test_the_audit_flush_writes_rollups_idempotently_one_row_per_writer(
     await first.aclose()
     await first.flush()  # nothing queued: nothing rewritten, nothing counted twice
 
-    minute_rows = await _stored_rollups(audit_store, "acme", MINUTE)
-    hour_rows = await _stored_rollups(audit_store, "acme", HOUR)
-    # A row per writer per minute, however often each flushed.
-    writers = {str(row["RowKey"]).rsplit("-", 1)[1] for row in minute_rows}
+    hour_rows = await _stored_rollups(audit_store, "acme")
+    # A row per writer per hour, however often each flushed.
+    writers = {str(row["RowKey"]).rsplit("-", 1)[1] for row in hour_rows}
     assert writers == {first.rollups.writer, second.rollups.writer}
-    assert len(minute_rows) <= 4  # two writers, and the minute may have turned once
-    for rows in (minute_rows, hour_rows):
-        total = Bucket()
-        for bucket in combine(rows).values():
-            total.merge(bucket)
-        assert (total.calls, total.errors, total.cost_nano) == (4, 1, 700)
-        assert total.codes == {"rate_limited": 1}
+    assert len(hour_rows) <= 4  # two writers, and the hour may have turned once
+    total = Bucket()
+    for bucket in combine(hour_rows).values():
+        total.merge(bucket)
+    assert (total.calls, total.errors, total.cost_nano) == (4, 1, 700)
+    assert total.codes == {"rate_limited": 1}
+    assert sum(calls for calls, _ in total.minutes.values()) == 4
     # The calls themselves, and only them, read back as recent calls.
     recent = await first.recent("acme", limit=50)
     assert sorted(row["cost_nano"] for row in recent) == [0, 100, 200, 400]
     # Purging past every retention removes rollups too, but counts only the calls' rows.
     assert await first.purge(now=datetime.now(UTC) + timedelta(days=60)) == 4
-    assert await _stored_rollups(audit_store, "acme", MINUTE) == []
+    assert await _stored_rollups(audit_store, "acme") == []
 
 
 async def test_anonymous_calls_are_not_rolled_up(audit_store: TableStore) -> None:
     log = AuditLog(store=audit_store, retention_days=1)
     log.record(AuditEntry(route="/api/v1/summarize", status=401, code="unauthorized"))
     await log.aclose()
-    assert await _stored_rollups(audit_store, "_anonymous", MINUTE) == []
+    assert await _stored_rollups(audit_store, "_anonymous") == []
     assert len(await log.recent("_anonymous")) == 1

@@ -55,12 +55,15 @@ async def _operator(request: Request) -> Service:
     return service
 
 
-async def _tenant(service: Service, request: Request) -> Tenant:
-    raw = request.path_params.get("tenant_id", "")
+def _tenant_id(request: Request) -> str:
     try:
-        tenant_id = validate_tenant_id(raw)
+        return validate_tenant_id(request.path_params.get("tenant_id", ""))
     except TenantError as exc:
         raise BadRequest(f"Invalid tenant id: {exc}.") from None
+
+
+async def _tenant(service: Service, request: Request) -> Tenant:
+    tenant_id = _tenant_id(request)
     tenant = await service.tenants.get_tenant(tenant_id)
     if tenant is None:
         raise NotFound(f"No tenant {tenant_id}.")
@@ -74,15 +77,13 @@ def _json(data: Any) -> Response:
 async def admin_tenants(request: Request) -> Response:
     """Every tenant with its usage now (the dashboard's table)."""
     service = await _operator(request)
-    tenants = await service.tenants.list_tenants()
     now = service.ledger.now()
-    documents = await overview(service.ledger, tenants, now)
+    listed = await overview(service.ledger, service.tenants, now)
     return _json(
         {
             "as_of": now.isoformat(),
             "tenants": [
-                {"name": t.display_name, "status": t.status, **d.model_dump(mode="json")}
-                for t, d in zip(tenants, documents, strict=True)
+                {"name": t.display_name, "status": t.status, **d.model_dump(mode="json")} for t, d in listed
             ],
         }
     )
@@ -91,9 +92,11 @@ async def admin_tenants(request: Request) -> Response:
 async def admin_tenant(request: Request) -> Response:
     """One tenant: usage, per-minute and per-hour series, spend by day, calls, expired holds."""
     service = await _operator(request)
-    tenant = await _tenant(service, request)
-    data = await detail(service.ledger, tenant, service.audit)
-    return _json({"tenant_id": tenant.id, "name": tenant.display_name, "status": tenant.status, **data})
+    tenant_id = _tenant_id(request)
+    data = await detail(service.ledger, service.tenants, tenant_id, service.audit)
+    if data is None:
+        raise NotFound(f"No tenant {tenant_id}.")
+    return _json(data)
 
 
 async def admin_tenant_csv(request: Request) -> Response:
