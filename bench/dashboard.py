@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import tempfile
@@ -262,9 +263,11 @@ async def main(argv: list[str] | None = None) -> int:
             "seeded": counts,
             "endpoints": results,
             "round_trips_per_refresh": refresh,
+            # A shared 2-core machine: what else ran is part of every figure.
+            "load_average_at_end": os.getloadavg(),
         },
     )
-    print(f"wrote {path}", file=sys.stderr)
+    print(f"wrote {path} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)", file=sys.stderr)
     return 0
 
 
