@@ -8,7 +8,9 @@ the rows it had not flushed yet (at most the last second's). Each row carries an
 ``expires_at``; the maintenance sweep deletes rows past the retention period.
 
 Layout: PartitionKey = tenant id (``_anonymous`` for calls that never authenticated),
-RowKey = inverted milliseconds + request id, so a partition reads newest first.
+RowKey = inverted milliseconds + request id, so a partition reads newest first. The same
+transaction upserts the tenant's per-minute and per-hour rollups (``sk_core.rollups``,
+RowKeys ``rollup-...``, after every audit row), which the dashboard's charts read.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from sk_core.rollups import ROLLUP_PREFIX, Rollups
 
 if TYPE_CHECKING:  # the route boundary imports AuditEntry; keep the Azure SDK out of that
     from sk_core.storage import TableStore
@@ -63,17 +67,20 @@ class AuditLog:
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.lost = 0  # rows that could not be written (logged)
+        # This process's rollup buckets; a writer id of its own keeps its rows apart.
+        self.rollups = Rollups(writer=uuid.uuid4().hex[:12])
 
     def record(self, entry: AuditEntry) -> None:
         """Queue ``entry``; the flusher writes it within ``flush_seconds``."""
-        self._queue.append(self._row(entry))
+        self._queue.append(self.row(entry))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
 
-    def _row(self, entry: AuditEntry) -> dict[str, Any]:
+    def row(self, entry: AuditEntry, at: datetime | None = None) -> dict[str, Any]:
+        """The stored row of ``entry``, recorded ``at`` (default now; benchmarks backdate)."""
         from sk_core.storage import int64
 
-        now = datetime.now(UTC)
+        now = at or datetime.now(UTC)
         millis = int(now.timestamp() * 1000)
         return {
             "PartitionKey": entry.tenant_id or ANONYMOUS,
@@ -97,13 +104,21 @@ class AuditLog:
 
     async def _flush_later(self) -> None:
         # Sleeps until the flush is due, or until aclose() wakes it to write right away.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
-        self._wake.clear()
-        await self.flush()
+        # Rows recorded while a flush is writing found this task still running and
+        # started none: go round again for them, or they would wait for the next call.
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
+            self._wake.clear()
+            await self.flush()
+            if not self._queue:
+                return
 
     async def flush(self) -> None:
-        """Write every queued row now: one transaction per partition and 100 rows."""
+        """Write every queued row now: one transaction per partition and 100 rows, the
+        partition's rollup rows included."""
+        from azure.data.tables import UpdateMode
+
         from sk_core.storage import submit
 
         rows, self._queue = self._queue, []
@@ -111,14 +126,32 @@ class AuditLog:
         for row in rows:
             by_partition.setdefault(row["PartitionKey"], []).append(row)
         for partition, partition_rows in by_partition.items():
-            for start in range(0, len(partition_rows), _BATCH):
-                chunk = partition_rows[start : start + _BATCH]
+            start = 0
+            while start < len(partition_rows):
+                chunk, changed = self._chunk(partition, partition_rows[start:])
+                start += len(chunk)
+                operations: list[Any] = [("create", row, {}) for row in chunk]
+                # Whole-row replace: this writer's row holds its full bucket (idempotent).
+                replace = {"mode": UpdateMode.REPLACE}
+                operations += [("upsert", e, replace) for e in self.rollups.entities(changed)]
                 try:
                     table = await self._store.table(AUDIT_TABLE)
-                    await submit(table, [("create", row, {}) for row in chunk])
+                    await submit(table, operations)
                 except Exception:  # an audit gap is logged, never turned into a failed answer
                     self.lost += len(chunk)
                     logger.warning("audit write failed for %d rows of %s", len(chunk), partition)
+                    continue
+                self.rollups.commit(changed, datetime.now(UTC))
+
+    def _chunk(self, partition: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+        """The first rows that fit one transaction together with the rollup rows they change."""
+        size = _BATCH - 4  # rows of one second usually touch one minute and one hour bucket
+        while True:
+            chunk = rows[:size]
+            changed = self.rollups.plan(chunk) if partition != ANONYMOUS else {}
+            if len(chunk) + len(changed) <= _BATCH or size == 1:
+                return chunk, changed
+            size = max(1, size // 2)
 
     async def recent(self, tenant_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The tenant's newest rows first."""
@@ -126,8 +159,11 @@ class AuditLog:
 
         table = await self._store.table(AUDIT_TABLE)
         rows: list[dict[str, Any]] = []
+        # Audit RowKeys are digits; the rollup rows after them are not calls.
         async for entity in table.query_entities(
-            "PartitionKey eq @p", parameters={"p": tenant_id}, results_per_page=min(limit, 1000)
+            "PartitionKey eq @p and RowKey lt @end",
+            parameters={"p": tenant_id, "end": ROLLUP_PREFIX},
+            results_per_page=min(limit, 1000),
         ):
             row = dict(entity)
             row["cost_nano"] = read_int(entity.get("cost_nano"))
@@ -137,7 +173,7 @@ class AuditLog:
         return rows
 
     async def purge(self, now: datetime | None = None) -> int:
-        """Delete rows past retention; returns how many."""
+        """Delete rows past retention (rollups included); returns how many calls' rows."""
         from azure.core.exceptions import AzureError
 
         from sk_core.errors import StorageUnavailable
@@ -151,7 +187,8 @@ class AuditLog:
             ):
                 key = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
                 await submit(table, [delete_op(key, etag_of(entity))])
-                deleted += 1
+                # Rollup rows past their own retention go too, but are not calls.
+                deleted += not str(entity["RowKey"]).startswith(ROLLUP_PREFIX)
         except (AzureError, Conflict, StorageUnavailable):
             logger.warning("audit purge interrupted; the next sweep continues")
         return deleted

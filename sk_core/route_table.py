@@ -109,6 +109,31 @@ ROUTES: tuple[RouteSpec, ...] = (
         "Readiness (kernel built, model reachable)", "operations",
     ),
     RouteSpec(
+        "usage", "v1/usage", ("GET",), "sk_core.http.dashboard:usage", "function",
+        "The caller's spend, holds and rates against its budgets and limits", "usage",
+    ),
+    RouteSpec(
+        "admin_tenants", "v1/admin/tenants", ("GET",), "sk_core.http.dashboard:admin_tenants", "function",
+        "Every tenant with its usage (admin key)", "admin",
+    ),
+    RouteSpec(
+        "admin_tenant", "v1/admin/tenants/{tenant_id}", ("GET",), "sk_core.http.dashboard:admin_tenant",
+        "function", "One tenant's usage, series, recent calls and expired holds (admin key)", "admin",
+    ),
+    RouteSpec(
+        "admin_tenant_csv", "v1/admin/tenants/{tenant_id}/usage.csv", ("GET",),
+        "sk_core.http.dashboard:admin_tenant_csv", "function",
+        "One tenant's last 30 days and this month as CSV (admin key)", "admin",
+    ),
+    RouteSpec(
+        "dashboard", "dashboard", ("GET",), "sk_core.http.dashboard:page", "function",
+        "The operators' usage dashboard (a static page; its data needs an admin key)", "admin",
+    ),
+    RouteSpec(
+        "dashboard_asset", "dashboard/{asset}", ("GET",), "sk_core.http.dashboard:asset", "function",
+        "The dashboard's scripts and stylesheets", "admin",
+    ),
+    RouteSpec(
         "openapi", "openapi.json", ("GET",), "sk_core.http.openapi:openapi_document", "function",
         "This API's OpenAPI 3.1 document", "operations",
     ),

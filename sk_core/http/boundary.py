@@ -103,7 +103,11 @@ def instrumented(
             trace_id = telemetry.current_trace_id()
             if trace_id:
                 response.headers[telemetry.TRACE_ID_HEADER] = trace_id
-        response.headers.update(SECURITY_HEADERS)
+        for header, value in SECURITY_HEADERS.items():
+            # A handler's own value stands: the dashboard page sends a CSP that lets it
+            # run its scripts; every other answer gets the strict default.
+            if header not in response.headers:
+                response.headers[header] = value
         _allow_origin(request, response)
 
         def finish() -> None:

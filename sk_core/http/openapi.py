@@ -6,6 +6,7 @@ is what API Management imports (``infra/``) and what the API fuzzer reads.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel
@@ -29,6 +30,7 @@ from sk_core.schemas import (
     SummarizeResponse,
 )
 from sk_core.service import get_service
+from sk_core.usage import UsageResponse
 
 _REF = "#/components/schemas/{model}"
 
@@ -42,11 +44,13 @@ _RESPONSES: dict[str, type[BaseModel]] = {
     "ready": ReadyResponse,
     "chat_completions": ChatCompletion,
     "list_models": ModelList,
+    "usage": UsageResponse,
 }
 _REQUEST_FUNCTIONS = {"summarize": ("text", "summarize"), "chat": ("chat", "chat")}
 _REQUEST_MODELS: dict[str, type[BaseModel]] = {"chat_completions": ChatCompletionRequest}
 _MODEL_ROUTES = {"summarize", "chat", "invoke_function", "chat_completions"}
-_TENANT_ROUTES = _MODEL_ROUTES | {"list_functions", "list_models"}
+_TENANT_ROUTES = _MODEL_ROUTES | {"list_functions", "list_models", "usage"}
+_ADMIN_ROUTES = {"admin_tenants", "admin_tenant", "admin_tenant_csv"}
 _STREAMS = {
     "summarize": "With `Accept: text/event-stream`: `delta` events (`{\"text\"}`), then one `done` "
     "event (usage, cost_usd, finish_reason, redactions) or one `error` event (problem+json).",
@@ -54,6 +58,22 @@ _STREAMS = {
     "chunk when `stream_options.include_usage`, then `data: [DONE]`.",
 }
 _STREAMS["chat"] = _STREAMS["invoke_function"] = _STREAMS["summarize"]
+# Non-JSON answers: (media types, description).
+_OTHER_CONTENT = {
+    "admin_tenant_csv": (("text/csv",), "The tenant's usage windows as CSV (USD and nano-USD columns)"),
+    "dashboard": (("text/html",), "The dashboard page"),
+    "dashboard_asset": (("text/javascript", "text/css"), "A script or stylesheet of the page"),
+}
+_PATH_PATTERNS = {
+    "plugin": "^[A-Za-z0-9_-]+$",
+    "function": "^[A-Za-z0-9_-]+$",
+    "tenant_id": "^[a-z0-9][a-z0-9-]{1,62}$",
+    "asset": "^[A-Za-z0-9._-]+$",
+}
+_NOT_FOUND = {
+    "invoke_function": "No such function",
+    "dashboard_asset": "No such file",
+}
 _ERRORS_WITH_BODY = {
     "400": "Malformed JSON, or the prompt was rejected by the injection guard (`prompt_rejected`)",
     "413": "Body over the size limit",
@@ -170,8 +190,21 @@ def _operation(
             "The key may not call this function, or the tenant is disabled"
         )
         operation["responses"]["503"] = error("Usage limits or the model are unavailable")
+    elif route.name in _ADMIN_ROUTES:
+        # An operator key (``admin-key issue``), sent like a tenant key.
+        operation["security"] = [{"apiKey": []}, {"bearerAuth": []}]
+        operation["responses"]["200"] = _json({"type": "object"}, "Success")
+        operation["responses"]["401"] = _problem("Missing, malformed, unknown or revoked admin key")
+        operation["responses"]["403"] = _problem("A tenant key: only admin keys may call this")
+        operation["responses"]["503"] = _problem("Storage is unavailable")
     else:
         operation["security"] = []
+    if route.name in _OTHER_CONTENT:
+        media_types, description = _OTHER_CONTENT[route.name]
+        operation["responses"]["200"] = {
+            "description": description,
+            "content": {media_type: {"schema": {"type": "string"}} for media_type in media_types},
+        }
     if route.name == "ready":
         operation["responses"]["503"] = _json(keys[(ReadyResponse, "serialization")], "Not ready")
     if route.name == "openapi":
@@ -207,18 +240,20 @@ def _operation(
             "or a prompt the injection guard rejected"
         )
         operation["responses"]["404"] = error("No such model, or this key may not use it")
-    if "{" in route.path:
+    names = re.findall(r"\{(\w+)\}", route.path)
+    if names:
         operation["parameters"] = [
             {
                 "name": name,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+                "schema": {"type": "string", "pattern": _PATH_PATTERNS[name]},
             }
-            for name in ("plugin", "function")
-            if "{" + name + "}" in route.path
+            for name in names
         ]
-        operation["responses"]["404"] = _problem("No such function")
+        operation["responses"]["404"] = _problem(_NOT_FOUND.get(route.name, "No such tenant"))
+    if "tenant_id" in names:
+        operation["responses"]["400"] = _problem("Malformed tenant id")
     return operation
 
 

@@ -26,6 +26,13 @@ SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
 }
 
+# The dashboard page only (sk_core/http/dashboard.py): its own scripts and styles from
+# this origin, data from this origin, nothing inline, nothing from anywhere else.
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
 # Headers a browser client may read on a cross-origin response.
 CORS_EXPOSED_HEADERS = (
     "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-Cost-USD, X-Trace-Id, "
