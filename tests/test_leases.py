@@ -11,6 +11,7 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -293,3 +294,40 @@ async def test_counted_requests_come_from_the_minute_slice_even_in_a_process_tha
     day = window_keys(datetime.now(UTC))[0]
     assert counters[day].get("spent_nano", 0) == 0
     assert counters[INFLIGHT]["count"] == 0
+
+
+async def test_a_sync_that_committed_unheard_is_not_applied_twice(
+    stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection resets after the store committed a sync: the next sync must take it
+    as done (the lease row's sequence number says so), not add its deltas again."""
+    from sk_core.errors import StorageUnavailable
+    from sk_core.limits import ledger as ledger_module
+    from sk_core.storage import submit as real_submit
+
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=10_000,
+                 tokens_per_minute=10**8, max_concurrent=64)
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
+    costs = list(await asyncio.gather(*(call(ledger, who) for _ in range(10))))
+    resets = 0
+
+    async def committed_then_reset(table: object, operations: list[tuple[str, Any, Any]]) -> None:
+        nonlocal resets
+        await real_submit(table, operations)  # type: ignore[arg-type]  # a TableClient
+        if resets == 0:
+            resets += 1
+            raise StorageUnavailable("connection reset after the commit")
+
+    monkeypatch.setattr(ledger_module, "submit", committed_then_reset)
+    assert ledger.leases is not None
+    with pytest.raises(StorageUnavailable):
+        await ledger.leases.flush(who.id)  # reports the 10 calls; the answer is lost
+    costs += await asyncio.gather(*(call(ledger, who) for _ in range(10)))
+    await ledger.aclose()
+    counters = await rows(stores[0], who)
+    day = window_keys(datetime.now(UTC))[0]
+    assert resets == 1
+    assert counters[day]["spent_nano"] == sum(costs)  # each call reported exactly once
+    assert counters[day]["requests"] == 20
+    assert counters[day].get("leased_nano", 0) == 0
+    assert counters[INFLIGHT]["count"] == 0  # slots returned exactly once

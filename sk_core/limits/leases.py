@@ -117,6 +117,8 @@ class TenantLease:
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
     frozen: bool = False  # a sync that shrinks the slices is in flight
+    seq: int = 0  # syncs of this lease known to have committed (the row's "seq")
+    pending: _Snapshot | None = None  # a sync sent whose outcome we have not heard
     granted: tuple[int, int, int] = (0, 0, 0)  # the last grant: free nano-USD, requests, tokens
     renew_after: float = 0.0  # monotonic; no background renewal before
     last_used: float = field(default_factory=time.monotonic)
@@ -412,6 +414,8 @@ class LeaseKeeper:
         async def plan() -> Plan[None]:
             operations, snap = await self._plan(table, tenant_id, lease)
             snapshot[:] = [snap]
+            # Until we hear back, this sync may or may not have committed.
+            lease.pending = snap
             return operations, None
 
         try:
@@ -419,7 +423,7 @@ class LeaseKeeper:
         finally:
             lease.frozen = False
         self.syncs += 1
-        self._apply(lease, snapshot[0])
+        self._acknowledge(lease, snapshot[0])
         if lease.stored and not self._closing:
             # Whatever the requests did with it, a stored lease is renewed, reported and
             # handed back by its keeper.
@@ -443,6 +447,12 @@ class LeaseKeeper:
         keys = list(dict.fromkeys(keys))
         rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
         stored = rows.entities.get(self.row_key)
+        if lease.pending is not None and stored is not None and read_int(stored.get("seq")) == lease.seq + 1:
+            # Our previous sync committed although its answer never reached us (a reset
+            # connection): take it as done before planning, or its deltas (slots, leased
+            # budget, reported spend) would be applied to the rows a second time.
+            self._acknowledge(lease, lease.pending)
+            slices = [s for s in (lease.current, lease.previous) if s is not None]
 
         lost = stored is None and lease.stored
         if lost:
@@ -450,6 +460,7 @@ class LeaseKeeper:
             # everything on it: calls still in flight settle as late, nothing is reported.
             logger.warning("lease of %s expired at the store; starting a new one", tenant_id)
             lease.generation += 1
+            lease.pending = None
             lease.current = lease.previous = lease.minute = None
             lease.slots = lease.inflight = 0
             slices = []
@@ -557,6 +568,8 @@ class LeaseKeeper:
                 "prev_month": previous.month if previous else "",
                 "prev_amount_nano": int64(amounts[id(previous)] if previous else 0),
                 "slots": int64(new_slots),
+                # Which of this process's syncs wrote the row (see _acknowledge).
+                "seq": int64(lease.seq + 1),
                 "expires_at": now + timedelta(seconds=settings.ttl_seconds),
             }
             write = ("create", entity, {}) if stored is None else update_op(entity, etag_of(stored))
@@ -578,6 +591,12 @@ class LeaseKeeper:
             new_slots=new_slots,
             lost=lost,
         )
+
+    def _acknowledge(self, lease: TenantLease, snap: _Snapshot) -> None:
+        """A sync committed: count it and move the local numbers by what it changed."""
+        lease.seq += 1
+        lease.pending = None
+        self._apply(lease, snap)
 
     def _apply(self, lease: TenantLease, snap: _Snapshot) -> None:
         """The sync committed: move the local numbers by what it changed."""
