@@ -43,10 +43,10 @@ from bench._common import (
     markdown_table,
     ms,
     percentile,
+    process_cpu_seconds,
     settings_from_env,
     write_results,
 )
-from bench.overhead import process_cpu_seconds
 from scripts.devservices import ManagedProcess, free_port, start_service
 
 ROUNDS = 3
