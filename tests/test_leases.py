@@ -76,6 +76,39 @@ def test_a_slice_always_accounts_for_everything_it_was_granted(steps: list[tuple
     assert store_spent == settled_total
 
 
+@given(operations, st.lists(st.integers(0, 3000), max_size=8))
+def test_a_sync_planned_while_calls_go_on_moves_the_slice_by_exactly_what_it_reported(
+    steps: list[tuple[str, int]], grants: list[int]
+) -> None:
+    """As the lease keeper does it: a sync is planned on a report, calls are admitted and
+    settled while it is in flight, then it commits. Nothing settled in between is lost
+    or reported twice, and the slice still accounts for everything it holds."""
+    budget = BudgetSlice(day="d", month="m")
+    store_spent = settled_total = 0
+    in_flight: list[int] = []
+    planned = None
+    pending_grants = list(grants)
+    for kind, value in steps:
+        if kind == "take" and budget.fits(value):
+            budget.take(value)
+            in_flight.append(value)
+        elif kind == "settle" and in_flight:
+            amount = in_flight.pop(0)
+            budget.settle(amount, min(value, amount), 1, 1)
+            settled_total += min(value, amount)
+        elif kind == "sync":
+            if planned is None:
+                planned = budget.report()  # planned now, commits at the next "sync" step
+            else:
+                new_free = pending_grants.pop(0) if pending_grants else 0
+                store_spent += planned.spent
+                budget.synced(new_free, planned)
+                planned = None
+        assert budget.free + budget.held + budget.spent == budget.outstanding
+        assert budget.held == sum(in_flight)
+        assert store_spent + budget.spent == settled_total
+
+
 @given(st.integers(0, 10**9), st.integers(0, 10**9), st.integers(1, 10**6), st.floats(0.05, 1.0))
 def test_a_grant_never_exceeds_its_share_and_is_zero_near_the_limit(
     available: int, demand: int, unit: int, share: float

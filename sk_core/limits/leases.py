@@ -40,8 +40,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sk_core.accounts import Tenant
 from sk_core.errors import RateState, StorageUnavailable
 from sk_core.limits import policy
-from sk_core.limits.rows import INFLIGHT, INFLIGHT_FIELDS, MINUTE_FIELDS, WINDOW_FIELDS, PartitionRows
-from sk_core.limits.slices import BudgetSlice, MinuteSlice, grant
+from sk_core.limits.rows import (
+    INFLIGHT,
+    INFLIGHT_FIELDS,
+    MINUTE_FIELDS,
+    USAGE_TABLE,
+    WINDOW_FIELDS,
+    PartitionRows,
+)
+from sk_core.limits.slices import BudgetSlice, MinuteSlice, Report, grant
 from sk_core.pricing import Price
 from sk_core.storage import delete_op, etag_of, int64, query_partition, read_int, update_op
 
@@ -148,7 +155,7 @@ class TenantLease:
 class _Snapshot:
     """The local numbers a sync was planned on (local activity goes on meanwhile)."""
 
-    budget: list[tuple[BudgetSlice, int, int, int, int, int, int, int]]  # slice, free, spent, ...
+    budget: list[tuple[BudgetSlice, Report]]  # each slice and what the sync reports of it
     new_free: dict[int, int]
     minute: MinuteSlice | None
     minute_requests: int
@@ -408,7 +415,7 @@ class LeaseKeeper:
 
     async def _sync(self, tenant_id: str, lease: TenantLease) -> None:
         ledger = self._ledger
-        table = await ledger.store.table("usage")
+        table = await ledger.store.table(USAGE_TABLE)
         snapshot: list[_Snapshot] = []
 
         async def plan() -> Plan[None]:
@@ -472,15 +479,11 @@ class LeaseKeeper:
         demand.roll(time.monotonic())
         horizon = settings.horizon_seconds
         expected_calls = max(demand.rate * horizon, float(demand.waiting), float(demand.peak_inflight))
-        snap_budget: list[tuple[BudgetSlice, int, int, int, int, int, int, int]] = []
+        snap_budget: list[tuple[BudgetSlice, Report]] = []
         new_free: dict[int, int] = {}
         shrink = False
         for budget in slices:
-            snap = (
-                budget, budget.free, budget.spent, budget.requests, budget.prompt_tokens,
-                budget.completion_tokens, budget.overrun, budget.outstanding,
-            )
-            snap_budget.append(snap)
+            snap_budget.append((budget, budget.report()))
             day_row = rows.counter(budget.day, WINDOW_FIELDS)
             month_row = rows.counter(budget.month, WINDOW_FIELDS)
             free = 0
@@ -600,14 +603,8 @@ class LeaseKeeper:
 
     def _apply(self, lease: TenantLease, snap: _Snapshot) -> None:
         """The sync committed: move the local numbers by what it changed."""
-        for budget, free, spent, requests, prompt, completion, overrun, _ in snap.budget:
-            budget.free += snap.new_free[id(budget)] - free
-            budget.spent -= spent
-            budget.requests -= requests
-            budget.prompt_tokens -= prompt
-            budget.completion_tokens -= completion
-            budget.overrun -= overrun
-            budget.outstanding = budget.free + budget.held + budget.spent
+        for budget, report in snap.budget:
+            budget.synced(snap.new_free[id(budget)], report)
         new_minute = snap.new_minute
         if new_minute is not None:
             kept = lease.minute
