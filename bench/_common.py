@@ -74,6 +74,28 @@ def service_env(stub_base_url: str, storage_connection_string: str | None = None
     return env
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from ``/proc/<pid>/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may contain spaces; fields after its ')' are fixed.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+async def wait_ready(client: httpx.AsyncClient, base: str, limit_seconds: float = 120) -> None:
+    """GET /api/ready until 200: load must not start while the kernel is still building."""
+    deadline = time.monotonic() + limit_seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if (await client.get(f"{base}/api/ready", timeout=30)).status_code == 200:
+                return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{base} never became ready")
+
+
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """In-process ``Settings`` from the very ``SKF_*`` environment given to uvicorn."""
     from sk_core.settings import Settings

@@ -50,7 +50,10 @@ from bench._common import (
     machine,
     markdown_table,
     ms,
+    process_cpu_seconds,
     service_env,
+    settings_from_env,
+    wait_ready,
     write_results,
 )
 from scripts.devservices import ManagedProcess, free_port, start_azurite, start_service
@@ -119,19 +122,11 @@ class CountingProxy:
         await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    import os
-
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _provision(env: dict[str, str], tenant_id: str, **limits: int) -> str:
     from sk_core.service import make_store, make_tenant_store
-    from sk_core.settings import Settings
     from sk_core.tenants import Limits, Tenant
 
-    settings = Settings.model_validate({k.removeprefix("SKF_").lower(): v for k, v in env.items()})
+    settings = settings_from_env(env)
     store = make_store(settings)
     try:
         tenants = make_tenant_store(settings, store)
@@ -139,18 +134,6 @@ async def _provision(env: dict[str, str], tenant_id: str, **limits: int) -> str:
         return (await tenants.issue_key(tenant_id)).secret
     finally:
         await store.aclose()
-
-
-async def _ready(client: httpx.AsyncClient, base: str) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if (await client.get(f"{base}/api/ready", timeout=30)).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"{base} never became ready")
 
 
 async def _load(
@@ -194,7 +177,7 @@ async def _fleet(env: dict[str, str], n: int, logs: Path, label: str) -> list[tu
         process = start_service(port=port, env=env, log=logs / f"{label}-{index}.log")
         started.append((process, f"http://127.0.0.1:{port}"))
     async with httpx.AsyncClient() as client:
-        await asyncio.gather(*(_ready(client, base) for _, base in started))
+        await asyncio.gather(*(wait_ready(client, base) for _, base in started))
     return started
 
 
@@ -209,11 +192,11 @@ async def throughput(
             bases = [base for _, base in fleet]
             await _load(client, bases, key, clients, min(5.0, seconds / 2))  # warm-up: leases, pools
             proxy.reset()
-            cpu_before = sum(_cpu_seconds(p.process.pid) for p, _ in fleet)
+            cpu_before = sum(process_cpu_seconds(p.process.pid) for p, _ in fleet)
             started = time.perf_counter()
             ok, refused, latencies = await _load(client, bases, key, clients, seconds)
             wall = time.perf_counter() - started
-            cpu = sum(_cpu_seconds(p.process.pid) for p, _ in fleet) - cpu_before
+            cpu = sum(process_cpu_seconds(p.process.pid) for p, _ in fleet) - cpu_before
             counts = proxy.counts
     finally:
         for process, _ in fleet:
@@ -287,7 +270,6 @@ async def first_request(env: dict[str, str], proxy: CountingProxy, logs: Path) -
 async def budget_race(env: dict[str, str], stub: StubModelProcess, logs: Path) -> dict[str, Any]:
     from sk_core.limits import window_keys
     from sk_core.service import make_store
-    from sk_core.settings import Settings
 
     stub.client.set_default(content="word " * 5000)  # truncated to exactly max_tokens
     per_call = 60_000  # nano-USD, roughly one call's worst case at these prices
@@ -326,8 +308,7 @@ async def budget_race(env: dict[str, str], stub: StubModelProcess, logs: Path) -
             process.stop()  # SIGTERM: leases hand back and report on shutdown
         stub.client.reset()
         stub.client.set_default(delay=0)
-    settings = Settings.model_validate({k.removeprefix("SKF_").lower(): v for k, v in env.items()})
-    store = make_store(settings)
+    store = make_store(settings_from_env(env))
     try:
         from sk_core.limits import Ledger
 

@@ -67,8 +67,10 @@ from bench._common import (
     markdown_table,
     ms,
     percentile,
+    process_cpu_seconds,
     service_env,
     settings_from_env,
+    wait_ready,
     write_results,
 )
 from scripts.devservices import ROOT, ManagedProcess, free_port, start_azurite, start_service
@@ -100,7 +102,6 @@ GENEROUS = {
 # settle arithmetic identical for every in-process request.
 SETTLE_PROMPT_TOKENS = 60
 SETTLE_COMPLETION_TOKENS = 40
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------
@@ -190,14 +191,6 @@ def install_round_trip_hooks() -> None:
 # --------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads), from ``/proc/<pid>/stat``."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # The command name (field 2) may contain spaces; fields after its ')' are fixed.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def dist(seconds: Sequence[float]) -> dict[str, float]:
@@ -863,17 +856,6 @@ class LoadResult:
             **dist(self.latencies),
             "cpu_ms_per_request": {k: ms(v / n) for k, v in self.cpu.items()},
         }
-
-
-async def wait_ready(client: httpx.AsyncClient, base: str, limit_seconds: float = 120) -> None:
-    """GET /api/ready until 200: load must not start while the kernel is still building."""
-    deadline = time.monotonic() + limit_seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if (await client.get(f"{base}/api/ready", timeout=30)).status_code == 200:
-                return
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"{base} never became ready")
 
 
 async def run_load(

@@ -51,6 +51,7 @@ from bench._common import (
     markdown_table,
     ms,
     percentile,
+    process_cpu_seconds,
     settings_from_env,
     write_results,
 )
@@ -67,17 +68,6 @@ Call = Callable[[], Awaitable[str | None]]
 CONTAINER = "container host (uvicorn, HTTP)"
 FUNCTIONS = "Functions trigger (in-process)"
 BARE = "bare kernel.invoke (in-process)"
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads), from ``/proc/<pid>/stat``."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # The command name (field 2) may contain spaces; fields after its ')' are fixed.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 Cpu = tuple[float, float, float, float]  # bench process, service process, stub, storage

@@ -21,6 +21,13 @@ from datetime import datetime
 KEY_PREFIX = "skf"
 _KEY_RE = re.compile(r"^skf_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 ALL = "*"
+# Operator keys: their own prefix (a scanner, a log reader and ``parse_key`` can tell
+# them from tenant keys at a glance), their own records, one scope.
+ADMIN_KEY_PREFIX = "skfadm"
+_ADMIN_KEY_RE = re.compile(r"^skfadm_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+ADMIN_SCOPE = "admin"
+# The owner recorded on admin key records: not a valid tenant id, so never a tenant.
+OPERATORS = "_operators"
 
 
 class TenantError(Exception):
@@ -95,6 +102,12 @@ class IssuedKey:
 def parse_key(presented: str) -> str | None:
     """The key id of a well-formed key, else None."""
     match = _KEY_RE.match(presented)
+    return match.group(1) if match else None
+
+
+def parse_admin_key(presented: str) -> str | None:
+    """The key id of a well-formed admin key, else None."""
+    match = _ADMIN_KEY_RE.match(presented)
     return match.group(1) if match else None
 
 

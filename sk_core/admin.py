@@ -8,6 +8,8 @@ land in the service's tables, so any other environment would issue keys that nev
     python -m sk_core.admin tenant create acme --name "Acme Corp" --daily-usd 5
     python -m sk_core.admin key issue acme --name ci --scopes text/summarize
     python -m sk_core.admin usage acme --expired
+    python -m sk_core.admin usage acme --days 30 --csv > acme.csv
+    python -m sk_core.admin admin-key issue --name ops
     python -m sk_core.admin --json tenant list
 
 Every command takes ``--json`` (before or after the command) for scripts. Exit codes:
@@ -35,9 +37,10 @@ from typing import Any
 from azure.core.exceptions import AzureError, HttpResponseError
 from pydantic import ValidationError
 
+from sk_core.accounts import parse_admin_key
 from sk_core.catalog import Catalog
 from sk_core.errors import StorageUnavailable
-from sk_core.limits import Ledger, remaining_budget, window_keys
+from sk_core.limits import Ledger
 from sk_core.pricing import NANO_PER_USD, nano, usd
 from sk_core.service import make_store, make_tenant_store
 from sk_core.settings import Settings
@@ -55,6 +58,16 @@ from sk_core.tenants import (
     TenantStore,
     parse_key,
     validate_tenant_id,
+)
+from sk_core.usage import (
+    Window,
+    current_windows,
+    day_window,
+    last_days,
+    month_window,
+    read_windows,
+    usage_csv,
+    window_entry,
 )
 
 EXIT_OK = 0
@@ -148,14 +161,30 @@ def _tenant_id(text: str) -> str:
         raise argparse.ArgumentTypeError(f"invalid tenant id {text!r}: {exc}") from None
 
 
-def _key_id(text: str) -> str:
-    """A key id; a whole key is accepted too (revoking a leaked key is pasting it)."""
-    from_key = parse_key(text)
+def _id_of(text: str, parse: Callable[[str], str | None]) -> str:
+    from_key = parse(text)
     if from_key is not None:
         return from_key
     if not _KEY_ID_RE.match(text):
         raise argparse.ArgumentTypeError(f"invalid key id {text!r}: expected 12 hex digits")
     return text
+
+
+def _key_id(text: str) -> str:
+    """A key id; a whole key is accepted too (revoking a leaked key is pasting it)."""
+    return _id_of(text, parse_key)
+
+
+def _admin_key_id(text: str) -> str:
+    """An operator key id; the whole admin key is accepted too."""
+    return _id_of(text, parse_admin_key)
+
+
+def _day_count(text: str) -> int:
+    """How many days of history (1 to 400: beyond that, day rows are a year old)."""
+    if not text.isdigit() or not 1 <= int(text) <= 400:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a whole number from 1 to 400")
+    return int(text)
 
 
 def _name(text: str) -> str:
@@ -193,6 +222,14 @@ def _functions(text: str) -> tuple[str, ...]:
         if item not in known:
             raise argparse.ArgumentTypeError(f"unknown function {item!r} (known: {', '.join(sorted(known))})")
     return items
+
+
+def _function_id(text: str) -> str:
+    """One catalog function (``plugin/name``), checked as ``_functions`` checks a list."""
+    items = _functions(text)
+    if len(items) != 1 or items == (ALL,):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected one plugin/name")
+    return items[0]
 
 
 def _day(text: str) -> date:
@@ -372,7 +409,7 @@ async def tenant_list(args: argparse.Namespace, ctx: Context) -> Output:
 async def tenant_show(args: argparse.Namespace, ctx: Context) -> Output:
     """A tenant's settings and its usage today and this month."""
     tenant = await ctx.tenants.require_tenant(args.tenant_id)
-    usage = await _usage(ctx, tenant, _default_windows(), expired=False)
+    usage = await _usage(ctx, tenant, current_windows(datetime.now(UTC)), expired=False)
     data = {**_tenant_json(tenant), "usage": usage.data}
     return Output(data, f"{_tenant_text(tenant)}\n\n{usage.text}")
 
@@ -503,30 +540,45 @@ async def key_revoke(args: argparse.Namespace, ctx: Context) -> Output:
     return Output(_key_json(key), text)
 
 
+async def admin_key_issue(args: argparse.Namespace, ctx: Context) -> Output:
+    """Issue an operator key (scope ``admin``); its secret is printed here once."""
+    issued = await ctx.tenants.issue_admin_key(name=args.name or "")
+    record = issued.record
+    data = {**_key_json(record), "key": issued.secret}
+    text = "\n".join(
+        [
+            _pairs([("admin key id", record.key_id), ("name", record.name or "-"), ("scopes", "admin")]),
+            "",
+            issued.secret,
+            "",
+            "Store this key now: it cannot be shown again (only its hash is kept).",
+            "It opens the admin API and the dashboard (/api/dashboard), never a tenant route.",
+        ]
+    )
+    return Output(data, text)
+
+
+async def admin_key_list(args: argparse.Namespace, ctx: Context) -> Output:
+    """Operator key records, never secrets or hashes."""
+    keys = await ctx.tenants.list_admin_keys()
+    rows = [
+        [k.key_id, k.name or "-", k.status, _fmt_time(k.created_at), _fmt_time(k.last_used_at)] for k in keys
+    ]
+    headers = ["ADMIN KEY ID", "NAME", "STATUS", "CREATED", "LAST USED"]
+    return Output([_key_json(k) for k in keys], _table(headers, rows) if rows else "no admin keys")
+
+
+async def admin_key_revoke(args: argparse.Namespace, ctx: Context) -> Output:
+    """Revoke an operator key; services refuse it within their auth cache TTL."""
+    key = await ctx.tenants.revoke_key(args.key_id, admin=True)
+    text = (
+        f"revoked admin key {key.key_id}; running services refuse it within "
+        f"{ctx.settings.auth_cache_seconds:g} s (SKF_AUTH_CACHE_SECONDS)"
+    )
+    return Output(_key_json(key), text)
+
+
 # --- usage and sweep -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Window:
-    kind: str  # "day" or "month"
-    label: str  # 2025-01-31 / 2025-01
-    row: str  # the ledger RowKey: day-20250131 / month-202501
-
-
-def _day_window(day: date) -> _Window:
-    return _Window("day", day.isoformat(), f"day-{day:%Y%m%d}")
-
-
-def _month_window(month: date) -> _Window:
-    return _Window("month", f"{month:%Y-%m}", f"month-{month:%Y%m}")
-
-
-def _default_windows() -> list[_Window]:
-    # The ledger's own key function, so "today" is the UTC day the service charges to.
-    day_key, month_key, _ = window_keys(datetime.now(UTC))
-    day = datetime.strptime(day_key, "day-%Y%m%d").date()
-    month = datetime.strptime(month_key, "month-%Y%m").date()
-    return [_day_window(day), _month_window(month)]
 
 
 def _expired_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -547,31 +599,14 @@ def _expired_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _usage(ctx: Context, tenant: Tenant, windows: list[_Window], *, expired: bool) -> Output:
+async def _usage(ctx: Context, tenant: Tenant, windows: list[Window], *, expired: bool) -> Output:
     ledger = ctx.ledger()
     in_flight = 0
     window_data: list[dict[str, Any]] = []
     for window in windows:
         counters = await ledger.usage(tenant.id, window.row)
         in_flight = counters.pop("inflight")  # tenant-wide, not per window
-        budget = (
-            tenant.limits.daily_budget_nano if window.kind == "day" else tenant.limits.monthly_budget_nano
-        )
-        # Held money is as unavailable as spent money: admission counts both.
-        remaining = remaining_budget(
-            budget, counters["spent_nano"], counters["held_nano"] + counters["leased_nano"]
-        )
-        entry: dict[str, Any] = {
-            "window": window.row,
-            "period": window.kind,
-            "label": window.label,
-            **counters,
-            "budget_nano": budget,
-            "remaining_nano": remaining,
-        }
-        for field in ("spent", "held", "budget", "remaining", "expired", "overrun"):
-            entry[f"{field}_usd"] = usd(entry[f"{field}_nano"])
-        window_data.append(entry)
+        window_data.append(window_entry(window, counters, tenant.limits))
 
     data: dict[str, Any] = {"tenant_id": tenant.id, "in_flight": in_flight, "windows": window_data}
 
@@ -579,6 +614,7 @@ async def _usage(ctx: Context, tenant: Tenant, windows: list[_Window], *, expire
     for label, field, money in (
         ("spent USD", "spent_nano", True),
         ("held USD", "held_nano", True),
+        ("leased USD", "leased_nano", True),
         ("budget USD", "budget_nano", True),
         ("remaining USD", "remaining_nano", True),
         ("requests", "requests", False),
@@ -592,7 +628,7 @@ async def _usage(ctx: Context, tenant: Tenant, windows: list[_Window], *, expire
         if field == "expired_holds":
             cells = [f"{c} (flagged)" if w[field] else c for c, w in zip(cells, window_data, strict=True)]
         rows.append([label, *cells])
-    headers = [f"tenant {tenant.id} ({tenant.status})", *(f"{w.kind} {w.label}" for w in windows)]
+    headers = [f"tenant {tenant.id} ({tenant.status})", *(f"{w.period} {w.label}" for w in windows)]
     lines = [_table(headers, rows, right=set(range(1, len(headers)))), f"in flight now: {in_flight}"]
     flagged = max((w["expired_holds"] for w in window_data), default=0)
     if flagged:
@@ -638,14 +674,22 @@ async def _usage(ctx: Context, tenant: Tenant, windows: list[_Window], *, expire
 
 
 async def usage_cmd(args: argparse.Namespace, ctx: Context) -> Output:
-    """Spend, holds and counters of a tenant for a day and/or a month (UTC)."""
+    """Spend, holds and counters of a tenant for a day and/or a month (UTC), or as CSV."""
     tenant = await ctx.tenants.require_tenant(args.tenant_id)
     if args.day is not None:
-        windows = [_day_window(args.day)]
+        windows = [day_window(args.day)]
     elif args.month is not None:
-        windows = [_month_window(args.month)]
+        windows = [month_window(args.month)]
+    elif args.days is not None:
+        windows = last_days(datetime.now(UTC), args.days)
     else:
-        windows = _default_windows()
+        windows = current_windows(datetime.now(UTC))
+    if args.csv:
+        # The dashboard's download link serves this same CSV (sk_core.usage.usage_csv).
+        entries = await read_windows(ctx.ledger(), tenant, windows)
+        return Output(entries, usage_csv(tenant.id, entries).rstrip("\n"))
+    if args.days is not None:
+        raise BadValue("--days needs --csv (the table shows at most a day and a month)")
     return await _usage(ctx, tenant, windows, expired=args.expired)
 
 
@@ -681,6 +725,7 @@ async def audit_cmd(args: argparse.Namespace, ctx: Context) -> Output:
             "trace_id": row.get("trace_id", ""),
             "guard": row.get("guard", ""),
             "redactions": row.get("redactions", 0),
+            "cache": row.get("cache", ""),
         }
         for row in rows
     ]
@@ -712,6 +757,61 @@ async def audit_cmd(args: argparse.Namespace, ctx: Context) -> Output:
     return Output(
         data, _table(headers, table_rows, right=(2, 5, 6, 7)) if table_rows else "no calls recorded"
     )
+
+
+# --- the response cache ----------------------------------------------------------------
+
+
+async def cache_purge(args: argparse.Namespace, ctx: Context) -> Output:
+    """Delete cached answers of a tenant (or the cross-tenant ones), of one function or all."""
+    from sk_core.cache import SHARED
+    from sk_core.service import make_cache
+
+    if args.tenant is not None:
+        await ctx.tenants.require_tenant(args.tenant)
+    scope = args.tenant if args.tenant is not None else SHARED
+    deleted = await make_cache(ctx.settings, ctx.store).purge(scope, args.function)
+    what = ("shared entries" if scope == SHARED else scope) + (f" / {args.function}" if args.function else "")
+    memory = ctx.settings.cache_memory_seconds
+    return Output(
+        {"scope": scope, "function": args.function, "deleted": deleted},
+        f"deleted {deleted} cached answer(s) of {what}; running instances forget them within {memory:g} s",
+    )
+
+
+async def cache_stats(args: argparse.Namespace, ctx: Context) -> Output:
+    """Cached answers in the shared table, by tenant (or shared) and function."""
+    from sk_core.service import make_cache
+
+    stats = await make_cache(ctx.settings, ctx.store).stats()
+    rows = stats["table"]
+    table_rows = [
+        (r["scope"], r["function"], str(r["entries"]), str(r["expired"]), str(r["text_bytes"])) for r in rows
+    ]
+    text = (
+        _table(("scope", "function", "entries", "expired", "text bytes"), table_rows, right=(2, 3, 4))
+        if table_rows
+        else "no cached answers"
+    )
+    return Output(rows, text)
+
+
+def _add_cache_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    leaf: Callable[
+        [argparse._SubParsersAction[argparse.ArgumentParser], str, Handler, str], argparse.ArgumentParser
+    ],
+) -> None:
+    cache = commands.add_parser("cache", help="purge, stats of the response cache")
+    cache_cmds = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    purge = leaf(cache_cmds, "purge", cache_purge, "delete cached answers (a tenant's, or --shared ones)")
+    scope = purge.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--tenant", type=_tenant_id, metavar="ID", help="this tenant's answers")
+    scope.add_argument(
+        "--shared", action="store_true", help="the answers of functions cached across tenants"
+    )
+    purge.add_argument("--function", type=_function_id, metavar="PLUGIN/NAME", help="only this function's")
+    leaf(cache_cmds, "stats", cache_stats, "cached answers by tenant and function")
 
 
 # --- parser ----------------------------------------------------------------------------
@@ -799,13 +899,28 @@ def build_parser() -> argparse.ArgumentParser:
     when = usage.add_mutually_exclusive_group()
     when.add_argument("--day", type=_day, metavar="YYYY-MM-DD", help="one UTC day (default: today)")
     when.add_argument("--month", type=_month, metavar="YYYY-MM", help="one UTC month (default: this month)")
+    when.add_argument(
+        "--days", type=_day_count, metavar="N", help="the last N UTC days and this month (with --csv)"
+    )
     usage.add_argument("--expired", action="store_true", help="list the flagged expired-hold audit rows")
+    usage.add_argument("--csv", action="store_true", help="CSV: one line per window, USD and nano-USD")
+
+    admin_key = commands.add_parser("admin-key", help="issue, list, revoke operator (admin) keys")
+    admin_key_cmds = admin_key.add_subparsers(dest="admin_key_command", required=True, metavar="ACTION")
+    admin_issue = leaf(
+        admin_key_cmds, "issue", admin_key_issue, "issue an operator key for the admin API and dashboard"
+    )
+    admin_issue.add_argument("--name", type=_name, help="a label, e.g. who holds the key")
+    leaf(admin_key_cmds, "list", admin_key_list, "list operator keys (never secrets or hashes)")
+    admin_revoke = leaf(admin_key_cmds, "revoke", admin_key_revoke, "revoke an operator key")
+    admin_revoke.add_argument("key_id", type=_admin_key_id, metavar="KEY_ID")
 
     leaf(commands, "sweep", sweep, "charge holds whose lease expired (one pass)")
 
     audit = leaf(commands, "audit", audit_cmd, "a tenant's recent calls (status, tokens, cost, trace id)")
     audit.add_argument("tenant_id", type=_tenant_id, metavar="TENANT")
     audit.add_argument("--limit", type=int, default=20, help="how many calls (default 20)")
+    _add_cache_commands(commands, leaf)
     return parser
 
 

@@ -172,7 +172,9 @@ def create_app() -> Starlette:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "traceparent", "tracestate"],
+            allow_headers=[
+                "Authorization", "X-API-Key", "Content-Type", "traceparent", "tracestate", "Cache-Control"
+            ],
             expose_headers=[h.strip() for h in CORS_EXPOSED_HEADERS.split(",")],
             max_age=600,
         )

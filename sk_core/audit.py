@@ -8,7 +8,9 @@ the rows it had not flushed yet (at most the last second's). Each row carries an
 ``expires_at``; the maintenance sweep deletes rows past the retention period.
 
 Layout: PartitionKey = tenant id (``_anonymous`` for calls that never authenticated),
-RowKey = inverted milliseconds + request id, so a partition reads newest first.
+RowKey = inverted milliseconds + request id, so a partition reads newest first. The same
+transaction upserts the tenant's per-minute and per-hour rollups (``sk_core.rollups``,
+RowKeys ``rollup-...``, after every audit row), which the dashboard's charts read.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from sk_core.rollups import ROLLUP_PREFIX, Rollups
 
 if TYPE_CHECKING:  # the route boundary imports AuditEntry; keep the Azure SDK out of that
     from sk_core.storage import TableStore
@@ -52,6 +56,7 @@ class AuditEntry:
     trace_id: str | None = None
     guard: dict[str, Any] = field(default_factory=dict)
     redactions: int = 0
+    cache: str = ""  # "hit" (answered from the response cache, nothing charged) or "miss"
 
 
 class AuditLog:
@@ -65,19 +70,21 @@ class AuditLog:
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.lost = 0  # rows that could not be written (logged)
-        self._retrying = False  # the last flush left rows to try again
         self._closing = False  # shutting down: one last try, no retry loop
+        # This process's rollup buckets; a writer id of its own keeps its rows apart.
+        self.rollups = Rollups(writer=uuid.uuid4().hex[:12])
 
     def record(self, entry: AuditEntry) -> None:
         """Queue ``entry``; the flusher writes it within ``flush_seconds``."""
-        self._queue.append(self._row(entry))
+        self._queue.append(self.row(entry))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
 
-    def _row(self, entry: AuditEntry) -> dict[str, Any]:
+    def row(self, entry: AuditEntry, at: datetime | None = None) -> dict[str, Any]:
+        """The stored row of ``entry``, recorded ``at`` (default now; benchmarks backdate)."""
         from sk_core.storage import int64
 
-        now = datetime.now(UTC)
+        now = at or datetime.now(UTC)
         millis = int(now.timestamp() * 1000)
         return {
             "PartitionKey": entry.tenant_id or ANONYMOUS,
@@ -94,28 +101,34 @@ class AuditLog:
             "trace_id": entry.trace_id or "",
             "guard": _compact(entry.guard),
             "redactions": entry.redactions,
+            "cache": entry.cache,
             "created_at": now,
             "expires_at": now + self._retention,
         }
 
     async def _flush_later(self) -> None:
-        # Sleeps until the flush is due, or until aclose() wakes it to write right away;
-        # again while rows wait for another try (storage down), also with no new calls.
+        # Sleeps until the flush is due, or until aclose() wakes it to write right away.
+        # Rows recorded while a flush is writing found this task still running and
+        # started none, and rows left for another try (storage down) wait with no new
+        # call to come: go round again for both, except when shutting down.
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
             self._wake.clear()
             await self.flush()
-            if not self._retrying or self._closing:
+            if not self._queue or self._closing:
                 return
 
     async def flush(self) -> None:
-        """Write every queued row now: one transaction per partition and 100 rows.
+        """Write every queued row now: one transaction per partition and 100 rows, the
+        partition's rollup rows included.
 
         Rows whose write failed go back to the queue for the next flush (a second later),
-        up to ``_RETRY_ROWS``: rows are upserts, so a batch that was written although its
-        answer was lost is written again harmlessly.
+        up to ``_RETRY_ROWS``: rows are upserts and rollup rows whole-bucket replaces, so
+        a batch that was written although its answer was lost is written again harmlessly.
         """
+        from azure.data.tables import UpdateMode
+
         from sk_core.storage import submit
 
         rows, self._queue = self._queue, []
@@ -123,14 +136,22 @@ class AuditLog:
         by_partition: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             by_partition.setdefault(row["PartitionKey"], []).append(row)
-        for partition_rows in by_partition.values():
-            for start in range(0, len(partition_rows), _BATCH):
-                chunk = partition_rows[start : start + _BATCH]
+        for partition, partition_rows in by_partition.items():
+            start = 0
+            while start < len(partition_rows):
+                chunk, changed = self._chunk(partition, partition_rows[start:])
+                start += len(chunk)
+                operations: list[Any] = [("upsert", row, {}) for row in chunk]
+                # Whole-row replace: this writer's row holds its full bucket (idempotent).
+                replace = {"mode": UpdateMode.REPLACE}
+                operations += [("upsert", e, replace) for e in self.rollups.entities(changed)]
                 try:
                     table = await self._store.table(AUDIT_TABLE)
-                    await submit(table, [("upsert", row, {}) for row in chunk])
+                    await submit(table, operations)
                 except Exception:  # an audit gap is logged, never turned into a failed answer
-                    failed.extend(chunk)
+                    failed.extend(chunk)  # not committed to the rollups: planned again
+                    continue
+                self.rollups.commit(changed, datetime.now(UTC))
         if failed:
             kept = failed[: max(0, _RETRY_ROWS - len(self._queue))]
             self._queue[:0] = kept
@@ -138,7 +159,16 @@ class AuditLog:
                 self.lost += len(failed) - len(kept)
                 logger.warning("audit write failed: %d rows lost", len(failed) - len(kept))
             logger.warning("audit write failed for %d rows; retrying", len(kept))
-        self._retrying = bool(failed)
+
+    def _chunk(self, partition: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+        """The first rows that fit one transaction together with the rollup rows they change."""
+        size = _BATCH - 4  # rows of one second usually touch one minute and one hour bucket
+        while True:
+            chunk = rows[:size]
+            changed = self.rollups.plan(chunk) if partition != ANONYMOUS else {}
+            if len(chunk) + len(changed) <= _BATCH or size == 1:
+                return chunk, changed
+            size = max(1, size // 2)
 
     async def recent(self, tenant_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The tenant's newest rows first."""
@@ -146,8 +176,11 @@ class AuditLog:
 
         table = await self._store.table(AUDIT_TABLE)
         rows: list[dict[str, Any]] = []
+        # Audit RowKeys are digits; the rollup rows after them are not calls.
         async for entity in table.query_entities(
-            "PartitionKey eq @p", parameters={"p": tenant_id}, results_per_page=min(limit, 1000)
+            "PartitionKey eq @p and RowKey lt @end",
+            parameters={"p": tenant_id, "end": ROLLUP_PREFIX},
+            results_per_page=min(limit, 1000),
         ):
             row = dict(entity)
             row["cost_nano"] = read_int(entity.get("cost_nano"))
@@ -157,7 +190,7 @@ class AuditLog:
         return rows
 
     async def purge(self, now: datetime | None = None) -> int:
-        """Delete rows past retention; returns how many."""
+        """Delete rows past retention (rollups included); returns how many calls' rows."""
         from azure.core.exceptions import AzureError
 
         from sk_core.errors import StorageUnavailable
@@ -171,7 +204,8 @@ class AuditLog:
             ):
                 key = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
                 await submit(table, [delete_op(key, etag_of(entity))])
-                deleted += 1
+                # Rollup rows past their own retention go too, but are not calls.
+                deleted += not str(entity["RowKey"]).startswith(ROLLUP_PREFIX)
         except (AzureError, Conflict, StorageUnavailable):
             logger.warning("audit purge interrupted; the next sweep continues")
         return deleted

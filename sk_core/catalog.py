@@ -110,6 +110,41 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class CachePolicy:
+    """A function's response-cache choice (the prompt file's top-level ``cache:`` block).
+
+    Off unless the file opts in. A function sampled at temperature > 0 (or at the
+    provider's default, which is 1) gives a different answer each time on purpose, so
+    a bare ``cache:`` block does not turn it on; ``enabled: true`` does. ``shared``
+    lets every tenant read every other tenant's answers to the same input (README,
+    *Response cache*, explains when that is safe).
+    """
+
+    enabled: bool = False
+    ttl_seconds: float | None = None  # None: SKF_CACHE_TTL_SECONDS
+    shared: bool = False
+
+    @classmethod
+    def parse(cls, raw: Any, temperature: float | None, where: str) -> CachePolicy:
+        """The policy a ``cache:`` value declares; raises ``ValueError`` naming ``where``."""
+        if raw is None or raw is False:
+            return cls()
+        block: dict[str, Any] = {"enabled": True} if raw is True else raw
+        if not isinstance(block, dict) or set(block) - {"enabled", "ttl_seconds", "shared"}:
+            raise ValueError(
+                f"{where}: cache must be true, false or a mapping of enabled, ttl_seconds, shared"
+            )
+        enabled, shared, ttl = block.get("enabled"), block.get("shared", False), block.get("ttl_seconds")
+        if enabled not in (None, True, False) or shared not in (True, False):
+            raise ValueError(f"{where}: cache.enabled and cache.shared must be true or false")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+            raise ValueError(f"{where}: cache.ttl_seconds must be a positive number")
+        if enabled is None:
+            enabled = temperature is not None and temperature == 0
+        return cls(enabled=bool(enabled), ttl_seconds=None if ttl is None else float(ttl), shared=shared)
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """A prompt function as declared in its YAML file."""
 
@@ -125,6 +160,7 @@ class FunctionSpec:
     # The model fallback chain the prompt file names (``model_chain:``, a key SK ignores);
     # None: the configured default chain (sk_core/routing.py).
     model_chain: str | None = None
+    cache: CachePolicy = CachePolicy()
 
     def default_max_tokens_for(self, arguments: dict[str, Any]) -> int:
         """The answer cap of a call that names none: the function's ``max_tokens``,
@@ -305,6 +341,10 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
     # The same choice the kernel makes (model_runtime.build_runtime): the chat service's
     # own settings when the file has them, else the default ones.
     settings = all_settings.get("chat") or all_settings.get("default") or {}
+    temperature = settings.get("temperature")
+    cache = CachePolicy.parse(
+        data.get("cache"), None if temperature is None else float(temperature), f"{path}: cache"
+    )
     input_tuple = tuple(inputs)
     return FunctionSpec(
         plugin=plugin,
@@ -317,6 +357,7 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         default_max_tokens=int(settings.get("max_tokens", 256)),
         arguments_model=_arguments_model(plugin, data["name"], input_tuple),
         model_chain=str(data["model_chain"]) if data.get("model_chain") else None,
+        cache=cache,
     )
 
 

@@ -10,9 +10,13 @@ returns the same ``ChatMessageContent`` shape (usage in ``metadata["usage"]``, t
 response as ``inner_content``) and keeps SK's gen_ai tracing decorator, so kernels,
 prompt functions, filters and telemetry behave as with SK's connector.
 
-Not supported, on purpose: streaming, tool/function calling, ``n > 1``. Execution
-settings outside :data:`CHAT_SETTINGS` are refused when the catalog loads, rather than
-silently dropped at request time.
+Streaming goes around SK's streaming API on purpose (:meth:`OpenAIChat.open_stream`):
+the caller must hold the provider's stream itself, to close it the moment its client
+goes away and to read the usage chunk it always asks for (``model_runtime.ModelStream``).
+
+Not supported, on purpose: tool/function calling, ``n > 1``. Execution settings outside
+:data:`CHAT_SETTINGS` are refused when the catalog loads, rather than silently dropped
+at request time.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from semantic_kernel.utils.telemetry.model_diagnostics.decorators import trace_c
 
 from sk_core.catalog import CHAT_SETTINGS
 
+# Settings a request may set but a prompt file may not.
+REQUEST_SETTINGS = ("user",)
+
 
 class UnusableAnswer(Exception):
     """The provider answered 2xx with something that is not a usable chat completion."""
@@ -48,10 +55,14 @@ class ChatSettings(PromptExecutionSettings):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     stop: str | list[str] | None = None
     seed: int | None = None
+    # The caller's end-user id (OpenAI's abuse monitoring): set per request, never by a
+    # prompt file, so it is one of REQUEST_SETTINGS, not of CHAT_SETTINGS.
+    user: str | None = None
 
     def request_options(self) -> dict[str, Any]:
         """The settings as keyword arguments of ``chat.completions.create``."""
-        return {name: value for name in CHAT_SETTINGS if (value := getattr(self, name)) is not None}
+        names = (*CHAT_SETTINGS, *REQUEST_SETTINGS)
+        return {name: value for name in names if (value := getattr(self, name)) is not None}
 
 
 class OpenAIChat(ChatCompletionClientBase):
@@ -69,6 +80,20 @@ class OpenAIChat(ChatCompletionClientBase):
     def service_url(self) -> str | None:
         """The endpoint, for SK's ``server.address`` span attribute."""
         return str(self.client.base_url)
+
+    async def open_stream(self, chat_history: ChatHistory, settings: ChatSettings) -> Any:
+        """Start a streamed completion; returns the SDK's ``AsyncStream`` of chunks.
+
+        Usage is always asked for (``stream_options.include_usage``): the last chunk
+        carries it, and streamed calls are settled from it exactly as other calls.
+        """
+        return await self.client.chat.completions.create(
+            model=self.ai_model_id,
+            messages=[message.to_dict() for message in chat_history.messages],
+            stream=True,
+            stream_options={"include_usage": True},
+            **settings.request_options(),
+        )
 
     @trace_chat_completion(MODEL_PROVIDER_NAME)
     async def _inner_get_chat_message_contents(

@@ -63,6 +63,18 @@ class BadRequest(ApiError):
     status, code, title = 400, "bad_request", "Bad request"
 
 
+class UnsupportedParameter(ApiError):
+    """A request parameter we do not implement: refused by name, never silently dropped."""
+
+    status, code, title = 400, "unsupported_parameter", "Unsupported parameter"
+
+    def __init__(self, name: str, detail: str | None = None) -> None:
+        super().__init__(
+            detail or f"The parameter '{name}' is not supported.",
+            errors=[{"field": name, "message": "not supported"}],
+        )
+
+
 class NotFound(ApiError):
     status, code, title = 404, "not_found", "Not found"
 

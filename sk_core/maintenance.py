@@ -1,4 +1,5 @@
-"""Scheduled work shared by both hosts: charging expired holds, purging old audit rows.
+"""Scheduled work shared by both hosts: charging expired holds, purging old audit rows
+and expired response-cache entries.
 
 The Functions host runs ``sweep_expired_holds`` from a timer trigger; the container
 host runs ``sweep_periodically`` as a background task. Several instances sweeping at
@@ -26,6 +27,11 @@ async def sweep_expired_holds() -> int:
         logger.warning("hold sweep skipped: %s", exc.reason)
         return 0
     await service.audit.purge()
+    if service.cache is not None:
+        try:
+            await service.cache.purge_expired()
+        except StorageUnavailable as exc:
+            logger.warning("cache sweep skipped: %s", exc.reason)
     if charged:
         logger.warning("charged %d expired holds at their reserved amount (flagged for audit)", charged)
     return charged

@@ -17,9 +17,9 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 from opentelemetry import trace
@@ -49,6 +49,7 @@ SERVICE_ID = "chat"
 _AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 _BACKOFF_BASE_SECONDS = 0.25
 _BACKOFF_CAP_SECONDS = 4.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,15 +102,16 @@ class ModelRuntime:
         self,
         *,
         kernel: Kernel,
-        clients: dict[str, openai.AsyncOpenAI],
+        chats: dict[str, OpenAIChat],
         functions: dict[str, KernelFunctionFromPrompt],
         defaults: dict[str, ChatSettings],
         settings: Settings,
         health: DeploymentHealth,
     ) -> None:
         self.kernel = kernel
-        self.clients = clients
-        self.client = next(iter(clients.values()))  # the default chain's first deployment
+        self.chats = chats
+        self.clients = {name: chat.client for name, chat in chats.items()}
+        self.client = next(iter(self.clients.values()))  # the default chain's first deployment
         self.functions = functions
         self._defaults = defaults
         self._settings = settings
@@ -152,12 +154,18 @@ class ModelRuntime:
                 return codes[chain.deployments[0].name]
         return None
 
-    def _arguments(
-        self, spec: FunctionSpec, values: dict[str, Any], max_tokens: int, deployment: str
-    ) -> KernelArguments:
-        settings = self._defaults[spec.id].model_copy()
+    def _request_settings(
+        self, spec: FunctionSpec, max_tokens: int, options: Mapping[str, Any] | None
+    ) -> ChatSettings:
+        # The prompt file's settings, then the caller's sampling options (validated by
+        # the request's schema), then the admitted answer cap, which nothing overrides.
+        settings = self._defaults[spec.id].model_copy(update=dict(options or {}))
         settings.max_tokens = max_tokens
-        settings.service_id = deployment  # SK picks the chat service registered under this id
+        return settings
+
+    def _arguments(
+        self, spec: FunctionSpec, values: dict[str, Any], settings: ChatSettings
+    ) -> KernelArguments:
         converted: dict[str, Any] = {}
         for name, value in values.items():
             spec_input = next((i for i in spec.inputs if i.name == name), None)
@@ -168,22 +176,95 @@ class ModelRuntime:
         return KernelArguments(settings=settings, **converted)
 
     async def invoke(
-        self, spec: FunctionSpec, values: dict[str, Any], *, max_tokens: int, chain: Chain | None = None
+        self,
+        spec: FunctionSpec,
+        values: dict[str, Any],
+        *,
+        max_tokens: int,
+        options: Mapping[str, Any] | None = None,
+        chain: Chain | None = None,
     ) -> Completion:
-        """Invoke a catalog function along a fallback chain, inside one deadline.
+        """Invoke a catalog function along a fallback chain (None: the default chain),
+        inside one deadline (``_routed``)."""
+        function = self.functions[spec.id]
+        settings = self._request_settings(spec, max_tokens, options)
+
+        def attempt(deployment: Deployment) -> Awaitable[Any]:
+            # SK picks the chat service registered under the settings' service id.
+            routed = settings.model_copy(update={"service_id": deployment.name})
+            return self.kernel.invoke(function, self._arguments(spec, values, routed))
+
+        deadline = asyncio.get_running_loop().time() + self._settings.model_deadline_seconds
+        route = chain or self.routing.chain(None)
+        result, deployment, attempts = await self._routed(route, attempt, deadline)
+        completion = _completion(result, fallback_model=deployment.model)
+        return dataclasses.replace(
+            completion, deployment=deployment.name, price=deployment.price, attempts=attempts
+        )
+
+    async def open_stream(
+        self,
+        spec: FunctionSpec,
+        values: dict[str, Any],
+        *,
+        max_tokens: int,
+        options: Mapping[str, Any] | None = None,
+        chain: Chain | None = None,
+    ) -> ModelStream:
+        """Render the function's prompt and open a streamed completion of it along a
+        fallback chain (None: the default chain).
+
+        Fallback and retries (within the deadline) cover opening only, until a
+        provider's response headers arrive: nothing has reached the caller yet, and the
+        breaker judges the deployment by that. Once text flows, a failure ends the
+        stream; the same deadline bounds the whole stream, so a hold is always settled
+        before it could expire. The deployment's concurrency slot is held until the
+        stream is closed.
+        """
+        function = self.functions[spec.id]
+        settings = self._request_settings(spec, max_tokens, options)
+        arguments = self._arguments(spec, values, settings)
+        # What kernel.invoke does before calling the service (no prompt-rendering
+        # filters are registered on this kernel).
+        function.update_arguments_with_defaults(arguments)
+        rendered = await function.prompt_template.render(self.kernel, arguments)
+        history = ChatHistory.from_rendered_prompt(rendered)
+        deadline = asyncio.get_running_loop().time() + self._settings.model_deadline_seconds
+        stream, deployment, attempts = await self._routed(
+            chain or self.routing.chain(None),
+            lambda deployment: self.chats[deployment.name].open_stream(history, settings),
+            deadline,
+            keep_slot=True,
+        )
+        return ModelStream(
+            stream,
+            deadline=deadline,
+            deployment=deployment,
+            attempts=attempts,
+            release=lambda: self.health.free(deployment),
+        )
+
+    async def _routed(
+        self,
+        chain: Chain,
+        attempt_once: Callable[[Deployment], Awaitable[T]],
+        deadline: float,
+        *,
+        keep_slot: bool = False,
+    ) -> tuple[T, Deployment, int]:
+        """``attempt_once`` along ``chain`` until one succeeds: (result, deployment, attempts).
 
         A failure another deployment may not share (429, 5xx, timeout, connection) moves
         on to the next deployment at once; on the last one, the call is retried with
-        backoff (``Retry-After`` honoured while it fits). Deployments whose breaker is
-        open or that are at their concurrency cap are skipped, except that the breaker
-        never skips the last one (a single deployment behaves as without breakers).
-        Every attempt after the first takes a token from the retry budget. A 4xx about
-        the request is final.
+        backoff (``Retry-After`` honoured while it fits in the deadline). Deployments
+        whose breaker is open or that are at their concurrency cap are skipped, except
+        that the breaker never skips the last one (a single deployment behaves as
+        without breakers). Every attempt after the first takes a token from the retry
+        budget. A 4xx about the request is final. ``keep_slot``: the successful
+        deployment's concurrency slot stays taken (``DeploymentHealth.free`` gives it
+        back).
         """
-        chain = chain or self.routing.chain(None)
-        function = self.functions[spec.id]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.model_deadline_seconds
         health = self.health
         health.retries.note_request()
         span = trace.get_current_span()
@@ -206,12 +287,11 @@ class ModelRuntime:
             pause: float | None = None  # set: retry this deployment after this backoff
             try:
                 async with asyncio.timeout_at(deadline):
-                    result = await self.kernel.invoke(
-                        function, self._arguments(spec, values, max_tokens, deployment.name)
-                    )
+                    result = await attempt_once(deployment)
                 verdict = True
             except TimeoutError as exc:
                 verdict = False
+                _count_attempt(deployment.name, ModelTimeout.code, health.state(deployment.name))
                 raise ModelTimeout("The model did not answer within the deadline.") from exc
             except Exception as exc:
                 error, retryable, retry_after = classify_failure(exc)
@@ -237,17 +317,14 @@ class ModelRuntime:
                 )
                 pause, retries_here = delay, retries_here + 1
             finally:
-                health.release(deployment, ok=verdict)
+                health.release(deployment, ok=verdict, keep_slot=keep_slot and verdict is True)
             if pause is not None:  # slept with the slot given back: it is not in use
                 await asyncio.sleep(pause)
                 continue
             _count_attempt(deployment.name, "ok", health.state(deployment.name))
             span.set_attribute("sk.deployment", deployment.name)
             span.set_attribute("sk.model.attempts", attempts)
-            completion = _completion(result, fallback_model=deployment.model)
-            return dataclasses.replace(
-                completion, deployment=deployment.name, price=deployment.price, attempts=attempts
-            )
+            return result, deployment, attempts
         span.set_attribute("sk.model.attempts", attempts)
         if last is None:
             # Nothing was sent: every deployment was open or full. Free, like a refusal.
@@ -260,12 +337,91 @@ def _count_attempt(deployment: str, outcome: str, state: BreakerState) -> None:
     """Per-deployment attempts by outcome, with the breaker state (metrics, and the span)."""
     from sk_core.telemetry import instruments
 
-    instruments().model_attempts.add(
-        1, {"sk.deployment": deployment, "sk.outcome": outcome, "sk.breaker.state": str(state)}
-    )
-    trace.get_current_span().add_event(
-        "model.attempt", {"sk.deployment": deployment, "sk.outcome": outcome, "sk.breaker.state": str(state)}
-    )
+    attributes = {"sk.deployment": deployment, "sk.outcome": outcome, "sk.breaker.state": str(state)}
+    instruments().model_attempts.add(1, attributes)
+    trace.get_current_span().add_event("model.attempt", attributes)
+
+
+class ModelStream:
+    """A provider's streamed completion: text deltas, then the accounting of the whole.
+
+    Iterate for the text; afterwards :meth:`completion` gives the model, usage and
+    finish reason the stream reported (usage arrives on its last chunk). ``aclose``
+    closes the provider's HTTP response at once (the provider stops generating).
+    """
+
+    def __init__(
+        self,
+        stream: Any,
+        *,
+        deadline: float,
+        deployment: Deployment,
+        attempts: int = 1,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._stream = stream
+        self._deadline = deadline
+        self.deployment = deployment
+        self.attempts = attempts
+        self._release: Callable[[], None] | None = release  # the deployment's slot, once
+        self.model = deployment.model
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        chunks = self._stream.__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout_at(self._deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise ModelTimeout("The model did not finish within the deadline.") from exc
+            except ApiError:
+                raise
+            except Exception as exc:
+                # Mid-stream nothing is retried: part of the answer is already out.
+                raise classify_failure(exc)[0] from exc
+            self.model = getattr(chunk, "model", None) or self.model
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                self.usage = Usage(
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    total_tokens=usage.prompt_tokens + usage.completion_tokens,
+                )
+            # Azure sends chunks without choices (content-filter results); usage too.
+            for choice in chunk.choices or ():
+                if choice.finish_reason:
+                    self.finish_reason = str(choice.finish_reason)
+                if choice.delta is not None and choice.delta.content:
+                    yield choice.delta.content
+
+    def completion(self, text: str) -> Completion:
+        """What the finished stream produced; refused without reported usage, as every call."""
+        if self.usage is None:
+            # Text was generated, so it is charged its reservation either way.
+            raise ModelBadAnswer("The model did not report token usage.")
+        deployment = self.deployment
+        return Completion(
+            text=text,
+            model=self.model,
+            usage=self.usage,
+            finish_reason=self.finish_reason,
+            deployment=deployment.name,
+            price=deployment.price,
+            attempts=self.attempts,
+        )
+
+    async def aclose(self) -> None:
+        """Close the provider's response and give the deployment's slot back (idempotent)."""
+        release, self._release = self._release, None
+        try:
+            await self._stream.close()
+        finally:
+            if release is not None:
+                release()
 
 
 def _chat_history(messages: list[ChatMessage] | list[dict[str, Any]]) -> ChatHistory:
@@ -396,14 +552,16 @@ def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = No
     one function per prompt file."""
     table = settings.routing
     kernel = Kernel()
-    clients: dict[str, openai.AsyncOpenAI] = {}
+    chats: dict[str, OpenAIChat] = {}
     for deployment in table.deployments.values():
-        client = clients[deployment.name] = make_openai_client(settings, api_key, deployment)
         # For Azure OpenAI the model id is the deployment name, which the Azure client
         # puts in the URL path; the same chat service serves every provider.
-        kernel.add_service(
-            OpenAIChat(service_id=deployment.name, ai_model_id=deployment.model, client=client)
+        chat = chats[deployment.name] = OpenAIChat(
+            service_id=deployment.name,
+            ai_model_id=deployment.model,
+            client=make_openai_client(settings, api_key, deployment),
         )
+        kernel.add_service(chat)
     first = table.chain(None).deployments[0].name
     functions: dict[str, KernelFunctionFromPrompt] = {}
     defaults: dict[str, ChatSettings] = {}
@@ -419,12 +577,12 @@ def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = No
         # request; each request copies them and sets its deployment and max_tokens.
         prompt = function.prompt_execution_settings
         base = prompt.get(SERVICE_ID) or prompt.get("default")
-        chat = ChatSettings.from_prompt_execution_settings(base) if base else ChatSettings()
-        chat.service_id = first
-        defaults[spec.id] = chat
+        chat_settings = ChatSettings.from_prompt_execution_settings(base) if base else ChatSettings()
+        chat_settings.service_id = first
+        defaults[spec.id] = chat_settings
     return ModelRuntime(
         kernel=kernel,
-        clients=clients,
+        chats=chats,
         functions=functions,
         defaults=defaults,
         settings=settings,

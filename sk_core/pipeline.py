@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core import telemetry
 from sk_core.errors import (
@@ -33,19 +34,22 @@ from sk_core.errors import (
     StorageUnavailable,
 )
 from sk_core.pricing import Price, usd
-from sk_core.routing import Deployment, RoutingTable
+from sk_core.routing import Chain, Deployment, RoutingTable
 
 if TYPE_CHECKING:
+    from sk_core.accounts import Tenant
     from sk_core.audit import AuditEntry
     from sk_core.auth import Authenticator, Principal
+    from sk_core.cache import CachedAnswer, ResponseCache, Slot, Tier
     from sk_core.catalog import FunctionSpec
     from sk_core.guard import Guard, Policy
     from sk_core.kernel import RuntimeProvider
     from sk_core.limits import Hold, Ledger
-    from sk_core.model_runtime import Completion, ModelRuntime
-    from sk_core.redaction import Redactor
+    from sk_core.model_runtime import Completion, ModelRuntime, ModelStream
+    from sk_core.redaction import Redactor, StreamingRedaction
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # Failures after which the provider may still have done (and billed) the work keep
@@ -60,11 +64,20 @@ def _charge_on_failure(failure: BaseException, hold: Hold) -> int:
 class Outcome:
     """What a successful call produced and cost."""
 
-    completion: Completion
+    completion: Completion | CachedAnswer
     text: str  # the answer after output redaction
     redactions: dict[str, int]
     cost_nano: int
     rate: RateState  # the requests-per-minute window after this admission
+    clamped: bool = False  # the budget lowered max_tokens: not the answer others would get
+    cache: str | None = None  # "hit" or "miss" for a cacheable function (X-Cache), else None
+    age: int = 0  # seconds since a cached answer was produced (Age)
+
+    @property
+    def deployment(self) -> str | None:
+        """The deployment of the fallback chain that answered (and set the price
+        charged); None for a cache hit, which called none."""
+        return getattr(self.completion, "deployment", None)
 
     def fields(self) -> dict[str, Any]:
         """The members every function response carries besides its answer."""
@@ -76,7 +89,21 @@ class Outcome:
             "cost_usd": usd(self.cost_nano),
             "redacted": sum(self.redactions.values()),
             "redactions": self.redactions,
+            "cached": self.cache == "hit",
         }
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call as the stages after screening see it."""
+
+    principal: Principal
+    spec: FunctionSpec
+    arguments: dict[str, Any]
+    requested: int  # the answer cap asked for, before the budget clamps it
+    record: AuditEntry | None
+    chain: Chain  # the model fallback chain it may use
+    options: Mapping[str, Any] | None = None  # the caller's sampling settings, if any
 
 
 # However busy storage is (ETag contention near a limit), a decision waits no longer.
@@ -132,6 +159,7 @@ class Pipeline:
         redactor: Callable[[str], Redactor],
         price: Price,
         model_id: str,
+        cache: ResponseCache | None = None,
         routing: RoutingTable | None = None,
         storage_deadline_seconds: float = 2.0,
         storage_silence: Callable[[], float] = lambda: math.inf,
@@ -143,6 +171,7 @@ class Pipeline:
         self._runtimes = runtimes
         self._redactor = redactor
         self._model_id = model_id
+        self._cache = cache
         self._routing = routing or RoutingTable.single(
             Deployment(name="default", provider="", model=model_id, price=price)
         )
@@ -150,6 +179,9 @@ class Pipeline:
         self._storage_silence = storage_silence  # seconds since storage last answered
         # Settlements still running after their answer went out (strong references).
         self._settling: set[asyncio.Task[int]] = set()
+
+    def _fail_closed(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return fail_closed(self._storage_deadline, self._storage_silence)
 
     async def authenticate(
         self, headers: Mapping[str, str], function_id: str | None, record: AuditEntry | None = None
@@ -162,7 +194,7 @@ class Pipeline:
         if function_id is not None:
             # A model call follows: Semantic Kernel imports while we authenticate.
             self._runtimes.warm()
-        async with fail_closed(self._storage_deadline, self._storage_silence):
+        async with self._fail_closed():
             with telemetry.tracer().start_as_current_span("authenticate"):
                 principal = await self._auth.authenticate(headers, function_id)
         if record is not None:
@@ -180,26 +212,92 @@ class Pipeline:
         arguments: dict[str, Any],
         *,
         max_tokens: int | None,
+        options: Mapping[str, Any] | None = None,
         record: AuditEntry | None = None,
+        cache_control: str | None = None,
         chain: str | None = None,
     ) -> Outcome:
-        """Screen → admit (reserve, clamp) → invoke → settle → record, a span each.
+        """Screen → cache → admit (reserve, clamp) → invoke → settle → record, a span each.
 
+        ``options`` are the caller's sampling settings (temperature, stop...), already
+        validated; they override the prompt file's, never the admitted answer cap.
         ``chain`` names the model fallback chain (None: the one the prompt file names,
         else the configured default). The reservation is priced at the dearest
         deployment the call may reach; the settlement at the one that answered.
         """
-        tracer = telemetry.tracer()
-        tenant = principal.tenant
         requested = max_tokens or spec.default_max_tokens_for(arguments)
         route = self._routing.chain(chain or spec.model_chain)
+        flagged = await self._screen(spec, arguments, record)
+        call = _Call(principal, spec, arguments, requested, record, route, options)
+        return await self._cached(call, flagged, cache_control)
+
+    async def _admitted(self, call: _Call) -> Outcome:
+        """Admit → invoke → settle: the call past screening and the cache."""
+        spec, arguments, options, route = call.spec, call.arguments, call.options, call.chain
+        hold = await self._reserve(call.principal, spec, arguments, call.requested, route)
+        started = time.perf_counter()
+        completion = await self._invoke(
+            spec, hold, call.record,
+            lambda runtime: runtime.invoke(
+                spec, arguments, max_tokens=hold.max_tokens, options=options, chain=route
+            ),
+        )
+        redaction = self._redactor(spec.id).redact(completion.text)
+        return await self._settle_success(
+            call.principal, spec, hold, completion, redaction.text, dict(redaction.counts),
+            time.perf_counter() - started, call.record, clamped=hold.max_tokens < call.requested,
+        )
+
+    async def stream(
+        self,
+        principal: Principal,
+        spec: FunctionSpec,
+        arguments: dict[str, Any],
+        *,
+        max_tokens: int | None,
+        options: Mapping[str, Any] | None = None,
+        record: AuditEntry | None = None,
+        chain: str | None = None,
+    ) -> StreamedCall:
+        """The same call, answered as it is generated: the same stages, in two parts.
+
+        Before the first byte (awaiting this): screen → admit (reserve, clamp) → open
+        the provider's stream; a refusal or a provider that fails to answer raises here,
+        so the caller can still answer with a plain error. Then iterating the returned
+        ``StreamedCall`` yields redacted text and, after the last piece, settles from
+        the usage the provider reported and records, like ``call``. The fallback chain
+        applies to opening the stream (``ModelRuntime.open_stream``).
+        """
+        route = self._routing.chain(chain or spec.model_chain)
         await self._screen(spec, arguments, record)
-        price = route.reservation_price
-        async with fail_closed(self._storage_deadline, self._storage_silence):
-            with tracer.start_as_current_span("admit") as span:
+        requested = max_tokens or spec.default_max_tokens_for(arguments)
+        hold = await self._reserve(principal, spec, arguments, requested, route)
+        started = time.perf_counter()
+        model_stream = await self._invoke(
+            spec, hold, record,
+            lambda runtime: runtime.open_stream(
+                spec, arguments, max_tokens=hold.max_tokens, options=options, chain=route
+            ),
+        )
+        return StreamedCall(
+            self, principal, spec, hold, model_stream, self._redactor(spec.id).stream(), started, record
+        )
+
+    async def _reserve(
+        self,
+        principal: Principal,
+        spec: FunctionSpec,
+        arguments: dict[str, Any],
+        requested: int,
+        route: Chain,
+    ) -> Hold:
+        """Reserve the worst case (the chain's dearest prices) and clamp the answer cap
+        to what it can pay (screened before)."""
+        async with self._fail_closed():
+            with telemetry.tracer().start_as_current_span("admit") as span:
                 hold = await self._ledger.admit(
-                    tenant,
-                    price=price,
+                    principal.tenant,
+                    price=route.reservation_price,
                     prompt_tokens_bound=spec.prompt_token_bound(arguments),
                     requested_max_tokens=requested,
                     function=spec.id,
@@ -207,40 +305,156 @@ class Pipeline:
                 )
                 span.set_attribute("sk.max_tokens", hold.max_tokens)
                 span.set_attribute("sk.hold_usd", usd(hold.amount_nano))
-        started = time.perf_counter()
+        return hold
+
+    async def _invoke(
+        self,
+        spec: FunctionSpec,
+        hold: Hold,
+        record: AuditEntry | None,
+        model_call: Callable[[ModelRuntime], Awaitable[T]],
+    ) -> T:
+        """``model_call`` on the runtime, in the ``invoke`` span; a failure settles the hold."""
         try:
-            with tracer.start_as_current_span("invoke", attributes={"sk.function": spec.id}):
-                runtime = await self._runtime()
-                completion = await runtime.invoke(spec, arguments, max_tokens=hold.max_tokens, chain=route)
+            with telemetry.tracer().start_as_current_span("invoke", attributes={"sk.function": spec.id}):
+                return await model_call(await self._runtime())
         except BaseException as failure:
-            with tracer.start_as_current_span("settle"):
-                charged = await self._settle_bounded(hold, _charge_on_failure(failure, hold), 0, 0)
-            if record is not None:
-                record.cost_nano = charged
+            await self._settle_failure(hold, failure, record)
             raise
-        duration = time.perf_counter() - started
-        redaction = self._redactor(spec.id).redact(completion.text)
+
+    async def _settle_failure(
+        self, hold: Hold, failure: BaseException, record: AuditEntry | None, *, did_work: bool = False
+    ) -> None:
+        """A call that failed: free when no provider can have done the work (refused
+        before, a refused connection, an error answer), else (a timeout, a broken
+        connection, a 2xx without a usable answer, a client gone mid-call, or
+        ``did_work``) charged its reservation."""
+        charge = hold.amount_nano if did_work else _charge_on_failure(failure, hold)
+        if record is not None:
+            # Before awaiting: a cancelled caller (client gone) may not see the result.
+            record.cost_nano = charge
+        with telemetry.tracer().start_as_current_span("settle"):
+            charged = await self._settle_bounded(hold, charge, 0, 0)
+        if record is not None:
+            record.cost_nano = charged
+
+    async def _settle_success(
+        self,
+        principal: Principal,
+        spec: FunctionSpec,
+        hold: Hold,
+        completion: Completion,
+        text: str,
+        redactions: dict[str, int],
+        duration: float,
+        record: AuditEntry | None,
+        *,
+        clamped: bool = False,
+    ) -> Outcome:
+        """Settle at the reported usage's price (the deployment that answered), record
+        metrics and audit; the outcome."""
         usage = completion.usage
-        cost = (completion.price or price).cost_nano(usage.prompt_tokens, usage.completion_tokens)
-        with tracer.start_as_current_span("settle") as span:
+        price = completion.price or self._routing.chain(None).reservation_price
+        cost = price.cost_nano(usage.prompt_tokens, usage.completion_tokens)
+        with telemetry.tracer().start_as_current_span("settle") as span:
             charged = await self._settle_bounded(hold, cost, usage.prompt_tokens, usage.completion_tokens)
             span.set_attribute("sk.cost_usd", usd(charged))
-        self._record(tenant.id, spec.id, completion, duration, charged)
+        self._record(principal.tenant.id, spec.id, completion, duration, charged)
         if record is not None:
             record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
             record.cost_nano = charged
-            record.redactions = redaction.total
+            record.redactions = sum(redactions.values())
         return Outcome(
             completion=completion,
-            text=redaction.text,
-            redactions=dict(redaction.counts),
+            text=text,
+            redactions=redactions,
             cost_nano=charged,
-            rate=RateState(limit=hold.rpm_limit, remaining=hold.rpm_remaining, reset=hold.rpm_reset),
+            rate=_rate(hold),
+            clamped=clamped,
         )
 
-    async def _screen(self, spec: FunctionSpec, arguments: dict[str, Any], record: AuditEntry | None) -> None:
+    async def _cached(self, call: _Call, flagged: bool, cache_control: str | None) -> Outcome:
+        """The cache stage (``sk_core.cache``), between screening and admission.
+
+        A hit is answered here: counted against requests per minute only, never charged.
+        A miss is admitted, invoked and settled as usual, and its answer stored unless
+        the guard flagged the prompt, the budget clamped ``max_tokens`` (a shorter
+        answer than the key promises) or the caller said ``no-store``. Failures raise
+        and so are never stored.
+        """
+        cache, spec, record = self._cache, call.spec, call.record
+        # A caller's own sampling settings (the OpenAI-compatible route) are not part of
+        # the key: such calls are never served from, or stored in, the cache.
+        if cache is None or not cache.policy(spec).enabled or call.options:
+            return await self._admitted(call)
+        tenant = call.principal.tenant
+        mode = cache.directive(cache_control)
+        with telemetry.tracer().start_as_current_span("cache") as span:
+            # Keyed by the chain's models: an answer from another chain's deployments
+            # (another model) is not this call's answer. One model: its id, as before.
+            models = "+".join(d.model for d in call.chain.deployments)
+            slot = cache.slot(tenant.id, spec, models, call.arguments, call.requested)
+            if flagged or mode == "no-store":
+                found: tuple[CachedAnswer, Tier] | Outcome = await self._admitted(call)
+            else:
+                found = await cache.fetch(slot, mode, lambda: self._stored(cache, slot, call))
+            result, tier = ("miss", "") if isinstance(found, Outcome) else ("hit", found[1])
+            span.set_attribute("sk.cache.result", result)
+            dimensions = {"result": result, "sk.function": spec.id, **({"tier": tier} if tier else {})}
+            telemetry.instruments().cache_requests.add(1, dimensions)
+            if record is not None:
+                record.cache = result
+            if isinstance(found, Outcome):
+                return dataclasses.replace(found, cache="miss")
+            return await self._hit(cache, tenant, spec, found[0], record)
+
+    async def _stored(self, cache: ResponseCache, slot: Slot, call: _Call) -> Outcome:
+        """A miss: the admitted call, its answer (already redacted) kept in ``slot``."""
+        outcome = await self._admitted(call)
+        if not outcome.clamped:
+            completion = outcome.completion
+            await cache.put(
+                slot,
+                cache.answer(
+                    slot,
+                    text=outcome.text,
+                    model=completion.model,
+                    finish_reason=completion.finish_reason,
+                    usage=completion.usage,
+                    cost_nano=outcome.cost_nano,
+                    redactions=outcome.redactions,
+                ),
+            )
+        return outcome
+
+    async def _hit(
+        self,
+        cache: ResponseCache,
+        tenant: Tenant,
+        spec: FunctionSpec,
+        answer: CachedAnswer,
+        record: AuditEntry | None,
+    ) -> Outcome:
+        """A cached answer: one request of the minute counted, nothing charged."""
+        async with self._fail_closed():
+            rate = await self._ledger.count_request(tenant)
+        telemetry.instruments().cost_saved.add(
+            usd(answer.cost_nano), {"sk.tenant": tenant.id, "sk.function": spec.id}
+        )
+        if record is not None:
+            record.redactions = sum(answer.redactions.values())
+        return Outcome(
+            completion=answer,
+            text=answer.text,
+            redactions=dict(answer.redactions),
+            cost_nano=0,
+            rate=rate,
+            cache="hit",
+            age=answer.age(cache.now()),
+        )
+    async def _screen(self, spec: FunctionSpec, arguments: dict[str, Any], record: AuditEntry | None) -> bool:
         """Prompt-injection screening, before admission: a rejected prompt is neither
-        charged nor counted."""
+        charged nor counted. True: flagged (and answered under the ``flag`` policy)."""
         from sk_core.guard import screen
 
         with telemetry.tracer().start_as_current_span("guard") as span:
@@ -248,11 +462,12 @@ class Pipeline:
                 self._guard, self._guard_policy(spec.id), spec.id, spec.user_texts(arguments)
             )
             if screening is None:
-                return
+                return False
             span.set_attribute("sk.guard.flagged", screening.flagged)
             if record is not None:
                 record.guard = screening.summary
             screening.enforce()
+            return bool(screening.flagged)
 
     async def _runtime(self) -> ModelRuntime:
         try:
@@ -275,11 +490,10 @@ class Pipeline:
         timeouts. If it fails, the hold expires and is charged its reservation instead
         (logged; flagged in the ledger's audit rows).
         """
+        settling = self._settle_quietly(hold, cost_nano, prompt_tokens, completion_tokens)
         if hold.lease is not None:  # in memory: nothing to wait for
-            return await self._settle_quietly(hold, cost_nano, prompt_tokens, completion_tokens)
-        task = asyncio.get_running_loop().create_task(
-            self._settle_quietly(hold, cost_nano, prompt_tokens, completion_tokens)
-        )
+            return await asyncio.shield(settling)
+        task = asyncio.get_running_loop().create_task(settling)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         done, _ = await asyncio.shield(asyncio.wait({task}, timeout=self._storage_deadline))
@@ -306,20 +520,115 @@ class Pipeline:
             return hold.amount_nano
         return settlement.cost_nano
 
+    def _dimensions(self, tenant_id: str, function_id: str, response_model: str) -> dict[str, str]:
+        return {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": self._model_id,
+            "gen_ai.response.model": response_model,
+            "sk.tenant": tenant_id,
+            "sk.function": function_id,
+        }
+
     def _record(
         self, tenant_id: str, function_id: str, completion: Completion, duration: float, cost_nano: int
     ) -> None:
         """gen_ai token and duration metrics plus our cost counter, with the same dimensions."""
         meters = telemetry.instruments()
-        dimensions = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.request.model": self._model_id,
-            "gen_ai.response.model": completion.model,
-            "sk.tenant": tenant_id,
-            "sk.function": function_id,
-        }
+        dimensions = self._dimensions(tenant_id, function_id, completion.model)
         usage = completion.usage
         meters.token_usage.record(usage.prompt_tokens, {**dimensions, "gen_ai.token.type": "input"})
         meters.token_usage.record(usage.completion_tokens, {**dimensions, "gen_ai.token.type": "output"})
         meters.operation_duration.record(duration, dimensions)
         meters.cost.add(usd(cost_nano), dimensions)
+
+
+def _rate(hold: Hold) -> RateState:
+    return RateState(limit=hold.rpm_limit, remaining=hold.rpm_remaining, reset=hold.rpm_reset)
+
+
+@dataclass(eq=False)
+class StreamedCall:
+    """An admitted call whose provider stream is open: iterate it once for redacted text.
+
+    When the iteration ends normally the call has been settled from the usage the
+    provider streamed, and ``outcome`` says what it produced and cost. When it ends
+    otherwise (the provider failed mid-stream, the client went away: the iterator is
+    closed or cancelled), the provider's stream is closed at once and the call is
+    charged its reservation: text was generated, usage never arrived. ``rate`` is known
+    before the first byte (the RateLimit headers).
+    """
+
+    _pipeline: Pipeline
+    _principal: Principal
+    _spec: FunctionSpec
+    _hold: Hold
+    _model: ModelStream
+    _redaction: StreamingRedaction
+    _started: float
+    _record: AuditEntry | None
+    outcome: Outcome | None = field(default=None, init=False)
+
+    @property
+    def rate(self) -> RateState:
+        """The requests-per-minute window after this admission."""
+        return _rate(self._hold)
+
+    @property
+    def deployment(self) -> str:
+        """The deployment of the fallback chain whose stream this is (sets the price)."""
+        return self._model.deployment.name
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        pipeline, model, redaction = self._pipeline, self._model, self._redaction
+        raw: list[str] = []
+        released: list[str] = []
+        first_chunk: float | None = None
+        first_text: float | None = None
+        settled = False
+        try:
+            async for delta in model:
+                if first_chunk is None:
+                    first_chunk = time.perf_counter()
+                raw.append(delta)
+                piece = redaction.feed(delta)
+                if piece:
+                    if first_text is None:
+                        first_text = time.perf_counter()
+                    released.append(piece)
+                    yield piece
+            tail = redaction.finish()
+            released.append(tail)
+            completion = model.completion("".join(raw))
+            # Settled before the last piece goes out: a client that leaves now has had
+            # the whole answer, and is charged exactly for it.
+            settled = True
+            finished = time.perf_counter()
+            self.outcome = await pipeline._settle_success(
+                self._principal, self._spec, self._hold, completion, "".join(released),
+                dict(redaction.counts), finished - self._started, self._record,
+            )
+            self._record_stream(completion, first_chunk, first_text or finished, finished)
+            if tail:
+                yield tail
+        except BaseException as failure:
+            if not settled:
+                await pipeline._settle_failure(
+                    self._hold, failure, self._record, did_work=first_chunk is not None
+                )
+            raise
+        finally:
+            # At once, also on cancellation: the provider stops generating for nobody.
+            await asyncio.shield(model.aclose())
+
+    def _record_stream(
+        self, completion: Completion, first_chunk: float | None, first_text: float, finished: float
+    ) -> None:
+        meters = telemetry.instruments()
+        dimensions = self._pipeline._dimensions(self._principal.tenant.id, self._spec.id, completion.model)
+        if first_chunk is not None:
+            meters.time_to_first_chunk.record(first_chunk - self._started, dimensions)
+        meters.time_to_first_token.record(first_text - self._started, dimensions)
+        tokens = completion.usage.completion_tokens
+        if tokens > 1 and finished > first_text:
+            meters.time_per_output_token.record((finished - first_text) / (tokens - 1), dimensions)
+            meters.output_token_rate.record(tokens / (finished - first_text), dimensions)

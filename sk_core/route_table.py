@@ -41,6 +41,8 @@ class RouteSpec:
     summary: str
     tag: str
     audited: bool = False
+    # "openai": errors in OpenAI's shape ({"error": {...}}), for OpenAI's own clients.
+    errors: Literal["problem", "openai"] = "problem"
 
     @property
     def full_path(self) -> str:
@@ -60,7 +62,11 @@ class RouteSpec:
         from sk_core.http.boundary import instrumented
 
         return instrumented(
-            self.resolve_handler(), name=self.name, template=self.full_path, audited=self.audited
+            self.resolve_handler(),
+            name=self.name,
+            template=self.full_path,
+            audited=self.audited,
+            errors=self.errors,
         )
 
     async def endpoint(self, request: Request) -> Response:
@@ -87,11 +93,45 @@ ROUTES: tuple[RouteSpec, ...] = (
         audited=True,
     ),
     RouteSpec(
+        "chat_completions", "v1/chat/completions", ("POST",), "sk_core.http.openai_compat:chat_completions",
+        "function", "Chat completion in the OpenAI wire format (streams with stream: true)", "openai",
+        audited=True, errors="openai",
+    ),
+    RouteSpec(
+        "list_models", "v1/models", ("GET",), "sk_core.http.openai_compat:list_models", "function",
+        "Models this key may use (OpenAI wire format)", "openai", errors="openai",
+    ),
+    RouteSpec(
         "health", "health", ("GET",), "sk_core.http.handlers:health", "anonymous", "Liveness", "operations"
     ),
     RouteSpec(
         "ready", "ready", ("GET",), "sk_core.http.handlers:ready", "anonymous",
         "Readiness (kernel built, model reachable)", "operations",
+    ),
+    RouteSpec(
+        "usage", "v1/usage", ("GET",), "sk_core.http.dashboard:usage", "function",
+        "The caller's spend, holds and rates against its budgets and limits", "usage",
+    ),
+    RouteSpec(
+        "admin_tenants", "v1/admin/tenants", ("GET",), "sk_core.http.dashboard:admin_tenants", "function",
+        "Every tenant with its usage (admin key)", "admin",
+    ),
+    RouteSpec(
+        "admin_tenant", "v1/admin/tenants/{tenant_id}", ("GET",), "sk_core.http.dashboard:admin_tenant",
+        "function", "One tenant's usage, series, recent calls and expired holds (admin key)", "admin",
+    ),
+    RouteSpec(
+        "admin_tenant_csv", "v1/admin/tenants/{tenant_id}/usage.csv", ("GET",),
+        "sk_core.http.dashboard:admin_tenant_csv", "function",
+        "One tenant's last 30 days and this month as CSV (admin key)", "admin",
+    ),
+    RouteSpec(
+        "dashboard", "dashboard", ("GET",), "sk_core.http.dashboard:page", "function",
+        "The operators' usage dashboard (a static page; its data needs an admin key)", "admin",
+    ),
+    RouteSpec(
+        "dashboard_asset", "dashboard/{asset}", ("GET",), "sk_core.http.dashboard:asset", "function",
+        "The dashboard's scripts and stylesheets", "admin",
     ),
     RouteSpec(
         "openapi", "openapi.json", ("GET",), "sk_core.http.openapi:openapi_document", "function",

@@ -334,11 +334,18 @@ class DeploymentHealth:
         self.inflight[deployment.name] += 1
         return True
 
-    def release(self, deployment: Deployment, *, ok: bool | None) -> None:
-        """Give the slot back; ``ok`` is whether the deployment worked (a 4xx it answered
-        about the request's content counts as working; None: no verdict)."""
-        self.inflight[deployment.name] -= 1
+    def release(self, deployment: Deployment, *, ok: bool | None, keep_slot: bool = False) -> None:
+        """The verdict on an acquired call, and its slot back unless ``keep_slot`` (a
+        stream still open: ``free`` when it closes). ``ok`` is whether the deployment
+        worked (a 4xx it answered about the request's content counts as working; None:
+        no verdict)."""
+        if not keep_slot:
+            self.inflight[deployment.name] -= 1
         self.breakers[deployment.name].record(ok)
+
+    def free(self, deployment: Deployment) -> None:
+        """Give back a slot kept by ``release(keep_slot=True)``."""
+        self.inflight[deployment.name] -= 1
 
     def state(self, name: str) -> BreakerState:
         """A deployment's breaker state."""

@@ -24,6 +24,16 @@ class ModelAnswer(BaseModel):
     cost_usd: float = Field(ge=0, description="What this request cost the tenant, in USD.")
     redacted: int = Field(default=0, ge=0, description="How many items were redacted from the answer.")
     redactions: dict[str, int] = Field(default_factory=dict, description="Redacted items by kind.")
+    cached: bool = Field(
+        default=False,
+        description="Answered from the response cache: `usage` is the original answer's, "
+        "`cost_usd` is 0.",
+    )
+
+
+class StreamDone(ModelAnswer):
+    """The last event of a streamed catalog answer (``event: done``): its accounting;
+    the text came before it in ``delta`` events."""
 
 
 class SummarizeResponse(ModelAnswer):

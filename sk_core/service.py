@@ -28,6 +28,7 @@ from sk_core.settings import Provider, Settings, get_settings
 if TYPE_CHECKING:
     from sk_core.audit import AuditLog
     from sk_core.auth import Authenticator
+    from sk_core.cache import ResponseCache
     from sk_core.guard import Guard
     from sk_core.limits import Ledger
     from sk_core.redaction import Redactor
@@ -53,6 +54,7 @@ class Service:
         audit: AuditLog,
         guard: Guard,
         pipeline: Pipeline | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -64,6 +66,7 @@ class Service:
         self.secrets = secrets
         self.audit = audit
         self.guard = guard
+        self.cache = cache
         self.pipeline = pipeline or Pipeline(
             auth=auth,
             guard=guard,
@@ -76,6 +79,7 @@ class Service:
             routing=settings.routing,
             storage_deadline_seconds=settings.storage_deadline_seconds,
             storage_silence=store.silence,
+            cache=cache,
         )
 
     async def aclose(self) -> None:
@@ -116,6 +120,7 @@ class Service:
             secrets=secrets,
             audit=AuditLog(store=store, retention_days=settings.audit_retention_days),
             guard=make_guard(settings),
+            cache=make_cache(settings, store) if settings.cache else None,
             store=store,
             tenants=tenants,
             auth=Authenticator(tenants=tenants, ttl_seconds=settings.auth_cache_seconds),
@@ -128,7 +133,7 @@ class Service:
                     idle_seconds=settings.lease_idle_seconds,
                     horizon_seconds=settings.lease_horizon_seconds,
                     share=settings.lease_share,
-                    ttl_seconds=settings.hold_lease_seconds,
+                    ttl_seconds=settings.lease_ttl_seconds,
                 )
                 if settings.leases
                 else None,
@@ -176,6 +181,21 @@ def make_store(settings: Settings) -> TableStore:
         table_prefix=settings.storage_table_prefix,
         retries=settings.storage_retries,
         timeout_seconds=settings.storage_deadline_seconds,
+    )
+
+
+def make_cache(settings: Settings, store: TableStore) -> ResponseCache:
+    """The response cache over ``store`` (the admin CLI purges through the same one)."""
+    from sk_core.cache import ResponseCache
+
+    return ResponseCache(
+        store=store,
+        ttl_seconds=settings.cache_ttl_seconds,
+        memory_bytes=settings.cache_memory_bytes,
+        memory_seconds=settings.cache_memory_seconds,
+        # A waiter for an identical call in flight waits no longer than that call may take.
+        wait_seconds=settings.model_deadline_seconds,
+        overrides=settings.cache_override_for,
     )
 
 

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sk_core.pricing import Price, parse_prices
 
 if TYPE_CHECKING:
+    from sk_core.catalog import CachePolicy
     from sk_core.routing import RoutingTable
 
 
@@ -130,6 +131,13 @@ class Settings(BaseSettings):
     lease_idle_seconds: float = Field(default=3.0, gt=0, le=600)
     lease_horizon_seconds: float = Field(default=4.0, gt=0, le=600)
     lease_share: float = Field(default=0.5, gt=0, le=1)
+    lease_ttl_seconds: float = Field(
+        default=30.0,
+        ge=5,
+        le=3600,
+        description="A lease not renewed this long (its process died) is charged in full and its "
+        "slots released by the sweep.",
+    )
     audit_retention_days: float = Field(default=30.0, gt=0, le=3650)
 
     key_vault_url: str = Field(
@@ -220,6 +228,42 @@ class Settings(BaseSettings):
         """The hosts one function's output may link to (SKF_REDACTION_LINK_HOSTS)."""
         return self._link_hosts.get(function_id, ())
 
+    cache: bool = Field(
+        default=True,
+        description="Response cache for the functions whose prompt file opts in (false: none is cached).",
+    )
+    cache_ttl_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=30 * 86400,
+        description="How long a cached answer lives, unless its function says.",
+    )
+    cache_memory_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="Bound of each process's in-memory cache (0: Table only)."
+    )
+    cache_memory_seconds: float = Field(
+        default=60.0, gt=0, le=86400, description="How long a process keeps an answer in memory: a purge "
+        "reaches every instance within it."
+    )
+    cache_functions: str = Field(
+        default="",
+        description='Per-function overrides of the prompt files\' cache blocks, as JSON: '
+        '{"text/summarize": {"enabled": true, "ttl_seconds": 600}}',
+    )
+
+    @functools.cached_property
+    def _cache_overrides(self) -> dict[str, CachePolicy]:
+        from sk_core.catalog import CachePolicy
+
+        raw = _json_object(self.cache_functions, "SKF_CACHE_FUNCTIONS")
+        # No temperature is known here: an override turns a function on only with an
+        # explicit true / "enabled": true.
+        return {fid: CachePolicy.parse(value, None, "SKF_CACHE_FUNCTIONS") for fid, value in raw.items()}
+
+    def cache_override_for(self, function_id: str) -> CachePolicy | None:
+        """SKF_CACHE_FUNCTIONS' policy for one function, replacing its prompt file's."""
+        return self._cache_overrides.get(function_id)
+
     cors_allowed_origins: str = Field(
         default="", description="Comma-separated origins allowed to call from browsers (no '*'); empty: none."
     )
@@ -290,13 +334,21 @@ class Settings(BaseSettings):
             # A model without a price cannot be budgeted: refuse to start, not to charge 0.
             raise ValueError(f"no price for model {self.resolved_model_id!r}: add it to SKF_MODEL_PRICES")
         # Parsed (and checked) now, not per request.
-        _ = (self._guard_overrides, self._redaction_overrides, self._link_hosts, self.routing)
+        _ = (
+            self._guard_overrides,
+            self._redaction_overrides,
+            self._link_hosts,
+            self.routing,
+            self._cache_overrides,
+        )
         if "*" in self.cors_origins:
             raise ValueError("SKF_CORS_ALLOWED_ORIGINS must list origins; '*' is not allowed")
         if self.secret_refresh_ahead_seconds >= self.secret_cache_seconds:
             raise ValueError("SKF_SECRET_REFRESH_AHEAD_SECONDS must be shorter than SKF_SECRET_CACHE_SECONDS")
         if self.secret_max_staleness_seconds < self.secret_cache_seconds:
             raise ValueError("SKF_SECRET_MAX_STALENESS_SECONDS must be at least SKF_SECRET_CACHE_SECONDS")
+        if self.lease_ttl_seconds < 4 * self.lease_report_seconds:
+            raise ValueError("SKF_LEASE_TTL_SECONDS must be at least 4 x SKF_LEASE_REPORT_SECONDS")
         if self.hold_lease_seconds <= self.model_deadline_seconds:
             raise ValueError("SKF_HOLD_LEASE_SECONDS must be longer than SKF_MODEL_DEADLINE_SECONDS")
         # With a vault, secrets are checked when fetched (readiness), not here.

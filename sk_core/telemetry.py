@@ -51,8 +51,36 @@ SERVICE_NAME = "sk-functions"
 TRACE_ID_HEADER = "X-Trace-Id"
 
 
+# Streamed calls (gen_ai semantic conventions: time_to_first_chunk as the provider's
+# client, time_to_first_token / time_per_output_token as our clients' server); the
+# conventions have no rate, so tokens per second is ours.
+_STREAM_HISTOGRAMS = {
+    "time_to_first_chunk": (
+        "gen_ai.client.operation.time_to_first_chunk", "s",
+        "Streamed model calls: from the start of the call to the provider's first text chunk.",
+    ),
+    "time_to_first_token": (
+        "gen_ai.server.time_to_first_token", "s",
+        "Streamed answers: from the start of the call to the first text sent to the client.",
+    ),
+    "time_per_output_token": (
+        "gen_ai.server.time_per_output_token", "s",
+        "Streamed answers: time per output token after the first.",
+    ),
+    "output_token_rate": (
+        "sk.stream.output_tokens_per_second", "{token}/s",
+        "Streamed answers: output tokens per second, first token to last.",
+    ),
+}
+
+
 class Instruments:
     """The metrics we emit; created from whatever meter provider is installed."""
+
+    time_to_first_chunk: metrics.Histogram
+    time_to_first_token: metrics.Histogram
+    time_per_output_token: metrics.Histogram
+    output_token_rate: metrics.Histogram
 
     def __init__(self, meter: metrics.Meter) -> None:
         self.token_usage = meter.create_histogram(
@@ -63,6 +91,8 @@ class Instruments:
         self.operation_duration = meter.create_histogram(
             "gen_ai.client.operation.duration", unit="s", description="Duration of model calls."
         )
+        for attribute, (name, unit, description) in _STREAM_HISTOGRAMS.items():
+            setattr(self, attribute, meter.create_histogram(name, unit=unit, description=description))
         self.http_duration = meter.create_histogram(
             "http.server.request.duration",
             unit="s",
@@ -87,6 +117,16 @@ class Instruments:
             "sk.model.breaker.transitions",
             unit="{transition}",
             description="Circuit breaker state changes by deployment and new state.",
+        )
+        self.cache_requests = meter.create_counter(
+            "sk.cache.requests",
+            unit="{request}",
+            description="Calls of cacheable functions, by result (hit, miss) and tier (memory, table).",
+        )
+        self.cost_saved = meter.create_counter(
+            "sk.cost.saved",
+            unit="USD",
+            description="What cache hits would have cost, by tenant and function.",
         )
         self.secret_refresh_failures = meter.create_counter(
             "sk.secrets.refresh_failures",

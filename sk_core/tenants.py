@@ -18,8 +18,11 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from azure.data.tables import UpdateMode
 
 from sk_core.accounts import (
+    ADMIN_KEY_PREFIX,
+    ADMIN_SCOPE,
     ALL,
     KEY_PREFIX,
+    OPERATORS,
     ApiKey,
     IssuedKey,
     Limits,
@@ -50,6 +53,9 @@ __all__ = [
 _TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 TENANT_PARTITION = "tenant"
 KEY_PARTITION = "key"
+# Operator keys live beside tenant keys, in their own partition: a tenant key id can
+# never find an admin record, whatever its secret.
+ADMIN_KEY_PARTITION = "adminkey"
 
 
 def tenant_entity(tenant: Tenant) -> dict[str, Any]:
@@ -176,13 +182,22 @@ class TenantStore:
         unknown = [s for s in scopes if s != ALL and not tenant.allows(s)]
         if unknown:
             raise TenantError(f"scopes outside the tenant's allowed functions: {', '.join(unknown)}")
+        return await self._create_key(KEY_PARTITION, KEY_PREFIX, tenant_id, name, scopes)
+
+    async def issue_admin_key(self, *, name: str = "") -> IssuedKey:
+        """Create an operator key (scope ``admin``); the returned secret is the only copy."""
+        return await self._create_key(ADMIN_KEY_PARTITION, ADMIN_KEY_PREFIX, OPERATORS, name, (ADMIN_SCOPE,))
+
+    async def _create_key(
+        self, partition: str, prefix: str, owner: str, name: str, scopes: tuple[str, ...]
+    ) -> IssuedKey:
         table = await self._store.table("apikeys")
         for _ in range(5):  # a 48-bit key id collision is unlikely; retry rather than fail
             key_id = secrets.token_hex(6)
-            secret = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+            secret = f"{prefix}_{key_id}_{secrets.token_urlsafe(32)}"
             record = ApiKey(
                 key_id=key_id,
-                tenant_id=tenant_id,
+                tenant_id=owner,
                 key_hash=hash_key(secret, await self.pepper()),
                 scopes=scopes,
                 status="active",
@@ -193,9 +208,9 @@ class TenantStore:
                 try:
                     await table.create_entity(
                         {
-                            "PartitionKey": KEY_PARTITION,
+                            "PartitionKey": partition,
                             "RowKey": key_id,
-                            "tenant_id": tenant_id,
+                            "tenant_id": owner,
                             "key_hash": record.key_hash,
                             "scopes": json.dumps(list(scopes)),
                             "status": "active",
@@ -208,9 +223,10 @@ class TenantStore:
             return IssuedKey(record=record, secret=secret)
         raise TenantError("could not allocate a key id")
 
-    async def get_key(self, key_id: str) -> ApiKey | None:
-        """A key record, or None."""
-        entity = await get_or_none(await self._store.table("apikeys"), KEY_PARTITION, key_id)
+    async def get_key(self, key_id: str, *, admin: bool = False) -> ApiKey | None:
+        """A key record (an operator key's when ``admin``), or None."""
+        partition = ADMIN_KEY_PARTITION if admin else KEY_PARTITION
+        entity = await get_or_none(await self._store.table("apikeys"), partition, key_id)
         return _key_from_entity(entity) if entity is not None else None
 
     async def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
@@ -224,28 +240,42 @@ class TenantStore:
             entities = [e async for e in table.query_entities(query, parameters=params)]
         return sorted((_key_from_entity(e) for e in entities), key=lambda k: (k.tenant_id, k.created_at))
 
-    async def revoke_key(self, key_id: str) -> ApiKey:
-        """Mark a key revoked; caches drop it within their TTL."""
+    async def list_admin_keys(self) -> list[ApiKey]:
+        """Operator key records (no secrets), oldest first."""
+        table = await self._store.table("apikeys")
+        with storage_errors():
+            entities = [
+                e
+                async for e in table.query_entities(
+                    "PartitionKey eq @p", parameters={"p": ADMIN_KEY_PARTITION}
+                )
+            ]
+        return sorted((_key_from_entity(e) for e in entities), key=lambda k: k.created_at)
+
+    async def revoke_key(self, key_id: str, *, admin: bool = False) -> ApiKey:
+        """Mark a key (an operator key when ``admin``) revoked; caches drop it within their TTL."""
+        partition = ADMIN_KEY_PARTITION if admin else KEY_PARTITION
         table = await self._store.table("apikeys")
         with storage_errors():
             try:
                 await table.update_entity(
-                    {"PartitionKey": KEY_PARTITION, "RowKey": key_id, "status": "revoked"},
+                    {"PartitionKey": partition, "RowKey": key_id, "status": "revoked"},
                     mode=UpdateMode.MERGE,
                 )
             except ResourceNotFoundError:
                 raise TenantError(f"unknown key {key_id!r}") from None
-        key = await self.get_key(key_id)
+        key = await self.get_key(key_id, admin=admin)
         if key is None:  # deleted between the two calls
             raise TenantError(f"unknown key {key_id!r}")
         return key
 
-    async def touch_key(self, key_id: str, when: datetime) -> None:
+    async def touch_key(self, key_id: str, when: datetime, *, admin: bool = False) -> None:
         """Record last use (a timestamp, not a counter: a blind merge is idempotent)."""
+        partition = ADMIN_KEY_PARTITION if admin else KEY_PARTITION
         table = await self._store.table("apikeys")
         with contextlib.suppress(AzureError):  # bookkeeping only; never fail a request over it
             await table.update_entity(
-                {"PartitionKey": KEY_PARTITION, "RowKey": key_id, "last_used_at": when}, mode=UpdateMode.MERGE
+                {"PartitionKey": partition, "RowKey": key_id, "last_used_at": when}, mode=UpdateMode.MERGE
             )
 
     async def verify(self, presented: str, record: ApiKey | None) -> bool:

@@ -57,10 +57,6 @@ SERVICE_ENV = {
     "SKF_MODEL_TIMEOUT_SECONDS": "1",
     "SKF_MODEL_MAX_RETRIES": "2",
     "SKF_MODEL_DEADLINE_SECONDS": "4",
-    # Tests script failures back to back; the retry budget (20 % of the last 10 s of
-    # requests) would make how often one is retried depend on the tests before it.
-    # Its own tests (test_routing.py) set it.
-    "SKF_RETRY_BUDGET_RATIO": "10",
     "SKF_READY_TIMEOUT_SECONDS": "10",
     # Non-zero prices: budgets are only tested when requests cost something.
     "SKF_MODEL_PRICES": '{"stub-model": {"input": 1.0, "output": 2.0}}',

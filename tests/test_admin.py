@@ -469,3 +469,104 @@ async def test_audit_lists_a_tenants_recent_calls_without_prompt_text(
     result = admin(env, "audit", tenant_id, "--json")
     assert result.code == 0, result.err
     assert [row["status"] for row in result.json()] == [422, 200]
+
+
+async def test_cache_stats_and_purge_by_tenant_and_function(env: dict[str, str], store: TableStore) -> None:
+    from sk_core.cache import Slot
+    from sk_core.service import make_cache
+    from tests.test_cache import sample_answer
+
+    acme, globex = new_id("cache"), new_id("cache")
+    for tenant_id in (acme, globex):
+        create(env, tenant_id)
+    cache = make_cache(make_settings(env), store)
+    answer = sample_answer(time.time(), 600)
+    for tenant_id, function, key in (
+        (acme, "text/summarize", "a1"),
+        (acme, "text/translate", "a2"),
+        (globex, "text/summarize", "g1"),
+    ):
+        assert await cache.put(Slot(tenant_id, function, key, 600), answer)
+
+    stats = admin(env, "cache", "stats", "--json")
+    assert stats.code == 0, stats.err
+    mine = {(r["scope"], r["function"]): r["entries"] for r in stats.json() if r["scope"] in (acme, globex)}
+    assert mine == {(acme, "text/summarize"): 1, (acme, "text/translate"): 1, (globex, "text/summarize"): 1}
+
+    purged = admin(env, "cache", "purge", "--tenant", acme, "--function", "text/summarize", "--json")
+    assert (purged.code, purged.json()["deleted"]) == (0, 1), purged.err
+    assert admin(env, "cache", "purge", "--tenant", acme, "--json").json()["deleted"] == 1
+    after = {r["scope"] for r in admin(env, "cache", "stats", "--json").json()}
+    assert acme not in after
+    assert globex in after  # another tenant's answers are untouched
+    assert admin(env, "cache", "purge", "--tenant", "no-such-tenant").code == 1
+    assert admin(env, "cache", "purge", "--tenant", acme, "--function", "nope/nope").code == 2
+
+
+async def test_admin_keys_are_issued_listed_and_revoked_apart_from_tenant_keys(
+    env: dict[str, str], store: TableStore
+) -> None:
+    issued = admin(env, "admin-key", "issue", "--name", "ops", "--json")
+    assert issued.code == 0, issued.err
+    data = issued.json()
+    assert data["key"].startswith(f"skfadm_{data['key_id']}_")
+    assert data["scopes"] == ["admin"]
+    assert "key_hash" not in data
+    # Stored hashed, with the service's pepper, where tenant keys are not.
+    settings = make_settings(env)
+    tenants = make_tenant_store(settings, store)
+    record = await tenants.get_key(data["key_id"], admin=True)
+    assert record is not None
+    assert record.key_hash == hash_key(data["key"], settings.api_key_pepper.get_secret_value())
+    assert await tenants.get_key(data["key_id"]) is None
+
+    listing = admin(env, "admin-key", "list")
+    assert listing.code == 0, listing.err
+    assert data["key_id"] in listing.out
+    assert data["key"] not in listing.out
+    assert record.key_hash not in listing.out
+    assert data["key_id"] not in admin(env, "key", "list").out  # not a tenant key
+
+    revoked = admin(env, "admin-key", "revoke", data["key"])  # the whole key works too
+    assert revoked.code == 0, revoked.err
+    assert f"revoked admin key {data['key_id']}" in revoked.out
+    statuses = {k["key_id"]: k["status"] for k in admin(env, "admin-key", "list", "--json").json()}
+    assert statuses[data["key_id"]] == "revoked"
+    # A tenant key id is not an admin key id: nothing to revoke there.
+    assert admin(env, "admin-key", "revoke", "0123456789ab").code == 1
+
+
+def test_usage_csv_has_a_line_per_window_in_exact_usd(env: dict[str, str]) -> None:
+    tenant_id = new_id("csv")
+    create(env, tenant_id, "--daily-usd", "1.25", "--monthly-usd", "30")
+    result = admin(env, "usage", tenant_id, "--days", "3", "--csv")
+    assert result.code == 0, result.err
+    header, *lines = result.out.splitlines()
+    assert header.split(",")[:4] == ["tenant_id", "period", "label", "spent_usd"]
+    rows = [dict(zip(header.split(","), line.split(","), strict=True)) for line in lines]
+    now = datetime.now(UTC)
+    assert [r["period"] for r in rows] == ["day", "day", "day", "month"]
+    assert rows[2]["label"] == f"{now:%Y-%m-%d}"
+    assert rows[3]["label"] == f"{now:%Y-%m}"
+    assert [r["budget_usd"] for r in rows] == ["1.250000000"] * 3 + ["30.000000000"]
+    assert [r["remaining_nano"] for r in rows] == ["1250000000"] * 3 + ["30000000000"]
+    assert all(r["tenant_id"] == tenant_id and r["spent_nano"] == "0" for r in rows)
+    # Default windows (today and this month) as CSV too.
+    assert len(admin(env, "usage", tenant_id, "--csv").out.splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["usage", "okid", "--days", "0", "--csv"], "'0'"),
+        (["usage", "okid", "--days", "401", "--csv"], "'401'"),
+        (["usage", "okid", "--days", "-2", "--csv"], "-2"),
+        (["usage", "okid", "--days", "3", "--day", "2025-01-01"], "not allowed"),
+        (["admin-key", "revoke", "nope"], "'nope'"),
+    ],
+)
+def test_bad_usage_and_admin_key_values_exit_2(env: dict[str, str], args: list[str], named: str) -> None:
+    result = admin(env, *args)
+    assert result.code == 2, (result.out, result.err)
+    assert named in result.err
+    assert result.out == ""

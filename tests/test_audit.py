@@ -32,3 +32,24 @@ async def test_rows_read_back_newest_first_and_expire(audit: AuditLog) -> None:
     assert rows[0]["cost_nano"] == 5
     assert await audit.purge(now=datetime.now(UTC) + timedelta(days=2)) == 2
     assert await audit.recent("acme") == []
+
+
+async def test_a_row_recorded_during_a_flush_is_written_without_another_call(azurite: str) -> None:
+    store = TableStore(connection_string=azurite, table_prefix="aud" + secrets.token_hex(4))
+    log = AuditLog(store=store, retention_days=1, flush_seconds=0.05)
+    try:
+        log.record(AuditEntry(route="/api/v1/summarize", status=200, tenant_id="acme"))
+        for _ in range(1000):  # until the flusher has taken the first row and is writing it
+            if not log._queue:
+                break
+            await asyncio.sleep(0.001)
+        log.record(AuditEntry(route="/api/v1/summarize", status=429, tenant_id="acme", code="rate_limited"))
+        # No further call, no shutdown: the second row must still be written soon.
+        for _ in range(100):
+            if len(await log.recent("acme")) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert [row["status"] for row in await log.recent("acme")] == [429, 200]
+    finally:
+        await log.aclose()
+        await store.aclose()

@@ -146,7 +146,8 @@ def test_the_catalogs_list_of_chat_settings_is_what_chat_settings_carries() -> N
     from semantic_kernel.connectors.ai.prompt_execution_settings import PromptExecutionSettings
 
     from sk_core.catalog import CHAT_SETTINGS
-    from sk_core.chat_service import ChatSettings
+    from sk_core.chat_service import REQUEST_SETTINGS, ChatSettings
 
     own = set(ChatSettings.model_fields) - set(PromptExecutionSettings.model_fields)
-    assert own == set(CHAT_SETTINGS)
+    assert own == set(CHAT_SETTINGS) | set(REQUEST_SETTINGS)
+    assert not set(CHAT_SETTINGS) & set(REQUEST_SETTINGS)

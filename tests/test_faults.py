@@ -208,7 +208,7 @@ async def call(context: Faulty, stub: StubModel, *, chain: str | None = None) ->
         )
     seconds = time.perf_counter() - started
     return Result(
-        200, None, seconds, stub.stats()["count"] - before, outcome.cost_nano, outcome.completion.deployment
+        200, None, seconds, stub.stats()["count"] - before, outcome.cost_nano, outcome.deployment
     )
 
 
@@ -557,3 +557,65 @@ async def test_audit_rows_written_while_storage_is_down_arrive_when_it_is_back(
         await asyncio.sleep(0.2)
     assert len(await audit.recent(tenant, limit=1000)) == before + 3
     assert audit.lost == 0
+
+
+# ------------------------------------------------------------------ streamed calls
+
+
+async def test_a_stream_falls_back_on_open_and_holds_its_deployment_slot_until_closed(
+    faulty: Faulty, stub: StubModel
+) -> None:
+    # proxied answers 500 before any text -> pricey streams: one chain, one request.
+    service = faulty.service
+    health = fresh_health(service)
+    routing = service.settings.routing
+    before = await settled(faulty)
+    stub.script(
+        {"status": 500},
+        {"content": "Streamed from the dearer one.", "prompt_tokens": 20, "completion_tokens": 5},
+    )
+    spec = service.catalog.get("text", "summarize")
+    assert spec is not None
+    call = await service.pipeline.stream(faulty.principal, spec, dict(ARGS), max_tokens=None, chain="two")
+    assert call.deployment == "pricey"
+    assert health.inflight == {"proxied": 0, "refused": 0, "pricey": 1}  # taken while it streams
+    text = "".join([piece async for piece in call])
+    assert text == "Streamed from the dearer one."
+    assert health.inflight["pricey"] == 0
+    outcome = call.outcome
+    assert outcome is not None
+    assert (outcome.deployment, outcome.completion.model) == ("pricey", "stub-pricey")
+    assert outcome.cost_nano == routing.deployments["pricey"].price.cost_nano(20, 5)
+    assert [r["json"]["model"] for r in stub.requests()[-2:]] == ["stub-model", "stub-pricey"]
+    spent, held = await settled(faulty)
+    assert (spent - before[0], held) == (outcome.cost_nano, 0)
+
+
+async def test_a_stream_whose_every_deployment_is_refused_is_free(faulty: Faulty, stub: StubModel) -> None:
+    service = faulty.service
+    fresh_health(service)
+    before = await settled(faulty)
+    spec = service.catalog.get("text", "summarize")
+    assert spec is not None
+    record = AuditEntry(route="fault")
+    with pytest.raises(ApiError) as caught:
+        await service.pipeline.stream(
+            faulty.principal, spec, dict(ARGS), max_tokens=None, chain="refused", record=record
+        )
+    assert (caught.value.status, caught.value.code, record.cost_nano) == (502, "model_unavailable", 0)
+    spent, held = await settled(faulty)
+    assert (spent - before[0], held) == (0, 0)
+
+
+async def test_the_openai_model_field_names_the_configured_model_or_a_chain(faulty: Faulty) -> None:
+    from sk_core.http.openai_compat import _models
+
+    models = _models(faulty.service)
+    # The configured model id keeps meaning the chat function's chain; chains by name.
+    assert models == {
+        faulty.service.settings.resolved_model_id: None,
+        "default": "default",
+        "refused": "refused",
+        "fallback": "fallback",
+        "two": "two",
+    }

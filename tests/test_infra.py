@@ -798,6 +798,7 @@ def test_apim_policy_is_well_formed_with_expected_elements() -> None:
     forward = sections["backend"].find("forward-request")
     assert forward is not None
     assert int(forward.get("timeout", "0")) > MODEL_DEADLINE_SECONDS
+    assert forward.get("buffer-response") == "false", "SSE answers must reach the caller as they are sent"
     metrics = {m.get("name"): m for m in sections["outbound"].iter("emit-metric")}
     assert {"skf.tokens.prompt", "skf.tokens.completion", "skf.tokens.total", "skf.cost.usd"} <= set(metrics)
     for metric in metrics.values():

@@ -11,6 +11,7 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -66,10 +67,46 @@ def test_a_slice_always_accounts_for_everything_it_was_granted(steps: list[tuple
         assert budget.held == sum(in_flight)
         assert budget.free >= 0
         assert store_spent + budget.spent == settled_total
+    # If the process died now, expiry would charge everything outstanding on top of what
+    # was reported: never less than what was really settled.
+    assert store_spent + budget.outstanding >= settled_total
     store_spent += budget.spent
     budget.synced(0)
     assert budget.outstanding == sum(in_flight)
     assert store_spent == settled_total
+
+
+@given(operations, st.lists(st.integers(0, 3000), max_size=8))
+def test_a_sync_planned_while_calls_go_on_moves_the_slice_by_exactly_what_it_reported(
+    steps: list[tuple[str, int]], grants: list[int]
+) -> None:
+    """As the lease keeper does it: a sync is planned on a report, calls are admitted and
+    settled while it is in flight, then it commits. Nothing settled in between is lost
+    or reported twice, and the slice still accounts for everything it holds."""
+    budget = BudgetSlice(day="d", month="m")
+    store_spent = settled_total = 0
+    in_flight: list[int] = []
+    planned = None
+    pending_grants = list(grants)
+    for kind, value in steps:
+        if kind == "take" and budget.fits(value):
+            budget.take(value)
+            in_flight.append(value)
+        elif kind == "settle" and in_flight:
+            amount = in_flight.pop(0)
+            budget.settle(amount, min(value, amount), 1, 1)
+            settled_total += min(value, amount)
+        elif kind == "sync":
+            if planned is None:
+                planned = budget.report()  # planned now, commits at the next "sync" step
+            else:
+                new_free = pending_grants.pop(0) if pending_grants else 0
+                store_spent += planned.spent
+                budget.synced(new_free, planned)
+                planned = None
+        assert budget.free + budget.held + budget.spent == budget.outstanding
+        assert budget.held == sum(in_flight)
+        assert store_spent + budget.spent == settled_total
 
 
 @given(st.integers(0, 10**9), st.integers(0, 10**9), st.integers(1, 10**6), st.floats(0.05, 1.0))
@@ -259,3 +296,71 @@ async def test_a_killed_lease_holder_is_charged_its_whole_slice_and_flagged(
     await crashed.settle(hold, cost_nano=1, prompt_tokens=1, completion_tokens=1)
     await crashed.aclose()
     assert (await rows(stores[1], who))[day]["spent_nano"] == outstanding
+
+
+async def test_counted_requests_come_from_the_minute_slice_even_in_a_process_that_only_counts(
+    stores: list[TableStore],
+) -> None:
+    """Cache hits: a process that only serves hits leases a minute slice too, so most
+    hits touch no storage, and the minute's requests still never exceed rpm."""
+    rpm = 60
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=rpm,
+                 tokens_per_minute=10**8, max_concurrent=64)
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
+    minute = await _inside_one_minute(3)
+    counted = 0
+    for _ in range(rpm + 10):
+        try:
+            await ledger.count_request(who)
+            counted += 1
+        except LimitExceeded:
+            pass
+    transactions = ledger.transactions
+    await ledger.aclose()
+    assert window_keys(datetime.now(UTC))[2] == minute
+    assert counted == rpm
+    assert transactions < rpm / 3  # slices, not a transaction per request
+    table = await stores[0].table(USAGE_TABLE)
+    stored = (await query_partition(table, who.id, [minute]))[minute]
+    assert read_int(stored["requests"]) == rpm  # handed back: exactly what was counted
+    counters = await rows(stores[0], who)
+    day = window_keys(datetime.now(UTC))[0]
+    assert counters[day].get("spent_nano", 0) == 0
+    assert counters[INFLIGHT]["count"] == 0
+
+
+async def test_a_sync_that_committed_unheard_is_not_applied_twice(
+    stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection resets after the store committed a sync: the next sync must take it
+    as done (the lease row's sequence number says so), not add its deltas again."""
+    from sk_core.errors import StorageUnavailable
+    from sk_core.limits import ledger as ledger_module
+    from sk_core.storage import submit as real_submit
+
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=10_000,
+                 tokens_per_minute=10**8, max_concurrent=64)
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
+    costs = list(await asyncio.gather(*(call(ledger, who) for _ in range(10))))
+    resets = 0
+
+    async def committed_then_reset(table: object, operations: list[tuple[str, Any, Any]]) -> None:
+        nonlocal resets
+        await real_submit(table, operations)  # type: ignore[arg-type]  # a TableClient
+        if resets == 0:
+            resets += 1
+            raise StorageUnavailable("connection reset after the commit")
+
+    monkeypatch.setattr(ledger_module, "submit", committed_then_reset)
+    assert ledger.leases is not None
+    with pytest.raises(StorageUnavailable):
+        await ledger.leases.flush(who.id)  # reports the 10 calls; the answer is lost
+    costs += await asyncio.gather(*(call(ledger, who) for _ in range(10)))
+    await ledger.aclose()
+    counters = await rows(stores[0], who)
+    day = window_keys(datetime.now(UTC))[0]
+    assert resets == 1
+    assert counters[day]["spent_nano"] == sum(costs)  # each call reported exactly once
+    assert counters[day]["requests"] == 20
+    assert counters[day].get("leased_nano", 0) == 0
+    assert counters[INFLIGHT]["count"] == 0  # slots returned exactly once

@@ -345,3 +345,18 @@ async def test_a_hold_deleted_between_read_and_write_makes_the_settlement_late_n
     assert ledger.conflicts == 1
     usage = await ledger.usage(who.id, window_keys(clock())[0])
     assert usage["spent_nano"] == 0  # the other process's charge is its own business
+
+
+async def test_counting_a_request_uses_requests_per_minute_only(store: TableStore, clock: Clock) -> None:
+    """What a cache hit costs: one request of the minute, no budget, tokens or slot."""
+    ledger = make_ledger(store, clock)
+    who = tenant(requests_per_minute=3, daily_budget_nano=1, max_concurrent=1)
+    rates = [await ledger.count_request(who) for _ in range(3)]
+    assert [r.remaining for r in rates] == [2, 1, 0]
+    with pytest.raises(LimitExceeded) as refused:
+        await ledger.count_request(who)
+    assert (refused.value.code, refused.value.retry_after) == ("rate_limited", 50)
+    usage = await ledger.usage(who.id, window_keys(clock())[0])
+    assert (usage["spent_nano"], usage["held_nano"], usage["inflight"]) == (0, 0, 0)
+    clock.now += timedelta(seconds=60)  # the next minute counts afresh
+    assert (await ledger.count_request(who)).remaining == 2

@@ -1,7 +1,7 @@
 """The promises, proven across OS processes on real Azurite.
 
-Several container hosts (uvicorn, each its own process and its own kernel) share one
-Azurite and one stub model, as Functions instances or pods share a storage account.
+Eight container hosts (uvicorn, each its own process, kernel and quota leases) share
+one Azurite and one stub model, as Functions instances or pods share a storage account.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from typing import Any
 import httpx
 import pytest
 
-from scripts.devservices import ManagedProcess, free_port, start_service
+from scripts.devservices import free_port, start_service
 from sk_core.limits import INFLIGHT, USAGE_TABLE, window_keys
 from sk_core.service import Service, get_service, make_store, set_service
 from sk_core.tenants import Limits, Tenant
 from tests.conftest import make_settings
-from tests.support.hosts import FunctionsHost
+from tests.support.hosts import FunctionsHost, container_fleet
 from tests.support.stub_model import StubModel
 
-PROCESSES = 4
+PROCESSES = 8
 SUMMARIZE = "/api/v1/summarize"
 
 
@@ -43,17 +43,9 @@ async def wait_ready(client: httpx.AsyncClient, base: str) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """Four container-host processes sharing Azurite and the stub."""
-    logs = tmp_path_factory.mktemp("fleet")
-    processes: list[ManagedProcess] = []
-    ports = [free_port() for _ in range(PROCESSES)]
-    try:
-        for index, port in enumerate(ports):
-            processes.append(start_service(port=port, env=service_env, log=logs / f"service-{index}.log"))
-        yield [f"http://127.0.0.1:{port}" for port in ports]
-    finally:
-        for process in processes:
-            process.stop()
+    """Eight container-host processes sharing Azurite and the stub."""
+    with container_fleet(PROCESSES, service_env, tmp_path_factory.mktemp("fleet")) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +159,53 @@ async def test_requests_per_minute_hold_across_processes(
     await handed_back(functions_service, tenant_id, window_keys(datetime.now(UTC))[0])
 
 
+async def test_a_saturated_tenant_does_not_slow_another(
+    warm_fleet: list[str], functions_service: Service, stub: StubModel
+) -> None:
+    """One tenant saturates its limits on every process; another tenant's calls are not
+    refused and do not queue behind the first one's storage traffic (own partition, own
+    lease, own lock). The bound is generous: two shared cores also carry the load."""
+    _, hot_key = await new_tenant(
+        functions_service, requests_per_minute=50, max_concurrent=1000, tokens_per_minute=10**9,
+        daily_budget_nano=10**13, monthly_budget_nano=10**13,
+    )
+    _, calm_key = await new_tenant(
+        functions_service, requests_per_minute=10_000, max_concurrent=1000, tokens_per_minute=10**9,
+        daily_budget_nano=10**13, monthly_budget_nano=10**13,
+    )
+    body = {"text": "latency probe", "max_words": 10}
+
+    async def calm_latencies(client: httpx.AsyncClient, n: int) -> list[float]:
+        took = []
+        for index in range(n):
+            started = time.perf_counter()
+            base = warm_fleet[index % len(warm_fleet)]
+            response = await client.post(f"{base}{SUMMARIZE}", json=body, headers={"x-api-key": calm_key})
+            took.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+        return sorted(took)
+
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=300)) as client:
+        await calm_latencies(client, 8)  # warm: leases and connections
+        alone = await calm_latencies(client, 16)
+        until = time.monotonic() + 4
+
+        async def hot(base: str) -> int:
+            refused = 0
+            while time.monotonic() < until:
+                response = await client.post(f"{base}{SUMMARIZE}", json=body, headers={"x-api-key": hot_key})
+                refused += response.status_code == 429
+            return refused
+
+        hot_tasks = [asyncio.ensure_future(hot(base)) for base in warm_fleet for _ in range(4)]
+        await asyncio.sleep(0.5)
+        during = await calm_latencies(client, 16)
+        refusals = sum(await asyncio.gather(*hot_tasks))
+    assert refusals > 0, "the hot tenant should have been saturated"
+    p50_alone, p50_during = alone[len(alone) // 2], during[len(during) // 2]
+    assert p50_during <= 5 * p50_alone + 0.25, (p50_alone, p50_during)
+
+
 async def test_a_process_killed_mid_call_leaves_a_lease_that_expires_charged(
     service_env: dict[str, str],
     functions_service: Service,
@@ -175,7 +214,13 @@ async def test_a_process_killed_mid_call_leaves_a_lease_that_expires_charged(
 ) -> None:
     tenant_id, key = await new_tenant(functions_service, daily_budget_nano=10**12, monthly_budget_nano=10**12)
     port = free_port()
-    env = {**service_env, "SKF_HOLD_LEASE_SECONDS": "6", "SKF_MODEL_DEADLINE_SECONDS": "4"}
+    env = {
+        **service_env,
+        "SKF_HOLD_LEASE_SECONDS": "6",
+        "SKF_MODEL_DEADLINE_SECONDS": "4",
+        "SKF_LEASE_TTL_SECONDS": "6",
+        "SKF_LEASE_REPORT_SECONDS": "0.2",
+    }
     victim = start_service(port=port, env=env, log=tmp_path_factory.mktemp("crash") / "service.log")
     stub.set_default(delay=30)  # the model call is still running when the process dies
     async with httpx.AsyncClient(timeout=60) as client:

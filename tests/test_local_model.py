@@ -104,3 +104,29 @@ def test_ready_reports_the_local_model(local_service: str) -> None:
         time.sleep(0.5)
     assert response.status_code == 200, response.text
     assert response.json()["checks"]["model"]["status"] == "ok"
+
+
+def test_the_openai_sdk_streams_from_the_local_model(local_service: str, local_key: str) -> None:
+    # llama.cpp's server streams with stream_options.include_usage: its real token
+    # counts reach the SDK's usage chunk through our endpoint.
+    import openai
+
+    client = openai.OpenAI(base_url=f"{local_service}/api/v1", api_key=local_key, max_retries=0, timeout=120)
+    with (
+        client,
+        client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": "Name three colours."}],
+            max_tokens=24,
+            stream=True,
+            stream_options={"include_usage": True},
+        ) as stream,
+    ):
+        chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.prompt_tokens > 5
+    assert 0 < usage.completion_tokens <= 24
+    assert (chunks[-1].model_extra or {})["cost_usd"] == 0.0  # the local model is free

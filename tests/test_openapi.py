@@ -29,3 +29,34 @@ def test_the_summarize_body_publishes_its_inputs_but_not_internal_rules() -> Non
     text = str(build_openapi(Catalog.load()))
     assert "max_words" in text
     assert "x-sk-answer-tokens" not in text
+
+
+def test_the_cache_headers_are_documented_on_model_routes() -> None:
+    document = build_openapi(Catalog.load())
+    for path in ("/api/v1/summarize", "/api/v1/chat", "/api/v1/functions/{plugin}/{function}"):
+        operation = document["paths"][path]["post"]
+        assert "Cache-Control" in [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+        assert set(operation["responses"]["200"]["headers"]) == {"X-Cache", "Age"}
+    assert "cached" in document["components"]["schemas"]["SummarizeResponse"]["properties"]
+    assert "headers" not in document["paths"]["/api/health"]["get"]["responses"]["200"]
+
+
+def test_the_openai_routes_document_openai_errors_and_every_model_route_its_stream() -> None:
+    document = build_openapi(Catalog.load())
+    completions = document["paths"]["/api/v1/chat/completions"]["post"]
+    assert completions["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletionRequest"
+    }
+    for status in ("400", "401", "404", "422", "429", "502"):
+        content = completions["responses"][status]["content"]
+        assert list(content) == ["application/json"], status
+        assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    models = document["paths"]["/api/v1/models"]["get"]
+    assert models["responses"]["401"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
+    for path in ("/api/v1/summarize", "/api/v1/chat", "/api/v1/functions/{plugin}/{function}",
+                 "/api/v1/chat/completions"):
+        assert "text/event-stream" in document["paths"][path]["post"]["responses"]["200"]["content"], path
+    request = document["components"]["schemas"]["ChatCompletionRequest"]
+    assert request["additionalProperties"] is False
+    expected = {"model", "messages", "stream", "stream_options", "max_completion_tokens"}
+    assert expected <= set(request["properties"])

@@ -22,6 +22,8 @@ from sk_core.pipeline import Pipeline, fail_closed
 from sk_core.redaction import Redactor
 from sk_core.service import Service
 from sk_core.tenants import Limits, Tenant
+from tests.conftest import TelemetrySink
+from tests.support.metrics import metric_points
 from tests.support.stub_model import StubModel
 
 
@@ -105,17 +107,18 @@ async def test_a_blocked_prompt_is_neither_charged_nor_sent(
     assert await _spent(service, principal.tenant.id) == (0, 0)
 
 
+@pytest.mark.parametrize("entry", ["call", "stream"])
 async def test_a_refused_model_call_is_free_and_releases_its_hold(
-    functions_service: Service, caller: tuple[Principal, str], stub: StubModel
+    functions_service: Service, caller: tuple[Principal, str], stub: StubModel, entry: str
 ) -> None:
+    # A stream refused by the provider fails before its first byte, like a call.
     principal, _ = caller
     stub.set_default(status=400)
     spec = functions_service.catalog.get("text", "summarize")
     assert spec is not None
+    run = getattr(functions_service.pipeline, entry)
     with pytest.raises(ModelError):
-        await functions_service.pipeline.call(
-            principal, spec, {"text": "x", "style": "tldr", "max_words": 5}, max_tokens=30
-        )
+        await run(principal, spec, {"text": "x", "style": "tldr", "max_words": 5}, max_tokens=30)
     assert await _spent(functions_service, principal.tenant.id) == (0, 0)
 
 
@@ -142,3 +145,57 @@ async def test_silent_storage_fails_closed_within_the_bound() -> None:
             await asyncio.sleep(30)  # a black-holed endpoint
     assert time.perf_counter() - started < 1.0
     assert "0.2s" in caught.value.reason
+async def test_a_streamed_call_yields_redacted_text_then_settles_exactly(
+    functions_service: Service, caller: tuple[Principal, str], stub: StubModel, telemetry_sink: TelemetrySink
+) -> None:
+    principal, _ = caller
+    stub.script(
+        {"content": "Mail jane@example.com or call now please.", "prompt_tokens": 33, "completion_tokens": 7}
+    )
+    spec = functions_service.catalog.get("text", "summarize")
+    assert spec is not None
+    record = AuditEntry(route="test")
+    call = await functions_service.pipeline.stream(
+        principal, spec, {"text": "Some text.", "style": "tldr", "max_words": 20}, max_tokens=None,
+        record=record,
+    )
+    pieces = [piece async for piece in call]
+    assert len(pieces) > 1  # released as it came, not once at the end
+    assert "".join(pieces) == "Mail [REDACTED:email] or call now please."
+    outcome = call.outcome
+    assert outcome is not None
+    assert outcome.text == "".join(pieces)
+    assert outcome.redactions == {"email": 1}
+    assert outcome.cost_nano == functions_service.settings.price.cost_nano(33, 7)
+    assert await _spent(functions_service, principal.tenant.id) == (outcome.cost_nano, 0)
+    assert (record.cost_nano, record.completion_tokens, record.redactions) == (outcome.cost_nano, 7, 1)
+    assert stub.requests()[-1]["json"]["stream_options"] == {"include_usage": True}
+    for name in (
+        "gen_ai.client.operation.time_to_first_chunk",
+        "gen_ai.server.time_to_first_token",
+        "gen_ai.server.time_per_output_token",
+        "sk.stream.output_tokens_per_second",
+    ):
+        points = [
+            p for p in metric_points(telemetry_sink, name) if p.attributes["sk.tenant"] == principal.tenant.id
+        ]
+        assert len(points) == 1, name
+        assert points[0].count == 1
+        assert points[0].sum > 0
+
+
+async def test_a_stream_closed_by_its_consumer_closes_the_provider_and_charges_the_reservation(
+    functions_service: Service, caller: tuple[Principal, str], stub: StubModel
+) -> None:
+    principal, _ = caller
+    stub.script({"content": " ".join(["word"] * 30), "chunk_delay": 0.05})
+    spec = functions_service.catalog.get("text", "summarize")
+    assert spec is not None
+    arguments = {"text": "Some text.", "style": "tldr", "max_words": 20}
+    call = await functions_service.pipeline.stream(principal, spec, arguments, max_tokens=50)
+    iterator = aiter(call)
+    await anext(iterator)
+    await iterator.aclose()  # type: ignore[attr-defined]
+    reservation = functions_service.settings.price.cost_nano(spec.prompt_token_bound(arguments), 50)
+    assert await _spent(functions_service, principal.tenant.id) == (reservation, 0)
+    assert call.outcome is None

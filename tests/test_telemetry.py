@@ -28,6 +28,7 @@ from sk_core.service import Service
 from sk_core.tenants import Limits, Tenant
 from tests.conftest import TelemetrySink, run_fresh_python
 from tests.support.hosts import FunctionsHost
+from tests.support.metrics import metric_points
 from tests.support.stub_model import StubModel
 
 SUMMARIZE = "/api/v1/summarize"
@@ -48,19 +49,6 @@ def host(
     functions_app_functions: list[Any], functions_service: Service, caller: tuple[str, str]
 ) -> FunctionsHost:
     return FunctionsHost(functions_app_functions, {"x-api-key": caller[1]})
-
-
-def metric_points(sink: TelemetrySink, name: str) -> list[Any]:
-    data = sink.metrics.get_metrics_data()
-    assert data is not None
-    return [
-        point
-        for resource in data.resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-    ]
 
 
 async def test_one_request_is_one_span_tree_continuing_the_callers_trace(

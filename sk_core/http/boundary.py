@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
 
-from opentelemetry import propagate
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from sk_core import telemetry
 from sk_core.audit import AuditEntry
@@ -23,12 +24,13 @@ from sk_core.errors import ApiError, LimitsUnavailable, StorageUnavailable
 from sk_core.http.rendering import (
     CORS_EXPOSED_HEADERS,
     SECURITY_HEADERS,
-    internal_error_response,
+    openai_error_response,
     problem_response,
 )
 from sk_core.service import get_service
 
 Handler = Callable[[Request], Awaitable[Response]]
+ErrorFormat = Literal["problem", "openai"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +56,20 @@ _REFUSAL_REASONS = {
 }
 
 
-def instrumented(handler: Handler, *, name: str, template: str, audited: bool) -> Handler:
+def instrumented(
+    handler: Handler, *, name: str, template: str, audited: bool, errors: ErrorFormat = "problem"
+) -> Handler:
     """A route's handler inside the shared boundary: one server span (continuing the
-    caller's W3C trace context), domain errors mapped to HTTP, anything else an opaque
-    500, the trace id echoed in ``X-Trace-Id``, request metrics and the audit row."""
+    caller's W3C trace context), domain errors mapped to HTTP (problem+json, or OpenAI's
+    error shape on the OpenAI-compatible routes), anything else an opaque 500, the trace
+    id echoed in ``X-Trace-Id``, request metrics and the audit row.
+
+    A streamed answer (``StreamingResponse``) leaves the handler before its body is
+    produced: its span, duration metric and audit row are finished when the body ends
+    (or the client leaves), and each step of the body runs inside the server span, so
+    the stages it runs (settle) nest under the request like any other.
+    """
+    render = openai_error_response if errors == "openai" else problem_response
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
@@ -66,9 +78,10 @@ def instrumented(handler: Handler, *, name: str, template: str, audited: bool) -
         request.state.audit = audit
         attributes: dict[str, str | int] = {"http.request.method": request.method, "http.route": template}
         context = propagate.extract(dict(request.headers))
-        with telemetry.tracer().start_as_current_span(
+        span = telemetry.tracer().start_span(
             f"{request.method} {template}", context=context, kind=SpanKind.SERVER, attributes=attributes
-        ) as span:
+        )
+        with trace.use_span(span, end_on_exit=False):
             error_code: str | None = None
             try:
                 try:
@@ -77,12 +90,8 @@ def instrumented(handler: Handler, *, name: str, template: str, audited: bool) -
                     raise LimitsUnavailable(outage.reason) from outage
             except ApiError as error:
                 error_code = error.code
-                response = problem_response(error)
-                reason = _REFUSAL_REASONS.get(error.code)
-                if reason is not None:
-                    telemetry.instruments().refusals.add(
-                        1, {"reason": reason, "code": error.code, **_tenant(request)}
-                    )
+                response = render(error)
+                _refused(request, error)
                 span.set_attribute("sk.error.code", error.code)
                 if error.status >= 500:
                     span.set_status(StatusCode.ERROR, error.code)
@@ -97,25 +106,71 @@ def instrumented(handler: Handler, *, name: str, template: str, audited: bool) -
                 logger.exception("unhandled error in %s", name)
                 span.record_exception(exc)
                 span.set_status(StatusCode.ERROR, "internal_error")
-                response = internal_error_response()
+                response = render(ApiError("An unexpected error occurred; it has been logged."))
             span.set_attribute("http.response.status_code", response.status_code)
             for key, value in _tenant(request).items():
                 span.set_attribute(key, value)
             trace_id = telemetry.current_trace_id()
             if trace_id:
                 response.headers[telemetry.TRACE_ID_HEADER] = trace_id
-        response.headers.update(SECURITY_HEADERS)
+        for header, value in SECURITY_HEADERS.items():
+            # A handler's own value stands: the dashboard page sends a CSP that lets it
+            # run its scripts; every other answer gets the strict default.
+            if header not in response.headers:
+                response.headers[header] = value
         _allow_origin(request, response)
-        elapsed = time.perf_counter() - started
-        attributes["http.response.status_code"] = response.status_code
-        telemetry.instruments().http_duration.record(elapsed, attributes)
-        if audit is not None:
-            audit.status, audit.latency_ms, audit.trace_id = response.status_code, elapsed * 1000, trace_id
-            audit.code = error_code
-            get_service().audit.record(audit)
+
+        def finish() -> None:
+            elapsed = time.perf_counter() - started
+            attributes["http.response.status_code"] = response.status_code
+            telemetry.instruments().http_duration.record(elapsed, attributes)
+            if audit is not None:
+                audit.status, audit.trace_id = response.status_code, trace_id
+                audit.latency_ms = elapsed * 1000
+                # A streamed answer that failed after its first byte keeps its 200.
+                audit.code = error_code or getattr(request.state, "stream_error", None)
+                get_service().audit.record(audit)
+            span.end()
+
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _inside(span, response.body_iterator, finish)
+        else:
+            finish()
         return response
 
     return wrapped
+
+
+async def _inside(
+    span: Span, body: AsyncIterable[Any], finish: Callable[[], None]
+) -> AsyncIterator[Any]:
+    """``body``, each step run inside ``span``; ``finish`` once it ends, however it ends."""
+    iterator = aiter(body)
+    try:
+        while True:
+            with trace.use_span(span, end_on_exit=False):
+                try:
+                    chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+            yield chunk
+    finally:
+        try:
+            # Closed early (the client left while we were not waiting on the body):
+            # close the handler's stream now, which closes the provider's.
+            closer = getattr(iterator, "aclose", None)
+            if closer is not None:
+                with trace.use_span(span, end_on_exit=False):
+                    await closer()
+        finally:
+            finish()
+
+
+def _refused(request: Request, error: ApiError) -> None:
+    """Count a refusal in ``sk.refusals`` (also one that a stream reports after its start)."""
+    reason = _REFUSAL_REASONS.get(error.code)
+    if reason is not None:
+        telemetry.instruments().refusals.add(1, {"reason": reason, "code": error.code, **_tenant(request)})
 
 
 def _allow_origin(request: Request, response: Response) -> None:

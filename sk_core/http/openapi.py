@@ -6,6 +6,7 @@ is what API Management imports (``infra/``) and what the API fuzzer reads.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel
@@ -15,8 +16,10 @@ from starlette.responses import JSONResponse, Response
 
 from sk_core import __version__
 from sk_core.catalog import Catalog
+from sk_core.http.openai_compat import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList
 from sk_core.http.rendering import PROBLEM_CONTENT_TYPE
-from sk_core.route_table import ROUTES
+from sk_core.http.sse import SSE_MEDIA_TYPE
+from sk_core.route_table import ROUTES, RouteSpec
 from sk_core.schemas import (
     ChatResponse,
     FunctionList,
@@ -27,6 +30,7 @@ from sk_core.schemas import (
     SummarizeResponse,
 )
 from sk_core.service import get_service
+from sk_core.usage import UsageResponse
 
 _REF = "#/components/schemas/{model}"
 
@@ -38,10 +42,38 @@ _RESPONSES: dict[str, type[BaseModel]] = {
     "invoke_function": InvokeResponse,
     "health": HealthResponse,
     "ready": ReadyResponse,
+    "chat_completions": ChatCompletion,
+    "list_models": ModelList,
+    "usage": UsageResponse,
 }
 _REQUEST_FUNCTIONS = {"summarize": ("text", "summarize"), "chat": ("chat", "chat")}
-_MODEL_ROUTES = {"summarize", "chat", "invoke_function"}
-_TENANT_ROUTES = _MODEL_ROUTES | {"list_functions"}
+_REQUEST_MODELS: dict[str, type[BaseModel]] = {"chat_completions": ChatCompletionRequest}
+_MODEL_ROUTES = {"summarize", "chat", "invoke_function", "chat_completions"}
+_TENANT_ROUTES = _MODEL_ROUTES | {"list_functions", "list_models", "usage"}
+_ADMIN_ROUTES = {"admin_tenants", "admin_tenant", "admin_tenant_csv"}
+_STREAMS = {
+    "summarize": "With `Accept: text/event-stream`: `delta` events (`{\"text\"}`), then one `done` "
+    "event (usage, cost_usd, finish_reason, redactions) or one `error` event (problem+json).",
+    "chat_completions": "With `stream: true`: OpenAI `chat.completion.chunk` events, the usage "
+    "chunk when `stream_options.include_usage`, then `data: [DONE]`.",
+}
+_STREAMS["chat"] = _STREAMS["invoke_function"] = _STREAMS["summarize"]
+# Non-JSON answers: (media types, description).
+_OTHER_CONTENT = {
+    "admin_tenant_csv": (("text/csv",), "The tenant's usage windows as CSV (USD and nano-USD columns)"),
+    "dashboard": (("text/html",), "The dashboard page"),
+    "dashboard_asset": (("text/javascript", "text/css"), "A script or stylesheet of the page"),
+}
+_PATH_PATTERNS = {
+    "plugin": "^[A-Za-z0-9_-]+$",
+    "function": "^[A-Za-z0-9_-]+$",
+    "tenant_id": "^[a-z0-9][a-z0-9-]{1,62}$",
+    "asset": "^[A-Za-z0-9._-]+$",
+}
+_NOT_FOUND = {
+    "invoke_function": "No such function",
+    "dashboard_asset": "No such file",
+}
 _ERRORS_WITH_BODY = {
     "400": "Malformed JSON, or the prompt was rejected by the injection guard (`prompt_rejected`)",
     "413": "Body over the size limit",
@@ -60,14 +92,47 @@ def _problem(description: str) -> dict[str, Any]:
     }
 
 
+def _openai_error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model="ErrorBody")}}},
+    }
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _document_cache(operation: dict[str, Any]) -> None:
+    """The response cache's request directive and answer headers (``sk_core.cache``)."""
+    operation.setdefault("parameters", []).append(
+        {
+            "name": "Cache-Control",
+            "in": "header",
+            "required": False,
+            "description": "For a function with the response cache on: `no-cache` forces a fresh "
+            "answer (which is stored), `no-store` neither reads nor stores.",
+            "schema": {"type": "string"},
+        }
+    )
+    operation["responses"]["200"]["headers"] = {
+        "X-Cache": {
+            "description": "`hit` or `miss`, for a function with the response cache on.",
+            "schema": {"type": "string", "enum": ["hit", "miss"]},
+        },
+        "Age": {
+            "description": "On a hit: seconds since the cached answer was produced.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+    }
 
 
 def build_openapi(catalog: Catalog) -> dict[str, Any]:
     """The OpenAPI 3.1 document for every route in ``ROUTES``."""
     models: list[tuple[type[BaseModel], Any]] = [(m, "serialization") for m in _RESPONSES.values()]
     models.append((Problem, "serialization"))
+    models.append((ErrorBody, "serialization"))
+    models.extend((model, "validation") for model in _REQUEST_MODELS.values())
     request_models = {
         route: catalog.get(*fn) for route, fn in _REQUEST_FUNCTIONS.items() if catalog.get(*fn) is not None
     }
@@ -76,58 +141,9 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
 
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
-        operation: dict[str, Any] = {
-            "operationId": route.name,
-            "summary": route.summary,
-            "tags": [route.tag],
-            "responses": {
-                "200": _json(keys[(_RESPONSES.get(route.name, HealthResponse), "serialization")], "Success")
-            },
-        }
-        if route.name in _TENANT_ROUTES:
-            # The tenant's API key. (On Azure Functions the host also wants a function
-            # key; API Management adds it from a named value, so clients never see it.)
-            operation["security"] = [{"apiKey": []}, {"bearerAuth": []}]
-            operation["responses"]["401"] = _problem("Missing, malformed, unknown or revoked API key")
-            operation["responses"]["403"] = _problem(
-                "The key may not call this function, or the tenant is disabled"
-            )
-            operation["responses"]["503"] = _problem("Usage limits or the model are unavailable")
-        else:
-            operation["security"] = []
-        if route.name == "ready":
-            operation["responses"]["503"] = _json(keys[(ReadyResponse, "serialization")], "Not ready")
-        if route.name == "openapi":
-            operation["responses"]["200"] = _json({"type": "object"}, "This document")
+        operation = _operation(route, keys, request_models)
         if route.name in _MODEL_ROUTES:
-            operation["responses"]["429"] = _problem(
-                "A rate, token, concurrency or budget limit refused the request (see `code`, `Retry-After`)"
-            )
-        if "POST" in route.methods:
-            spec = request_models.get(route.name)
-            schema: dict[str, Any] = (
-                keys[(spec.arguments_model, "validation")]
-                if spec is not None
-                else {
-                    "type": "object",
-                    "description": "The function's input variables (see GET /api/v1/functions), "
-                    "plus optional max_tokens.",
-                }
-            )
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
-            operation["responses"].update({code: _problem(text) for code, text in _ERRORS_WITH_BODY.items()})
-        if "{" in route.path:
-            operation["parameters"] = [
-                {
-                    "name": name,
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
-                }
-                for name in ("plugin", "function")
-                if "{" + name + "}" in route.path
-            ]
-            operation["responses"]["404"] = _problem("No such function")
+            _document_cache(operation)
         for method in route.methods:
             paths.setdefault(route.full_path, {})[method.lower()] = operation
     return {
@@ -150,6 +166,95 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
             },
         },
     }
+
+
+def _operation(
+    route: RouteSpec, keys: dict[Any, Any], request_models: dict[str, Any]
+) -> dict[str, Any]:
+    """One route's operation object; errors in the route's own shape."""
+    error = _openai_error if route.errors == "openai" else _problem
+    operation: dict[str, Any] = {
+        "operationId": route.name,
+        "summary": route.summary,
+        "tags": [route.tag],
+        "responses": {
+            "200": _json(keys[(_RESPONSES.get(route.name, HealthResponse), "serialization")], "Success")
+        },
+    }
+    if route.name in _TENANT_ROUTES:
+        # The tenant's API key. (On Azure Functions the host also wants a function
+        # key; API Management adds it from a named value, so clients never see it.)
+        operation["security"] = [{"apiKey": []}, {"bearerAuth": []}]
+        operation["responses"]["401"] = error("Missing, malformed, unknown or revoked API key")
+        operation["responses"]["403"] = error(
+            "The key may not call this function, or the tenant is disabled"
+        )
+        operation["responses"]["503"] = error("Usage limits or the model are unavailable")
+    elif route.name in _ADMIN_ROUTES:
+        # An operator key (``admin-key issue``), sent like a tenant key.
+        operation["security"] = [{"apiKey": []}, {"bearerAuth": []}]
+        operation["responses"]["200"] = _json({"type": "object"}, "Success")
+        operation["responses"]["401"] = _problem("Missing, malformed, unknown or revoked admin key")
+        operation["responses"]["403"] = _problem("A tenant key: only admin keys may call this")
+        operation["responses"]["503"] = _problem("Storage is unavailable")
+    else:
+        operation["security"] = []
+    if route.name in _OTHER_CONTENT:
+        media_types, description = _OTHER_CONTENT[route.name]
+        operation["responses"]["200"] = {
+            "description": description,
+            "content": {media_type: {"schema": {"type": "string"}} for media_type in media_types},
+        }
+    if route.name == "ready":
+        operation["responses"]["503"] = _json(keys[(ReadyResponse, "serialization")], "Not ready")
+    if route.name == "openapi":
+        operation["responses"]["200"] = _json({"type": "object"}, "This document")
+    if route.name in _MODEL_ROUTES:
+        operation["responses"]["429"] = error(
+            "A rate, token, concurrency or budget limit refused the request (see `code`, `Retry-After`)"
+        )
+        # The answer as it is generated: admitted (reserved, clamped) before the first
+        # byte, so the status and RateLimit headers are final; failures after it are events.
+        operation["responses"]["200"]["content"][SSE_MEDIA_TYPE] = {
+            "schema": {"type": "string", "description": _STREAMS[route.name]}
+        }
+    if "POST" in route.methods:
+        spec = request_models.get(route.name)
+        own = _REQUEST_MODELS.get(route.name)
+        schema: dict[str, Any] = (
+            keys[(own, "validation")]
+            if own is not None
+            else keys[(spec.arguments_model, "validation")]
+            if spec is not None
+            else {
+                "type": "object",
+                "description": "The function's input variables (see GET /api/v1/functions), "
+                "plus optional max_tokens.",
+            }
+        )
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+        operation["responses"].update({code: error(text) for code, text in _ERRORS_WITH_BODY.items()})
+    if route.name == "chat_completions":
+        operation["responses"]["400"] = error(
+            "Malformed JSON, an unsupported parameter (`unsupported_parameter`, named in `param`), "
+            "or a prompt the injection guard rejected"
+        )
+        operation["responses"]["404"] = error("No such model, or this key may not use it")
+    names = re.findall(r"\{(\w+)\}", route.path)
+    if names:
+        operation["parameters"] = [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": _PATH_PATTERNS[name]},
+            }
+            for name in names
+        ]
+        operation["responses"]["404"] = _problem(_NOT_FOUND.get(route.name, "No such tenant"))
+    if "tenant_id" in names:
+        operation["responses"]["400"] = _problem("Malformed tenant id")
+    return operation
 
 
 async def openapi_document(request: Request) -> Response:

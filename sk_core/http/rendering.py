@@ -26,9 +26,17 @@ SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
 }
 
+# The dashboard page only (sk_core/http/dashboard.py): its own scripts and styles from
+# this origin, data from this origin, nothing inline, nothing from anywhere else.
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
 # Headers a browser client may read on a cross-origin response.
 CORS_EXPOSED_HEADERS = (
-    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-Cost-USD, X-Trace-Id"
+    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-Cost-USD, X-Trace-Id, "
+    "X-Cache, Age"
 )
 
 
@@ -78,9 +86,43 @@ def problem_response(error: ApiError, extra_headers: dict[str, str] | None = Non
     )
 
 
-def internal_error_response() -> Response:
-    """A 500 that says nothing about the cause; the cause is logged by the caller."""
-    return problem_response(ApiError("An unexpected error occurred; it has been logged."))
+# OpenAI's error ``type`` by status, so clients that branch on it (and the SDK's typed
+# exceptions, which follow the status) behave as against OpenAI.
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error_body(error: ApiError) -> dict[str, object]:
+    """The error body of the OpenAI-compatible routes: ``{"error": {message, type, param, code}}``
+    with our ``code`` and, for a refused field, its name as ``param``."""
+    return {
+        "error": {
+            "message": error.detail,
+            "type": _OPENAI_TYPES.get(error.status, "server_error" if error.status >= 500 else "api_error"),
+            "param": error.errors[0]["field"] if error.errors else None,
+            "code": error.code,
+            **error.extensions,
+        }
+    }
+
+
+def openai_error_response(error: ApiError, extra_headers: dict[str, str] | None = None) -> Response:
+    """Render an ``ApiError`` in OpenAI's shape, with the same status and headers."""
+    return Response(
+        content=json.dumps(openai_error_body(error)),
+        status_code=error.status,
+        media_type="application/json",
+        headers={**error_headers(error), **(extra_headers or {})},
+    )
 
 
 def json_response(

@@ -18,9 +18,11 @@ shutdown. Renewals run off the request path; a request waits for one only when i
 slice cannot admit it. Grants follow recent demand, take at most ``share`` of what is
 left, and are zero close to the limit, where the exact per-request path decides.
 
-**Crashes:** a lease row whose process stopped renewing expires after the hold lease
-(``SKF_HOLD_LEASE_SECONDS``); the sweep then charges its whole outstanding budget
-slice as spent (flagged, ``expired-lease-`` audit row) and releases its slots.
+**Crashes:** a lease row whose process stopped renewing it expires after
+``SKF_LEASE_TTL_SECONDS`` (30 s; a live process renews well before); the sweep then
+charges its whole outstanding budget slice as spent (flagged, ``expired-lease-``
+audit row) and releases its slots. A process that cannot reach storage stops admitting
+from its lease after half that time, so it never serves on a lease already charged.
 """
 
 from __future__ import annotations
@@ -30,15 +32,23 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core.accounts import Tenant
-from sk_core.errors import StorageUnavailable
+from sk_core.errors import RateState, StorageUnavailable
 from sk_core.limits import policy
-from sk_core.limits.rows import INFLIGHT, INFLIGHT_FIELDS, MINUTE_FIELDS, WINDOW_FIELDS, PartitionRows
-from sk_core.limits.slices import BudgetSlice, MinuteSlice, grant
+from sk_core.limits.rows import (
+    INFLIGHT,
+    INFLIGHT_FIELDS,
+    MINUTE_FIELDS,
+    USAGE_TABLE,
+    WINDOW_FIELDS,
+    PartitionRows,
+)
+from sk_core.limits.slices import BudgetSlice, MinuteSlice, Report, grant
 from sk_core.pricing import Price
 from sk_core.storage import delete_op, etag_of, int64, query_partition, read_int, update_op
 
@@ -49,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 LEASE_PREFIX = "lease-"
 
+_T = TypeVar("_T")
+
 
 @dataclass(frozen=True)
 class LeaseSettings:
@@ -58,7 +70,7 @@ class LeaseSettings:
     idle_seconds: float = 3.0  # a lease unused this long gives everything back
     horizon_seconds: float = 4.0  # a grant aims to last this long at the recent rate
     share: float = 0.5  # at most this share of what is left goes to one grant
-    ttl_seconds: float = 300.0  # a lease row not renewed this long is expired by the sweep
+    ttl_seconds: float = 30.0  # a lease row not renewed this long is expired by the sweep
 
 
 @dataclass
@@ -71,6 +83,8 @@ class _Demand:
     peak_inflight: int = 0
     waiting: int = 0  # requests waiting for a sync right now
     rate: float = 0.0  # admissions per second, smoothed
+    counted: int = 0  # requests counted without an admission (cache hits) since the last sync
+    count_rate: float = 0.0  # those per second, smoothed: the minute slice covers them too
     unit_amount: int = 0  # a typical reservation
     unit_tokens: int = 0
     since: float = field(default_factory=time.monotonic)
@@ -79,17 +93,21 @@ class _Demand:
         self.admitted += 1
         self.amount += amount
         self.tokens += tokens
-        self.unit_amount = max(self.unit_amount, amount) if self.unit_amount == 0 else (
-            (self.unit_amount * 7 + amount) // 8
-        )
+        # Typical sizes, smoothed (1/8 weight to the newest) so one odd call does not
+        # resize the next grant.
+        self.unit_amount = amount if self.unit_amount == 0 else (self.unit_amount * 7 + amount) // 8
         self.unit_tokens = tokens if self.unit_tokens == 0 else (self.unit_tokens * 7 + tokens) // 8
 
     def roll(self, now: float) -> None:
         elapsed = max(1e-3, now - self.since)
-        observed = self.admitted / elapsed
-        self.rate = observed if self.rate == 0 else 0.5 * self.rate + 0.5 * observed
-        self.admitted = self.amount = self.tokens = 0
+        self.rate = _smoothed(self.rate, self.admitted / elapsed)
+        self.count_rate = _smoothed(self.count_rate, self.counted / elapsed)
+        self.admitted = self.amount = self.tokens = self.counted = 0
         self.since = now
+
+
+def _smoothed(previous: float, observed: float) -> float:
+    return observed if previous == 0 else 0.5 * previous + 0.5 * observed
 
 
 @dataclass
@@ -106,6 +124,8 @@ class TenantLease:
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
     frozen: bool = False  # a sync that shrinks the slices is in flight
+    seq: int = 0  # syncs of this lease known to have committed (the row's "seq")
+    pending: _Snapshot | None = None  # a sync sent whose outcome we have not heard
     granted: tuple[int, int, int] = (0, 0, 0)  # the last grant: free nano-USD, requests, tokens
     renew_after: float = 0.0  # monotonic; no background renewal before
     last_used: float = field(default_factory=time.monotonic)
@@ -135,7 +155,7 @@ class TenantLease:
 class _Snapshot:
     """The local numbers a sync was planned on (local activity goes on meanwhile)."""
 
-    budget: list[tuple[BudgetSlice, int, int, int, int, int, int, int]]  # slice, free, spent, ...
+    budget: list[tuple[BudgetSlice, Report]]  # each slice and what the sync reports of it
     new_free: dict[int, int]
     minute: MinuteSlice | None
     minute_requests: int
@@ -170,6 +190,30 @@ class LeaseKeeper:
         None: the slices cannot admit it (close to a limit, or storage unreachable):
         the caller decides on the exact path, which also gives the precise refusal.
         """
+        amount = price.cost_nano(prompt, requested)
+        tokens = prompt + requested
+
+        def size(demand: _Demand) -> None:
+            demand.unit_amount = max(demand.unit_amount, amount)
+            demand.unit_tokens = max(demand.unit_tokens, tokens)
+
+        def take(lease: TenantLease) -> Hold | None:
+            return self._take(lease, amount, tokens, requested)
+
+        return await self._from_lease(tenant, take, size)
+
+    async def count_request(self, tenant: Tenant) -> RateState | None:
+        """Take one request (no tokens, no budget, no slot) from this process's slice of
+        the current minute, renewing it once if needed; None: the ledger decides exactly."""
+        return await self._from_lease(tenant, self._count, lambda _: None)
+
+    async def _from_lease(
+        self,
+        tenant: Tenant,
+        take: Callable[[TenantLease], _T | None],
+        size: Callable[[_Demand], None],
+    ) -> _T | None:
+        """``take`` from the tenant's lease; if it cannot, sync (sized by ``size``) and retry."""
         if self._closing:
             return None
         lease = self._leases.get(tenant.id)
@@ -177,25 +221,22 @@ class LeaseKeeper:
             lease = self._leases[tenant.id] = TenantLease(tenant=tenant)
         lease.tenant = tenant
         lease.last_used = time.monotonic()
-        amount = price.cost_nano(prompt, requested)
-        tokens = prompt + requested
-        hold = self._take(lease, amount, tokens, requested)
-        if hold is not None:
+        taken = take(lease)
+        if taken is not None:
             self._renew_ahead(lease)
-            return hold
+            return taken
         if time.monotonic() < lease.exact_until:
             return None
         lease.demand.waiting += 1
-        lease.demand.unit_amount = max(lease.demand.unit_amount, amount)
-        lease.demand.unit_tokens = max(lease.demand.unit_tokens, tokens)
+        size(lease.demand)
         try:
             # Twice at most: a renewal already in flight may have been sized before this
             # request arrived; the second sync counts it among those waiting.
             for _ in range(2):
                 await self._sync_now(tenant.id, lease)
-                hold = self._take(lease, amount, tokens, requested)
-                if hold is not None:
-                    return hold
+                taken = take(lease)
+                if taken is not None:
+                    return taken
         except StorageUnavailable:
             return None
         finally:
@@ -237,6 +278,21 @@ class LeaseKeeper:
             rpm_remaining=minute.requests,
             rpm_reset=policy.seconds_to_next_minute(now),
             lease=lease.generation,
+        )
+
+    def _count(self, lease: TenantLease) -> RateState | None:
+        if lease.frozen or time.monotonic() >= lease.valid_until:
+            return None
+        now = self._ledger.now()
+        minute = lease.minute
+        if minute is None or minute.minute != policy.window_keys(now)[2] or not minute.fits(0):
+            return None
+        minute.take(0)
+        lease.demand.counted += 1
+        return RateState(
+            limit=lease.tenant.limits.requests_per_minute,
+            remaining=minute.requests,
+            reset=policy.seconds_to_next_minute(now),
         )
 
     def settle(self, hold: Hold, cost: int, prompt_tokens: int, completion_tokens: int) -> Settlement:
@@ -332,7 +388,12 @@ class LeaseKeeper:
             if tenant_id not in (None, leased_tenant):
                 continue
             if lease.stored or not lease.empty:
+                joined = lease.sync is not None and not lease.sync.done()
                 await self._sync_now(leased_tenant, lease)
+                if joined:
+                    # The sync in flight was planned before the settlements made since
+                    # (the ones a caller of flush wants stored): one more, fresh.
+                    await self._sync_now(leased_tenant, lease)
 
     async def aclose(self) -> None:
         """Hand every lease back (shutdown): unused capacity returns, usage is reported."""
@@ -354,12 +415,14 @@ class LeaseKeeper:
 
     async def _sync(self, tenant_id: str, lease: TenantLease) -> None:
         ledger = self._ledger
-        table = await ledger.store.table("usage")
+        table = await ledger.store.table(USAGE_TABLE)
         snapshot: list[_Snapshot] = []
 
         async def plan() -> Plan[None]:
             operations, snap = await self._plan(table, tenant_id, lease)
             snapshot[:] = [snap]
+            # Until we hear back, this sync may or may not have committed.
+            lease.pending = snap
             return operations, None
 
         try:
@@ -367,7 +430,7 @@ class LeaseKeeper:
         finally:
             lease.frozen = False
         self.syncs += 1
-        self._apply(lease, snapshot[0])
+        self._acknowledge(lease, snapshot[0])
         if lease.stored and not self._closing:
             # Whatever the requests did with it, a stored lease is renewed, reported and
             # handed back by its keeper.
@@ -391,6 +454,12 @@ class LeaseKeeper:
         keys = list(dict.fromkeys(keys))
         rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
         stored = rows.entities.get(self.row_key)
+        if lease.pending is not None and stored is not None and read_int(stored.get("seq")) == lease.seq + 1:
+            # Our previous sync committed although its answer never reached us (a reset
+            # connection): take it as done before planning, or its deltas (slots, leased
+            # budget, reported spend) would be applied to the rows a second time.
+            self._acknowledge(lease, lease.pending)
+            slices = [s for s in (lease.current, lease.previous) if s is not None]
 
         lost = stored is None and lease.stored
         if lost:
@@ -398,6 +467,7 @@ class LeaseKeeper:
             # everything on it: calls still in flight settle as late, nothing is reported.
             logger.warning("lease of %s expired at the store; starting a new one", tenant_id)
             lease.generation += 1
+            lease.pending = None
             lease.current = lease.previous = lease.minute = None
             lease.slots = lease.inflight = 0
             slices = []
@@ -409,15 +479,11 @@ class LeaseKeeper:
         demand.roll(time.monotonic())
         horizon = settings.horizon_seconds
         expected_calls = max(demand.rate * horizon, float(demand.waiting), float(demand.peak_inflight))
-        snap_budget: list[tuple[BudgetSlice, int, int, int, int, int, int, int]] = []
+        snap_budget: list[tuple[BudgetSlice, Report]] = []
         new_free: dict[int, int] = {}
         shrink = False
         for budget in slices:
-            snap = (
-                budget, budget.free, budget.spent, budget.requests, budget.prompt_tokens,
-                budget.completion_tokens, budget.overrun, budget.outstanding,
-            )
-            snap_budget.append(snap)
+            snap_budget.append((budget, budget.report()))
             day_row = rows.counter(budget.day, WINDOW_FIELDS)
             month_row = rows.counter(budget.month, WINDOW_FIELDS)
             free = 0
@@ -457,7 +523,7 @@ class LeaseKeeper:
         if not idle:
             new_requests = grant(
                 available=limits.requests_per_minute - minute_row["requests"] + unused_requests,
-                demand=int(expected_calls) + 1,
+                demand=int(expected_calls + demand.count_rate * horizon) + 1,
                 unit=1,
                 share=settings.share,
             )
@@ -505,6 +571,8 @@ class LeaseKeeper:
                 "prev_month": previous.month if previous else "",
                 "prev_amount_nano": int64(amounts[id(previous)] if previous else 0),
                 "slots": int64(new_slots),
+                # Which of this process's syncs wrote the row (see _acknowledge).
+                "seq": int64(lease.seq + 1),
                 "expires_at": now + timedelta(seconds=settings.ttl_seconds),
             }
             write = ("create", entity, {}) if stored is None else update_op(entity, etag_of(stored))
@@ -527,16 +595,16 @@ class LeaseKeeper:
             lost=lost,
         )
 
+    def _acknowledge(self, lease: TenantLease, snap: _Snapshot) -> None:
+        """A sync committed: count it and move the local numbers by what it changed."""
+        lease.seq += 1
+        lease.pending = None
+        self._apply(lease, snap)
+
     def _apply(self, lease: TenantLease, snap: _Snapshot) -> None:
         """The sync committed: move the local numbers by what it changed."""
-        for budget, free, spent, requests, prompt, completion, overrun, _ in snap.budget:
-            budget.free += snap.new_free[id(budget)] - free
-            budget.spent -= spent
-            budget.requests -= requests
-            budget.prompt_tokens -= prompt
-            budget.completion_tokens -= completion
-            budget.overrun -= overrun
-            budget.outstanding = budget.free + budget.held + budget.spent
+        for budget, report in snap.budget:
+            budget.synced(snap.new_free[id(budget)], report)
         new_minute = snap.new_minute
         if new_minute is not None:
             kept = lease.minute
@@ -558,12 +626,6 @@ class LeaseKeeper:
             lease.granted = (current_free, new_minute.requests, new_minute.tokens)
         if current_free > 0:
             lease.exact_until = 0.0
-
-
-def lease_rows_expired(entity: Any, now: datetime) -> bool:
-    """True for a lease row whose process stopped renewing it."""
-    expires = entity.get("expires_at")
-    return bool(entity["RowKey"].startswith(LEASE_PREFIX) and expires is not None and expires < now)
 
 
 def lease_amounts(entity: Any) -> list[tuple[str, str, int]]:

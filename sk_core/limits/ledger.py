@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sk_core.accounts import Tenant
-from sk_core.errors import LimitExceeded, StorageUnavailable
+from sk_core.errors import LimitExceeded, RateState, StorageUnavailable
 from sk_core.limits import policy
 from sk_core.limits.leases import LeaseKeeper, LeaseSettings
 from sk_core.limits.rows import (
@@ -393,6 +393,30 @@ class Ledger:
         job.future.add_done_callback(self._settling.pop)
         settlement: Settlement = await self._enqueue(hold.tenant_id, job)
         return settlement
+
+    async def count_request(self, tenant: Tenant) -> RateState:
+        """Count one request against the tenant's requests per minute and nothing else
+        (no budget, tokens or slot): what a cached answer costs. Raises ``LimitExceeded``.
+
+        From this process's minute slice when it has one; else one exact transaction on
+        the minute row, under the same ETag rule as every admission.
+        """
+        if self.leases is not None:
+            counted = await self.leases.count_request(tenant)
+            if counted is not None:
+                return counted
+        table = await self._store.table(USAGE_TABLE)
+
+        async def plan() -> Plan[RateState]:
+            now = self._clock()
+            minute_key = policy.window_keys(now)[2]
+            rows = PartitionRows(tenant.id, await query_partition(table, tenant.id, [minute_key]))
+            minute = rows.counter(minute_key, MINUTE_FIELDS)
+            rate = policy.count_request(tenant.limits, minute["requests"], now)
+            minute.add("requests", 1)
+            return rows.operations(), rate
+
+        return await self.update(table, tenant.id, "request count", plan)
 
     def _plan_admission(self, rows: PartitionRows, job: _Admission, now: datetime) -> tuple[Any, Hold]:
         tenant = job.tenant

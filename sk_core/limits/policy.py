@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sk_core.accounts import Limits
-from sk_core.errors import LimitExceeded
+from sk_core.errors import LimitExceeded, RateState
 from sk_core.pricing import Price, usd
 
 
@@ -52,6 +52,25 @@ def seconds_to_next_month(now: datetime) -> int:
 def remaining_budget(budget_nano: int, spent_nano: int, held_nano: int) -> int:
     """What a window can still pay for: the budget less what is spent and reserved."""
     return budget_nano - spent_nano - held_nano
+
+
+def count_request(limits: Limits, minute_requests: int, now: datetime) -> RateState:
+    """One more request in the current minute, or ``LimitExceeded`` (``rate_limited``).
+
+    The requests-per-minute rule on its own: ``decide`` applies it to every admission,
+    and a cached answer (no tokens, no cost, no slot) is checked against it alone.
+    """
+    rpm, reset = limits.requests_per_minute, seconds_to_next_minute(now)
+    if minute_requests >= rpm:
+        raise LimitExceeded(
+            "rate_limited",
+            "Requests-per-minute limit reached.",
+            retry_after=reset,
+            limit=rpm,
+            remaining=rpm - minute_requests,
+            reset=reset,
+        )
+    return RateState(limit=rpm, remaining=rpm - minute_requests - 1, reset=reset)
 
 
 @dataclass(frozen=True)
@@ -106,8 +125,7 @@ def decide(
 
     if counters.inflight >= limits.max_concurrent:
         refuse("concurrency_limited", "Too many requests in flight for this tenant.", 1)
-    if counters.minute_requests >= rpm:
-        refuse("rate_limited", "Requests-per-minute limit reached.", minute_reset)
+    count_request(limits, counters.minute_requests, now)
     smallest = min(min_answer_tokens, requested_max_tokens)
     tpm_room = limits.tokens_per_minute - counters.minute_tokens - prompt_tokens_bound
     if tpm_room < smallest:

@@ -23,6 +23,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True)
+class Report:
+    """A budget slice's numbers as a sync read them: what it reports and resizes."""
+
+    free: int
+    spent: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    overrun: int
+
+
 @dataclass
 class BudgetSlice:
     """One process's share of a tenant's day (and month) budget."""
@@ -68,17 +80,35 @@ class BudgetSlice:
         if cost > amount:
             self.overrun += cost - amount
 
-    def synced(self, new_free: int) -> int:
-        """Apply a committed sync that reported ``spent`` and resized ``free``.
+    def report(self) -> Report:
+        """What a sync planned now would report and replace (see ``synced``)."""
+        return Report(
+            free=self.free,
+            spent=self.spent,
+            requests=self.requests,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            overrun=self.overrun,
+        )
 
-        Returns the change of the window's committed total (spent + leased) at the
-        store, ``new_free - free``: the sync is admissible only if that fits.
+    def synced(self, new_free: int, report: Report | None = None) -> int:
+        """Apply a committed sync that reported ``report`` and resized ``free`` to ``new_free``.
+
+        ``report`` is what the sync was planned on (default: the slice as it is now).
+        Calls admitted and settled while the sync was in flight stay in the slice: they
+        move ``free`` and add to what the next sync reports. Returns the change of the
+        window's committed total (spent + leased) at the store, ``new_free - free``:
+        the sync is admissible only if that fits.
         """
-        delta = new_free - self.free
-        self.free = new_free
-        self.outstanding = self.held + new_free
-        self.spent = self.requests = self.prompt_tokens = self.completion_tokens = self.overrun = 0
-        return delta
+        planned = report or self.report()
+        self.free += new_free - planned.free
+        self.spent -= planned.spent
+        self.requests -= planned.requests
+        self.prompt_tokens -= planned.prompt_tokens
+        self.completion_tokens -= planned.completion_tokens
+        self.overrun -= planned.overrun
+        self.outstanding = self.free + self.held + self.spent
+        return new_free - planned.free
 
     @property
     def unreported(self) -> bool:

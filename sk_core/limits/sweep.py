@@ -8,11 +8,13 @@ was down when it tried) is charged at its reserved amount, flagged and recorded 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sk_core.errors import StorageUnavailable
-from sk_core.limits.leases import LEASE_PREFIX, lease_amounts, lease_rows_expired
+from sk_core.limits.leases import LEASE_PREFIX, lease_amounts
 from sk_core.limits.ledger import Contended
 from sk_core.limits.rows import (
     INFLIGHT,
@@ -40,52 +42,71 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Expiry:
+    """One kind of reservation the sweep charges when its owner never came back."""
+
+    prefix: str  # RowKey prefix of the reservation rows
+    reserved_field: str  # the window field its amount sits in
+    counter: str  # the window field counting such expiries
+    slices: Callable[[Any], list[tuple[str, str, int]]]  # (day, month, amount) it reserved
+    slots: Callable[[Any], int]  # in-flight slots it held
+    audit_key: Callable[[str, datetime], str]
+
+
+_HOLDS = _Expiry(
+    prefix="hold-",
+    reserved_field="held_nano",
+    counter="expired_holds",
+    slices=lambda hold: [(str(hold["day"]), str(hold["month"]), read_int(hold["amount_nano"]))],
+    slots=lambda hold: 1,
+    audit_key=lambda row, now: "expired-" + row.removeprefix("hold-"),
+)
+_LEASES = _Expiry(
+    prefix=LEASE_PREFIX,
+    reserved_field="leased_nano",
+    counter="expired_leases",
+    slices=lease_amounts,
+    slots=lambda lease: read_int(lease.get("slots")),
+    audit_key=lambda row, now: f"expired-{row}-{int(now.timestamp())}",
+)
+
+
 async def expire_holds(ledger: Ledger) -> int:
-    """Charge every hold whose lease has passed at its reserved amount, flagged. Returns how many."""
-    table = await ledger.store.table(USAGE_TABLE)
-    now = ledger.now()
-    with storage_errors():
-        expired = [
-            entity
-            async for entity in table.query_entities(
-                "RowKey ge 'hold-' and RowKey lt 'hold.' and expires_at lt @now", parameters={"now": now}
-            )
-        ]
+    """Charge every hold and every lease whose owner stopped settling or renewing it, at
+    everything it reserved, flagged; drop old minute rows. Returns how many were charged."""
     charged = 0
-    for entity in expired:
-        if await _expire_one(ledger, table, entity["PartitionKey"], entity["RowKey"]):
-            charged += 1
-    charged += await expire_leases(ledger)
-    await _drop_old_minutes(table, now)
+    for kind in (_HOLDS, _LEASES):
+        charged += await _expire_all(ledger, kind)
+    await _drop_old_minutes(await ledger.store.table(USAGE_TABLE), ledger.now())
     return charged
 
 
-async def expire_leases(ledger: Ledger) -> int:
-    """Charge every lease whose process stopped renewing it: its whole outstanding budget
-    slice counts as spent (flagged), its slots are released. Returns how many."""
+async def _expire_all(ledger: Ledger, kind: _Expiry) -> int:
     table = await ledger.store.table(USAGE_TABLE)
-    now = ledger.now()
+    upper = kind.prefix[:-1] + "."  # the first key after every "<prefix>..." key
     with storage_errors():
         stale = [
             entity
             async for entity in table.query_entities(
-                f"RowKey ge '{LEASE_PREFIX}' and RowKey lt 'lease.' and expires_at lt @now",
-                parameters={"now": now},
+                f"RowKey ge '{kind.prefix}' and RowKey lt '{upper}' and expires_at lt @now",
+                parameters={"now": ledger.now()},
             )
         ]
     charged = 0
     for entity in stale:
-        if await _expire_lease(ledger, table, entity["PartitionKey"], entity["RowKey"]):
+        if await _expire_one(ledger, table, kind, entity["PartitionKey"], entity["RowKey"]):
             charged += 1
     return charged
 
 
-async def _expire_lease(ledger: Ledger, table: Any, tenant_id: str, row: str) -> bool:
+async def _expire_one(ledger: Ledger, table: Any, kind: _Expiry, tenant_id: str, row: str) -> bool:
     async def plan() -> Plan[int | None]:
-        lease = (await query_partition(table, tenant_id, [row])).get(row)
-        if lease is None or not lease_rows_expired(lease, ledger.now()):
-            return [], None  # handed back or renewed meanwhile
-        slices = lease_amounts(lease)
+        reservation = (await query_partition(table, tenant_id, [row])).get(row)
+        expires = reservation.get("expires_at") if reservation is not None else None
+        if reservation is None or expires is None or expires >= ledger.now():
+            return [], None  # settled, handed back or renewed meanwhile
+        slices = kind.slices(reservation)
         keys = list(dict.fromkeys([INFLIGHT, *(key for day, month, _ in slices for key in (day, month))]))
         rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
         total = 0
@@ -93,77 +114,27 @@ async def _expire_lease(ledger: Ledger, table: Any, tenant_id: str, row: str) ->
             total += amount
             for key in (day, month):
                 window = rows.counter(key, WINDOW_FIELDS)
-                window.add("leased_nano", -amount)
+                window.add(kind.reserved_field, -amount)
                 window.add("spent_nano", amount)
-                window.add("expired_leases", 1)
+                window.add(kind.counter, 1)
                 window.add("expired_nano", amount)
-        rows.counter(INFLIGHT, INFLIGHT_FIELDS).add("count", -read_int(lease.get("slots")))
-        audit = {k: v for k, v in lease.items() if k not in ("PartitionKey", "RowKey")}
+        rows.counter(INFLIGHT, INFLIGHT_FIELDS).add("count", -kind.slots(reservation))
+        # The audit trail: what was charged without a settlement, and why.
+        audit = {k: v for k, v in reservation.items() if k not in ("PartitionKey", "RowKey")}
+        flagged = {
+            "PartitionKey": tenant_id,
+            "RowKey": kind.audit_key(row, ledger.now()),
+            **audit,
+            "charged_nano": int64(total),
+            "flagged": True,
+            "charged_at": ledger.now(),
+        }
         operations = [
             *rows.operations(),
-            delete_op({"PartitionKey": tenant_id, "RowKey": row}, etag_of(lease)),
-            (
-                "create",
-                {
-                    "PartitionKey": tenant_id,
-                    "RowKey": f"expired-{row}-{int(ledger.now().timestamp())}",
-                    **audit,
-                    "charged_nano": int64(total),
-                    "flagged": True,
-                    "charged_at": ledger.now(),
-                },
-                {},
-            ),
+            delete_op({"PartitionKey": tenant_id, "RowKey": row}, etag_of(reservation)),
+            ("create", flagged, {}),
         ]
         return operations, total
-
-    try:
-        amount = await ledger.update(table, tenant_id, "lease expiry", plan)
-    except Contended:
-        return False  # the next sweep tries again
-    if amount is None:
-        return False
-    logger.warning(
-        "lease %s of tenant %s expired unrenewed: charged %d nano-USD and flagged", row, tenant_id, amount
-    )
-    return True
-
-async def _expire_one(ledger: Ledger, table: Any, tenant_id: str, row: str) -> bool:
-    async def plan() -> Plan[int | None]:
-        holds = await query_partition(table, tenant_id, [row])
-        hold = holds.get(row)
-        if hold is None:
-            return [], None  # settled meanwhile
-        amount = read_int(hold["amount_nano"])
-        rows = await query_partition(table, tenant_id, [hold["day"], hold["month"], INFLIGHT])
-        operations = []
-        for key in (hold["day"], hold["month"]):
-            window = CounterRow(tenant_id, key, rows.get(key), WINDOW_FIELDS)
-            window.add("held_nano", -amount)
-            window.add("spent_nano", amount)
-            window.add("expired_holds", 1)
-            window.add("expired_nano", amount)
-            operations.append(window.operation())
-        inflight = CounterRow(tenant_id, INFLIGHT, rows.get(INFLIGHT), INFLIGHT_FIELDS)
-        inflight.add("count", -1)
-        operations.append(inflight.operation())
-        operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": row}, etag_of(hold)))
-        # The audit trail: which hold was charged without a settlement, and why.
-        audit = {k: v for k, v in hold.items() if k not in ("PartitionKey", "RowKey")}
-        operations.append(
-            (
-                "create",
-                {
-                    "PartitionKey": tenant_id,
-                    "RowKey": "expired-" + row[5:],
-                    **audit,
-                    "flagged": True,
-                    "charged_at": ledger.now(),
-                },
-                {},
-            )
-        )
-        return operations, amount
 
     try:
         amount = await ledger.update(table, tenant_id, "expiry", plan)
@@ -172,9 +143,10 @@ async def _expire_one(ledger: Ledger, table: Any, tenant_id: str, row: str) -> b
     if amount is None:
         return False
     logger.warning(
-        "hold %s of tenant %s expired unsettled: charged %d nano-USD and flagged", row, tenant_id, amount
+        "%s of tenant %s expired unsettled: charged %d nano-USD and flagged", row, tenant_id, amount
     )
     return True
+
 
 async def _drop_old_minutes(table: Any, now: datetime) -> None:
     # Minute rows are only needed while their minute (and late settlements) may

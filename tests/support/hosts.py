@@ -10,14 +10,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message
 
 _CHUNK = 64 * 1024
@@ -152,10 +155,15 @@ class FunctionsHost:
         trigger, path_params = matched
         request = make_request(method, path, final, body, path_params)
         response: Response = await trigger.function(request)
+        if isinstance(response, StreamingResponse):
+            # What the worker does with an HTTP stream: read the body as it is produced.
+            body = b"".join(
+                [c if isinstance(c, bytes) else str(c).encode() async for c in response.body_iterator]
+            )
+        else:
+            body = bytes(response.body)
         return HostResponse(
-            response.status_code,
-            {k.decode().lower(): v.decode() for k, v in response.raw_headers},
-            bytes(response.body),
+            response.status_code, {k.decode().lower(): v.decode() for k, v in response.raw_headers}, body
         )
 
 
@@ -199,3 +207,20 @@ def make_request(
         "path_params": path_params or {},
     }
     return Request(scope, receive)
+
+
+@contextlib.contextmanager
+def container_fleet(count: int, env: Mapping[str, str], logs: Path) -> Iterator[list[str]]:
+    """``count`` container hosts (each its own uvicorn process) with one environment,
+    as instances or pods share a storage account; yields their base URLs, stops them all."""
+    from scripts.devservices import ManagedProcess, free_port, start_service
+
+    processes: list[ManagedProcess] = []
+    ports = [free_port() for _ in range(count)]
+    try:
+        for index, port in enumerate(ports):
+            processes.append(start_service(port=port, env=env, log=logs / f"service-{index}.log"))
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for process in processes:
+            process.stop()

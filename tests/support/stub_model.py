@@ -96,6 +96,7 @@ _BEHAVIOUR_KEYS = frozenset(
         "prompt_tokens",
         "completion_tokens",
         "delay",
+        "chunk_delay",
         "headers",
         "body",
         "model",
@@ -126,6 +127,8 @@ class StubStats(TypedDict):
 
     count: int
     max_concurrent: int
+    streams_open: int  # streamed answers still being sent
+    streams_aborted: int  # streamed answers the client closed before the end
 
 
 class _BehaviourError(ValueError):
@@ -150,6 +153,8 @@ class Behaviour:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     delay: float = 0.0
+    # Streams: pause this long before each content piece (a model generating slowly).
+    chunk_delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
     model: str | None = None
@@ -184,8 +189,10 @@ class Behaviour:
             if value is not None and (not _is_int(value) or value < 0):
                 raise _BehaviourError(f"{key} must be a non-negative int")
         delay = raw.get("delay", 0.0)
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
-            raise _BehaviourError("delay must be a non-negative number")
+        chunk_delay = raw.get("chunk_delay", 0.0)
+        for key, value in (("delay", delay), ("chunk_delay", chunk_delay)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise _BehaviourError(f"{key} must be a non-negative number")
         headers = raw.get("headers") or {}
         if not isinstance(headers, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
@@ -198,6 +205,7 @@ class Behaviour:
             prompt_tokens=raw.get("prompt_tokens"),
             completion_tokens=raw.get("completion_tokens"),
             delay=float(delay),
+            chunk_delay=float(chunk_delay),
             headers=dict(headers),
             body=raw.get("body"),
             model=raw.get("model"),
@@ -327,8 +335,25 @@ def _sse(obj: object) -> bytes:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
 
 
-async def _stream_chunks(c: _Completion, include_usage: bool) -> AsyncIterator[bytes]:
-    """Yield the SSE frames OpenAI sends for a streamed completion."""
+async def _stream_chunks(
+    c: _Completion, include_usage: bool, chunk_delay: float = 0.0, on_close: Any = None
+) -> AsyncIterator[bytes]:
+    """Yield the SSE frames OpenAI sends for a streamed completion.
+
+    ``on_close(finished)`` is called when the stream ends, ``finished`` False when the
+    client closed it early (what ``streams_aborted`` in the stats counts).
+    """
+    finished = False
+    try:
+        async for frame in _frames(c, include_usage, chunk_delay):
+            yield frame
+        finished = True
+    finally:
+        if on_close is not None:
+            on_close(finished)
+
+
+async def _frames(c: _Completion, include_usage: bool, chunk_delay: float) -> AsyncIterator[bytes]:
 
     def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -346,6 +371,8 @@ async def _stream_chunks(c: _Completion, include_usage: bool) -> AsyncIterator[b
     yield _sse(chunk({"role": "assistant", "content": ""}, None))
     # Word-sized pieces (whitespace kept) so clients really have to reassemble.
     for piece in re.findall(r"\S+\s*|\s+", c.content):
+        if chunk_delay:
+            await asyncio.sleep(chunk_delay)
         yield _sse(chunk({"content": piece}, None))
     yield _sse(chunk({}, c.finish_reason))
     if include_usage:
@@ -425,6 +452,13 @@ class _StubServer:
         self.count = 0
         self.in_flight = 0
         self.max_concurrent = 0
+        self.streams_open = 0
+        self.streams_aborted = 0
+
+    def _stream_closed(self, finished: bool) -> None:
+        self.streams_open -= 1
+        if not finished:
+            self.streams_aborted += 1
 
     # -- model endpoints ---------------------------------------------------
 
@@ -476,8 +510,9 @@ class _StubServer:
         if payload.get("stream") is True:
             options = payload.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            self.streams_open += 1
             return StreamingResponse(
-                _stream_chunks(completion, include_usage),
+                _stream_chunks(completion, include_usage, behaviour.chunk_delay, self._stream_closed),
                 status_code=behaviour.status,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", **behaviour.headers},
@@ -532,6 +567,7 @@ class _StubServer:
         self.default = Behaviour()
         self.log.clear()
         self.count = 0
+        self.streams_aborted = 0
         # Requests may still be in flight; keep counting them honestly.
         self.max_concurrent = self.in_flight
         return JSONResponse({"status": "ok"})
@@ -540,7 +576,12 @@ class _StubServer:
         return JSONResponse(self.log)
 
     async def control_stats(self, request: Request) -> Response:
-        stats: StubStats = {"count": self.count, "max_concurrent": self.max_concurrent}
+        stats: StubStats = {
+            "count": self.count,
+            "max_concurrent": self.max_concurrent,
+            "streams_open": self.streams_open,
+            "streams_aborted": self.streams_aborted,
+        }
         return JSONResponse(stats)
 
 

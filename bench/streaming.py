@@ -1,0 +1,176 @@
+"""Streaming through the service vs. straight from the model, 16 streams at a time.
+
+    PYTHONPATH=. .venv/bin/python bench/streaming.py [--rounds 8] [--concurrency 16]
+
+Two questions (issue #15):
+
+1. **Time to first token** the service adds: the openai SDK streams a chat completion
+   from ``/api/v1/chat/completions`` (the container host: auth, admission, the chat
+   function's prompt, the provider stream, streaming redaction, SSE) and straight from
+   the model (the stub); TTFT is the time from the request to the first chunk with
+   text. Reported: p50 and p99 of each, and service minus direct.
+2. **Streamed tokens per second** through the service ÷ direct: tokens (the usage the
+   model reports) over the time from the first text chunk to the end of the stream.
+
+The model is the stub (``tests/support/stub_model.py``) with a per-piece delay, so it
+generates at a known pace like a real one (``--chunk-delay``, default 20 ms: 50 tokens/s
+per stream) and costs no CPU. Rounds alternate direct and service so both see the same
+machine load. Redaction is measured both ways: with the default kinds (a word is held
+back until the blank after it arrives: the stub sends "word " pieces, so nothing waits
+on the next piece) and with redaction off (``SKF_REDACTION=""``), in two service
+processes started one after the other. Writes ``bench/results/streaming.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from bench._common import (
+    backends,
+    machine,
+    markdown_table,
+    ms,
+    percentile,
+    write_results,
+)
+from scripts.devservices import free_port, start_service
+
+CONTENT = " ".join(["streaming", "keeps", "chat", "interfaces", "responsive", "for", "people"] * 9)[:400]
+MESSAGES: Any = [{"role": "user", "content": "Tell me about streaming."}]
+
+
+async def one_stream(client: openai.AsyncOpenAI, model: str) -> tuple[float, float, int]:
+    """(TTFT, seconds from the first text to the end, completion tokens) of one stream."""
+    started = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    stream = await client.chat.completions.create(
+        model=model, messages=MESSAGES, stream=True, stream_options={"include_usage": True}, max_tokens=256
+    )
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter()
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    ended = time.perf_counter()
+    if first is None or tokens == 0:
+        raise RuntimeError("a stream without text or usage")
+    return first - started, ended - first, tokens
+
+
+async def round_of(
+    client: openai.AsyncOpenAI, model: str, concurrency: int
+) -> list[tuple[float, float, int]]:
+    return list(await asyncio.gather(*(one_stream(client, model) for _ in range(concurrency))))
+
+
+def figures(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
+    ttft = [s[0] for s in samples]
+    rates = [s[2] / s[1] for s in samples if s[1] > 0]
+    return {
+        "n": len(samples),
+        "ttft_p50_ms": ms(percentile(ttft, 50)),
+        "ttft_p99_ms": ms(percentile(ttft, 99)),
+        "tokens_per_second_median": round(statistics.median(rates), 2),
+    }
+
+
+async def measure(stub_url: str, service_url: str, key: str, rounds: int, concurrency: int) -> dict[str, Any]:
+    direct = openai.AsyncOpenAI(base_url=stub_url, api_key="none", max_retries=0, timeout=60)
+    service = openai.AsyncOpenAI(base_url=service_url, api_key=key, max_retries=0, timeout=60)
+    try:
+        return await _measure(direct, service, rounds, concurrency)
+    finally:
+        await direct.close()
+        await service.close()
+
+
+async def _measure(
+    direct: openai.AsyncOpenAI, service: openai.AsyncOpenAI, rounds: int, concurrency: int
+) -> dict[str, Any]:
+    await round_of(service, "stub-model", concurrency)  # warm: kernel, leases, connections
+    await round_of(direct, "stub-model", concurrency)
+    through: list[tuple[float, float, int]] = []
+    straight: list[tuple[float, float, int]] = []
+    for _ in range(rounds):
+        straight += await round_of(direct, "stub-model", concurrency)
+        through += await round_of(service, "stub-model", concurrency)
+    d, s = figures(straight), figures(through)
+    return {
+        "direct": d,
+        "service": s,
+        "ttft_added_p50_ms": round(s["ttft_p50_ms"] - d["ttft_p50_ms"], 2),
+        "ttft_added_p99_ms": round(s["ttft_p99_ms"] - d["ttft_p99_ms"], 2),
+        "tokens_per_second_ratio": round(s["tokens_per_second_median"] / d["tokens_per_second_median"], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--chunk-delay", type=float, default=0.02)
+    args = parser.parse_args()
+    logs = Path(os.environ.get("BENCH_LOGS", ".run/bench"))
+    logs.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+    results: dict[str, Any] = {}
+    with backends(logs) as backing:
+        backing.stub.client.set_default(delay=0, content=CONTENT, chunk_delay=args.chunk_delay)
+        key = backing.headers.get("x-api-key", "none")
+        for label, extra in (("redaction_on", {}), ("redaction_off", {"SKF_REDACTION": ""})):
+            port = free_port()
+            env = {**backing.env, **extra}
+            process = start_service(port=port, env=env, log=logs / f"streaming-{label}.log")
+            try:
+                results[label] = asyncio.run(
+                    measure(
+                        backing.stub.base_url, f"http://127.0.0.1:{port}/api/v1", key, args.rounds,
+                        args.concurrency,
+                    )
+                )
+            finally:
+                process.stop()
+    rows = [
+        [
+            label,
+            r["direct"]["ttft_p50_ms"], r["service"]["ttft_p50_ms"], r["ttft_added_p50_ms"],
+            r["direct"]["ttft_p99_ms"], r["service"]["ttft_p99_ms"], r["ttft_added_p99_ms"],
+            r["tokens_per_second_ratio"],
+        ]
+        for label, r in results.items()
+    ]
+    print(
+        markdown_table(
+            ["service", "TTFT p50 direct", "via service", "added", "TTFT p99 direct", "via service", "added",
+             "tokens/s ratio"],
+            rows,
+        )
+    )
+    path = write_results(
+        "streaming",
+        {
+            "config": {
+                "rounds": args.rounds, "concurrency": args.concurrency, "chunk_delay_s": args.chunk_delay,
+                "words": len(CONTENT.split()),
+            },
+            "results": results,
+            "machine": machine(),
+            "load_average": {"start": load_start, "end": os.getloadavg()},
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

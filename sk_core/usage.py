@@ -1,0 +1,551 @@
+"""The usage read model: what a tenant spent and may still spend, for people and programs.
+
+One computation serves the admin CLI (``admin usage``), the tenant's ``GET /api/v1/usage``,
+the admin API and the dashboard, so every view prints the same numbers: counters come
+from the ledger's rows (``sk_core.limits.rows``), "how much is left" from the admission
+policy's ``remaining_budget``, charts from the audit rollups (``sk_core.rollups``).
+
+**Freshness.** Stored usage lags what processes settled on quota leases by up to
+``SKF_LEASE_REPORT_SECONDS``; the operators' views first report this process's own
+leases (``Ledger.flush``), so a single-process service shows them exactly. The tenant's
+own ``/v1/usage`` does not (see ``usage_of``).
+
+**Storage reads** (round trips; a page holds up to 1,000 rows):
+
+- tenant usage (``usage_of``): 1 point query (day, month, minute and in-flight rows);
+- all tenants (``overview``): 2 (the tenant list; one query for every tenant's four rows);
+- one tenant's charts (``detail``): 4, issued together (the tenant; its usage partition's
+  30 day rows, month, minute, in-flight and expired rows in one query; the last 24
+  hourly rollups, minute series inside; the 20 newest audit rows), whatever the
+  traffic: a rollup is one row per hour per writing process, never one per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from sk_core.limits.policy import (
+    remaining_budget,
+    seconds_to_next_day,
+    seconds_to_next_minute,
+    seconds_to_next_month,
+    window_keys,
+)
+from sk_core.limits.rows import (
+    INFLIGHT,
+    INFLIGHT_FIELDS,
+    MINUTE_FIELDS,
+    USAGE_TABLE,
+    WINDOW_FIELDS,
+    CounterRow,
+)
+from sk_core.pricing import usd
+from sk_core.rollups import HOUR_PREFIX, Bucket, bucket_start, combine, percentile, stamp
+
+if TYPE_CHECKING:
+    from sk_core.accounts import Limits, Tenant
+    from sk_core.audit import AuditLog
+    from sk_core.limits import Ledger
+    from sk_core.storage import TableStore
+    from sk_core.tenants import TenantStore
+
+CHART_MINUTES = 180  # requests and tokens per minute over the last 3 hours
+CHART_HOURS = 24  # refusals, cost and latency by function over the last day
+CHART_DAYS = 30  # spend per day
+RECENT_CALLS = 20
+
+
+# --- windows --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """A budget window: a UTC day or month, and its ledger row."""
+
+    period: str  # "day" or "month"
+    label: str  # 2025-01-31 / 2025-01
+    row: str  # the ledger RowKey: day-20250131 / month-202501
+
+
+def day_window(day: date) -> Window:
+    """The window of one UTC day."""
+    return Window("day", day.isoformat(), f"day-{day:%Y%m%d}")
+
+
+def month_window(month: date) -> Window:
+    """The window of one UTC month (any day of it)."""
+    return Window("month", f"{month:%Y-%m}", f"month-{month:%Y%m}")
+
+
+def current_windows(now: datetime) -> list[Window]:
+    """Today and this month, by the ledger's own key function (the windows it charges)."""
+    day_key, month_key, _ = window_keys(now)
+    return [
+        day_window(datetime.strptime(day_key, "day-%Y%m%d").date()),
+        month_window(datetime.strptime(month_key, "month-%Y%m").date()),
+    ]
+
+
+def last_days(now: datetime, days: int) -> list[Window]:
+    """The last ``days`` UTC days (oldest first, today last) and this month."""
+    today = current_windows(now)
+    first = datetime.strptime(today[0].row, "day-%Y%m%d").date()
+    return [*(day_window(first - timedelta(days=n)) for n in range(days - 1, -1, -1)), today[1]]
+
+
+def window_entry(window: Window, counters: Mapping[str, int], limits: Limits) -> dict[str, Any]:
+    """One window's counters against its budget, in nano-USD and USD.
+
+    ``held`` counts reservations of single requests, ``leased`` budget handed to
+    processes as quota leases; both are unavailable, so ``remaining`` subtracts both.
+    """
+    budget = limits.daily_budget_nano if window.period == "day" else limits.monthly_budget_nano
+    entry: dict[str, Any] = {
+        "window": window.row,
+        "period": window.period,
+        "label": window.label,
+        **{name: int(counters.get(name, 0)) for name in WINDOW_FIELDS},
+    }
+    entry["budget_nano"] = budget
+    entry["remaining_nano"] = remaining_budget(
+        budget, entry["spent_nano"], entry["held_nano"] + entry["leased_nano"]
+    )
+    for name in ("spent", "held", "leased", "budget", "remaining", "expired", "overrun"):
+        entry[f"{name}_usd"] = usd(entry[f"{name}_nano"])
+    return entry
+
+
+def _counters(tenant_id: str, key: str, entity: Any, fields: tuple[str, ...]) -> dict[str, int]:
+    values = CounterRow(tenant_id, key, entity, fields).values
+    return {name: int(values[name]) for name in fields}
+
+
+# --- the tenant's usage document (GET /api/v1/usage) -----------------------------------
+
+
+class WindowUsage(BaseModel):
+    """Spend against one budget window."""
+
+    window: str = Field(description="The ledger window, day-YYYYMMDD or month-YYYYMM (UTC).")
+    budget_usd: float
+    spent_usd: float = Field(description="Settled cost, expired holds included.")
+    held_usd: float = Field(description="Reserved and not yet settled: request holds plus leased budget.")
+    leased_usd: float = Field(description="The part of held_usd leased to service processes.")
+    remaining_usd: float = Field(description="budget - spent - held: what new requests may still reserve.")
+    budget_nano: int
+    spent_nano: int
+    held_nano: int
+    leased_nano: int
+    remaining_nano: int
+    requests: int = Field(description="Settled requests in the window.")
+    prompt_tokens: int
+    completion_tokens: int
+    expired_holds: int = Field(description="Holds charged unsettled (flagged).")
+    resets_at: datetime
+    resets_in_seconds: int
+
+
+class RateUsage(BaseModel):
+    """This UTC minute's admissions against the per-minute limits.
+
+    Capacity leased to service processes counts as used (it is not available to others).
+    """
+
+    requests: int = Field(description="Requests admitted this minute, or leased to processes.")
+    requests_limit: int
+    tokens: int = Field(
+        description="Tokens admitted or leased this minute (reserved; corrected to actual on settlement)."
+    )
+    tokens_limit: int
+    resets_at: datetime
+    resets_in_seconds: int
+
+
+class ConcurrencyUsage(BaseModel):
+    """Requests admitted and not settled (slots leased to processes count as used)."""
+
+    in_flight: int
+    limit: int
+
+
+class UsageResponse(BaseModel):
+    """``GET /api/v1/usage``: the caller's own usage against its limits."""
+
+    tenant_id: str
+    as_of: datetime
+    day: WindowUsage
+    month: WindowUsage
+    minute: RateUsage
+    concurrency: ConcurrencyUsage
+
+
+def usage_document(tenant: Tenant, rows: Mapping[str, Any], now: datetime) -> UsageResponse:
+    """The usage document from a tenant's day, month, minute and in-flight rows."""
+    _, _, minute_key = window_keys(now)
+    limits = tenant.limits
+    day, month = current_windows(now)
+
+    def window(w: Window, reset_in: int) -> WindowUsage:
+        entry = window_entry(w, _counters(tenant.id, w.row, rows.get(w.row), WINDOW_FIELDS), limits)
+        reserved = entry["held_nano"] + entry["leased_nano"]
+        return WindowUsage.model_validate(
+            {
+                **entry,
+                "held_nano": reserved,
+                "held_usd": usd(reserved),
+                "resets_at": _whole_second(now) + timedelta(seconds=reset_in),
+                "resets_in_seconds": reset_in,
+            }
+        )
+
+    minute = _counters(tenant.id, minute_key, rows.get(minute_key), MINUTE_FIELDS)
+    minute_reset = seconds_to_next_minute(now)
+    return UsageResponse(
+        tenant_id=tenant.id,
+        as_of=now,
+        day=window(day, seconds_to_next_day(now)),
+        month=window(month, seconds_to_next_month(now)),
+        minute=RateUsage(
+            requests=minute["requests"],
+            requests_limit=limits.requests_per_minute,
+            tokens=minute["tokens"],
+            tokens_limit=limits.tokens_per_minute,
+            resets_at=_whole_second(now) + timedelta(seconds=minute_reset),
+            resets_in_seconds=minute_reset,
+        ),
+        concurrency=ConcurrencyUsage(
+            in_flight=_counters(tenant.id, INFLIGHT, rows.get(INFLIGHT), INFLIGHT_FIELDS)["count"],
+            limit=limits.max_concurrent,
+        ),
+    )
+
+
+def _whole_second(now: datetime) -> datetime:
+    return now.replace(microsecond=0)
+
+
+def _usage_keys(now: datetime) -> list[str]:
+    return [*window_keys(now), INFLIGHT]
+
+
+async def usage_of(
+    ledger: Ledger, tenant: Tenant, now: datetime | None = None, *, report_own_leases: bool = True
+) -> UsageResponse:
+    """A tenant's usage now: one query of its four counter rows.
+
+    ``report_own_leases=False`` reads the stored rows as they are (lagging by at most
+    ``SKF_LEASE_REPORT_SECONDS``): reporting is a storage write, and a tenant polling its
+    usage must not be able to make this process write on every poll.
+    """
+    from sk_core.storage import query_partition
+
+    if report_own_leases:
+        await ledger.flush(tenant.id)
+    now = now or ledger.now()
+    table = await ledger.store.table(USAGE_TABLE)
+    rows = await query_partition(table, tenant.id, _usage_keys(now))
+    return usage_document(tenant, rows, now)
+
+
+async def overview(
+    ledger: Ledger, tenants: TenantStore, now: datetime | None = None
+) -> list[tuple[Tenant, UsageResponse]]:
+    """Every tenant with its usage: the tenant list and one query for all their counter
+    rows (cross-partition), read at the same time."""
+    from sk_core.storage import storage_errors
+
+    await ledger.flush()
+    now = now or ledger.now()
+    table = await ledger.store.table(USAGE_TABLE)
+    keys = _usage_keys(now)
+    clauses = " or ".join(f"RowKey eq @r{i}" for i in range(len(keys)))
+
+    async def counter_rows() -> dict[str, dict[str, Any]]:
+        by_tenant: dict[str, dict[str, Any]] = {}
+        with storage_errors():
+            async for entity in table.query_entities(
+                clauses, parameters={f"r{i}": key for i, key in enumerate(keys)}, results_per_page=1000
+            ):
+                by_tenant.setdefault(entity["PartitionKey"], {})[entity["RowKey"]] = entity
+        return by_tenant
+
+    listed, by_tenant = await asyncio.gather(tenants.list_tenants(), counter_rows())
+    return [(t, usage_document(t, by_tenant.get(t.id, {}), now)) for t in listed]
+
+
+# --- history: day rows and rollups -------------------------------------------------------
+
+
+async def read_windows(
+    ledger: Ledger, tenant: Tenant, windows: Sequence[Window], *, report_own_leases: bool = True
+) -> list[dict[str, Any]]:
+    """``window_entry`` of each window, read in two concurrent queries (the day range, the months)."""
+    from sk_core.storage import query_partition, storage_errors
+
+    if report_own_leases:
+        await ledger.flush(tenant.id)
+    table = await ledger.store.table(USAGE_TABLE)
+    days = sorted(w.row for w in windows if w.period == "day")
+    months = [w.row for w in windows if w.period == "month"]
+
+    async def day_rows() -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        if days:
+            with storage_errors():
+                async for entity in table.query_entities(
+                    "PartitionKey eq @p and RowKey ge @first and RowKey le @last",
+                    parameters={"p": tenant.id, "first": days[0], "last": days[-1]},
+                ):
+                    found[entity["RowKey"]] = entity
+        return found
+
+    async def month_rows() -> dict[str, Any]:
+        return await query_partition(table, tenant.id, months) if months else {}
+
+    by_day, by_month = await asyncio.gather(day_rows(), month_rows())
+    found = {**by_day, **by_month}
+    return [
+        window_entry(w, _counters(tenant.id, w.row, found.get(w.row), WINDOW_FIELDS), tenant.limits)
+        for w in windows
+    ]
+
+
+CSV_COLUMNS = (
+    "tenant_id",
+    "period",
+    "label",
+    "spent_usd",
+    "held_usd",
+    "leased_usd",
+    "budget_usd",
+    "remaining_usd",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "expired_holds",
+    "expired_leases",
+    "expired_usd",
+    "overrun_usd",
+    "spent_nano",
+    "held_nano",
+    "leased_nano",
+    "budget_nano",
+    "remaining_nano",
+)
+
+
+def usage_csv(tenant_id: str, entries: Sequence[Mapping[str, Any]]) -> str:
+    """Window entries as CSV: USD with nine decimals (exact: one nano-USD is 1e-9) and the
+    integer nano-USD columns beside them."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for entry in entries:
+        row: list[str] = []
+        for column in CSV_COLUMNS:
+            if column == "tenant_id":
+                row.append(tenant_id)
+            elif column.endswith("_usd"):
+                row.append(_usd_text(int(entry[column.removesuffix("_usd") + "_nano"])))
+            else:
+                row.append(str(entry[column]))
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def _usd_text(amount_nano: int) -> str:
+    sign = "-" if amount_nano < 0 else ""
+    whole, fraction = divmod(abs(amount_nano), 10**9)
+    return f"{sign}{whole}.{fraction:09d}"
+
+
+async def _rollups(store: TableStore, tenant_id: str, first: str) -> dict[str, Bucket]:
+    """The tenant's hourly rollups from hour ``first`` on, every writer's rows added up."""
+    from sk_core.audit import AUDIT_TABLE
+    from sk_core.storage import storage_errors
+
+    table = await store.table(AUDIT_TABLE)
+    with storage_errors():
+        rows = [
+            e
+            async for e in table.query_entities(
+                "PartitionKey eq @p and RowKey ge @first and RowKey lt @end",
+                parameters={"p": tenant_id, "first": HOUR_PREFIX + first, "end": HOUR_PREFIX + "~"},
+                results_per_page=1000,
+            )
+        ]
+    return combine(rows)
+
+
+def _hours(now: datetime, count: int) -> list[str]:
+    """The names of the last ``count`` UTC hours, oldest first, the current one last."""
+    return [stamp(now - timedelta(hours=n)) for n in range(count - 1, -1, -1)]
+
+
+def _per_hour(buckets: Mapping[str, Bucket], names: Sequence[str]) -> dict[str, Any]:
+    """Chart columns by hour: start times (epoch seconds), calls, errors, tokens, cost, codes."""
+    empty = Bucket()
+    picked = [buckets.get(name, empty) for name in names]
+    codes = sorted({code for b in picked for code in b.codes})
+    return {
+        "t": [int(bucket_start(name).timestamp()) for name in names],
+        "calls": [b.calls for b in picked],
+        "errors": [b.errors for b in picked],
+        "tokens": [b.prompt_tokens + b.completion_tokens for b in picked],
+        "cost_usd": [usd(b.cost_nano) for b in picked],
+        "codes": {code: [b.codes.get(code, 0) for b in picked] for code in codes},
+    }
+
+
+def _per_minute(buckets: Mapping[str, Bucket], now: datetime, count: int) -> dict[str, Any]:
+    """Chart columns by minute for the last ``count`` minutes, from the hours' minute slots."""
+    start = now.replace(second=0, microsecond=0) - timedelta(minutes=count - 1)
+    times, calls, tokens = [], [], []
+    for n in range(count):
+        minute = start + timedelta(minutes=n)
+        bucket = buckets.get(stamp(minute))
+        slot = bucket.minutes.get(minute.minute, [0, 0]) if bucket is not None else [0, 0]
+        times.append(int(minute.timestamp()))
+        calls.append(slot[0])
+        tokens.append(slot[1])
+    return {"t": times, "calls": calls, "tokens": tokens}
+
+
+async def _ledger_rows(
+    ledger: Ledger, tenant_id: str, now: datetime, days: Sequence[Window]
+) -> dict[str, Any]:
+    """One query of the tenant's usage partition: the day range, this month, this minute,
+    in flight and the expired-hold and -lease records (Table Storage serves a partition
+    query from its index; one round trip instead of four)."""
+    from sk_core.storage import storage_errors
+
+    _, month, minute = window_keys(now)
+    table = await ledger.store.table(USAGE_TABLE)
+    # Spaces around every parameter: the SDK substitutes @names word by word.
+    query = (
+        "PartitionKey eq @p and ( ( RowKey ge @first and RowKey le @last ) or RowKey eq @month"
+        " or RowKey eq @minute or RowKey eq @inflight or ( RowKey ge 'expired-' and RowKey lt 'expired.' ) )"
+    )
+    parameters = {
+        "p": tenant_id,
+        "first": days[0].row,
+        "last": days[-1].row,
+        "month": month,
+        "minute": minute,
+        "inflight": INFLIGHT,
+    }
+    with storage_errors():
+        return {e["RowKey"]: e async for e in table.query_entities(query, parameters=parameters)}
+
+
+async def detail(
+    ledger: Ledger, tenants: TenantStore, tenant_id: str, audit: AuditLog, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """Everything the dashboard shows for one tenant (None: no such tenant)."""
+    from sk_core.storage import storage_errors
+
+    await ledger.flush(tenant_id)
+    now = now or ledger.now()
+    windows = last_days(now, CHART_DAYS)
+    # The day's hours cover the minute chart's 3 hours too: one query for every chart.
+    hour_names = _hours(now, max(CHART_HOURS, CHART_MINUTES // 60 + 1))
+
+    async def recent() -> list[dict[str, Any]]:
+        with storage_errors():
+            return await audit.recent(tenant_id, RECENT_CALLS)
+
+    # Four independent reads, issued together: a refresh waits for the slowest, not the sum.
+    found, rows, hours, audit_rows = await asyncio.gather(
+        tenants.get_tenant(tenant_id),
+        _ledger_rows(ledger, tenant_id, now, windows[:-1]),
+        _rollups(ledger.store, tenant_id, hour_names[0]),
+        recent(),
+    )
+    if found is None:
+        return None
+    tenant = found
+    usage = usage_document(tenant, rows, now)
+    days = [
+        window_entry(w, _counters(tenant.id, w.row, rows.get(w.row), WINDOW_FIELDS), tenant.limits)
+        for w in windows
+    ]
+    expired = [row for key, row in sorted(rows.items()) if key.startswith("expired-")]
+    last_day = Bucket()
+    for name in hour_names[-CHART_HOURS:]:
+        if name in hours:
+            last_day.merge(hours[name])
+    functions = [
+        {
+            "function": name,
+            "calls": stats.calls,
+            "cost_usd": usd(stats.cost_nano),
+            "p50_ms": percentile(stats.latency, 50),
+            "p95_ms": percentile(stats.latency, 95),
+        }
+        for name, stats in sorted(last_day.functions.items(), key=lambda item: -item[1].cost_nano)
+    ]
+    return {
+        "tenant_id": tenant.id,
+        "name": tenant.display_name,
+        "status": tenant.status,
+        "usage": usage.model_dump(mode="json"),
+        "windows": days[-2:],  # today and this month, exactly as ``admin usage`` prints them
+        "spend_by_day": {
+            "t": [
+                int(datetime.strptime(e["window"], "day-%Y%m%d").replace(tzinfo=UTC).timestamp())
+                for e in days[:-1]
+            ],
+            "spent_usd": [e["spent_usd"] for e in days[:-1]],
+            "budget_usd": usd(tenant.limits.daily_budget_nano),
+        },
+        "per_minute": _per_minute(hours, now, CHART_MINUTES),
+        "per_hour": _per_hour(hours, hour_names[-CHART_HOURS:]),
+        "by_function": functions,
+        "recent": [_call_json(row) for row in audit_rows],
+        "expired": [_expired_json(row) for row in expired],
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.astimezone(UTC).isoformat() if isinstance(value, datetime) else None
+
+
+def _call_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    from sk_core.storage import read_int
+
+    return {
+        "time": _iso(row.get("created_at")),
+        "function": row.get("function", ""),
+        "status": int(row.get("status", 0)),
+        "code": row.get("code", ""),
+        "prompt_tokens": int(row.get("prompt_tokens", 0)),
+        "completion_tokens": int(row.get("completion_tokens", 0)),
+        "cost_usd": usd(read_int(row.get("cost_nano"))),
+        "latency_ms": float(row.get("latency_ms", 0.0)),
+        "trace_id": row.get("trace_id", ""),
+    }
+
+
+def _expired_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    from sk_core.storage import read_int
+
+    # Hold rows carry amount_nano; expired leases carry charged_nano (their whole slice).
+    amount = read_int(row.get("amount_nano")) or read_int(row.get("charged_nano"))
+    return {
+        "id": str(row.get("RowKey", "")).removeprefix("expired-"),
+        "kind": "lease" if str(row.get("RowKey", "")).startswith("expired-lease-") else "hold",
+        "function": row.get("function", ""),
+        "key_id": row.get("key_id", ""),
+        "charged_usd": usd(amount),
+        "created_at": _iso(row.get("created_at")),
+        "charged_at": _iso(row.get("charged_at")),
+        "flagged": bool(row.get("flagged", False)),
+    }
