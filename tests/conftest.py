@@ -7,6 +7,7 @@ Kernel and retry code all run for real.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,10 @@ SERVICE_ENV = {
     "SKF_MODEL_TIMEOUT_SECONDS": "1",
     "SKF_MODEL_MAX_RETRIES": "2",
     "SKF_MODEL_DEADLINE_SECONDS": "4",
+    # Tests script failures back to back; the retry budget (20 % of the last 10 s of
+    # requests) would make how often one is retried depend on the tests before it.
+    # Its own tests (test_routing.py) set it.
+    "SKF_RETRY_BUDGET_RATIO": "10",
     "SKF_READY_TIMEOUT_SECONDS": "10",
     # Non-zero prices: budgets are only tested when requests cost something.
     "SKF_MODEL_PRICES": '{"stub-model": {"input": 1.0, "output": 2.0}}',
@@ -217,3 +223,12 @@ def host(request: pytest.FixtureRequest, stub: StubModel) -> Host:
     fixture = "container_host" if request.param == "container" else "functions_host"
     value: Host = request.getfixturevalue(fixture)
     return value
+
+
+async def inside_one_minute(seconds: float) -> None:
+    """Wait, if need be, so that the next ``seconds`` fall inside one calendar minute:
+    requests per minute are counted in calendar minutes, so a test that expects a 429
+    from its third call must not have its calls straddle a minute's end."""
+    now = datetime.now(UTC)
+    if now.second + now.microsecond / 1e6 > 60 - seconds - 1:
+        await asyncio.sleep(61 - now.second - now.microsecond / 1e6)

@@ -21,6 +21,7 @@ import pytest
 
 from sk_core.service import Service
 from sk_core.tenants import Limits, Tenant
+from tests.conftest import inside_one_minute
 from tests.support.hosts import ContainerHost
 from tests.support.stub_model import StubModel
 from tests.support.usage_traffic import (
@@ -88,6 +89,7 @@ async def test_the_dashboard_shows_the_ledgers_numbers(
     busy_id, busy_key = await new_tenant(service, "busy", Limits(daily_budget_nano=10**10))
     # Two requests a minute: the third call in a row is refused (a refusal to chart).
     calm_id, calm_key = await new_tenant(service, "calm", Limits(requests_per_minute=2))
+    await inside_one_minute(10)  # the calm tenant's three calls in one minute
     assert await _traffic(container_host, busy_key, 4) == [200] * 4
     assert await _traffic(container_host, calm_key, 3) == [200, 200, 429]
     busy = await settled_usage(service.ledger, busy_id)

@@ -24,6 +24,7 @@ from sk_core.limits.slices import BudgetSlice, grant
 from sk_core.pricing import Price
 from sk_core.storage import TableStore, query_partition, read_int
 from sk_core.tenants import Limits, Tenant
+from tests.conftest import inside_one_minute
 
 PRICE = Price(Decimal("1.00"), Decimal("2.00"))  # 1000 / 2000 nano-USD per token
 FAST = LeaseSettings(report_seconds=0.5, idle_seconds=1.0, horizon_seconds=2.0, ttl_seconds=30)
@@ -224,10 +225,9 @@ async def test_many_ledgers_never_overspend_and_use_nearly_all_of_the_budget(
 
 
 async def _inside_one_minute(seconds: float) -> str:
-    """Wait, if need be, so that the next ``seconds`` fall inside one calendar minute."""
-    now = datetime.now(UTC)
-    if now.second + now.microsecond / 1e6 > 60 - seconds - 1:
-        await asyncio.sleep(61 - now.second - now.microsecond / 1e6)
+    """Wait, if need be, so that the next ``seconds`` fall inside one calendar minute;
+    that minute's key."""
+    await inside_one_minute(seconds)
     return window_keys(datetime.now(UTC))[2]
 
 
