@@ -4,7 +4,9 @@
 
 Starts its own stub model, Azurite and the container host (uvicorn, one worker), with a
 TCP fault proxy between the service and the model and between the service and Azurite.
-Clients send summarize calls for two tenants, alternately, as fast as answers come;
+Clients send summarize calls for two tenants, alternately, as fast as answers come:
+a third of them streamed (``Accept: text/event-stream``), a fifth of them a text sent
+before (a response-cache hit, counted but free), the rest a text of its own (a miss);
 every ``--fault-every`` seconds the next fault of a fixed cycle is injected for a moment
 (stub: 429 with Retry-After, 500, malformed JSON, no usage, a broken connection, a hang;
 proxy: model latency, model black hole, model reset, storage black hole, storage reset).
@@ -65,6 +67,16 @@ PROXY_FAULTS: list[tuple[str, str, float]] = [
 ]
 
 
+# Every text has the same length, so every call reserves the same amount (the check).
+REPEATED = f"{SUMMARIZE_BODY['text']} (#--------)"
+
+
+def _body(n: int) -> dict[str, Any]:
+    """The n-th call's body: every fifth the repeated text, else a text of its own."""
+    text = REPEATED if n % 5 == 0 else f"{SUMMARIZE_BODY['text']} (#{n:08d})"
+    return {**SUMMARIZE_BODY, "text": text}
+
+
 @dataclass
 class Sample:
     started: float  # seconds since the soak began
@@ -73,6 +85,7 @@ class Sample:
     code: str | None
     tenant: str
     cost_nano: int
+    streamed: bool = False
 
 
 @dataclass
@@ -93,27 +106,57 @@ async def _client(
     soak: Soak, client: httpx.AsyncClient, keys: dict[str, str], begin: float, until: float, index: int
 ) -> None:
     tenants = itertools.cycle(TENANTS[index % 2 :] + TENANTS[: index % 2])
+    calls = itertools.count(index * 10**6)  # distinct texts per client
     while time.perf_counter() < until:
-        tenant = next(tenants)
+        tenant, n = next(tenants), next(calls)
+        streamed = n % 3 == 1
         started = time.perf_counter()
         try:
-            response = await client.post(
-                SUMMARIZE_PATH, json=SUMMARIZE_BODY, headers={"x-api-key": keys[tenant]}
-            )
-            status = response.status_code
-            code = None
-            if status >= 400:
-                try:
-                    code = response.json().get("code")
-                except ValueError:
-                    code = f"http_{status}"
-            cost = response.headers.get("x-request-cost-usd")
-            cost_nano = round(float(cost) * 1e9) if cost and status == 200 else 0
+            if streamed:
+                status, code, cost_nano = await _streamed(client, _body(n), keys[tenant])
+            else:
+                status, code, cost_nano = await _plain(client, _body(n), keys[tenant])
         except httpx.TransportError as exc:
             status, code, cost_nano = 0, type(exc).__name__, 0
         soak.samples.append(
-            Sample(started - begin, time.perf_counter() - started, status, code, tenant, cost_nano)
+            Sample(started - begin, time.perf_counter() - started, status, code, tenant, cost_nano, streamed)
         )
+
+
+async def _plain(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> tuple[int, str | None, int]:
+    response = await client.post(SUMMARIZE_PATH, json=body, headers={"x-api-key": key})
+    status = response.status_code
+    code = None
+    if status >= 400:
+        try:
+            code = response.json().get("code")
+        except ValueError:
+            code = f"http_{status}"
+    cost = response.headers.get("x-request-cost-usd")
+    return status, code, round(float(cost) * 1e9) if cost and status == 200 else 0
+
+
+async def _streamed(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> tuple[int, str | None, int]:
+    """(status, code, cost told): a stream that fails after its start (an ``error``
+    event) counts as a 502 with the event's code; its cost is the ``done`` event's."""
+    headers = {"x-api-key": key, "accept": "text/event-stream"}
+    async with client.stream("POST", SUMMARIZE_PATH, json=body, headers=headers) as response:
+        if response.status_code != 200:
+            await response.aread()
+            try:
+                return response.status_code, response.json().get("code"), 0
+            except ValueError:
+                return response.status_code, f"http_{response.status_code}", 0
+        event = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event in ("done", "error"):
+                data = json.loads(line.removeprefix("data:"))
+                if event == "done":
+                    return 200, None, round(float(data["cost_usd"]) * 1e9)
+                return 502, f"stream:{data.get('code')}", 0
+    return 0, "stream_ended_without_done", 0
 
 
 async def _inject(soak: Soak, stub: Any, proxies: dict[str, FaultProxy], every: float, until: float) -> None:
@@ -165,6 +208,7 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
     from bench._common import settings_from_env
     from sk_core.limits import Ledger, window_keys
     from sk_core.limits.rows import INFLIGHT, USAGE_TABLE
+    from sk_core.rollups import ROLLUP_PREFIX
     from sk_core.service import Service
     from sk_core.storage import query_partition, read_int
 
@@ -186,7 +230,10 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
             rows = await query_partition(usage_table, tenant, [day, INFLIGHT])
             window, inflight = rows.get(day, {}), rows.get(INFLIGHT, {})
             audit_cost = audit_rows = 0
-            async for row in audit_table.query_entities("PartitionKey eq @p", parameters={"p": tenant}):
+            # The calls' rows only: the usage rollup rows after them hold totals.
+            async for row in audit_table.query_entities(
+                "PartitionKey eq @p and RowKey lt @end", parameters={"p": tenant, "end": ROLLUP_PREFIX}
+            ):
                 audit_rows += 1
                 audit_cost += read_int(row.get("cost_nano"))
             mine = [s for s in soak.samples if s.tenant == tenant]
@@ -226,7 +273,7 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
 def _reservation(service: Any) -> int:
     """What admission holds for one soak call (limits are far away: nothing is clamped)."""
     spec = service.catalog.get("text", "summarize")
-    arguments = spec.arguments_model.model_validate(SUMMARIZE_BODY).model_dump()
+    arguments = spec.arguments_model.model_validate(_body(1)).model_dump()
     requested = arguments.pop("max_tokens") or spec.default_max_tokens_for(arguments)
     price = service.settings.routing.chain(None).reservation_price
     return int(price.cost_nano(spec.prompt_token_bound(arguments), requested))
@@ -241,6 +288,7 @@ def _per_minute(soak: Soak) -> list[dict[str, Any]]:
         samples = minutes[minute]
         durations = [s.seconds for s in samples]
         errors = Counter(f"{s.status} {s.code}" for s in samples if s.status >= 500 or s.status == 0)
+        streamed = [s.seconds for s in samples if s.streamed and s.status == 200]
         table.append(
             {
                 "minute": minute + 1,
@@ -248,6 +296,7 @@ def _per_minute(soak: Soak) -> list[dict[str, Any]]:
                 "ok": sum(s.status == 200 for s in samples),
                 "p50_ms": round(percentile(durations, 50) * 1000, 1),
                 "p99_ms": round(percentile(durations, 99) * 1000, 1),
+                "streamed_p50_ms": round(percentile(streamed, 50) * 1000, 1) if streamed else None,
                 "errors_5xx": dict(errors),
                 "rss_mib": round(soak.rss_kib.get(minute, 0) / 1024, 1),
             }
