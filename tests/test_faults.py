@@ -619,3 +619,33 @@ async def test_the_openai_model_field_names_the_configured_model_or_a_chain(faul
         "fallback": "fallback",
         "two": "two",
     }
+
+
+async def test_a_stream_that_stalls_after_it_opened_is_charged_its_reservation(
+    faulty: Faulty, stub: StubModel
+) -> None:
+    service = faulty.service
+    fresh_health(service)
+    before = await settled(faulty)
+    # The provider's stream opens (its first chunk, the role, comes at once), then stalls
+    # between words longer than a read may wait (1 s in these settings).
+    stub.script({"content": "one two three four five six", "chunk_delay": 1.5})
+    spec = service.catalog.get("text", "summarize")
+    assert spec is not None
+    record = AuditEntry(route="fault")
+    call = await service.pipeline.stream(faulty.principal, spec, dict(ARGS), max_tokens=None, record=record)
+    pieces: list[str] = []
+
+    async def consume() -> None:
+        async for piece in call:
+            pieces.append(piece)
+
+    started = time.perf_counter()
+    with pytest.raises(ApiError) as caught:
+        await consume()
+    assert caught.value.code in ("model_timeout", "model_unavailable")
+    assert time.perf_counter() - started < 6.0
+    assert record.cost_nano == reservation(service)
+    assert _runtime(service).health.inflight["proxied"] == 0  # the slot came back
+    spent, held = await settled(faulty)
+    assert (spent - before[0], held) == (reservation(service), 0)
