@@ -36,7 +36,15 @@ from typing import Any
 
 import httpx
 
-from bench._common import SUMMARIZE_BODY, SUMMARIZE_PATH, machine, markdown_table, percentile, write_results
+from bench._common import (
+    SUMMARIZE_BODY,
+    SUMMARIZE_PATH,
+    machine,
+    markdown_table,
+    percentile,
+    process_cpu_seconds,
+    write_results,
+)
 from scripts.devservices import free_port, start_azurite, start_service
 from tests.support.fault_proxy import FaultProxy
 from tests.support.stub_model import start_stub_model
@@ -92,6 +100,8 @@ class Sample:
 class Soak:
     samples: list[Sample] = field(default_factory=list)
     rss_kib: dict[int, int] = field(default_factory=dict)  # minute -> peak RSS
+    # minute -> CPU seconds used so far (service, Azurite) at the minute's last sample
+    cpu: dict[int, tuple[float, float]] = field(default_factory=dict)
     faults: Counter[str] = field(default_factory=Counter)
 
 
@@ -177,11 +187,13 @@ async def _inject(soak: Soak, stub: Any, proxies: dict[str, FaultProxy], every: 
         soak.faults[f"{name} {mode}"] += 1
 
 
-async def _sample_rss(soak: Soak, pid: int, begin: float, until: float) -> None:
+async def _sample(soak: Soak, pid: int, azurite_pid: int, begin: float, until: float) -> None:
+    """Peak RSS of the service, and CPU of the service and of Azurite, per minute."""
     while time.perf_counter() < until:
         minute = int((time.perf_counter() - begin) // 60)
         with contextlib.suppress(OSError):
             soak.rss_kib[minute] = max(soak.rss_kib.get(minute, 0), _rss_kib(pid))
+            soak.cpu[minute] = (process_cpu_seconds(pid), process_cpu_seconds(azurite_pid))
         await asyncio.sleep(2)
 
 
@@ -279,6 +291,16 @@ def _reservation(service: Any) -> int:
     return int(price.cost_nano(spec.prompt_token_bound(arguments), requested))
 
 
+def _cpu_per_request(soak: Soak, minute: int, requests: int) -> dict[str, float | None]:
+    now, before = soak.cpu.get(minute), soak.cpu.get(minute - 1, (0.0, 0.0))
+    if now is None or not requests:
+        return {"service_cpu_ms_per_request": None, "azurite_cpu_ms_per_request": None}
+    return {
+        "service_cpu_ms_per_request": round((now[0] - before[0]) / requests * 1000, 2),
+        "azurite_cpu_ms_per_request": round((now[1] - before[1]) / requests * 1000, 2),
+    }
+
+
 def _per_minute(soak: Soak) -> list[dict[str, Any]]:
     minutes: dict[int, list[Sample]] = defaultdict(list)
     for sample in soak.samples:
@@ -299,6 +321,8 @@ def _per_minute(soak: Soak) -> list[dict[str, Any]]:
                 "streamed_p50_ms": round(percentile(streamed, 50) * 1000, 1) if streamed else None,
                 "errors_5xx": dict(errors),
                 "rss_mib": round(soak.rss_kib.get(minute, 0) / 1024, 1),
+                # CPU per request this minute: where the time goes as tables grow.
+                **_cpu_per_request(soak, minute, len(samples)),
             }
         )
     return table
@@ -340,7 +364,7 @@ async def run(minutes: float, clients: int, every: float) -> dict[str, Any]:
                 await asyncio.gather(
                     *(_client(soak, client, keys, begin, until, i) for i in range(clients)),
                     _inject(soak, stub.client, proxies, every, until),
-                    _sample_rss(soak, service.process.pid, begin, until),
+                    _sample(soak, service.process.pid, azurite.process.pid, begin, until),
                 )
             model_proxy.set("pass")
             storage_proxy.set("pass")
@@ -386,12 +410,17 @@ def main() -> None:
             m["ok"],
             m["p50_ms"],
             m["p99_ms"],
+            m["streamed_p50_ms"],
             m["rss_mib"],
+            m["service_cpu_ms_per_request"],
+            m["azurite_cpu_ms_per_request"],
             json.dumps(m["errors_5xx"]),
         ]
         for m in result["per_minute"]
     ]
-    print(markdown_table(["minute", "requests", "200", "p50 ms", "p99 ms", "RSS MiB", "5xx by code"], rows))
+    headers = ["minute", "requests", "200", "p50 ms", "p99 ms", "streamed p50 ms", "RSS MiB"]
+    headers += ["service CPU ms/req", "Azurite CPU ms/req", "5xx by code"]
+    print(markdown_table(headers, rows))
     print(f"\nstatuses: {result['statuses']}")
     print(f"faults injected: {result['faults_injected']}")
     print(f"RSS growth after warm-up: {result['rss_growth_after_warmup_pct']} %")
