@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -406,11 +407,11 @@ def _install(settings: Settings, host: str, exporters: Exporters | None, problem
     root.addHandler(log_handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
-    if settings.log_format == "json" and not under_functions_worker():
+    if not under_functions_worker():
         # Under the Functions worker, not: the worker already forwards every record of
         # the root logger to the host over its gRPC channel (RpcLog), and the host also
-        # relays the worker's stdout, so a stdout handler would write each line twice.
-        _install_json_stdout_logging(root)
+        # relays the worker's output, so a handler of ours would write each line twice.
+        _install_stderr_logging(root, JsonFormatter() if settings.log_format == "json" else TEXT_FORMAT)
     if not settings.genai_sensitive_diagnostics:
         _quiet_third_party_loggers()
     if settings.genai_diagnostics:
@@ -463,9 +464,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def _install_json_stdout_logging(root: logging.Logger) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+# ``SKF_LOG_FORMAT=text``: one readable line per record, for a developer's terminal.
+TEXT_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s")
+
+
+def _install_stderr_logging(root: logging.Logger, formatter: logging.Formatter) -> None:
+    # stderr: the admin CLI's output (CSV, JSON) goes to stdout and must stay parseable.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
     root.addHandler(handler)
 
 

@@ -8,7 +8,9 @@ import asyncio
 import json
 import os
 import secrets
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -412,27 +414,37 @@ def test_the_http_twin_of_a_grpc_endpoint(monkeypatch: pytest.MonkeyPatch) -> No
     assert _http_twin_of_grpc_endpoint("logs") == "http://collector:4318/v1/logs"
 
 
-@pytest.mark.parametrize(("worker_runtime", "json_handlers"), [("", 1), ("python", 0)])
-def test_json_lines_go_to_stdout_except_under_the_functions_worker(
-    worker_runtime: str, json_handlers: int
+@pytest.mark.parametrize(
+    ("worker_runtime", "log_format", "lines"),
+    [("", "json", 1), ("", "text", 1), ("python", "json", 0), ("python", "text", 0)],
+)
+def test_log_lines_go_to_stderr_in_the_chosen_format_except_under_the_functions_worker(
+    worker_runtime: str, log_format: str, lines: int
 ) -> None:
-    result = run_fresh_python(
-        f"""
-    import json, logging, os
+    code = f"""
+    import logging, os
     os.environ["FUNCTIONS_WORKER_RUNTIME"] = {worker_runtime!r}
     from sk_core import telemetry
     from sk_core.settings import Settings
 
     telemetry.setup_telemetry(
-        Settings.model_validate({{"telemetry_exporter": "none", "log_format": "json"}}), host="test"
+        Settings.model_validate({{"telemetry_exporter": "none", "log_format": {log_format!r}}}), host="test"
     )
-    handlers = [
-        h for h in logging.getLogger().handlers if isinstance(h.formatter, telemetry.JsonFormatter)
-    ]
-    print(json.dumps({{"json_handlers": len(handlers)}}))
+    logging.getLogger("sk_core.test").warning("the marker line")
+    print("stdout stays clean")
     """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=120,
     )
-    assert result["json_handlers"] == json_handlers
+    assert out.stdout == "stdout stays clean\n"
+    logged = [line for line in out.stderr.splitlines() if "the marker line" in line]
+    assert len(logged) == lines
+    if logged and log_format == "json":
+        entry = json.loads(logged[0])
+        assert (entry["level"], entry["logger"]) == ("WARNING", "sk_core.test")
+    elif logged:
+        assert " WARNING sk_core.test - the marker line" in logged[0]
 
 
 # The real Azure Functions Python worker, driven by the shared host stand-in (see its
