@@ -94,6 +94,7 @@ class Sample:
     tenant: str
     cost_nano: int
     streamed: bool = False
+    trace_id: str = ""  # X-Trace-Id: the audit row of this call has it too
 
 
 @dataclass
@@ -122,18 +123,20 @@ async def _client(
         streamed = n % 3 == 1
         started = time.perf_counter()
         try:
-            if streamed:
-                status, code, cost_nano = await _streamed(client, _body(n), keys[tenant])
-            else:
-                status, code, cost_nano = await _plain(client, _body(n), keys[tenant])
+            call = _streamed if streamed else _plain
+            status, code, cost_nano, trace_id = await call(client, _body(n), keys[tenant])
         except httpx.TransportError as exc:
-            status, code, cost_nano = 0, type(exc).__name__, 0
+            status, code, cost_nano, trace_id = 0, type(exc).__name__, 0, ""
+        seconds = time.perf_counter() - started
         soak.samples.append(
-            Sample(started - begin, time.perf_counter() - started, status, code, tenant, cost_nano, streamed)
+            Sample(started - begin, seconds, status, code, tenant, cost_nano, streamed, trace_id)
         )
 
 
-async def _plain(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> tuple[int, str | None, int]:
+Reply = tuple[int, str | None, int, str]  # status, code, cost told (nano-USD), trace id
+
+
+async def _plain(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> Reply:
     response = await client.post(SUMMARIZE_PATH, json=body, headers={"x-api-key": key})
     status = response.status_code
     code = None
@@ -143,20 +146,22 @@ async def _plain(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> t
         except ValueError:
             code = f"http_{status}"
     cost = response.headers.get("x-request-cost-usd")
-    return status, code, round(float(cost) * 1e9) if cost and status == 200 else 0
+    told = round(float(cost) * 1e9) if cost and status == 200 else 0
+    return status, code, told, response.headers.get("x-trace-id", "")
 
 
-async def _streamed(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> tuple[int, str | None, int]:
-    """(status, code, cost told): a stream that fails after its start (an ``error``
-    event) counts as a 502 with the event's code; its cost is the ``done`` event's."""
+async def _streamed(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> Reply:
+    """A stream that fails after its start (an ``error`` event) counts as a 502 with the
+    event's code; its cost is the ``done`` event's."""
     headers = {"x-api-key": key, "accept": "text/event-stream"}
     async with client.stream("POST", SUMMARIZE_PATH, json=body, headers=headers) as response:
+        trace_id = response.headers.get("x-trace-id", "")
         if response.status_code != 200:
             await response.aread()
             try:
-                return response.status_code, response.json().get("code"), 0
+                return response.status_code, response.json().get("code"), 0, trace_id
             except ValueError:
-                return response.status_code, f"http_{response.status_code}", 0
+                return response.status_code, f"http_{response.status_code}", 0, trace_id
         event = ""
         async for line in response.aiter_lines():
             if line.startswith("event:"):
@@ -164,9 +169,9 @@ async def _streamed(client: httpx.AsyncClient, body: dict[str, Any], key: str) -
             elif line.startswith("data:") and event in ("done", "error"):
                 data = json.loads(line.removeprefix("data:"))
                 if event == "done":
-                    return 200, None, round(float(data["cost_usd"]) * 1e9)
-                return 502, f"stream:{data.get('code')}", 0
-    return 0, "stream_ended_without_done", 0
+                    return 200, None, round(float(data["cost_usd"]) * 1e9), trace_id
+                return 502, f"stream:{data.get('code')}", 0, trace_id
+    return 0, "stream_ended_without_done", 0, trace_id
 
 
 async def _inject(soak: Soak, stub: Any, proxies: dict[str, FaultProxy], every: float, until: float) -> None:
@@ -242,12 +247,14 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
             rows = await query_partition(usage_table, tenant, [day, INFLIGHT])
             window, inflight = rows.get(day, {}), rows.get(INFLIGHT, {})
             audit_cost = audit_rows = 0
+            by_trace: dict[str, dict[str, Any]] = {}
             # The calls' rows only: the usage rollup rows after them hold totals.
             async for row in audit_table.query_entities(
                 "PartitionKey eq @p and RowKey lt @end", parameters={"p": tenant, "end": ROLLUP_PREFIX}
             ):
                 audit_rows += 1
                 audit_cost += read_int(row.get("cost_nano"))
+                by_trace[str(row.get("trace_id", ""))] = dict(row)
             mine = [s for s in soak.samples if s.tenant == tenant]
             told = sum(s.cost_nano for s in mine)
             spent, held = read_int(window.get("spent_nano")), read_int(window.get("held_nano"))
@@ -268,6 +275,7 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
                 "reservation_nano": reservation,
                 "failures_charged_their_reservation": charged_failures,
                 "failures_that_may_be_charged": billable,
+                "per_call": _reconcile(mine, by_trace),
                 # Exact: nothing held or in flight, and the stored spend is what the 200s
                 # were told plus whole reservations of failed calls that may have been
                 # billed (every call here reserves the same amount). A hold charged at
@@ -280,6 +288,57 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
         return report
     finally:
         await service.aclose()
+
+
+def _reconcile(samples: list[Sample], audit: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each call against its audit row (by trace id): calls without a row, and answered
+    calls whose row's cost is not what the client was told (a few of each, for a look)."""
+    from sk_core.storage import read_int
+
+    missing = [s for s in samples if s.trace_id not in audit]
+    differ = [
+        (s, read_int(audit[s.trace_id].get("cost_nano")))
+        for s in samples
+        if s.status == 200
+        and s.trace_id in audit
+        and read_int(audit[s.trace_id].get("cost_nano")) != s.cost_nano
+    ]
+    return {
+        "without_audit_row": len(missing),
+        "without_audit_row_by_status": dict(Counter(f"{s.status} {s.code or ''}".strip() for s in missing)),
+        "without_audit_row_minutes": dict(Counter(int(s.started // 60) + 1 for s in missing)),
+        "without_audit_row_told_nano": sum(s.cost_nano for s in missing),
+        "told_differs_from_audit": len(differ),
+        "told_minus_audit_nano": sum(s.cost_nano - cost for s, cost in differ),
+        "differing_examples": [
+            {
+                "minute": int(s.started // 60) + 1,
+                "streamed": s.streamed,
+                "told": s.cost_nano,
+                "audit": cost,
+                "audit_code": audit[s.trace_id].get("code"),
+                "audit_status": audit[s.trace_id].get("status"),
+            }
+            for s, cost in differ[:5]
+        ],
+    }
+
+
+def _log_summary(log: str) -> dict[str, int]:
+    """The service log's warnings and errors (JSON lines), by logger and message with
+    numbers and ids masked."""
+    import re
+
+    counts: Counter[str] = Counter()
+    for line in log.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
+            message = re.sub(r"[0-9a-f]{12,}|\d+(\.\d+)?", "#", str(entry.get("message")))[:100]
+            counts[f"{entry['level']} {entry.get('logger')}: {message}"] += 1
+    return dict(counts.most_common(15))
 
 
 def _reservation(service: Any) -> int:
@@ -351,7 +410,7 @@ async def run(minutes: float, clients: int, every: float) -> dict[str, Any]:
                 "SKF_MODEL_TIMEOUT_SECONDS": "2",
                 "SKF_MODEL_DEADLINE_SECONDS": "6",
                 "SKF_HOLD_LEASE_SECONDS": "30",
-                "SKF_LOG_FORMAT": "text",
+                "SKF_LOG_FORMAT": "json",  # on stderr, into service.log: summarised at the end
                 "SKF_TELEMETRY_EXPORTER": "none",
             }
             port = free_port()
@@ -393,6 +452,7 @@ async def run(minutes: float, clients: int, every: float) -> dict[str, Any]:
         else None,
         "ledger": ledger,
         "unhandled_errors_in_log": service_log.count("unhandled error"),
+        "service_log": _log_summary(service_log),
     }
 
 
@@ -425,6 +485,7 @@ def main() -> None:
     print(f"faults injected: {result['faults_injected']}")
     print(f"RSS growth after warm-up: {result['rss_growth_after_warmup_pct']} %")
     print(f"unhandled errors in the service log: {result['unhandled_errors_in_log']}")
+    print("service log, warnings and errors:", json.dumps(result["service_log"], indent=2))
     print("ledger:", json.dumps(result["ledger"], indent=2))
     print(f"wrote {write_results('soak', result)}")
 
