@@ -95,6 +95,7 @@ class Sample:
     cost_nano: int
     streamed: bool = False
     trace_id: str = ""  # X-Trace-Id: the audit row of this call has it too
+    cache: str = ""  # X-Cache: hit or miss (plain calls; streams bypass the cache)
 
 
 @dataclass
@@ -124,16 +125,16 @@ async def _client(
         started = time.perf_counter()
         try:
             call = _streamed if streamed else _plain
-            status, code, cost_nano, trace_id = await call(client, _body(n), keys[tenant])
+            status, code, cost_nano, trace_id, cache = await call(client, _body(n), keys[tenant])
         except httpx.TransportError as exc:
-            status, code, cost_nano, trace_id = 0, type(exc).__name__, 0, ""
+            status, code, cost_nano, trace_id, cache = 0, type(exc).__name__, 0, "", ""
         seconds = time.perf_counter() - started
         soak.samples.append(
-            Sample(started - begin, seconds, status, code, tenant, cost_nano, streamed, trace_id)
+            Sample(started - begin, seconds, status, code, tenant, cost_nano, streamed, trace_id, cache)
         )
 
 
-Reply = tuple[int, str | None, int, str]  # status, code, cost told (nano-USD), trace id
+Reply = tuple[int, str | None, int, str, str]  # status, code, cost told (nano-USD), trace id, X-Cache
 
 
 async def _plain(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> Reply:
@@ -147,7 +148,8 @@ async def _plain(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> R
             code = f"http_{status}"
     cost = response.headers.get("x-request-cost-usd")
     told = round(float(cost) * 1e9) if cost and status == 200 else 0
-    return status, code, told, response.headers.get("x-trace-id", "")
+    headers = response.headers
+    return status, code, told, headers.get("x-trace-id", ""), headers.get("x-cache", "")
 
 
 async def _streamed(client: httpx.AsyncClient, body: dict[str, Any], key: str) -> Reply:
@@ -159,9 +161,9 @@ async def _streamed(client: httpx.AsyncClient, body: dict[str, Any], key: str) -
         if response.status_code != 200:
             await response.aread()
             try:
-                return response.status_code, response.json().get("code"), 0, trace_id
+                return response.status_code, response.json().get("code"), 0, trace_id, ""
             except ValueError:
-                return response.status_code, f"http_{response.status_code}", 0, trace_id
+                return response.status_code, f"http_{response.status_code}", 0, trace_id, ""
         event = ""
         async for line in response.aiter_lines():
             if line.startswith("event:"):
@@ -169,9 +171,9 @@ async def _streamed(client: httpx.AsyncClient, body: dict[str, Any], key: str) -
             elif line.startswith("data:") and event in ("done", "error"):
                 data = json.loads(line.removeprefix("data:"))
                 if event == "done":
-                    return 200, None, round(float(data["cost_usd"]) * 1e9), trace_id
-                return 502, f"stream:{data.get('code')}", 0, trace_id
-    return 0, "stream_ended_without_done", 0, trace_id
+                    return 200, None, round(float(data["cost_usd"]) * 1e9), trace_id, ""
+                return 502, f"stream:{data.get('code')}", 0, trace_id, ""
+    return 0, "stream_ended_without_done", 0, trace_id, ""
 
 
 async def _inject(soak: Soak, stub: Any, proxies: dict[str, FaultProxy], every: float, until: float) -> None:
@@ -223,6 +225,7 @@ async def _provision(env: dict[str, str]) -> dict[str, str]:
 async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
     """After the service stopped: charge every hold past its lease, then compare per tenant."""
     from bench._common import settings_from_env
+    from sk_core.audit import ANONYMOUS
     from sk_core.limits import Ledger, window_keys
     from sk_core.limits.rows import INFLIGHT, USAGE_TABLE
     from sk_core.rollups import ROLLUP_PREFIX
@@ -243,6 +246,12 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
         usage_table = await service.store.table(USAGE_TABLE)
         audit_table = await service.store.table("audit")
         report: dict[str, Any] = {"holds_expired_by_final_sweep": expired, "tenants": {}}
+        # A call refused before its key was checked (storage could not be asked) has its
+        # audit row in the anonymous partition, not its tenant's.
+        anonymous = {
+            str(row.get("trace_id", "")): dict(row)
+            async for row in audit_table.query_entities("PartitionKey eq @p", parameters={"p": ANONYMOUS})
+        }
         for tenant in TENANTS:
             rows = await query_partition(usage_table, tenant, [day, INFLIGHT])
             window, inflight = rows.get(day, {}), rows.get(INFLIGHT, {})
@@ -275,7 +284,7 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
                 "reservation_nano": reservation,
                 "failures_charged_their_reservation": charged_failures,
                 "failures_that_may_be_charged": billable,
-                "per_call": _reconcile(mine, by_trace),
+                "per_call": _reconcile(mine, by_trace, anonymous),
                 # Exact: nothing held or in flight, and the stored spend is what the 200s
                 # were told plus whole reservations of failed calls that may have been
                 # billed (every call here reserves the same amount). A hold charged at
@@ -290,12 +299,16 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
         await service.aclose()
 
 
-def _reconcile(samples: list[Sample], audit: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Each call against its audit row (by trace id): calls without a row, and answered
-    calls whose row's cost is not what the client was told (a few of each, for a look)."""
+def _reconcile(
+    samples: list[Sample], audit: dict[str, dict[str, Any]], anonymous: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Each call against its audit row (by trace id): calls without a row (in the
+    tenant's partition or the anonymous one), and answered calls whose row's cost is not
+    what the client was told (a few, for a look)."""
     from sk_core.storage import read_int
 
-    missing = [s for s in samples if s.trace_id not in audit]
+    unauthenticated = [s for s in samples if s.trace_id not in audit and s.trace_id in anonymous]
+    missing = [s for s in samples if s.trace_id not in audit and s.trace_id not in anonymous]
     differ = [
         (s, read_int(audit[s.trace_id].get("cost_nano")))
         for s in samples
@@ -304,6 +317,7 @@ def _reconcile(samples: list[Sample], audit: dict[str, dict[str, Any]]) -> dict[
         and read_int(audit[s.trace_id].get("cost_nano")) != s.cost_nano
     ]
     return {
+        "audit_row_in_anonymous_partition": len(unauthenticated),
         "without_audit_row": len(missing),
         "without_audit_row_by_status": dict(Counter(f"{s.status} {s.code or ''}".strip() for s in missing)),
         "without_audit_row_minutes": dict(Counter(int(s.started // 60) + 1 for s in missing)),
@@ -375,6 +389,7 @@ def _per_minute(soak: Soak) -> list[dict[str, Any]]:
                 "minute": minute + 1,
                 "requests": len(samples),
                 "ok": sum(s.status == 200 for s in samples),
+                "cache_hits": sum(s.cache == "hit" for s in samples),
                 "p50_ms": round(percentile(durations, 50) * 1000, 1),
                 "p99_ms": round(percentile(durations, 99) * 1000, 1),
                 "streamed_p50_ms": round(percentile(streamed, 50) * 1000, 1) if streamed else None,
@@ -410,6 +425,8 @@ async def run(minutes: float, clients: int, every: float) -> dict[str, Any]:
                 "SKF_MODEL_TIMEOUT_SECONDS": "2",
                 "SKF_MODEL_DEADLINE_SECONDS": "6",
                 "SKF_HOLD_LEASE_SECONDS": "30",
+                # Summarize opts in to the response cache here (its prompt file does not).
+                "SKF_CACHE_FUNCTIONS": json.dumps({"text/summarize": {"enabled": True}}),
                 "SKF_LOG_FORMAT": "json",  # on stderr, into service.log: summarised at the end
                 "SKF_TELEMETRY_EXPORTER": "none",
             }
@@ -468,6 +485,7 @@ def main() -> None:
             m["minute"],
             m["requests"],
             m["ok"],
+            m["cache_hits"],
             m["p50_ms"],
             m["p99_ms"],
             m["streamed_p50_ms"],
@@ -478,7 +496,7 @@ def main() -> None:
         ]
         for m in result["per_minute"]
     ]
-    headers = ["minute", "requests", "200", "p50 ms", "p99 ms", "streamed p50 ms", "RSS MiB"]
+    headers = ["minute", "requests", "200", "cache hits", "p50 ms", "p99 ms", "streamed p50 ms", "RSS MiB"]
     headers += ["service CPU ms/req", "Azurite CPU ms/req", "5xx by code"]
     print(markdown_table(headers, rows))
     print(f"\nstatuses: {result['statuses']}")
