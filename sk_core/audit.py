@@ -67,6 +67,8 @@ class AuditLog:
         self._retention = timedelta(days=retention_days)
         self._flush_seconds = flush_seconds
         self._queue: list[dict[str, Any]] = []
+        # RowKeys of queued rows whose write failed once: it may have landed all the same.
+        self._retried: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.lost = 0  # rows that could not be written (logged)
@@ -124,8 +126,11 @@ class AuditLog:
         partition's rollup rows included.
 
         Rows whose write failed go back to the queue for the next flush (a second later),
-        up to ``_RETRY_ROWS``: rows are upserts and rollup rows whole-bucket replaces, so
-        a batch that was written although its answer was lost is written again harmlessly.
+        up to ``_RETRY_ROWS``, and are then written as upserts (rollup rows are always
+        whole-bucket replaces), so a batch that landed although its answer was lost is
+        written again harmlessly. A first write is a create: the same on Azure, but
+        Azurite's upserts cost twice its creates in a large partition
+        (``bench/azurite_tables.py``), and a tenant's audit partition is large.
         """
         from azure.data.tables import UpdateMode
 
@@ -141,7 +146,9 @@ class AuditLog:
             while start < len(partition_rows):
                 chunk, changed = self._chunk(partition, partition_rows[start:])
                 start += len(chunk)
-                operations: list[Any] = [("upsert", row, {}) for row in chunk]
+                operations: list[Any] = [
+                    ("upsert" if row["RowKey"] in self._retried else "create", row, {}) for row in chunk
+                ]
                 # Whole-row replace: this writer's row holds its full bucket (idempotent).
                 replace = {"mode": UpdateMode.REPLACE}
                 operations += [("upsert", e, replace) for e in self.rollups.entities(changed)]
@@ -152,9 +159,11 @@ class AuditLog:
                     failed.extend(chunk)  # not committed to the rollups: planned again
                     continue
                 self.rollups.commit(changed, datetime.now(UTC))
+                self._retried.difference_update(row["RowKey"] for row in chunk)
         if failed:
             kept = failed[: max(0, _RETRY_ROWS - len(self._queue))]
             self._queue[:0] = kept
+            self._retried.update(row["RowKey"] for row in kept)
             if len(kept) < len(failed):
                 self.lost += len(failed) - len(kept)
                 logger.warning("audit write failed: %d rows lost", len(failed) - len(kept))
@@ -223,6 +232,7 @@ class AuditLog:
             self.lost += len(self._queue)
             logger.warning("audit: %d rows not written at shutdown", len(self._queue))
             self._queue = []
+            self._retried.clear()
 
 
 def _compact(guard: dict[str, Any]) -> str:

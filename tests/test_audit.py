@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sk_core.audit import AuditEntry, AuditLog
+from sk_core.audit import ANONYMOUS, AuditEntry, AuditLog
 from sk_core.storage import TableStore
 
 
@@ -53,3 +53,27 @@ async def test_a_row_recorded_during_a_flush_is_written_without_another_call(azu
     finally:
         await log.aclose()
         await store.aclose()
+
+
+async def test_a_retried_batch_that_had_landed_is_written_again_harmlessly(audit: AuditLog) -> None:
+    # A first write is a create; a row whose write failed is retried as an upsert, because
+    # the failed write may have landed (its answer lost). Landed here, then retried. (Rows
+    # of no tenant: they have no usage rollups, which a real lost answer leaves unplanned.)
+    entry = AuditEntry(route="/api/v1/summarize", status=401, code="unauthorized")
+    rows = [audit.row(entry) for _ in range(3)]
+    audit._queue.extend(dict(row) for row in rows)
+    await audit.flush()
+    audit._queue.extend(dict(row) for row in rows)
+    audit._retried.update(row["RowKey"] for row in rows)
+    await audit.flush()
+    assert (audit._queue, audit._retried, audit.lost) == ([], set(), 0)
+    recent = await audit.recent(ANONYMOUS)
+    assert sorted(row["RowKey"] for row in recent) == sorted(row["RowKey"] for row in rows)
+    # The same rows as creates again would fail (and be queued for a retry): the reason
+    # retried rows are upserts.
+    audit._queue.extend(dict(row) for row in rows)
+    await audit.flush()
+    assert len(audit._queue) == 3
+    assert audit._retried == {row["RowKey"] for row in rows}
+    await audit.flush()
+    assert (audit._queue, audit.lost) == ([], 0)
