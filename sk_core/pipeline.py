@@ -505,14 +505,20 @@ class Pipeline:
     async def _settle_quietly(
         self, hold: Hold, cost_nano: int, prompt_tokens: int, completion_tokens: int
     ) -> int:
-        """Settle; if storage fails now, the hold expires and is charged its reservation."""
+        """Settle; if storage fails now, the hold expires and is charged its reservation.
+
+        A failure may also hide a settlement that landed (its answer was lost): then the
+        usage was charged. Either way the reservation is what the caller is told and
+        the audit row records, the most it can have been charged.
+        """
         try:
             settlement = await self._ledger.settle(
                 hold, cost_nano=cost_nano, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
             )
         except StorageUnavailable as exc:
             logger.error(
-                "could not settle %s (%s); it will expire and be charged %d nano-USD",
+                "settlement of %s unconfirmed (%s): unless it landed, the hold expires "
+                "and is charged %d nano-USD",
                 hold.request_id,
                 exc.reason,
                 hold.amount_nano,
