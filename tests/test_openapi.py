@@ -31,12 +31,17 @@ def test_the_summarize_body_publishes_its_inputs_but_not_internal_rules() -> Non
     assert "x-sk-answer-tokens" not in text
 
 
-def test_the_cache_headers_are_documented_on_model_routes() -> None:
+def test_the_cache_and_routing_headers_are_documented_on_model_routes() -> None:
     document = build_openapi(Catalog.load())
     for path in ("/api/v1/summarize", "/api/v1/chat", "/api/v1/functions/{plugin}/{function}"):
         operation = document["paths"][path]["post"]
-        assert "Cache-Control" in [p["name"] for p in operation["parameters"] if p["in"] == "header"]
-        assert set(operation["responses"]["200"]["headers"]) == {"X-Cache", "Age"}
+        headers = [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+        assert {"Cache-Control", "X-Model-Chain"} <= set(headers)
+        assert set(operation["responses"]["200"]["headers"]) == {"X-Cache", "Age", "X-Model-Deployment"}
+    # The OpenAI route picks its chain by the request's model, not a header.
+    completions = document["paths"]["/api/v1/chat/completions"]["post"]
+    assert "X-Model-Chain" not in [p["name"] for p in completions["parameters"] if p["in"] == "header"]
+    assert "X-Model-Deployment" in completions["responses"]["200"]["headers"]
     assert "cached" in document["components"]["schemas"]["SummarizeResponse"]["properties"]
     assert "headers" not in document["paths"]["/api/health"]["get"]["responses"]["200"]
 

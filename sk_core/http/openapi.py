@@ -103,9 +103,22 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _document_cache(operation: dict[str, Any]) -> None:
-    """The response cache's request directive and answer headers (``sk_core.cache``)."""
-    operation.setdefault("parameters", []).append(
+def _document_model_route(operation: dict[str, Any], route_name: str) -> None:
+    """A model route's extra request and answer headers: the response cache's
+    (``sk_core.cache``) and model routing's (``sk_core.routing``)."""
+    parameters = operation.setdefault("parameters", [])
+    if route_name != "chat_completions":  # there the request's ``model`` picks the chain
+        parameters.append(
+            {
+                "name": "X-Model-Chain",
+                "in": "header",
+                "required": False,
+                "description": "A configured model fallback chain to use instead of the function's "
+                "(unknown: 400).",
+                "schema": {"type": "string"},
+            }
+        )
+    parameters.append(
         {
             "name": "Cache-Control",
             "in": "header",
@@ -116,6 +129,11 @@ def _document_cache(operation: dict[str, Any]) -> None:
         }
     )
     operation["responses"]["200"]["headers"] = {
+        "X-Model-Deployment": {
+            "description": "The deployment of the fallback chain that answered (its price was "
+            "charged); absent on a cache hit.",
+            "schema": {"type": "string"},
+        },
         "X-Cache": {
             "description": "`hit` or `miss`, for a function with the response cache on.",
             "schema": {"type": "string", "enum": ["hit", "miss"]},
@@ -143,7 +161,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
     for route in ROUTES:
         operation = _operation(route, keys, request_models)
         if route.name in _MODEL_ROUTES:
-            _document_cache(operation)
+            _document_model_route(operation, route.name)
         for method in route.methods:
             paths.setdefault(route.full_path, {})[method.lower()] = operation
     return {
