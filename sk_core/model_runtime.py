@@ -599,10 +599,14 @@ def make_health(settings: Settings, table: RoutingTable) -> DeploymentHealth:
         logger.warning("circuit breaker of deployment %s: %s -> %s", name, old, new)
         instruments().breaker_transitions.add(1, {"sk.deployment": name, "sk.breaker.state": str(new)})
 
-    return DeploymentHealth(
+    from sk_core.telemetry import report_breakers
+
+    health = DeploymentHealth(
         table,
         failures=settings.breaker_failures,
         cooldown=settings.breaker_cooldown_seconds,
         retry_ratio=settings.retry_budget_ratio,
         on_change=changed,
     )
+    report_breakers(health.states)  # the sk.model.breaker.state gauge
+    return health

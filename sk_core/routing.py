@@ -210,6 +210,12 @@ class CircuitBreaker:
             self._move(BreakerState.HALF_OPEN)
         return self._state
 
+    def peek(self) -> BreakerState:
+        """The state now, as ``state`` reads it, without moving the breaker (for metrics)."""
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._cooldown:
+            return BreakerState.HALF_OPEN
+        return self._state
+
     def allow(self) -> bool:
         """May a call go to this deployment now? A half-open breaker lets one probe through;
         every allowed call must be followed by ``record``."""
@@ -350,3 +356,7 @@ class DeploymentHealth:
     def state(self, name: str) -> BreakerState:
         """A deployment's breaker state."""
         return self.breakers[name].state
+
+    def states(self) -> list[tuple[str, str]]:
+        """Every deployment's breaker state, read without moving any (for the gauge)."""
+        return [(name, str(breaker.peek())) for name, breaker in self.breakers.items()]

@@ -29,7 +29,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -119,6 +119,12 @@ class Instruments:
             unit="{transition}",
             description="Circuit breaker state changes by deployment and new state.",
         )
+        self.breaker_state = meter.create_observable_gauge(
+            "sk.model.breaker.state",
+            callbacks=[_observe_breakers],
+            unit="{state}",
+            description="Circuit breaker state by deployment now: 0 closed, 1 half-open, 2 open.",
+        )
         self.cache_requests = meter.create_counter(
             "sk.cache.requests",
             unit="{request}",
@@ -148,6 +154,27 @@ def tracer() -> trace.Tracer:
 
 
 _instruments: Instruments | None = None
+
+
+# What the ``sk.model.breaker.state`` gauge reads: (deployment, state) pairs of this
+# process's model runtime (``model_runtime.make_health`` registers them; a rebuilt
+# runtime replaces them). Read without side effects: collection must not move a breaker.
+_breaker_states: Callable[[], Iterable[tuple[str, str]]] | None = None
+_BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def report_breakers(states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+    """Have the breaker-state gauge report ``states()`` from now on."""
+    global _breaker_states
+    _breaker_states = states
+    instruments()  # the gauge exists from the first runtime on
+
+
+def _observe_breakers(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    states = _breaker_states
+    if states is None:
+        return []
+    return [metrics.Observation(_BREAKER_VALUES[state], {"sk.deployment": name}) for name, state in states()]
 
 
 def instruments() -> Instruments:

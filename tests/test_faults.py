@@ -34,8 +34,9 @@ from sk_core.service import Service
 from sk_core.settings import Settings
 from sk_core.storage import development_connection_string
 from sk_core.tenants import Tenant
-from tests.conftest import CONTRACT_LIMITS, make_settings
+from tests.conftest import CONTRACT_LIMITS, TelemetrySink, make_settings
 from tests.support.fault_proxy import FaultProxy
+from tests.support.metrics import metric_points
 from tests.support.stub_model import StubModel, StubModelProcess
 
 if TYPE_CHECKING:
@@ -392,16 +393,27 @@ async def test_a_5xx_falls_back_to_the_next_deployment_inside_the_deadline(
     assert (spent - before[0], held) == (result.charged, 0)
 
 
-async def test_the_breaker_opens_skips_and_probes_after_its_cooldown(faulty: Faulty, stub: StubModel) -> None:
+def breaker_gauge(sink: TelemetrySink) -> dict[str, int]:
+    """``sk.model.breaker.state`` by deployment, as a collection reads it now."""
+    return {p.attributes["sk.deployment"]: p.value for p in metric_points(sink, "sk.model.breaker.state")}
+
+
+async def test_the_breaker_opens_skips_and_probes_after_its_cooldown(
+    faulty: Faulty, stub: StubModel, telemetry_sink: TelemetrySink
+) -> None:
     health = fresh_health(faulty.service, breaker_failures=2, breaker_cooldown_seconds=0.5)
+    assert breaker_gauge(telemetry_sink) == {"proxied": 0, "refused": 0, "pricey": 0}
     stub.set_default(content="ok", prompt_tokens=10, completion_tokens=1)
     for _ in range(2):
         assert (await call(faulty, stub, chain="fallback")).deployment == "pricey"
     assert health.state("refused") is BreakerState.OPEN
+    assert breaker_gauge(telemetry_sink) == {"proxied": 0, "refused": 2, "pricey": 0}
     skipped = await call(faulty, stub, chain="fallback")
     assert (skipped.status, skipped.deployment) == (200, "pricey")
     assert health.inflight["refused"] == 0
     await asyncio.sleep(0.6)
+    assert breaker_gauge(telemetry_sink)["refused"] == 1  # half-open, read without moving it
+    assert health.breakers["refused"]._state is BreakerState.OPEN
     assert health.state("refused") is BreakerState.HALF_OPEN
     await call(faulty, stub, chain="fallback")  # the probe: refused again
     assert health.state("refused") is BreakerState.OPEN
