@@ -1,6 +1,6 @@
 """Azure Functions host (Python v2 programming model): one native HTTP trigger per route.
 
-Registration only: every trigger delegates to the handler named in ``sk_core.route_table``.
+Registration only: every trigger delegates to the handler named in ``sk_core.http.routes``.
 Importing this module (what the Functions host does to index functions) must stay
 cheap: it does not import Semantic Kernel or the OpenAI SDK, which load on the first
 request that needs the model.
@@ -19,7 +19,7 @@ startup.begin()
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from sk_core.route_table import ROUTES, RouteSpec
+from sk_core.http.routes import ROUTES, RouteSpec
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -51,6 +51,6 @@ for _route in ROUTES:
 @app.function_name(name="expire_holds")
 @app.timer_trigger(schedule="0 */1 * * * *", arg_name="timer", run_on_startup=False, use_monitor=True)
 async def expire_holds(timer: func.TimerRequest) -> None:
-    from sk_core.maintenance import sweep_expired_holds
+    from sk_core.composition import sweep_expired_holds
 
     await sweep_expired_holds()

@@ -109,13 +109,13 @@ def service_has_auth() -> bool:
     The benchmarks predate auth and the ledger; detecting them keeps the scripts usable
     on either side of that change instead of pinning them to one commit.
     """
-    return importlib.util.find_spec("sk_core.tenants") is not None
+    return importlib.util.find_spec("sk_core.accounts._store") is not None
 
 
 async def _provision_key(env: Mapping[str, str]) -> str:
     # Through the service's own stores, so keys are hashed exactly as it verifies them.
-    from sk_core.service import Service
-    from sk_core.tenants import Limits, Tenant
+    from sk_core.accounts import Limits, Tenant
+    from sk_core.composition import Service
 
     service = Service.create(settings_from_env(env))
     try:

@@ -69,7 +69,7 @@ async def _timed(
 async def measure(requests: int, a: str, b: str, pids: list[int], back: Backends) -> dict[str, Any]:
     """Every path against the running hosts; returns the results document."""
     from sk_core.cache import CACHE_TABLE
-    from sk_core.service import make_store
+    from sk_core.composition import make_store
 
     store = make_store(settings_from_env(back.env))
     async with httpx.AsyncClient(timeout=30) as client:

@@ -7,7 +7,7 @@ Measures, against the stub model (tests/support/stub_model.py) with zero delay:
 a. ``import function_app`` in a fresh interpreter (what the Functions host pays to
    index the app), checking Semantic Kernel stayed unloaded, plus where that import
    time goes (one ``python -X importtime`` run, grouped by top-level package); and
-   the lazy ``import sk_core.model_runtime`` (Semantic Kernel + OpenAI SDK) that the
+   the lazy ``import sk_core.model._runtime`` (Semantic Kernel + OpenAI SDK) that the
    first model-backed request pays in either host, timed and broken down the same way.
 b. Functions host: process spawn -> first 200 from the summarize trigger, in a child
    that imports ``function_app``, indexes it and awaits the trigger once
@@ -193,7 +193,7 @@ def parse_importtime(stderr: str, root_module: str | tuple[str, ...] = "function
 
 
 def measure_runtime_import(trials: int, budget: Budget) -> dict[str, Any] | None:
-    """``import sk_core.model_runtime`` (SK + OpenAI SDK) after ``function_app``, fresh each time.
+    """``import sk_core.model._runtime`` (SK + OpenAI SDK) after ``function_app``, fresh each time.
 
     The lazy import the first model-backed request pays in either host. Optional: runs
     last, only as many times as the budget allows (None if not even once).
@@ -354,7 +354,7 @@ def report(results: dict[str, Any]) -> str:
              "the floor for any app on the FastAPI HTTP extension"],
             ["a''. of which `function_app` on top of them (ours)",
              split["ours"]["median_ms"], split["ours"]["min_ms"], split["ours"]["n"], "same interpreters"],
-            ["lazy SK import (`semantic_kernel` + `sk_core.model_runtime`), after function_app",
+            ["lazy SK import (`semantic_kernel` + `sk_core.model._runtime`), after function_app",
              rt["median_ms"], rt["min_ms"], rt["n"], "paid by the first model-backed request"],
             ["b. Functions host: spawn -> first 200 (summarize)", fn["median_ms"], fn["min_ms"], fn["n"],
              f"start {fn['spawn_to_main_median_ms']:.0f} + import {fn['import_median_ms']:.0f} + "

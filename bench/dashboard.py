@@ -6,7 +6,7 @@ Seeds Azurite (in memory) with what a day of traffic leaves behind, through the 
 that writes it in the service: per tenant, 30 day rows, this month's row, the last hour's
 minute rows and the in-flight row (the ledger's layout, ``sk_core.limits.rows``); a day
 of audit rows (``AuditLog.row``) and their per-minute and per-hour rollups
-(``sk_core.rollups``), one writer. Then it calls the endpoints the page polls, in
+(``sk_core.usage._rollups``), one writer. Then it calls the endpoints the page polls, in
 process through the real Starlette app (routing, the error boundary, auth with its
 cache, the handlers, the storage client over HTTP to Azurite; not uvicorn's HTTP
 parsing), one at a time, and reports p50/p95 and the storage round trips per call (the
@@ -39,12 +39,11 @@ from bench._common import (
     write_results,
 )
 from scripts.devservices import free_port, start_azurite
-from sk_core.audit import AUDIT_TABLE, AuditEntry, AuditLog
+from sk_core.accounts import Limits, Tenant
+from sk_core.composition import Service, set_service
 from sk_core.limits import USAGE_TABLE, window_keys
-from sk_core.rollups import Rollups
-from sk_core.service import Service, set_service
 from sk_core.storage import TableStore, development_connection_string, int64, submit
-from sk_core.tenants import Limits, Tenant
+from sk_core.usage import AUDIT_TABLE, AuditEntry, AuditLog, Rollups
 
 FUNCTIONS = ("text/summarize", "chat/chat", "text/translate")
 CODES = ("", "", "", "", "", "", "", "", "", "rate_limited", "budget_exceeded")

@@ -15,7 +15,7 @@ import random
 import statistics
 import time
 
-from sk_core.guard import InjectionDetector, load_corpus
+from sk_core.safety.guard import InjectionDetector, load_corpus
 
 SIZES = (2_000, 10_000, 50_000)
 BUDGET_MS_2000 = 2.0

@@ -123,8 +123,8 @@ class CountingProxy:
 
 
 async def _provision(env: dict[str, str], tenant_id: str, **limits: int) -> str:
-    from sk_core.service import make_store, make_tenant_store
-    from sk_core.tenants import Limits, Tenant
+    from sk_core.accounts import Limits, Tenant
+    from sk_core.composition import make_store, make_tenant_store
 
     settings = settings_from_env(env)
     store = make_store(settings)
@@ -268,8 +268,8 @@ async def first_request(env: dict[str, str], proxy: CountingProxy, logs: Path) -
 
 
 async def budget_race(env: dict[str, str], stub: StubModelProcess, logs: Path) -> dict[str, Any]:
+    from sk_core.composition import make_store
     from sk_core.limits import window_keys
-    from sk_core.service import make_store
 
     stub.client.set_default(content="word " * 5000)  # truncated to exactly max_tokens
     per_call = 60_000  # nano-USD, roughly one call's worst case at these prices

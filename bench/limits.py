@@ -15,7 +15,7 @@ One run starts its own Azurite (in memory) and stub model, then measures:
 2. **Storage round trips.** Every HTTP request the Azure SDK sends is counted by a
    ``raw_request_hook`` (azure-core's ``CustomHookPolicy``, which the Tables SDK puts in
    every pipeline). ``TableStore`` builds its own client, so the bench swaps the
-   ``TableServiceClient`` name *in the sk_core.storage module only* for a subclass that
+   ``TableServiceClient`` name *in the sk_core.storage._tables module only* for a subclass that
    adds the hooks; sk_core itself is not edited. Reported for a process's first request,
    a key's first request (auth cache miss), steady state, and 4 ``Ledger`` instances
    (separate locks, as separate processes would have) racing on one tenant.
@@ -80,11 +80,11 @@ if TYPE_CHECKING:
     from azure.data.tables.aio import TableServiceClient
     from starlette.applications import Starlette
 
+    from sk_core.accounts import Tenant
     from sk_core.catalog import FunctionSpec
+    from sk_core.composition import Service
     from sk_core.limits import Ledger
     from sk_core.pricing import Price
-    from sk_core.service import Service
-    from sk_core.tenants import Tenant
     from tests.support.stub_model import StubModelProcess
 
 SCRIPT = Path(__file__).resolve()
@@ -160,7 +160,7 @@ def install_round_trip_hooks() -> None:
     """Make every ``TableStore`` built from now on (in this process) count its requests.
 
     ``TableStore`` calls ``TableServiceClient.from_connection_string`` itself and takes
-    no pipeline options, so the name it resolves is replaced, in ``sk_core.storage``'s
+    no pipeline options, so the name it resolves is replaced, in ``sk_core.storage._tables``'s
     namespace only, by a subclass adding azure-core's documented ``raw_request_hook`` /
     ``raw_response_hook``. The Tables SDK hands its policy list to every table client it
     creates, so the hooks see all traffic. ``per_call_policies`` would not work here:
@@ -168,7 +168,7 @@ def install_round_trip_hooks() -> None:
     """
     from azure.data.tables.aio import TableServiceClient as Original
 
-    import sk_core.storage as storage
+    import sk_core.storage._tables as storage
 
     class Hooked(Original):
         @classmethod
@@ -184,7 +184,7 @@ def install_round_trip_hooks() -> None:
                 conn_str, raw_request_hook=_on_request, raw_response_hook=on_response, **kwargs
             )
 
-    # The name sk_core.storage imported, replaced in that module only.
+    # The name sk_core.storage._tables imported, replaced in that module only.
     setattr(storage, "TableServiceClient", Hooked)  # noqa: B010 (not re-exported: mypy refuses the attribute)
 
 
@@ -246,7 +246,7 @@ class Call:
 
 async def provision(service: Service, tenant_id: str, keys: int = 1) -> list[str]:
     """A tenant with generous limits and ``keys`` API keys (their secrets)."""
-    from sk_core.tenants import Limits, Tenant
+    from sk_core.accounts import Limits, Tenant
 
     await service.tenants.create_tenant(
         Tenant(id=tenant_id, display_name=tenant_id, limits=Limits(**GENEROUS))
@@ -397,8 +397,8 @@ async def profile_steady(service: Service, call: Call, headers: Any, n: int) -> 
 PROFILE_MARKERS = {
     "Ledger.admit": ("sk_core/limits/ledger.py", "admit"),
     "Ledger.settle": ("sk_core/limits/ledger.py", "settle"),
-    "storage.query_partition (1 GET)": ("sk_core/storage.py", "query_partition"),
-    "storage.submit (1 POST $batch)": ("sk_core/storage.py", "submit"),
+    "storage.query_partition (1 GET)": ("sk_core/storage/_tables.py", "query_partition"),
+    "storage.submit (1 POST $batch)": ("sk_core/storage/_tables.py", "submit"),
     "log handlers (Logger.callHandlers)": ("logging/__init__.py", "callHandlers"),
     "batch request body (azure-core multipart, email.generator)": (
         "_pipeline_transport_rest_shared.py",
@@ -603,8 +603,8 @@ async def section_contention_inproc(
     service: Service, tenant_id: str, n: int, seconds: float, ledgers: int
 ) -> dict[str, Any]:
     """``ledgers`` Ledger instances, each with its own store (own lock, own pool), on one tenant."""
+    from sk_core.composition import make_store
     from sk_core.limits import Ledger
-    from sk_core.service import make_store
 
     call = Call.summarize(service)
     tenant = await service.tenants.require_tenant(tenant_id)
@@ -637,8 +637,8 @@ async def section_contention_inproc(
 async def contend_worker(tenant_id: str, n: int, seconds: float) -> None:
     """Child process: one Ledger, wait for "go" on stdin, loop, print the result as JSON."""
     from sk_core.catalog import Catalog
+    from sk_core.composition import make_store, make_tenant_store
     from sk_core.limits import Ledger
-    from sk_core.service import make_store, make_tenant_store
     from sk_core.settings import get_settings
 
     install_round_trip_hooks()
@@ -755,12 +755,12 @@ def nolimits_app() -> Starlette:
     from starlette.routing import Route
 
     from sk_core.catalog import Catalog
+    from sk_core.http.api_models import HealthResponse, SummarizeResponse
     from sk_core.http.rendering import json_response
     from sk_core.http.request_body import read_json_body, validate_body
-    from sk_core.kernel import RuntimeProvider
+    from sk_core.http.routes import RouteSpec
+    from sk_core.model import RuntimeProvider
     from sk_core.pricing import usd
-    from sk_core.route_table import RouteSpec
-    from sk_core.schemas import HealthResponse, SummarizeResponse
     from sk_core.settings import get_settings
 
     settings = get_settings()
@@ -1174,7 +1174,7 @@ def redirect_stderr_log_handlers(path: Path) -> Iterator[None]:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every section; everything started here is stopped in the ``finally``."""
-    from sk_core.service import Service
+    from sk_core.composition import Service
     from tests.support.stub_model import start_stub_model
 
     install_round_trip_hooks()

@@ -59,7 +59,7 @@ from scripts.devservices import ROOT, free_port, start_service
 from tests.support.stub_model import StubModelProcess
 
 if TYPE_CHECKING:
-    from sk_core.model_runtime import ModelRuntime
+    from sk_core.model import ModelRuntime
 
 # A call returns None on success, else a short label of what went wrong (HTTP status,
 # exception type), so a run reports which failures it saw, not only how many.
@@ -204,8 +204,7 @@ def bare_call(runtime: ModelRuntime) -> Call:
     """
     from semantic_kernel.functions import KernelArguments
 
-    from sk_core.chat_service import ChatSettings
-    from sk_core.model_runtime import SERVICE_ID
+    from sk_core.model import SERVICE_ID, ChatSettings
 
     kernel, function = runtime.kernel, runtime.functions["text/summarize"]
     values = dict(SUMMARIZE_BODY)
@@ -240,8 +239,8 @@ async def run_scenarios(args: argparse.Namespace, be: Backends, service_url: str
     between rounds, so a burst of background load lands on every path, not on one.
     """
     from sk_core.catalog import Catalog
-    from sk_core.model_runtime import build_runtime
-    from sk_core.service import Service, set_service
+    from sk_core.composition import Service, set_service
+    from sk_core.model import build_runtime
 
     # The Functions triggers read the process-wide service context: the same settings
     # (stub, storage, pepper) the uvicorn process got through its environment.

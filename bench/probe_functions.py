@@ -40,17 +40,17 @@ def probe_import() -> dict[str, object]:
 
 
 def probe_runtime_import() -> dict[str, object]:
-    """Time ``import sk_core.model_runtime`` (SK + OpenAI SDK) on top of ``function_app``.
+    """Time ``import sk_core.model._runtime`` (SK + OpenAI SDK) on top of ``function_app``.
 
     This is the import the first model-backed request pays, in either host.
     """
     import function_app  # noqa: F401 (already paid by the worker before the first request)
 
     started = time.perf_counter()
-    from sk_core.sk_loader import import_semantic_kernel
+    from sk_core.model import import_semantic_kernel
 
     import_semantic_kernel()  # as the kernel builder does: handlebars deferred
-    import sk_core.model_runtime  # noqa: F401 (the import is what is measured)
+    import sk_core.model._runtime  # noqa: F401 (the import is what is measured)
 
     return {"import_s": time.perf_counter() - started, "modules_loaded": len(sys.modules)}
 

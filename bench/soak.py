@@ -206,8 +206,8 @@ async def _sample(soak: Soak, pid: int, azurite_pid: int, begin: float, until: f
 
 async def _provision(env: dict[str, str]) -> dict[str, str]:
     from bench._common import settings_from_env
-    from sk_core.service import Service
-    from sk_core.tenants import Limits, Tenant
+    from sk_core.accounts import Limits, Tenant
+    from sk_core.composition import Service
 
     service = Service.create(settings_from_env(env))
     try:
@@ -225,12 +225,11 @@ async def _provision(env: dict[str, str]) -> dict[str, str]:
 async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
     """After the service stopped: charge every hold past its lease, then compare per tenant."""
     from bench._common import settings_from_env
-    from sk_core.audit import ANONYMOUS
+    from sk_core.composition import Service
     from sk_core.limits import Ledger, window_keys
     from sk_core.limits.rows import INFLIGHT, USAGE_TABLE
-    from sk_core.rollups import ROLLUP_PREFIX
-    from sk_core.service import Service
     from sk_core.storage import query_partition, read_int
+    from sk_core.usage import ANONYMOUS, ROLLUP_PREFIX
 
     service = Service.create(settings_from_env(env))
     try:

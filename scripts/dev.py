@@ -32,9 +32,9 @@ async def _provision_dev_key(connection_string: str) -> str:
     """A ``dev`` tenant (default limits) and a fresh key for it, in the local Azurite."""
     from pydantic import SecretStr
 
-    from sk_core.service import make_store, make_tenant_store
+    from sk_core.accounts import Tenant
+    from sk_core.composition import make_store, make_tenant_store
     from sk_core.settings import Settings
-    from sk_core.tenants import Tenant
 
     settings = Settings(storage_connection_string=SecretStr(connection_string))
     store = make_store(settings)

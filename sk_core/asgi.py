@@ -39,11 +39,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from sk_core.composition import get_service, sweep_periodically
 from sk_core.errors import ApiError
 from sk_core.http.rendering import CORS_EXPOSED_HEADERS, SECURITY_HEADERS, problem_response
-from sk_core.maintenance import sweep_periodically
-from sk_core.route_table import ROUTES
-from sk_core.service import get_service
+from sk_core.http.routes import ROUTES
 from sk_core.settings import get_settings
 from sk_core.telemetry import prometheus_payload, setup_telemetry
 

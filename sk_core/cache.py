@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sk_core.catalog import CachePolicy
 from sk_core.errors import ModelTimeout, StorageUnavailable
-from sk_core.schemas import Usage
+from sk_core.pricing import Usage
 
 if TYPE_CHECKING:
     from sk_core.catalog import FunctionSpec

@@ -158,7 +158,7 @@ class FunctionSpec:
     default_max_tokens: int
     arguments_model: type[BaseModel] = field(compare=False)
     # The model fallback chain the prompt file names (``model_chain:``, a key SK ignores);
-    # None: the configured default chain (sk_core/routing.py).
+    # None: the configured default chain (sk_core/model/_deployments.py).
     model_chain: str | None = None
     cache: CachePolicy = CachePolicy()
 

@@ -33,20 +33,18 @@ from sk_core.errors import (
     ServiceUnavailable,
     StorageUnavailable,
 )
+from sk_core.model import Chain, Deployment, RoutingTable
 from sk_core.pricing import Price, usd
-from sk_core.routing import Chain, Deployment, RoutingTable
 
 if TYPE_CHECKING:
-    from sk_core.accounts import Tenant
-    from sk_core.audit import AuditEntry
-    from sk_core.auth import Authenticator, Principal
+    from sk_core.accounts import Authenticator, Principal, Tenant
     from sk_core.cache import CachedAnswer, ResponseCache, Slot, Tier
     from sk_core.catalog import FunctionSpec
-    from sk_core.guard import Guard, Policy
-    from sk_core.kernel import RuntimeProvider
     from sk_core.limits import Hold, Ledger
-    from sk_core.model_runtime import Completion, ModelRuntime, ModelStream
-    from sk_core.redaction import Redactor, StreamingRedaction
+    from sk_core.model import Completion, ModelRuntime, ModelStream, RuntimeProvider
+    from sk_core.safety import Redactor, StreamingRedaction
+    from sk_core.safety.guard import Guard, Policy
+    from sk_core.usage import AuditEntry
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -455,7 +453,7 @@ class Pipeline:
     async def _screen(self, spec: FunctionSpec, arguments: dict[str, Any], record: AuditEntry | None) -> bool:
         """Prompt-injection screening, before admission: a rejected prompt is neither
         charged nor counted. True: flagged (and answered under the ``flag`` policy)."""
-        from sk_core.guard import screen
+        from sk_core.safety.guard import screen
 
         with telemetry.tracer().start_as_current_span("guard") as span:
             screening = await screen(

@@ -12,7 +12,17 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
+from pydantic import BaseModel, Field
+
 NANO_PER_USD = 1_000_000_000
+
+
+class Usage(BaseModel):
+    """Token usage exactly as the provider reported it."""
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
 
 # USD per million tokens (input, output). Public list prices; override with
 # SKF_MODEL_PRICES for your contract, region or deployment names.

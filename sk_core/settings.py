@@ -20,7 +20,7 @@ from sk_core.pricing import Price, parse_prices
 
 if TYPE_CHECKING:
     from sk_core.catalog import CachePolicy
-    from sk_core.routing import RoutingTable
+    from sk_core.model import RoutingTable
 
 
 class Provider(StrEnum):
@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     model_max_retries: int = Field(default=2, ge=0, le=10)
     model_deadline_seconds: float = Field(default=60.0, gt=0, le=900)
 
-    # Routing (sk_core/routing.py). Empty deployments: one deployment from SKF_MODEL_*.
+    # Routing (sk_core/model/_deployments.py). Empty deployments: one deployment from SKF_MODEL_*.
     model_deployments: str = Field(
         default="",
         description='JSON: {"name": {"provider", "model", "base_url" | "endpoint", "price"?, '
@@ -300,7 +300,7 @@ class Settings(BaseSettings):
     @functools.cached_property
     def routing(self) -> RoutingTable:
         """Deployments and fallback chains (parsed once, checked at startup)."""
-        from sk_core.routing import RoutingTable
+        from sk_core.model import RoutingTable
 
         return RoutingTable.from_settings(self)
 

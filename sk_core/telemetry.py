@@ -107,7 +107,7 @@ class Instruments:
             unit="{request}",
             description="Requests refused, by reason (rate, budget, auth, validation...).",
         )
-        # Model routing (sk_core/routing.py): attempts per deployment with the breaker
+        # Model routing (sk_core/model/_deployments.py): attempts per deployment with the breaker
         # state they saw, and breaker transitions (an open breaker is an alert).
         self.model_attempts = meter.create_counter(
             "sk.model.attempts",
@@ -455,7 +455,7 @@ def under_functions_worker() -> bool:
 
 # Loggers that write provider error text (Semantic Kernel logs the provider's message
 # at ERROR, the HTTP clients log request lines and headers). We log our own classified,
-# text-free line for each failure instead (sk_core.model_runtime).
+# text-free line for each failure instead (sk_core.model._runtime).
 _QUIET_LOGGERS = {
     "semantic_kernel": logging.CRITICAL,
     "openai": logging.WARNING,

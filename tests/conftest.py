@@ -27,11 +27,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from scripts.devservices import free_port, start_azurite, start_service
-from sk_core.service import Service, set_service
+from sk_core.accounts import Limits, Tenant
+from sk_core.composition import Service, set_service
 from sk_core.settings import Settings
 from sk_core.storage import development_connection_string
 from sk_core.telemetry import Exporters, setup_telemetry
-from sk_core.tenants import Limits, Tenant
 from tests.support.hosts import ContainerHost, FunctionsHost, Host
 from tests.support.stub_model import StubModel, StubModelProcess, start_stub_model
 

@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 
 from scripts.devservices import free_port
+from sk_core.accounts import hash_key
+from sk_core.composition import make_store, make_tenant_store
 from sk_core.limits import Ledger
 from sk_core.pricing import Price
-from sk_core.service import make_store, make_tenant_store
 from sk_core.storage import TableStore, development_connection_string
-from sk_core.tenants import hash_key
 from tests.conftest import SERVICE_ENV, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -437,8 +437,8 @@ def test_unreachable_storage_exits_3_quickly(env: dict[str, str], args: list[str
 async def test_audit_lists_a_tenants_recent_calls_without_prompt_text(
     functions_app_functions: list[Any], functions_service: Any, stub: Any
 ) -> None:
-    from sk_core.service import get_service
-    from sk_core.tenants import Tenant
+    from sk_core.accounts import Tenant
+    from sk_core.composition import get_service
     from tests.support.hosts import FunctionsHost
 
     service = get_service()
@@ -473,7 +473,7 @@ async def test_audit_lists_a_tenants_recent_calls_without_prompt_text(
 
 async def test_cache_stats_and_purge_by_tenant_and_function(env: dict[str, str], store: TableStore) -> None:
     from sk_core.cache import Slot
-    from sk_core.service import make_cache
+    from sk_core.composition import make_cache
     from tests.test_cache import sample_answer
 
     acme, globex = new_id("cache"), new_id("cache")

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sk_core.audit import ANONYMOUS, AuditEntry, AuditLog
 from sk_core.storage import TableStore
+from sk_core.usage import ANONYMOUS, AuditEntry, AuditLog
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ from typing import Any
 import pytest
 from starlette.datastructures import Headers
 
-from sk_core.auth import Authenticator, presented_key
+from sk_core.accounts import Authenticator, Limits, Tenant, hash_key, parse_key, presented_key
+from sk_core.composition import Service
 from sk_core.errors import Unauthorized
 from sk_core.limits import window_keys
-from sk_core.service import Service
-from sk_core.tenants import Limits, Tenant, hash_key, parse_key
 from tests.support.hosts import FunctionsHost
 from tests.support.stub_model import StubModel
 

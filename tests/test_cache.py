@@ -18,8 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sk_core.audit import AuditEntry
-from sk_core.auth import Principal
+from sk_core.accounts import Limits, Principal, Tenant
 from sk_core.cache import (
     CACHE_TABLE,
     SHARED,
@@ -31,13 +30,13 @@ from sk_core.cache import (
     split_text,
 )
 from sk_core.catalog import CachePolicy, FunctionSpec, load_spec
+from sk_core.composition import Service, make_store
 from sk_core.errors import LimitExceeded, ModelError
 from sk_core.limits import window_keys
 from sk_core.pipeline import Outcome, Pipeline
-from sk_core.schemas import Usage
-from sk_core.service import Service, make_store
+from sk_core.pricing import Usage
 from sk_core.storage import TableStore
-from sk_core.tenants import Limits, Tenant
+from sk_core.usage import AuditEntry
 from tests.conftest import TelemetrySink
 from tests.support.hosts import container_fleet
 from tests.support.stub_model import StubModel
@@ -465,7 +464,7 @@ async def test_a_hit_is_traced_counted_and_its_saving_reported(
 async def test_the_maintenance_sweep_deletes_expired_entries(
     functions_service: Service, spec: FunctionSpec, acme: Principal
 ) -> None:
-    from sk_core.maintenance import sweep_expired_holds
+    from sk_core.composition import sweep_expired_holds
 
     cache = functions_service.cache
     assert cache is not None  # on by default (SKF_CACHE), for the functions that opt in

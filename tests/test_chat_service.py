@@ -23,7 +23,7 @@ def test_building_the_kernel_loads_neither_handlebars_nor_the_openai_connector_p
         f"""
         import json, sys
         from sk_core.catalog import Catalog
-        from sk_core.kernel import _default_builder
+        from sk_core.model._provider import _default_builder
         from sk_core.settings import Settings
         runtime = _default_builder(Settings(), Catalog.load(), None)
         import semantic_kernel.prompt_template.handlebars_prompt_template as hb
@@ -46,7 +46,7 @@ def test_a_handlebars_prompt_still_renders_and_reports_syntax_errors() -> None:
     result = run_fresh_python(
         """
         import asyncio, json, sys
-        from sk_core.sk_loader import import_semantic_kernel
+        from sk_core.model import import_semantic_kernel
         import_semantic_kernel()
         deferred = "pybars._compiler" not in sys.modules
         from semantic_kernel import Kernel
@@ -84,7 +84,7 @@ def test_a_handlebars_prompt_still_renders_and_reports_syntax_errors() -> None:
 async def test_the_request_carries_the_prompt_files_settings_and_nothing_else(
     service_env: dict[str, str], stub: StubModel
 ) -> None:
-    from sk_core.model_runtime import build_runtime
+    from sk_core.model import build_runtime
 
     settings = make_settings(service_env)
     catalog = Catalog.load()
@@ -132,7 +132,7 @@ def test_a_prompt_file_with_an_unknown_template_format_is_refused(tmp_path: Path
 def test_an_out_of_range_setting_fails_the_kernel_build_not_each_request(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from sk_core.model_runtime import build_runtime
+    from sk_core.model import build_runtime
     from sk_core.settings import Settings
 
     _prompt(tmp_path, "execution_settings:\n  default:\n    temperature: 7\n")
@@ -146,7 +146,7 @@ def test_the_catalogs_list_of_chat_settings_is_what_chat_settings_carries() -> N
     from semantic_kernel.connectors.ai.prompt_execution_settings import PromptExecutionSettings
 
     from sk_core.catalog import CHAT_SETTINGS
-    from sk_core.chat_service import REQUEST_SETTINGS, ChatSettings
+    from sk_core.model import REQUEST_SETTINGS, ChatSettings
 
     own = set(ChatSettings.model_fields) - set(PromptExecutionSettings.model_fields)
     assert own == set(CHAT_SETTINGS) | set(REQUEST_SETTINGS)

@@ -44,8 +44,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.devservices import ROOT, free_port, start_service
+from sk_core.accounts import parse_key
 from sk_core.storage import development_connection_string
-from sk_core.tenants import parse_key
 from tests.conftest import make_settings
 from tests.support.stub_model import StubModelProcess
 

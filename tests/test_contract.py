@@ -244,7 +244,7 @@ async def test_model_timeout_is_504_within_the_deadline(host: Host, stub: StubMo
 
 
 async def test_openapi_describes_every_route(host: Host) -> None:
-    from sk_core.route_table import ROUTES
+    from sk_core.http.routes import ROUTES
 
     response = await host.request("GET", "/api/openapi.json")
     assert response.status == 200

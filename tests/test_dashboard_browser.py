@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from sk_core.service import Service
-from sk_core.tenants import Limits, Tenant
+from sk_core.accounts import Limits, Tenant
+from sk_core.composition import Service
 from tests.conftest import inside_one_minute
 from tests.support.hosts import ContainerHost
 from tests.support.stub_model import StubModel

@@ -25,15 +25,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from scripts.devservices import free_port, start_azurite
-from sk_core.audit import AuditEntry
-from sk_core.auth import Principal
+from sk_core.accounts import Principal, Tenant
+from sk_core.composition import Service
 from sk_core.errors import ApiError
 from sk_core.limits import Ledger, window_keys
-from sk_core.routing import BreakerState, DeploymentHealth, RoutingTable
-from sk_core.service import Service
+from sk_core.model import BreakerState, DeploymentHealth, RoutingTable
 from sk_core.settings import Settings
 from sk_core.storage import development_connection_string
-from sk_core.tenants import Tenant
+from sk_core.usage import AuditEntry
 from tests.conftest import CONTRACT_LIMITS, TelemetrySink, make_settings
 from tests.support.fault_proxy import FaultProxy
 from tests.support.metrics import metric_points
@@ -42,11 +41,11 @@ from tests.support.stub_model import StubModel, StubModelProcess
 if TYPE_CHECKING:
     # Not at import: Semantic Kernel must first be imported after the session's telemetry
     # fixture turned its diagnostics on (tests/conftest.py), or SK never emits chat spans.
-    from sk_core.model_runtime import ModelRuntime
+    from sk_core.model import ModelRuntime
 
 
 def make_health(settings: Settings, table: RoutingTable) -> DeploymentHealth:
-    from sk_core.model_runtime import make_health
+    from sk_core.model import make_health
 
     return make_health(settings, table)
 

@@ -6,7 +6,7 @@ import inspect
 import json
 from typing import Any
 
-from sk_core.route_table import ROUTES
+from sk_core.http.routes import ROUTES
 from tests.conftest import run_fresh_python
 from tests.support.hosts import make_request
 
@@ -14,7 +14,7 @@ from tests.support.hosts import make_request
 def test_importing_function_app_does_not_import_semantic_kernel() -> None:
     # A fresh interpreter: what the Functions host does when it indexes the app.
     # Nor the handlers: indexing reads the route table, the first call imports the rest.
-    modules = ("semantic_kernel", "openai", "sk_core.http.handlers", "sk_core.service", "function_app")
+    modules = ("semantic_kernel", "openai", "sk_core.http.handlers", "sk_core.composition", "function_app")
     result = run_fresh_python(
         f"import sys, json, function_app; print(json.dumps({{m: m in sys.modules for m in {modules!r}}}))"
     )

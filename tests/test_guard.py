@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import sk_core.guard
-from sk_core.guard import (
+import sk_core.safety.guard
+from sk_core.safety.guard import (
     CATEGORIES,
     CONTENT_SAFETY_SCOPE,
     EXCERPT_CHARS,
@@ -585,7 +585,7 @@ def test_guard_package_imports_no_host_and_no_sdk() -> None:
     # The guard runs in both hosts and in the CLI: it must stay importable without the
     # hosts' and SK's heavy imports (sk_core.errors is its one allowed edge to HTTP).
     forbidden = {"starlette", "azure", "semantic_kernel", "fastapi"}
-    package = Path(sk_core.guard.__file__).parent
+    package = Path(sk_core.safety.guard.__file__).parent
     modules = sorted(package.glob("*.py"))
     assert len(modules) >= 7, modules
     for path in modules:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from sk_core.accounts import Limits, Tenant
+from sk_core.composition import Service, get_service, set_service
 from sk_core.limits import window_keys
-from sk_core.service import Service, get_service, set_service
-from sk_core.tenants import Limits, Tenant
 from tests.conftest import make_settings
 from tests.support.content_safety_stub import ATTACK_MARKER, ContentSafetyStub
 from tests.support.hosts import FunctionsHost

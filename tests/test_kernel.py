@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sk_core.catalog import Catalog
-from sk_core.kernel import RuntimeProvider
+from sk_core.model import RuntimeProvider
 from sk_core.settings import Settings
 from tests.conftest import make_settings
 
@@ -20,7 +20,7 @@ RUNTIME: Any = object()  # stands for a built runtime where the build itself is 
 async def test_fifty_simultaneous_first_requests_build_the_real_kernel_once(
     service_env: dict[str, str],
 ) -> None:
-    from sk_core.model_runtime import build_runtime
+    from sk_core.model import build_runtime
 
     builds: list[int] = []
 
@@ -100,7 +100,7 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_build() -> None:
 async def test_fifty_concurrent_first_requests_through_a_trigger_build_once(
     service_env: dict[str, str], functions_app_functions: list[Any], stub: Any, api_key: str
 ) -> None:
-    from sk_core.service import Service, get_service, set_service
+    from sk_core.composition import Service, get_service, set_service
     from tests.support.hosts import FunctionsHost
 
     previous = get_service()
@@ -122,7 +122,7 @@ async def test_fifty_concurrent_first_requests_through_a_trigger_build_once(
 async def test_a_rotated_model_key_rebuilds_the_client_and_retires_the_old_one(
     service_env: dict[str, str],
 ) -> None:
-    from sk_core.model_runtime import build_runtime
+    from sk_core.model import build_runtime
 
     keys = {"current": ("key-one", "v1")}
     built_with: list[str | None] = []

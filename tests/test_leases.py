@@ -17,13 +17,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sk_core.accounts import Limits, Tenant
 from sk_core.errors import LimitExceeded
 from sk_core.limits import INFLIGHT, USAGE_TABLE, Hold, Ledger, window_keys
 from sk_core.limits.leases import LeaseSettings
 from sk_core.limits.slices import BudgetSlice, grant
 from sk_core.pricing import Price
 from sk_core.storage import TableStore, query_partition, read_int
-from sk_core.tenants import Limits, Tenant
 from tests.conftest import inside_one_minute
 
 PRICE = Price(Decimal("1.00"), Decimal("2.00"))  # 1000 / 2000 nano-USD per token

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from sk_core.accounts import Limits, Tenant
 from sk_core.errors import LimitExceeded
 from sk_core.http.rendering import error_headers
 from sk_core.limits import INFLIGHT, USAGE_TABLE, Hold, Ledger, window_keys
 from sk_core.pricing import Price
 from sk_core.storage import TableStore
-from sk_core.tenants import Limits, Tenant
 
 PRICE = Price(Decimal("1.00"), Decimal("2.00"))  # USD per million: 1000 / 2000 nano per token
 

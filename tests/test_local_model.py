@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from scripts.devservices import free_port, start_local_model, start_service
-from sk_core.service import Service
-from sk_core.tenants import Tenant
+from sk_core.accounts import Tenant
+from sk_core.composition import Service
 
 pytestmark = pytest.mark.local_model
 

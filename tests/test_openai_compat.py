@@ -22,9 +22,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from sk_core.accounts import Limits, Tenant
+from sk_core.composition import Service
 from sk_core.limits import window_keys
-from sk_core.service import Service
-from sk_core.tenants import Limits, Tenant
 from tests.support.hosts import ContainerHost
 from tests.support.stub_model import SECRET_MARKER, StubModel
 

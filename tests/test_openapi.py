@@ -5,7 +5,7 @@ from __future__ import annotations
 from sk_core.catalog import Catalog
 from sk_core.http.openapi import build_openapi
 from sk_core.http.rendering import PROBLEM_CONTENT_TYPE
-from sk_core.route_table import ROUTES
+from sk_core.http.routes import ROUTES
 
 
 def test_every_route_and_method_is_documented() -> None:

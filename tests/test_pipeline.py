@@ -13,15 +13,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sk_core.audit import AuditEntry
-from sk_core.auth import Principal
+from sk_core.accounts import Limits, Principal, Tenant
+from sk_core.composition import Service
 from sk_core.errors import ApiError, LimitsUnavailable, ModelError, StorageUnavailable, Unauthorized
-from sk_core.guard import PromptInjectionDetected
 from sk_core.limits import window_keys
 from sk_core.pipeline import Pipeline, fail_closed
-from sk_core.redaction import Redactor
-from sk_core.service import Service
-from sk_core.tenants import Limits, Tenant
+from sk_core.safety import Redactor
+from sk_core.safety.guard import PromptInjectionDetected
+from sk_core.usage import AuditEntry
 from tests.conftest import TelemetrySink
 from tests.support.metrics import metric_points
 from tests.support.stub_model import StubModel

@@ -1,6 +1,6 @@
 """Output redaction: every kind's positives and near misses, the invariants, and the time bound.
 
-Examples pin the documented rules (see :mod:`sk_core.redaction`); property tests check
+Examples pin the documented rules (see :mod:`sk_core.safety._redaction`); property tests check
 what must hold for any input: generated valid cards, e-mails and IBANs never survive,
 arbitrary text never raises and never gains digits, text outside the replaced values is
 kept verbatim, and a second pass finds nothing. Hypothesis runs without a deadline; in
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sk_core.redaction import (
+from sk_core.safety import (
     ALL_KINDS,
     EMAIL,
     IBAN,

@@ -16,7 +16,7 @@ import itertools
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sk_core.redaction import Redactor
+from sk_core.safety import Redactor
 
 TEMPLATE = "You are a helpful, concise assistant. Summarize the following text in a few words for the reader."
 PEM = (

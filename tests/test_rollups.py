@@ -8,9 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sk_core.audit import AUDIT_TABLE, AuditEntry, AuditLog
-from sk_core.rollups import (
+from sk_core.storage import TableStore
+from sk_core.usage import (
+    AUDIT_TABLE,
     HOUR_PREFIX,
+    AuditEntry,
+    AuditLog,
     Bucket,
     Rollups,
     bucket_bound,
@@ -19,7 +22,6 @@ from sk_core.rollups import (
     percentile,
     stamp,
 )
-from sk_core.storage import TableStore
 
 T0 = datetime(2026, 3, 4, 10, 15, 30, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 
 from sk_core.errors import BadRequest
+from sk_core.model import BreakerState, CircuitBreaker, Deployment, DeploymentHealth, RetryBudget
 from sk_core.pricing import Price
-from sk_core.routing import BreakerState, CircuitBreaker, Deployment, DeploymentHealth, RetryBudget
 from tests.conftest import SERVICE_ENV, make_settings
 
 

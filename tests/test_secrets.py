@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from sk_core.secret_store import (
+from sk_core.secrets import (
     CachedSecrets,
     EnvSecretSource,
     KeyVaultSecretSource,
@@ -197,11 +197,11 @@ async def test_vault_down_serves_stale_value_then_refuses_after_max_staleness(
         vault.stop()
 
         clock.advance(TTL + 1)
-        with caplog.at_level(logging.WARNING, logger="sk_core.secret_store"):
+        with caplog.at_level(logging.WARNING, logger="sk_core.secrets._store"):
             assert await cache.get("model-api-key") == "sk-live-value"
         assert cache.refresh_failures == 1
         assert failures == ["model-api-key"]
-        [record] = [r for r in caplog.records if r.name == "sk_core.secret_store"]
+        [record] = [r for r in caplog.records if r.name == "sk_core.secrets._store"]
         assert record.levelno == logging.WARNING
         assert "model-api-key" in record.getMessage()
         assert "unreachable" in record.getMessage()

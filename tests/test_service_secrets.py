@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from sk_core.secret_store import CachedSecrets, KeyVaultSecretSource
-from sk_core.service import Service, get_service, set_service
-from sk_core.tenants import Tenant
+from sk_core.accounts import Tenant
+from sk_core.composition import Service, get_service, set_service
+from sk_core.secrets import CachedSecrets, KeyVaultSecretSource
 from tests.conftest import make_settings
 from tests.support.hosts import FunctionsHost
 from tests.support.keyvault_stub import KeyVaultStub, StaticTokenCredential

@@ -13,7 +13,7 @@ def test_importing_a_host_pauses_the_collector_until_the_kernel_is_built() -> No
         import function_app
         after_import = {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}
         from sk_core.catalog import Catalog
-        from sk_core.kernel import RuntimeProvider
+        from sk_core.model import RuntimeProvider
         from sk_core.settings import Settings
         provider = RuntimeProvider(settings=Settings(), catalog=Catalog.load(), builder=lambda *a: object())
         asyncio.run(provider.get())
@@ -35,7 +35,7 @@ def test_a_failed_build_also_ends_the_pause() -> None:
         import asyncio, gc, json
         import sk_core.asgi
         from sk_core.catalog import Catalog
-        from sk_core.kernel import RuntimeProvider
+        from sk_core.model import RuntimeProvider
         from sk_core.settings import Settings
         def broken(*args):
             raise RuntimeError("no model")

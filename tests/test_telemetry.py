@@ -26,8 +26,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from scripts.devservices import free_port, start_service
-from sk_core.service import Service
-from sk_core.tenants import Limits, Tenant
+from sk_core.accounts import Limits, Tenant
+from sk_core.composition import Service
 from tests.conftest import TelemetrySink, run_fresh_python
 from tests.support.hosts import FunctionsHost
 from tests.support.metrics import metric_points

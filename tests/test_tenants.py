@@ -7,10 +7,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sk_core.accounts import Limits, Tenant, TenantError, hash_key, parse_key
-from sk_core.secret_store import CachedSecrets, EnvSecretSource
+from sk_core.accounts import (
+    Limits,
+    Tenant,
+    TenantError,
+    TenantStore,
+    hash_key,
+    parse_key,
+    tenant_entity,
+    tenant_from_entity,
+)
+from sk_core.secrets import CachedSecrets, EnvSecretSource
 from sk_core.storage import TableStore
-from sk_core.tenants import TenantStore, tenant_entity, tenant_from_entity
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from sk_core.accounts import Limits
+from sk_core.composition import Service
 from sk_core.http.rendering import DASHBOARD_CSP
 from sk_core.limits import USAGE_TABLE, window_keys
-from sk_core.service import Service
 from sk_core.storage import query_partition, read_int
-from sk_core.tenants import Limits
 from tests.support.hosts import FunctionsHost, Host
 from tests.support.stub_model import StubModel
 from tests.support.usage_traffic import (

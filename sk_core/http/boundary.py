@@ -1,6 +1,6 @@
 """The error and tracing boundary every route's handler runs inside, in both hosts.
 
-The route table (``sk_core.route_table``, data only, cheap to import for indexing)
+The route table (``sk_core.http.routes``, data only, cheap to import for indexing)
 wraps each handler here on its first call: one server span, domain errors rendered as
 problem+json, request metrics, security and CORS headers, the audit row.
 """
@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from sk_core import telemetry
-from sk_core.audit import AuditEntry
+from sk_core.composition import get_service
 from sk_core.errors import ApiError, LimitsUnavailable, StorageUnavailable
 from sk_core.http.rendering import (
     CORS_EXPOSED_HEADERS,
@@ -27,7 +27,7 @@ from sk_core.http.rendering import (
     openai_error_response,
     problem_response,
 )
-from sk_core.service import get_service
+from sk_core.usage import AuditEntry
 
 Handler = Callable[[Request], Awaitable[Response]]
 ErrorFormat = Literal["problem", "openai"]

@@ -8,7 +8,7 @@
   with it. Its scripts (ours and uPlot, shipped inside the package) come from this
   origin only, so its CSP is ``script-src 'self'`` and nothing else is allowed out.
 
-Parse → read model (``sk_core.usage``) → render, like every handler.
+Parse → read model (``sk_core.usage._read_model``) → render, like every handler.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sk_core.accounts import Tenant, TenantError
+from sk_core.accounts import Tenant, TenantError, validate_tenant_id
+from sk_core.composition import Service, get_service
 from sk_core.errors import BadRequest, NotFound
 from sk_core.http.rendering import DASHBOARD_CSP, json_response
-from sk_core.service import Service, get_service
-from sk_core.tenants import validate_tenant_id
 from sk_core.usage import CHART_DAYS, detail, last_days, overview, read_windows, usage_csv, usage_of
 
 STATIC = Path(__file__).parent / "static"

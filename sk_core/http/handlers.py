@@ -3,7 +3,7 @@
 The Functions host passes the same ``Request`` type (through
 ``azurefunctions-extensions-http-fastapi``) and the container host is Starlette itself.
 Each handler parses, calls the pipeline (``sk_core.pipeline``) and renders; the route
-table (``sk_core.route_table``) lists them.
+table (``sk_core.http.routes``) lists them.
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ from starlette.responses import Response
 
 from sk_core import telemetry
 from sk_core.catalog import FunctionSpec
+from sk_core.composition import Service, get_service
 from sk_core.errors import ApiError, NotFound, StorageUnavailable
 from sk_core.http import sse
-from sk_core.http.rendering import json_response, problem_body, rate_limit_headers
-from sk_core.http.request_body import read_json_body, validate_body
-from sk_core.http.sse import event_stream, wants_event_stream
-from sk_core.pricing import usd
-from sk_core.schemas import (
+from sk_core.http.api_models import (
     AssistantMessage,
     ChatResponse,
     DependencyStatus,
@@ -36,17 +33,20 @@ from sk_core.schemas import (
     StreamDone,
     SummarizeResponse,
 )
-from sk_core.service import Service, get_service
+from sk_core.http.rendering import json_response, problem_body, rate_limit_headers
+from sk_core.http.request_body import read_json_body, validate_body
+from sk_core.http.sse import event_stream, wants_event_stream
+from sk_core.pricing import usd
 
 if TYPE_CHECKING:
-    from sk_core.audit import AuditEntry
-    from sk_core.auth import Principal
-    from sk_core.model_runtime import ModelRuntime
+    from sk_core.accounts import Principal
+    from sk_core.model import ModelRuntime
     from sk_core.pipeline import Outcome, StreamedCall
+    from sk_core.usage import AuditEntry
 
 logger = logging.getLogger(__name__)
 
-# A caller may pick a configured model fallback chain (sk_core/routing.py) per request.
+# A caller may pick a configured model fallback chain (sk_core/model/_deployments.py) per request.
 MODEL_CHAIN_HEADER = "x-model-chain"
 # Which deployment of the chain answered (and so set the price charged).
 DEPLOYMENT_HEADER = "X-Model-Deployment"

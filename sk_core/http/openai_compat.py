@@ -25,14 +25,13 @@ from starlette.responses import Response
 
 from sk_core import telemetry
 from sk_core.catalog import MAX_TOKENS_LIMIT
+from sk_core.composition import Service, get_service
 from sk_core.errors import NotFound, UnsupportedParameter, ValidationFailed
 from sk_core.http import sse
 from sk_core.http.handlers import answer_headers, function_spec, stream_failure, stream_headers
 from sk_core.http.rendering import json_response, openai_error_body
 from sk_core.http.request_body import read_json_body, validate_body
-from sk_core.pricing import usd
-from sk_core.schemas import Usage
-from sk_core.service import Service, get_service
+from sk_core.pricing import Usage, usd
 
 if TYPE_CHECKING:
     from sk_core.pipeline import StreamedCall

@@ -16,11 +16,8 @@ from starlette.responses import JSONResponse, Response
 
 from sk_core import __version__
 from sk_core.catalog import Catalog
-from sk_core.http.openai_compat import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList
-from sk_core.http.rendering import PROBLEM_CONTENT_TYPE
-from sk_core.http.sse import SSE_MEDIA_TYPE
-from sk_core.route_table import ROUTES, RouteSpec
-from sk_core.schemas import (
+from sk_core.composition import get_service
+from sk_core.http.api_models import (
     ChatResponse,
     FunctionList,
     HealthResponse,
@@ -29,7 +26,10 @@ from sk_core.schemas import (
     ReadyResponse,
     SummarizeResponse,
 )
-from sk_core.service import get_service
+from sk_core.http.openai_compat import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList
+from sk_core.http.rendering import PROBLEM_CONTENT_TYPE
+from sk_core.http.routes import ROUTES, RouteSpec
+from sk_core.http.sse import SSE_MEDIA_TYPE
 from sk_core.usage import UsageResponse
 
 _REF = "#/components/schemas/{model}"
@@ -105,7 +105,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _document_model_route(operation: dict[str, Any], route_name: str) -> None:
     """A model route's extra request and answer headers: the response cache's
-    (``sk_core.cache``) and model routing's (``sk_core.routing``)."""
+    (``sk_core.cache``) and model routing's (``sk_core.model._deployments``)."""
     parameters = operation.setdefault("parameters", [])
     if route_name != "chat_completions":  # there the request's ``model`` picks the chain
         parameters.append(

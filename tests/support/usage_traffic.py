@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from sk_core.accounts import Limits, Tenant
+from sk_core.composition import Service
 from sk_core.limits import Ledger, window_keys
-from sk_core.service import Service
-from sk_core.tenants import Limits, Tenant
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARIZE = "/api/v1/summarize"

@@ -28,7 +28,6 @@ from semantic_kernel.contents import AuthorRole, ChatHistory, ChatMessageContent
 from semantic_kernel.functions import KernelArguments, KernelFunctionFromPrompt
 
 from sk_core.catalog import Catalog, ChatMessage, FunctionSpec
-from sk_core.chat_service import ChatSettings, OpenAIChat, UnusableAnswer
 from sk_core.errors import (
     ApiError,
     ModelBadAnswer,
@@ -38,9 +37,9 @@ from sk_core.errors import (
     ModelUnavailable,
     ModelUnreachable,
 )
-from sk_core.pricing import Price
-from sk_core.routing import BreakerState, Chain, Deployment, DeploymentHealth, RoutingTable
-from sk_core.schemas import Usage
+from sk_core.model._chat_service import ChatSettings, OpenAIChat, UnusableAnswer
+from sk_core.model._deployments import BreakerState, Chain, Deployment, DeploymentHealth, RoutingTable
+from sk_core.pricing import Price, Usage
 from sk_core.settings import Provider, Settings
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Rule data: the detector's regexes, their categories and their cheap prefilters.
 
-Rules are matched against :func:`sk_core.guard._normalise.normalise`'s output
+Rules are matched against :func:`sk_core.safety.guard._normalise.normalise`'s output
 (casefolded, accents and invisibles stripped, whitespace collapsed to one space), so
 they are written in lower case with single spaces.
 """

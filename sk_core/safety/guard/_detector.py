@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import unquote_plus
 
-from sk_core.guard._normalise import INVISIBLE_RE, normalise
-from sk_core.guard._rules import CATEGORIES, COMPACT_RULES, NATIVE_RULES, TEXT_RULES, Rule
+from sk_core.safety.guard._normalise import INVISIBLE_RE, normalise
+from sk_core.safety.guard._rules import CATEGORIES, COMPACT_RULES, NATIVE_RULES, TEXT_RULES, Rule
 
 #: What Prompt Shields contributed to a Detection.
 ShieldsVerdict = Literal["not_configured", "skipped", "clean", "attack", "error"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TextIO, get_args
 
-from sk_core.guard._detector import Detection, InjectionDetector
+from sk_core.safety.guard._detector import Detection, InjectionDetector
 
 CORPUS_DIR: Final = Path(__file__).with_name("corpus")
 Split = Literal["tuning", "held_out"]
@@ -123,7 +123,7 @@ def evaluate(
 
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sk_core.guard", description="Prompt-injection guard tools."
+        prog="python -m sk_core.safety.guard", description="Prompt-injection guard tools."
     )
     parser.add_argument(
         "--evaluate", action="store_true", help="measure the detector on both splits of the bundled corpus"

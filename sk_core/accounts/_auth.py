@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sk_core.accounts import ADMIN_SCOPE, ApiKey, Tenant, parse_admin_key, parse_key
+from sk_core.accounts._values import ADMIN_SCOPE, ApiKey, Tenant, parse_admin_key, parse_key
 from sk_core.errors import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
-    from sk_core.tenants import TenantStore
+    from sk_core.accounts._store import TenantStore
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-
-class Usage(BaseModel):
-    """Token usage exactly as the provider reported it."""
-
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
-    total_tokens: int = Field(ge=0)
+from sk_core.pricing import Usage
 
 
 class ModelAnswer(BaseModel):

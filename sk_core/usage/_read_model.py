@@ -3,7 +3,7 @@
 One computation serves the admin CLI (``admin usage``), the tenant's ``GET /api/v1/usage``,
 the admin API and the dashboard, so every view prints the same numbers: counters come
 from the ledger's rows (``sk_core.limits.rows``), "how much is left" from the admission
-policy's ``remaining_budget``, charts from the audit rollups (``sk_core.rollups``).
+policy's ``remaining_budget``, charts from the audit rollups (``sk_core.usage._rollups``).
 
 **Freshness.** Stored usage lags what processes settled on quota leases by up to
 ``SKF_LEASE_REPORT_SECONDS``; the operators' views first report this process's own
@@ -48,14 +48,13 @@ from sk_core.limits.rows import (
     CounterRow,
 )
 from sk_core.pricing import usd
-from sk_core.rollups import HOUR_PREFIX, Bucket, bucket_start, combine, percentile, stamp
+from sk_core.usage._rollups import HOUR_PREFIX, Bucket, bucket_start, combine, percentile, stamp
 
 if TYPE_CHECKING:
-    from sk_core.accounts import Limits, Tenant
-    from sk_core.audit import AuditLog
+    from sk_core.accounts import Limits, Tenant, TenantStore
     from sk_core.limits import Ledger
     from sk_core.storage import TableStore
-    from sk_core.tenants import TenantStore
+    from sk_core.usage._audit import AuditLog
 
 CHART_MINUTES = 180  # requests and tokens per minute over the last 3 hours
 CHART_HOURS = 24  # refusals, cost and latency by function over the last day
@@ -369,8 +368,8 @@ def _usd_text(amount_nano: int) -> str:
 
 async def _rollups(store: TableStore, tenant_id: str, first: str) -> dict[str, Bucket]:
     """The tenant's hourly rollups from hour ``first`` on, every writer's rows added up."""
-    from sk_core.audit import AUDIT_TABLE
     from sk_core.storage import storage_errors
+    from sk_core.usage._audit import AUDIT_TABLE
 
     table = await store.table(AUDIT_TABLE)
     with storage_errors():

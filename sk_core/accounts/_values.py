@@ -1,7 +1,7 @@
 """Tenants, their limits and their API keys, as values.
 
 The model only: what a tenant may use and which keys it holds. How they are stored
-(Table Storage entities) is ``sk_core.tenants``; this module imports nothing outside
+(Table Storage entities) is ``sk_core.accounts._store``; this module imports nothing outside
 the standard library, so the limits policy and authentication can use it freely.
 
 A key looks like ``skf_<key id>_<secret>``: the prefix makes leaked keys easy to spot

@@ -9,7 +9,7 @@ the rows it had not flushed yet (at most the last second's). Each row carries an
 
 Layout: PartitionKey = tenant id (``_anonymous`` for calls that never authenticated),
 RowKey = inverted milliseconds + request id, so a partition reads newest first. The same
-transaction upserts the tenant's per-minute and per-hour rollups (``sk_core.rollups``,
+transaction upserts the tenant's per-minute and per-hour rollups (``sk_core.usage._rollups``,
 RowKeys ``rollup-...``, after every audit row), which the dashboard's charts read.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sk_core.rollups import ROLLUP_PREFIX, Rollups
+from sk_core.usage._rollups import ROLLUP_PREFIX, Rollups
 
 if TYPE_CHECKING:  # the route boundary imports AuditEntry; keep the Azure SDK out of that
     from sk_core.storage import TableStore

@@ -14,6 +14,7 @@ process-wide singleton created on first use. Tests install their own with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -21,20 +22,20 @@ import threading
 from typing import TYPE_CHECKING
 
 from sk_core.catalog import Catalog
-from sk_core.kernel import KeyProvider, RuntimeProvider
+from sk_core.errors import StorageUnavailable
+from sk_core.model import KeyProvider, RuntimeProvider
 from sk_core.pipeline import Pipeline
 from sk_core.settings import Provider, Settings, get_settings
 
 if TYPE_CHECKING:
-    from sk_core.audit import AuditLog
-    from sk_core.auth import Authenticator
+    from sk_core.accounts import Authenticator, TenantStore
     from sk_core.cache import ResponseCache
-    from sk_core.guard import Guard
     from sk_core.limits import Ledger
-    from sk_core.redaction import Redactor
-    from sk_core.secret_store import CachedSecrets
+    from sk_core.safety import Redactor
+    from sk_core.safety.guard import Guard
+    from sk_core.secrets import CachedSecrets
     from sk_core.storage import TableStore
-    from sk_core.tenants import TenantStore
+    from sk_core.usage import AuditLog
 
 
 class Service:
@@ -96,11 +97,11 @@ class Service:
     def create(cls, settings: Settings | None = None, *, secrets: CachedSecrets | None = None) -> Service:
         """Build the context from settings (default: the environment); ``secrets`` overrides
         the secret source the settings select (tests point it at a vault stand-in)."""
-        from sk_core.audit import AuditLog
-        from sk_core.auth import Authenticator
+        from sk_core.accounts import Authenticator
         from sk_core.limits import Ledger
         from sk_core.limits.leases import LeaseSettings
         from sk_core.telemetry import setup_telemetry
+        from sk_core.usage import AuditLog
 
         settings = settings or get_settings()
         # Once per process (a no-op if a host or a test installed providers already).
@@ -155,7 +156,7 @@ class Redactors:
         redactor = self._built.get(function_id)
         if redactor is None:
             # Imported on first use: its patterns compile at import, after the first answer.
-            from sk_core.redaction import Redactor
+            from sk_core.safety import Redactor
 
             plugin, _, name = function_id.partition("/")
             spec = self._catalog.get(plugin, name)
@@ -201,7 +202,7 @@ def make_cache(settings: Settings, store: TableStore) -> ResponseCache:
 
 def make_guard(settings: Settings) -> Guard:
     """The prompt-injection guard: local patterns, plus Prompt Shields when configured."""
-    from sk_core.guard import Guard, InjectionDetector, PromptShieldsClient
+    from sk_core.safety.guard import Guard, InjectionDetector, PromptShieldsClient
 
     extra = json.loads(settings.guard_extra_patterns) if settings.guard_extra_patterns.strip() else []
     shields = (
@@ -218,7 +219,7 @@ def make_guard(settings: Settings) -> Guard:
 
 def make_secrets(settings: Settings) -> CachedSecrets:
     """Key Vault when a vault URL is configured, else the settings' own values; cached."""
-    from sk_core.secret_store import CachedSecrets, EnvSecretSource, KeyVaultSecretSource, SecretSource
+    from sk_core.secrets import CachedSecrets, EnvSecretSource, KeyVaultSecretSource, SecretSource
     from sk_core.telemetry import instruments
 
     source: SecretSource
@@ -246,8 +247,8 @@ def make_tenant_store(
 ) -> TenantStore:
     """Tenants and keys over ``store``; keys are hashed with the pepper read from ``secrets``
     (default: a one-shot reader of the configured source, for the CLI and scripts)."""
-    from sk_core.secret_store import OneShotSecrets
-    from sk_core.tenants import TenantStore
+    from sk_core.accounts import TenantStore
+    from sk_core.secrets import OneShotSecrets
 
     reader = secrets if secrets is not None else OneShotSecrets(lambda: make_secrets(settings))
     return TenantStore(store=store, secrets=reader, pepper_name=settings.api_key_pepper_secret_name)
@@ -255,7 +256,7 @@ def make_tenant_store(
 
 def make_key_provider(settings: Settings, secrets: CachedSecrets) -> KeyProvider:
     """How the kernel gets the model key: none (local), required (openai) or optional."""
-    from sk_core.secret_store import SecretMissing
+    from sk_core.secrets import SecretMissing
 
     name = settings.model_api_key_secret_name
     provider = settings.model_provider
@@ -293,3 +294,37 @@ def set_service(service: Service | None) -> None:
     global _service
     with _lock:
         _service = service
+
+
+# Scheduled work shared by both hosts: charging expired holds, purging old audit rows and
+# expired response-cache entries. The Functions host runs ``sweep_expired_holds`` from a
+# timer trigger; the container host runs ``sweep_periodically`` as a background task.
+# Several instances sweeping at once is safe: each hold is charged by an ETag-conditional
+# transaction, so exactly one sweeper wins and the others find it gone.
+async def sweep_expired_holds() -> int:
+    """Charge and flag every expired hold once; returns how many were charged."""
+    service = get_service()
+    try:
+        charged = await service.ledger.expire_holds()
+    except StorageUnavailable as exc:
+        logger.warning("hold sweep skipped: %s", exc.reason)
+        return 0
+    await service.audit.purge()
+    if service.cache is not None:
+        try:
+            await service.cache.purge_expired()
+        except StorageUnavailable as exc:
+            logger.warning("cache sweep skipped: %s", exc.reason)
+    if charged:
+        logger.warning("charged %d expired holds at their reserved amount (flagged for audit)", charged)
+    return charged
+
+
+async def sweep_periodically(interval_seconds: float) -> None:
+    """Sweep forever (until cancelled at shutdown)."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            await sweep_expired_holds()
+        except Exception:
+            logger.exception("hold sweep failed; retrying next interval")

@@ -37,28 +37,27 @@ from typing import Any
 from azure.core.exceptions import AzureError, HttpResponseError
 from pydantic import ValidationError
 
-from sk_core.accounts import parse_admin_key
-from sk_core.catalog import Catalog
-from sk_core.errors import StorageUnavailable
-from sk_core.limits import Ledger
-from sk_core.pricing import NANO_PER_USD, nano, usd
-from sk_core.service import make_store, make_tenant_store
-from sk_core.settings import Settings
-from sk_core.storage import TableStore, development_connection_string, read_int
-
 # The store's own tenant-id rule. tenants.py has no public validator, and the CLI must
 # check ids before they reach storage: an id with '/' is not "unknown", the Table service
 # answers it with an error (Azurite 500), which the store reports as "unavailable".
-from sk_core.tenants import (
+from sk_core.accounts import (
     ALL,
     ApiKey,
     Limits,
     Tenant,
     TenantError,
     TenantStore,
+    parse_admin_key,
     parse_key,
     validate_tenant_id,
 )
+from sk_core.catalog import Catalog
+from sk_core.composition import make_store, make_tenant_store
+from sk_core.errors import StorageUnavailable
+from sk_core.limits import Ledger
+from sk_core.pricing import NANO_PER_USD, nano, usd
+from sk_core.settings import Settings
+from sk_core.storage import TableStore, development_connection_string, read_int
 from sk_core.usage import (
     Window,
     current_windows,
@@ -685,7 +684,7 @@ async def usage_cmd(args: argparse.Namespace, ctx: Context) -> Output:
     else:
         windows = current_windows(datetime.now(UTC))
     if args.csv:
-        # The dashboard's download link serves this same CSV (sk_core.usage.usage_csv).
+        # The dashboard's download link serves this same CSV (sk_core.usage._read_model.usage_csv).
         entries = await read_windows(ctx.ledger(), tenant, windows)
         return Output(entries, usage_csv(tenant.id, entries).rstrip("\n"))
     if args.days is not None:
@@ -704,7 +703,7 @@ async def sweep(args: argparse.Namespace, ctx: Context) -> Output:
 
 async def audit_cmd(args: argparse.Namespace, ctx: Context) -> Output:
     """A tenant's most recent calls from the audit log (newest first; never prompt text)."""
-    from sk_core.audit import AuditLog
+    from sk_core.usage import AuditLog
 
     await ctx.tenants.require_tenant(args.tenant_id)
     rows = await AuditLog(store=ctx.store, retention_days=ctx.settings.audit_retention_days).recent(
@@ -765,7 +764,7 @@ async def audit_cmd(args: argparse.Namespace, ctx: Context) -> Output:
 async def cache_purge(args: argparse.Namespace, ctx: Context) -> Output:
     """Delete cached answers of a tenant (or the cross-tenant ones), of one function or all."""
     from sk_core.cache import SHARED
-    from sk_core.service import make_cache
+    from sk_core.composition import make_cache
 
     if args.tenant is not None:
         await ctx.tenants.require_tenant(args.tenant)
@@ -781,7 +780,7 @@ async def cache_purge(args: argparse.Namespace, ctx: Context) -> Output:
 
 async def cache_stats(args: argparse.Namespace, ctx: Context) -> Output:
     """Cached answers in the shared table, by tenant (or shared) and function."""
-    from sk_core.service import make_cache
+    from sk_core.composition import make_cache
 
     stats = await make_cache(ctx.settings, ctx.store).stats()
     rows = stats["table"]
@@ -1053,6 +1052,3 @@ def main(argv: list[str] | None = None) -> int:
         print(output.text)
     return EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,7 +29,7 @@ from sk_core import startup
 
 if TYPE_CHECKING:
     from sk_core.catalog import Catalog
-    from sk_core.model_runtime import ModelRuntime
+    from sk_core.model._runtime import ModelRuntime
     from sk_core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,11 @@ KeyProvider = Callable[[], Awaitable[tuple[str | None, str]]]
 
 
 def _default_builder(settings: Settings, catalog: Catalog, api_key: str | None) -> ModelRuntime:
-    from sk_core.sk_loader import import_semantic_kernel
+    from sk_core.model._sk_loader import import_semantic_kernel
 
     import_semantic_kernel()  # first, so SK's handlebars engine is deferred (sk_loader.py)
-    from sk_core.model_runtime import build_runtime
+    # Deferred: SK and the OpenAI SDK load on the first model call, not at cold start.
+    from sk_core.model._runtime import build_runtime
 
     return build_runtime(settings, catalog, api_key)
 

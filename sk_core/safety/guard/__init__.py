@@ -26,7 +26,7 @@ Privacy: a :class:`Detection` names rule ids and categories; the only user text 
 is :attr:`Hit.excerpt`, at most :data:`EXCERPT_CHARS` characters of the *normalised*
 match, meant for debug logs. :meth:`Detection.to_audit` carries no user text at all.
 
-Run ``python -m sk_core.guard --evaluate`` to measure the detector on the bundled corpus.
+Run ``python -m sk_core.safety.guard --evaluate`` to measure the detector on the bundled corpus.
 
 Layout: ``_rules`` (rule data), ``_normalise`` (the matching form of a text),
 ``_detector`` (the local detector and its verdict types), ``_shields`` (the Prompt
@@ -35,12 +35,12 @@ Shields client), ``_policy`` (:class:`Guard`, :func:`enforce`, :func:`screen`) a
 neither a host (starlette, azure.functions) nor semantic_kernel.
 """
 
-from sk_core.guard._detector import EXCERPT_CHARS, Detection, Hit, InjectionDetector, ShieldsVerdict
-from sk_core.guard._evaluation import CorpusItem, Evaluation, _main, evaluate, load_corpus
-from sk_core.guard._normalise import normalise
-from sk_core.guard._policy import Guard, Policy, PromptInjectionDetected, Screening, enforce, screen
-from sk_core.guard._rules import CATEGORIES, Category
-from sk_core.guard._shields import (
+from sk_core.safety.guard._detector import EXCERPT_CHARS, Detection, Hit, InjectionDetector, ShieldsVerdict
+from sk_core.safety.guard._evaluation import CorpusItem, Evaluation, _main, evaluate, load_corpus
+from sk_core.safety.guard._normalise import normalise
+from sk_core.safety.guard._policy import Guard, Policy, PromptInjectionDetected, Screening, enforce, screen
+from sk_core.safety.guard._rules import CATEGORIES, Category
+from sk_core.safety.guard._shields import (
     CONTENT_SAFETY_SCOPE,
     GuardUnavailable,
     PromptShieldsClient,

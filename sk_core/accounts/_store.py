@@ -1,7 +1,7 @@
 """Tenants and their API keys, in Table Storage: the store and the entity encoding.
 
 The values themselves (``Tenant``, ``Limits``, ``ApiKey``, the key format) are
-``sk_core.accounts``; they are re-exported here for callers that use both.
+``sk_core.accounts._values``; they are re-exported here for callers that use both.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
-from sk_core.accounts import (
+from sk_core.accounts._values import (
     ADMIN_KEY_PREFIX,
     ADMIN_SCOPE,
     ALL,
@@ -31,7 +31,7 @@ from sk_core.accounts import (
     hash_key,
     parse_key,
 )
-from sk_core.secret_store import SecretReader
+from sk_core.secrets import SecretReader
 from sk_core.storage import TableStore, get_or_none, int64, read_int, storage_errors
 
 __all__ = [

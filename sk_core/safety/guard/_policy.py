@@ -10,8 +10,13 @@ from itertools import zip_longest
 from typing import Any, Literal
 
 from sk_core.errors import ApiError
-from sk_core.guard._detector import Detection, Hit, InjectionDetector
-from sk_core.guard._shields import GuardUnavailable, PromptShieldsClient, PromptShieldsError, ShieldResult
+from sk_core.safety.guard._detector import Detection, Hit, InjectionDetector
+from sk_core.safety.guard._shields import (
+    GuardUnavailable,
+    PromptShieldsClient,
+    PromptShieldsError,
+    ShieldResult,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,58 @@
+"""Accounts: tenants, their limits and API keys (values), the table store that keeps them,
+and authentication (API key -> principal)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sk_core.accounts._auth import Authenticator, Principal, presented_key
+from sk_core.accounts._values import (
+    ADMIN_SCOPE,
+    ALL,
+    ApiKey,
+    Limits,
+    Tenant,
+    TenantError,
+    hash_key,
+    parse_admin_key,
+    parse_key,
+)
+
+if TYPE_CHECKING:
+    from sk_core.accounts._store import TenantStore, tenant_entity, tenant_from_entity, validate_tenant_id
+
+# The table store (and so the Azure SDK) loads on first use of these names: the limits
+# policy and the pipeline need only the values above, and stay free of any SDK.
+_LAZY = {
+    "TenantStore": "sk_core.accounts._store",
+    "tenant_entity": "sk_core.accounts._store",
+    "tenant_from_entity": "sk_core.accounts._store",
+    "validate_tenant_id": "sk_core.accounts._store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ADMIN_SCOPE",
+    "ALL",
+    "ApiKey",
+    "Authenticator",
+    "Limits",
+    "Principal",
+    "Tenant",
+    "TenantError",
+    "TenantStore",
+    "hash_key",
+    "parse_admin_key",
+    "parse_key",
+    "presented_key",
+    "tenant_entity",
+    "tenant_from_entity",
+    "validate_tenant_id",
+]

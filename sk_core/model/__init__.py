@@ -1,0 +1,71 @@
+"""The model: deployments and their resilience (breakers, the retry budget), the cached
+runtime provider, Semantic Kernel wiring and the chat service over the OpenAI SDK."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sk_core.model._deployments import (
+    BreakerState,
+    Chain,
+    CircuitBreaker,
+    Deployment,
+    DeploymentHealth,
+    RetryBudget,
+    RoutingTable,
+)
+from sk_core.model._provider import KeyProvider, RuntimeProvider
+from sk_core.model._sk_loader import import_semantic_kernel
+
+if TYPE_CHECKING:
+    from sk_core.model._chat_service import REQUEST_SETTINGS, ChatSettings
+    from sk_core.model._runtime import (
+        SERVICE_ID,
+        Completion,
+        ModelRuntime,
+        ModelStream,
+        build_runtime,
+        make_health,
+    )
+
+# Semantic Kernel and the OpenAI SDK load on first use of these names, not on import
+# of the package: the pipeline and the hosts import the light half at cold start.
+_LAZY = {
+    "ChatSettings": "sk_core.model._chat_service",
+    "REQUEST_SETTINGS": "sk_core.model._chat_service",
+    "Completion": "sk_core.model._runtime",
+    "ModelRuntime": "sk_core.model._runtime",
+    "ModelStream": "sk_core.model._runtime",
+    "SERVICE_ID": "sk_core.model._runtime",
+    "build_runtime": "sk_core.model._runtime",
+    "make_health": "sk_core.model._runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "REQUEST_SETTINGS",
+    "SERVICE_ID",
+    "BreakerState",
+    "Chain",
+    "ChatSettings",
+    "CircuitBreaker",
+    "Completion",
+    "Deployment",
+    "DeploymentHealth",
+    "KeyProvider",
+    "ModelRuntime",
+    "ModelStream",
+    "RetryBudget",
+    "RoutingTable",
+    "RuntimeProvider",
+    "build_runtime",
+    "import_semantic_kernel",
+    "make_health",
+]
