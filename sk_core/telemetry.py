@@ -220,6 +220,11 @@ def _resource(host: str) -> Any:
             }
         )
     attributes.update(_parse_resource_attributes(os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")))
+    # One id per process: every uvicorn worker and every Functions worker process pushes
+    # its own cumulative counters, and the collector tells streams apart by this id. A
+    # configured id (e.g. the pod's) stays as the prefix so a human still recognises it.
+    base = attributes.get("service.instance.id") or socket.gethostname()
+    attributes["service.instance.id"] = f"{base}-{os.getpid()}"
     return Resource.create(attributes)
 
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import textwrap
@@ -568,3 +569,29 @@ def test_under_the_worker_log_lines_go_through_its_channel_once(worker_run: Work
     assert worker_run.stdout_json_lines() == []
     # The app's own lines still reach the host, through the worker's channel.
     assert worker_run.worker_logs("sk_core.")
+
+
+def test_every_worker_process_reports_its_own_service_instance_id() -> None:
+    """Several uvicorn workers or Functions worker processes push cumulative counters: each
+    needs its own ``service.instance.id`` or the collector sees one series jump between
+    them. A configured id (OTEL_RESOURCE_ATTRIBUTES) stays recognisable as the prefix."""
+    code = """
+        import os
+        from sk_core.telemetry import _resource
+        print(_resource("container").attributes["service.instance.id"], os.getpid())
+    """
+    env = {**os.environ, "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=api,deployment.environment.name=t"}
+    seen = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        seen.append(out)
+    (first, pid1), (second, pid2) = seen
+    assert first != second
+    assert first == f"api-{pid1}" and second == f"api-{pid2}"
+    bare = {k: v for k, v in os.environ.items() if k != "OTEL_RESOURCE_ATTRIBUTES"}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=bare, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == f"{socket.gethostname()}-{out[1]}"
