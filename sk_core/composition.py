@@ -21,11 +21,13 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+from sk_core import telemetry
 from sk_core.catalog import Catalog
 from sk_core.errors import StorageUnavailable
 from sk_core.model import KeyProvider, RuntimeProvider
 from sk_core.pipeline import Pipeline
 from sk_core.settings import Provider, Settings, get_settings
+from sk_core.usage import BudgetGauges
 
 if TYPE_CHECKING:
     from sk_core.accounts import Authenticator, TenantStore
@@ -68,6 +70,10 @@ class Service:
         self.audit = audit
         self.guard = guard
         self.cache = cache
+        self.budget_gauges = BudgetGauges(
+            max_tenants=settings.budget_gauge_tenants, refresh_seconds=settings.budget_gauge_seconds
+        )
+        telemetry.report_budgets(self.budget_gauges.observations)
         self.pipeline = pipeline or Pipeline(
             auth=auth,
             guard=guard,
@@ -81,6 +87,7 @@ class Service:
             storage_deadline_seconds=settings.storage_deadline_seconds,
             storage_silence=store.silence,
             cache=cache,
+            budget_gauges=self.budget_gauges,
         )
 
     async def aclose(self) -> None:
@@ -310,6 +317,7 @@ async def sweep_expired_holds() -> int:
         logger.warning("hold sweep skipped: %s", exc.reason)
         return 0
     await service.audit.purge()
+    await service.budget_gauges.refresh_all(service.ledger)
     if service.cache is not None:
         try:
             await service.cache.purge_expired()

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from sk_core.model import Completion, ModelRuntime, ModelStream, RuntimeProvider
     from sk_core.safety import Redactor, StreamingRedaction
     from sk_core.safety.guard import Guard, Policy
-    from sk_core.usage import AuditEntry
+    from sk_core.usage import AuditEntry, BudgetGauges
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -161,6 +161,7 @@ class Pipeline:
         routing: RoutingTable | None = None,
         storage_deadline_seconds: float = 2.0,
         storage_silence: Callable[[], float] = lambda: math.inf,
+        budget_gauges: BudgetGauges | None = None,
     ) -> None:
         self._auth = auth
         self._guard = guard
@@ -175,6 +176,7 @@ class Pipeline:
         )
         self._storage_deadline = storage_deadline_seconds
         self._storage_silence = storage_silence  # seconds since storage last answered
+        self._budget_gauges = budget_gauges
         # Settlements still running after their answer went out (strong references).
         self._settling: set[asyncio.Task[int]] = set()
 
@@ -293,6 +295,8 @@ class Pipeline:
         to what it can pay (screened before)."""
         async with self._fail_closed():
             with telemetry.tracer().start_as_current_span("admit") as span:
+                if self._budget_gauges is not None:  # refused tenants too: they are at 100 %
+                    self._budget_gauges.note(principal.tenant, self._ledger)
                 hold = await self._ledger.admit(
                     principal.tenant,
                     price=route.reservation_price,

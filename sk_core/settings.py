@@ -122,6 +122,19 @@ class Settings(BaseSettings):
     min_answer_tokens: int = Field(default=16, ge=1, le=1024)
     hold_lease_seconds: float = Field(default=300.0, ge=5, le=86400)
     sweep_interval_seconds: float = Field(default=60.0, ge=1, le=3600)
+    budget_gauge_tenants: int = Field(
+        default=50,
+        ge=0,
+        le=10_000,
+        description="Tenants (most recently active) whose budgets this process exports as the "
+        "sk.budget.* gauges; bounds their series (0: none).",
+    )
+    budget_gauge_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How old a tenant's budget gauge may get while it has traffic.",
+    )
     leases: bool = Field(
         default=True,
         description="Quota leases: admit and settle in memory against leased slices (false: every "

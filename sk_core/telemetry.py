@@ -125,6 +125,21 @@ class Instruments:
             unit="{state}",
             description="Circuit breaker state by deployment now: 0 closed, 1 half-open, 2 open.",
         )
+        # Budgets against spend (sk_core/usage/_gauges.py keeps the values): bounded to the
+        # SKF_BUDGET_GAUGE_TENANTS most recently active tenants of this process, two
+        # windows each, so the series count stays bounded whatever the number of tenants.
+        self.budget_limit = meter.create_observable_gauge(
+            "sk.budget.limit",
+            callbacks=[_observe_budget_limits],
+            unit="USD",
+            description="A tenant's budget for the window (day, month); absent when unlimited.",
+        )
+        self.budget_remaining = meter.create_observable_gauge(
+            "sk.budget.remaining",
+            callbacks=[_observe_budget_remaining],
+            unit="USD",
+            description="Budget minus settled spend for the window (held and leased money not deducted).",
+        )
         self.cache_requests = meter.create_counter(
             "sk.cache.requests",
             unit="{request}",
@@ -175,6 +190,37 @@ def _observe_breakers(options: metrics.CallbackOptions) -> Iterable[metrics.Obse
     if states is None:
         return []
     return [metrics.Observation(_BREAKER_VALUES[state], {"sk.deployment": name}) for name, state in states()]
+
+
+# What the budget gauges read: (tenant, window, limit USD, remaining USD) of the tenants
+# this process served lately (``usage.BudgetGauges.observations``, refreshed off the
+# request path). Collection reads a snapshot: it never touches storage.
+_budget_source: Callable[[], Iterable[tuple[str, str, float, float]]] | None = None
+
+
+def report_budgets(source: Callable[[], Iterable[tuple[str, str, float, float]]]) -> None:
+    """Have the budget gauges report ``source()`` from now on."""
+    global _budget_source
+    _budget_source = source
+    instruments()
+
+
+def _budget_points(remaining: bool) -> list[metrics.Observation]:
+    source = _budget_source
+    if source is None:
+        return []
+    return [
+        metrics.Observation(left if remaining else limit, {"sk.tenant": tenant, "sk.window": window})
+        for tenant, window, limit, left in source()
+    ]
+
+
+def _observe_budget_limits(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    return _budget_points(remaining=False)
+
+
+def _observe_budget_remaining(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    return _budget_points(remaining=True)
 
 
 def instruments() -> Instruments:

@@ -56,6 +56,7 @@ COLLECTOR = ROOT / "infra" / "compose" / "otel-collector.yaml"
 PROMETHEUS = ROOT / "infra" / "compose" / "prometheus.yaml"
 GRAFANA = ROOT / "infra" / "compose" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "sk-functions.json"
+PROMETHEUS_RULES = ROOT / "infra" / "compose" / "prometheus-rules.yaml"
 SUMMARIZE = "/api/v1/summarize"
 
 # ${NAME} or ${NAME:-default}; `$$` is compose's escape for a literal `$`.
@@ -316,6 +317,9 @@ def dashboard_queries() -> list[tuple[str, str]]:
     for variable in dashboard["templating"]["list"]:
         metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["definition"]).groups()  # type: ignore[union-attr]
         queries.append((f"${variable['name']}", f"group by ({label}) ({metric})"))
+    # The alert rule examples Prometheus loads beside the dashboard.
+    rules = yaml.safe_load(PROMETHEUS_RULES.read_text())
+    queries += [(rule["alert"], rule["expr"]) for group in rules["groups"] for rule in group["rules"]]
     return queries
 
 
@@ -564,10 +568,12 @@ def exported(
         deadline = time.monotonic() + 30
         while True:
             otlp = series_from_otlp(list(bodies))
-            if ("secret", "api-key-pepper") in _pairs(otlp, "sk_secrets_refresh_failures_total") and {
-                ("reason", "budget"),
-                ("reason", "auth"),
-            } <= _pairs(otlp, "sk_refusals_total"):
+            refusals = _pairs(otlp, "sk_refusals_total")
+            if (
+                ("secret", "api-key-pepper") in _pairs(otlp, "sk_secrets_refresh_failures_total")
+                and {("reason", "budget"), ("reason", "auth")} <= refusals
+                and ("sk_window", "day") in _pairs(otlp, "sk_budget_limit_USD")
+            ):
                 break
             assert time.monotonic() < deadline, f"OTLP exports incomplete: {sorted(otlp)}"
             time.sleep(0.2)
@@ -648,6 +654,8 @@ def test_every_dashboard_query_uses_metrics_and_labels_the_app_exports(exported:
         "gen_ai_client_token_usage_sum",  # tokens per tenant and model
         "sk_cost_USD_total",  # USD per tenant and model, budget use
         "sk_secrets_refresh_failures_total",
+        "sk_budget_limit_USD",  # % of budget spent, and the 80 % / 100 % alerts
+        "sk_budget_remaining_USD",
     } <= covered
 
 

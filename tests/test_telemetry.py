@@ -580,18 +580,19 @@ def test_every_worker_process_reports_its_own_service_instance_id() -> None:
         from sk_core.telemetry import _resource
         print(_resource("container").attributes["service.instance.id"], os.getpid())
     """
+
+    def instance_and_pid(env: dict[str, str]) -> list[str]:
+        run = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.split()
+
     env = {**os.environ, "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=api,deployment.environment.name=t"}
-    seen = []
-    for _ in range(2):
-        out = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True, text=True, check=True
-        ).stdout.split()
-        seen.append(out)
-    (first, pid1), (second, pid2) = seen
+    (first, pid1), (second, pid2) = instance_and_pid(env), instance_and_pid(env)
     assert first != second
-    assert first == f"api-{pid1}" and second == f"api-{pid2}"
+    assert first == f"api-{pid1}"
+    assert second == f"api-{pid2}"
     bare = {k: v for k, v in os.environ.items() if k != "OTEL_RESOURCE_ATTRIBUTES"}
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=bare, capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert out[0] == f"{socket.gethostname()}-{out[1]}"
+    instance, pid = instance_and_pid(bare)
+    assert instance == f"{socket.gethostname()}-{pid}"

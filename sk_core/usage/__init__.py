@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from sk_core.usage._audit import ANONYMOUS, AUDIT_TABLE, AuditEntry, AuditLog
+from sk_core.usage._gauges import BudgetGauges
 from sk_core.usage._read_model import (
     CHART_DAYS,
     UsageResponse,
@@ -40,6 +41,7 @@ __all__ = [
     "AuditEntry",
     "AuditLog",
     "Bucket",
+    "BudgetGauges",
     "Rollups",
     "UsageResponse",
     "Window",
