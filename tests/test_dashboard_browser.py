@@ -6,7 +6,7 @@ after two tenants made known traffic. What the page shows is compared with the l
 makes is recorded, and must go to the service itself.
 
 Playwright's own browser download cannot run here, so it drives the system Chromium
-(``apt-get install chromium``; ``make install`` does it when missing).
+(``apt-get install chromium``; ``make test`` does it when missing, ``make run`` never).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ SCREENSHOT = ROOT / "docs" / "dashboard.png"
 if not CHROMIUM.exists():
     # CI installs it (Makefile); elsewhere, say what is missing instead of failing obscurely.
     if os.environ.get("CI"):
-        raise RuntimeError("/usr/bin/chromium is missing: run 'make install' (apt-get install chromium)")
-    pytest.skip("Debian chromium is not installed (make install)", allow_module_level=True)
+        raise RuntimeError("/usr/bin/chromium is missing: run 'make test' (apt-get install chromium)")
+    pytest.skip("Debian chromium is not installed (make browser)", allow_module_level=True)
 
 from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
 

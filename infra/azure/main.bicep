@@ -20,6 +20,7 @@ param apiKeyPepper string
 @description('Optional provider key (SKF_MODEL_API_KEY), stored in Key Vault. Empty: Azure OpenAI through the managed identity.')
 param modelApiKey string = ''
 
+// checkov:skip=CKV_AZURE_131: newGuid() is a fresh value per deployment, not a hardcoded one
 @secure()
 @description('Function host key that API Management sends as x-functions-key. The default rotates it on every deployment (both sides in one deployment).')
 param functionHostKey string = newGuid()
@@ -47,6 +48,17 @@ param maximumInstanceCount int = 40
 
 @allowed([2048, 4096])
 param instanceMemoryMB int = 2048
+
+@description('Spread the Function App over availability zones (at least two always-ready instances, billed as such). false in a region without Flex Consumption zone support: az functionapp list-flexconsumption-locations --zone-redundant.')
+param zoneRedundant bool = true
+
+@description('Private networking: a VNet, the Function App integrated with it, private endpoints + private DNS zones for Storage (blob, queue, table) and Key Vault, and their public endpoints off. false: public endpoints, Entra ID / RBAC only.')
+param networkIsolation bool = false
+
+@description('networkIsolation only: the VNet, the Function App subnet and the private-endpoint subnet.')
+param vnetAddressPrefix string = '10.60.0.0/16'
+param appSubnetPrefix string = '10.60.0.0/24'
+param privateEndpointSubnetPrefix string = '10.60.1.0/24'
 
 @allowed(['Developer', 'Basic', 'Standard', 'Premium', 'BasicV2', 'StandardV2'])
 @description('API Management tier. Not Consumption: rate-limit-by-key is unavailable there.')
@@ -99,6 +111,7 @@ module storage 'modules/storage.bicep' = {
     name: 'stskf${take(token, 16)}'
     deploymentContainerName: 'app-package-${take(token, 20)}'
     principalId: identity.outputs.principalId
+    networkIsolation: networkIsolation
   }
 }
 
@@ -110,9 +123,25 @@ module keyVault 'modules/keyvault.bicep' = {
     tags: tags
     name: 'kv-skf-${take(token, 14)}'
     principalId: identity.outputs.principalId
+    networkIsolation: networkIsolation
     apiKeyPepper: apiKeyPepper
     modelApiKey: modelApiKey
     functionHostKey: functionHostKey
+  }
+}
+
+module network 'modules/network.bicep' = if (networkIsolation) {
+  name: 'network'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: 'vnet-skf-${token}'
+    addressPrefix: vnetAddressPrefix
+    appSubnetPrefix: appSubnetPrefix
+    endpointSubnetPrefix: privateEndpointSubnetPrefix
+    storageAccountId: storage.outputs.id
+    keyVaultId: keyVault.outputs.id
   }
 }
 
@@ -153,6 +182,8 @@ module functionApp 'modules/functionapp.bicep' = {
     alwaysReadyInstanceCount: alwaysReadyInstanceCount
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    zoneRedundant: zoneRedundant
+    appSubnetId: networkIsolation ? network.outputs.appSubnetId : ''
   }
 }
 
@@ -169,6 +200,8 @@ module apim 'modules/apim.bicep' = {
     appInsightsName: monitoring.outputs.appInsightsName
     keyVaultName: keyVault.outputs.name
     functionKeySecretUri: keyVault.outputs.functionHostKeySecretUri
+    functionHostKey: functionHostKey
+    vaultIsPrivate: networkIsolation
     backendUrl: 'https://${functionApp.outputs.defaultHostName}'
     callsPerMinute: apimCallsPerMinute
   }
@@ -183,3 +216,4 @@ output APIM_API_URL string = '${apim.outputs.gatewayUrl}/${apim.outputs.apiPath}
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output STORAGE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
+output NETWORK_ISOLATION bool = networkIsolation

@@ -12,6 +12,11 @@ param appInsightsName string
 param keyVaultName string
 @description('Versionless Key Vault URI of the function host key (secret functions-apim-key).')
 param functionKeySecretUri string
+@secure()
+@description('The same function host key, stored as an APIM secret when the vault has no public endpoint.')
+param functionHostKey string
+@description('true: the vault is private (networkIsolation) and APIM, outside the VNet, cannot read it.')
+param vaultIsPrivate bool
 @description('https://<function app host>: the OpenAPI paths already start with /api.')
 param backendUrl string
 param callsPerMinute int
@@ -35,6 +40,8 @@ resource service 'Microsoft.ApiManagement/service@2024-05-01' = {
     name: sku
     capacity: 1
   }
+  // checkov:skip=CKV_AZURE_107: API Management is the public front door by design (subscription key + tenant API key); VNet injection needs the Premium tier
+  // checkov:skip=CKV_AZURE_174: the same: callers reach the API through this gateway's public endpoint
   identity: { type: 'SystemAssigned' }
   properties: {
     publisherEmail: publisherEmail
@@ -53,11 +60,16 @@ resource apimSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   }
 }
 
-// {{skf-function-key}} in apim-policy.xml.
+// {{skf-function-key}} in apim-policy.xml: a Key Vault reference, or (private vault) the
+// value itself as an APIM secret, replaced on every deployment like the vault's copy.
 resource functionKey 'Microsoft.ApiManagement/service/namedValues@2024-05-01' = {
   parent: service
   name: 'skf-function-key'
-  properties: {
+  properties: vaultIsPrivate ? {
+    displayName: 'skf-function-key'
+    secret: true
+    value: functionHostKey
+  } : {
     displayName: 'skf-function-key'
     secret: true
     keyVault: {

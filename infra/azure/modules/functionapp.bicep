@@ -23,6 +23,10 @@ param modelPrices string
 param alwaysReadyInstanceCount int
 param maximumInstanceCount int
 param instanceMemoryMB int
+@description('Spread instances over availability zones (the platform then keeps at least two always-ready instances).')
+param zoneRedundant bool
+@description('Subnet (delegated to Microsoft.App/environments) for outbound VNet integration; empty: none.')
+param appSubnetId string
 
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
@@ -39,8 +43,10 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
     tier: 'FlexConsumption'
     name: 'FC1'
   }
+  // checkov:skip=CKV_AZURE_225: zoneRedundant is the parameter of that name (default true); checkov does not evaluate parameters
   properties: {
     reserved: true
+    zoneRedundant: zoneRedundant
   }
 }
 
@@ -94,9 +100,14 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     type: 'UserAssigned'
     userAssignedIdentities: { '${identityId}': {} }
   }
+  // checkov:skip=CKV_AZURE_222: API Management (BasicV2, outside any VNet) calls the app on its public endpoint with a function host key; callers never see that key
+  // checkov:skip=CKV_AZURE_17: callers authenticate at APIM (subscription key) and to the app (tenant API key) over TLS; mTLS between APIM and the app is not set up
+  // checkov:skip=CKV_AZURE_212: numberOfWorkers is a Dedicated-plan setting; on Flex Consumption the minimum is alwaysReady (and 2 across zones with zoneRedundant)
+  // checkov:skip=CKV_AZURE_213: Flex Consumption has no platform health check; /api/health and /api/ready are there for APIM and the CI smoke test
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    virtualNetworkSubnetId: empty(appSubnetId) ? null : appSubnetId
     // Key Vault references resolve with the user-assigned identity.
     keyVaultReferenceIdentity: identityId
     functionAppConfig: {
