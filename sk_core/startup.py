@@ -21,7 +21,10 @@ already disabled the collector.
 from __future__ import annotations
 
 import gc
+import importlib
 import threading
+from collections.abc import Callable, Mapping
+from typing import Any
 
 SAFETY_SECONDS = 60.0
 
@@ -65,3 +68,16 @@ def end() -> None:
 def paused() -> bool:
     """True while the startup pause is on."""
     return _state == "paused"
+
+
+def lazy_attributes(package: str, names: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package face's ``__getattr__`` (PEP 562) that imports ``names[name]``, a private
+    module of ``package``, on first use of ``name``: the face re-exports a heavy half (an
+    SDK behind it) without importing it when the package is imported at cold start."""
+
+    def __getattr__(name: str) -> Any:
+        if name in names:
+            return getattr(importlib.import_module(names[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

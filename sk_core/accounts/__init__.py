@@ -3,9 +3,9 @@ and authentication (API key -> principal)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sk_core import startup
 from sk_core.accounts._auth import Authenticator, Principal, presented_key
 from sk_core.accounts._values import (
     ADMIN_SCOPE,
@@ -31,11 +31,7 @@ _LAZY = {
     "validate_tenant_id": "sk_core.accounts._store",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = startup.lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

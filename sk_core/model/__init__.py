@@ -3,9 +3,9 @@ runtime provider, Semantic Kernel wiring and the chat service over the OpenAI SD
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sk_core import startup
 from sk_core.model._deployments import (
     BreakerState,
     Chain,
@@ -42,11 +42,7 @@ _LAZY = {
     "make_health": "sk_core.model._runtime",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = startup.lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
