@@ -1,7 +1,8 @@
-"""Table Storage: clients, the one Azure-error translation, and entity helpers."""
+"""Table Storage: clients, the one Azure-error translation, entity helpers, and an in-memory account."""
 
 from __future__ import annotations
 
+from sk_core.storage._memory import MemoryAccount, MemoryTableStore, Operation
 from sk_core.storage._tables import (
     Conflict,
     TableStore,
@@ -19,6 +20,9 @@ from sk_core.storage._tables import (
 
 __all__ = [
     "Conflict",
+    "MemoryAccount",
+    "MemoryTableStore",
+    "Operation",
     "TableStore",
     "delete_op",
     "development_connection_string",

@@ -41,7 +41,7 @@ from sk_core.catalog import Catalog
 from sk_core.http.openapi import build_openapi
 from sk_core.settings import Environment, Provider, Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 K8S = INFRA / "k8s"
 AZURE = INFRA / "azure"

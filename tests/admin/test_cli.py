@@ -31,7 +31,7 @@ from sk_core.pricing import Price
 from sk_core.storage import TableStore, development_connection_string
 from tests.conftest import SERVICE_ENV, make_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "adm" + "".join(random.choices(string.ascii_letters, k=10))
 # Never contacted: the admin CLI needs valid service settings, not a model.
 UNUSED_MODEL_URL = "http://127.0.0.1:9/v1"

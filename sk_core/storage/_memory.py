@@ -1,0 +1,593 @@
+"""An in-memory Table Storage account: ``TableStore``'s interface with the table service's rules.
+
+For unit tests of the code above storage (limits, leases, usage, accounts) without
+Azurite, and for simulations at a scale no emulator reaches (``bench/scale.py``). It
+keeps what that code relies on, and is property-tested against Azurite on the same
+operation sequences (tests/storage/test_memory.py):
+
+- entities are serialized and read back through the SDK's own converters, so values come
+  back with the SDK's types (Int64 as ``EntityProperty``, ``TablesEntityDatetime``,
+  ``metadata["etag"]``) and an unsupported value fails as the SDK fails;
+- every write gets a new ETag; ``IfNotModified`` with a stale ETag fails with 412,
+  a create of an existing entity with 409, an update of a missing one with 404, raised
+  as the SDK raises them (``ResourceModifiedError``, ``ResourceExistsError``,
+  ``ResourceNotFoundError``; ``TableTransactionError`` inside a transaction, which is
+  all or nothing); ``delete_entity`` of a missing entity is silent, as in the SDK;
+- queries take the OData subset the code writes (``eq ne gt ge lt le``, ``and or not``,
+  parentheses; string, datetime, number, bool, guid literals; ``@name`` parameters
+  substituted by the SDK's own function, with its word-by-word quirk), answered in
+  PartitionKey, RowKey order.
+
+Not modelled: entity size limits, key character rules, continuation tokens, table ACLs.
+
+The account can also model a service: ``latency_s`` per round trip, a per-partition
+throughput limit (``partition_ops_per_s`` entities per second; over it a caller waits,
+or with ``over_limit="reject"`` gets 503 ServerBusy as Azure answers), an async hook
+called before every operation (to inject faults), and counters of entities per partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableEntity, TableErrorCode, TableTransactionError, UpdateMode
+
+# The SDK's own converters, so that values, types and refusals are the SDK's (private
+# modules of a pinned SDK; the property test against Azurite catches any drift).
+from azure.data.tables._deserialize import _convert_to_entity
+from azure.data.tables._serialize import _add_entity_properties, _parameter_filter_substitution
+from azure.data.tables.aio import TableClient
+
+from sk_core.storage._tables import TableStore
+
+_TRANSACTION_LIMIT = 100
+
+Wire = dict[str, Any]  # an entity as the service stores it: JSON values and odata.type notes
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One round trip, as the hook and the counters see it."""
+
+    table: str
+    partition: str | None  # None: a query across partitions
+    kind: str  # create, get, upsert, update, delete, query, transaction
+    entities: int
+
+
+def _error(cls: type[HttpResponseError], status: int, code: str, message: str, **kwargs: Any) -> Any:
+    """An SDK exception as the SDK builds it from a service answer (no HTTP response here)."""
+    error: Any = cls(message=f"{message}\nErrorCode:{code}", **kwargs)
+    error.status_code = status
+    error.error_code = TableErrorCode(code) if code in TableErrorCode.__members__.values() else code
+    return error
+
+
+def _not_found() -> Any:
+    return _error(ResourceNotFoundError, 404, "ResourceNotFound", "The specified resource does not exist.")
+
+
+def _exists() -> Any:
+    return _error(ResourceExistsError, 409, "EntityAlreadyExists", "The specified entity already exists.")
+
+
+def _modified() -> Any:
+    return _error(ResourceModifiedError, 412, "UpdateConditionNotSatisfied", "Condition not satisfied.")
+
+
+def _utf16(text: str) -> bytes:
+    # The service orders and compares strings by UTF-16 code units, not code points.
+    return text.encode("utf-16-be")
+
+
+@dataclass
+class _Row:
+    wire: Wire
+    etag: str
+    timestamp: str
+
+
+class MemoryAccount:
+    """The storage account: tables, ETags, and the optional service model (shared by stores)."""
+
+    def __init__(
+        self,
+        *,
+        latency_s: float | Callable[[], float] = 0.0,
+        partition_ops_per_s: float | None = None,
+        over_limit: Literal["wait", "reject"] = "wait",
+        burst_s: float = 0.0,
+        on_operation: Callable[[Operation], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.tables: dict[str, dict[tuple[str, str], _Row]] = {}
+        self.latency_s = latency_s
+        self.partition_ops_per_s = partition_ops_per_s
+        self.over_limit = over_limit
+        self.burst_s = burst_s  # how far a partition's queue may run ahead before "reject"
+        self.on_operation = on_operation
+        self._clock = clock
+        self._sleep = sleep
+        # Entities touched per (table, partition): what a partition's throughput target counts.
+        self.partition_ops: Counter[tuple[str, str | None]] = Counter()
+        self.operations = 0
+        self._next_free: dict[tuple[str, str | None], float] = {}
+        self._last_stamp = datetime.min.replace(tzinfo=UTC)
+
+    def stamp(self) -> tuple[str, str]:
+        """A fresh (ETag, Timestamp): strictly increasing, so every write's ETag is new."""
+        now = max(datetime.now(UTC), self._last_stamp + timedelta(microseconds=1))
+        self._last_stamp = now
+        text = now.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"  # the service's 7 digits
+        return f"W/\"datetime'{text.replace(':', '%3A')}'\"", text
+
+    async def round_trip(self, op: Operation) -> None:
+        """Account for one exchange: hook, per-partition throughput, latency."""
+        self.operations += 1
+        self.partition_ops[(op.table, op.partition)] += op.entities
+        if self.on_operation is not None:
+            await self.on_operation(op)
+        if self.partition_ops_per_s:
+            key = (op.table, op.partition)
+            now = self._clock()
+            start = max(now, self._next_free.get(key, now))
+            if self.over_limit == "reject" and start - now > self.burst_s:
+                raise _error(HttpResponseError, 503, "ServerBusy", "The server is busy.")
+            self._next_free[key] = start + max(1, op.entities) / self.partition_ops_per_s
+            if start > now:
+                await self._sleep(start - now)
+        latency = self.latency_s() if callable(self.latency_s) else self.latency_s
+        if latency > 0:
+            await self._sleep(latency)
+
+
+class MemoryTableStore(TableStore):
+    """``TableStore`` over a ``MemoryAccount``; several stores on one account are several processes.
+
+    A subclass, so that everything typed ``TableStore`` takes it; it shares no state with
+    the SDK-backed parent (whose ``__init__`` would build a service client).
+    """
+
+    def __init__(self, account: MemoryAccount | None = None, *, table_prefix: str = "skf") -> None:
+        self.account = account if account is not None else MemoryAccount()
+        self._prefix = table_prefix
+        self._memory_tables: dict[str, MemoryTable] = {}
+        self.round_trips = 0
+        self.conflicts = 0
+        self._last_answer = time.monotonic()
+
+    async def table(self, name: str) -> TableClient:
+        """The client for ``<prefix><name>`` (duck-typed as the SDK's); exists from first use."""
+        full = f"{self._prefix}{name}"
+        client = self._memory_tables.get(full)
+        if client is None:
+            client = self._memory_tables[full] = MemoryTable(self, full)
+        return cast("TableClient", client)
+
+    async def ping(self) -> None:
+        """Readiness: the account is this process."""
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+    async def _exchange(self, op: Operation) -> None:
+        self.round_trips += 1
+        try:
+            await self.account.round_trip(op)
+        finally:
+            self._last_answer = time.monotonic()
+
+
+class MemoryTable:
+    """The async ``TableClient`` operations the code uses, on one table of the account."""
+
+    def __init__(self, store: MemoryTableStore, name: str) -> None:
+        self._store = store
+        self.table_name = name
+
+    @property
+    def _rows(self) -> dict[tuple[str, str], _Row]:
+        return self._store.account.tables.setdefault(self.table_name, {})
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    async def _exchange(self, kind: str, partition: str | None, entities: int = 1) -> None:
+        await self._store._exchange(Operation(self.table_name, partition, kind, entities))
+
+    def _conflict(self, error: Exception) -> Exception:
+        self._store.note_conflict()
+        return error
+
+    # --- single-entity operations -----------------------------------------------------
+
+    async def create_entity(self, entity: Mapping[str, Any], **_: Any) -> dict[str, Any]:
+        """Insert; 409 ``ResourceExistsError`` when the entity exists."""
+        wire, key = _wire(entity)
+        await self._exchange("create", key[0])
+        if key in self._rows:
+            error = _exists()
+            error.error_code = None  # the SDK re-raises the undecoded 409 here, without a code
+            raise self._conflict(error)
+        return self._put(key, wire)
+
+    async def get_entity(
+        self, partition_key: str, row_key: str, *, select: str | list[str] | None = None, **_: Any
+    ) -> TableEntity:
+        """One entity; 404 ``ResourceNotFoundError`` when missing."""
+        await self._exchange("get", partition_key)
+        row = self._rows.get((partition_key, row_key))
+        if row is None:
+            raise _not_found()
+        return _entity(partition_key, row_key, row, select)
+
+    async def upsert_entity(
+        self, entity: Mapping[str, Any], mode: UpdateMode | str = UpdateMode.MERGE, **_: Any
+    ) -> dict[str, Any]:
+        """Insert or merge/replace, unconditionally."""
+        wire, key = _wire(entity)
+        await self._exchange("upsert", key[0])
+        return self._apply_upsert(key, wire, mode)
+
+    async def update_entity(
+        self,
+        entity: Mapping[str, Any],
+        mode: UpdateMode | str = UpdateMode.MERGE,
+        *,
+        etag: str | None = None,
+        match_condition: MatchConditions | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        """Merge/replace an existing entity; 404 when missing, 412 on a stale ETag."""
+        wire, key = _wire(entity)
+        condition = _condition(entity, etag, match_condition)
+        await self._exchange("update", key[0])
+        error = self._check(key, condition)
+        if error is not None:
+            raise self._conflict(error) if error.status_code == 412 else error
+        return self._apply_upsert(key, wire, mode)
+
+    async def delete_entity(self, *args: Any, **kwargs: Any) -> None:
+        """Delete (by entity or by keys); missing is not an error, a stale ETag is 412."""
+        entity = kwargs.pop("entity", None) or (args[0] if args and isinstance(args[0], Mapping) else None)
+        if entity is not None:
+            key = (entity["PartitionKey"], entity["RowKey"])
+        else:
+            key = (kwargs.pop("partition_key", None) or args[0], kwargs.pop("row_key", None) or args[1])
+        condition = _condition(entity or {}, kwargs.get("etag"), kwargs.get("match_condition"))
+        await self._exchange("delete", key[0])
+        error = self._check(key, condition)
+        if error is not None and error.status_code == 412:
+            raise self._conflict(error)
+        self._rows.pop(key, None)
+
+    # --- queries ----------------------------------------------------------------------
+
+    def query_entities(
+        self,
+        query_filter: str,
+        *,
+        parameters: dict[str, Any] | None = None,
+        select: str | list[str] | None = None,
+        **_: Any,
+    ) -> AsyncIterator[TableEntity]:
+        """Entities matching an OData filter, in key order (not a coroutine, as in the SDK)."""
+        predicate = parse_filter(_parameter_filter_substitution(parameters, query_filter))
+        return self._scan(predicate, select)
+
+    def list_entities(self, *, select: str | list[str] | None = None, **_: Any) -> AsyncIterator[TableEntity]:
+        """Every entity, in key order."""
+        return self._scan(lambda _: True, select)
+
+    async def _scan(
+        self, predicate: Callable[[Wire], bool], select: str | list[str] | None
+    ) -> AsyncIterator[TableEntity]:
+        found = [
+            (key, row)
+            for key, row in sorted(self._rows.items(), key=lambda kv: (_utf16(kv[0][0]), _utf16(kv[0][1])))
+            if predicate({**row.wire, "PartitionKey": key[0], "RowKey": key[1], "Timestamp": row.timestamp,
+                          "Timestamp@odata.type": "Edm.DateTime"})
+        ]
+        partitions = {key[0] for key, _ in found}
+        await self._exchange("query", partitions.pop() if len(partitions) == 1 else None, max(1, len(found)))
+        for (partition, row_key), row in found:
+            yield _entity(partition, row_key, row, select)
+
+    # --- transactions -----------------------------------------------------------------
+
+    async def submit_transaction(self, operations: Iterable[Any], **_: Any) -> list[dict[str, Any]]:
+        """An entity-group transaction: all operations apply, or none does."""
+        planned: list[tuple[str, tuple[str, str], Wire, Mapping[str, Any]]] = []
+        for operation in operations:
+            kind, entity = operation[0], operation[1]
+            options: Mapping[str, Any] = operation[2] if len(operation) > 2 else {}
+            if "PartitionKey" not in entity or "RowKey" not in entity:
+                raise ValueError("PartitionKey and/or RowKey were not provided in entity")
+            if planned and entity["PartitionKey"] != planned[0][1][0]:
+                raise ValueError("Partition Keys in the batch must all be the same.")
+            if kind not in ("create", "upsert", "update", "delete"):
+                raise ValueError(f"Unrecognized operation: {kind}")
+            key = (entity["PartitionKey"], entity["RowKey"])
+            wire = {} if kind == "delete" else _wire(entity)[0]
+            planned.append((kind, key, wire, {**options, "_entity": entity}))
+        if not planned:
+            return []  # the SDK turns the service's 400 for an empty batch into []
+        await self._exchange("transaction", planned[0][1][0], len(planned))
+        if len(planned) > _TRANSACTION_LIMIT:
+            raise _error(TableTransactionError, 400, "InvalidInput", "0:more than 100 changes in a batch")
+        if len({key for _, key, _, _ in planned}) < len(planned):
+            raise _error(TableTransactionError, 400, "InvalidDuplicateRow", "0:two changes of one row")
+        # Check every operation against the state before the transaction (no two touch one row).
+        for index, (kind, key, _, options) in enumerate(planned):
+            if kind == "create":
+                error = _exists() if key in self._rows else None
+            elif kind in ("update", "delete"):
+                etag, match = options.get("etag"), options.get("match_condition")
+                error = self._check(key, _condition(options["_entity"], etag, match))
+            else:
+                error = None
+            if error is not None:
+                code = str(getattr(error.error_code, "value", error.error_code))
+                message = f"{index}:{error.message}"
+                failed = _error(TableTransactionError, error.status_code, code, message, index=index)
+                # Not counted as a conflict here: the batch answer is a 202, as for TableStore,
+                # whose callers report a lost race themselves (note_conflict).
+                raise failed
+        results: list[dict[str, Any]] = []
+        for kind, key, wire, options in planned:
+            if kind == "delete":
+                del self._rows[key]
+                results.append({})
+            elif kind == "create":
+                results.append(self._put(key, wire))
+            else:
+                results.append(self._apply_upsert(key, wire, options.get("mode", UpdateMode.MERGE)))
+        return results
+
+    # --- the rules --------------------------------------------------------------------
+
+    def _check(self, key: tuple[str, str], etag: str | None) -> Any:
+        """The error an update or delete meets: missing (404), stale ETag (412), or None."""
+        row = self._rows.get(key)
+        if row is None:
+            return _not_found()
+        if etag is not None and etag != "*" and etag != row.etag:
+            return _modified()
+        return None
+
+    def _apply_upsert(self, key: tuple[str, str], wire: Wire, mode: UpdateMode | str) -> dict[str, Any]:
+        row = self._rows.get(key)
+        if row is not None and UpdateMode(mode) == UpdateMode.MERGE:
+            merged = dict(row.wire)
+            for name in [n for n in wire if not n.endswith("@odata.type")]:
+                merged.pop(f"{name}@odata.type", None)
+            merged.update(wire)
+            wire = merged
+        return self._put(key, wire)
+
+    def _put(self, key: tuple[str, str], wire: Wire) -> dict[str, Any]:
+        etag, timestamp = self._store.account.stamp()
+        self._rows[key] = _Row(wire, etag, timestamp)
+        return {"etag": etag, "date": None, "version": None}
+
+
+def _wire(entity: Mapping[str, Any]) -> tuple[Wire, tuple[str, str]]:
+    """The entity's properties as the SDK sends them (raises as the SDK does), and its key."""
+    if "PartitionKey" not in entity or "RowKey" not in entity:
+        raise ValueError("PartitionKey and/or RowKey were not provided in entity")
+    wire = _add_entity_properties(entity)
+    key = (str(wire.pop("PartitionKey")), str(wire.pop("RowKey")))
+    wire.pop("PartitionKey@odata.type", None)
+    wire.pop("RowKey@odata.type", None)
+    return wire, key
+
+
+def _condition(entity: Mapping[str, Any], etag: str | None, match_condition: MatchConditions | None) -> str:
+    """The ETag a conditional write must match (``*``: it must only exist), as the SDK picks it."""
+    if match_condition == MatchConditions.IfNotModified:
+        etag = etag or (entity.metadata.get("etag") if isinstance(entity, TableEntity) else None)
+        if not etag:
+            raise ValueError("IfNotModified must be specified with etag.")
+        return etag
+    if match_condition not in (None, MatchConditions.Unconditionally):
+        raise ValueError(f"Unsupported match condition: {match_condition}")
+    if etag:
+        raise ValueError("Etag is not supported for an Unconditional operation.")
+    return "*"
+
+
+def _entity(partition: str, row_key: str, row: _Row, select: str | list[str] | None) -> TableEntity:
+    """The entity as the SDK returns it from a service answer."""
+    wire: Wire = {"PartitionKey": partition, "RowKey": row_key, **row.wire}
+    wire.update({"Timestamp": row.timestamp, "Timestamp@odata.type": "Edm.DateTime"})
+    if select is not None:  # only what was selected: the keys and Timestamp too
+        keep = set(select.split(",") if isinstance(select, str) else select)
+        wire = {k: v for k, v in wire.items() if k.split("@", 1)[0] in keep}
+    entity: TableEntity = _convert_to_entity({**wire, "odata.etag": row.etag})  # type: ignore[no-untyped-call]
+    return entity
+
+
+# --- the OData filter subset ------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<open>\()|(?P<close>\))"
+    r"|(?P<typed>(?:datetime|guid|X|binary)'(?:[^']|'')*')"
+    r"|(?P<string>'(?:[^']|'')*')"
+    r"|(?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[Ll]?)"
+    r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*))"
+)
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+}
+_NUMBER_TYPES = frozenset({"Edm.Int32", "Edm.Int64", "Edm.Double"})
+
+
+@dataclass
+class _Parser:
+    tokens: list[tuple[str, str]]
+    at: int = 0
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.at] if self.at < len(self.tokens) else None
+
+    def take(self) -> tuple[str, str]:
+        token = self.peek()
+        if token is None:
+            raise _bad_filter("unexpected end")
+        self.at += 1
+        return token
+
+    def word(self, *words: str) -> bool:
+        token = self.peek()
+        if token is not None and token[0] == "word" and token[1].lower() in words:
+            self.at += 1
+            return True
+        return False
+
+    def expression(self) -> Callable[[Wire], bool]:
+        parts = [self.conjunction()]
+        while self.word("or"):
+            parts.append(self.conjunction())
+        return parts[0] if len(parts) == 1 else (lambda e: any(p(e) for p in parts))
+
+    def conjunction(self) -> Callable[[Wire], bool]:
+        parts = [self.unary()]
+        while self.word("and"):
+            parts.append(self.unary())
+        return parts[0] if len(parts) == 1 else (lambda e: all(p(e) for p in parts))
+
+    def unary(self) -> Callable[[Wire], bool]:
+        if self.word("not"):
+            inner = self.unary()
+            return lambda e: not inner(e)
+        token = self.peek()
+        if token is not None and token[0] == "open":
+            self.at += 1
+            inner = self.expression()
+            if self.take()[0] != "close":
+                raise _bad_filter("unbalanced parenthesis")
+            return inner
+        return self.comparison()
+
+    def comparison(self) -> Callable[[Wire], bool]:
+        left = self.operand()
+        op = self.take()
+        if op[0] != "word" or op[1].lower() not in _COMPARISONS:
+            raise _bad_filter(f"expected a comparison, got {op[1]!r}")
+        right = self.operand()
+        compare = _COMPARISONS[op[1].lower()]
+
+        def test(entity: Wire) -> bool:
+            a, b = left(entity), right(entity)
+            if a is None or b is None or not _same_kind(a[0], b[0]):
+                return False  # a missing property or a type mismatch matches nothing
+            return compare(a[1], b[1])
+
+        return test
+
+    def operand(self) -> Callable[[Wire], tuple[str, Any] | None]:
+        kind, text = self.take()
+        if kind == "word" and text.lower() in ("true", "false"):
+            value = ("Edm.Boolean", text.lower() == "true")
+            return lambda _: value
+        if kind == "word":
+            return lambda entity: _typed(entity, text)
+        literal = _literal(kind, text)
+        return lambda _: literal
+
+
+def _same_kind(a: str, b: str) -> bool:
+    return a == b or (a in _NUMBER_TYPES and b in _NUMBER_TYPES)
+
+
+def _bad_filter(why: str) -> Any:
+    return _error(HttpResponseError, 400, "InvalidInput", f"cannot parse the filter: {why}")
+
+
+def _unquote(text: str) -> str:
+    return text[text.index("'") + 1 : -1].replace("''", "'")
+
+
+def _datetime(text: str) -> datetime:
+    # Seven fraction digits (the service's) are more than fromisoformat takes: keep six.
+    head, _, frac = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def _literal(kind: str, text: str) -> tuple[str, Any]:
+    if kind == "string":
+        return "Edm.String", _utf16(_unquote(text))
+    if kind == "number":
+        if text[-1] in "Ll":
+            return "Edm.Int64", int(text[:-1])
+        return ("Edm.Double", float(text)) if any(c in text for c in ".eE") else ("Edm.Int32", int(text))
+    prefix = text.split("'", 1)[0].lower()
+    if prefix == "datetime":
+        return "Edm.DateTime", _datetime(_unquote(text))
+    if prefix == "guid":
+        return "Edm.Guid", _unquote(text).lower()
+    return "Edm.Binary", bytes.fromhex(_unquote(text))
+
+
+def _typed(entity: Wire, name: str) -> tuple[str, Any] | None:
+    """A property's (type, comparable value) from its stored form, or None when absent."""
+    if name not in entity:
+        return None
+    value, declared = entity[name], entity.get(f"{name}@odata.type")
+    if declared is None:
+        if isinstance(value, bool):
+            return "Edm.Boolean", value
+        if isinstance(value, int):
+            return "Edm.Int32", value
+        return "Edm.String", _utf16(str(value))
+    if declared == "Edm.String":
+        return declared, _utf16(str(value))
+    if declared in ("Edm.Int32", "Edm.Int64"):
+        return declared, int(value)
+    if declared == "Edm.Double":
+        return declared, float(value)
+    if declared == "Edm.DateTime":
+        return declared, _datetime(str(value))
+    if declared == "Edm.Guid":
+        return declared, str(value).lower()
+    if declared == "Edm.Binary":
+        return declared, base64.b64decode(value)
+    return declared, value
+
+
+def parse_filter(text: str) -> Callable[[Wire], bool]:
+    """A predicate over stored entities for an OData filter (after parameter substitution)."""
+    tokens: list[tuple[str, str]] = []
+    at = 0
+    while at < len(text.rstrip()):
+        match = _TOKEN.match(text, at)
+        if match is None or match.lastgroup is None:
+            raise _bad_filter(f"unexpected text at {at}: {text[at:at + 20]!r}")
+        tokens.append((match.lastgroup, match.group(match.lastgroup)))
+        at = match.end()
+    parser = _Parser(tokens)
+    predicate = parser.expression()
+    if parser.peek() is not None:
+        raise _bad_filter(f"unexpected {parser.peek()!r}")
+    return predicate
