@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core import telemetry
+from sk_core.cache import Directive
 from sk_core.errors import (
     ApiError,
     LimitsUnavailable,
@@ -212,27 +213,44 @@ class Pipeline:
         max_tokens: int | None,
         options: Mapping[str, Any] | None = None,
         record: AuditEntry | None = None,
-        cache_control: str | None = None,
+        cache_mode: Directive = Directive.DEFAULT,
         chain: str | None = None,
     ) -> Outcome:
         """Screen → cache → admit (reserve, clamp) → invoke → settle → record, a span each.
 
+        ``max_tokens`` is the caller's answer cap (None: the function's default).
         ``options`` are the caller's sampling settings (temperature, stop...), already
         validated; they override the prompt file's, never the admitted answer cap.
-        ``chain`` names the model fallback chain (None: the one the prompt file names,
-        else the configured default). The reservation is priced at the dearest
-        deployment the call may reach; the settlement at the one that answered.
+        ``cache_mode`` is what the caller asks of the response cache (its
+        ``Cache-Control``, parsed). ``chain`` names the model fallback chain (None: the
+        one the prompt file names, else the configured default). The reservation is
+        priced at the dearest deployment the call may reach; the settlement at the one
+        that answered.
         """
-        requested = max_tokens or spec.default_max_tokens_for(arguments)
-        route = self._routing.chain(chain or spec.model_chain)
+        call = self._plan(principal, spec, arguments, max_tokens, options, record, chain)
         flagged = await self._screen(spec, arguments, record)
-        call = _Call(principal, spec, arguments, requested, record, route, options)
-        return await self._cached(call, flagged, cache_control)
+        return await self._cached(call, flagged, cache_mode)
+
+    def _plan(
+        self,
+        principal: Principal,
+        spec: FunctionSpec,
+        arguments: dict[str, Any],
+        max_tokens: int | None,
+        options: Mapping[str, Any] | None,
+        record: AuditEntry | None,
+        chain: str | None,
+    ) -> _Call:
+        """The call the later stages see: its answer cap and its fallback chain (an
+        unknown chain is refused here, before anything is screened or reserved)."""
+        route = self._routing.chain(chain or spec.model_chain)
+        requested = spec.requested_max_tokens(arguments, max_tokens)
+        return _Call(principal, spec, arguments, requested, record, route, options)
 
     async def _admitted(self, call: _Call) -> Outcome:
         """Admit → invoke → settle: the call past screening and the cache."""
         spec, arguments, options, route = call.spec, call.arguments, call.options, call.chain
-        hold = await self._reserve(call.principal, spec, arguments, call.requested, route)
+        hold = await self._reserve(call)
         started = time.perf_counter()
         completion = await self._invoke(
             spec, hold, call.record,
@@ -266,40 +284,32 @@ class Pipeline:
         the usage the provider reported and records, like ``call``. The fallback chain
         applies to opening the stream (``ModelRuntime.open_stream``).
         """
-        route = self._routing.chain(chain or spec.model_chain)
+        call = self._plan(principal, spec, arguments, max_tokens, options, record, chain)
         await self._screen(spec, arguments, record)
-        requested = max_tokens or spec.default_max_tokens_for(arguments)
-        hold = await self._reserve(principal, spec, arguments, requested, route)
+        hold = await self._reserve(call)
         started = time.perf_counter()
         model_stream = await self._invoke(
             spec, hold, record,
             lambda runtime: runtime.open_stream(
-                spec, arguments, max_tokens=hold.max_tokens, options=options, chain=route
+                spec, arguments, max_tokens=hold.max_tokens, options=options, chain=call.chain
             ),
         )
         return StreamedCall(
             self, principal, spec, hold, model_stream, self._redactor(spec.id).stream(), started, record
         )
 
-    async def _reserve(
-        self,
-        principal: Principal,
-        spec: FunctionSpec,
-        arguments: dict[str, Any],
-        requested: int,
-        route: Chain,
-    ) -> Hold:
+    async def _reserve(self, call: _Call) -> Hold:
         """Reserve the worst case (the chain's dearest prices) and clamp the answer cap
         to what it can pay (screened before)."""
         async with self._fail_closed():
             with telemetry.tracer().start_as_current_span("admit") as span:
                 hold = await self._ledger.admit(
-                    principal.tenant,
-                    price=route.reservation_price,
-                    prompt_tokens_bound=spec.prompt_token_bound(arguments),
-                    requested_max_tokens=requested,
-                    function=spec.id,
-                    key_id=principal.key.key_id,
+                    call.principal.tenant,
+                    price=call.chain.reservation_price,
+                    prompt_tokens_bound=call.spec.prompt_token_bound(call.arguments),
+                    requested_max_tokens=call.requested,
+                    function=call.spec.id,
+                    key_id=call.principal.key.key_id,
                 )
                 span.set_attribute("sk.max_tokens", hold.max_tokens)
                 span.set_attribute("sk.hold_usd", usd(hold.amount_nano))
@@ -371,7 +381,7 @@ class Pipeline:
             clamped=clamped,
         )
 
-    async def _cached(self, call: _Call, flagged: bool, cache_control: str | None) -> Outcome:
+    async def _cached(self, call: _Call, flagged: bool, mode: Directive) -> Outcome:
         """The cache stage (``sk_core.cache``), between screening and admission.
 
         A hit is answered here: counted against requests per minute only, never charged.
@@ -386,13 +396,12 @@ class Pipeline:
         if cache is None or not cache.policy(spec).enabled or call.options:
             return await self._admitted(call)
         tenant = call.principal.tenant
-        mode = cache.directive(cache_control)
         with telemetry.tracer().start_as_current_span("cache") as span:
             # Keyed by the chain's models: an answer from another chain's deployments
             # (another model) is not this call's answer. One model: its id, as before.
             models = "+".join(d.model for d in call.chain.deployments)
             slot = cache.slot(tenant.id, spec, models, call.arguments, call.requested)
-            if flagged or mode == "no-store":
+            if flagged or mode is Directive.NO_STORE:
                 found: tuple[CachedAnswer, Tier] | Outcome = await self._admitted(call)
             else:
                 found = await cache.fetch(slot, mode, lambda: self._stored(cache, slot, call))
