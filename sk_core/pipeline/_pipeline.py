@@ -1,17 +1,5 @@
-"""The one use case every entry shares: a prompt function call under hard limits.
-
-    authenticate → screen → admit → invoke → settle → record
-
-It takes plain values (headers as a mapping, a principal, a function spec, validated
-arguments, the requested answer cap) and returns an ``Outcome``; it knows nothing of
-HTTP. The handlers parse a request, call it and render what it returns, so a second
-entry (another wire format, a streamed answer) is another thin adapter over the same
-stages, and the whole flow can be tested and benchmarked without a web request.
-
-What a call did is written into an ``AuditEntry`` as it goes (a plain record the
-caller owns), so that a call that fails half-way still leaves its tenant, guard
-verdict and charge behind for the audit row.
-"""
+"""The call stages (``Pipeline``) and a streamed call (``StreamedCall``); the package's
+face (``sk_core.pipeline``) says what the use case is."""
 
 from __future__ import annotations
 
@@ -27,14 +15,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core import telemetry
 from sk_core.cache import Directive
-from sk_core.errors import (
-    ApiError,
-    LimitsUnavailable,
-    RateState,
-    ServiceUnavailable,
-    StorageUnavailable,
-)
+from sk_core.errors import ApiError, RateState, ServiceUnavailable, StorageUnavailable
 from sk_core.model import Chain, Deployment, RoutingTable
+from sk_core.pipeline._deadline import fail_closed
+from sk_core.pipeline._outcome import Outcome, rate_of
 from sk_core.pricing import Price, usd
 
 if TYPE_CHECKING:
@@ -60,39 +44,6 @@ def _charge_on_failure(failure: BaseException, hold: Hold) -> int:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What a successful call produced and cost."""
-
-    completion: Completion | CachedAnswer
-    text: str  # the answer after output redaction
-    redactions: dict[str, int]
-    cost_nano: int
-    rate: RateState  # the requests-per-minute window after this admission
-    clamped: bool = False  # the budget lowered max_tokens: not the answer others would get
-    cache: str | None = None  # "hit" or "miss" for a cacheable function (X-Cache), else None
-    age: int = 0  # seconds since a cached answer was produced (Age)
-
-    @property
-    def deployment(self) -> str | None:
-        """The deployment of the fallback chain that answered (and set the price
-        charged); None for a cache hit, which called none."""
-        return getattr(self.completion, "deployment", None)
-
-    def fields(self) -> dict[str, Any]:
-        """The members every function response carries besides its answer."""
-        completion = self.completion
-        return {
-            "model": completion.model,
-            "usage": completion.usage,
-            "finish_reason": completion.finish_reason,
-            "cost_usd": usd(self.cost_nano),
-            "redacted": sum(self.redactions.values()),
-            "redactions": self.redactions,
-            "cached": self.cache == "hit",
-        }
-
-
-@dataclass(frozen=True)
 class _Call:
     """One call as the stages after screening see it."""
 
@@ -103,45 +54,6 @@ class _Call:
     record: AuditEntry | None
     chain: Chain  # the model fallback chain it may use
     options: Mapping[str, Any] | None = None  # the caller's sampling settings, if any
-
-
-# However busy storage is (ETag contention near a limit), a decision waits no longer.
-_MAX_DECISION_SECONDS = 10.0
-
-
-@contextlib.asynccontextmanager
-async def fail_closed(bound: float, silence: Callable[[], float] = lambda: math.inf) -> AsyncIterator[None]:
-    """Storage trouble while deciding whether to serve: admit nothing (503).
-
-    Decided once storage has been silent for ``bound`` seconds (``silence()``: seconds
-    since it last answered anything, a 412 included), which a black-holed endpoint or a
-    batch or lease sync stuck ahead of this request reach ``bound`` after they start;
-    a store that answers but is contended (many processes near one limit) is waited
-    for, up to ``_MAX_DECISION_SECONDS``.
-    """
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    try:
-        async with asyncio.timeout(None) as deadline:
-            watchdog: asyncio.TimerHandle
-
-            def check() -> None:
-                nonlocal watchdog
-                quiet = silence()
-                if quiet >= bound or loop.time() - started >= _MAX_DECISION_SECONDS - bound:
-                    deadline.reschedule(loop.time())
-                else:
-                    watchdog = loop.call_later(bound - quiet, check)
-
-            watchdog = loop.call_later(bound, check)
-            try:
-                yield
-            finally:
-                watchdog.cancel()
-    except StorageUnavailable as exc:
-        raise LimitsUnavailable(exc.reason) from exc
-    except TimeoutError as exc:
-        raise LimitsUnavailable(f"storage did not answer for {bound:g}s") from exc
 
 
 class Pipeline:
@@ -377,7 +289,7 @@ class Pipeline:
             text=text,
             redactions=redactions,
             cost_nano=charged,
-            rate=_rate(hold),
+            rate=rate_of(hold),
             clamped=clamped,
         )
 
@@ -555,10 +467,6 @@ class Pipeline:
         meters.cost.add(usd(cost_nano), dimensions)
 
 
-def _rate(hold: Hold) -> RateState:
-    return RateState(limit=hold.rpm_limit, remaining=hold.rpm_remaining, reset=hold.rpm_reset)
-
-
 @dataclass(eq=False)
 class StreamedCall:
     """An admitted call whose provider stream is open: iterate it once for redacted text.
@@ -584,7 +492,7 @@ class StreamedCall:
     @property
     def rate(self) -> RateState:
         """The requests-per-minute window after this admission."""
-        return _rate(self._hold)
+        return rate_of(self._hold)
 
     @property
     def deployment(self) -> str:
