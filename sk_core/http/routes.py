@@ -31,11 +31,8 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from sk_core.composition import Service
-    from sk_core.http.boundary import Bounded
-    from sk_core.http.context import RequestContext
+    from sk_core.http.boundary import Bounded, Handler
 
-# A route's handler: the request, the service it runs against, the request's context.
-Handler = Callable[["Request", "Service", "RequestContext"], Awaitable["Response"]]
 # What a host serves: a request in, a response out.
 Endpoint = Callable[["Request"], Awaitable["Response"]]
 # Where an endpoint gets the service from: the composition root's (built on first use).
