@@ -4,7 +4,7 @@ The boundary (``sk_core.http.boundary``) makes one ``RequestContext`` per reques
 passes it to the handler as an argument, with the service; the handler fills in who
 called (``authenticate``) and, for a streamed answer, how the stream failed after its
 first byte; the boundary reads it back for the span, the metrics and the audit row.
-Nothing travels on ``request.state``.
+Nothing travels on the Starlette request's own state.
 """
 
 from __future__ import annotations
