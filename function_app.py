@@ -16,18 +16,31 @@ from sk_core import startup
 # sk_core/startup.py).
 startup.begin()
 
+from typing import TYPE_CHECKING
+
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from sk_core.http.routes import ROUTES, RouteSpec
+
+if TYPE_CHECKING:
+    from sk_core.composition import Service
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 _AUTH_LEVELS = {"function": func.AuthLevel.FUNCTION, "anonymous": func.AuthLevel.ANONYMOUS}
 
 
+def _service() -> "Service":
+    """The composition root's service, built on first use. Imported on the first
+    request, not here: indexing must not load the composition root or the handlers."""
+    from sk_core.composition import get_service
+
+    return get_service()
+
+
 def _register(route: RouteSpec) -> None:
-    endpoint = route.endpoint  # the handler's imports load on the first call, not here
+    endpoint = route.bind(_service)  # the handler's imports load on the first call, not here
 
     # The worker reads this signature: ``req`` annotated with the extension's Request
     # type is what switches the trigger to the streaming HTTP (FastAPI) mode.

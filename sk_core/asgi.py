@@ -141,7 +141,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         logger.error("startup check: %s", problem)
     service.runtimes.warm()  # build the kernel now, not on the first request
     # The Functions host runs the same sweep from a timer trigger (function_app.py).
-    sweeper = asyncio.create_task(sweep_periodically(service.settings.sweep_interval_seconds))
+    sweeper = asyncio.create_task(sweep_periodically(service, service.settings.sweep_interval_seconds))
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -163,7 +163,8 @@ async def _metrics(request: Request) -> Response:
 
 def create_app() -> Starlette:
     """A Starlette app serving every route of the table under ``/api``, plus ``/metrics``."""
-    routes = [Route(r.full_path, r.endpoint, methods=list(r.methods), name=r.name) for r in ROUTES]
+    # Each route served with the composition root's service (built once, on first use).
+    routes = [Route(r.full_path, r.bind(get_service), methods=list(r.methods), name=r.name) for r in ROUTES]
     routes.append(Route("/metrics", _metrics, methods=["GET"], name="metrics"))
     settings = get_settings()
     middleware = [

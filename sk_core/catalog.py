@@ -27,6 +27,9 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 # Every invocation may cap the answer length; budgets (admission) clamp it further.
 MAX_TOKENS_LIMIT = 4096
+# What a request body may carry besides the function's inputs: options of the call, not
+# arguments of the prompt (so no input may take their names).
+REQUEST_OPTIONS = ("max_tokens",)
 # Chat templates wrap each message in a few special tokens (ChatML: <|im_start|>, the
 # role, a newline, <|im_end|>) and open the assistant's turn; these allowances cover
 # them generously for the templates we know.
@@ -156,11 +159,27 @@ class FunctionSpec:
     template: str  # the template's own text (an answer must not echo it)
     template_bytes: int
     default_max_tokens: int
+    # The function's input variables (what the template sees), and the request body:
+    # those inputs plus the request's own options (``max_tokens``), which are not
+    # arguments of the prompt (``split_request`` takes them apart).
     arguments_model: type[BaseModel] = field(compare=False)
+    request_model: type[BaseModel] = field(compare=False)
     # The model fallback chain the prompt file names (``model_chain:``, a key SK ignores);
     # None: the configured default chain (sk_core/model/_deployments.py).
     model_chain: str | None = None
     cache: CachePolicy = CachePolicy()
+
+    def split_request(self, body: BaseModel) -> tuple[dict[str, Any], int | None]:
+        """A validated ``request_model`` body as the function's arguments and the
+        request's ``max_tokens`` option (None: the caller named no cap)."""
+        arguments = body.model_dump()
+        max_tokens: int | None = arguments.pop("max_tokens")
+        return arguments, max_tokens
+
+    def requested_max_tokens(self, arguments: dict[str, Any], max_tokens: int | None) -> int:
+        """The answer cap a call asks for, before budgets clamp it: the caller's
+        ``max_tokens``, else the function's default for these arguments."""
+        return max_tokens or self.default_max_tokens_for(arguments)
 
     def default_max_tokens_for(self, arguments: dict[str, Any]) -> int:
         """The answer cap of a call that names none: the function's ``max_tokens``,
@@ -249,13 +268,20 @@ def _field_type(spec: InputSpec) -> Any:
     raise ValueError(f"input {spec.name!r}: unsupported json_schema type {kind!r}")
 
 
-def _arguments_model(plugin: str, name: str, inputs: tuple[InputSpec, ...]) -> type[BaseModel]:
+def _models(plugin: str, name: str, inputs: tuple[InputSpec, ...]) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The function's arguments model (its inputs) and its request model (the inputs
+    plus the request options, in that order). The request model keeps the name
+    ``<Plugin><Name>Arguments`` that the OpenAPI document has always published."""
     fields: dict[str, Any] = {}
     for spec in inputs:
         default = ... if spec.required else spec.default
         fields[spec.name] = (_field_type(spec), Field(default, description=spec.description))
-    if "max_tokens" not in fields:
-        fields["max_tokens"] = (
+    title = "".join(part.title() for part in f"{plugin}_{name}".split("_"))
+    arguments = create_model(f"{title}Inputs", __config__=ConfigDict(extra="forbid"), **fields)
+    request = create_model(
+        f"{title}Arguments",
+        __base__=arguments,
+        max_tokens=(
             int | None,
             Field(
                 None,
@@ -264,9 +290,9 @@ def _arguments_model(plugin: str, name: str, inputs: tuple[InputSpec, ...]) -> t
                 strict=True,
                 description="Upper bound on the answer's tokens.",
             ),
-        )
-    model_name = "".join(part.title() for part in f"{plugin}_{name}".split("_")) + "Arguments"
-    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
+        ),
+    )
+    return arguments, request
 
 
 def _coerce_default(raw: Any, schema: dict[str, Any]) -> Any:
@@ -317,6 +343,8 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: input {var.get('name')!r} has invalid json_schema") from exc
         required = bool(var.get("is_required", True))
+        if var.get("name") in REQUEST_OPTIONS:
+            raise ValueError(f"{path}: input {var.get('name')!r} is a request option, not an input name")
         _check_answer_tokens(path, var.get("name"), schema)
         inputs.append(
             InputSpec(
@@ -346,6 +374,7 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         data.get("cache"), None if temperature is None else float(temperature), f"{path}: cache"
     )
     input_tuple = tuple(inputs)
+    arguments_model, request_model = _models(plugin, data["name"], input_tuple)
     return FunctionSpec(
         plugin=plugin,
         name=data["name"],
@@ -355,7 +384,8 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         template=str(data["template"]),
         template_bytes=len(str(data["template"]).encode()),
         default_max_tokens=int(settings.get("max_tokens", 256)),
-        arguments_model=_arguments_model(plugin, data["name"], input_tuple),
+        arguments_model=arguments_model,
+        request_model=request_model,
         model_chain=str(data["model_chain"]) if data.get("model_chain") else None,
         cache=cache,
     )

@@ -6,10 +6,13 @@ the ``make_*`` factories below are the only constructors of configured parts, sh
 with the admin CLI and scripts. No behaviour lives here.
 
 Both hosts call the same handlers, and neither host has a place to hang state that the
-other shares (a Functions trigger has no Starlette ``app.state``), so the context is a
-process-wide singleton created on first use. Tests install their own with
-``set_service``. Storage modules are imported here, on first use, not at module import:
-``function_app.py`` indexing stays free of the Azure SDKs.
+other shares (a Functions trigger has no Starlette ``app.state``), so the service is
+built once per process, on the first request (``get_service``), and handed on from
+there: the hosts bind each route to it (``RouteSpec.bind``), and the route's endpoint
+passes it to the boundary and the handler as an argument. Nothing under
+``sk_core.http`` looks it up. Tests install their own with ``set_service``. Storage
+modules are imported here, on first use, not at module import: ``function_app.py``
+indexing stays free of the Azure SDKs (and does not import this module at all).
 """
 
 from __future__ import annotations
@@ -287,7 +290,8 @@ _service: Service | None = None
 
 
 def get_service() -> Service:
-    """The process's service context, created on first call."""
+    """The process's service, built on the first call (cold start: not at import).
+    Only the hosts call this, to bind routes and run the sweep."""
     global _service
     if _service is None:
         with _lock:
@@ -308,9 +312,10 @@ def set_service(service: Service | None) -> None:
 # timer trigger; the container host runs ``sweep_periodically`` as a background task.
 # Several instances sweeping at once is safe: each hold is charged by an ETag-conditional
 # transaction, so exactly one sweeper wins and the others find it gone.
-async def sweep_expired_holds() -> int:
-    """Charge and flag every expired hold once; returns how many were charged."""
-    service = get_service()
+async def sweep_expired_holds(service: Service | None = None) -> int:
+    """Charge and flag every expired hold once; returns how many were charged.
+    ``service``: the one to sweep (default: the process's, for the timer trigger)."""
+    service = service or get_service()
     try:
         charged = await service.ledger.expire_holds()
     except StorageUnavailable as exc:
@@ -328,11 +333,11 @@ async def sweep_expired_holds() -> int:
     return charged
 
 
-async def sweep_periodically(interval_seconds: float) -> None:
-    """Sweep forever (until cancelled at shutdown)."""
+async def sweep_periodically(service: Service, interval_seconds: float) -> None:
+    """Sweep ``service`` forever (until cancelled at shutdown)."""
     while True:
         await asyncio.sleep(interval_seconds)
         try:
-            await sweep_expired_holds()
+            await sweep_expired_holds(service)
         except Exception:
             logger.exception("hold sweep failed; retrying next interval")

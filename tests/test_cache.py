@@ -314,7 +314,7 @@ async def test_no_cache_refreshes_and_no_store_neither_reads_nor_writes(
     )
 
     async def call(control: str | None = None) -> Outcome:
-        return await pipeline.call(acme, spec, dict(ARGS), max_tokens=None, cache_control=control)
+        return await pipeline.call(acme, spec, dict(ARGS), max_tokens=None, cache_mode=directive(control))
 
     assert (await call()).text == "Old."
     fresh = await call("no-cache")

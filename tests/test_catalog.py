@@ -75,3 +75,27 @@ def test_summarize_keeps_its_word_based_default() -> None:
     assert spec is not None
     assert spec.default_max_tokens_for({"text": "x", "style": "paragraph", "max_words": 100}) == 216
     assert spec.default_max_tokens_for({"text": "x", "style": "paragraph", "max_words": 1000}) == 512
+
+
+def test_max_tokens_is_a_request_option_not_an_argument(tmp_path: Path) -> None:
+    """The request body carries the inputs plus ``max_tokens``; the prompt sees only its inputs."""
+    schema = '{"type": "integer", "x-sk-answer-tokens": {"per": 3, "plus": 5}}'
+    path = _write(tmp_path, settings="  default:\n    max_tokens: 100\n", limit_schema=schema)
+    spec = load_spec(path, "demo")
+    assert "max_tokens" not in spec.arguments_model.model_fields
+    body = spec.request_model.model_validate({"text": "x", "limit": 10, "max_tokens": 7})
+    arguments, max_tokens = spec.split_request(body)
+    assert (arguments, max_tokens) == ({"text": "x", "limit": 10}, 7)
+    assert spec.requested_max_tokens(arguments, max_tokens) == 7
+    # None named: the function's default for these arguments.
+    arguments, max_tokens = spec.split_request(spec.request_model.model_validate({"text": "x", "limit": 10}))
+    assert max_tokens is None
+    assert spec.requested_max_tokens(arguments, max_tokens) == 35
+
+
+def test_an_input_may_not_take_a_request_options_name(tmp_path: Path) -> None:
+    path = _write(tmp_path, settings="  default:\n    max_tokens: 100\n")
+    renamed = path.read_text(encoding="utf-8").replace("name: limit", "name: max_tokens")
+    path.write_text(renamed, encoding="utf-8")
+    with pytest.raises(ValueError, match="request option"):
+        load_spec(path, "demo")

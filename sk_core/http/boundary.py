@@ -2,7 +2,9 @@
 
 The route table (``sk_core.http.routes``, data only, cheap to import for indexing)
 wraps each handler here on its first call: one server span, domain errors rendered as
-problem+json, request metrics, security and CORS headers, the audit row.
+problem+json, request metrics, security and CORS headers, the audit row. The boundary
+is handed the service with each request (it never looks one up) and passes it on to
+the handler, with the request's ``RequestContext``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
@@ -19,8 +21,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from sk_core import telemetry
-from sk_core.composition import get_service
 from sk_core.errors import ApiError, LimitsUnavailable, StorageUnavailable
+from sk_core.http.context import RequestContext
 from sk_core.http.rendering import (
     CORS_EXPOSED_HEADERS,
     SECURITY_HEADERS,
@@ -29,7 +31,13 @@ from sk_core.http.rendering import (
 )
 from sk_core.usage import AuditEntry
 
-Handler = Callable[[Request], Awaitable[Response]]
+if TYPE_CHECKING:
+    from sk_core.composition import Service
+
+# A route's handler: the request, the service it runs against, the request's context.
+Handler = Callable[[Request, "Service", RequestContext], Awaitable[Response]]
+# The handler inside the boundary: what a host's endpoint adapter calls.
+Bounded = Callable[[Request, "Service"], Awaitable[Response]]
 ErrorFormat = Literal["problem", "openai"]
 
 logger = logging.getLogger(__name__)
@@ -58,7 +66,7 @@ _REFUSAL_REASONS = {
 
 def instrumented(
     handler: Handler, *, name: str, template: str, audited: bool, errors: ErrorFormat = "problem"
-) -> Handler:
+) -> Bounded:
     """A route's handler inside the shared boundary: one server span (continuing the
     caller's W3C trace context), domain errors mapped to HTTP (problem+json, or OpenAI's
     error shape on the OpenAI-compatible routes), anything else an opaque 500, the trace
@@ -72,26 +80,29 @@ def instrumented(
     render = openai_error_response if errors == "openai" else problem_response
 
     @functools.wraps(handler)
-    async def wrapped(request: Request) -> Response:
+    async def wrapped(request: Request, service: Service) -> Response:
         started = time.perf_counter()
-        audit = AuditEntry(route=template) if audited else None
-        request.state.audit = audit
         attributes: dict[str, str | int] = {"http.request.method": request.method, "http.route": template}
-        context = propagate.extract(dict(request.headers))
+        parent = propagate.extract(dict(request.headers))  # the caller's W3C trace context
         span = telemetry.tracer().start_span(
-            f"{request.method} {template}", context=context, kind=SpanKind.SERVER, attributes=attributes
+            f"{request.method} {template}", context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
         with trace.use_span(span, end_on_exit=False):
+            context = RequestContext(
+                route=template,
+                trace_id=telemetry.current_trace_id(),
+                audit=AuditEntry(route=template) if audited else None,
+            )
             error_code: str | None = None
             try:
                 try:
-                    response = await handler(request)
+                    response = await handler(request, service, context)
                 except StorageUnavailable as outage:  # storage a route needed: fail closed
                     raise LimitsUnavailable(outage.reason) from outage
             except ApiError as error:
                 error_code = error.code
                 response = render(error)
-                _refused(request, error)
+                _refused(context, error)
                 span.set_attribute("sk.error.code", error.code)
                 if error.status >= 500:
                     span.set_status(StatusCode.ERROR, error.code)
@@ -108,28 +119,28 @@ def instrumented(
                 span.set_status(StatusCode.ERROR, "internal_error")
                 response = render(ApiError("An unexpected error occurred; it has been logged."))
             span.set_attribute("http.response.status_code", response.status_code)
-            for key, value in _tenant(request).items():
+            for key, value in context.tenant_attributes().items():
                 span.set_attribute(key, value)
-            trace_id = telemetry.current_trace_id()
-            if trace_id:
-                response.headers[telemetry.TRACE_ID_HEADER] = trace_id
+            if context.trace_id:
+                response.headers[telemetry.TRACE_ID_HEADER] = context.trace_id
         for header, value in SECURITY_HEADERS.items():
             # A handler's own value stands: the dashboard page sends a CSP that lets it
             # run its scripts; every other answer gets the strict default.
             if header not in response.headers:
                 response.headers[header] = value
-        _allow_origin(request, response)
+        _allow_origin(request, response, service)
 
         def finish() -> None:
             elapsed = time.perf_counter() - started
             attributes["http.response.status_code"] = response.status_code
             telemetry.instruments().http_duration.record(elapsed, attributes)
+            audit = context.audit
             if audit is not None:
-                audit.status, audit.trace_id = response.status_code, trace_id
+                audit.status, audit.trace_id = response.status_code, context.trace_id
                 audit.latency_ms = elapsed * 1000
                 # A streamed answer that failed after its first byte keeps its 200.
-                audit.code = error_code or getattr(request.state, "stream_error", None)
-                get_service().audit.record(audit)
+                audit.code = error_code or context.stream_error
+                service.audit.record(audit)
             span.end()
 
         if isinstance(response, StreamingResponse):
@@ -166,25 +177,21 @@ async def _inside(
             finish()
 
 
-def _refused(request: Request, error: ApiError) -> None:
-    """Count a refusal in ``sk.refusals`` (also one that a stream reports after its start)."""
+def _refused(context: RequestContext, error: ApiError) -> None:
+    """Count a refusal in ``sk.refusals``."""
     reason = _REFUSAL_REASONS.get(error.code)
     if reason is not None:
-        telemetry.instruments().refusals.add(1, {"reason": reason, "code": error.code, **_tenant(request)})
+        attributes = {"reason": reason, "code": error.code, **context.tenant_attributes()}
+        telemetry.instruments().refusals.add(1, attributes)
 
 
-def _allow_origin(request: Request, response: Response) -> None:
+def _allow_origin(request: Request, response: Response, service: Service) -> None:
     # Actual (non-preflight) cross-origin requests. Preflights: the container host's
     # CORSMiddleware with the same list; on Azure Functions, the platform's CORS setting.
     origin = request.headers.get("origin")
     if origin is None:
         return
     response.headers["Vary"] = "Origin"
-    if origin.rstrip("/") in get_service().settings.cors_origins:
+    if origin.rstrip("/") in service.settings.cors_origins:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
-
-
-def _tenant(request: Request) -> dict[str, str]:
-    tenant_id = getattr(request.state, "tenant_id", None)
-    return {"sk.tenant": tenant_id} if tenant_id else {}

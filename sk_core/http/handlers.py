@@ -3,7 +3,8 @@
 The Functions host passes the same ``Request`` type (through
 ``azurefunctions-extensions-http-fastapi``) and the container host is Starlette itself.
 Each handler parses, calls the pipeline (``sk_core.pipeline``) and renders; the route
-table (``sk_core.http.routes``) lists them.
+table (``sk_core.http.routes``) lists them. A handler is given the service and the
+request's context (``handler(request, service, context)``); it looks nothing up.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from sk_core import telemetry
-from sk_core.catalog import FunctionSpec
-from sk_core.composition import Service, get_service
+from sk_core.cache import directive
 from sk_core.errors import ApiError, NotFound, StorageUnavailable
 from sk_core.http import sse
 from sk_core.http.api_models import (
@@ -40,9 +40,11 @@ from sk_core.pricing import usd
 
 if TYPE_CHECKING:
     from sk_core.accounts import Principal
+    from sk_core.catalog import FunctionSpec
+    from sk_core.composition import Service
+    from sk_core.http.context import RequestContext
     from sk_core.model import ModelRuntime
     from sk_core.pipeline import Outcome, StreamedCall
-    from sk_core.usage import AuditEntry
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +63,15 @@ def function_spec(service: Service, plugin: str, name: str) -> FunctionSpec:
 
 
 async def _prepare(
-    request: Request, service: Service, spec: FunctionSpec
+    request: Request, service: Service, context: RequestContext, spec: FunctionSpec
 ) -> tuple[Principal, dict[str, Any], int | None]:
-    """Authenticate and read the body: the caller, the function's arguments, the cap."""
-    principal = await service.pipeline.authenticate(request.headers, spec.id, _record(request))
-    request.state.tenant_id = principal.tenant.id
+    """Authenticate and read the body: the caller, the function's arguments and the
+    request's ``max_tokens`` option (None: not given)."""
+    principal = await context.authenticate(service.pipeline, request.headers, spec.id)
     with telemetry.tracer().start_as_current_span("validate"):
         data = await read_json_body(request, max_bytes=service.settings.max_body_bytes)
-        arguments = validate_body(spec.arguments_model, data).model_dump()
-    return principal, arguments, arguments.pop("max_tokens")
-
-
-def _record(request: Request) -> AuditEntry | None:
-    record: AuditEntry | None = getattr(request.state, "audit", None)
-    return record
+        arguments, max_tokens = spec.split_request(validate_body(spec.request_model, data))
+    return principal, arguments, max_tokens
 
 
 def _chain(request: Request) -> str | None:
@@ -101,109 +98,111 @@ def stream_headers(call: StreamedCall) -> dict[str, str]:
 
 
 async def _answer(
-    request: Request, service: Service, spec: FunctionSpec, render: Callable[[Outcome], BaseModel]
+    request: Request,
+    service: Service,
+    context: RequestContext,
+    spec: FunctionSpec,
+    render: Callable[[Outcome], BaseModel],
 ) -> Response:
     """Run a catalog function: JSON rendered by ``render``, or Server-Sent Events when
     the client accepts ``text/event-stream``."""
-    principal, arguments, max_tokens = await _prepare(request, service, spec)
-    pipeline, record = service.pipeline, _record(request)
+    principal, arguments, max_tokens = await _prepare(request, service, context, spec)
+    pipeline, record = service.pipeline, context.audit
     if wants_event_stream(request):
         call = await pipeline.stream(
             principal, spec, arguments, max_tokens=max_tokens, record=record, chain=_chain(request)
         )
-        return event_stream(_function_events(request, call), stream_headers(call))
+        return event_stream(_function_events(context, call), stream_headers(call))
     outcome = await pipeline.call(
         principal,
         spec,
         arguments,
         max_tokens=max_tokens,
         record=record,
-        cache_control=request.headers.get("cache-control"),
+        cache_mode=directive(request.headers.get("cache-control")),
         chain=_chain(request),
     )
     return json_response(render(outcome), headers=answer_headers(outcome))
 
 
-async def _function_events(request: Request, call: StreamedCall) -> AsyncIterator[bytes]:
+async def _function_events(context: RequestContext, call: StreamedCall) -> AsyncIterator[bytes]:
     """``delta`` events with text, then one ``done`` event with the call's accounting,
     or one ``error`` event (problem+json) if it fails after the response has started."""
     try:
         async for text in call:
             yield sse.event({"text": text}, "delta")
     except Exception as exc:
-        yield sse.event(problem_body(stream_failure(request, exc)), "error")
+        yield sse.event(problem_body(stream_failure(context, exc)), "error")
         return
     assert call.outcome is not None  # a stream that ended normally has settled
     yield sse.event(StreamDone(**call.outcome.fields()).model_dump(), "done")
 
 
-def stream_failure(request: Request, exc: Exception) -> ApiError:
+def stream_failure(context: RequestContext, exc: Exception) -> ApiError:
     """What to tell a client whose stream failed after its first byte (no status left
-    to set): the error, noted for the audit row; anything unexpected is logged."""
+    to set): the error, noted in the context for the audit row; anything unexpected
+    is logged."""
     if not isinstance(exc, ApiError):
         logger.error("streamed answer failed", exc_info=exc)
         exc = ApiError("An unexpected error occurred; it has been logged.")
-    request.state.stream_error = exc.code
+    context.stream_error = exc.code
     return exc
 
 
-async def summarize(request: Request) -> Response:
+async def summarize(request: Request, service: Service, context: RequestContext) -> Response:
     """Summarize ``text`` in ``style`` within ``max_words``."""
-    service = get_service()
     return await _answer(
         request,
         service,
+        context,
         function_spec(service, "text", "summarize"),
         lambda outcome: SummarizeResponse(summary=outcome.text.strip(), **outcome.fields()),
     )
 
 
-async def chat(request: Request) -> Response:
+async def chat(request: Request, service: Service, context: RequestContext) -> Response:
     """Answer the next assistant message of a conversation."""
-    service = get_service()
     return await _answer(
         request,
         service,
+        context,
         function_spec(service, "chat", "chat"),
         lambda outcome: ChatResponse(message=AssistantMessage(content=outcome.text), **outcome.fields()),
     )
 
 
-async def list_functions(request: Request) -> Response:
+async def list_functions(request: Request, service: Service, context: RequestContext) -> Response:
     """The catalog: every function this key may call, with its input variables."""
-    service = get_service()
-    principal = await service.pipeline.authenticate(request.headers, None)
-    request.state.tenant_id = principal.tenant.id
+    principal = await context.authenticate(service.pipeline, request.headers, None)
     visible = [
         s.public() for s in service.catalog if principal.key.allows(s.id) and principal.tenant.allows(s.id)
     ]
     return json_response(FunctionList.model_validate({"functions": visible}))
 
 
-async def invoke_function(request: Request) -> Response:
+async def invoke_function(request: Request, service: Service, context: RequestContext) -> Response:
     """Invoke any catalog function with JSON arguments validated against its inputs."""
-    service = get_service()
     plugin, name = request.path_params.get("plugin", ""), request.path_params.get("function", "")
     return await _answer(
         request,
         service,
+        context,
         function_spec(service, plugin, name),
         lambda outcome: InvokeResponse(plugin=plugin, function=name, result=outcome.text, **outcome.fields()),
     )
 
 
-async def health(request: Request) -> Response:
+async def health(request: Request, service: Service, context: RequestContext) -> Response:
     """Liveness: answers without touching any dependency."""
     return json_response(HealthResponse(status="ok"))
 
 
-async def ready(request: Request) -> Response:
+async def ready(request: Request, service: Service, context: RequestContext) -> Response:
     """Readiness: the kernel is built, the model endpoint, storage and secrets answer.
 
     Anonymous callers see only each dependency's status and a code; the details (which
     secret, what failed) go to the log, not to whoever can reach the probe.
     """
-    service = get_service()
     timeout = service.settings.ready_timeout_seconds
     checks: dict[str, DependencyStatus] = {}
     runtime: ModelRuntime | None = None

@@ -7,7 +7,7 @@ is what API Management imports (``infra/``) and what the API fuzzer reads.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -16,7 +16,6 @@ from starlette.responses import JSONResponse, Response
 
 from sk_core import __version__
 from sk_core.catalog import Catalog
-from sk_core.composition import get_service
 from sk_core.http.api_models import (
     ChatResponse,
     FunctionList,
@@ -26,11 +25,15 @@ from sk_core.http.api_models import (
     ReadyResponse,
     SummarizeResponse,
 )
-from sk_core.http.openai_compat import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList
+from sk_core.http.openai_models import ChatCompletion, ChatCompletionRequest, ErrorBody, ModelList
 from sk_core.http.rendering import PROBLEM_CONTENT_TYPE
 from sk_core.http.routes import ROUTES, RouteSpec
 from sk_core.http.sse import SSE_MEDIA_TYPE
 from sk_core.usage import UsageResponse
+
+if TYPE_CHECKING:
+    from sk_core.composition import Service
+    from sk_core.http.context import RequestContext
 
 _REF = "#/components/schemas/{model}"
 
@@ -154,7 +157,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
     request_models = {
         route: catalog.get(*fn) for route, fn in _REQUEST_FUNCTIONS.items() if catalog.get(*fn) is not None
     }
-    models.extend((spec.arguments_model, "validation") for spec in request_models.values() if spec)
+    models.extend((spec.request_model, "validation") for spec in request_models.values() if spec)
     keys, components = models_json_schema(models, ref_template=_REF)
 
     paths: dict[str, dict[str, Any]] = {}
@@ -242,7 +245,7 @@ def _operation(
         schema: dict[str, Any] = (
             keys[(own, "validation")]
             if own is not None
-            else keys[(spec.arguments_model, "validation")]
+            else keys[(spec.request_model, "validation")]
             if spec is not None
             else {
                 "type": "object",
@@ -275,6 +278,6 @@ def _operation(
     return operation
 
 
-async def openapi_document(request: Request) -> Response:
+async def openapi_document(request: Request, service: Service, context: RequestContext) -> Response:
     """``GET /api/openapi.json``."""
-    return JSONResponse(build_openapi(get_service().catalog))
+    return JSONResponse(build_openapi(service.catalog))

@@ -10,6 +10,12 @@ it to index the app, and indexing should not pay for the handlers' imports (pyda
 models, settings, the catalog, telemetry: about 0.1 s here). Handlers are named as
 ``"module:function"`` and imported, wrapped in the shared boundary
 (``sk_core.http.boundary.instrumented``), the first time a route is called.
+
+Handlers are given what they need: ``handler(request, service, context)``. A host binds
+each route to the composition root once (``RouteSpec.bind``); the endpoint it gets
+back resolves the service once per request and passes it in. Nothing under
+``sk_core.http`` looks the service up itself (an import-linter contract keeps
+``sk_core.composition`` out of it, but for type annotations).
 """
 
 from __future__ import annotations
@@ -24,7 +30,13 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-Handler = Callable[["Request"], Awaitable["Response"]]
+    from sk_core.composition import Service
+    from sk_core.http.boundary import Bounded, Handler
+
+# What a host serves: a request in, a response out.
+Endpoint = Callable[["Request"], Awaitable["Response"]]
+# Where an endpoint gets the service from: the composition root's (built on first use).
+ServiceSource = Callable[[], "Service"]
 API_PREFIX = "/api"
 
 
@@ -58,7 +70,8 @@ class RouteSpec:
         return handler
 
     @functools.cached_property
-    def _endpoint(self) -> Handler:
+    def _bounded(self) -> Bounded:
+        # Imported on the first call: indexing reads the table, not the handlers.
         from sk_core.http.boundary import instrumented
 
         return instrumented(
@@ -69,9 +82,16 @@ class RouteSpec:
             errors=self.errors,
         )
 
-    async def endpoint(self, request: Request) -> Response:
-        """Serve a request: the handler inside the shared boundary (errors, tracing, metrics)."""
-        return await self._endpoint(request)
+    def bind(self, services: ServiceSource) -> Endpoint:
+        """This route as a host serves it: each request gets the service from
+        ``services`` once and runs the handler inside the shared boundary (errors,
+        tracing, metrics, audit) with that service."""
+
+        async def endpoint(request: Request) -> Response:
+            return await self._bounded(request, services())
+
+        endpoint.__name__ = endpoint.__qualname__ = self.name
+        return endpoint
 
 
 ROUTES: tuple[RouteSpec, ...] = (
@@ -109,20 +129,20 @@ ROUTES: tuple[RouteSpec, ...] = (
         "Readiness (kernel built, model reachable)", "operations",
     ),
     RouteSpec(
-        "usage", "v1/usage", ("GET",), "sk_core.http.dashboard:usage", "function",
+        "usage", "v1/usage", ("GET",), "sk_core.http.usage_api:usage", "function",
         "The caller's spend, holds and rates against its budgets and limits", "usage",
     ),
     RouteSpec(
-        "admin_tenants", "v1/admin/tenants", ("GET",), "sk_core.http.dashboard:admin_tenants", "function",
+        "admin_tenants", "v1/admin/tenants", ("GET",), "sk_core.http.admin_api:admin_tenants", "function",
         "Every tenant with its usage (admin key)", "admin",
     ),
     RouteSpec(
-        "admin_tenant", "v1/admin/tenants/{tenant_id}", ("GET",), "sk_core.http.dashboard:admin_tenant",
+        "admin_tenant", "v1/admin/tenants/{tenant_id}", ("GET",), "sk_core.http.admin_api:admin_tenant",
         "function", "One tenant's usage, series, recent calls and expired holds (admin key)", "admin",
     ),
     RouteSpec(
         "admin_tenant_csv", "v1/admin/tenants/{tenant_id}/usage.csv", ("GET",),
-        "sk_core.http.dashboard:admin_tenant_csv", "function",
+        "sk_core.http.admin_api:admin_tenant_csv", "function",
         "One tenant's last 30 days and this month as CSV (admin key)", "admin",
     ),
     RouteSpec(

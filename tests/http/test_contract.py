@@ -253,3 +253,21 @@ async def test_openapi_describes_every_route(host: Host) -> None:
     for route in ROUTES:
         for method in route.methods:
             assert method.lower() in document["paths"][route.full_path]
+
+
+def test_the_http_layer_is_handed_its_service_and_context_never_looks_them_up() -> None:
+    # Explicit wiring: handlers and the boundary get the service and the request's
+    # context as arguments (RouteSpec.bind); none calls the composition root's locator
+    # or hangs state on the request. (import-linter also keeps sk_core.composition out
+    # of sk_core.http, type annotations aside.)
+    import ast
+    from pathlib import Path
+
+    found = []
+    for path in sorted(Path("sk_core/http").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            # Names, attributes, imported names and definitions alike.
+            names = {getattr(node, field, None) for field in ("id", "attr", "name")}
+            for name in names & {"get_service", "set_service", "state"}:
+                found.append(f"{path}: {name} ({ast.dump(node)[:60]})")
+    assert found == []

@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from tests.support.hosts import ContainerHost, Host
+from sk_core.composition import Service
+from tests.support.hosts import ContainerHost, FunctionsHost, Host
 from tests.support.stub_model import StubModel
 
 SSE: dict[str, str | None] = {"accept": "text/event-stream"}
@@ -115,3 +116,18 @@ async def test_the_first_event_arrives_before_the_model_has_finished(
     assert len(arrivals) == len(words) + 1  # a delta per word, then done
     assert arrivals[0] < 0.25 * len(words) / 2, arrivals
     assert arrivals[-1] >= 0.25 * len(words) * 0.9, arrivals
+
+
+async def test_a_stream_that_fails_after_its_first_byte_is_audited_with_its_error(
+    functions_host: FunctionsHost, functions_service: Service, stub: StubModel
+) -> None:
+    # The status (200) went out with the first byte; the audit row still names the failure.
+    stub.script({"content": "one two three four five six seven", "chunk_delay": 1.5})
+    response = await functions_host.request("POST", "/api/v1/summarize", json_body=SUMMARIZE, headers=SSE)
+    assert events(response.body)[-1][0] == "error"
+    await functions_service.audit.flush()
+    rows = await functions_service.audit.recent("contract", limit=50)
+    [row] = [r for r in rows if r["trace_id"] == response.headers["x-trace-id"]]
+    assert (row["status"], row["code"], row["route"]) == (200, "model_timeout", "/api/v1/summarize")
+    assert row["key_id"]
+    assert row["function"] == "text/summarize"

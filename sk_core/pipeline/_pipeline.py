@@ -1,17 +1,5 @@
-"""The one use case every entry shares: a prompt function call under hard limits.
-
-    authenticate → screen → admit → invoke → settle → record
-
-It takes plain values (headers as a mapping, a principal, a function spec, validated
-arguments, the requested answer cap) and returns an ``Outcome``; it knows nothing of
-HTTP. The handlers parse a request, call it and render what it returns, so a second
-entry (another wire format, a streamed answer) is another thin adapter over the same
-stages, and the whole flow can be tested and benchmarked without a web request.
-
-What a call did is written into an ``AuditEntry`` as it goes (a plain record the
-caller owns), so that a call that fails half-way still leaves its tenant, guard
-verdict and charge behind for the audit row.
-"""
+"""The call stages (``Pipeline``) and a streamed call (``StreamedCall``); the package's
+face (``sk_core.pipeline``) says what the use case is."""
 
 from __future__ import annotations
 
@@ -26,14 +14,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core import telemetry
-from sk_core.errors import (
-    ApiError,
-    LimitsUnavailable,
-    RateState,
-    ServiceUnavailable,
-    StorageUnavailable,
-)
+from sk_core.cache import Directive
+from sk_core.errors import ApiError, RateState, ServiceUnavailable, StorageUnavailable
 from sk_core.model import Chain, Deployment, RoutingTable
+from sk_core.pipeline._deadline import fail_closed
+from sk_core.pipeline._outcome import Outcome, rate_of
 from sk_core.pricing import Price, usd
 
 if TYPE_CHECKING:
@@ -59,39 +44,6 @@ def _charge_on_failure(failure: BaseException, hold: Hold) -> int:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What a successful call produced and cost."""
-
-    completion: Completion | CachedAnswer
-    text: str  # the answer after output redaction
-    redactions: dict[str, int]
-    cost_nano: int
-    rate: RateState  # the requests-per-minute window after this admission
-    clamped: bool = False  # the budget lowered max_tokens: not the answer others would get
-    cache: str | None = None  # "hit" or "miss" for a cacheable function (X-Cache), else None
-    age: int = 0  # seconds since a cached answer was produced (Age)
-
-    @property
-    def deployment(self) -> str | None:
-        """The deployment of the fallback chain that answered (and set the price
-        charged); None for a cache hit, which called none."""
-        return getattr(self.completion, "deployment", None)
-
-    def fields(self) -> dict[str, Any]:
-        """The members every function response carries besides its answer."""
-        completion = self.completion
-        return {
-            "model": completion.model,
-            "usage": completion.usage,
-            "finish_reason": completion.finish_reason,
-            "cost_usd": usd(self.cost_nano),
-            "redacted": sum(self.redactions.values()),
-            "redactions": self.redactions,
-            "cached": self.cache == "hit",
-        }
-
-
-@dataclass(frozen=True)
 class _Call:
     """One call as the stages after screening see it."""
 
@@ -102,45 +54,6 @@ class _Call:
     record: AuditEntry | None
     chain: Chain  # the model fallback chain it may use
     options: Mapping[str, Any] | None = None  # the caller's sampling settings, if any
-
-
-# However busy storage is (ETag contention near a limit), a decision waits no longer.
-_MAX_DECISION_SECONDS = 10.0
-
-
-@contextlib.asynccontextmanager
-async def fail_closed(bound: float, silence: Callable[[], float] = lambda: math.inf) -> AsyncIterator[None]:
-    """Storage trouble while deciding whether to serve: admit nothing (503).
-
-    Decided once storage has been silent for ``bound`` seconds (``silence()``: seconds
-    since it last answered anything, a 412 included), which a black-holed endpoint or a
-    batch or lease sync stuck ahead of this request reach ``bound`` after they start;
-    a store that answers but is contended (many processes near one limit) is waited
-    for, up to ``_MAX_DECISION_SECONDS``.
-    """
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    try:
-        async with asyncio.timeout(None) as deadline:
-            watchdog: asyncio.TimerHandle
-
-            def check() -> None:
-                nonlocal watchdog
-                quiet = silence()
-                if quiet >= bound or loop.time() - started >= _MAX_DECISION_SECONDS - bound:
-                    deadline.reschedule(loop.time())
-                else:
-                    watchdog = loop.call_later(bound - quiet, check)
-
-            watchdog = loop.call_later(bound, check)
-            try:
-                yield
-            finally:
-                watchdog.cancel()
-    except StorageUnavailable as exc:
-        raise LimitsUnavailable(exc.reason) from exc
-    except TimeoutError as exc:
-        raise LimitsUnavailable(f"storage did not answer for {bound:g}s") from exc
 
 
 class Pipeline:
@@ -214,27 +127,44 @@ class Pipeline:
         max_tokens: int | None,
         options: Mapping[str, Any] | None = None,
         record: AuditEntry | None = None,
-        cache_control: str | None = None,
+        cache_mode: Directive = Directive.DEFAULT,
         chain: str | None = None,
     ) -> Outcome:
         """Screen → cache → admit (reserve, clamp) → invoke → settle → record, a span each.
 
+        ``max_tokens`` is the caller's answer cap (None: the function's default).
         ``options`` are the caller's sampling settings (temperature, stop...), already
         validated; they override the prompt file's, never the admitted answer cap.
-        ``chain`` names the model fallback chain (None: the one the prompt file names,
-        else the configured default). The reservation is priced at the dearest
-        deployment the call may reach; the settlement at the one that answered.
+        ``cache_mode`` is what the caller asks of the response cache (its
+        ``Cache-Control``, parsed). ``chain`` names the model fallback chain (None: the
+        one the prompt file names, else the configured default). The reservation is
+        priced at the dearest deployment the call may reach; the settlement at the one
+        that answered.
         """
-        requested = max_tokens or spec.default_max_tokens_for(arguments)
-        route = self._routing.chain(chain or spec.model_chain)
+        call = self._plan(principal, spec, arguments, max_tokens, options, record, chain)
         flagged = await self._screen(spec, arguments, record)
-        call = _Call(principal, spec, arguments, requested, record, route, options)
-        return await self._cached(call, flagged, cache_control)
+        return await self._cached(call, flagged, cache_mode)
+
+    def _plan(
+        self,
+        principal: Principal,
+        spec: FunctionSpec,
+        arguments: dict[str, Any],
+        max_tokens: int | None,
+        options: Mapping[str, Any] | None,
+        record: AuditEntry | None,
+        chain: str | None,
+    ) -> _Call:
+        """The call the later stages see: its answer cap and its fallback chain (an
+        unknown chain is refused here, before anything is screened or reserved)."""
+        route = self._routing.chain(chain or spec.model_chain)
+        requested = spec.requested_max_tokens(arguments, max_tokens)
+        return _Call(principal, spec, arguments, requested, record, route, options)
 
     async def _admitted(self, call: _Call) -> Outcome:
         """Admit → invoke → settle: the call past screening and the cache."""
         spec, arguments, options, route = call.spec, call.arguments, call.options, call.chain
-        hold = await self._reserve(call.principal, spec, arguments, call.requested, route)
+        hold = await self._reserve(call)
         started = time.perf_counter()
         completion = await self._invoke(
             spec, hold, call.record,
@@ -268,29 +198,21 @@ class Pipeline:
         the usage the provider reported and records, like ``call``. The fallback chain
         applies to opening the stream (``ModelRuntime.open_stream``).
         """
-        route = self._routing.chain(chain or spec.model_chain)
+        call = self._plan(principal, spec, arguments, max_tokens, options, record, chain)
         await self._screen(spec, arguments, record)
-        requested = max_tokens or spec.default_max_tokens_for(arguments)
-        hold = await self._reserve(principal, spec, arguments, requested, route)
+        hold = await self._reserve(call)
         started = time.perf_counter()
         model_stream = await self._invoke(
             spec, hold, record,
             lambda runtime: runtime.open_stream(
-                spec, arguments, max_tokens=hold.max_tokens, options=options, chain=route
+                spec, arguments, max_tokens=hold.max_tokens, options=options, chain=call.chain
             ),
         )
         return StreamedCall(
             self, principal, spec, hold, model_stream, self._redactor(spec.id).stream(), started, record
         )
 
-    async def _reserve(
-        self,
-        principal: Principal,
-        spec: FunctionSpec,
-        arguments: dict[str, Any],
-        requested: int,
-        route: Chain,
-    ) -> Hold:
+    async def _reserve(self, call: _Call) -> Hold:
         """Reserve the worst case (the chain's dearest prices) and clamp the answer cap
         to what it can pay (screened before)."""
         async with self._fail_closed():
@@ -298,12 +220,12 @@ class Pipeline:
                 if self._budget_gauges is not None:  # refused tenants too: they are at 100 %
                     self._budget_gauges.note(principal.tenant, self._ledger)
                 hold = await self._ledger.admit(
-                    principal.tenant,
-                    price=route.reservation_price,
-                    prompt_tokens_bound=spec.prompt_token_bound(arguments),
-                    requested_max_tokens=requested,
-                    function=spec.id,
-                    key_id=principal.key.key_id,
+                    call.principal.tenant,
+                    price=call.chain.reservation_price,
+                    prompt_tokens_bound=call.spec.prompt_token_bound(call.arguments),
+                    requested_max_tokens=call.requested,
+                    function=call.spec.id,
+                    key_id=call.principal.key.key_id,
                 )
                 span.set_attribute("sk.max_tokens", hold.max_tokens)
                 span.set_attribute("sk.hold_usd", usd(hold.amount_nano))
@@ -371,11 +293,11 @@ class Pipeline:
             text=text,
             redactions=redactions,
             cost_nano=charged,
-            rate=_rate(hold),
+            rate=rate_of(hold),
             clamped=clamped,
         )
 
-    async def _cached(self, call: _Call, flagged: bool, cache_control: str | None) -> Outcome:
+    async def _cached(self, call: _Call, flagged: bool, mode: Directive) -> Outcome:
         """The cache stage (``sk_core.cache``), between screening and admission.
 
         A hit is answered here: counted against requests per minute only, never charged.
@@ -390,13 +312,12 @@ class Pipeline:
         if cache is None or not cache.policy(spec).enabled or call.options:
             return await self._admitted(call)
         tenant = call.principal.tenant
-        mode = cache.directive(cache_control)
         with telemetry.tracer().start_as_current_span("cache") as span:
             # Keyed by the chain's models: an answer from another chain's deployments
             # (another model) is not this call's answer. One model: its id, as before.
             models = "+".join(d.model for d in call.chain.deployments)
             slot = cache.slot(tenant.id, spec, models, call.arguments, call.requested)
-            if flagged or mode == "no-store":
+            if flagged or mode is Directive.NO_STORE:
                 found: tuple[CachedAnswer, Tier] | Outcome = await self._admitted(call)
             else:
                 found = await cache.fetch(slot, mode, lambda: self._stored(cache, slot, call))
@@ -550,10 +471,6 @@ class Pipeline:
         meters.cost.add(usd(cost_nano), dimensions)
 
 
-def _rate(hold: Hold) -> RateState:
-    return RateState(limit=hold.rpm_limit, remaining=hold.rpm_remaining, reset=hold.rpm_reset)
-
-
 @dataclass(eq=False)
 class StreamedCall:
     """An admitted call whose provider stream is open: iterate it once for redacted text.
@@ -579,7 +496,7 @@ class StreamedCall:
     @property
     def rate(self) -> RateState:
         """The requests-per-minute window after this admission."""
-        return _rate(self._hold)
+        return rate_of(self._hold)
 
     @property
     def deployment(self) -> str:

@@ -1,0 +1,48 @@
+"""Admission fails closed: storage that does not answer in time admits nothing (503)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Callable
+
+from sk_core.errors import LimitsUnavailable, StorageUnavailable
+
+# However busy storage is (ETag contention near a limit), a decision waits no longer.
+_MAX_DECISION_SECONDS = 10.0
+
+
+@contextlib.asynccontextmanager
+async def fail_closed(bound: float, silence: Callable[[], float] = lambda: math.inf) -> AsyncIterator[None]:
+    """Storage trouble while deciding whether to serve: admit nothing (503).
+
+    Decided once storage has been silent for ``bound`` seconds (``silence()``: seconds
+    since it last answered anything, a 412 included), which a black-holed endpoint or a
+    batch or lease sync stuck ahead of this request reach ``bound`` after they start;
+    a store that answers but is contended (many processes near one limit) is waited
+    for, up to ``_MAX_DECISION_SECONDS``.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout(None) as deadline:
+            watchdog: asyncio.TimerHandle
+
+            def check() -> None:
+                nonlocal watchdog
+                quiet = silence()
+                if quiet >= bound or loop.time() - started >= _MAX_DECISION_SECONDS - bound:
+                    deadline.reschedule(loop.time())
+                else:
+                    watchdog = loop.call_later(bound - quiet, check)
+
+            watchdog = loop.call_later(bound, check)
+            try:
+                yield
+            finally:
+                watchdog.cancel()
+    except StorageUnavailable as exc:
+        raise LimitsUnavailable(exc.reason) from exc
+    except TimeoutError as exc:
+        raise LimitsUnavailable(f"storage did not answer for {bound:g}s") from exc
