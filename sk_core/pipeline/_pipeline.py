@@ -218,7 +218,7 @@ class Pipeline:
         async with self._fail_closed():
             with telemetry.tracer().start_as_current_span("admit") as span:
                 if self._budget_gauges is not None:  # refused tenants too: they are at 100 %
-                    self._budget_gauges.note(principal.tenant, self._ledger)
+                    self._budget_gauges.note(call.principal.tenant, self._ledger)
                 hold = await self._ledger.admit(
                     call.principal.tenant,
                     price=call.chain.reservation_price,
