@@ -18,7 +18,7 @@ import pytest
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError
 from azure.data.tables import EntityProperty, UpdateMode
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sk_core.errors import StorageUnavailable
@@ -121,9 +121,10 @@ def entity_view(entity: Any) -> dict[str, Any]:
     return {"metadata": metadata, **{name: normal(value) for name, value in entity.items()}}
 
 
-def error_view(exc: Exception) -> tuple[str, Any, str]:
+def error_view(exc: Exception) -> tuple[str, Any, str, str]:
+    # The code's type too: the SDK gives an enum or a plain str, and str() of each differs.
     code = getattr(exc, "error_code", None)
-    return (type(exc).__name__, getattr(exc, "status_code", None), str(getattr(code, "value", code)))
+    return (type(exc).__name__, getattr(exc, "status_code", None), type(code).__name__, str(code))
 
 
 class Backend:
@@ -212,6 +213,9 @@ def test_the_memory_store_answers_as_azurite_does(azurite: str) -> None:
             seen.add((step[0], outcome(in_memory)))
 
     @given(program=PROGRAMS)
+    # A transaction's error code is a plain str, not the SDK's enum: the ledger read a
+    # memory store's 404 in a batch as an outage until this was pinned.
+    @example(program=[("transaction", "a", [("delete", "r0", "none")])])
     def check(program: list[tuple[Any, ...]]) -> None:
         loop.run_until_complete(compare(program))
 
