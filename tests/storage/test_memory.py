@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from sk_core.errors import StorageUnavailable
 from sk_core.storage import (
-    Conflict,
     MemoryAccount,
     MemoryTableStore,
     Operation,
@@ -31,9 +30,7 @@ from sk_core.storage import (
     etag_of,
     int64,
     query_partition,
-    read_int,
     submit,
-    update_op,
 )
 
 PARTITIONS = ["a", "b"]
@@ -241,18 +238,6 @@ def outcome(result: Any) -> Any:
 
 
 # --- the helpers and the service model, in memory only -------------------------------------
-
-
-async def test_a_stale_etag_is_a_conflict_and_counted() -> None:
-    store = MemoryTableStore()
-    table = await store.table("t")
-    await submit(table, [("create", {"PartitionKey": "p", "RowKey": "r", "n": int64(1)}, {})])
-    first = (await query_partition(table, "p", ["r"]))["r"]
-    await submit(table, [update_op({"PartitionKey": "p", "RowKey": "r", "n": int64(2)}, etag_of(first))])
-    with pytest.raises(Conflict):
-        await submit(table, [update_op({"PartitionKey": "p", "RowKey": "r", "n": int64(3)}, etag_of(first))])
-    assert read_int((await query_partition(table, "p", ["r"]))["r"]["n"]) == 2
-    assert store.round_trips == 5
 
 
 async def test_stores_on_one_account_see_each_other_and_count_by_partition() -> None:
