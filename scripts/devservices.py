@@ -165,7 +165,7 @@ KEEP_ALIVE_SECONDS = 5
 # times a handful of busy tenants; not a measured peak (bench/ has the throughput).
 LIMIT_CONCURRENCY = 512
 # The container host's connection limits, the same in infra/container/Dockerfile's CMD
-# (tests/test_infra.py checks). Why these numbers: README, "Connection limits".
+# (tests/integration/test_infra.py checks). Why these numbers: README, "Connection limits".
 UVICORN_FLAGS = (
     "--http",
     "sk_core.asgi:BoundedHttpProtocol",

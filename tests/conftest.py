@@ -1,21 +1,19 @@
-"""Fixtures that start real services: the stub model server, the container host.
+"""Fixtures that start real services: Azurite, the stub model server, the hosts.
 
-Session-scoped and started once; every test gets a reset stub. The stub is a separate
-OS process speaking the OpenAI HTTP API, so the service's real OpenAI client, Semantic
-Kernel and retry code all run for real.
+Session-scoped, started once and only when a test asks for them (a test of prices
+starts nothing); every test gets a reset stub. The stub is a separate OS process
+speaking the OpenAI HTTP API, so the service's real OpenAI client, Semantic Kernel and
+retry code all run for real. Helpers live in tests/support/, not here.
+
+Every test is marked ``unit`` or ``integration`` at collection (``make unit`` runs the
+first alone): integration is what is under tests/integration/, is marked so, or asks,
+directly or through its fixtures, for a service (``SERVICE_FIXTURES``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +25,14 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from scripts.devservices import free_port, start_azurite, start_service
-from sk_core.accounts import Limits, Tenant
+from sk_core.accounts import Tenant
 from sk_core.composition import Service, set_service
-from sk_core.settings import Settings
 from sk_core.storage import development_connection_string
 from sk_core.telemetry import Exporters, setup_telemetry
 from tests.support.hosts import ContainerHost, FunctionsHost, Host
+from tests.support.settings import CONTRACT_LIMITS, SERVICE_ENV, make_settings
 from tests.support.stub_model import StubModel, StubModelProcess, start_stub_model
+from tests.support.telemetry import TelemetrySink
 
 # Hypothesis profiles. `ci` (the default, also for `make test` by hand): derandomized, so
 # every run draws the same examples and a red run reproduces (a fresh clone once failed 1
@@ -52,32 +51,18 @@ hypothesis_settings.register_profile("random", max_examples=2_000, derandomize=F
 # Loaded here, before the test modules import: their settings(...) objects inherit from it.
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# Short model timings keep failure tests fast while still exercising every retry path.
-SERVICE_ENV = {
-    "SKF_MODEL_PROVIDER": "openai_compatible",
-    "SKF_MODEL_ID": "stub-model",
-    "SKF_MODEL_TIMEOUT_SECONDS": "1",
-    "SKF_MODEL_MAX_RETRIES": "2",
-    "SKF_MODEL_DEADLINE_SECONDS": "4",
-    # Tests script failures back to back; the retry budget (20 % of the last 10 s of
-    # requests) would make how often one is retried depend on the tests before it.
-    # Its own tests (test_routing.py) set it.
-    "SKF_RETRY_BUDGET_RATIO": "10",
-    "SKF_READY_TIMEOUT_SECONDS": "10",
-    # Non-zero prices: budgets are only tested when requests cost something.
-    "SKF_MODEL_PRICES": '{"stub-model": {"input": 1.0, "output": 2.0}}',
-    "SKF_API_KEY_PEPPER": "test-pepper-0123456789",
-    "SKF_HOLD_LEASE_SECONDS": "30",
-    # Quota leases report and hand back quickly, so that tests reading stored usage
-    # after traffic see it within a second.
-    "SKF_LEASE_REPORT_SECONDS": "0.2",
-    "SKF_LEASE_IDLE_SECONDS": "0.5",
-}
+
+def _no_services_in_a_unit_run(what: str) -> None:
+    # `make unit` promises no service: a test that reaches one without saying so (a
+    # fixture asked for by name at run time) fails here instead of starting it.
+    if os.environ.get("SKF_TESTS_UNIT_ONLY"):
+        pytest.fail(f"a unit run asked for {what}: mark the test integration or request it as a fixture")
 
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Azurite's table service for the whole run; yields its connection string."""
+    _no_services_in_a_unit_run("Azurite")
     port = free_port()
     process = start_azurite(port=port, log=tmp_path_factory.mktemp("azurite") / "azurite.log")
     yield development_connection_string(port)
@@ -87,6 +72,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stub_process() -> Iterator[StubModelProcess]:
     """One stub model server for the whole run."""
+    _no_services_in_a_unit_run("the stub model")
     process = start_stub_model()
     yield process
     process.stop()
@@ -109,16 +95,6 @@ def service_env(stub_process: StubModelProcess, azurite: str) -> dict[str, str]:
     }
 
 
-# Generous limits: the contract suite is about behaviour, not about refusals.
-CONTRACT_LIMITS = Limits(
-    requests_per_minute=100_000,
-    tokens_per_minute=100_000_000,
-    max_concurrent=500,
-    daily_budget_nano=10**15,
-    monthly_budget_nano=10**15,
-)
-
-
 @pytest.fixture(scope="session")
 async def api_key(functions_service: Service) -> str:
     """A key of a tenant with generous limits (the contract suite's caller)."""
@@ -129,28 +105,6 @@ async def api_key(functions_service: Service) -> str:
     return issued.secret
 
 
-def run_fresh_python(code: str) -> dict[str, Any]:
-    """Run ``code`` in a new interpreter at the repo root; its last stdout line is JSON.
-
-    For properties of a whole process (which modules an import loads, the GC state),
-    which pytest's own long-lived process cannot show.
-    """
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True, text=True, check=True, timeout=120,
-    )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
-def make_settings(env: dict[str, str], **overrides: Any) -> Settings:
-    """Settings from an env-style dict (keys with the SKF_ prefix) plus field overrides."""
-    fields: dict[str, Any] = {key.removeprefix("SKF_").lower(): value for key, value in env.items()}
-    fields.update(overrides)
-    return Settings.model_validate(fields)
-
-
 @pytest.fixture(scope="session")
 def functions_app_functions() -> list[Any]:
     """The Functions app's indexed functions (``get_functions`` may be called only once)."""
@@ -159,22 +113,14 @@ def functions_app_functions() -> list[Any]:
     return list(function_app.app.get_functions())
 
 
-@dataclass
-class TelemetrySink:
-    """In-memory OpenTelemetry exporters installed for the whole test process."""
-
-    spans: InMemorySpanExporter
-    metrics: InMemoryMetricReader
-    logs: InMemoryLogRecordExporter
-
-
 @pytest.fixture(scope="session", autouse=True)
-def telemetry_sink(service_env: dict[str, str]) -> TelemetrySink:
+def telemetry_sink() -> TelemetrySink:
     """Installed first (autouse): the process's providers can be set only once, and
-    Semantic Kernel reads its diagnostics switch when it is first imported."""
+    Semantic Kernel reads its diagnostics switch when it is first imported. It needs
+    no service: the model URL only satisfies validation, telemetry never calls it."""
     sink = TelemetrySink(InMemorySpanExporter(), InMemoryMetricReader(), InMemoryLogRecordExporter())  # type: ignore[no-untyped-call]
     setup_telemetry(
-        make_settings(service_env),
+        make_settings(SERVICE_ENV, model_base_url="http://127.0.0.1:9/v1"),
         host="test",
         exporters=Exporters(
             spans=[sink.spans], metric_readers=[sink.metrics], logs=[sink.logs], synchronous=True
@@ -225,10 +171,17 @@ def host(request: pytest.FixtureRequest, stub: StubModel) -> Host:
     return value
 
 
-async def inside_one_minute(seconds: float) -> None:
-    """Wait, if need be, so that the next ``seconds`` fall inside one calendar minute:
-    requests per minute are counted in calendar minutes, so a test that expects a 429
-    from its third call must not have its calls straddle a minute's end."""
-    now = datetime.now(UTC)
-    if now.second + now.microsecond / 1e6 > 60 - seconds - 1:
-        await asyncio.sleep(61 - now.second - now.microsecond / 1e6)
+# What starts a service: a test whose fixture closure holds one of these is integration.
+SERVICE_FIXTURES = frozenset({"azurite", "stub_process"})
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        integration = (
+            INTEGRATION_DIR in Path(str(item.path)).parents
+            or item.get_closest_marker("integration") is not None
+            or item.get_closest_marker("local_model") is not None
+            or not SERVICE_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+        )
+        item.add_marker(pytest.mark.integration if integration else pytest.mark.unit)

@@ -37,9 +37,9 @@ from sk_core.pipeline import Outcome, Pipeline
 from sk_core.pricing import Usage
 from sk_core.storage import TableStore
 from sk_core.usage import AuditEntry
-from tests.conftest import TelemetrySink
 from tests.support.hosts import container_fleet
 from tests.support.stub_model import StubModel
+from tests.support.telemetry import TelemetrySink
 
 ON = CachePolicy(enabled=True)
 ARGS = {"text": "The same document, sent twice.", "style": "tldr", "max_words": 20}

@@ -21,9 +21,9 @@ from sk_core.pipeline import Pipeline, fail_closed
 from sk_core.safety import Redactor
 from sk_core.safety.guard import PromptInjectionDetected
 from sk_core.usage import AuditEntry
-from tests.conftest import TelemetrySink
 from tests.support.metrics import metric_points
 from tests.support.stub_model import StubModel
+from tests.support.telemetry import TelemetrySink
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ the pause is process state, and pytest's own process started long ago."""
 
 from __future__ import annotations
 
-from tests.conftest import run_fresh_python
+from tests.support.processes import run_fresh_python
 
 
 def test_importing_a_host_pauses_the_collector_until_the_kernel_is_built() -> None:

@@ -29,10 +29,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from scripts.devservices import free_port, start_service
 from sk_core.accounts import Limits, Tenant
 from sk_core.composition import Service
-from tests.conftest import TelemetrySink, run_fresh_python
 from tests.support.hosts import FunctionsHost
 from tests.support.metrics import metric_points
+from tests.support.processes import run_fresh_python
 from tests.support.stub_model import StubModel
+from tests.support.telemetry import TelemetrySink
 
 SUMMARIZE = "/api/v1/summarize"
 PROMPT = "The quarterly report shows revenue grew nine percent in Lisbon."  # must never reach logs

@@ -74,7 +74,9 @@ def _error(cls: type[HttpResponseError], status: int, code: str, message: str, *
     """An SDK exception as the SDK builds it from a service answer (no HTTP response here)."""
     error: Any = cls(message=f"{message}\nErrorCode:{code}", **kwargs)
     error.status_code = status
-    error.error_code = TableErrorCode(code) if code in TableErrorCode.__members__.values() else code
+    # The SDK decodes a known code to the enum, except inside a transaction's answer.
+    known = cls is not TableTransactionError and code in TableErrorCode.__members__.values()
+    error.error_code = TableErrorCode(code) if known else code
     return error
 
 

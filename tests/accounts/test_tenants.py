@@ -1,4 +1,5 @@
-"""Tenants and keys in real Azurite: entity round trip, hashed keys, pepper from a secret source."""
+"""Tenants and keys in memory and in real Azurite: entity round trip, hashed keys, pepper
+from a secret source."""
 
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ from sk_core.accounts import (
     tenant_from_entity,
 )
 from sk_core.secrets import CachedSecrets, EnvSecretSource
-from sk_core.storage import TableStore
+from tests.support.stores import STORE_BACKENDS, open_stores
 
 
-@pytest.fixture
-async def tenants(azurite: str) -> AsyncIterator[TenantStore]:
-    store = TableStore(connection_string=azurite, table_prefix="ten" + secrets.token_hex(4))
+@pytest.fixture(params=STORE_BACKENDS)
+async def tenants(request: pytest.FixtureRequest) -> AsyncIterator[TenantStore]:
     source = CachedSecrets(
         EnvSecretSource({"pepper": "p" * 20}),
         ttl_seconds=60,
@@ -31,9 +31,9 @@ async def tenants(azurite: str) -> AsyncIterator[TenantStore]:
         max_staleness_seconds=120,
         failure_retry_seconds=1,
     )
-    yield TenantStore(store=store, secrets=source, pepper_name="pepper")
+    async with open_stores(request, "ten") as (store,):
+        yield TenantStore(store=store, secrets=source, pepper_name="pepper")
     await source.aclose()
-    await store.aclose()
 
 
 def test_a_tenant_survives_its_entity_encoding() -> None:

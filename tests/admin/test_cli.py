@@ -29,7 +29,7 @@ from sk_core.composition import make_store, make_tenant_store
 from sk_core.limits import Ledger
 from sk_core.pricing import Price
 from sk_core.storage import TableStore, development_connection_string
-from tests.conftest import SERVICE_ENV, make_settings
+from tests.support.settings import SERVICE_ENV, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "adm" + "".join(random.choices(string.ascii_letters, k=10))

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from sk_core.http.routes import ROUTES
-from tests.conftest import run_fresh_python
 from tests.support.hosts import make_request
+from tests.support.processes import run_fresh_python
 
 
 def test_importing_function_app_does_not_import_semantic_kernel() -> None:

@@ -46,7 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scripts.devservices import ROOT, free_port, start_service
 from sk_core.accounts import parse_key
 from sk_core.storage import development_connection_string
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from tests.support.stub_model import StubModelProcess
 
 COMPOSE = ROOT / "compose.yaml"

@@ -21,7 +21,7 @@ import pytest
 
 from sk_core.accounts import Limits, Tenant
 from sk_core.composition import Service
-from tests.conftest import inside_one_minute
+from tests.support.clock import inside_one_minute
 from tests.support.hosts import ContainerHost
 from tests.support.stub_model import StubModel
 from tests.support.usage_traffic import (

@@ -33,10 +33,11 @@ from sk_core.model import BreakerState, DeploymentHealth, RoutingTable
 from sk_core.settings import Settings
 from sk_core.storage import development_connection_string
 from sk_core.usage import AuditEntry
-from tests.conftest import CONTRACT_LIMITS, TelemetrySink, make_settings
 from tests.support.fault_proxy import FaultProxy
 from tests.support.metrics import metric_points
+from tests.support.settings import CONTRACT_LIMITS, make_settings
 from tests.support.stub_model import StubModel, StubModelProcess
+from tests.support.telemetry import TelemetrySink
 
 if TYPE_CHECKING:
     # Not at import: Semantic Kernel must first be imported after the session's telemetry

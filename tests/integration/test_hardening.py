@@ -14,9 +14,9 @@ import pytest
 from sk_core.accounts import Limits, Tenant
 from sk_core.composition import Service, get_service, set_service
 from sk_core.limits import window_keys
-from tests.conftest import make_settings
 from tests.support.content_safety_stub import ATTACK_MARKER, ContentSafetyStub
 from tests.support.hosts import FunctionsHost
+from tests.support.settings import make_settings
 from tests.support.stub_model import SECRET_MARKER, StubModel
 
 SUMMARIZE = "/api/v1/summarize"

@@ -23,8 +23,8 @@ from scripts.devservices import free_port, start_service
 from sk_core.accounts import Limits, Tenant
 from sk_core.composition import Service, get_service, make_store, set_service
 from sk_core.limits import INFLIGHT, USAGE_TABLE, window_keys
-from tests.conftest import make_settings
 from tests.support.hosts import FunctionsHost, container_fleet
+from tests.support.settings import make_settings
 from tests.support.stub_model import StubModel
 
 PROCESSES = 8

@@ -24,7 +24,8 @@ from sk_core.limits.leases import LeaseSettings
 from sk_core.limits.slices import BudgetSlice, grant
 from sk_core.pricing import Price
 from sk_core.storage import TableStore, query_partition, read_int
-from tests.conftest import inside_one_minute
+from tests.support.clock import inside_one_minute
+from tests.support.stores import STORE_BACKENDS, open_stores
 
 PRICE = Price(Decimal("1.00"), Decimal("2.00"))  # 1000 / 2000 nano-USD per token
 FAST = LeaseSettings(report_seconds=0.5, idle_seconds=1.0, horizon_seconds=2.0, ttl_seconds=30)
@@ -120,16 +121,13 @@ def test_a_grant_never_exceeds_its_share_and_is_zero_near_the_limit(
         assert granted == 0
 
 
-# ------------------------------------------------------------------ on Azurite
+# ------------------------------------------------------------------ on a store (memory, Azurite)
 
 
-@pytest.fixture
-async def stores(azurite: str) -> AsyncIterator[list[TableStore]]:
-    prefix = "lea" + secrets.token_hex(4)
-    made = [TableStore(connection_string=azurite, table_prefix=prefix) for _ in range(4)]
-    yield made
-    for store in made:
-        await store.aclose()
+@pytest.fixture(params=STORE_BACKENDS)
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[list[TableStore]]:
+    async with open_stores(request, "lea", count=4) as made:
+        yield made
 
 
 def tenant(**limits: int) -> Tenant:

@@ -1,4 +1,4 @@
-"""The ledger against real Azurite: clamp, refuse, settle, expire, roll over."""
+"""The ledger on the in-memory store and on real Azurite: clamp, refuse, settle, expire, roll over."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sk_core.http.rendering import error_headers
 from sk_core.limits import INFLIGHT, USAGE_TABLE, Hold, Ledger, window_keys
 from sk_core.pricing import Price
 from sk_core.storage import TableStore
+from tests.support.stores import STORE_BACKENDS, open_stores
 
 PRICE = Price(Decimal("1.00"), Decimal("2.00"))  # USD per million: 1000 / 2000 nano per token
 
@@ -31,11 +32,10 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-async def store(azurite: str) -> AsyncIterator[TableStore]:
-    table_store = TableStore(connection_string=azurite, table_prefix="led" + secrets.token_hex(4))
-    yield table_store
-    await table_store.aclose()
+@pytest.fixture(params=STORE_BACKENDS)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[TableStore]:
+    async with open_stores(request, "led") as (table_store,):
+        yield table_store
 
 
 @pytest.fixture

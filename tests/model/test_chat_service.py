@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sk_core.catalog import Catalog, load_spec
-from tests.conftest import make_settings, run_fresh_python
+from tests.support.processes import run_fresh_python
+from tests.support.settings import make_settings
 from tests.support.stub_model import StubModel
 
 # What SK's own OpenAI connector package and handlebars engine would have loaded.

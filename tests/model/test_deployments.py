@@ -10,7 +10,7 @@ import pytest
 from sk_core.errors import BadRequest
 from sk_core.model import BreakerState, CircuitBreaker, Deployment, DeploymentHealth, RetryBudget
 from sk_core.pricing import Price
-from tests.conftest import SERVICE_ENV, make_settings
+from tests.support.settings import SERVICE_ENV, make_settings
 
 
 def state(breaker: CircuitBreaker) -> BreakerState:

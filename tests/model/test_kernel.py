@@ -12,7 +12,7 @@ import pytest
 from sk_core.catalog import Catalog
 from sk_core.model import RuntimeProvider
 from sk_core.settings import Settings
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 RUNTIME: Any = object()  # stands for a built runtime where the build itself is not under test
 

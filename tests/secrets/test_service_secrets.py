@@ -13,9 +13,9 @@ import pytest
 from sk_core.accounts import Tenant
 from sk_core.composition import Service, get_service, set_service
 from sk_core.secrets import CachedSecrets, KeyVaultSecretSource
-from tests.conftest import make_settings
 from tests.support.hosts import FunctionsHost
 from tests.support.keyvault_stub import KeyVaultStub, StaticTokenCredential
+from tests.support.settings import make_settings
 from tests.support.stub_model import StubModel
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,12 +17,11 @@ import pytest
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError
 from azure.data.tables import EntityProperty, UpdateMode
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sk_core.errors import StorageUnavailable
 from sk_core.storage import (
-    Conflict,
     MemoryAccount,
     MemoryTableStore,
     Operation,
@@ -31,9 +29,7 @@ from sk_core.storage import (
     etag_of,
     int64,
     query_partition,
-    read_int,
     submit,
-    update_op,
 )
 
 PARTITIONS = ["a", "b"]
@@ -121,9 +117,10 @@ def entity_view(entity: Any) -> dict[str, Any]:
     return {"metadata": metadata, **{name: normal(value) for name, value in entity.items()}}
 
 
-def error_view(exc: Exception) -> tuple[str, Any, str]:
+def error_view(exc: Exception) -> tuple[str, Any, str, str]:
+    # The code's type too: the SDK gives an enum or a plain str, and str() of each differs.
     code = getattr(exc, "error_code", None)
-    return (type(exc).__name__, getattr(exc, "status_code", None), str(getattr(code, "value", code)))
+    return (type(exc).__name__, getattr(exc, "status_code", None), type(code).__name__, str(code))
 
 
 class Backend:
@@ -212,6 +209,9 @@ def test_the_memory_store_answers_as_azurite_does(azurite: str) -> None:
             seen.add((step[0], outcome(in_memory)))
 
     @given(program=PROGRAMS)
+    # A transaction's error code is a plain str, not the SDK's enum: the ledger read a
+    # memory store's 404 in a batch as an outage until this was pinned.
+    @example(program=[("transaction", "a", [("delete", "r0", "none")])])
     def check(program: list[tuple[Any, ...]]) -> None:
         loop.run_until_complete(compare(program))
 
@@ -239,18 +239,6 @@ def outcome(result: Any) -> Any:
 # --- the helpers and the service model, in memory only -------------------------------------
 
 
-async def test_a_stale_etag_is_a_conflict_and_counted() -> None:
-    store = MemoryTableStore()
-    table = await store.table("t")
-    await submit(table, [("create", {"PartitionKey": "p", "RowKey": "r", "n": int64(1)}, {})])
-    first = (await query_partition(table, "p", ["r"]))["r"]
-    await submit(table, [update_op({"PartitionKey": "p", "RowKey": "r", "n": int64(2)}, etag_of(first))])
-    with pytest.raises(Conflict):
-        await submit(table, [update_op({"PartitionKey": "p", "RowKey": "r", "n": int64(3)}, etag_of(first))])
-    assert read_int((await query_partition(table, "p", ["r"]))["r"]["n"]) == 2
-    assert store.round_trips == 5
-
-
 async def test_stores_on_one_account_see_each_other_and_count_by_partition() -> None:
     account = MemoryAccount()
     one, two = MemoryTableStore(account, table_prefix="x"), MemoryTableStore(account, table_prefix="x")
@@ -265,23 +253,46 @@ async def test_stores_on_one_account_see_each_other_and_count_by_partition() -> 
     assert (one.round_trips, two.round_trips) == (1, 2)
 
 
-async def test_a_partition_over_its_throughput_makes_callers_wait() -> None:
-    account = MemoryAccount(partition_ops_per_s=100)
+class FakeTime:
+    """A clock that moves only when told, and a sleep that records what it was asked to wait."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(round(seconds, 6))
+
+
+async def test_a_partition_over_its_throughput_makes_callers_queue() -> None:
+    time = FakeTime()
+    account = MemoryAccount(partition_ops_per_s=100, clock=time.clock, sleep=time.sleep)
     table = await MemoryTableStore(account).table("t")
-    started = time.monotonic()
     await asyncio.gather(*(table.upsert_entity({"PartitionKey": "p", "RowKey": str(i)}) for i in range(20)))
-    assert time.monotonic() - started >= 0.18  # 20 entities at 100/s, the first one free
-    started = time.monotonic()
+    # 20 entities at 100/s: the first goes at once, each next one 10 ms after the one before.
+    assert sorted(time.waits) == [round(n / 100, 6) for n in range(1, 20)]
+    time.waits.clear()
+    time.now = 1.0
     await asyncio.gather(*(table.upsert_entity({"PartitionKey": str(i), "RowKey": "r"}) for i in range(20)))
-    assert time.monotonic() - started < 0.1  # twenty partitions: no queue
+    assert time.waits == []  # twenty partitions: no queue
+    await submit(table, [("upsert", {"PartitionKey": "q", "RowKey": str(i)}, {}) for i in range(50)])
+    await table.upsert_entity({"PartitionKey": "q", "RowKey": "after"})
+    assert time.waits == [0.5]  # a transaction of 50 entities holds its partition for 50 slots
 
 
 async def test_over_the_limit_with_reject_is_server_busy_and_storage_unavailable() -> None:
-    account = MemoryAccount(partition_ops_per_s=10, over_limit="reject")
+    time = FakeTime()
+    account = MemoryAccount(partition_ops_per_s=10, over_limit="reject", clock=time.clock, sleep=time.sleep)
     table = await MemoryTableStore(account).table("t")
     await submit(table, [("upsert", {"PartitionKey": "p", "RowKey": "a"}, {})])
     with pytest.raises(StorageUnavailable):
         await submit(table, [("upsert", {"PartitionKey": "p", "RowKey": "b"}, {})])
+    await submit(table, [("upsert", {"PartitionKey": "other", "RowKey": "b"}, {})])
+    time.now = 0.1  # the partition's next slot
+    await submit(table, [("upsert", {"PartitionKey": "p", "RowKey": "b"}, {})])
 
 
 async def test_latency_and_the_hook_see_every_round_trip() -> None:
@@ -290,12 +301,12 @@ async def test_latency_and_the_hook_see_every_round_trip() -> None:
     async def hook(op: Operation) -> None:
         seen.append(op)
 
-    account = MemoryAccount(latency_s=0.02, on_operation=hook)
+    time = FakeTime()
+    account = MemoryAccount(latency_s=0.02, on_operation=hook, sleep=time.sleep)
     table = await MemoryTableStore(account).table("t")
-    started = time.monotonic()
     await table.create_entity({"PartitionKey": "p", "RowKey": "r"})
     _ = [e async for e in table.query_entities("PartitionKey eq 'p'")]
-    assert time.monotonic() - started >= 0.04
+    assert time.waits == [0.02, 0.02]
     assert [(op.kind, op.partition, op.entities) for op in seen] == [("create", "p", 1), ("query", "p", 1)]
 
 

@@ -1,8 +1,8 @@
-"""Table Storage access: the one error translation, conflicts, batched reads (real Azurite)."""
+"""Table Storage access: the one error translation, conflicts, batched reads (in memory and
+real Azurite)."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -21,13 +21,13 @@ from sk_core.storage import (
     submit,
     update_op,
 )
+from tests.support.stores import STORE_BACKENDS, open_stores
 
 
-@pytest.fixture
-async def store(azurite: str) -> AsyncIterator[TableStore]:
-    table_store = TableStore(connection_string=azurite, table_prefix="sto" + secrets.token_hex(4))
-    yield table_store
-    await table_store.aclose()
+@pytest.fixture(params=STORE_BACKENDS)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[TableStore]:
+    async with open_stores(request, "sto") as (table_store,):
+        yield table_store
 
 
 async def test_a_stale_etag_is_a_conflict_not_an_overwrite(store: TableStore) -> None:

@@ -1,11 +1,11 @@
-"""Reading metric points from the in-memory telemetry sink (tests/conftest.py)."""
+"""Reading metric points from the in-memory telemetry sink (tests/support/telemetry.py)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.conftest import TelemetrySink
+    from tests.support.telemetry import TelemetrySink
 
 
 def metric_points(sink: TelemetrySink, name: str) -> list[Any]:

@@ -1,4 +1,4 @@
-"""The audit log in real Azurite: one row per call, newest first, never the prompt."""
+"""The audit log in memory and in real Azurite: one row per call, newest first, never the prompt."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import pytest
 
 from sk_core.storage import TableStore
 from sk_core.usage import ANONYMOUS, AuditEntry, AuditLog
+from tests.support.stores import STORE_BACKENDS, open_stores
 
 
-@pytest.fixture
-async def audit(azurite: str) -> AsyncIterator[AuditLog]:
-    store = TableStore(connection_string=azurite, table_prefix="aud" + secrets.token_hex(4))
-    log = AuditLog(store=store, retention_days=1)
-    yield log
-    await log.aclose()
-    await store.aclose()
+@pytest.fixture(params=STORE_BACKENDS)
+async def audit(request: pytest.FixtureRequest) -> AsyncIterator[AuditLog]:
+    async with open_stores(request, "aud") as (store,):
+        log = AuditLog(store=store, retention_days=1)
+        yield log
+        await log.aclose()
 
 
 async def test_rows_read_back_newest_first_and_expire(audit: AuditLog) -> None:

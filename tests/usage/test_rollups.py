@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +21,7 @@ from sk_core.usage import (
     percentile,
     stamp,
 )
+from tests.support.stores import STORE_BACKENDS, open_stores
 
 T0 = datetime(2026, 3, 4, 10, 15, 30, tzinfo=UTC)
 
@@ -98,11 +98,10 @@ def test_buckets_that_ended_long_ago_are_dropped_and_never_restarted_from_zero()
     assert rollups.skipped == 1
 
 
-@pytest.fixture
-async def audit_store(azurite: str) -> AsyncIterator[TableStore]:
-    store = TableStore(connection_string=azurite, table_prefix="rol" + secrets.token_hex(4))
-    yield store
-    await store.aclose()
+@pytest.fixture(params=STORE_BACKENDS)
+async def audit_store(request: pytest.FixtureRequest) -> AsyncIterator[TableStore]:
+    async with open_stores(request, "rol") as (store,):
+        yield store
 
 
 async def _stored_rollups(store: TableStore, tenant: str) -> list[dict[str, object]]:
