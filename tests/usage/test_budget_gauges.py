@@ -13,10 +13,10 @@ from sk_core.accounts import Limits, Tenant
 from sk_core.composition import Service
 from sk_core.pricing import NANO_PER_USD
 from sk_core.usage import BudgetGauges
-from tests.conftest import TelemetrySink
 from tests.support.hosts import FunctionsHost
 from tests.support.metrics import metric_points
 from tests.support.stub_model import StubModel
+from tests.support.telemetry import TelemetrySink
 from tests.support.usage_traffic import BODY, SUMMARIZE, cost_nano, new_tenant, settled_usage
 
 
