@@ -359,7 +359,7 @@ def _reservation(service: Any) -> int:
     spec = service.catalog.get("text", "summarize")
     arguments = spec.arguments_model.model_validate(_body(1)).model_dump()
     requested = arguments.pop("max_tokens") or spec.default_max_tokens_for(arguments)
-    price = service.settings.routing.chain(None).reservation_price
+    price = service.routing.chain(None).reservation_price
     return int(price.cost_nano(spec.prompt_token_bound(arguments), requested))
 
 

@@ -15,7 +15,6 @@ process-wide singleton created on first use. Tests install their own with
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from sk_core.catalog import Catalog
 from sk_core.errors import StorageUnavailable
-from sk_core.model import KeyProvider, RuntimeProvider
+from sk_core.model import KeyProvider, RoutingTable, RuntimeProvider
 from sk_core.pipeline import Pipeline
 from sk_core.settings import Provider, Settings, get_settings
 
@@ -68,6 +67,8 @@ class Service:
         self.audit = audit
         self.guard = guard
         self.cache = cache
+        # Deployments and fallback chains, built once from the typed settings.
+        self.routing = RoutingTable.from_settings(settings)
         self.pipeline = pipeline or Pipeline(
             auth=auth,
             guard=guard,
@@ -77,7 +78,7 @@ class Service:
             redactor=Redactors(settings, catalog),
             price=settings.price,
             model_id=settings.resolved_model_id,
-            routing=settings.routing,
+            routing=self.routing,
             storage_deadline_seconds=settings.storage_deadline_seconds,
             storage_silence=store.silence,
             cache=cache,
@@ -204,7 +205,6 @@ def make_guard(settings: Settings) -> Guard:
     """The prompt-injection guard: local patterns, plus Prompt Shields when configured."""
     from sk_core.safety.guard import Guard, InjectionDetector, PromptShieldsClient
 
-    extra = json.loads(settings.guard_extra_patterns) if settings.guard_extra_patterns.strip() else []
     shields = (
         PromptShieldsClient(
             settings.content_safety_endpoint, settings.content_safety_key.get_secret_value() or None
@@ -213,7 +213,9 @@ def make_guard(settings: Settings) -> Guard:
         else None
     )
     return Guard(
-        InjectionDetector(extra_patterns=extra), shields=shields, fail_closed=settings.guard_fail_closed
+        InjectionDetector(extra_patterns=settings.guard_extra_patterns),
+        shields=shields,
+        fail_closed=settings.guard_fail_closed,
     )
 
 
