@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -225,6 +226,4 @@ class AuditLog:
 
 
 def _compact(guard: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(guard, separators=(",", ":"), sort_keys=True) if guard else ""
