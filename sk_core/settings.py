@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -21,13 +20,12 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sk_core.catalog import CachePolicy
-from sk_core.pricing import DEFAULT_PRICES, Price
+from sk_core.pricing import Price, PriceSpec, price_table
 
 
 class Provider(StrEnum):
@@ -105,24 +103,6 @@ def _cache_policy(value: Any) -> Any:
 
 # A function's cache override: true, false or a mapping (the prompt file's cache block).
 CacheOverride = Annotated[CachePolicy, BeforeValidator(_cache_policy)]
-
-
-class PriceSpec(BaseModel):
-    """USD per million tokens, as ``SKF_MODEL_PRICES`` and a deployment's "price" give it."""
-
-    input: Decimal
-    output: Decimal
-
-    @field_validator("input", "output")
-    @classmethod
-    def _not_negative(cls, value: Decimal) -> Decimal:
-        if value < 0:
-            raise ValueError("a price must not be negative")
-        return value
-
-    @property
-    def price(self) -> Price:
-        return Price(self.input, self.output)
 
 
 class DeploymentSpec(BaseModel):
@@ -359,8 +339,7 @@ class Settings(BaseSettings):
     @functools.cached_property
     def prices(self) -> dict[str, Price]:
         """The price table: defaults overlaid with ``SKF_MODEL_PRICES``."""
-        table = {model: Price(Decimal(i), Decimal(o)) for model, (i, o) in DEFAULT_PRICES.items()}
-        return table | {model: spec.price for model, spec in self.model_prices.items()}
+        return price_table(self.model_prices)
 
     @property
     def price(self) -> Price:
