@@ -50,8 +50,7 @@ _PLACEHOLDERS = frozenset({"", "changeme", "change-me", "your-key", "<your-key>"
 
 DEFAULT_LOCAL_MODEL_URL = "http://127.0.0.1:8081/v1"
 DEFAULT_LOCAL_MODEL_ID = "smollm2"
-
-
+# The chain of every deployment when SKF_MODEL_CHAINS names none, and SKF_MODEL_CHAIN's default.
 DEFAULT_CHAIN = "default"
 
 
@@ -161,7 +160,7 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON: {"chain": ["deployment", ...]}; empty: one chain of every deployment.',
     )
-    model_chain: str = Field(default="default", description="The chain a call uses unless it picks one.")
+    model_chain: str = Field(default=DEFAULT_CHAIN, description="The chain a call uses unless it picks one.")
     breaker_failures: int = Field(default=5, ge=1, le=1000)
     breaker_cooldown_seconds: float = Field(default=5.0, gt=0, le=600)
     retry_budget_ratio: float = Field(default=0.2, ge=0, le=10)
