@@ -50,6 +50,7 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_cycles.py
 
 typecheck: install
 	$(BIN)/mypy

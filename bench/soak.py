@@ -359,7 +359,7 @@ def _reservation(service: Any) -> int:
     spec = service.catalog.get("text", "summarize")
     arguments, max_tokens = spec.split_request(spec.request_model.model_validate(_body(1)))
     requested = spec.requested_max_tokens(arguments, max_tokens)
-    price = service.settings.routing.chain(None).reservation_price
+    price = service.routing.chain(None).reservation_price
     return int(price.cost_nano(spec.prompt_token_bound(arguments), requested))
 
 

@@ -18,7 +18,6 @@ indexing stays free of the Azure SDKs (and does not import this module at all).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 from sk_core import telemetry
 from sk_core.catalog import Catalog
 from sk_core.errors import StorageUnavailable
-from sk_core.model import KeyProvider, RuntimeProvider
+from sk_core.model import KeyProvider, RoutingTable, RuntimeProvider
 from sk_core.pipeline import Pipeline
 from sk_core.settings import Provider, Settings, get_settings
 from sk_core.usage import BudgetGauges
@@ -77,6 +76,8 @@ class Service:
             max_tenants=settings.budget_gauge_tenants, refresh_seconds=settings.budget_gauge_seconds
         )
         telemetry.report_budgets(self.budget_gauges.observations)
+        # Deployments and fallback chains, built once from the typed settings.
+        self.routing = RoutingTable.from_settings(settings)
         self.pipeline = pipeline or Pipeline(
             auth=auth,
             guard=guard,
@@ -86,7 +87,7 @@ class Service:
             redactor=Redactors(settings, catalog),
             price=settings.price,
             model_id=settings.resolved_model_id,
-            routing=settings.routing,
+            routing=self.routing,
             storage_deadline_seconds=settings.storage_deadline_seconds,
             storage_silence=store.silence,
             cache=cache,
@@ -214,7 +215,6 @@ def make_guard(settings: Settings) -> Guard:
     """The prompt-injection guard: local patterns, plus Prompt Shields when configured."""
     from sk_core.safety.guard import Guard, InjectionDetector, PromptShieldsClient
 
-    extra = json.loads(settings.guard_extra_patterns) if settings.guard_extra_patterns.strip() else []
     shields = (
         PromptShieldsClient(
             settings.content_safety_endpoint, settings.content_safety_key.get_secret_value() or None
@@ -223,7 +223,9 @@ def make_guard(settings: Settings) -> Guard:
         else None
     )
     return Guard(
-        InjectionDetector(extra_patterns=extra), shields=shields, fail_closed=settings.guard_fail_closed
+        InjectionDetector(extra_patterns=settings.guard_extra_patterns),
+        shields=shields,
+        fail_closed=settings.guard_fail_closed,
     )
 
 

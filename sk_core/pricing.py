@@ -7,12 +7,13 @@ reservation is never smaller than the exact cost.
 
 from __future__ import annotations
 
-import json
+import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, field_validator
 
 NANO_PER_USD = 1_000_000_000
 
@@ -59,22 +60,41 @@ class Price:
         return math.floor(left / (self.output_per_million * 1000))
 
 
-def parse_prices(raw: str) -> dict[str, Price]:
-    """Defaults overlaid with ``{"model": {"input": 0.15, "output": 0.6}, ...}`` JSON."""
+class PriceSpec(BaseModel):
+    """A price as operators write it (``SKF_MODEL_PRICES``, a deployment's ``price``):
+    ``{"input": 0.15, "output": 0.6}``, USD per million tokens."""
+
+    input: Decimal
+    output: Decimal
+
+    @field_validator("input", "output")
+    @classmethod
+    def _not_negative(cls, value: Decimal) -> Decimal:
+        if value < 0:
+            raise ValueError("a price must not be negative")
+        return value
+
+    @property
+    def price(self) -> Price:
+        """The value arithmetic uses."""
+        return Price(self.input, self.output)
+
+
+def price_table(overrides: Mapping[str, PriceSpec]) -> dict[str, Price]:
+    """The default prices overlaid with ``overrides`` (by model)."""
     table = {model: Price(Decimal(i), Decimal(o)) for model, (i, o) in DEFAULT_PRICES.items()}
-    if raw.strip():
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError("SKF_MODEL_PRICES must be a JSON object of model -> {input, output}")
-        for model, entry in data.items():
-            try:
-                price = Price(Decimal(str(entry["input"])), Decimal(str(entry["output"])))
-            except (KeyError, TypeError, ArithmeticError) as exc:
-                raise ValueError(f"SKF_MODEL_PRICES[{model!r}] needs numeric 'input' and 'output'") from exc
-            if price.input_per_million < 0 or price.output_per_million < 0:
-                raise ValueError(f"SKF_MODEL_PRICES[{model!r}] must not be negative")
-            table[model] = price
-    return table
+    return table | {model: spec.price for model, spec in overrides.items()}
+
+
+@functools.cache
+def _overrides() -> TypeAdapter[dict[str, PriceSpec]]:
+    return TypeAdapter(dict[str, PriceSpec])
+
+
+def parse_prices(raw: str) -> dict[str, Price]:
+    """Defaults overlaid with ``{"model": {"input": 0.15, "output": 0.6}, ...}`` JSON
+    (the settings read ``SKF_MODEL_PRICES`` as the same ``PriceSpec`` values)."""
+    return price_table(_overrides().validate_json(raw) if raw.strip() else {})
 
 
 def usd(nano: int) -> float:

@@ -11,16 +11,21 @@ from __future__ import annotations
 import functools
 import json
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sk_core.pricing import Price, parse_prices
-
-if TYPE_CHECKING:
-    from sk_core.catalog import CachePolicy
-    from sk_core.model import RoutingTable
+from sk_core.catalog import CachePolicy
+from sk_core.pricing import Price, PriceSpec, price_table
 
 
 class Provider(StrEnum):
@@ -45,6 +50,78 @@ _PLACEHOLDERS = frozenset({"", "changeme", "change-me", "your-key", "<your-key>"
 
 DEFAULT_LOCAL_MODEL_URL = "http://127.0.0.1:8081/v1"
 DEFAULT_LOCAL_MODEL_ID = "smollm2"
+# The chain of every deployment when SKF_MODEL_CHAINS names none, and SKF_MODEL_CHAIN's default.
+DEFAULT_CHAIN = "default"
+
+
+def _env_name(info: ValidationInfo) -> str:
+    return f"SKF_{(info.field_name or '').upper()}"
+
+
+def _from_json(expected: type[dict[str, Any]] | type[list[Any]]) -> BeforeValidator:
+    """Text to a JSON value of ``expected``'s kind (empty text: an empty one), before the
+    field's own type validates it. A JSON-valued setting arrives as text from the
+    environment and from local.settings.json, already parsed from code and tests."""
+    kind = "object" if expected is dict else "list"
+
+    def parse(value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return expected()
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"{_env_name(info)} is not valid JSON") from None
+        if not isinstance(value, expected):
+            raise ValueError(f"{_env_name(info)} must be a JSON {kind}")
+        return value
+
+    return BeforeValidator(parse)
+
+
+_T = TypeVar("_T")
+# NoDecode: the settings source hands the raw text to ``_from_json`` (its own JSON
+# decoding would fail on the empty default and word its errors without the variable).
+JsonObject = Annotated[dict[str, _T], NoDecode, _from_json(dict)]
+JsonList = Annotated[list[_T], NoDecode, _from_json(list)]
+
+
+def _kinds(raw: str) -> tuple[str, ...]:
+    return tuple(kind.strip() for kind in raw.split(",") if kind.strip())
+
+
+# A comma-separated list inside a JSON-valued setting: "email,secret".
+CommaList = Annotated[tuple[str, ...], BeforeValidator(lambda v: _kinds(v) if isinstance(v, str) else v)]
+
+
+def _cache_policy(value: Any) -> Any:
+    # No temperature is known here: an override turns a function on only with an
+    # explicit true / "enabled": true.
+    return value if isinstance(value, CachePolicy) else CachePolicy.parse(value, None, "SKF_CACHE_FUNCTIONS")
+
+
+# A function's cache override: true, false or a mapping (the prompt file's cache block).
+CacheOverride = Annotated[CachePolicy, BeforeValidator(_cache_policy)]
+
+
+class DeploymentSpec(BaseModel):
+    """One entry of ``SKF_MODEL_DEPLOYMENTS`` (sk_core/model/_deployments.py builds it)."""
+
+    provider: Provider = Provider.OPENAI_COMPATIBLE
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    endpoint: str = ""
+    api_version: str = "2024-10-21"
+    price: PriceSpec | None = None
+    max_concurrency: Annotated[int, Field(strict=True, ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _check_endpoint(self) -> DeploymentSpec:
+        if self.provider is Provider.AZURE_OPENAI and not self.endpoint:
+            raise ValueError("azure_openai needs 'endpoint'")
+        if self.provider is Provider.OPENAI_COMPATIBLE and not self.base_url:
+            raise ValueError("openai_compatible needs 'base_url'")
+        return self
 
 
 class Settings(BaseSettings):
@@ -74,15 +151,16 @@ class Settings(BaseSettings):
     model_deadline_seconds: float = Field(default=60.0, gt=0, le=900)
 
     # Routing (sk_core/model/_deployments.py). Empty deployments: one deployment from SKF_MODEL_*.
-    model_deployments: str = Field(
-        default="",
+    model_deployments: JsonObject[DeploymentSpec] = Field(
+        default_factory=dict,
         description='JSON: {"name": {"provider", "model", "base_url" | "endpoint", "price"?, '
         '"max_concurrency"?}}; empty: the single SKF_MODEL_* deployment.',
     )
-    model_chains: str = Field(
-        default="", description='JSON: {"chain": ["deployment", ...]}; empty: one chain of every deployment.'
+    model_chains: JsonObject[Annotated[list[str], Field(min_length=1)]] = Field(
+        default_factory=dict,
+        description='JSON: {"chain": ["deployment", ...]}; empty: one chain of every deployment.',
     )
-    model_chain: str = Field(default="default", description="The chain a call uses unless it picks one.")
+    model_chain: str = Field(default=DEFAULT_CHAIN, description="The chain a call uses unless it picks one.")
     breaker_failures: int = Field(default=5, ge=1, le=1000)
     breaker_cooldown_seconds: float = Field(default=5.0, gt=0, le=600)
     retry_budget_ratio: float = Field(default=0.2, ge=0, le=10)
@@ -115,8 +193,8 @@ class Settings(BaseSettings):
 
     api_key_pepper: SecretStr = SecretStr("local-development-pepper")
     auth_cache_seconds: float = Field(default=30.0, ge=0, le=300)
-    model_prices: str = Field(
-        default="",
+    model_prices: JsonObject[PriceSpec] = Field(
+        default_factory=dict,
         description='JSON overrides of USD per million tokens: {"model": {"input": x, "output": y}}',
     )
     min_answer_tokens: int = Field(default=16, ge=1, le=1024)
@@ -168,12 +246,12 @@ class Settings(BaseSettings):
     guard_policy: Literal["block", "flag", "off"] = Field(
         default="flag", description="Prompt-injection policy for every function unless overridden."
     )
-    guard_policies: str = Field(
-        default="",
+    guard_policies: JsonObject[Literal["block", "flag", "off"]] = Field(
+        default_factory=dict,
         description='Per-function overrides as JSON: {"chat/chat": "block", "text/translate": "off"}',
     )
-    guard_extra_patterns: str = Field(
-        default="", description="JSON list of extra regexes flagged as injection."
+    guard_extra_patterns: JsonList[str] = Field(
+        default_factory=list, description="JSON list of extra regexes flagged as injection."
     )
     guard_fail_closed: bool = Field(
         default=False, description="Refuse (503) when Prompt Shields is configured but unreachable."
@@ -186,11 +264,11 @@ class Settings(BaseSettings):
         default="prompt_echo,link,email,phone,payment_card,iban,secret",
         description="Kinds redacted from model output (comma-separated; empty: none).",
     )
-    redaction_policies: str = Field(
-        default="", description='Per-function overrides as JSON: {"text/translate": "email,secret"}'
+    redaction_policies: JsonObject[CommaList] = Field(
+        default_factory=dict, description='Per-function overrides as JSON: {"text/translate": "email,secret"}'
     )
-    redaction_link_hosts: str = Field(
-        default="",
+    redaction_link_hosts: JsonObject[CommaList] = Field(
+        default_factory=dict,
         description='Hosts whose links and images may stay in a function\'s output, as JSON: '
         '{"chat/chat": "docs.example.com,*.contoso.com"}; a function not listed: none.',
     )
@@ -198,32 +276,19 @@ class Settings(BaseSettings):
         default=8, ge=3, le=1000, description="Template words in a row an answer may repeat before redaction."
     )
 
-    # The JSON-valued settings are parsed once (the validator below touches each, so a
-    # bad value fails at startup) and cached: requests read the parsed values.
-    @functools.cached_property
-    def _guard_overrides(self) -> dict[str, Literal["block", "flag", "off"]]:
-        raw = _json_object(self.guard_policies, "SKF_GUARD_POLICIES")
-        bad = {v for v in raw.values() if v not in ("block", "flag", "off")}
-        if bad:
-            raise ValueError(f"SKF_GUARD_POLICIES: policies are block, flag or off (got {sorted(bad)})")
-        return raw
-
-    @functools.cached_property
-    def _redaction_overrides(self) -> dict[str, tuple[str, ...]]:
-        raw = _json_object(self.redaction_policies, "SKF_REDACTION_POLICIES")
-        return {function: _kinds(value) for function, value in raw.items()}
-
+    # The JSON-valued settings above are typed fields: parsed and validated once, when the
+    # settings are read (a bad value fails at startup); requests read the parsed values.
     @functools.cached_property
     def _default_redaction(self) -> tuple[str, ...]:
         return _kinds(self.redaction)
 
     def guard_policy_for(self, function_id: str) -> Literal["block", "flag", "off"]:
         """The injection policy of one function."""
-        return self._guard_overrides.get(function_id, self.guard_policy)
+        return self.guard_policies.get(function_id, self.guard_policy)
 
     def redaction_for(self, function_id: str) -> tuple[str, ...]:
         """The kinds redacted from one function's output."""
-        return self._redaction_overrides.get(function_id, self._default_redaction)
+        return self.redaction_policies.get(function_id, self._default_redaction)
 
     def required_secrets(self) -> list[str]:
         """Secrets without which the service cannot serve (readiness checks them)."""
@@ -232,14 +297,9 @@ class Settings(BaseSettings):
             names.append(self.model_api_key_secret_name)
         return names
 
-    @functools.cached_property
-    def _link_hosts(self) -> dict[str, tuple[str, ...]]:
-        raw = _json_object(self.redaction_link_hosts, "SKF_REDACTION_LINK_HOSTS")
-        return {function: _kinds(hosts) for function, hosts in raw.items()}
-
     def link_hosts_for(self, function_id: str) -> tuple[str, ...]:
         """The hosts one function's output may link to (SKF_REDACTION_LINK_HOSTS)."""
-        return self._link_hosts.get(function_id, ())
+        return self.redaction_link_hosts.get(function_id, ())
 
     cache: bool = Field(
         default=True,
@@ -258,24 +318,15 @@ class Settings(BaseSettings):
         default=60.0, gt=0, le=86400, description="How long a process keeps an answer in memory: a purge "
         "reaches every instance within it."
     )
-    cache_functions: str = Field(
-        default="",
+    cache_functions: JsonObject[CacheOverride] = Field(
+        default_factory=dict,
         description='Per-function overrides of the prompt files\' cache blocks, as JSON: '
         '{"text/summarize": {"enabled": true, "ttl_seconds": 600}}',
     )
 
-    @functools.cached_property
-    def _cache_overrides(self) -> dict[str, CachePolicy]:
-        from sk_core.catalog import CachePolicy
-
-        raw = _json_object(self.cache_functions, "SKF_CACHE_FUNCTIONS")
-        # No temperature is known here: an override turns a function on only with an
-        # explicit true / "enabled": true.
-        return {fid: CachePolicy.parse(value, None, "SKF_CACHE_FUNCTIONS") for fid, value in raw.items()}
-
     def cache_override_for(self, function_id: str) -> CachePolicy | None:
         """SKF_CACHE_FUNCTIONS' policy for one function, replacing its prompt file's."""
-        return self._cache_overrides.get(function_id)
+        return self.cache_functions.get(function_id)
 
     cors_allowed_origins: str = Field(
         default="", description="Comma-separated origins allowed to call from browsers (no '*'); empty: none."
@@ -299,23 +350,26 @@ class Settings(BaseSettings):
 
     @functools.cached_property
     def prices(self) -> dict[str, Price]:
-        """The price table: defaults overlaid with ``SKF_MODEL_PRICES`` (parsed once)."""
-        try:
-            return parse_prices(self.model_prices)
-        except ValueError as exc:
-            raise ValueError(f"SKF_MODEL_PRICES: {exc}") from None
+        """The price table: defaults overlaid with ``SKF_MODEL_PRICES``."""
+        return price_table(self.model_prices)
 
     @property
     def price(self) -> Price:
         """The price of the configured model (validated to exist at startup)."""
         return self.prices[self.resolved_model_id]
 
-    @functools.cached_property
-    def routing(self) -> RoutingTable:
-        """Deployments and fallback chains (parsed once, checked at startup)."""
-        from sk_core.model import RoutingTable
+    def deployment_price(self, name: str) -> Price:
+        """The price of one of ``SKF_MODEL_DEPLOYMENTS``: its own, else its model's."""
+        spec = self.model_deployments[name]
+        return spec.price.price if spec.price is not None else self.prices[spec.model]
 
-        return RoutingTable.from_settings(self)
+    @property
+    def chains(self) -> dict[str, list[str]]:
+        """The fallback chains by name: ``SKF_MODEL_CHAINS``, else one chain of every
+        deployment (``default``); without deployments, empty (the single model's)."""
+        if self.model_chains or not self.model_deployments:
+            return self.model_chains
+        return {DEFAULT_CHAIN: list(self.model_deployments)}
 
     @property
     def resolved_model_id(self) -> str:
@@ -346,14 +400,7 @@ class Settings(BaseSettings):
         if self.resolved_model_id not in self.prices:
             # A model without a price cannot be budgeted: refuse to start, not to charge 0.
             raise ValueError(f"no price for model {self.resolved_model_id!r}: add it to SKF_MODEL_PRICES")
-        # Parsed (and checked) now, not per request.
-        _ = (
-            self._guard_overrides,
-            self._redaction_overrides,
-            self._link_hosts,
-            self.routing,
-            self._cache_overrides,
-        )
+        self._check_routing()
         if "*" in self.cors_origins:
             raise ValueError("SKF_CORS_ALLOWED_ORIGINS must list origins; '*' is not allowed")
         if self.secret_refresh_ahead_seconds >= self.secret_cache_seconds:
@@ -380,21 +427,24 @@ class Settings(BaseSettings):
                 raise ValueError("SKF_MODEL_PROVIDER=local is for development, not production")
         return self
 
-
-def _kinds(raw: Any) -> tuple[str, ...]:
-    return tuple(kind.strip() for kind in str(raw).split(",") if kind.strip())
-
-
-def _json_object(raw: str, name: str) -> dict[str, Any]:
-    if not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        raise ValueError(f"{name} is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a JSON object")
-    return value
+    def _check_routing(self) -> None:
+        """What no single deployment or chain can check alone: prices, members, the default."""
+        if not self.model_deployments:
+            return
+        for name, spec in self.model_deployments.items():
+            if spec.price is None and spec.model not in self.prices:
+                # A deployment without a price cannot be budgeted: refuse to start, not to charge 0.
+                raise ValueError(
+                    f"SKF_MODEL_DEPLOYMENTS[{name!r}]: no price for model {spec.model!r} "
+                    "(add 'price' or SKF_MODEL_PRICES)"
+                )
+        for name, members in self.chains.items():
+            missing = [m for m in members if m not in self.model_deployments]
+            if missing:
+                raise ValueError(f"SKF_MODEL_CHAINS[{name!r}] names unknown deployments {missing}")
+        default = self.model_chain or DEFAULT_CHAIN
+        if default not in self.chains:
+            raise ValueError(f"SKF_MODEL_CHAIN {default!r} is not a chain of SKF_MODEL_CHAINS")
 
 
 @functools.cache

@@ -116,13 +116,15 @@ def test_operators_override_a_prompt_files_block_and_a_bad_one_fails_at_startup(
 
     from sk_core.settings import Settings
 
-    settings = Settings(cache_functions='{"text/summarize": true, "text/translate": {"ttl_seconds": 5}}')
+    settings = Settings.model_validate(
+        {"cache_functions": '{"text/summarize": true, "text/translate": {"ttl_seconds": 5}}'}
+    )
     assert settings.cache_override_for("text/summarize") == CachePolicy(enabled=True)
     # No temperature is known to an override: without an explicit enabled, it stays off.
     assert settings.cache_override_for("text/translate") == CachePolicy(enabled=False, ttl_seconds=5.0)
     assert settings.cache_override_for("chat/chat") is None
     with pytest.raises(ValidationError, match="SKF_CACHE_FUNCTIONS"):
-        Settings(cache_functions='{"text/summarize": {"ttl": 5}}')
+        Settings.model_validate({"cache_functions": '{"text/summarize": {"ttl": 5}}'})
 
 
 # ------------------------------------------------------------------ the pipeline's stage

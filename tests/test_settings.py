@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from sk_core.pricing import Price
 from sk_core.settings import Provider, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +96,52 @@ def test_every_setting_is_in_the_readme_table() -> None:
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"^\| `(SKF_[A-Z_]+)` \|", readme, flags=re.MULTILINE))
     assert documented == env_names()
+
+
+def test_json_valued_settings_are_typed_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "SKF_MODEL_DEPLOYMENTS",
+        '{"east": {"base_url": "http://a/v1", "model": "gpt-4o", "max_concurrency": 2},'
+        ' "west": {"provider": "azure_openai", "endpoint": "https://w", "model": "m",'
+        ' "price": {"input": "0.5", "output": 1}}}',
+    )
+    monkeypatch.setenv("SKF_GUARD_POLICIES", '{"chat/chat": "block"}')
+    monkeypatch.setenv("SKF_REDACTION_POLICIES", '{"text/translate": "email, secret"}')
+    monkeypatch.setenv("SKF_GUARD_EXTRA_PATTERNS", '["wire the money"]')
+    settings = Settings()
+    east, west = settings.model_deployments["east"], settings.model_deployments["west"]
+    assert east.provider is Provider.OPENAI_COMPATIBLE
+    assert east.max_concurrency == 2
+    assert west.provider is Provider.AZURE_OPENAI
+    assert west.endpoint == "https://w"
+    assert settings.deployment_price("east") == settings.prices["gpt-4o"]
+    assert settings.deployment_price("west") == Price(Decimal("0.5"), Decimal(1))
+    assert settings.chains == {"default": ["east", "west"]}  # no SKF_MODEL_CHAINS: one of all
+    assert settings.guard_policy_for("chat/chat") == "block"
+    assert settings.redaction_for("text/translate") == ("email", "secret")
+    assert settings.guard_extra_patterns == ["wire the money"]
+    # Empty is the default, from the environment as from local.settings.json.
+    monkeypatch.setenv("SKF_MODEL_DEPLOYMENTS", "")
+    assert Settings().model_deployments == {}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SKF_MODEL_DEPLOYMENTS", "{not json", "SKF_MODEL_DEPLOYMENTS is not valid JSON"),
+        ("SKF_GUARD_EXTRA_PATTERNS", '{"a": 1}', "SKF_GUARD_EXTRA_PATTERNS must be a JSON list"),
+        ("SKF_GUARD_POLICIES", '{"chat/chat": "maybe"}', "'block', 'flag' or 'off'"),
+        ("SKF_MODEL_CHAINS", '{"default": []}', "at least 1 item"),
+        (
+            "SKF_MODEL_DEPLOYMENTS",
+            '{"a": {"base_url": "http://a", "model": "gpt-4o", "max_concurrency": 0}}',
+            "max_concurrency",
+        ),
+    ],
+)
+def test_a_bad_json_value_in_the_environment_fails_at_startup(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()

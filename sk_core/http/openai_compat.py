@@ -66,8 +66,8 @@ def _models(service: Service) -> dict[str, str | None]:
     when deployments are configured, every chain by its name."""
     settings = service.settings
     models: dict[str, str | None] = {settings.resolved_model_id: None}
-    if settings.model_deployments.strip():
-        models.update({name: name for name in settings.routing.chains})
+    if settings.model_deployments:
+        models.update({name: name for name in service.routing.chains})
     return models
 
 

@@ -1,14 +1,19 @@
 """Hard per-tenant limits: budgets, requests and tokens per minute, concurrency.
 
 - ``policy``: the admission rules, pure arithmetic on counters.
-- ``rows``: how the counters are stored in Table Storage.
+- ``windows``: the day, month and minute window keys (written and parsed there only).
+- ``holds``: the values admission hands out and settlement returns.
+- ``rows``: how the counters are stored in Table Storage, and their raw reads.
 - ``ledger``: the committer (group commit, one optimistic-retry loop).
-- ``sweep``: expiry of abandoned holds, old rows, and the usage read model.
+- ``leases``, ``slices``: quota leases, admitting and settling in memory.
+- ``sweep``: expiry of abandoned holds and leases, and of old minute rows.
 """
 
-from sk_core.limits.ledger import Contended, Hold, Ledger, Settlement
-from sk_core.limits.policy import Counters, Grant, decide, remaining_budget, window_keys
-from sk_core.limits.rows import INFLIGHT, USAGE_TABLE
+from sk_core.limits.holds import Hold, Settlement
+from sk_core.limits.ledger import Ledger
+from sk_core.limits.policy import Counters, Grant, decide, remaining_budget
+from sk_core.limits.rows import INFLIGHT, USAGE_TABLE, Contended
+from sk_core.limits.windows import window_keys
 
 __all__ = [
     "INFLIGHT",

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sk_core.accounts import Tenant
 from sk_core.errors import RateState, StorageUnavailable
 from sk_core.limits import policy
+from sk_core.limits.holds import Hold, Settlement
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -53,7 +54,7 @@ from sk_core.pricing import Price
 from sk_core.storage import delete_op, etag_of, int64, query_partition, read_int, update_op
 
 if TYPE_CHECKING:
-    from sk_core.limits.ledger import Hold, Ledger, Plan, Settlement
+    from sk_core.limits.ledger import Ledger, Plan
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +248,6 @@ class LeaseKeeper:
         return None
 
     def _take(self, lease: TenantLease, amount: int, tokens: int, max_tokens: int) -> Hold | None:
-        from sk_core.limits.ledger import Hold
-
         if lease.frozen or time.monotonic() >= lease.valid_until:
             return None
         now = self._ledger.now()
@@ -297,7 +296,6 @@ class LeaseKeeper:
 
     def settle(self, hold: Hold, cost: int, prompt_tokens: int, completion_tokens: int) -> Settlement:
         """Settle a call admitted from a slice: in memory; reported with the next sync."""
-        from sk_core.limits.ledger import Settlement
 
         lease = self._leases.get(hold.tenant_id)
         budget = lease.slice_for(hold.day) if lease is not None else None

@@ -1,7 +1,8 @@
 """The ledger: admit and settle against a tenant's counters in Table Storage.
 
-The rules are ``policy.py``; the stored layout is ``rows.py``; expiry of abandoned
-holds and the usage read model are ``sweep.py``. This module is the committer.
+The rules are ``policy.py``; the stored layout is ``rows.py`` (window keys:
+``windows.py``); the values handed out are ``holds.py``; expiry of abandoned holds is
+``sweep.py``. This module is the committer.
 
 **Admission** reads the tenant's rows in one query and writes them back in one
 entity-group transaction, every update conditional on the ETag it read and every new
@@ -32,8 +33,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sk_core.accounts import Tenant
-from sk_core.errors import LimitExceeded, RateState, StorageUnavailable
-from sk_core.limits import policy
+from sk_core.errors import LimitExceeded, RateState
+from sk_core.limits import policy, sweep
+from sk_core.limits.holds import Hold, Settlement, hold_row
 from sk_core.limits.leases import LeaseKeeper, LeaseSettings
 from sk_core.limits.rows import (
     INFLIGHT,
@@ -41,46 +43,16 @@ from sk_core.limits.rows import (
     MINUTE_FIELDS,
     USAGE_TABLE,
     WINDOW_FIELDS,
+    Contended,
     PartitionRows,
+    read_expired,
+    read_window,
 )
+from sk_core.limits.windows import window_keys
 from sk_core.pricing import Price
 from sk_core.storage import Conflict, TableStore, delete_op, etag_of, int64, query_partition, read_int, submit
 
 logger = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class Hold:
-    """An admitted request's reservation."""
-
-    tenant_id: str
-    request_id: str
-    amount_nano: int
-    max_tokens: int
-    reserved_tokens: int
-    day: str
-    month: str
-    minute: str
-    rpm_limit: int
-    rpm_remaining: int
-    rpm_reset: int
-    # The lease generation it was admitted from (settled in memory); None: a hold row.
-    lease: int | None = None
-
-    @property
-    def row(self) -> str:
-        """The hold's RowKey."""
-        return f"hold-{self.request_id}"
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """What a settled request cost."""
-
-    cost_nano: int
-    late: bool = False
-
 
 _T = TypeVar("_T")
 # A read-and-plan step of an optimistic update: the operations to submit as one
@@ -99,10 +71,6 @@ _BATCH_KEYS = 11
 _FLUSH_WAIT_SECONDS = 10.0
 
 
-class Contended(StorageUnavailable):
-    """An update lost the ETag race on every attempt."""
-
-
 @dataclass(eq=False)
 class _Admission:
     """A queued admission (Ledger.admit's arguments and the caller's future)."""
@@ -118,7 +86,7 @@ class _Admission:
     abandoned: bool = False
 
     def keys(self, now: datetime) -> list[str]:
-        return [*policy.window_keys(now), INFLIGHT]
+        return [*window_keys(now), INFLIGHT]
 
 
 @dataclass(eq=False)
@@ -409,7 +377,7 @@ class Ledger:
 
         async def plan() -> Plan[RateState]:
             now = self._clock()
-            minute_key = policy.window_keys(now)[2]
+            minute_key = window_keys(now)[2]
             rows = PartitionRows(tenant.id, await query_partition(table, tenant.id, [minute_key]))
             minute = rows.counter(minute_key, MINUTE_FIELDS)
             rate = policy.count_request(tenant.limits, minute["requests"], now)
@@ -420,7 +388,7 @@ class Ledger:
 
     def _plan_admission(self, rows: PartitionRows, job: _Admission, now: datetime) -> tuple[Any, Hold]:
         tenant = job.tenant
-        day_key, month_key, minute_key = policy.window_keys(now)
+        day_key, month_key, minute_key = window_keys(now)
         grant = policy.decide(
             tenant.limits,
             rows.counters(day_key, month_key, minute_key),
@@ -439,7 +407,7 @@ class Ledger:
         request_id = uuid.uuid4().hex
         hold_entity = {
             "PartitionKey": tenant.id,
-            "RowKey": f"hold-{request_id}",
+            "RowKey": hold_row(request_id),
             "amount_nano": int64(grant.amount_nano),
             "reserved_tokens": int64(grant.reserved_tokens),
             "day": day_key,
@@ -491,23 +459,17 @@ class Ledger:
 
     async def expire_holds(self) -> int:
         """Charge every hold whose lease has passed (see ``sweep.expire_holds``)."""
-        from sk_core.limits.sweep import expire_holds
-
-        return await expire_holds(self)
+        return await sweep.expire_holds(self)
 
     async def usage(self, tenant_id: str, window: str) -> dict[str, int]:
-        """Counters of one window row (see ``sweep.usage``), this process's unreported
-        settlements included (reported first)."""
-        from sk_core.limits.sweep import usage
-
+        """Counters of one window row and the tenant's in-flight count (see
+        ``rows.read_window``), this process's unreported settlements included (reported first)."""
         await self.flush(tenant_id)
-        return await usage(self._store, tenant_id, window)
+        return await read_window(self._store, tenant_id, window)
 
     async def expired(self, tenant_id: str) -> list[dict[str, Any]]:
-        """The flagged expired-hold audit rows of a tenant (see ``sweep.expired``)."""
-        from sk_core.limits.sweep import expired
-
-        return await expired(self._store, tenant_id)
+        """The flagged expired-hold and -lease audit rows of a tenant (``rows.read_expired``)."""
+        return await read_expired(self._store, tenant_id)
 
     @property
     def store(self) -> TableStore:

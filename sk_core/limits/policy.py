@@ -18,17 +18,12 @@ computed in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sk_core.accounts import Limits
 from sk_core.errors import LimitExceeded, RateState
+from sk_core.limits.windows import window_keys as window_keys  # re-exported: leases call it here
 from sk_core.pricing import Price, usd
-
-
-def window_keys(now: datetime) -> tuple[str, str, str]:
-    """(day, month, minute) window names for an instant (UTC)."""
-    now = now.astimezone(UTC)
-    return now.strftime("day-%Y%m%d"), now.strftime("month-%Y%m"), now.strftime("minute-%Y%m%d%H%M")
 
 
 def seconds_to_next_minute(now: datetime) -> int:

@@ -12,15 +12,20 @@ Window rows count ``leased_nano`` (budget slices held by processes) beside
 used, so an exact admission always sees what the leases took.
 
 A ``CounterRow`` is a row as read (with its ETag), changed in memory and written back
-as one operation of an ETag-conditional entity-group transaction.
+as one operation of an ETag-conditional entity-group transaction. The key format of the
+window rows is ``windows.py``; hold rows are ``holds.py``. ``read_window`` and
+``read_expired`` are the ledger's raw reads of these rows; the usage read model
+(``sk_core.usage``) decodes the rows it reads with ``counters``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sk_core.errors import StorageUnavailable
+from sk_core.limits.holds import EXPIRED_PREFIX
 from sk_core.limits.policy import Counters
-from sk_core.storage import etag_of, int64, read_int, update_op
+from sk_core.storage import TableStore, etag_of, int64, query_partition, read_int, storage_errors, update_op
 
 USAGE_TABLE = "usage"
 INFLIGHT = "inflight"
@@ -38,6 +43,10 @@ WINDOW_FIELDS = (
 )
 MINUTE_FIELDS = ("requests", "tokens")
 INFLIGHT_FIELDS = ("count",)
+
+
+class Contended(StorageUnavailable):
+    """An ETag-conditional update of these rows lost the race on every attempt."""
 
 
 class CounterRow:
@@ -99,3 +108,36 @@ class PartitionRows:
             month_spent_nano=month_row["spent_nano"],
             month_held_nano=month_row["held_nano"] + month_row["leased_nano"],
         )
+
+
+def counters(tenant_id: str, key: str, entity: Any, fields: tuple[str, ...]) -> dict[str, int]:
+    """The ``fields`` of a counter row as read (zeros for a row that does not exist)."""
+    values = CounterRow(tenant_id, key, entity, fields).values
+    return {name: int(values[name]) for name in fields}
+
+
+async def read_window(store: TableStore, tenant_id: str, window: str) -> dict[str, int]:
+    """Counters of one window row (``day-YYYYMMDD`` / ``month-YYYYMM``), zeros if none,
+    and the tenant's requests in flight (``inflight``): one point query."""
+    table = await store.table(USAGE_TABLE)
+    rows = await query_partition(table, tenant_id, [window, INFLIGHT])
+    result = counters(tenant_id, window, rows.get(window), WINDOW_FIELDS)
+    result["inflight"] = counters(tenant_id, INFLIGHT, rows.get(INFLIGHT), INFLIGHT_FIELDS)["count"]
+    return result
+
+
+# Every flagged expiry record of a partition: RowKeys from "expired-" up to "expired."
+# (the first key after them).
+EXPIRED_RANGE = f"( RowKey ge '{EXPIRED_PREFIX}' and RowKey lt '{EXPIRED_PREFIX[:-1]}.' )"
+
+
+async def read_expired(store: TableStore, tenant_id: str) -> list[dict[str, Any]]:
+    """The flagged expired-hold and -lease audit rows of a tenant."""
+    table = await store.table(USAGE_TABLE)
+    with storage_errors():
+        return [
+            dict(e)
+            async for e in table.query_entities(
+                f"PartitionKey eq @p and {EXPIRED_RANGE}", parameters={"p": tenant_id}
+            )
+        ]

@@ -1,4 +1,4 @@
-"""The sweep and the read model: expiry of abandoned holds, old minute rows, usage.
+"""The sweep: expiry of abandoned holds and leases, and of old minute rows.
 
 A hold whose lease passed without a settlement (its process was killed, or storage
 was down when it tried) is charged at its reserved amount, flagged and recorded as an
@@ -14,19 +14,19 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sk_core.errors import StorageUnavailable
+from sk_core.limits.holds import EXPIRED_PREFIX, HOLD_PREFIX
 from sk_core.limits.leases import LEASE_PREFIX, lease_amounts
-from sk_core.limits.ledger import Contended
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
     USAGE_TABLE,
     WINDOW_FIELDS,
-    CounterRow,
+    Contended,
     PartitionRows,
 )
+from sk_core.limits.windows import MINUTE_PREFIX, minute_key
 from sk_core.storage import (
     Conflict,
-    TableStore,
     delete_op,
     etag_of,
     int64,
@@ -55,12 +55,12 @@ class _Expiry:
 
 
 _HOLDS = _Expiry(
-    prefix="hold-",
+    prefix=HOLD_PREFIX,
     reserved_field="held_nano",
     counter="expired_holds",
     slices=lambda hold: [(str(hold["day"]), str(hold["month"]), read_int(hold["amount_nano"]))],
     slots=lambda hold: 1,
-    audit_key=lambda row, now: "expired-" + row.removeprefix("hold-"),
+    audit_key=lambda row, now: EXPIRED_PREFIX + row.removeprefix(HOLD_PREFIX),
 )
 _LEASES = _Expiry(
     prefix=LEASE_PREFIX,
@@ -68,7 +68,7 @@ _LEASES = _Expiry(
     counter="expired_leases",
     slices=lease_amounts,
     slots=lambda lease: read_int(lease.get("slots")),
-    audit_key=lambda row, now: f"expired-{row}-{int(now.timestamp())}",
+    audit_key=lambda row, now: f"{EXPIRED_PREFIX}{row}-{int(now.timestamp())}",
 )
 
 
@@ -151,13 +151,14 @@ async def _expire_one(ledger: Ledger, table: Any, kind: _Expiry, tenant_id: str,
 async def _drop_old_minutes(table: Any, now: datetime) -> None:
     # Minute rows are only needed while their minute (and late settlements) may
     # still touch them; keep an hour, then delete.
-    cutoff = (now - timedelta(hours=1)).strftime("minute-%Y%m%d%H%M")
+    cutoff = minute_key(now - timedelta(hours=1))
     try:
         with storage_errors():
             old = [
                 entity
                 async for entity in table.query_entities(
-                    "RowKey ge 'minute-' and RowKey lt @cutoff", parameters={"cutoff": cutoff}
+                    "RowKey ge @first and RowKey lt @cutoff",
+                    parameters={"first": MINUTE_PREFIX, "cutoff": cutoff},
                 )
             ]
         for entity in old:
@@ -172,24 +173,3 @@ async def _drop_old_minutes(table: Any, now: datetime) -> None:
             )
     except (Conflict, StorageUnavailable):
         pass  # housekeeping; the next sweep tries again
-
-async def usage(store: TableStore, tenant_id: str, window: str) -> dict[str, int]:
-    """Counters of one window row (``day-YYYYMMDD`` / ``month-YYYYMM``); zeros if none."""
-    table = await store.table(USAGE_TABLE)
-    rows = await query_partition(table, tenant_id, [window, INFLIGHT])
-    values = CounterRow(tenant_id, window, rows.get(window), WINDOW_FIELDS).values
-    result = {k: int(v) for k, v in values.items() if k in WINDOW_FIELDS}
-    result["inflight"] = CounterRow(tenant_id, INFLIGHT, rows.get(INFLIGHT), INFLIGHT_FIELDS)["count"]
-    return result
-
-async def expired(store: TableStore, tenant_id: str) -> list[dict[str, Any]]:
-    """The flagged expired-hold audit rows of a tenant."""
-    table = await store.table(USAGE_TABLE)
-    with storage_errors():
-        return [
-            dict(e)
-            async for e in table.query_entities(
-                "PartitionKey eq @p and RowKey ge 'expired-' and RowKey lt 'expired.'",
-                parameters={"p": tenant_id},
-            )
-        ]

@@ -22,18 +22,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sk_core.errors import BadRequest
 from sk_core.pricing import Price
+from sk_core.settings import DEFAULT_CHAIN
 
 if TYPE_CHECKING:
     from sk_core.settings import Settings
 
 DEFAULT_DEPLOYMENT = "default"
-DEFAULT_CHAIN = "default"
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,13 @@ class RoutingTable:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RoutingTable:
-        """``SKF_MODEL_DEPLOYMENTS``/``SKF_MODEL_CHAINS`` if set, else the single model."""
-        if not settings.model_deployments.strip():
+        """``SKF_MODEL_DEPLOYMENTS``/``SKF_MODEL_CHAINS`` if set, else the single model.
+
+        The settings are typed and were checked when read (every deployment priced,
+        every chain member known, the default chain configured): this only maps them.
+        The composition root builds the service's table; the runtime builder its own.
+        """
+        if not settings.model_deployments:
             return cls.single(
                 Deployment(
                     name=DEFAULT_DEPLOYMENT,
@@ -101,65 +105,24 @@ class RoutingTable:
                     api_version=settings.azure_openai_api_version,
                 )
             )
-        from sk_core.settings import _json_object  # the one parser of JSON-valued settings
-
         deployments = {
-            name: _deployment(name, entry, settings.prices)
-            for name, entry in _json_object(settings.model_deployments, "SKF_MODEL_DEPLOYMENTS").items()
+            name: Deployment(
+                name=name,
+                provider=str(spec.provider),
+                model=spec.model,
+                price=settings.deployment_price(name),
+                base_url=spec.base_url,
+                azure_endpoint=spec.endpoint,
+                api_version=spec.api_version,
+                max_concurrency=spec.max_concurrency,
+            )
+            for name, spec in settings.model_deployments.items()
         }
-        raw_chains = _json_object(settings.model_chains, "SKF_MODEL_CHAINS") or {
-            DEFAULT_CHAIN: list(deployments)
+        chains = {
+            name: Chain(name, tuple(deployments[member] for member in members))
+            for name, members in settings.chains.items()
         }
-        chains: dict[str, Chain] = {}
-        for name, members in raw_chains.items():
-            if not isinstance(members, list) or not members:
-                raise ValueError(f"SKF_MODEL_CHAINS[{name!r}] must be a non-empty list of deployment names")
-            missing = [m for m in members if m not in deployments]
-            if missing:
-                raise ValueError(f"SKF_MODEL_CHAINS[{name!r}] names unknown deployments {missing}")
-            chains[name] = Chain(name, tuple(deployments[m] for m in members))
-        default = settings.model_chain or DEFAULT_CHAIN
-        if default not in chains:
-            raise ValueError(f"SKF_MODEL_CHAIN {default!r} is not a chain of SKF_MODEL_CHAINS")
-        return cls(deployments, chains, default)
-
-
-_PROVIDERS = ("local", "openai", "azure_openai", "openai_compatible")
-
-
-def _deployment(name: str, entry: Any, prices: dict[str, Price]) -> Deployment:
-    where = f"SKF_MODEL_DEPLOYMENTS[{name!r}]"
-    if not isinstance(entry, dict) or not entry.get("model"):
-        raise ValueError(f"{where} needs at least a 'model'")
-    provider = str(entry.get("provider", "openai_compatible"))
-    if provider not in _PROVIDERS:
-        raise ValueError(f"{where}: provider must be one of {', '.join(_PROVIDERS)}")
-    model = str(entry["model"])
-    if "price" in entry:
-        raw = entry["price"]
-        price = Price(Decimal(str(raw["input"])), Decimal(str(raw["output"])))
-    elif model in prices:
-        price = prices[model]
-    else:
-        # A deployment without a price cannot be budgeted: refuse to start, not to charge 0.
-        raise ValueError(f"{where}: no price for model {model!r} (add 'price' or SKF_MODEL_PRICES)")
-    if provider == "azure_openai" and not entry.get("endpoint"):
-        raise ValueError(f"{where}: azure_openai needs 'endpoint'")
-    if provider == "openai_compatible" and not entry.get("base_url"):
-        raise ValueError(f"{where}: openai_compatible needs 'base_url'")
-    cap = entry.get("max_concurrency")
-    if cap is not None and (not isinstance(cap, int) or cap < 1):
-        raise ValueError(f"{where}: max_concurrency must be a positive integer")
-    return Deployment(
-        name=name,
-        provider=provider,
-        model=model,
-        price=price,
-        base_url=entry.get("base_url"),
-        azure_endpoint=str(entry.get("endpoint", "")),
-        api_version=str(entry.get("api_version", "2024-10-21")),
-        max_concurrency=cap,
-    )
+        return cls(deployments, chains, settings.model_chain or DEFAULT_CHAIN)
 
 
 # ---------------------------------------------------------------------- health

@@ -549,7 +549,7 @@ def _backoff(attempt: int) -> float:
 def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = None) -> ModelRuntime:
     """Build the kernel: one chat service per deployment (registered under its name),
     one function per prompt file."""
-    table = settings.routing
+    table = RoutingTable.from_settings(settings)
     kernel = Kernel()
     chats: dict[str, OpenAIChat] = {}
     for deployment in table.deployments.values():

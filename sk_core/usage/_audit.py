@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from azure.core.exceptions import AzureError
+from azure.data.tables import UpdateMode
+
+from sk_core.errors import StorageUnavailable
+from sk_core.storage import Conflict, TableStore, delete_op, etag_of, int64, read_int, submit
 from sk_core.usage._rollups import ROLLUP_PREFIX, Rollups
-
-if TYPE_CHECKING:  # the route boundary imports AuditEntry; keep the Azure SDK out of that
-    from sk_core.storage import TableStore
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +87,6 @@ class AuditLog:
 
     def row(self, entry: AuditEntry, at: datetime | None = None) -> dict[str, Any]:
         """The stored row of ``entry``, recorded ``at`` (default now; benchmarks backdate)."""
-        from sk_core.storage import int64
-
         now = at or datetime.now(UTC)
         millis = int(now.timestamp() * 1000)
         return {
@@ -132,10 +133,6 @@ class AuditLog:
         Azurite's upserts cost twice its creates in a large partition
         (``bench/azurite_tables.py``), and a tenant's audit partition is large.
         """
-        from azure.data.tables import UpdateMode
-
-        from sk_core.storage import submit
-
         rows, self._queue = self._queue, []
         failed: list[dict[str, Any]] = []
         by_partition: dict[str, list[dict[str, Any]]] = {}
@@ -181,8 +178,6 @@ class AuditLog:
 
     async def recent(self, tenant_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The tenant's newest rows first."""
-        from sk_core.storage import read_int
-
         table = await self._store.table(AUDIT_TABLE)
         rows: list[dict[str, Any]] = []
         # Audit RowKeys are digits; the rollup rows after them are not calls.
@@ -200,11 +195,6 @@ class AuditLog:
 
     async def purge(self, now: datetime | None = None) -> int:
         """Delete rows past retention (rollups included); returns how many calls' rows."""
-        from azure.core.exceptions import AzureError
-
-        from sk_core.errors import StorageUnavailable
-        from sk_core.storage import Conflict, delete_op, etag_of, submit
-
         table = await self._store.table(AUDIT_TABLE)
         deleted = 0
         try:
@@ -236,6 +226,4 @@ class AuditLog:
 
 
 def _compact(guard: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(guard, separators=(",", ":"), sort_keys=True) if guard else ""

@@ -32,29 +32,32 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from sk_core.limits.holds import EXPIRED_PREFIX
 from sk_core.limits.policy import (
     remaining_budget,
     seconds_to_next_day,
     seconds_to_next_minute,
     seconds_to_next_month,
-    window_keys,
 )
 from sk_core.limits.rows import (
+    EXPIRED_RANGE,
     INFLIGHT,
     INFLIGHT_FIELDS,
     MINUTE_FIELDS,
     USAGE_TABLE,
     WINDOW_FIELDS,
-    CounterRow,
+    counters,
 )
+from sk_core.limits.windows import day_key, day_start, month_key, window_keys
 from sk_core.pricing import usd
+from sk_core.storage import query_partition, read_int, storage_errors
+from sk_core.usage._audit import AUDIT_TABLE, AuditLog
 from sk_core.usage._rollups import HOUR_PREFIX, Bucket, bucket_start, combine, percentile, stamp
 
 if TYPE_CHECKING:
     from sk_core.accounts import Limits, Tenant, TenantStore
     from sk_core.limits import Ledger
     from sk_core.storage import TableStore
-    from sk_core.usage._audit import AuditLog
 
 CHART_MINUTES = 180  # requests and tokens per minute over the last 3 hours
 CHART_HOURS = 24  # refusals, cost and latency by function over the last day
@@ -76,28 +79,24 @@ class Window:
 
 def day_window(day: date) -> Window:
     """The window of one UTC day."""
-    return Window("day", day.isoformat(), f"day-{day:%Y%m%d}")
+    return Window("day", day.isoformat(), day_key(day))
 
 
 def month_window(month: date) -> Window:
     """The window of one UTC month (any day of it)."""
-    return Window("month", f"{month:%Y-%m}", f"month-{month:%Y%m}")
+    return Window("month", f"{month:%Y-%m}", month_key(month))
 
 
 def current_windows(now: datetime) -> list[Window]:
-    """Today and this month, by the ledger's own key function (the windows it charges)."""
-    day_key, month_key, _ = window_keys(now)
-    return [
-        day_window(datetime.strptime(day_key, "day-%Y%m%d").date()),
-        month_window(datetime.strptime(month_key, "month-%Y%m").date()),
-    ]
+    """Today and this month (UTC): the windows the ledger charges now."""
+    today = now.astimezone(UTC).date()
+    return [day_window(today), month_window(today)]
 
 
 def last_days(now: datetime, days: int) -> list[Window]:
     """The last ``days`` UTC days (oldest first, today last) and this month."""
-    today = current_windows(now)
-    first = datetime.strptime(today[0].row, "day-%Y%m%d").date()
-    return [*(day_window(first - timedelta(days=n)) for n in range(days - 1, -1, -1)), today[1]]
+    today = now.astimezone(UTC).date()
+    return [*(day_window(today - timedelta(days=n)) for n in range(days - 1, -1, -1)), month_window(today)]
 
 
 def window_entry(window: Window, counters: Mapping[str, int], limits: Limits) -> dict[str, Any]:
@@ -120,11 +119,6 @@ def window_entry(window: Window, counters: Mapping[str, int], limits: Limits) ->
     for name in ("spent", "held", "leased", "budget", "remaining", "expired", "overrun"):
         entry[f"{name}_usd"] = usd(entry[f"{name}_nano"])
     return entry
-
-
-def _counters(tenant_id: str, key: str, entity: Any, fields: tuple[str, ...]) -> dict[str, int]:
-    values = CounterRow(tenant_id, key, entity, fields).values
-    return {name: int(values[name]) for name in fields}
 
 
 # --- the tenant's usage document (GET /api/v1/usage) -----------------------------------
@@ -193,7 +187,7 @@ def usage_document(tenant: Tenant, rows: Mapping[str, Any], now: datetime) -> Us
     day, month = current_windows(now)
 
     def window(w: Window, reset_in: int) -> WindowUsage:
-        entry = window_entry(w, _counters(tenant.id, w.row, rows.get(w.row), WINDOW_FIELDS), limits)
+        entry = window_entry(w, counters(tenant.id, w.row, rows.get(w.row), WINDOW_FIELDS), limits)
         reserved = entry["held_nano"] + entry["leased_nano"]
         return WindowUsage.model_validate(
             {
@@ -205,7 +199,7 @@ def usage_document(tenant: Tenant, rows: Mapping[str, Any], now: datetime) -> Us
             }
         )
 
-    minute = _counters(tenant.id, minute_key, rows.get(minute_key), MINUTE_FIELDS)
+    minute = counters(tenant.id, minute_key, rows.get(minute_key), MINUTE_FIELDS)
     minute_reset = seconds_to_next_minute(now)
     return UsageResponse(
         tenant_id=tenant.id,
@@ -221,7 +215,7 @@ def usage_document(tenant: Tenant, rows: Mapping[str, Any], now: datetime) -> Us
             resets_in_seconds=minute_reset,
         ),
         concurrency=ConcurrencyUsage(
-            in_flight=_counters(tenant.id, INFLIGHT, rows.get(INFLIGHT), INFLIGHT_FIELDS)["count"],
+            in_flight=counters(tenant.id, INFLIGHT, rows.get(INFLIGHT), INFLIGHT_FIELDS)["count"],
             limit=limits.max_concurrent,
         ),
     )
@@ -244,7 +238,6 @@ async def usage_of(
     ``SKF_LEASE_REPORT_SECONDS``): reporting is a storage write, and a tenant polling its
     usage must not be able to make this process write on every poll.
     """
-    from sk_core.storage import query_partition
 
     if report_own_leases:
         await ledger.flush(tenant.id)
@@ -259,7 +252,6 @@ async def overview(
 ) -> list[tuple[Tenant, UsageResponse]]:
     """Every tenant with its usage: the tenant list and one query for all their counter
     rows (cross-partition), read at the same time."""
-    from sk_core.storage import storage_errors
 
     await ledger.flush()
     now = now or ledger.now()
@@ -287,7 +279,6 @@ async def read_windows(
     ledger: Ledger, tenant: Tenant, windows: Sequence[Window], *, report_own_leases: bool = True
 ) -> list[dict[str, Any]]:
     """``window_entry`` of each window, read in two concurrent queries (the day range, the months)."""
-    from sk_core.storage import query_partition, storage_errors
 
     if report_own_leases:
         await ledger.flush(tenant.id)
@@ -312,7 +303,7 @@ async def read_windows(
     by_day, by_month = await asyncio.gather(day_rows(), month_rows())
     found = {**by_day, **by_month}
     return [
-        window_entry(w, _counters(tenant.id, w.row, found.get(w.row), WINDOW_FIELDS), tenant.limits)
+        window_entry(w, counters(tenant.id, w.row, found.get(w.row), WINDOW_FIELDS), tenant.limits)
         for w in windows
     ]
 
@@ -368,9 +359,6 @@ def _usd_text(amount_nano: int) -> str:
 
 async def _rollups(store: TableStore, tenant_id: str, first: str) -> dict[str, Bucket]:
     """The tenant's hourly rollups from hour ``first`` on, every writer's rows added up."""
-    from sk_core.storage import storage_errors
-    from sk_core.usage._audit import AUDIT_TABLE
-
     table = await store.table(AUDIT_TABLE)
     with storage_errors():
         rows = [
@@ -424,14 +412,13 @@ async def _ledger_rows(
     """One query of the tenant's usage partition: the day range, this month, this minute,
     in flight and the expired-hold and -lease records (Table Storage serves a partition
     query from its index; one round trip instead of four)."""
-    from sk_core.storage import storage_errors
 
     _, month, minute = window_keys(now)
     table = await ledger.store.table(USAGE_TABLE)
     # Spaces around every parameter: the SDK substitutes @names word by word.
     query = (
         "PartitionKey eq @p and ( ( RowKey ge @first and RowKey le @last ) or RowKey eq @month"
-        " or RowKey eq @minute or RowKey eq @inflight or ( RowKey ge 'expired-' and RowKey lt 'expired.' ) )"
+        f" or RowKey eq @minute or RowKey eq @inflight or {EXPIRED_RANGE} )"
     )
     parameters = {
         "p": tenant_id,
@@ -449,7 +436,6 @@ async def detail(
     ledger: Ledger, tenants: TenantStore, tenant_id: str, audit: AuditLog, now: datetime | None = None
 ) -> dict[str, Any] | None:
     """Everything the dashboard shows for one tenant (None: no such tenant)."""
-    from sk_core.storage import storage_errors
 
     await ledger.flush(tenant_id)
     now = now or ledger.now()
@@ -473,10 +459,10 @@ async def detail(
     tenant = found
     usage = usage_document(tenant, rows, now)
     days = [
-        window_entry(w, _counters(tenant.id, w.row, rows.get(w.row), WINDOW_FIELDS), tenant.limits)
+        window_entry(w, counters(tenant.id, w.row, rows.get(w.row), WINDOW_FIELDS), tenant.limits)
         for w in windows
     ]
-    expired = [row for key, row in sorted(rows.items()) if key.startswith("expired-")]
+    expired = [row for key, row in sorted(rows.items()) if key.startswith(EXPIRED_PREFIX)]
     last_day = Bucket()
     for name in hour_names[-CHART_HOURS:]:
         if name in hours:
@@ -498,10 +484,7 @@ async def detail(
         "usage": usage.model_dump(mode="json"),
         "windows": days[-2:],  # today and this month, exactly as ``admin usage`` prints them
         "spend_by_day": {
-            "t": [
-                int(datetime.strptime(e["window"], "day-%Y%m%d").replace(tzinfo=UTC).timestamp())
-                for e in days[:-1]
-            ],
+            "t": [int(day_start(e["window"]).timestamp()) for e in days[:-1]],
             "spent_usd": [e["spent_usd"] for e in days[:-1]],
             "budget_usd": usd(tenant.limits.daily_budget_nano),
         },
@@ -518,7 +501,6 @@ def _iso(value: Any) -> str | None:
 
 
 def _call_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    from sk_core.storage import read_int
 
     return {
         "time": _iso(row.get("created_at")),
@@ -534,13 +516,12 @@ def _call_json(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _expired_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    from sk_core.storage import read_int
 
     # Hold rows carry amount_nano; expired leases carry charged_nano (their whole slice).
     amount = read_int(row.get("amount_nano")) or read_int(row.get("charged_nano"))
     return {
-        "id": str(row.get("RowKey", "")).removeprefix("expired-"),
-        "kind": "lease" if str(row.get("RowKey", "")).startswith("expired-lease-") else "hold",
+        "id": str(row.get("RowKey", "")).removeprefix(EXPIRED_PREFIX),
+        "kind": "lease" if str(row.get("RowKey", "")).startswith(EXPIRED_PREFIX + "lease-") else "hold",
         "function": row.get("function", ""),
         "key_id": row.get("key_id", ""),
         "charged_usd": usd(amount),

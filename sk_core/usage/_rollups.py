@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sk_core.storage import int64, read_int
+
 ROLLUP_PREFIX = "rollup-"
 HOUR_PREFIX = f"{ROLLUP_PREFIX}h-"
 _STAMP = "%Y%m%d%H"
@@ -109,8 +111,6 @@ class Bucket:
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Count one audit row (as ``AuditLog`` builds it)."""
-        from sk_core.storage import read_int
-
         self.calls += 1
         status = int(row.get("status", 0))
         if status >= 400:
@@ -156,8 +156,6 @@ class Bucket:
 
     def entity(self, tenant_id: str, name: str, writer: str) -> dict[str, Any]:
         """The Table entity of this writer's bucket (replaced whole on every flush)."""
-        from sk_core.storage import int64
-
         functions = {
             fn: {
                 "calls": s.calls,
@@ -185,8 +183,6 @@ class Bucket:
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any]) -> Bucket:
         """A stored bucket row."""
-        from sk_core.storage import read_int
-
         functions = {
             fn: FunctionStats(
                 calls=int(value["calls"]),

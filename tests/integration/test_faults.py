@@ -169,7 +169,7 @@ def fresh_health(service: Service, **overrides: Any) -> DeploymentHealth:
     """New breakers and retry budget, so one test's failures do not open another's circuit."""
     runtime = _runtime(service)
     settings = service.settings.model_copy(update=overrides) if overrides else service.settings
-    runtime.health = make_health(settings, service.settings.routing)
+    runtime.health = make_health(settings, service.routing)
     return runtime.health
 
 
@@ -217,7 +217,7 @@ def reservation(service: Service, chain: str = "default") -> int:
     """What admission holds for one call of ``ARGS`` (generous limits: nothing clamped)."""
     spec = service.catalog.get("text", "summarize")
     assert spec is not None
-    price = service.settings.routing.chain(chain).reservation_price
+    price = service.routing.chain(chain).reservation_price
     return price.cost_nano(spec.prompt_token_bound(ARGS), spec.default_max_tokens_for(ARGS))
 
 
@@ -336,7 +336,7 @@ async def test_a_network_fault_toward_the_model(
     if mode == "blackhole":
         assert result.attempts == 0  # nothing got through
     if charge == "usage":
-        assert result.charged == faulty.service.settings.routing.chain(None).reservation_price.cost_nano(
+        assert result.charged == faulty.service.routing.chain(None).reservation_price.cost_nano(
             30, 2
         )
         assert result.deployment == "proxied"
@@ -361,7 +361,7 @@ async def test_the_chain_falls_back_and_charges_the_deployment_that_answered(
     before = await settled(faulty)
     result = await call(faulty, stub, chain="fallback")
     assert (result.status, result.deployment, result.attempts) == (200, "pricey", 1)
-    assert result.charged == faulty.service.settings.routing.deployments["pricey"].price.cost_nano(40, 4)
+    assert result.charged == faulty.service.routing.deployments["pricey"].price.cost_nano(40, 4)
     assert stub.requests()[-1]["json"]["model"] == "stub-pricey"
     spent, held = await settled(faulty)
     assert (spent - before[0], held) == (result.charged, 0)
@@ -379,7 +379,7 @@ async def test_a_5xx_falls_back_to_the_next_deployment_inside_the_deadline(
     faulty: Faulty, stub: StubModel, model_proxy: FaultProxy
 ) -> None:
     # proxied answers 500 -> pricey answers: one chain, two providers, one request.
-    routing = faulty.service.settings.routing
+    routing = faulty.service.routing
     fresh_health(faulty.service)
     before = await settled(faulty)
     stub.script({"status": 500}, {"content": "ok", "prompt_tokens": 10, "completion_tokens": 1})
@@ -422,7 +422,7 @@ async def test_the_breaker_opens_skips_and_probes_after_its_cooldown(
 async def test_readiness_holds_while_every_chain_has_a_reachable_deployment(faulty: Faulty) -> None:
     service = faulty.service
     runtime = _runtime(service)
-    routing = service.settings.routing
+    routing = service.routing
     saved = runtime.health
     try:
         runtime.health = make_health(
@@ -580,7 +580,7 @@ async def test_a_stream_falls_back_on_open_and_holds_its_deployment_slot_until_c
     # proxied answers 500 before any text -> pricey streams: one chain, one request.
     service = faulty.service
     health = fresh_health(service)
-    routing = service.settings.routing
+    routing = service.routing
     before = await settled(faulty)
     stub.script(
         {"status": 500},

@@ -8,7 +8,14 @@ from decimal import Decimal
 import pytest
 
 from sk_core.errors import BadRequest
-from sk_core.model import BreakerState, CircuitBreaker, Deployment, DeploymentHealth, RetryBudget
+from sk_core.model import (
+    BreakerState,
+    CircuitBreaker,
+    Deployment,
+    DeploymentHealth,
+    RetryBudget,
+    RoutingTable,
+)
 from sk_core.pricing import Price
 from tests.support.settings import SERVICE_ENV, make_settings
 
@@ -40,7 +47,7 @@ DEPLOYMENTS = {
 
 def test_without_deployments_the_single_model_is_the_default_chain() -> None:
     settings = make_settings(SERVICE_ENV, model_base_url="http://127.0.0.1:1/v1")
-    table = settings.routing
+    table = RoutingTable.from_settings(settings)
     chain = table.chain(None)
     assert [d.name for d in chain.deployments] == ["default"]
     assert chain.deployments[0].model == "stub-model"
@@ -54,12 +61,13 @@ def test_the_reservation_covers_the_dearest_deployment_per_token_kind() -> None:
         model_deployments=json.dumps(DEPLOYMENTS),
         model_chains=json.dumps({"default": ["east", "west"], "cheap": ["east"]}),
     )
-    chain = settings.routing.chain(None)
+    table = RoutingTable.from_settings(settings)
+    chain = table.chain(None)
     # east: 1 in / 2 out (SKF_MODEL_PRICES); west: 5 in / 1 out.
     assert chain.reservation_price == Price(Decimal(5), Decimal(2))
-    assert settings.routing.chain("cheap").reservation_price == Price(Decimal(1), Decimal(2))
+    assert table.chain("cheap").reservation_price == Price(Decimal(1), Decimal(2))
     with pytest.raises(BadRequest):
-        settings.routing.chain("nope")
+        table.chain("nope")
 
 
 @pytest.mark.parametrize(
@@ -163,7 +171,7 @@ def two_deployments() -> tuple[DeploymentHealth, dict[str, Deployment]]:
     settings = make_settings(
         SERVICE_ENV, model_base_url="http://x/v1", model_deployments=json.dumps(DEPLOYMENTS)
     )
-    table = settings.routing
+    table = RoutingTable.from_settings(settings)
     return DeploymentHealth(table, failures=1, cooldown=60, retry_ratio=0.2), table.deployments
 
 
