@@ -29,6 +29,7 @@ import os
 import socket
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -194,24 +195,27 @@ def _observe_breakers(options: metrics.CallbackOptions) -> Iterable[metrics.Obse
 
 # What the budget gauges read: (tenant, window, limit USD, remaining USD) of the tenants
 # this process served lately (``usage.BudgetGauges.observations``, refreshed off the
-# request path). Collection reads a snapshot: it never touches storage.
-_budget_source: Callable[[], Iterable[tuple[str, str, float, float]]] | None = None
+# request path). Collection reads a snapshot: it never touches storage. Held weakly, so a
+# service that is gone (tests build several) stops reporting instead of being kept alive.
+_budget_sources: list[weakref.WeakMethod[Callable[[], Iterable[tuple[str, str, float, float]]]]] = []
 
 
 def report_budgets(source: Callable[[], Iterable[tuple[str, str, float, float]]]) -> None:
-    """Have the budget gauges report ``source()`` from now on."""
-    global _budget_source
-    _budget_source = source
+    """Have the budget gauges also report ``source()`` (a bound method) from now on."""
+    _budget_sources[:] = [ref for ref in _budget_sources if ref() is not None]
+    _budget_sources.append(weakref.WeakMethod(source))
     instruments()
 
 
 def _budget_points(remaining: bool) -> list[metrics.Observation]:
-    source = _budget_source
-    if source is None:
-        return []
+    points: dict[tuple[str, str], float] = {}
+    for ref in list(_budget_sources):
+        source = ref()
+        for tenant, window, limit, left in source() if source is not None else ():
+            points[(tenant, window)] = left if remaining else limit
     return [
-        metrics.Observation(left if remaining else limit, {"sk.tenant": tenant, "sk.window": window})
-        for tenant, window, limit, left in source()
+        metrics.Observation(value, {"sk.tenant": tenant, "sk.window": window})
+        for (tenant, window), value in points.items()
     ]
 
 
