@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
+from sk_core.tools import ToolSettings, parse_tool_settings
+
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 # Every invocation may cap the answer length; budgets (admission) clamp it further.
@@ -161,6 +163,9 @@ class FunctionSpec:
     # None: the configured default chain (sk_core/model/_deployments.py).
     model_chain: str | None = None
     cache: CachePolicy = CachePolicy()
+    # The plugin functions its model may call and the run's limits (``tools:``, see
+    # sk_core.tools); None: a plain prompt function, one model call.
+    tools: ToolSettings | None = None
 
     def default_max_tokens_for(self, arguments: dict[str, Any]) -> int:
         """The answer cap of a call that names none: the function's ``max_tokens``,
@@ -224,6 +229,11 @@ class FunctionSpec:
                 }
                 for i in self.inputs
             ],
+            **(
+                {"tools": self.tools.public(), "run_limits": self.tools.limits.public()}
+                if self.tools
+                else {}
+            ),
         }
 
 
@@ -249,8 +259,15 @@ def _field_type(spec: InputSpec) -> Any:
     raise ValueError(f"input {spec.name!r}: unsupported json_schema type {kind!r}")
 
 
-def _arguments_model(plugin: str, name: str, inputs: tuple[InputSpec, ...]) -> type[BaseModel]:
+def _arguments_model(
+    plugin: str, name: str, inputs: tuple[InputSpec, ...], tools: ToolSettings | None = None
+) -> type[BaseModel]:
     fields: dict[str, Any] = {}
+    if tools is not None and "run_limits" not in {i.name for i in inputs}:
+        fields["run_limits"] = (
+            tools.request_model() | None,
+            Field(None, description="Lower run limits for this call (never above the function's)."),
+        )
     for spec in inputs:
         default = ... if spec.required else spec.default
         fields[spec.name] = (_field_type(spec), Field(default, description=spec.description))
@@ -346,6 +363,7 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         data.get("cache"), None if temperature is None else float(temperature), f"{path}: cache"
     )
     input_tuple = tuple(inputs)
+    tools = parse_tool_settings(data.get("tools"), str(path))
     return FunctionSpec(
         plugin=plugin,
         name=data["name"],
@@ -355,9 +373,10 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         template=str(data["template"]),
         template_bytes=len(str(data["template"]).encode()),
         default_max_tokens=int(settings.get("max_tokens", 256)),
-        arguments_model=_arguments_model(plugin, data["name"], input_tuple),
+        arguments_model=_arguments_model(plugin, data["name"], input_tuple, tools),
         model_chain=str(data["model_chain"]) if data.get("model_chain") else None,
         cache=cache,
+        tools=tools,
     )
 
 

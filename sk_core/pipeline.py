@@ -28,13 +28,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sk_core import telemetry
 from sk_core.errors import (
     ApiError,
+    BadRequest,
     LimitsUnavailable,
     RateState,
     ServiceUnavailable,
     StorageUnavailable,
 )
 from sk_core.model import Chain, Deployment, RoutingTable
-from sk_core.pricing import Price, usd
+from sk_core.pricing import Price, Usage, usd
+from sk_core.tools import RunReport, ToolRun
 
 if TYPE_CHECKING:
     from sk_core.accounts import Authenticator, Principal, Tenant
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from sk_core.model import Completion, ModelRuntime, ModelStream, RuntimeProvider
     from sk_core.safety import Redactor, StreamingRedaction
     from sk_core.safety.guard import Guard, Policy
+    from sk_core.tools import Verdict
     from sk_core.usage import AuditEntry
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ class Outcome:
     clamped: bool = False  # the budget lowered max_tokens: not the answer others would get
     cache: str | None = None  # "hit" or "miss" for a cacheable function (X-Cache), else None
     age: int = 0  # seconds since a cached answer was produced (Age)
+    run: RunReport | None = None  # a tool run's steps, tool calls and outcome (sk_core.tools)
 
     @property
     def deployment(self) -> str | None:
@@ -88,6 +92,7 @@ class Outcome:
             "redacted": sum(self.redactions.values()),
             "redactions": self.redactions,
             "cached": self.cache == "hit",
+            **({"run": {**self.run.public(), "cost_usd": usd(self.cost_nano)}} if self.run else {}),
         }
 
 
@@ -223,6 +228,10 @@ class Pipeline:
         else the configured default). The reservation is priced at the dearest
         deployment the call may reach; the settlement at the one that answered.
         """
+        if spec.tools is not None:  # a tool run: several model calls, never cached
+            return await self._run_tools(
+                principal, spec, arguments, max_tokens=max_tokens, record=record, chain=chain
+            )
         requested = max_tokens or spec.default_max_tokens_for(arguments)
         route = self._routing.chain(chain or spec.model_chain)
         flagged = await self._screen(spec, arguments, record)
@@ -266,6 +275,8 @@ class Pipeline:
         the usage the provider reported and records, like ``call``. The fallback chain
         applies to opening the stream (``ModelRuntime.open_stream``).
         """
+        if spec.tools is not None:
+            raise BadRequest("This function calls tools and cannot be streamed yet; ask for JSON.")
         route = self._routing.chain(chain or spec.model_chain)
         await self._screen(spec, arguments, record)
         requested = max_tokens or spec.default_max_tokens_for(arguments)
@@ -288,15 +299,19 @@ class Pipeline:
         arguments: dict[str, Any],
         requested: int,
         route: Chain,
+        prompt_tokens_bound: int | None = None,
     ) -> Hold:
         """Reserve the worst case (the chain's dearest prices) and clamp the answer cap
-        to what it can pay (screened before)."""
+        to what it can pay (screened before). ``prompt_tokens_bound``: a tool run's step
+        (its messages so far), else the function's prompt with ``arguments``."""
+        if prompt_tokens_bound is None:
+            prompt_tokens_bound = spec.prompt_token_bound(arguments)
         async with self._fail_closed():
             with telemetry.tracer().start_as_current_span("admit") as span:
                 hold = await self._ledger.admit(
                     principal.tenant,
                     price=route.reservation_price,
-                    prompt_tokens_bound=spec.prompt_token_bound(arguments),
+                    prompt_tokens_bound=prompt_tokens_bound,
                     requested_max_tokens=requested,
                     function=spec.id,
                     key_id=principal.key.key_id,
@@ -450,6 +465,85 @@ class Pipeline:
             cache="hit",
             age=answer.age(cache.now()),
         )
+    # -- tool runs (sk_core.tools) -------------------------------------------------
+
+    async def _run_tools(
+        self,
+        principal: Principal,
+        spec: FunctionSpec,
+        arguments: dict[str, Any],
+        *,
+        max_tokens: int | None,
+        record: AuditEntry | None,
+        chain: str | None,
+    ) -> Outcome:
+        """A function that may call tools: screened once, then every model round trip
+        admitted and settled like a single call (``_StepGate``), the tools run between
+        them (``sk_core.tools.ToolRun``). The answer is redacted like any other; the
+        audit record carries the run's steps, tool calls and total charge, also when
+        a step fails (the steps before it stay charged)."""
+        settings = spec.tools
+        assert settings is not None
+        arguments = dict(arguments)
+        limits = settings.limits.lowered(arguments.pop("run_limits", None))
+        route = self._routing.chain(chain or spec.model_chain)
+        await self._screen(spec, arguments, record)
+        gate = _StepGate(self, principal, spec, route)
+        run = ToolRun(
+            spec=spec,
+            settings=settings,
+            limits=limits,
+            gate=gate,
+            screen=self._tool_screen(spec.id),
+            price=route.reservation_price,
+            max_tokens=max_tokens or spec.default_max_tokens_for(arguments),
+        )
+        try:
+            report = await run.execute(await self._runtime(), arguments)
+        finally:
+            if record is not None:
+                done = run.report
+                record.cost_nano = done.cost_nano + gate.failed_nano
+                record.prompt_tokens, record.completion_tokens = done.prompt_tokens, done.completion_tokens
+                record.steps, record.tool_calls = done.steps, len(done.tool_calls)
+                record.run_stop = done.code or ""
+        assert report.last is not None  # ToolRun raises unless a step was settled
+        redaction = self._redactor(spec.id).redact(report.text)
+        if record is not None:
+            record.redactions = sum(redaction.counts.values())
+        usage = Usage(
+            prompt_tokens=report.prompt_tokens,
+            completion_tokens=report.completion_tokens,
+            total_tokens=report.prompt_tokens + report.completion_tokens,
+        )
+        return Outcome(
+            completion=dataclasses.replace(report.last, usage=usage),
+            text=redaction.text,
+            redactions=dict(redaction.counts),
+            cost_nano=report.cost_nano,
+            rate=_rate(report.hold),
+            run=report,
+        )
+
+    def _tool_screen(self, function_id: str) -> Callable[[str], Awaitable[Verdict]]:
+        """The guard over tool results (indirect injection), under the function's policy:
+        ``block`` withholds a flagged result from the model, ``flag`` passes it on."""
+        policy, guard = self._guard_policy(function_id), self._guard
+
+        async def screen(text: str) -> Verdict:
+            if policy == "off" or not text.strip():
+                return "clean"
+            with telemetry.tracer().start_as_current_span("guard", attributes={"sk.guard.source": "tool"}):
+                detection = await guard.inspect([text])
+            if not detection.flagged:
+                return "clean"
+            logger.warning(
+                "tool result flagged for %s (%s): %s", function_id, policy, ",".join(detection.categories)
+            )
+            return "blocked" if policy == "block" else "flagged"
+
+        return screen
+
     async def _screen(self, spec: FunctionSpec, arguments: dict[str, Any], record: AuditEntry | None) -> bool:
         """Prompt-injection screening, before admission: a rejected prompt is neither
         charged nor counted. True: flagged (and answered under the ``flag`` policy)."""
@@ -544,6 +638,41 @@ class Pipeline:
         meters.token_usage.record(usage.completion_tokens, {**dimensions, "gen_ai.token.type": "output"})
         meters.operation_duration.record(duration, dimensions)
         meters.cost.add(usd(cost_nano), dimensions)
+
+
+@dataclass(eq=False)
+class _StepGate:
+    """One model round trip of a tool run through the pipeline's own stages: admission
+    (leases, RPM, TPM, concurrency, budget), the ``invoke`` span with its failure
+    settlement, and settlement at the reported usage (with its metrics)."""
+
+    pipeline: Pipeline
+    principal: Principal
+    spec: FunctionSpec
+    route: Chain
+    failed_nano: int = 0  # charged for steps that failed (the run raised)
+    _started: float = 0.0  # the current step's model call (the duration metric)
+
+    async def admit(self, prompt_tokens_bound: int, max_tokens: int) -> Hold:
+        return await self.pipeline._reserve(
+            self.principal, self.spec, {}, max_tokens, self.route, prompt_tokens_bound=prompt_tokens_bound
+        )
+
+    async def call(
+        self, hold: Hold, model_call: Callable[[ModelRuntime], Awaitable[Completion]]
+    ) -> Completion:
+        self._started = time.perf_counter()
+        try:
+            return await self.pipeline._invoke(self.spec, hold, None, model_call)
+        except BaseException as failure:
+            self.failed_nano += _charge_on_failure(failure, hold)
+            raise
+
+    async def settle(self, hold: Hold, completion: Completion) -> int:
+        settled = await self.pipeline._settle_success(
+            self.principal, self.spec, hold, completion, "", {}, time.perf_counter() - self._started, None
+        )
+        return settled.cost_nano
 
 
 def _rate(hold: Hold) -> RateState:
