@@ -526,8 +526,10 @@ class Pipeline:
         )
 
     def _tool_screen(self, function_id: str) -> Callable[[str], Awaitable[Verdict]]:
-        """The guard over tool results (indirect injection), under the function's policy:
-        ``block`` withholds a flagged result from the model, ``flag`` passes it on."""
+        """The guard over tool results (indirect injection). A flagged result is withheld
+        from the model under ``block`` and ``flag`` alike: ``flag`` lets a caller send
+        their own suspicious text, but a tool's output is a third party's text, which
+        the caller never saw; ``off`` screens nothing."""
         policy, guard = self._guard_policy(function_id), self._guard
 
         async def screen(text: str) -> Verdict:
@@ -540,7 +542,7 @@ class Pipeline:
             logger.warning(
                 "tool result flagged for %s (%s): %s", function_id, policy, ",".join(detection.categories)
             )
-            return "blocked" if policy == "block" else "flagged"
+            return "blocked"
 
         return screen
 

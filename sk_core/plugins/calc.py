@@ -87,7 +87,8 @@ def _number(node: ast.AST, depth: int) -> float:
 
 def evaluate(expression: str) -> float:
     """The value of an arithmetic expression; ``ValueError`` says what is wrong."""
-    text = expression.strip().replace("^", "**").replace("×", "*").replace("÷", "/")
+    # ^ as a power, and the multiplication and division signs people paste.
+    text = expression.strip().replace("^", "**").replace("\u00d7", "*").replace("\u00f7", "/")
     if not text:
         raise ValueError("the expression is empty")
     if len(text) > MAX_EXPRESSION_CHARS:

@@ -64,7 +64,10 @@ class Toolbox:
         A ``ValueError`` (the plugins' way to say the input is wrong) becomes ``ToolError``.
         """
         function = self._functions[name]
-        context = FunctionInvocationContext(
+        # Constructed without validation: SK rebuilds this pydantic model lazily inside
+        # KernelFunction.invoke, and gather_function_parameters reads only the kernel
+        # and the arguments.
+        context = FunctionInvocationContext.model_construct(
             function=function, kernel=self._kernel, arguments=KernelArguments(**arguments)
         )
         try:

@@ -56,7 +56,7 @@ _WITHHELD = "[withheld: the tool's output was flagged as a possible prompt injec
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "error", "timeout", "withheld", "refused"]
-Verdict = Literal["clean", "flagged", "blocked"]
+Verdict = Literal["clean", "blocked"]
 
 
 class ToolError(Exception):

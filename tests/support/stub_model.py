@@ -320,7 +320,7 @@ def _build_completion(payload: Mapping[str, Any], behaviour: Behaviour, fallback
         # Crude "one word = one token" so tests can predict usage exactly (a tool
         # call: one token per 4 bytes of its name and arguments).
         words = content.split()
-        call_bytes = sum(len(str(c["function"]["name"])) + len(str(c["function"]["arguments"])) for c in calls)
+        call_bytes = sum(len(str(c["function"]["name"]) + str(c["function"]["arguments"])) for c in calls)
         completion_tokens = max(1, len(words) + call_bytes // 4)
         limit = _token_limit(payload)
         if limit is not None and completion_tokens > limit:
