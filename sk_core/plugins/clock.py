@@ -64,8 +64,8 @@ class ClockPlugin:
         if abs(days) + abs(hours) // 24 + abs(minutes) // 1440 > _MAX_DAYS:
             raise ValueError("the duration is too large")
         # Arithmetic on the naive local time, then localised again: wall-clock semantics.
-        local = moment.replace(tzinfo=None) + timedelta(days=days, hours=hours, minutes=minutes)
         try:
+            local = moment.replace(tzinfo=None) + timedelta(days=days, hours=hours, minutes=minutes)
             return local.replace(tzinfo=zone).isoformat(timespec="seconds")
         except OverflowError:
             raise ValueError("the result is out of the supported range") from None
