@@ -23,6 +23,7 @@ from sk_core.pipeline import Outcome
 from sk_core.tools import RunLimits, RunStopped, Toolbox, ToolInfo, ToolSettings
 from sk_core.usage import AuditEntry
 from tests.conftest import TelemetrySink
+from tests.support.metrics import metric_points
 from tests.support.stub_model import StubModel
 
 ASK = ("assist", "ask")
@@ -123,6 +124,19 @@ async def test_one_tool_then_an_answer(
     assert spans[-1].attributes["gen_ai.operation.name"] == "execute_tool"
     assert spans[-1].attributes["gen_ai.tool.call.id"] == assistant["tool_calls"][0]["id"]
     assert spans[-1].attributes["sk.tool.outcome"] == "ok"
+    # Counters: the steps of this function's runs, and tool calls by tool and outcome.
+    steps = [
+        p
+        for p in metric_points(telemetry_sink, "sk.tools.steps")
+        if p.attributes["sk.function"] == "assist/ask"
+    ]
+    assert steps
+    assert steps[-1].value >= 2
+    calls = metric_points(telemetry_sink, "sk.tools.calls")
+    assert any(
+        p.attributes["gen_ai.tool.name"] == "calc-evaluate" and p.attributes["sk.tool.outcome"] == "ok"
+        for p in calls
+    )
 
 
 async def test_parallel_tool_calls_run_together_and_answer_in_order(
@@ -285,6 +299,26 @@ async def test_a_tool_that_hangs_is_timed_out_and_the_model_told(
     tool_message = stub.requests()[-1]["json"]["messages"][-1]
     assert tool_message["content"].startswith("error: the tool did not finish within 0.3s")
     assert await settled_down(functions_service, caller.tenant.id)
+
+
+async def test_a_client_that_leaves_mid_run_leaves_nothing_held_or_running(
+    functions_service: Service, caller: Principal, stub: StubModel, test_tools: MisbehavingTools
+) -> None:
+    spec = with_tools(functions_service, ("hang", "Never returns."), timeout=30)
+    stub.script({"tool_calls": [call("test-hang")], "prompt_tokens": 80, "completion_tokens": 4})
+    task = asyncio.create_task(run(functions_service, caller, spec))
+    for _ in range(100):  # until the tool is running (the first step is settled by then)
+        if stub.stats()["count"] == 1 and not task.done():
+            await asyncio.sleep(0.1)
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()  # what the host does when the client disconnects
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert test_tools.cancelled.is_set()
+    assert await settled_down(functions_service, caller.tenant.id)
+    usage = await spent(functions_service, caller.tenant.id)
+    assert usage["spent_nano"] == functions_service.settings.price.cost_nano(80, 4)  # the one step made
 
 
 async def test_a_tool_result_carrying_an_injection_is_withheld_from_the_model(
