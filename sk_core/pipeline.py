@@ -36,7 +36,7 @@ from sk_core.errors import (
 )
 from sk_core.model import Chain, Deployment, RoutingTable
 from sk_core.pricing import Price, Usage, usd
-from sk_core.tools import RunReport, ToolRun
+from sk_core.tools import RunReport, ToolRun, prompt_bound
 
 if TYPE_CHECKING:
     from sk_core.accounts import Authenticator, Principal, Tenant
@@ -497,6 +497,7 @@ class Pipeline:
             screen=self._tool_screen(spec.id),
             price=route.reservation_price,
             max_tokens=max_tokens or spec.default_max_tokens_for(arguments),
+            chain=route,
         )
         try:
             report = await run.execute(await self._runtime(), arguments)
@@ -525,6 +526,48 @@ class Pipeline:
             run=report,
         )
 
+    async def complete_messages(
+        self,
+        principal: Principal,
+        spec: FunctionSpec,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]],
+        tool_choice: Any,
+        extra: Mapping[str, Any],
+        max_tokens: int | None,
+        options: Mapping[str, Any] | None = None,
+        record: AuditEntry | None = None,
+        chain: str | None = None,
+    ) -> Outcome:
+        """One model call over OpenAI-shaped ``messages`` that may carry the caller's own
+        tools, tool calls and tool results (the OpenAI-compatible route): the
+        function's own prompt (its system message) first, then the same stages as
+        ``call``, never cached. The model's tool calls are returned, not run: the
+        caller runs its tools. Every message's text is screened (a tool result is
+        text the caller's tool fetched: indirect injection)."""
+        route = self._routing.chain(chain or spec.model_chain)
+        texts = [str(m["content"]) for m in messages if isinstance(m.get("content"), str) and m["content"]]
+        await self._screen_texts(spec, texts, record)
+        sent = [*await (await self._runtime()).render_messages(spec, {}), *messages]
+        requested = max_tokens or spec.default_max_tokens
+        hold = await self._reserve(
+            principal, spec, {}, requested, route, prompt_tokens_bound=prompt_bound(sent, tools)
+        )
+        started = time.perf_counter()
+        completion = await self._invoke(
+            spec, hold, record,
+            lambda runtime: runtime.chat_step(
+                spec, sent, tools=tools, tool_choice=tool_choice, max_tokens=hold.max_tokens,
+                chain=route, options=options, extra=extra,
+            ),
+        )
+        redaction = self._redactor(spec.id).redact(completion.text)
+        return await self._settle_success(
+            principal, spec, hold, completion, redaction.text, dict(redaction.counts),
+            time.perf_counter() - started, record, clamped=hold.max_tokens < requested,
+        )
+
     def _tool_screen(self, function_id: str) -> Callable[[str], Awaitable[Verdict]]:
         """The guard over tool results (indirect injection). A flagged result is withheld
         from the model under ``block`` and ``flag`` alike: ``flag`` lets a caller send
@@ -549,12 +592,13 @@ class Pipeline:
     async def _screen(self, spec: FunctionSpec, arguments: dict[str, Any], record: AuditEntry | None) -> bool:
         """Prompt-injection screening, before admission: a rejected prompt is neither
         charged nor counted. True: flagged (and answered under the ``flag`` policy)."""
+        return await self._screen_texts(spec, spec.user_texts(arguments), record)
+
+    async def _screen_texts(self, spec: FunctionSpec, texts: list[str], record: AuditEntry | None) -> bool:
         from sk_core.safety.guard import screen
 
         with telemetry.tracer().start_as_current_span("guard") as span:
-            screening = await screen(
-                self._guard, self._guard_policy(spec.id), spec.id, spec.user_texts(arguments)
-            )
+            screening = await screen(self._guard, self._guard_policy(spec.id), spec.id, texts)
             if screening is None:
                 return False
             span.set_attribute("sk.guard.flagged", screening.flagged)

@@ -6,27 +6,36 @@ unchanged. This is another entry into the same use case, not a second one: a cha
 completion here *is* the catalog's ``chat/chat`` function (its system prompt, scopes,
 guard and redaction policy, limits and audit), called with the request's messages as
 the conversation and the request's sampling parameters over the prompt file's. The
-parameters we implement are listed in ``_SUPPORTED``; any other (``tools``,
-``response_format``, ``logprobs``, ``n`` > 1 ...) is refused with a 400 naming it,
-never silently dropped. Errors come in OpenAI's shape (the route table says so), so
-the SDK raises its typed exceptions with our ``code``.
+parameters we implement are listed in ``_SUPPORTED``; any other (``logprobs``,
+``n`` > 1 ...) is refused with a 400 naming it, never silently dropped.
+
+A request that brings its own tools (``tools``, ``tool_choice``,
+``parallel_tool_calls``), carries tool calls or ``role: "tool"`` results or message
+``name``s, or asks for ``response_format`` JSON, takes ``Pipeline.complete_messages``:
+one model call (the caller runs its tools, as with OpenAI), the same limits and
+accounting; a ``response_format`` answer is validated before it reaches the client.
+Errors come in OpenAI's shape (the route table says so), so the SDK raises its typed
+exceptions with our ``code``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
 from sk_core import telemetry
-from sk_core.catalog import MAX_TOKENS_LIMIT
+from sk_core.catalog import MAX_TOKENS_LIMIT, clean_text
 from sk_core.composition import Service, get_service
-from sk_core.errors import NotFound, UnsupportedParameter, ValidationFailed
+from sk_core.errors import ApiError, NotFound, UnsupportedParameter, ValidationFailed
 from sk_core.http import sse
 from sk_core.http.handlers import answer_headers, function_spec, stream_failure, stream_headers
 from sk_core.http.rendering import json_response, openai_error_body
@@ -34,7 +43,10 @@ from sk_core.http.request_body import read_json_body, validate_body
 from sk_core.pricing import Usage, usd
 
 if TYPE_CHECKING:
+    from sk_core.accounts import Principal
+    from sk_core.catalog import FunctionSpec
     from sk_core.pipeline import StreamedCall
+    from sk_core.usage import AuditEntry
 
 # The catalog function a chat completion runs.
 CHAT_FUNCTION = ("chat", "chat")
@@ -42,6 +54,7 @@ _SUPPORTED = frozenset(
     {
         "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
         "seed", "presence_penalty", "frequency_penalty", "user", "stream", "stream_options", "n",
+        "tools", "tool_choice", "parallel_tool_calls", "response_format",
     }
 )
 # Sampling parameters passed to the model as given (the answer cap is admission's).
@@ -59,15 +72,121 @@ class TextPart(_Strict):
     text: str
 
 
-class Message(_Strict):
-    """One message. ``developer`` is OpenAI's newer name for ``system``."""
+class CalledFunction(_Strict):
+    """The function of an assistant's tool call: its name and JSON arguments (text)."""
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    name: Annotated[str, Field(max_length=64)]
+    arguments: Annotated[str, Field(max_length=32_000)]
+
+
+class ToolCallIn(_Strict):
+    """A tool call in an earlier assistant message of the conversation."""
+
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class Message(_Strict):
+    """One message. ``developer`` is OpenAI's newer name for ``system``; a ``tool``
+    message answers an assistant's tool call (``tool_call_id``)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    tool_calls: Annotated[list[ToolCallIn], Field(min_length=1, max_length=128)] | None = None
+    tool_call_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an assistant message may carry tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message needs tool_call_id, and only a tool message has one")
+        if self.content is None and self.tool_calls is None:
+            raise ValueError("content is required (it may be null only with tool_calls)")
+        return self
 
     def text(self) -> str:
         """The content as one string (text parts joined, as OpenAI reads them)."""
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    @property
+    def plain(self) -> bool:
+        """A message the chat function's conversation can hold (role and text only)."""
+        return self.role != "tool" and self.tool_calls is None and self.name is None
+
+    def wire(self) -> dict[str, Any]:
+        """The message as sent to the model (``developer`` as ``system``, content as text)."""
+        message: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": None if self.content is None else clean_text(self.text()),
+        }
+        if self.name is not None:
+            message["name"] = self.name
+        if self.tool_calls is not None:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class FunctionDefinition(_Strict):
+    """A caller's tool: a function the model may ask the caller to run."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: Annotated[str, Field(max_length=8_000)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Strict):
+    """One ``tools`` item."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    """The function a ``tool_choice`` object names."""
+
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    """``tool_choice: {"type": "function", "function": {"name": ...}}``."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Strict):
+    """``response_format.json_schema``: the schema the answer must match."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", default_factory=dict)
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """``response_format``: text (the default), any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only with it")
+        if self.json_schema is not None:
+            try:
+                Draft202012Validator.check_schema(self.json_schema.schema_)
+            except SchemaError as exc:
+                raise ValueError(f"json_schema.schema is not a valid JSON Schema: {exc.message}") from None
+        return self
 
 
 class StreamOptions(_Strict):
@@ -96,6 +215,36 @@ class ChatCompletionRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] | None = None
+    tools: Annotated[list[ToolDefinition], Field(min_length=1, max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_names_a_tool(cls, choice: Any, info: ValidationInfo) -> Any:
+        tools = info.data.get("tools")
+        if choice is not None and tools is None:
+            raise ValueError("tool_choice needs tools")
+        named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        if named is not None and named not in {t.function.name for t in tools or ()}:
+            raise ValueError("tool_choice names a function that is not in tools")
+        return choice
+
+    @property
+    def structured(self) -> bool:
+        """Needs the messages path: tools, tool messages, names or a JSON answer."""
+        json_answer = self.response_format is not None and self.response_format.type != "text"
+        return self.tools is not None or json_answer or not all(m.plain for m in self.messages)
+
+    def extra(self) -> dict[str, Any]:
+        """The members passed to the model as given (``tools`` aside)."""
+        extra: dict[str, Any] = {}
+        if self.parallel_tool_calls is not None:
+            extra["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.response_format is not None and self.response_format.type != "text":
+            extra["response_format"] = self.response_format.model_dump(by_alias=True, exclude_none=True)
+        return extra
 
     def options(self) -> dict[str, Any]:
         """The sampling parameters the caller set."""
@@ -139,11 +288,20 @@ async def list_models(request: Request) -> Response:
     return json_response(ModelList.model_validate({"object": "list", "data": data}))
 
 
+class ToolCallOut(BaseModel):
+    """A function call the model asks the caller to run."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class AnswerMessage(BaseModel):
     """The assistant's message of a chat completion."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class Choice(BaseModel):
@@ -216,13 +374,18 @@ async def chat_completions(request: Request) -> Response:
         if body.model not in models:
             raise NotFound(f"The model '{body.model}' does not exist or this key may not use it.")
         chain = models[body.model]
-        # The messages as the chat function's conversation, checked by its own rules
-        # (text hygiene, sizes); errors name the request's fields (messages[2].content).
-        history = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in body.messages
-        ]
-        arguments = validate_body(spec.arguments_model, {"messages": history}).model_dump()
+        if body.structured:
+            messages = _wire_messages(body)
+        else:
+            # The messages as the chat function's conversation, checked by its own rules
+            # (text hygiene, sizes); errors name the request's fields (messages[2].content).
+            history = [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages
+            ]
+            arguments = validate_body(spec.arguments_model, {"messages": history}).model_dump()
+    if body.structured:
+        return await _structured(service, spec, principal, body, messages, chain, record)
     max_tokens = body.max_completion_tokens or body.max_tokens
     arguments.pop("max_tokens", None)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -255,6 +418,98 @@ async def chat_completions(request: Request) -> Response:
         cost_usd=usd(outcome.cost_nano),
     )
     return json_response(answer, headers=answer_headers(outcome))
+
+
+class ModelOutputInvalid(ApiError):
+    """The model's answer does not match the requested ``response_format`` (it was made,
+    and is charged at its usage, as every answer; the text is not passed on)."""
+
+    status, code, title = 502, "model_output_invalid", "The model's answer is not the requested format"
+
+
+def _wire_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The messages as sent to the model, their text cleaned as the chat function's are."""
+    if body.stream:
+        raise UnsupportedParameter(
+            "stream", "Streaming is not supported with tools, tool messages or response_format yet."
+        )
+    messages = []
+    for index, message in enumerate(body.messages):
+        try:
+            messages.append(message.wire())
+        except ValueError as exc:
+            field = f"messages[{index}].content"
+            raise ValidationFailed(
+                f"Invalid {field}: {exc}", errors=[{"field": field, "message": str(exc)}]
+            ) from None
+    return messages
+
+
+async def _structured(
+    service: Service,
+    spec: FunctionSpec,
+    principal: Principal,
+    body: ChatCompletionRequest,
+    messages: list[dict[str, Any]],
+    chain: str | None,
+    record: AuditEntry | None,
+) -> Response:
+    """A request with tools, tool messages, names or a JSON answer: one model call over
+    the messages as given (``Pipeline.complete_messages``); the model's tool calls are
+    returned for the caller to run."""
+    choice = body.tool_choice
+    outcome = await service.pipeline.complete_messages(
+        principal, spec, messages,
+        tools=[t.model_dump(exclude_none=True) for t in body.tools or ()],
+        tool_choice=choice.model_dump() if isinstance(choice, NamedToolChoice) else (choice or "auto"),
+        extra=body.extra(),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        options=body.options(), record=record, chain=chain,
+    )
+    completion = outcome.completion
+    calls = [
+        ToolCallOut(id=c.id, function=CalledFunction(name=c.name, arguments=c.arguments))
+        for c in getattr(completion, "tool_calls", ())
+    ]
+    if body.response_format is not None and not calls:
+        _check_format(body.response_format, outcome.text, outcome.cost_nano)
+    answer = ChatCompletion(
+        id=f"chatcmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=completion.model,
+        choices=[
+            Choice(
+                message=AnswerMessage(
+                    content=outcome.text or (None if calls else ""), tool_calls=calls or None
+                ),
+                finish_reason=completion.finish_reason,
+            )
+        ],
+        usage=completion.usage,
+        cost_usd=usd(outcome.cost_nano),
+    )
+    return json_response(answer, headers=answer_headers(outcome))
+
+
+def _check_format(response_format: ResponseFormat, text: str, cost_nano: int) -> None:
+    """Raise ``ModelOutputInvalid`` unless ``text`` is what ``response_format`` asked for."""
+    if response_format.type == "text":
+        return
+    charged = {"cost_usd": usd(cost_nano)}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ModelOutputInvalid("The model's answer is not JSON.", extensions=charged) from None
+    if response_format.json_schema is None:
+        if not isinstance(value, dict):
+            raise ModelOutputInvalid("The model's answer is not a JSON object.", extensions=charged)
+        return
+    error = next(iter(Draft202012Validator(response_format.json_schema.schema_).iter_errors(value)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise ModelOutputInvalid(
+            f"The model's answer does not match the schema at {where}.", extensions=charged
+        )
 
 
 async def _chunks(

@@ -253,19 +253,30 @@ class ModelRuntime:
         )
 
     async def _history(
-        self, spec: FunctionSpec, values: dict[str, Any], settings: ChatSettings
+        self, spec: FunctionSpec, values: dict[str, Any], settings: ChatSettings, *, opening: bool = False
     ) -> ChatHistory:
         """The function's prompt rendered and parsed into messages, as ``kernel.invoke``
-        does before calling the service (no prompt-rendering filters are registered)."""
+        does before calling the service (no prompt-rendering filters are registered).
+
+        ``opening``: the prompt is only the start of a conversation (more messages
+        follow). SK turns a lone system message into a user message (a prompt that is
+        only a system message is meant as the user's); a marker message after it keeps
+        the role, and is dropped again."""
         function = self.functions[spec.id]
         arguments = self._arguments(spec, values, settings)
         function.update_arguments_with_defaults(arguments)
         rendered = await function.prompt_template.render(self.kernel, arguments)
-        return ChatHistory.from_rendered_prompt(rendered)
+        if not opening:
+            return ChatHistory.from_rendered_prompt(rendered)
+        history = ChatHistory.from_rendered_prompt(rendered + '<message role="user">-</message>')
+        history.messages.pop()
+        return history
 
     async def render_messages(self, spec: FunctionSpec, values: dict[str, Any]) -> list[dict[str, Any]]:
-        """The function's prompt as OpenAI-shaped messages: the start of a tool run."""
-        history = await self._history(spec, values, self._request_settings(spec, 1, None))
+        """The function's prompt as OpenAI-shaped messages: the start of a tool run, or
+        of the caller's own messages (``values`` without the conversation)."""
+        settings = self._request_settings(spec, 1, None)
+        history = await self._history(spec, values, settings, opening=True)
         return [message.to_dict() for message in history.messages]
 
     async def chat_step(
@@ -274,14 +285,19 @@ class ModelRuntime:
         messages: list[dict[str, Any]],
         *,
         tools: list[dict[str, Any]],
-        tool_choice: str,
+        tool_choice: Any,
         max_tokens: int,
         chain: Chain | None = None,
+        options: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Completion:
-        """One model round trip of a tool run: ``messages`` so far, the tool definitions,
-        along a fallback chain inside one deadline (``_routed``), as ``invoke``."""
-        settings = self._request_settings(spec, max_tokens, None)
-        extra: dict[str, Any] = {"tools": tools, "tool_choice": tool_choice} if tools else {}
+        """One model round trip with tools: ``messages`` so far, the tool definitions,
+        along a fallback chain inside one deadline (``_routed``), as ``invoke``. A tool
+        run's step, or an OpenAI-compatible request that brings its own tools
+        (``options``: its sampling settings; ``extra``: ``parallel_tool_calls``,
+        ``response_format``, passed as given)."""
+        settings = self._request_settings(spec, max_tokens, options)
+        extra = {**(extra or {}), **({"tools": tools, "tool_choice": tool_choice} if tools else {})}
         deadline = asyncio.get_running_loop().time() + self._settings.model_deadline_seconds
         response, deployment, attempts = await self._routed(
             chain or self.routing.chain(None),

@@ -17,7 +17,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from sk_core.tools._discovery import ToolInfo, available_tools
-from sk_core.tools._run import RunReport, RunStopped, StepGate, ToolCallReport, ToolError, ToolRun, Verdict
+from sk_core.tools._run import (
+    RunReport,
+    RunStopped,
+    StepGate,
+    ToolCallReport,
+    ToolError,
+    ToolRun,
+    Verdict,
+    prompt_bound,
+)
 from sk_core.tools._settings import RunLimits, ToolSettings, parse_tool_settings
 
 if TYPE_CHECKING:
@@ -47,4 +56,5 @@ __all__ = [
     "available_tools",
     "load_toolbox",
     "parse_tool_settings",
+    "prompt_bound",
 ]

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 # Bytes bound tokens (README, "Hard cost ceiling"); these allowances cover what a chat
 # template wraps around them: a message's role markers, a tool call's id and markup,
 # and the block of instructions some templates put around the tool definitions.
+_FIXED_TOKENS = 16  # the assistant turn's opener
 _PER_MESSAGE_TOKENS = 8
 _PER_CALL_TOKENS = 16
 _TOOLS_FIXED_TOKENS = 256
@@ -127,10 +128,22 @@ class RunReport:
 
 
 def _message_bytes(message: dict[str, Any]) -> int:
-    total = len(str(message.get("content") or "").encode()) + _PER_MESSAGE_TOKENS
+    content = message.get("content") or ""
+    text = content if isinstance(content, str) else json.dumps(content)
+    total = len(f"{text}{message.get('name') or ''}{message.get('tool_call_id') or ''}".encode())
+    total += _PER_MESSAGE_TOKENS
     for call in message.get("tool_calls") or ():
         function = call["function"]
         total += len(f"{call['id']}{function['name']}{function['arguments']}".encode()) + _PER_CALL_TOKENS
+    return total
+
+
+def prompt_bound(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+    """An upper bound on the prompt tokens of ``messages`` sent with ``tools``: UTF-8
+    bytes, plus allowances for the chat template's markup (``_run.py``'s constants)."""
+    total = _FIXED_TOKENS + sum(_message_bytes(message) for message in messages)
+    if tools:
+        total += len(json.dumps(tools).encode()) + _TOOLS_FIXED_TOKENS + _PER_TOOL_TOKENS * len(tools)
     return total
 
 
@@ -151,6 +164,7 @@ class ToolRun:
         screen: Callable[[str], Awaitable[Verdict]],
         price: Price,
         max_tokens: int,
+        chain: Any = None,
     ) -> None:
         self._spec = spec
         self._settings = settings
@@ -159,6 +173,7 @@ class ToolRun:
         self._screen = screen
         self._price = price  # the chain's reservation price: what the run's ceiling is checked at
         self._max_tokens = max_tokens
+        self._chain = chain  # the model fallback chain every step uses (None: the default)
         self.report = RunReport()
 
     async def execute(self, runtime: ModelRuntime, arguments: dict[str, Any]) -> RunReport:
@@ -225,7 +240,9 @@ class ToolRun:
         sent = list(messages)
 
         def call(runtime: ModelRuntime) -> Awaitable[Completion]:
-            return runtime.chat_step(self._spec, sent, tools=tools, tool_choice=choice, max_tokens=max_tokens)
+            return runtime.chat_step(
+                self._spec, sent, tools=tools, tool_choice=choice, max_tokens=max_tokens, chain=self._chain
+            )
 
         return call
 
