@@ -210,3 +210,78 @@ async def test_a_tool_message_without_its_call_id_and_streamed_tools_are_refused
         )
     assert (streamed.value.code, streamed.value.param) == ("unsupported_parameter", "stream")
     assert stub.stats()["count"] == 0
+
+
+async def test_semantic_kernel_as_the_client_runs_its_own_plugin_through_the_endpoint(
+    container_host: ContainerHost, functions_service: Service, stub: StubModel
+) -> None:
+    from semantic_kernel import Kernel
+    from semantic_kernel.connectors.ai.function_choice_behavior import FunctionChoiceBehavior
+    from semantic_kernel.connectors.ai.open_ai import OpenAIChatCompletion, OpenAIChatPromptExecutionSettings
+    from semantic_kernel.contents import ChatHistory
+    from semantic_kernel.functions import kernel_function
+
+    class Lights:
+        def __init__(self) -> None:
+            self.switched: list[str] = []
+
+        @kernel_function(name="switch_on", description="Switch the lights on in a room.")
+        def switch_on(self, room: str) -> str:
+            self.switched.append(room)
+            return f"lights on in {room}"
+
+    _, key = await new_key(functions_service)
+    sdk = openai.AsyncOpenAI(base_url=f"{container_host.base_url}/api/v1", api_key=key, max_retries=0)
+    kernel = Kernel()
+    lights = Lights()
+    kernel.add_plugin(lights, plugin_name="home")
+    chat = OpenAIChatCompletion(ai_model_id=MODEL, async_client=sdk)
+    stub.script(
+        {"tool_calls": [{"name": "home-switch_on", "arguments": {"room": "kitchen"}}]},
+        {"content": "The kitchen lights are on."},
+    )
+    history = ChatHistory()
+    history.add_user_message("Turn on the kitchen lights.")
+    settings = OpenAIChatPromptExecutionSettings(function_choice_behavior=FunctionChoiceBehavior.Auto())
+    answer = await chat.get_chat_message_content(history, settings, kernel=kernel)
+    await sdk.close()
+    assert str(answer) == "The kitchen lights are on."
+    assert lights.switched == ["kitchen"]  # SK ran its own tool between our two answers
+    second = stub.requests()[-1]["json"]
+    assert [m["role"] for m in second["messages"]][-2:] == ["assistant", "tool"]
+    assert second["messages"][-1]["content"] == "lights on in kitchen"
+
+
+async def test_langchain_binds_tools_and_gets_structured_output(
+    container_host: ContainerHost, functions_service: Service, stub: StubModel
+) -> None:
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, SecretStr
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    class Weather(BaseModel):
+        city: str
+        temp: float
+
+    _, key = await new_key(functions_service)
+    model = ChatOpenAI(
+        model=MODEL,
+        base_url=f"{container_host.base_url}/api/v1",
+        api_key=SecretStr(key),
+        max_retries=0,
+    )
+    stub.script({"tool_calls": [{"name": "get_weather", "arguments": {"city": "Lisbon"}}]})
+    message = await model.bind_tools([get_weather]).ainvoke("Weather in Lisbon?")
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("get_weather", {"city": "Lisbon"})]
+    assert stub.requests()[-1]["json"]["tools"][0]["function"]["name"] == "get_weather"
+
+    stub.script({"content": '{"city": "Lisbon", "temp": 24.5}'})
+    weather = await model.with_structured_output(Weather).ainvoke("Weather in Lisbon as JSON.")
+    assert weather == Weather(city="Lisbon", temp=24.5)
+    assert stub.requests()[-1]["json"]["response_format"]["type"] == "json_schema"
+    await model.root_async_client.close()  # LangChain's own client (filterwarnings = error)
