@@ -96,6 +96,9 @@ class Message(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
     tool_calls: Annotated[list[ToolCallIn], Field(min_length=1, max_length=128)] | None = None
     tool_call_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    # What an assistant message read back from an OpenAI answer may carry; not sent on.
+    refusal: str | None = None
+    annotations: list[Any] | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> Message:
