@@ -229,7 +229,7 @@ class Pipeline:
         deployment the call may reach; the settlement at the one that answered.
         """
         if spec.tools is not None:  # a tool run: several model calls, never cached
-            return await self._run_tools(
+            return await self.run_tools(
                 principal, spec, arguments, max_tokens=max_tokens, record=record, chain=chain
             )
         requested = max_tokens or spec.default_max_tokens_for(arguments)
@@ -276,7 +276,8 @@ class Pipeline:
         applies to opening the stream (``ModelRuntime.open_stream``).
         """
         if spec.tools is not None:
-            raise BadRequest("This function calls tools and cannot be streamed yet; ask for JSON.")
+            # Its streamed form is run_tools with on_tool (tool events, then the answer).
+            raise BadRequest("A function that calls tools streams tool events, not text deltas.")
         route = self._routing.chain(chain or spec.model_chain)
         await self._screen(spec, arguments, record)
         requested = max_tokens or spec.default_max_tokens_for(arguments)
@@ -467,21 +468,23 @@ class Pipeline:
         )
     # -- tool runs (sk_core.tools) -------------------------------------------------
 
-    async def _run_tools(
+    async def run_tools(
         self,
         principal: Principal,
         spec: FunctionSpec,
         arguments: dict[str, Any],
         *,
         max_tokens: int | None,
-        record: AuditEntry | None,
-        chain: str | None,
+        record: AuditEntry | None = None,
+        chain: str | None = None,
+        on_tool: Callable[[dict[str, Any]], None] | None = None,
     ) -> Outcome:
         """A function that may call tools: screened once, then every model round trip
         admitted and settled like a single call (``_StepGate``), the tools run between
         them (``sk_core.tools.ToolRun``). The answer is redacted like any other; the
         audit record carries the run's steps, tool calls and total charge, also when
-        a step fails (the steps before it stay charged)."""
+        a step fails (the steps before it stay charged). ``on_tool`` hears of each tool
+        call when it is done (its arguments redacted: they leave the process)."""
         settings = spec.tools
         assert settings is not None
         arguments = dict(arguments)
@@ -498,6 +501,7 @@ class Pipeline:
             price=route.reservation_price,
             max_tokens=max_tokens or spec.default_max_tokens_for(arguments),
             chain=route,
+            on_tool=None if on_tool is None else self._redacted_tool_events(spec.id, on_tool),
         )
         try:
             report = await run.execute(await self._runtime(), arguments)
@@ -567,6 +571,16 @@ class Pipeline:
             principal, spec, hold, completion, redaction.text, dict(redaction.counts),
             time.perf_counter() - started, record, clamped=hold.max_tokens < requested,
         )
+
+    def _redacted_tool_events(
+        self, function_id: str, on_tool: Callable[[dict[str, Any]], None]
+    ) -> Callable[[dict[str, Any]], None]:
+        redactor = self._redactor(function_id)
+
+        def told(event: dict[str, Any]) -> None:
+            on_tool({**event, "arguments": redactor.redact(event["arguments"]).text})
+
+        return told
 
     def _tool_screen(self, function_id: str) -> Callable[[str], Awaitable[Verdict]]:
         """The guard over tool results (indirect injection). A flagged result is withheld

@@ -165,6 +165,7 @@ class ToolRun:
         price: Price,
         max_tokens: int,
         chain: Any = None,
+        on_tool: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._spec = spec
         self._settings = settings
@@ -174,6 +175,8 @@ class ToolRun:
         self._price = price  # the chain's reservation price: what the run's ceiling is checked at
         self._max_tokens = max_tokens
         self._chain = chain  # the model fallback chain every step uses (None: the default)
+        # Told of every tool call once it is done (a streamed answer's ``tool`` events).
+        self._on_tool = on_tool
         self.report = RunReport()
 
     async def execute(self, runtime: ModelRuntime, arguments: dict[str, Any]) -> RunReport:
@@ -330,7 +333,18 @@ class ToolRun:
                 outcome, text = "withheld", _WITHHELD
             span.set_attribute("sk.tool.outcome", outcome)
             span.set_attribute("sk.guard.flagged", verdict != "clean")
-        self._count(call.name, outcome, (time.perf_counter() - started) * 1000)
+        duration_ms = (time.perf_counter() - started) * 1000
+        self._count(call.name, outcome, duration_ms)
+        if self._on_tool is not None:
+            self._on_tool(
+                {
+                    "id": call.id,
+                    "name": call.name,
+                    "arguments": call.arguments,
+                    "outcome": outcome,
+                    "duration_ms": round(duration_ms, 1),
+                }
+            )
         return text
 
     async def _run_tool(self, toolbox: Toolbox, call: ToolCall, timeout: float) -> str:  # noqa: ASYNC109

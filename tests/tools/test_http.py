@@ -3,6 +3,9 @@ answer carries its steps, tool calls and cost, and bad run limits are a clear 42
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from tests.support.hosts import Host
@@ -81,10 +84,56 @@ async def test_run_limits_above_the_functions_are_refused_and_nothing_is_sent(
     assert stub.stats()["count"] == 0
 
 
-async def test_a_tool_function_asked_for_a_stream_is_a_clear_400(host: Host, stub: StubModel) -> None:
+def events(body: bytes) -> list[tuple[str, Any]]:
+    """(event name, data) of each Server-Sent Event."""
+    parsed = []
+    for block in body.decode().strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        parsed.append((lines.get("event", "message"), json.loads(lines["data"])))
+    return parsed
+
+
+async def test_a_streamed_run_sends_tool_events_then_the_answer_and_its_accounting(
+    host: Host, stub: StubModel
+) -> None:
+    stub.script(
+        {
+            "tool_calls": [
+                {"name": "calc-evaluate", "arguments": {"expression": "6 * 7"}},
+                {"name": "clock-weekday", "arguments": {"day": "someday"}},
+            ],
+            "prompt_tokens": 100,
+            "completion_tokens": 10,
+        },
+        {"content": "42, and the day was not a date.", "prompt_tokens": 150, "completion_tokens": 9},
+    )
+    response = await host.request(
+        "POST", ASK, json_body={"question": "6 * 7?"}, headers={"accept": "text/event-stream"}
+    )
+    assert response.status == 200, response.body
+    assert response.headers["content-type"].startswith("text/event-stream")
+    got = events(response.body)
+    assert [name for name, _ in got] == ["tool", "tool", "delta", "done"]
+    tools = sorted((e["name"], e["outcome"], e["arguments"]) for _, e in got[:2])
+    assert tools == [
+        ("calc-evaluate", "ok", '{"expression": "6 * 7"}'),
+        ("clock-weekday", "error", '{"day": "someday"}'),
+    ]
+    assert all(e["duration_ms"] >= 0 for _, e in got[:2])
+    assert got[2][1] == {"text": "42, and the day was not a date."}
+    done = got[3][1]
+    cost = (100 + 150) * 1e-6 + (10 + 9) * 2e-6
+    assert done["cost_usd"] == pytest.approx(cost)
+    assert done["usage"]["prompt_tokens"] == 250
+    assert (done["run"]["status"], done["run"]["steps"]) == ("completed", 2)
+
+
+async def test_a_streamed_run_refused_at_its_first_step_answers_with_the_status(
+    host: Host, stub: StubModel
+) -> None:
+    stub.script({"status": 400})  # the provider rejects the request: no event was sent yet
     response = await host.request(
         "POST", ASK, json_body={"question": "q"}, headers={"accept": "text/event-stream"}
     )
-    assert response.status == 400
-    assert response.json()["code"] == "bad_request"
-    assert stub.stats()["count"] == 0
+    assert response.status == 502, response.body
+    assert response.json()["code"] == "model_error"
