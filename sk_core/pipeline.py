@@ -566,9 +566,20 @@ class Pipeline:
                 chain=route, options=options, extra=extra,
             ),
         )
-        redaction = self._redactor(spec.id).redact(completion.text)
+        redactor = self._redactor(spec.id)
+        redaction = redactor.redact(completion.text)
+        counts = dict(redaction.counts)
+        if completion.tool_calls:
+            # The arguments leave the process too (the caller runs its tools with them).
+            calls = []
+            for call in completion.tool_calls:
+                redacted = redactor.redact(call.arguments)
+                for kind, count in redacted.counts.items():
+                    counts[kind] = counts.get(kind, 0) + count
+                calls.append(dataclasses.replace(call, arguments=redacted.text))
+            completion = dataclasses.replace(completion, tool_calls=tuple(calls))
         return await self._settle_success(
-            principal, spec, hold, completion, redaction.text, dict(redaction.counts),
+            principal, spec, hold, completion, redaction.text, counts,
             time.perf_counter() - started, record, clamped=hold.max_tokens < requested,
         )
 

@@ -285,3 +285,23 @@ async def test_langchain_binds_tools_and_gets_structured_output(
     assert weather == Weather(city="Lisbon", temp=24.5)
     assert stub.requests()[-1]["json"]["response_format"]["type"] == "json_schema"
     await model.root_async_client.close()  # LangChain's own client (filterwarnings = error)
+
+
+async def test_tool_call_arguments_leaving_the_process_are_redacted(
+    client: openai.AsyncOpenAI, stub: StubModel
+) -> None:
+    mail: Any = {
+        "type": "function",
+        "function": {
+            "name": "send_mail",
+            "parameters": {"type": "object", "properties": {"to": {"type": "string"}}},
+        },
+    }
+    stub.script({"tool_calls": [{"name": "send_mail", "arguments": {"to": "ana.silva@example.com", "n": 1}}]})
+    answer = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Mail Ana."}], tools=[mail]
+    )
+    calls: list[Any] = list(answer.choices[0].message.tool_calls or [])
+    arguments = calls[0].function.arguments
+    assert "ana.silva@example.com" not in arguments
+    assert json.loads(arguments)["n"] == 1  # still JSON
