@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator
@@ -45,7 +45,7 @@ from sk_core.pricing import Usage, usd
 if TYPE_CHECKING:
     from sk_core.accounts import Principal
     from sk_core.catalog import FunctionSpec
-    from sk_core.pipeline import StreamedCall
+    from sk_core.pipeline import Outcome, StreamedCall
     from sk_core.usage import AuditEntry
 
 # The catalog function a chat completion runs.
@@ -377,6 +377,11 @@ async def chat_completions(request: Request) -> Response:
         if body.model not in models:
             raise NotFound(f"The model '{body.model}' does not exist or this key may not use it.")
         chain = models[body.model]
+        if body.stream_options is not None and not body.stream:
+            raise ValidationFailed(
+                "stream_options is only allowed with stream: true.",
+                errors=[{"field": "stream_options", "message": "only allowed with stream: true"}],
+            )
         if body.structured:
             messages = _wire_messages(body)
         else:
@@ -400,11 +405,6 @@ async def chat_completions(request: Request) -> Response:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         chunks = _chunks(request, call, completion_id, body.model, include_usage)
         return sse.event_stream(chunks, stream_headers(call))
-    if body.stream_options is not None:
-        raise ValidationFailed(
-            "stream_options is only allowed with stream: true.",
-            errors=[{"field": "stream_options", "message": "only allowed with stream: true"}],
-        )
     outcome = await pipeline.call(
         principal, spec, arguments,
         max_tokens=max_tokens, options=body.options(), record=record, chain=chain,
@@ -432,10 +432,6 @@ class ModelOutputInvalid(ApiError):
 
 def _wire_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
     """The messages as sent to the model, their text cleaned as the chat function's are."""
-    if body.stream:
-        raise UnsupportedParameter(
-            "stream", "Streaming is not supported with tools, tool messages or response_format yet."
-        )
     messages = []
     for index, message in enumerate(body.messages):
         try:
@@ -476,8 +472,13 @@ async def _structured(
     ]
     if body.response_format is not None and not calls:
         _check_format(body.response_format, outcome.text, outcome.cost_nano)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        pieces = _whole_answer_chunks(outcome, calls, completion_id, body.model, include_usage)
+        return sse.event_stream(pieces, answer_headers(outcome))
     answer = ChatCompletion(
-        id=f"chatcmpl-{uuid.uuid4().hex}",
+        id=completion_id,
         created=int(time.time()),
         model=completion.model,
         choices=[
@@ -515,10 +516,11 @@ def _check_format(response_format: ResponseFormat, text: str, cost_nano: int) ->
         )
 
 
-async def _chunks(
-    request: Request, call: StreamedCall, completion_id: str, model: str, include_usage: bool
-) -> AsyncIterator[bytes]:
-    """OpenAI's ``chat.completion.chunk`` events, ``data: [DONE]`` last."""
+def _chunk_writers(
+    completion_id: str, model: str, include_usage: bool
+) -> tuple[Callable[..., bytes], Callable[..., bytes]]:
+    """``chunk(choices, **extra)`` and ``delta(content, finish_reason)``: OpenAI's
+    ``chat.completion.chunk`` events of one answer."""
     created = int(time.time())
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -536,6 +538,34 @@ async def _chunks(
 
     def delta(content: dict[str, Any], finish_reason: str | None = None) -> bytes:
         return chunk([{"index": 0, "delta": content, "finish_reason": finish_reason, "logprobs": None}])
+
+    return chunk, delta
+
+
+async def _whole_answer_chunks(
+    outcome: Outcome, calls: list[ToolCallOut], completion_id: str, model: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """A complete answer (tools, structured output) as OpenAI's stream: the text or the
+    tool calls in one delta each (their ``index`` numbering the calls), then the finish
+    reason, the usage chunk if asked for, ``[DONE]``. The model's answer was not
+    streamed to us: the stream shape is for clients that always stream."""
+    chunk, delta = _chunk_writers(completion_id, model, include_usage)
+    yield delta({"role": "assistant", "content": ""})
+    if outcome.text:
+        yield delta({"content": outcome.text})
+    if calls:
+        yield delta({"tool_calls": [{"index": i, **call.model_dump()} for i, call in enumerate(calls)]})
+    yield delta({}, outcome.completion.finish_reason)
+    if include_usage:
+        yield chunk([], usage=outcome.completion.usage.model_dump(), cost_usd=usd(outcome.cost_nano))
+    yield sse.event("[DONE]")
+
+
+async def _chunks(
+    request: Request, call: StreamedCall, completion_id: str, model: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """OpenAI's ``chat.completion.chunk`` events, ``data: [DONE]`` last."""
+    chunk, delta = _chunk_writers(completion_id, model, include_usage)
 
     try:
         yield delta({"role": "assistant", "content": ""})

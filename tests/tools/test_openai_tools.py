@@ -193,23 +193,52 @@ async def test_malformed_tools_and_formats_are_refused_before_any_call(
     assert stub.stats()["count"] == 0
 
 
-async def test_a_tool_message_without_its_call_id_and_streamed_tools_are_refused(
+async def test_a_tool_message_without_its_call_id_is_refused(
     client: openai.AsyncOpenAI, stub: StubModel
 ) -> None:
     with pytest.raises(openai.UnprocessableEntityError):
-        await client.chat.completions.create(
-            model=MODEL,
-            messages=NO_CALL_ID,
-        )
-    with pytest.raises(openai.BadRequestError) as streamed:
-        await client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": "hi"}],
-            tools=[WEATHER],
-            stream=True,
-        )
-    assert (streamed.value.code, streamed.value.param) == ("unsupported_parameter", "stream")
+        await client.chat.completions.create(model=MODEL, messages=NO_CALL_ID)
     assert stub.stats()["count"] == 0
+
+
+async def test_streamed_tool_calls_arrive_as_openai_chunks(
+    client: openai.AsyncOpenAI, stub: StubModel
+) -> None:
+    stub.script(
+        {
+            "tool_calls": [
+                {"name": "get_weather", "arguments": {"city": "Lisbon"}, "id": "c1"},
+                {"name": "get_weather", "arguments": {"city": "Porto"}, "id": "c2"},
+            ],
+            "prompt_tokens": 50,
+            "completion_tokens": 12,
+        }
+    )
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Weather?"}],
+        tools=[WEATHER],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    calls: dict[int, dict[str, str]] = {}
+    finish, usage = None, None
+    async for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or ():
+                entry = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                entry["id"] += delta.id or ""
+                entry["name"] += (delta.function.name or "") if delta.function else ""
+                entry["arguments"] += (delta.function.arguments or "") if delta.function else ""
+    assert finish == "tool_calls"
+    assert [(c["id"], c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())] == [
+        ("c1", "get_weather", {"city": "Lisbon"}),
+        ("c2", "get_weather", {"city": "Porto"}),
+    ]
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (50, 12)
 
 
 async def test_semantic_kernel_as_the_client_runs_its_own_plugin_through_the_endpoint(
