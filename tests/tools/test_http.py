@@ -3,11 +3,13 @@ answer carries its steps, tool calls and cost, and bad run limits are a clear 42
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 
+from sk_core.composition import Service
 from tests.support.hosts import Host
 from tests.support.stub_model import StubModel
 
@@ -58,7 +60,9 @@ async def test_a_run_answers_with_its_steps_tool_calls_and_cost(host: Host, stub
     assert float(response.headers["x-request-cost-usd"]) == pytest.approx(cost)
 
 
-async def test_a_run_stopped_by_a_limit_answers_200_incomplete(host: Host, stub: StubModel) -> None:
+async def test_a_run_stopped_by_a_limit_answers_200_incomplete(
+    host: Host, stub: StubModel, functions_service: Service
+) -> None:
     stub.set_default(tool_calls=[{"name": "calc-evaluate", "arguments": {"expression": "1"}}])
     response = await host.request(
         "POST", ASK, json_body={"question": "Loop.", "run_limits": {"max_steps": 2}}
@@ -67,6 +71,25 @@ async def test_a_run_stopped_by_a_limit_answers_200_incomplete(host: Host, stub:
     run = response.json()["run"]
     assert (run["status"], run["code"], run["steps"]) == ("incomplete", "max_steps", 2)
     assert stub.stats()["count"] == 2
+    # The audit row of the call carries the run (written within a second by either host).
+    trace = response.headers["x-trace-id"]
+    row = await audit_row(functions_service, "contract", trace)
+    assert (row["function"], row["steps"], row["tool_calls"], row["run_stop"]) == (
+        "assist/ask",
+        2,
+        1,
+        "max_steps",
+    )
+    assert row["cost_nano"] == round(response.json()["cost_usd"] * 1e9)
+
+
+async def audit_row(service: Service, tenant_id: str, trace_id: str) -> dict[str, Any]:
+    for _ in range(60):
+        for row in await service.audit.recent(tenant_id, limit=50):
+            if row.get("trace_id") == trace_id:
+                return row
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no audit row for trace {trace_id}")
 
 
 @pytest.mark.parametrize(
