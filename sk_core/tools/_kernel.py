@@ -7,6 +7,10 @@ the package face's lazy ``load_toolbox``.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import importlib
 import inspect
 import json
@@ -27,6 +31,11 @@ if TYPE_CHECKING:
     from semantic_kernel import Kernel
 
     from sk_core.catalog import Catalog
+
+
+# Synchronous plugin methods run here (see Toolbox.invoke); a few threads, as the
+# shipped ones take microseconds and a worker serves one process's requests.
+_SYNC_TOOLS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sk-tool")
 
 
 class Toolbox:
@@ -61,6 +70,8 @@ class Toolbox:
         annotations, required parameters checked), then the method, awaited if async.
         Not through ``KernelFunction.invoke``: the run loop opens the ``execute_tool``
         span itself (with the call id, timeout and outcome), and SK's would nest a second.
+        An ``async`` method runs on the event loop (a timeout cancels it); a synchronous
+        one on a small thread pool (a timeout abandons it).
         A ``ValueError`` (the plugins' way to say the input is wrong) becomes ``ToolError``.
         """
         function = self._functions[name]
@@ -72,9 +83,20 @@ class Toolbox:
         )
         try:
             parameters = function.gather_function_parameters(context)
-            result = function.method(**parameters)
-            if inspect.isawaitable(result):
-                result = await result
+            if inspect.iscoroutinefunction(function.method):
+                result = await function.method(**parameters)
+            else:
+                # A synchronous method runs on a small pool of its own, never on the
+                # event loop: one that blocks (I/O, a slow computation) must not stall
+                # every other request of the worker. Its timeout still ends the call for
+                # the model; the thread itself cannot be stopped and finishes on its own.
+                loop = asyncio.get_running_loop()
+                # In this call's context (as asyncio.to_thread): the tool's own spans and
+                # logs belong to its execute_tool span.
+                in_context = functools.partial(contextvars.copy_context().run, function.method, **parameters)
+                result = await loop.run_in_executor(_SYNC_TOOLS, in_context)
+                if inspect.isawaitable(result):
+                    result = await result
         except ValueError as exc:
             raise ToolError(str(exc)) from exc
         except Exception as exc:

@@ -288,16 +288,17 @@ class ToolRun:
         """The step's calls, concurrently; those past the run's cap are refused (the
         model is told so). One ``tool`` message per call, in the model's order."""
         allowed, refused = calls[:calls_left], calls[calls_left:]
-        results = await asyncio.gather(*(self._execute(toolbox, call) for call in allowed))
-        for call in refused:
-            self._count(call.name, "refused", 0.0)
-            results.append("error: not run, the run's tool-call limit is reached; answer with what you have")
+        done = await asyncio.gather(*(self._execute(toolbox, call) for call in allowed))
+        refusal = "error: not run, the run's tool-call limit is reached; answer with what you have"
+        done += [(refusal, self._count(call.name, "refused", 0.0)) for call in refused]
+        # Reported in the model's order, whichever finished first.
+        self.report.tool_calls.extend(report for _, report in done)
         return [
             {"role": "tool", "tool_call_id": call.id, "content": text}
-            for call, text in zip(calls, results, strict=True)
+            for call, (text, _) in zip(calls, done, strict=True)
         ]
 
-    async def _execute(self, toolbox: Toolbox, call: ToolCall) -> str:
+    async def _execute(self, toolbox: Toolbox, call: ToolCall) -> tuple[str, ToolCallReport]:
         """One tool call in its ``execute_tool`` span: the text the model reads next.
 
         Never raises for the tool's sake: an unknown tool, bad arguments, an error or a
@@ -334,7 +335,7 @@ class ToolRun:
             span.set_attribute("sk.tool.outcome", outcome)
             span.set_attribute("sk.guard.flagged", verdict != "clean")
         duration_ms = (time.perf_counter() - started) * 1000
-        self._count(call.name, outcome, duration_ms)
+        report = self._count(call.name, outcome, duration_ms)
         if self._on_tool is not None:
             self._on_tool(
                 {
@@ -345,7 +346,7 @@ class ToolRun:
                     "duration_ms": round(duration_ms, 1),
                 }
             )
-        return text
+        return text, report
 
     async def _run_tool(self, toolbox: Toolbox, call: ToolCall, timeout: float) -> str:  # noqa: ASYNC109
         if call.name not in self._settings.names or call.name not in toolbox:
@@ -368,11 +369,11 @@ class ToolRun:
             logger.error("tool %s failed", call.name, exc_info=exc)
             raise _ToolRefused("the tool failed") from exc
 
-    def _count(self, name: str, outcome: Outcome, duration_ms: float) -> None:
-        self.report.tool_calls.append(ToolCallReport(name, outcome, duration_ms))
+    def _count(self, name: str, outcome: Outcome, duration_ms: float) -> ToolCallReport:
         telemetry.instruments().tool_calls.add(
             1, {"gen_ai.tool.name": name, "sk.tool.outcome": outcome, "sk.function": self._spec.id}
         )
+        return ToolCallReport(name, outcome, duration_ms)
 
 
 class _ToolRefused(Exception):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -256,6 +258,11 @@ class MisbehavingTools:
             self.cancelled.set()
         return "never"
 
+    @kernel_function(name="snooze", description="Blocks its thread.")
+    def snooze(self) -> str:
+        time.sleep(1.5)  # a synchronous plugin doing blocking I/O
+        return "awake"
+
     @kernel_function(name="fetch", description="Fetch a page.")
     def fetch(self, url: Annotated[str, "The page's URL"]) -> str:
         return self.pages[url]
@@ -299,6 +306,30 @@ async def test_a_tool_that_hangs_is_timed_out_and_the_model_told(
     tool_message = stub.requests()[-1]["json"]["messages"][-1]
     assert tool_message["content"].startswith("error: the tool did not finish within 0.3s")
     assert await settled_down(functions_service, caller.tenant.id)
+
+
+async def test_a_blocking_synchronous_tool_neither_stalls_the_worker_nor_the_run(
+    functions_service: Service, caller: Principal, stub: StubModel, test_tools: MisbehavingTools
+) -> None:
+    spec = with_tools(functions_service, ("snooze", "Blocks its thread."), timeout=0.3)
+    stub.script({"tool_calls": [call("test-snooze")]}, {"content": "It timed out."})
+    loop = asyncio.get_running_loop()
+    ticks: list[float] = []
+
+    async def ticker() -> None:  # the event loop stays free while the tool blocks
+        while True:
+            ticks.append(loop.time())
+            await asyncio.sleep(0.02)
+
+    beat = asyncio.create_task(ticker())
+    started = loop.time()
+    outcome = await run(functions_service, caller, spec)
+    beat.cancel()
+    assert loop.time() - started < 1.4  # the timeout, not the tool, ended the call
+    assert outcome.run is not None
+    assert [c.outcome for c in outcome.run.tool_calls] == ["timeout"]
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < 0.25
 
 
 async def test_a_client_that_leaves_mid_run_leaves_nothing_held_or_running(
