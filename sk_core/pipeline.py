@@ -466,6 +466,7 @@ class Pipeline:
             cache="hit",
             age=answer.age(cache.now()),
         )
+
     # -- tool runs (sk_core.tools) -------------------------------------------------
 
     async def run_tools(
