@@ -23,13 +23,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
+from sk_core.tools import ToolSettings, parse_tool_settings
+
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 # Every invocation may cap the answer length; budgets (admission) clamp it further.
 MAX_TOKENS_LIMIT = 4096
 # What a request body may carry besides the function's inputs: options of the call, not
 # arguments of the prompt (so no input may take their names).
-REQUEST_OPTIONS = ("max_tokens",)
+REQUEST_OPTIONS = ("max_tokens", "run_limits")
 # Chat templates wrap each message in a few special tokens (ChatML: <|im_start|>, the
 # role, a newline, <|im_end|>) and open the assistant's turn; these allowances cover
 # them generously for the templates we know.
@@ -168,6 +170,9 @@ class FunctionSpec:
     # None: the configured default chain (sk_core/model/_deployments.py).
     model_chain: str | None = None
     cache: CachePolicy = CachePolicy()
+    # The plugin functions its model may call and the run's limits (``tools:``, see
+    # sk_core.tools); None: a plain prompt function, one model call.
+    tools: ToolSettings | None = None
 
     def split_request(self, body: BaseModel) -> tuple[dict[str, Any], int | None]:
         """A validated ``request_model`` body as the function's arguments and the
@@ -243,6 +248,11 @@ class FunctionSpec:
                 }
                 for i in self.inputs
             ],
+            **(
+                {"tools": self.tools.public(), "run_limits": self.tools.limits.public()}
+                if self.tools
+                else {}
+            ),
         }
 
 
@@ -268,19 +278,30 @@ def _field_type(spec: InputSpec) -> Any:
     raise ValueError(f"input {spec.name!r}: unsupported json_schema type {kind!r}")
 
 
-def _models(plugin: str, name: str, inputs: tuple[InputSpec, ...]) -> tuple[type[BaseModel], type[BaseModel]]:
+def _models(
+    plugin: str, name: str, inputs: tuple[InputSpec, ...], tools: ToolSettings | None = None
+) -> tuple[type[BaseModel], type[BaseModel]]:
     """The function's arguments model (its inputs) and its request model (the inputs
     plus the request options, in that order). The request model keeps the name
-    ``<Plugin><Name>Arguments`` that the OpenAPI document has always published."""
+    ``<Plugin><Name>Arguments`` that the OpenAPI document has always published. A
+    tool-using function's request may also lower its run limits (``run_limits``): the
+    tool run takes that option out of the arguments before the prompt sees them."""
     fields: dict[str, Any] = {}
     for spec in inputs:
         default = ... if spec.required else spec.default
         fields[spec.name] = (_field_type(spec), Field(default, description=spec.description))
     title = "".join(part.title() for part in f"{plugin}_{name}".split("_"))
     arguments = create_model(f"{title}Inputs", __config__=ConfigDict(extra="forbid"), **fields)
+    options: dict[str, Any] = {}
+    if tools is not None:
+        options["run_limits"] = (
+            tools.request_model() | None,
+            Field(None, description="Lower run limits for this call (never above the function's)."),
+        )
     request = create_model(
         f"{title}Arguments",
         __base__=arguments,
+        **options,
         max_tokens=(
             int | None,
             Field(
@@ -374,7 +395,8 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         data.get("cache"), None if temperature is None else float(temperature), f"{path}: cache"
     )
     input_tuple = tuple(inputs)
-    arguments_model, request_model = _models(plugin, data["name"], input_tuple)
+    tools = parse_tool_settings(data.get("tools"), str(path))
+    arguments_model, request_model = _models(plugin, data["name"], input_tuple, tools)
     return FunctionSpec(
         plugin=plugin,
         name=data["name"],
@@ -388,6 +410,7 @@ def load_spec(path: Path, plugin: str) -> FunctionSpec:
         request_model=request_model,
         model_chain=str(data["model_chain"]) if data.get("model_chain") else None,
         cache=cache,
+        tools=tools,
     )
 
 

@@ -151,6 +151,15 @@ class Instruments:
             unit="USD",
             description="What cache hits would have cost, by tenant and function.",
         )
+        # Tool runs (sk_core.tools): model round trips, and tool executions by outcome.
+        self.tool_steps = meter.create_counter(
+            "sk.tools.steps", unit="{step}", description="Model round trips of tool runs, by function."
+        )
+        self.tool_calls = meter.create_counter(
+            "sk.tools.calls",
+            unit="{call}",
+            description="Tool executions by tool and outcome (ok, error, timeout, withheld, refused).",
+        )
         self.secret_refresh_failures = meter.create_counter(
             "sk.secrets.refresh_failures",
             unit="{failure}",

@@ -9,6 +9,30 @@ from pydantic import BaseModel, Field
 from sk_core.pricing import Usage
 
 
+class ToolCallInfo(BaseModel):
+    """One tool execution of a run."""
+
+    name: str = Field(description="The plugin function, as plugin-function.")
+    outcome: Literal["ok", "error", "timeout", "withheld", "refused"]
+    duration_ms: float
+
+
+class RunInfo(BaseModel):
+    """What a tool-using function's run did (README, "Tools and plugins")."""
+
+    status: Literal["completed", "incomplete"] = Field(
+        description="completed: the model answered; incomplete: a limit stopped the run (see code)."
+    )
+    code: str | None = Field(
+        default=None,
+        description="Why an incomplete run stopped: max_steps, max_tool_calls, run_cost_limit, "
+        "or the tenant limit that refused the next step (budget_exceeded, rate_limited...).",
+    )
+    steps: int = Field(ge=0, description="Model round trips made (each admitted and charged).")
+    tool_calls: list[ToolCallInfo]
+    cost_usd: float = Field(ge=0, description="The run's total charge: the sum of its steps.")
+
+
 class ModelAnswer(BaseModel):
     """Fields every answer produced by a model carries."""
 
@@ -23,6 +47,7 @@ class ModelAnswer(BaseModel):
         description="Answered from the response cache: `usage` is the original answer's, "
         "`cost_usd` is 0.",
     )
+    run: RunInfo | None = Field(default=None, description="A tool-using function's run; absent otherwise.")
 
 
 class StreamDone(ModelAnswer):
@@ -67,6 +92,24 @@ class FunctionInput(BaseModel):
     schema_: dict[str, Any] = Field(alias="schema")
 
 
+class ToolInfo(BaseModel):
+    """A plugin function a catalog function's model may call."""
+
+    plugin: str
+    name: str
+    description: str
+
+
+class RunLimitsInfo(BaseModel):
+    """A tool-using function's run limits (a request may lower them in ``run_limits``)."""
+
+    max_steps: int
+    max_tool_calls: int
+    max_cost_usd: float | None = None
+    tool_timeout_seconds: float
+    max_result_chars: int
+
+
 class FunctionInfo(BaseModel):
     """One entry of the catalog."""
 
@@ -75,6 +118,8 @@ class FunctionInfo(BaseModel):
     description: str
     path: str
     input_variables: list[FunctionInput]
+    tools: list[ToolInfo] | None = Field(default=None, description="The tools it may call, if any.")
+    run_limits: RunLimitsInfo | None = None
 
 
 class FunctionList(BaseModel):

@@ -10,6 +10,7 @@ request's context (``handler(request, service, context)``); it looks nothing up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -108,6 +109,8 @@ async def _answer(
     the client accepts ``text/event-stream``."""
     principal, arguments, max_tokens = await _prepare(request, service, context, spec)
     pipeline, record = service.pipeline, context.audit
+    if wants_event_stream(request) and spec.tools is not None:
+        return await _tool_run_events(request, service, context, principal, spec, arguments, max_tokens)
     if wants_event_stream(request):
         call = await pipeline.stream(
             principal, spec, arguments, max_tokens=max_tokens, record=record, chain=_chain(request)
@@ -136,6 +139,72 @@ async def _function_events(context: RequestContext, call: StreamedCall) -> Async
         return
     assert call.outcome is not None  # a stream that ended normally has settled
     yield sse.event(StreamDone(**call.outcome.fields()).model_dump(), "done")
+
+
+async def _tool_run_events(
+    request: Request,
+    service: Service,
+    context: RequestContext,
+    principal: Principal,
+    spec: FunctionSpec,
+    arguments: dict[str, Any],
+    max_tokens: int | None,
+) -> Response:
+    """A tool run as Server-Sent Events: a ``tool`` event per tool call as it finishes
+    (name, arguments, outcome, duration), then the answer in a ``delta`` event and a
+    ``done`` event with the run's usage, cost and report. The model's steps are not
+    streamed token by token. A failure before the first event (a refusal of the first
+    step) answers with its own status; after it, as an ``error`` event. A client that
+    leaves cancels the run (the pipeline settles what was started)."""
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    run: asyncio.Future[Any] = asyncio.ensure_future(
+        service.pipeline.run_tools(
+            principal, spec, arguments, max_tokens=max_tokens, record=context.audit,
+            chain=_chain(request), on_tool=events.put_nowait,
+        )
+    )
+    getter: asyncio.Future[Any] = asyncio.ensure_future(events.get())
+    try:
+        await asyncio.wait({run, getter}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        await _abandon(run, getter)
+        raise
+    if run.done() and not getter.done() and run.exception() is not None:
+        getter.cancel()
+        run.result()  # raises: the error's own status, nothing streamed yet
+
+    async def body() -> AsyncIterator[bytes]:
+        waiting = getter
+        try:
+            while True:
+                if waiting.done():
+                    yield sse.event(waiting.result(), "tool")
+                    waiting = asyncio.ensure_future(events.get())
+                    continue
+                if run.done():
+                    break
+                await asyncio.wait({run, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                outcome = run.result()
+            except Exception as exc:
+                yield sse.event(problem_body(stream_failure(context, exc)), "error")
+                return
+            yield sse.event({"text": outcome.text}, "delta")
+            yield sse.event(StreamDone(**outcome.fields()).model_dump(exclude_none=True), "done")
+        finally:
+            await _abandon(run, waiting)
+
+    return sse.event_stream(body(), {})
+
+
+async def _abandon(run: asyncio.Future[Any], waiting: asyncio.Future[Any]) -> None:
+    """Stop a streamed run whose client is gone (or that is over), and wait for it to
+    unwind: its steps settle, its tools are cancelled."""
+    waiting.cancel()
+    if not run.done():
+        run.cancel()
+    with contextlib.suppress(BaseException):
+        await run
 
 
 def stream_failure(context: RequestContext, exc: Exception) -> ApiError:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         Completion,
         ModelRuntime,
         ModelStream,
+        ToolCall,
         build_runtime,
         make_health,
     )
@@ -38,6 +39,7 @@ _LAZY = {
     "ModelRuntime": "sk_core.model._runtime",
     "ModelStream": "sk_core.model._runtime",
     "SERVICE_ID": "sk_core.model._runtime",
+    "ToolCall": "sk_core.model._runtime",
     "build_runtime": "sk_core.model._runtime",
     "make_health": "sk_core.model._runtime",
 }
@@ -61,6 +63,7 @@ __all__ = [
     "RetryBudget",
     "RoutingTable",
     "RuntimeProvider",
+    "ToolCall",
     "build_runtime",
     "import_semantic_kernel",
     "make_health",

@@ -14,7 +14,9 @@ Streaming goes around SK's streaming API on purpose (:meth:`OpenAIChat.open_stre
 the caller must hold the provider's stream itself, to close it the moment its client
 goes away and to read the usage chunk it always asks for (``model_runtime.ModelStream``).
 
-Not supported, on purpose: tool/function calling, ``n > 1``. Execution settings outside
+Tool calling is not SK's auto-invocation here: :meth:`OpenAIChat.complete` passes
+``tools`` through and the run loop in ``sk_core.tools`` admits each round trip itself.
+Not supported, on purpose: ``n > 1``. Execution settings outside
 :data:`CHAT_SETTINGS` are refused when the catalog loads, rather than silently dropped
 at request time.
 """
@@ -95,6 +97,22 @@ class OpenAIChat(ChatCompletionClientBase):
             **settings.request_options(),
         )
 
+    async def complete(self, messages: list[dict[str, Any]], settings: ChatSettings, **extra: Any) -> Any:
+        """One non-streamed completion of OpenAI-shaped ``messages``; the SDK's response.
+
+        ``extra``: members SK's settings do not carry (``tools``, ``tool_choice``: the
+        tool run loop in ``sk_core.tools``). Errors propagate as the SDK raised them:
+        ``classify_failure`` reads their status and Retry-After and maps them to
+        client-safe problems.
+        """
+        try:
+            return await self.client.chat.completions.create(
+                model=self.ai_model_id, messages=messages, stream=False, **settings.request_options(), **extra
+            )
+        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
+            # A 2xx whose body is not JSON (or not a completion): answered, probably billed.
+            raise UnusableAnswer("the provider's answer is not a chat completion") from exc
+
     @trace_chat_completion(MODEL_PROVIDER_NAME)
     async def _inner_get_chat_message_contents(
         self, chat_history: ChatHistory, settings: PromptExecutionSettings
@@ -102,18 +120,7 @@ class OpenAIChat(ChatCompletionClientBase):
         if not isinstance(settings, ChatSettings):
             settings = ChatSettings.from_prompt_execution_settings(settings)
         assert isinstance(settings, ChatSettings)  # for mypy: the branch above guarantees it
-        # Errors propagate as the SDK raised them: model_runtime.classify_failure reads
-        # their status and Retry-After, and maps them to client-safe problems.
-        try:
-            response = await self.client.chat.completions.create(
-                model=self.ai_model_id,
-                messages=[message.to_dict() for message in chat_history.messages],
-                stream=False,
-                **settings.request_options(),
-            )
-        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
-            # A 2xx whose body is not JSON (or not a completion): answered, probably billed.
-            raise UnusableAnswer("the provider's answer is not a chat completion") from exc
+        response = await self.complete([message.to_dict() for message in chat_history.messages], settings)
         try:
             return self._contents(response)
         except (AttributeError, TypeError, ValueError) as exc:

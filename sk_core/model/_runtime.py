@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
 from opentelemetry import trace
@@ -42,6 +42,9 @@ from sk_core.model._deployments import BreakerState, Chain, Deployment, Deployme
 from sk_core.pricing import Price, Usage
 from sk_core.settings import Provider, Settings
 
+if TYPE_CHECKING:
+    from sk_core.tools import Toolbox
+
 logger = logging.getLogger(__name__)
 
 SERVICE_ID = "chat"
@@ -49,6 +52,15 @@ _AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 _BACKOFF_BASE_SECONDS = 0.25
 _BACKOFF_CAP_SECONDS = 4.0
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model asked for (OpenAI's ``tool_calls`` item)."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it (not trusted to parse)
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ class Completion:
     deployment: str = "default"  # the deployment that answered (routing.py)
     price: Price | None = None  # its price: what the settlement charges
     attempts: int = 1
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls the model asked for (tool runs)
 
 
 def make_openai_client(settings: Settings, api_key: str | None, deployment: Deployment) -> openai.AsyncOpenAI:
@@ -106,8 +119,10 @@ class ModelRuntime:
         defaults: dict[str, ChatSettings],
         settings: Settings,
         health: DeploymentHealth,
+        toolbox: Toolbox | None = None,
     ) -> None:
         self.kernel = kernel
+        self.toolbox = toolbox  # the plugins some prompt function may call (sk_core.tools)
         self.chats = chats
         self.clients = {name: chat.client for name, chat in chats.items()}
         self.client = next(iter(self.clients.values()))  # the default chain's first deployment
@@ -220,14 +235,8 @@ class ModelRuntime:
         before it could expire. The deployment's concurrency slot is held until the
         stream is closed.
         """
-        function = self.functions[spec.id]
         settings = self._request_settings(spec, max_tokens, options)
-        arguments = self._arguments(spec, values, settings)
-        # What kernel.invoke does before calling the service (no prompt-rendering
-        # filters are registered on this kernel).
-        function.update_arguments_with_defaults(arguments)
-        rendered = await function.prompt_template.render(self.kernel, arguments)
-        history = ChatHistory.from_rendered_prompt(rendered)
+        history = await self._history(spec, values, settings)
         deadline = asyncio.get_running_loop().time() + self._settings.model_deadline_seconds
         stream, deployment, attempts = await self._routed(
             chain or self.routing.chain(None),
@@ -242,6 +251,60 @@ class ModelRuntime:
             attempts=attempts,
             release=lambda: self.health.free(deployment),
         )
+
+    async def _history(
+        self, spec: FunctionSpec, values: dict[str, Any], settings: ChatSettings, *, opening: bool = False
+    ) -> ChatHistory:
+        """The function's prompt rendered and parsed into messages, as ``kernel.invoke``
+        does before calling the service (no prompt-rendering filters are registered).
+
+        ``opening``: the prompt is only the start of a conversation (more messages
+        follow). SK turns a lone system message into a user message (a prompt that is
+        only a system message is meant as the user's); a marker message after it keeps
+        the role, and is dropped again."""
+        function = self.functions[spec.id]
+        arguments = self._arguments(spec, values, settings)
+        function.update_arguments_with_defaults(arguments)
+        rendered = await function.prompt_template.render(self.kernel, arguments)
+        if not opening:
+            return ChatHistory.from_rendered_prompt(rendered)
+        history = ChatHistory.from_rendered_prompt(rendered + '<message role="user">-</message>')
+        history.messages.pop()
+        return history
+
+    async def render_messages(self, spec: FunctionSpec, values: dict[str, Any]) -> list[dict[str, Any]]:
+        """The function's prompt as OpenAI-shaped messages: the start of a tool run, or
+        of the caller's own messages (``values`` without the conversation)."""
+        settings = self._request_settings(spec, 1, None)
+        history = await self._history(spec, values, settings, opening=True)
+        return [message.to_dict() for message in history.messages]
+
+    async def chat_step(
+        self,
+        spec: FunctionSpec,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]],
+        tool_choice: Any,
+        max_tokens: int,
+        chain: Chain | None = None,
+        options: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Completion:
+        """One model round trip with tools: ``messages`` so far, the tool definitions,
+        along a fallback chain inside one deadline (``_routed``), as ``invoke``. A tool
+        run's step, or an OpenAI-compatible request that brings its own tools
+        (``options``: its sampling settings; ``extra``: ``parallel_tool_calls``,
+        ``response_format``, passed as given)."""
+        settings = self._request_settings(spec, max_tokens, options)
+        extra = {**(extra or {}), **({"tools": tools, "tool_choice": tool_choice} if tools else {})}
+        deadline = asyncio.get_running_loop().time() + self._settings.model_deadline_seconds
+        response, deployment, attempts = await self._routed(
+            chain or self.routing.chain(None),
+            lambda deployment: self.chats[deployment.name].complete(messages, settings, **extra),
+            deadline,
+        )
+        return _step_completion(response, deployment, attempts)
 
     async def _routed(
         self,
@@ -458,6 +521,39 @@ def _completion(result: Any, *, fallback_model: str) -> Completion:
     )
 
 
+def _step_completion(response: Any, deployment: Deployment, attempts: int) -> Completion:
+    """A tool run step's answer: text and tool calls, with the usage it must report."""
+    try:
+        message = response.choices[0].message
+        usage = response.usage
+        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        calls = tuple(
+            ToolCall(
+                id=str(call.id), name=str(call.function.name), arguments=str(call.function.arguments or "")
+            )
+            for call in message.tool_calls or ()
+        )
+        finish = response.choices[0].finish_reason
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise ModelBadAnswer("The model provider returned an unusable answer.") from exc
+    if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
+        raise ModelBadAnswer("The model did not report token usage.")
+    return Completion(
+        text=str(message.content or ""),
+        model=str(getattr(response, "model", None) or deployment.model),
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+        finish_reason=str(finish) if finish else None,
+        deployment=deployment.name,
+        price=deployment.price,
+        attempts=attempts,
+        tool_calls=calls,
+    )
+
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     # SK wraps the SDK's exception (ServiceResponseException, KernelInvokeException...),
     # which wraps httpx's: what we need is down the chain. Bounded against cycles.
@@ -586,7 +682,18 @@ def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = No
         defaults=defaults,
         settings=settings,
         health=make_health(settings, table),
+        toolbox=_toolbox(kernel, catalog),
     )
+
+
+def _toolbox(kernel: Kernel, catalog: Catalog) -> Toolbox | None:
+    """The plugins the catalog's functions may call, in the kernel; None when none may
+    (no plugin module is imported then)."""
+    if not any(getattr(spec, "tools", None) is not None for spec in catalog):
+        return None
+    from sk_core.tools import load_toolbox
+
+    return load_toolbox(kernel, catalog)
 
 
 def make_health(settings: Settings, table: RoutingTable) -> DeploymentHealth:

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from sk_core.cache import CachedAnswer
     from sk_core.limits import Hold
     from sk_core.model import Completion
+    from sk_core.tools import RunReport
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Outcome:
     clamped: bool = False  # the budget lowered max_tokens: not the answer others would get
     cache: str | None = None  # "hit" or "miss" for a cacheable function (X-Cache), else None
     age: int = 0  # seconds since a cached answer was produced (Age)
+    run: RunReport | None = None  # a tool run's steps, tool calls and outcome (sk_core.tools)
 
     @property
     def deployment(self) -> str | None:
@@ -44,6 +46,7 @@ class Outcome:
             "redacted": sum(self.redactions.values()),
             "redactions": self.redactions,
             "cached": self.cache == "hit",
+            **({"run": {**self.run.public(), "cost_usd": usd(self.cost_nano)}} if self.run else {}),
         }
 
 

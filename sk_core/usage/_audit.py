@@ -60,6 +60,9 @@ class AuditEntry:
     guard: dict[str, Any] = field(default_factory=dict)
     redactions: int = 0
     cache: str = ""  # "hit" (answered from the response cache, nothing charged) or "miss"
+    steps: int = 0  # a tool run's model round trips (sk_core.tools); 0 for other calls
+    tool_calls: int = 0  # a tool run's tool executions
+    run_stop: str = ""  # why a tool run stopped before an answer (max_steps, budget_exceeded...)
 
 
 class AuditLog:
@@ -105,6 +108,11 @@ class AuditLog:
             "guard": _compact(entry.guard),
             "redactions": entry.redactions,
             "cache": entry.cache,
+            **(
+                {"steps": entry.steps, "tool_calls": entry.tool_calls, "run_stop": entry.run_stop}
+                if entry.steps
+                else {}
+            ),
             "created_at": now,
             "expires_at": now + self._retention,
         }

@@ -247,8 +247,7 @@ async def test_models_lists_what_the_key_may_use(
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"functions": [{"name": "f"}]}, "functions"),  # tools are supported (tests/tools/)
         ({"logprobs": True}, "logprobs"),
         ({"n": 2}, "n"),
     ],

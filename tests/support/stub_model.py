@@ -103,6 +103,7 @@ _BEHAVIOUR_KEYS = frozenset(
         "finish_reason",
         "raw",
         "drop",
+        "tool_calls",
     }
 )
 
@@ -164,6 +165,10 @@ class Behaviour:
     #: Start a 200 answer, then break the connection mid-body (a broken connection
     #: after the request was received: the provider may have done the work).
     drop: bool = False
+    #: Answer with these function calls (``{"name", "arguments", "id"?}``; arguments a
+    #: JSON object or its text) and ``finish_reason: tool_calls``; ``content`` then
+    #: defaults to none. Not for streamed answers.
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_json(cls, raw: object) -> Behaviour:
@@ -193,6 +198,15 @@ class Behaviour:
         for key, value in (("delay", delay), ("chunk_delay", chunk_delay)):
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise _BehaviourError(f"{key} must be a non-negative number")
+        tool_calls = raw.get("tool_calls") or []
+        if not isinstance(tool_calls, list) or not all(
+            isinstance(c, dict)
+            and isinstance(c.get("name"), str)
+            and isinstance(c.get("arguments", {}), dict | str)
+            and set(c) <= {"name", "arguments", "id"}
+            for c in tool_calls
+        ):
+            raise _BehaviourError('tool_calls must be a list of {"name", "arguments", "id"?}')
         headers = raw.get("headers") or {}
         if not isinstance(headers, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
@@ -212,6 +226,7 @@ class Behaviour:
             finish_reason=raw.get("finish_reason"),
             raw=raw.get("raw"),
             drop=bool(raw.get("drop", False)),
+            tool_calls=tuple(dict(c) for c in tool_calls),
         )
 
 
@@ -252,6 +267,7 @@ class _Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    tool_calls: tuple[dict[str, Any], ...] = ()  # OpenAI's wire shape, ids assigned
 
     def usage(self) -> dict[str, int]:
         return {
@@ -259,6 +275,11 @@ class _Completion:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+
+
+def _arguments_text(arguments: object) -> str:
+    # A test may script arguments as an object or as raw (possibly invalid) JSON text.
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
 def _build_completion(payload: Mapping[str, Any], behaviour: Behaviour, fallback_model: str) -> _Completion:
@@ -276,7 +297,16 @@ def _build_completion(payload: Mapping[str, Any], behaviour: Behaviour, fallback
         "",
     )
 
-    content = behaviour.content if behaviour.content is not None else "Stub answer: " + last_user[:40]
+    calls: tuple[dict[str, Any], ...] = tuple(
+        {
+            "id": call.get("id") or f"call_{uuid.uuid4().hex[:12]}",
+            "type": "function",
+            "function": {"name": call["name"], "arguments": _arguments_text(call.get("arguments", {}))},
+        }
+        for call in behaviour.tool_calls
+    )
+    default_content = "" if calls else "Stub answer: " + last_user[:40]
+    content = behaviour.content if behaviour.content is not None else default_content
     prompt_tokens = (
         behaviour.prompt_tokens
         if behaviour.prompt_tokens is not None
@@ -287,14 +317,18 @@ def _build_completion(payload: Mapping[str, Any], behaviour: Behaviour, fallback
         # An explicit count is reported verbatim: the test knows what it wants.
         completion_tokens = behaviour.completion_tokens
     else:
-        # Crude "one word = one token" so tests can predict usage exactly.
+        # Crude "one word = one token" so tests can predict usage exactly (a tool
+        # call: one token per 4 bytes of its name and arguments).
         words = content.split()
-        completion_tokens = max(1, len(words))
+        call_bytes = sum(len(str(c["function"]["name"]) + str(c["function"]["arguments"])) for c in calls)
+        completion_tokens = max(1, len(words) + call_bytes // 4)
         limit = _token_limit(payload)
         if limit is not None and completion_tokens > limit:
             content = " ".join(words[:limit])
             completion_tokens = limit
             finish_reason = "length"
+    if calls:
+        finish_reason = "tool_calls"
     if behaviour.finish_reason is not None:
         finish_reason = behaviour.finish_reason
 
@@ -310,6 +344,7 @@ def _build_completion(payload: Mapping[str, Any], behaviour: Behaviour, fallback
         finish_reason=finish_reason,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
+        tool_calls=calls,
     )
 
 
@@ -322,7 +357,11 @@ def _completion_json(c: _Completion) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": c.content},
+                "message": {
+                    "role": "assistant",
+                    "content": c.content if c.content or not c.tool_calls else None,
+                    **({"tool_calls": list(c.tool_calls)} if c.tool_calls else {}),
+                },
                 "finish_reason": c.finish_reason,
                 "logprobs": None,
             }
@@ -649,7 +688,8 @@ class StubModel:
 
         Each behaviour may set ``status``, ``content``, ``prompt_tokens``,
         ``completion_tokens``, ``delay``, ``headers``, ``body``, ``model``,
-        ``finish_reason``, ``raw`` (a verbatim body) and ``drop`` (break mid-body).
+        ``finish_reason``, ``raw`` (a verbatim body), ``drop`` (break mid-body) and
+        ``tool_calls`` (``[{"name": "calc-evaluate", "arguments": {...}}]``).
         Note the openai SDK retries 429/5xx by default, and
         each retry consumes the next queued behaviour.
         """
