@@ -53,8 +53,7 @@ def ask_spec(service: Service) -> FunctionSpec:
 
 def arguments(spec: FunctionSpec, **body: Any) -> tuple[dict[str, Any], int | None]:
     """A request body as the handler hands it to the pipeline (validated, cap popped)."""
-    values = spec.arguments_model.model_validate(body).model_dump()
-    return values, values.pop("max_tokens")
+    return spec.split_request(spec.request_model.model_validate(body))
 
 
 async def run(
