@@ -9,7 +9,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from sk_core.safety._common import Span
-from sk_core.safety._links import _AUTOLINK_RE, _HTML_URL_ATTR_RE, _INLINE_LINK_RE
+from sk_core.safety._links import (
+    INCOMPLETE,
+    Construct,
+    Parsed,
+    autolinks,
+    html_url_attributes,
+    inline_links,
+    reference_definitions,
+)
 from sk_core.safety._values import _ALL_CREDENTIAL_WORDS, _PEM_RE
 
 if TYPE_CHECKING:
@@ -26,13 +34,7 @@ _CLEAN_WORD_RE = re.compile(r"[^\W\d_]+[.,!?]?")
 _CARRYING_WORDS = frozenset(
     {"bearer", "src", "href", "srcset", "action", "formaction", "poster", "background", "data"}
 )
-# A line that may still become a reference definition (``[id]: url``) is judged from its
-# start, so it is released only whole.
-_REFERENCE_START_RE = re.compile(r"[ \t]{0,3}\[")
 _PEM_BEGIN = "-----BEGIN"
-# Endings that close an open inline link or quoted HTML attribute, to ask "could this
-# still become a match?" of a regex that has no partial-match mode.
-_LINK_CLOSERS = (")", '")', "')", "))", ">)", "x)", " x)")
 _PEM_END = "-----END"
 
 
@@ -106,8 +108,8 @@ class StreamingRedaction:
                 for match in _SCRIPT_CUT_RE.finditer(text)
                 if match.end() < min(limit, len(text))
             ]
-        for cut, word_start in sorted(candidates, reverse=True):
-            if not any(start < cut < end for start, end in spans) and not self._in_reference_line(word_start):
+        for cut, _word_start in sorted(candidates, reverse=True):
+            if not any(start < cut < end for start, end in spans):
                 return cut
         return 0
 
@@ -124,14 +126,6 @@ class StreamingRedaction:
             and not bare.endswith(_ALL_CREDENTIAL_WORDS)
             and bare not in self._redactor.template_words
         )
-
-    def _in_reference_line(self, word_start: int) -> bool:
-        # A line that began in an earlier piece was cut inside, so it was not one.
-        full = self._context + self._pending
-        line_start = full.rfind("\n", 0, len(self._context) + word_start) + 1
-        if line_start == 0 and self._context:
-            return False
-        return _REFERENCE_START_RE.match(full, line_start) is not None
 
 
 def _constructs(text: str) -> tuple[int, list[Span]]:
@@ -150,18 +144,16 @@ def _constructs(text: str) -> tuple[int, list[Span]]:
         if not closed:
             limit = min(limit, begin)
             break
-    for link in _all(text, "]("):
-        found = _INLINE_LINK_RE.match(text, link)
-        if found is not None:
-            spans.append(found.span())
-        elif any(
-            (m := _INLINE_LINK_RE.match(text + closer, link)) is not None and m.end() > len(text)
-            for closer in _LINK_CLOSERS
-        ):
-            limit = min(limit, link)
+    # Links and reference definitions as a prefix of a stream: an unfinished one holds
+    # the stream back from its start (its destination may still change or appear).
+    for start, parsed in _links(text):
+        if parsed == INCOMPLETE:
+            limit = min(limit, start)
             break
-    spans.extend(m.span() for m in _HTML_URL_ATTR_RE.finditer(text))
-    spans.extend(m.span() for m in _AUTOLINK_RE.finditer(text))
+        if isinstance(parsed, Construct):
+            spans.append((start, parsed.end))
+    spans.extend(span for span, _ in html_url_attributes(text))
+    spans.extend(m.span() for m in autolinks(text))
     autolink = _OPEN_AUTOLINK_RE.search(text)
     if autolink is not None:
         limit = min(limit, autolink.start())
@@ -169,6 +161,12 @@ def _constructs(text: str) -> tuple[int, list[Span]]:
     if quote is not None:
         limit = min(limit, quote.start())
     return limit, spans
+
+
+def _links(text: str) -> Iterator[tuple[int, Parsed]]:
+    """Inline links and reference definitions (the line's start), in the text's order."""
+    found = [*inline_links(text, final=False), *reference_definitions(text, final=False)]
+    return iter(sorted(found, key=lambda item: item[0]))
 
 
 def _all(text: str, needle: str) -> Iterator[int]:
@@ -179,7 +177,9 @@ def _all(text: str, needle: str) -> Iterator[int]:
 
 
 # A word (a run of non-blanks) and the blanks after it: where a stream is cut.
-_CUT_RE = re.compile(r"(?P<word>\S+)\s+")
+# Possessive, from a word's start only: a long run without blanks is scanned once, not once
+# per position (quadratic).
+_CUT_RE = re.compile(r"(?<!\S)(?P<word>\S++)\s+")
 # Two letters outside ASCII in a row: where text without blanks (Chinese, Japanese) is cut.
 _SCRIPT_CUT_RE = re.compile(r"[^\W\d_\x00-\x7f](?=[^\W\d_\x00-\x7f])")
 # An autolink still open at the end of the text (its URL may hold such letters).
