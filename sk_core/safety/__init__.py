@@ -16,10 +16,12 @@ from sk_core.safety._common import (
     PAYMENT_CARD,
     PHONE,
     PROMPT_ECHO,
+    RULES_VERSION,
     SECRET,
     VALUE_KINDS,
     RedactionResult,
     marker,
+    policy_id,
 )
 from sk_core.safety._redactor import Redactor, redact, template_literals
 from sk_core.safety._streaming import StreamingRedaction
@@ -33,6 +35,7 @@ __all__ = [
     "PAYMENT_CARD",
     "PHONE",
     "PROMPT_ECHO",
+    "RULES_VERSION",
     "SECRET",
     "VALUE_KINDS",
     "RedactionResult",
@@ -41,6 +44,7 @@ __all__ = [
     "iban_valid",
     "luhn_valid",
     "marker",
+    "policy_id",
     "redact",
     "template_literals",
 ]

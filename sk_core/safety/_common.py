@@ -4,7 +4,7 @@ finder machinery (a pattern, a judge of its matches, disjoint spans in order).""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 SECRET = "secret"  # noqa: S105 (a kind name, not a credential)
@@ -23,6 +23,10 @@ VALUE_KINDS: tuple[str, ...] = (SECRET, EMAIL, IBAN, PAYMENT_CARD, PHONE)
 ALL_KINDS: tuple[str, ...] = (PROMPT_ECHO, LINK, *VALUE_KINDS)
 #: Default for ``echo_words``: eight words in a row is a quote, not a coincidence.
 DEFAULT_ECHO_WORDS = 8
+
+#: The version of the redaction rules: a rule change (a kind finding more) bumps it, so
+#: that answers redacted under the old rules are not served from the response cache.
+RULES_VERSION = "2"  # 2: link destinations read as CommonMark reads them (issue 27)
 
 Span = tuple[int, int]
 _Judge = Callable[[str, re.Match[str]], tuple[list[Span], int]]
@@ -104,3 +108,19 @@ def replace_spans(text: str, spans: list[Span], replacement: str) -> str:
         pos = end
     parts.append(text[pos:])
     return "".join(parts)
+
+
+def policy_id(
+    kinds: Iterable[str], *, link_hosts: Iterable[str] = (), echo_words: int = DEFAULT_ECHO_WORDS
+) -> str:
+    """A stable name of a redaction policy: what it redacts, under which rules.
+
+    Two processes that would redact an answer differently never share a name, so the
+    response cache, which stores answers already redacted, keys answers by it.
+    """
+    wanted = set(kinds)
+    hosts = sorted({host.strip().lower().rstrip(".") for host in link_hosts if host.strip()})
+    echo = f"echo={echo_words}" if PROMPT_ECHO in wanted else ""
+    kinds_part = ",".join(kind for kind in ALL_KINDS if kind in wanted)
+    hosts_part = ",".join(hosts) if LINK in wanted else ""
+    return f"r{RULES_VERSION}|{kinds_part}|{hosts_part}|{echo}"
