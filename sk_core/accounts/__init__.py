@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from sk_core.accounts._auth import Authenticator, Principal, presented_key
+from sk_core.accounts._auth import Authenticator, Principal, TooManyUnknownKeys, client_address, presented_key
 from sk_core.accounts._values import (
     ADMIN_SCOPE,
     ALL,
@@ -48,6 +48,8 @@ __all__ = [
     "Tenant",
     "TenantError",
     "TenantStore",
+    "TooManyUnknownKeys",
+    "client_address",
     "hash_key",
     "parse_admin_key",
     "parse_key",

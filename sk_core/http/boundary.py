@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from sk_core import telemetry
+from sk_core.accounts import client_address
 from sk_core.composition import get_service
 from sk_core.errors import ApiError, LimitsUnavailable, StorageUnavailable
 from sk_core.http.rendering import (
@@ -76,6 +77,8 @@ def instrumented(
         started = time.perf_counter()
         audit = AuditEntry(route=template) if audited else None
         request.state.audit = audit
+        # Who is asking, for the authenticator's limit on unknown-key lookups.
+        client_address.set(request.client.host if request.client is not None else None)
         attributes: dict[str, str | int] = {"http.request.method": request.method, "http.route": template}
         context = propagate.extract(dict(request.headers))
         span = telemetry.tracer().start_span(
