@@ -103,6 +103,43 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's own 400 (a request it cannot parse) carries our security headers too.
+        state = self.server_state
+        default = state.default_headers
+        state.default_headers = [*default, *_SECURITY_HEADER_BYTES]
+        try:
+            super().send_400_response(msg)
+        finally:
+            state.default_headers = default
+
+
+_SECURITY_HEADER_BYTES = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+
+
+class _SecurityHeaders:
+    """Outermost: the security headers on every answer that lacks them, including those
+    no route produced (the CORS middleware's refusal of a preflight)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_hardened(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in _SECURITY_HEADER_BYTES if name not in present]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_hardened)
+
+
 class _RouteError(ApiError):
     def __init__(self, status: int, code: str, title: str, detail: str) -> None:
         super().__init__(detail)
@@ -208,6 +245,7 @@ def create_app() -> Starlette:
     if settings.metrics_port == 0:
         routes.append(Route("/metrics", _metrics, methods=["GET"], name="metrics"))
     middleware = [
+        Middleware(_SecurityHeaders),
         Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,

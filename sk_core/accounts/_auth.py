@@ -80,18 +80,21 @@ class Principal:
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key from ``Authorization: Bearer`` or ``X-API-Key``.
+    """The key from ``Authorization: Bearer`` or ``X-API-Key`` (which wins over an
+    ``Authorization`` of another scheme).
 
     ``headers`` maps lower-case names to values, as ASGI delivers them (Starlette's
     ``Headers`` is such a mapping, and looks names up case-insensitively besides).
     """
     authorization = headers.get("authorization")
+    api_key = headers.get("x-api-key")
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        return ""  # present but not a bearer token: malformed
-    api_key = headers.get("x-api-key")
+        if api_key is None:
+            return ""  # present but not a bearer token: malformed
+        # Another scheme (Basic from a proxy or a browser) next to X-API-Key: the key is ours.
     return api_key.strip() if api_key is not None else None
 
 
@@ -211,6 +214,8 @@ class Authenticator:
             raise Unauthorized("Send an API key as 'Authorization: Bearer <key>' or 'X-API-Key'.")
         key_id = parse_key(presented)
         if key_id is None:
+            if parse_admin_key(presented) is not None:
+                raise Unauthorized("This route needs a tenant API key (skf_...), not an admin key.")
             raise Unauthorized("The API key is malformed.")
         key, tenant = await self._lookup(key_id)
         if not await self._tenants.verify(presented, key) or key is None or tenant is None:

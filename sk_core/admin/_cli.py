@@ -277,8 +277,18 @@ def _iso(value: Any) -> str | None:
     return value.astimezone(UTC).isoformat() if isinstance(value, datetime) else None
 
 
+# Control characters (terminal escape sequences start with ESC) and bidi overrides in
+# stored text (a tenant's display name) are shown escaped, never sent to the terminal.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _safe(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> str:
     """Plain aligned columns; ``right`` lists the numeric columns."""
+    rows = [[_safe(cell) for cell in row] for row in rows]
     widths = [max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
@@ -293,7 +303,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Collect
 
 def _pairs(pairs: Sequence[tuple[str, str]]) -> str:
     width = max(len(label) for label, _ in pairs)
-    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in pairs)
+    return "\n".join(f"{label.ljust(width)}  {_safe(value)}" for label, value in pairs)
 
 
 def _limits_json(limits: Limits) -> dict[str, Any]:

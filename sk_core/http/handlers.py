@@ -184,6 +184,9 @@ async def invoke_function(request: Request) -> Response:
     """Invoke any catalog function with JSON arguments validated against its inputs."""
     service = get_service()
     plugin, name = request.path_params.get("plugin", ""), request.path_params.get("function", "")
+    if service.catalog.get(plugin, name) is None:
+        # Authenticated before the 404: which functions exist is not public.
+        await service.pipeline.authenticate(request.headers, None, _record(request))
     return await _answer(
         request,
         service,

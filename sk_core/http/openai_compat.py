@@ -73,7 +73,7 @@ class Message(_Strict):
 class StreamOptions(_Strict):
     """``stream_options``: whether the client wants the usage chunk."""
 
-    include_usage: bool = False
+    include_usage: Annotated[bool, Field(strict=True)] = False
 
 
 Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT, strict=True)]
@@ -93,7 +93,7 @@ class ChatCompletionRequest(_Strict):
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
-    stream: bool = False
+    stream: Annotated[bool, Field(strict=True)] = False  # true or false; "yes" is refused
     stream_options: StreamOptions | None = None
     n: Literal[1] | None = None
 
@@ -102,16 +102,18 @@ class ChatCompletionRequest(_Strict):
         return {name: value for name in _SAMPLING if (value := getattr(self, name)) is not None}
 
 
-def _refuse_unsupported(data: Any) -> None:
-    # Before schema validation, so the answer names the parameter rather than calling
-    # it an unknown field; a null is the same as leaving it out.
+def _refuse_unsupported(data: Any) -> Any:
+    """``data`` without the unsupported parameters that are null (a null is the same as
+    leaving it out: ``"tools": null``), refusing any other by name. Before schema
+    validation, so the answer names the parameter rather than calling it an unknown field."""
     if not isinstance(data, dict):
-        return
+        return data
     for name, value in data.items():
         if name not in _SUPPORTED and value is not None:
             raise UnsupportedParameter(name)
     if data.get("n") not in (None, 1):
         raise UnsupportedParameter("n", "Only n = 1 is supported.")
+    return {name: value for name, value in data.items() if name in _SUPPORTED}
 
 
 def _models(service: Service) -> dict[str, str | None]:
@@ -210,7 +212,7 @@ async def chat_completions(request: Request) -> Response:
     request.state.tenant_id = principal.tenant.id
     with telemetry.tracer().start_as_current_span("validate"):
         data = await read_json_body(request, max_bytes=service.settings.max_body_bytes)
-        _refuse_unsupported(data)
+        data = _refuse_unsupported(data)
         body = validate_body(ChatCompletionRequest, data)
         models = _models(service)
         if body.model not in models:
