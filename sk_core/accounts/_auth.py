@@ -139,13 +139,22 @@ class Authenticator:
             return True, known
         return self._unknown.get(cache_key, now) is not None, (None, None)
 
-    def _admit_unknown_lookup(self) -> None:
-        """Refuse a client that has already had its share of lookups that found nothing."""
+    def _client_window(self, *, create: bool) -> tuple[list[float] | None, float]:
+        """The calling address's minute of unknown-key lookups ([start, count]; None
+        without an address, or when it has none and ``create`` is false), and now."""
+        now = self._clock()
         address = client_address.get()
         if address is None:
-            return
-        now = self._clock()
+            return None, now
         window = self._clients.get(address, now)
+        if window is None and create:
+            window = [now, 0]
+            self._clients.put(address, window, now + 60)
+        return window, now
+
+    def _admit_unknown_lookup(self) -> None:
+        """Refuse a client that has already had its share of lookups that found nothing."""
+        window, now = self._client_window(create=False)
         if window is not None and window[1] >= self._unknown_per_minute:
             raise TooManyUnknownKeys(
                 "Too many requests with unknown API keys from this address; retry later.",
@@ -153,15 +162,9 @@ class Authenticator:
             )
 
     def _note_unknown(self) -> None:
-        address = client_address.get()
-        if address is None:
-            return
-        now = self._clock()
-        window = self._clients.get(address, now)
-        if window is None:
-            window = [now, 0]
-            self._clients.put(address, window, now + 60)
-        window[1] += 1
+        window, _ = self._client_window(create=True)
+        if window is not None:
+            window[1] += 1
 
     async def _lookup(self, key_id: str, *, admin: bool = False) -> tuple[ApiKey | None, Tenant | None]:
         # Admin and tenant key ids are separate namespaces (separate partitions).
