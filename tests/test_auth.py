@@ -223,8 +223,15 @@ async def test_4000_unknown_key_ids_cost_bounded_memory_and_bounded_reads(
     functions_service: Service, counted_tenants: Any, tenant_keys: dict[str, Any]
 ) -> None:
     store, tenants = counted_tenants
+    # A clock that stands still: on a busy machine the flood may outlast a TTL, and
+    # the bounds, not the expiry, are under test.
     auth = Authenticator(
-        tenants=tenants, ttl_seconds=30, max_unknown=300, max_clients=600, unknown_per_minute=60
+        tenants=tenants,
+        ttl_seconds=30,
+        max_unknown=300,
+        max_clients=600,
+        unknown_per_minute=60,
+        clock=lambda: 1000.0,
     )
     real = Headers({"x-api-key": tenant_keys["full"]})
     await auth.authenticate(real, "text/summarize")
