@@ -27,9 +27,11 @@ startup.begin()
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -101,6 +103,43 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's own 400 (a request it cannot parse) carries our security headers too.
+        state = self.server_state
+        default = state.default_headers
+        state.default_headers = [*default, *_SECURITY_HEADER_BYTES]
+        try:
+            super().send_400_response(msg)
+        finally:
+            state.default_headers = default
+
+
+_SECURITY_HEADER_BYTES = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+
+
+class _SecurityHeaders:
+    """Outermost: the security headers on every answer that lacks them, including those
+    no route produced (the CORS middleware's refusal of a preflight)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_hardened(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in _SECURITY_HEADER_BYTES if name not in present]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_hardened)
+
+
 class _RouteError(ApiError):
     def __init__(self, status: int, code: str, title: str, detail: str) -> None:
         super().__init__(detail)
@@ -142,10 +181,15 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     service.runtimes.warm()  # build the kernel now, not on the first request
     # The Functions host runs the same sweep from a timer trigger (function_app.py).
     sweeper = asyncio.create_task(sweep_periodically(service, service.settings.sweep_interval_seconds))
+    settings = service.settings
+    metrics = _metrics_listener(settings.metrics_port) if settings.prometheus_metrics else None
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
+    if metrics is not None:
+        metrics[0].should_exit = True
+        await metrics[1]
     # Close connection pools so shutdown does not drop sockets mid-flight.
     await service.aclose()
 
@@ -161,13 +205,48 @@ async def _metrics(request: Request) -> Response:
     return _hardened(Response(body, media_type=content_type))
 
 
+class _QuietServer(uvicorn.Server):
+    """A second server in the process: the signals stay the API server's (it stops this
+    one at the lifespan's end)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _metrics_listener(port: int) -> tuple[Any, asyncio.Task[None]] | None:
+    """``/metrics`` on a port of its own (``SKF_METRICS_PORT``), not on the API's: it lists
+    every tenant's id, tokens and spend, and the API port is the one the ingress publishes.
+
+    Every uvicorn worker of a pod binds it with SO_REUSEPORT (a scrape reaches one of
+    them, as on the API port). None when the port is 0 (``/metrics`` is then an API route).
+    """
+    if port == 0:
+        return None
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(("0.0.0.0", port))  # noqa: S104 (the pod's port; the Service does not publish it)
+    app = Starlette(
+        routes=[Route("/metrics", _metrics, methods=["GET"], name="metrics")],
+        exception_handlers={HTTPException: _http_exception},
+    )
+    server = _QuietServer(
+        uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, server_header=False)
+    )
+    return server, asyncio.create_task(server.serve(sockets=[listener]))
+
+
 def create_app() -> Starlette:
-    """A Starlette app serving every route of the table under ``/api``, plus ``/metrics``."""
+    """A Starlette app serving every route of the table under ``/api`` (and ``/metrics``
+    when ``SKF_METRICS_PORT`` is 0; else that port serves it)."""
     # Each route served with the composition root's service (built once, on first use).
     routes = [Route(r.full_path, r.bind(get_service), methods=list(r.methods), name=r.name) for r in ROUTES]
-    routes.append(Route("/metrics", _metrics, methods=["GET"], name="metrics"))
     settings = get_settings()
+    if settings.metrics_port == 0:
+        routes.append(Route("/metrics", _metrics, methods=["GET"], name="metrics"))
     middleware = [
+        Middleware(_SecurityHeaders),
         Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,

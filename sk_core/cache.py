@@ -3,7 +3,10 @@
 **Key.** A SHA-256 of the scope (the tenant, or ``_shared`` for a function that opts in
 to a cross-tenant cache), the function, the model id, the whole prompt file (template
 and every execution setting: editing the file invalidates its answers), the validated
-NFC-normalised arguments and the requested ``max_tokens``. Two tenants never derive
+NFC-normalised arguments, the requested ``max_tokens`` and the function's redaction
+policy (``sk_core.safety.policy_id``: its kinds, allowed link hosts and rules version).
+Answers are stored already redacted, so a process with another policy (``SKF_REDACTION``
+off in one, the default in another) must not be served them. Two tenants never derive
 the same key, and the Table partition is the scope as well, so a lookup cannot even
 read another tenant's row.
 
@@ -53,7 +56,7 @@ CACHE_TABLE = "cache"
 # The partition of cross-tenant entries; tenant ids start with a letter or digit.
 SHARED = "_shared"
 # Bumped when the key's inputs or the row layout change: old rows are then never read.
-_KEY_VERSION = 1
+_KEY_VERSION = 2  # 2: the redaction policy is part of the key
 _PART_UNITS = 32_000  # UTF-16 code units per string property (the limit is 32,768)
 _MAX_PARTS = 15  # 15 x 64 KiB plus the other properties stays under 1 MiB per entity
 _ENTRY_OVERHEAD = 512  # bytes charged per memory entry besides its text (key, numbers)
@@ -143,6 +146,7 @@ def cache_key(
     prompt_file: str,
     arguments: Mapping[str, Any],
     max_tokens: int,
+    redaction: str = "",
 ) -> str:
     """The hex SHA-256 naming one answer (see the module docstring for what goes in)."""
     material = [
@@ -153,6 +157,7 @@ def cache_key(
         hashlib.sha256(prompt_file.encode()).hexdigest(),
         _canonical(arguments),
         max_tokens,
+        redaction,
     ]
     encoded = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(encoded.encode()).hexdigest()
@@ -265,6 +270,7 @@ class ResponseCache:
         memory_seconds: float,
         wait_seconds: float,
         overrides: Callable[[str], CachePolicy | None] = lambda _: None,
+        redaction: Callable[[str], str] = lambda _: "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -272,6 +278,7 @@ class ResponseCache:
         self._memory = _Memory(memory_bytes, memory_seconds)
         self._wait = wait_seconds
         self._overrides = overrides
+        self._redaction = redaction  # a function's redaction policy id (part of the key)
         self._clock = clock
         self._flights: dict[str, asyncio.Future[None]] = {}
 
@@ -301,6 +308,7 @@ class ResponseCache:
             prompt_file=spec.yaml_text,
             arguments=arguments,
             max_tokens=max_tokens,
+            redaction=self._redaction(spec.id),
         )
         return Slot(scope, spec.id, key, policy.ttl_seconds or self._ttl)
 

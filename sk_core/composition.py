@@ -208,6 +208,18 @@ def make_cache(settings: Settings, store: TableStore) -> ResponseCache:
         # A waiter for an identical call in flight waits no longer than that call may take.
         wait_seconds=settings.model_deadline_seconds,
         overrides=settings.cache_override_for,
+        redaction=lambda function_id: redaction_policy(settings, function_id),
+    )
+
+
+def redaction_policy(settings: Settings, function_id: str) -> str:
+    """The id of one function's redaction policy (a response cache key component)."""
+    from sk_core.safety import policy_id  # with the redactor, on the first answer
+
+    return policy_id(
+        settings.redaction_for(function_id),
+        link_hosts=settings.link_hosts_for(function_id),
+        echo_words=settings.redaction_echo_words,
     )
 
 

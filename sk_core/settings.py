@@ -339,6 +339,13 @@ class Settings(BaseSettings):
 
     telemetry_exporter: Literal["auto", "azure_monitor", "otlp", "console", "none"] = "auto"
     prometheus_metrics: bool = Field(default=True, description="Container host: serve /metrics.")
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Container host: the port of its own listener serving /metrics (every tenant's "
+        "usage and spend: keep it off the ingress); 0: /metrics on the API port, unauthenticated.",
+    )
     log_format: Literal["json", "text"] = "json"
     genai_diagnostics: bool = Field(
         default=True, description="Semantic Kernel's gen_ai spans (no prompt text)."

@@ -35,6 +35,7 @@ from sk_core.errors import LimitExceeded, ModelError
 from sk_core.limits import window_keys
 from sk_core.pipeline import Outcome, Pipeline
 from sk_core.pricing import Usage
+from sk_core.safety import policy_id
 from sk_core.storage import TableStore
 from sk_core.usage import AuditEntry
 from tests.support.hosts import container_fleet
@@ -69,6 +70,7 @@ def test_the_key_changes_with_every_input_that_changes_the_answer() -> None:
         {"prompt_file": "template, temperature 0.3"},
         {"arguments": {"text": "cafe"}},
         {"max_tokens": 57},
+        {"redaction": policy_id(["email"])},
     ):
         assert _key(**change) != base, change
     # The same text, decomposed: one answer, not two.
@@ -481,3 +483,62 @@ async def test_the_maintenance_sweep_deletes_expired_entries(
     assert len(await rows()) == 1
     await sweep_expired_holds()
     assert await rows() == []
+
+
+def test_the_redaction_policy_id_names_what_an_answer_was_redacted_with() -> None:
+    base = policy_id(["email", "link"], link_hosts=["Docs.example.com"])
+    assert base == policy_id(["link", "email"], link_hosts=["docs.example.com."])  # order, case
+    assert base != policy_id(["email"], link_hosts=["docs.example.com"])
+    assert base != policy_id(["email", "link"], link_hosts=["other.example"])
+    assert base != policy_id([])
+    # Settings a kind that is off does not use do not split the cache.
+    assert policy_id(["email"], link_hosts=["a.example"]) == policy_id(["email"])
+    assert policy_id(["email"], echo_words=5) == policy_id(["email"])
+
+
+@pytest.fixture(scope="module")
+def two_policies(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[str]]:
+    """Two container hosts on one Azurite cache table: one redacts nothing, one the default."""
+    cached = {**service_env, "SKF_CACHE_FUNCTIONS": '{"text/summarize": {"enabled": true}}'}
+    with (
+        container_fleet(1, {**cached, "SKF_REDACTION": ""}, tmp_path_factory.mktemp("policy-off")) as off,
+        container_fleet(1, cached, tmp_path_factory.mktemp("policy-default")) as default,
+    ):
+        yield [off[0], default[0]]
+
+
+async def test_a_process_with_another_redaction_policy_does_not_serve_anothers_answers(
+    functions_service: Service, two_policies: list[str], stub: StubModel
+) -> None:
+    unredacting, redacting = two_policies
+    principal = await _principal(functions_service)
+    secret = (await functions_service.tenants.issue_key(principal.tenant.id)).secret
+    body = {**ARGS, "text": "Policies " + secrets.token_hex(4)}
+    leak = "Write to jane.doe@example.com for the report."
+    stub.script(
+        {"content": leak, "prompt_tokens": 30, "completion_tokens": 9},
+        {"content": leak, "prompt_tokens": 30, "completion_tokens": 9},
+    )
+
+    async def post(client: httpx.AsyncClient, base: str) -> httpx.Response:
+        response = await client.post(
+            f"{base}/api/v1/summarize", json=body, headers={"x-api-key": secret}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        return response
+
+    async with httpx.AsyncClient() as client:
+        stored = await post(client, unredacting)
+        assert (stored.headers["x-cache"], stored.json()["summary"]) == ("miss", leak)
+        # The default policy redacts e-mail: the unredacted answer is not its answer.
+        own = await post(client, redacting)
+        assert own.headers["x-cache"] == "miss"
+        assert "jane.doe@example.com" not in own.json()["summary"]
+        assert own.json()["redactions"] == {"email": 1}
+        # Each process is served its own policy's answer from then on.
+        assert (await post(client, redacting)).headers["x-cache"] == "hit"
+        again = await post(client, unredacting)
+        assert (again.headers["x-cache"], again.json()["summary"]) == ("hit", leak)
+    assert len(stub.requests()) == 2

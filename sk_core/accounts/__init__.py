@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sk_core import startup
-from sk_core.accounts._auth import Authenticator, Principal, presented_key
+from sk_core.accounts._auth import (
+    Authenticator,
+    Principal,
+    TooManyUnknownKeys,
+    client_address,
+    presented_key,
+)
 from sk_core.accounts._values import (
     ADMIN_SCOPE,
     ALL,
@@ -44,6 +50,8 @@ __all__ = [
     "Tenant",
     "TenantError",
     "TenantStore",
+    "TooManyUnknownKeys",
+    "client_address",
     "hash_key",
     "parse_admin_key",
     "parse_key",

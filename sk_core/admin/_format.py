@@ -4,6 +4,7 @@ tenants and keys (the same facts as the text, for ``--json``)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -13,6 +14,13 @@ from sk_core.accounts import ApiKey, Limits, Tenant
 from sk_core.pricing import NANO_PER_USD, usd
 
 _MICRO = Decimal("0.000001")
+# Control characters (terminal escape sequences start with ESC) and bidi overrides in
+# stored text (a tenant's display name) are shown escaped, never sent to the terminal.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _safe(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def fmt_usd(amount_nano: int, *, fixed: bool = False) -> str:
@@ -40,6 +48,7 @@ def iso(value: Any) -> str | None:
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> str:
     """Plain aligned columns; ``right`` lists the numeric columns."""
+    rows = [[_safe(cell) for cell in row] for row in rows]
     widths = [max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
@@ -54,7 +63,7 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Col
 
 def pairs(pairs: Sequence[tuple[str, str]]) -> str:
     width = max(len(label) for label, _ in pairs)
-    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in pairs)
+    return "\n".join(f"{label.ljust(width)}  {_safe(value)}" for label, value in pairs)
 
 
 def limits_json(limits: Limits) -> dict[str, Any]:

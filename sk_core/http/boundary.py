@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from sk_core import telemetry
+from sk_core.accounts import client_address
 from sk_core.errors import ApiError, LimitsUnavailable, StorageUnavailable
 from sk_core.http.context import RequestContext
 from sk_core.http.rendering import (
@@ -82,6 +83,9 @@ def instrumented(
     @functools.wraps(handler)
     async def wrapped(request: Request, service: Service) -> Response:
         started = time.perf_counter()
+        # Who is asking, for the authenticator's limit on unknown-key lookups (a
+        # context variable: the key check runs deep inside the pipeline's authenticate).
+        client_address.set(request.client.host if request.client is not None else None)
         attributes: dict[str, str | int] = {"http.request.method": request.method, "http.route": template}
         parent = propagate.extract(dict(request.headers))  # the caller's W3C trace context
         span = telemetry.tracer().start_span(

@@ -252,6 +252,9 @@ async def list_functions(request: Request, service: Service, context: RequestCon
 async def invoke_function(request: Request, service: Service, context: RequestContext) -> Response:
     """Invoke any catalog function with JSON arguments validated against its inputs."""
     plugin, name = request.path_params.get("plugin", ""), request.path_params.get("function", "")
+    if service.catalog.get(plugin, name) is None:
+        # Authenticated before the 404: which functions exist is not public.
+        await context.authenticate(service.pipeline, request.headers, None)
     return await _answer(
         request,
         service,

@@ -63,16 +63,18 @@ if TYPE_CHECKING:
 CHAT_FUNCTION = ("chat", "chat")
 
 
-def _refuse_unsupported(data: Any) -> None:
-    # Before schema validation, so the answer names the parameter rather than calling
-    # it an unknown field; a null is the same as leaving it out.
+def _refuse_unsupported(data: Any) -> Any:
+    """``data`` without the unsupported parameters that are null (a null is the same as
+    leaving it out: ``"tools": null``), refusing any other by name. Before schema
+    validation, so the answer names the parameter rather than calling it an unknown field."""
     if not isinstance(data, dict):
-        return
+        return data
     for name, value in data.items():
         if name not in SUPPORTED and value is not None:
             raise UnsupportedParameter(name)
     if data.get("n") not in (None, 1):
         raise UnsupportedParameter("n", "Only n = 1 is supported.")
+    return {name: value for name, value in data.items() if name in SUPPORTED}
 
 
 def _models(service: Service) -> dict[str, str | None]:
@@ -105,7 +107,7 @@ async def chat_completions(request: Request, service: Service, context: RequestC
     principal = await context.authenticate(pipeline, request.headers, spec.id)
     with telemetry.tracer().start_as_current_span("validate"):
         data = await read_json_body(request, max_bytes=service.settings.max_body_bytes)
-        _refuse_unsupported(data)
+        data = _refuse_unsupported(data)
         body = validate_body(ChatCompletionRequest, data)
         models = _models(service)
         if body.model not in models:

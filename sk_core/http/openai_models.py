@@ -163,7 +163,7 @@ class ResponseFormat(_Strict):
 class StreamOptions(_Strict):
     """``stream_options``: whether the client wants the usage chunk."""
 
-    include_usage: bool = False
+    include_usage: Annotated[bool, Field(strict=True)] = False
 
 
 Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT, strict=True)]
@@ -183,7 +183,7 @@ class ChatCompletionRequest(_Strict):
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
-    stream: bool = False
+    stream: Annotated[bool, Field(strict=True)] = False  # true or false; "yes" is refused
     stream_options: StreamOptions | None = None
     n: Literal[1] | None = None
     tools: Annotated[list[ToolDefinition], Field(min_length=1, max_length=128)] | None = None

@@ -35,17 +35,32 @@ DASHBOARD_CSP = (
 
 # Headers a browser client may read on a cross-origin response.
 CORS_EXPOSED_HEADERS = (
-    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-Cost-USD, X-Trace-Id, "
-    "X-Cache, Age"
+    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit, RateLimit-Policy, "
+    "X-Request-Cost-USD, X-Trace-Id, X-Cache, Age"
 )
 
 
+# The one quota policy the RateLimit fields describe: requests per minute (a fixed UTC
+# minute window). Its name is what the draft's two fields share.
+RATE_POLICY = "requests"
+
+
 def rate_limit_headers(rate: RateState) -> dict[str, str]:
-    """The IETF RateLimit header fields (requests per minute window)."""
+    """The rate limit of the requests-per-minute window, in two notations.
+
+    The current IETF draft (draft-ietf-httpapi-ratelimit-headers: ``RateLimit-Policy``
+    names the quota and its window, ``RateLimit`` the remaining quota and the seconds
+    until it resets, both Structured Fields) and the three fields of its earlier
+    drafts, which clients already read. Remaining is, under quota leases, an estimate of
+    the tenant's remaining (it errs low, and never rises within a window).
+    """
+    remaining = max(0, rate.remaining)
     return {
         "RateLimit-Limit": str(rate.limit),
-        "RateLimit-Remaining": str(max(0, rate.remaining)),
+        "RateLimit-Remaining": str(remaining),
         "RateLimit-Reset": str(rate.reset),
+        "RateLimit-Policy": f'"{RATE_POLICY}";q={rate.limit};w=60',
+        "RateLimit": f'"{RATE_POLICY}";r={remaining};t={rate.reset}',
     }
 
 

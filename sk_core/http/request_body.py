@@ -90,9 +90,16 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+# The names pydantic gives a union's members in an error's location ("content.str",
+# "content.list[TextPart][0]"): our types, not the client's fields, so left out.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "bytes", "none"})
+
+
 def _field_path(location: tuple[int | str, ...]) -> str:
     path = ""
     for part in location:
+        if isinstance(part, str) and (not part.isidentifier() or part in _TYPE_TAGS):
+            continue
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path or "(body)"
 

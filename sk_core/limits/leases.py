@@ -134,6 +134,27 @@ class TenantLease:
     sync: asyncio.Task[None] | None = None
     keeper: asyncio.Task[None] | None = None
     stored: bool = False  # the lease row exists (as far as we know)
+    # The minute row's stored request count after the last sync (every process's grants
+    # counted as used) and the lowest estimate reported this minute: rpm_remaining().
+    minute_stored: int = 0
+    rpm_floor: tuple[str, int] = ("", 0)
+
+    def rpm_remaining(self, limit: int) -> int:
+        """An estimate of the tenant's remaining requests this minute, for the RateLimit
+        headers: what the store had not leased out at the last sync plus what is left of
+        this process's slice (limit - stored count at the last sync - admissions since).
+        Other processes' unused slices count as used, so it errs low, by their size at
+        most; it never rises within the minute (a later sync may find slices given back).
+        """
+        minute = self.minute
+        if minute is None:
+            return 0
+        estimate = max(0, limit - self.minute_stored + minute.requests)
+        key, floor = self.rpm_floor
+        if key == minute.minute:
+            estimate = min(estimate, floor)
+        self.rpm_floor = (minute.minute, estimate)
+        return estimate
 
     def slice_for(self, day: str) -> BudgetSlice | None:
         for budget in (self.current, self.previous):
@@ -162,6 +183,7 @@ class _Snapshot:
     minute_requests: int
     minute_tokens: int
     new_minute: MinuteSlice | None
+    minute_stored: int  # the minute row's request count once this sync commits
     slots: int
     new_slots: int
     lost: bool
@@ -273,8 +295,7 @@ class LeaseKeeper:
             month=month,
             minute=minute_key,
             rpm_limit=limits.requests_per_minute,
-            # Globally exact only at the store; this is what this process can still admit.
-            rpm_remaining=minute.requests,
+            rpm_remaining=lease.rpm_remaining(limits.requests_per_minute),
             rpm_reset=policy.seconds_to_next_minute(now),
             lease=lease.generation,
         )
@@ -290,7 +311,7 @@ class LeaseKeeper:
         lease.demand.counted += 1
         return RateState(
             limit=lease.tenant.limits.requests_per_minute,
-            remaining=minute.requests,
+            remaining=lease.rpm_remaining(lease.tenant.limits.requests_per_minute),
             reset=policy.seconds_to_next_minute(now),
         )
 
@@ -588,6 +609,7 @@ class LeaseKeeper:
             minute_requests=unused_requests,
             minute_tokens=unused_tokens,
             new_minute=MinuteSlice(minute_key, new_requests, new_tokens),
+            minute_stored=minute_row["requests"],
             slots=lease.slots,
             new_slots=new_slots,
             lost=lost,
@@ -605,6 +627,7 @@ class LeaseKeeper:
             budget.synced(snap.new_free[id(budget)], report)
         new_minute = snap.new_minute
         if new_minute is not None:
+            lease.minute_stored = snap.minute_stored
             kept = lease.minute
             if kept is not None and kept is snap.minute and kept.minute == new_minute.minute:
                 kept.requests += new_minute.requests - snap.minute_requests

@@ -186,7 +186,7 @@ class ModelRuntime:
             if spec_input is not None and spec_input.is_chat_history:
                 converted[name] = _chat_history(value)
             else:
-                converted[name] = value
+                converted[name] = survive_parsing(value) if isinstance(value, str) else value
         return KernelArguments(settings=settings, **converted)
 
     async def invoke(
@@ -490,8 +490,27 @@ def _chat_history(messages: list[ChatMessage] | list[dict[str, Any]]) -> ChatHis
     history = ChatHistory()
     for message in messages:
         item = message if isinstance(message, ChatMessage) else ChatMessage.model_validate(message)
-        history.add_message(ChatMessageContent(role=AuthorRole(item.role), content=item.content))
+        history.add_message(
+            ChatMessageContent(role=AuthorRole(item.role), content=survive_parsing(item.content))
+        )
     return history
+
+
+def survive_parsing(text: str) -> str:
+    """``text`` prepared so that the provider receives exactly ``text``.
+
+    SK renders a prompt (escaping variables: ``&`` becomes ``&amp;``), parses the
+    ``<message>`` tags back as XML (one level of entities undone, line ends normalised)
+    and then ``html.unescape``s each message's text: a second level. Unprepared,
+    ``Ign&#111;re`` reached the model as ``Ignore`` (and the guard, which screens the
+    caller's text, saw the encoded form) and ``a &lt; b`` as ``a < b``. One more level
+    of ``&`` for the second unescape, and ``\r`` as a character reference, which XML's
+    line-end normalisation leaves alone: the round trip is the identity (property-tested
+    against the stub model in tests/test_guard_roundtrip.py).
+    """
+    if "&" not in text and "\r" not in text:
+        return text
+    return text.replace("&", "&amp;").replace("\r", "&#13;")
 
 
 def _completion(result: Any, *, fallback_model: str) -> Completion:

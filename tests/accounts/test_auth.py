@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import secrets
+import tracemalloc
 from typing import Any
 
 import pytest
 from starlette.datastructures import Headers
 
-from sk_core.accounts import Authenticator, Limits, Tenant, hash_key, parse_key, presented_key
+from sk_core.accounts import (
+    Authenticator,
+    Limits,
+    Tenant,
+    TooManyUnknownKeys,
+    client_address,
+    hash_key,
+    parse_key,
+    presented_key,
+)
 from sk_core.composition import Service
-from sk_core.errors import Unauthorized
+from sk_core.errors import ApiError, Unauthorized
 from sk_core.limits import window_keys
 from tests.support.hosts import FunctionsHost
 from tests.support.stub_model import StubModel
@@ -171,3 +181,118 @@ async def test_issued_keys_are_never_stored(functions_service: Service, azurite:
     entity = await table.get_entity("key", issued.record.key_id)
     assert issued.secret not in str(dict(entity))
     assert len(issued.secret.split("_", 2)[2]) == 43  # 32 random bytes, base64url
+
+
+# --- unknown keys: bounded memory, bounded storage reads (issue 27, defect 6) ----------
+
+
+def _random_key() -> str:
+    return f"skf_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+
+
+@pytest.fixture
+async def counted_tenants(functions_service: Service) -> Any:
+    """The real tenant store on Azurite, over a storage client of its own (its round trips
+    are this test's only)."""
+    from sk_core.composition import make_store
+
+    store = make_store(functions_service.settings)
+    tenants = type(functions_service.tenants)(
+        store=store,
+        secrets=functions_service.tenants._secrets,
+        pepper_name=functions_service.tenants._pepper_name,
+    )
+    yield store, tenants
+    await store.aclose()
+
+
+async def _flood(auth: Authenticator, keys: list[str], addresses: list[str]) -> dict[int, int]:
+    statuses: dict[int, int] = {}
+    for key, address in zip(keys, addresses, strict=True):
+        token = client_address.set(address)
+        try:
+            await auth.authenticate(Headers({"x-api-key": key}), "text/summarize")
+        except ApiError as error:
+            statuses[error.status] = statuses.get(error.status, 0) + 1
+        finally:
+            client_address.reset(token)
+    return statuses
+
+
+async def test_4000_unknown_key_ids_cost_bounded_memory_and_bounded_reads(
+    functions_service: Service, counted_tenants: Any, tenant_keys: dict[str, Any]
+) -> None:
+    store, tenants = counted_tenants
+    # A clock that stands still: on a busy machine the flood may outlast a TTL, and
+    # the bounds, not the expiry, are under test.
+    auth = Authenticator(
+        tenants=tenants,
+        ttl_seconds=30,
+        max_unknown=300,
+        max_clients=600,
+        unknown_per_minute=60,
+        clock=lambda: 1000.0,
+    )
+    real = Headers({"x-api-key": tenant_keys["full"]})
+    await auth.authenticate(real, "text/summarize")
+    keys = [_random_key() for _ in range(4000)]
+
+    # One address: 60 lookups find nothing, then its uncached lookups are refused, unread.
+    before = store.round_trips
+    statuses = await _flood(auth, keys, ["203.0.113.7"] * 4000)
+    assert statuses == {401: 60, 429: 3940}
+    assert store.round_trips - before <= 60 * 2  # a lookup is a read (plus a retry at most)
+    assert auth.cached[1] <= 60
+
+    # Many addresses: each may look its ids up, but what the authenticator keeps is
+    # bounded (ids and client windows alike), whatever the number of ids and clients.
+    many = 1200
+    tracemalloc.start()
+    try:
+        before_snapshot = tracemalloc.take_snapshot()
+        statuses = await _flood(auth, keys[:many], [f"198.51.{i // 256}.{i % 256}" for i in range(many)])
+        after_snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert statuses == {401: many}
+    assert auth.cached == (1, 300)
+    assert len(auth._clients) == 600
+    mine = [tracemalloc.Filter(True, "*/sk_core/accounts/_auth.py")]
+    grown = sum(
+        stat.size_diff
+        for stat in after_snapshot.filter_traces(mine).compare_to(
+            before_snapshot.filter_traces(mine), "filename"
+        )
+    )
+    assert grown < 300_000, grown  # 300 ids and 600 windows, not 1,200 of each
+    # The real caller was never evicted: no storage read for it.
+    before = store.round_trips
+    assert (await auth.authenticate(real, "text/summarize")).tenant.id == tenant_keys["tenant"]
+    assert store.round_trips == before
+
+
+async def test_unknown_ids_are_remembered_briefly_and_the_limit_resets(
+    counted_tenants: Any, functions_service: Service
+) -> None:
+    _, tenants = counted_tenants
+    now = [1000.0]
+    auth = Authenticator(tenants=tenants, ttl_seconds=30, unknown_per_minute=2, clock=lambda: now[0])
+    name = "late-" + secrets.token_hex(3)
+    await functions_service.tenants.create_tenant(Tenant(id=name, display_name="Late"))
+    token = client_address.set("192.0.2.1")
+    try:
+        unknown = _random_key()
+        for _ in range(3):  # a negative entry answers the repeats: one read, one count
+            with pytest.raises(Unauthorized):
+                await auth.authenticate(Headers({"x-api-key": unknown}), None)
+        with pytest.raises(Unauthorized):
+            await auth.authenticate(Headers({"x-api-key": _random_key()}), None)
+        with pytest.raises(TooManyUnknownKeys) as refused:
+            await auth.authenticate(Headers({"x-api-key": _random_key()}), None)
+        assert refused.value.status == 429
+        assert 1 <= (refused.value.retry_after or 0) <= 60
+        now[0] += 61  # a new minute, and the negative entries have expired
+        issued = await functions_service.tenants.issue_key(name)
+        assert (await auth.authenticate(Headers({"x-api-key": issued.secret}), None)).tenant.id == name
+    finally:
+        client_address.reset(token)

@@ -35,6 +35,9 @@ FRAGMENTS = [
     "x", "Hello,", "bar.", "href", "=", '"', "](", ")", "Bearer", "apikey", "-----", "Ünïcödé", "数字",
     "こんにちは世界", "数字文本很长", "<https://例え.jp/パス>", '[x](https://例え.jp/パス "标题 这里")',
     "<a href=例え.jp>", "<https://例え",
+    # Destinations a CommonMark renderer resolves (issue 27): entities, escapes, the next line.
+    "![x](https&#58;//evil.example/?q=s)", "![x](https\\://evil.example/?q=s)", "[r]:\n  https://evil.example/x",
+    "> [r]:\n> https://evil.example/y", '<img srcset="/a.png 1x, https://evil.example/b 2x">', "[my\nlabel",
 ]
 SEPARATORS = ["", " ", " ", "\n", "\n\n", ", ", "  ", "\t"]
 

@@ -27,6 +27,9 @@ SERVICE_ENV = {
     # after traffic see it within a second.
     "SKF_LEASE_REPORT_SECONDS": "0.2",
     "SKF_LEASE_IDLE_SECONDS": "0.5",
+    # Many hosts run at once in the suite: /metrics on each one's API port, not on one
+    # shared metrics port (tests/http/test_metrics_port.py covers the default).
+    "SKF_METRICS_PORT": "0",
 }
 
 # Generous limits: the contract suite is about behaviour, not about refusals.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import html
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 from sk_core.safety.guard._normalise import INVISIBLE_RE, normalise
 from sk_core.safety.guard._rules import CATEGORIES, COMPACT_RULES, NATIVE_RULES, TEXT_RULES, Rule
@@ -178,8 +179,23 @@ class InjectionDetector:
             for run in _SPACED_RUN_RE.finditer(norm):
                 squashed = _SPACED_SEPARATORS_RE.sub("", run.group())
                 yield from self._match(self._compact_rules, squashed, index)
+        if depth < self._max_depth:
+            yield from self._scan_markup(text, index, depth)
         if "encoded_payload" in self.categories:
             yield from self._scan_encoded(text, index, depth)
+
+    def _scan_markup(self, text: str, index: int, depth: int) -> Iterator[Hit]:
+        """The text as a markup reader decodes it: HTML character references
+        (``Ign&#111;re``, ``&#60;message&#62;``: what a Markdown/HTML renderer, and a
+        model that has read the web, reads as plain text) and percent-encoding.
+
+        Every family is judged on the decoded form under its own category (``rule@entity``),
+        not as an encoded payload only: such text means what it decodes to, and
+        disabling ``encoded_payload`` must not let it through.
+        """
+        for kind, decoded in _markup_decodings(text):
+            for inner in self._scan(decoded, index, depth + 1):
+                yield Hit(f"{inner.rule_id}@{kind}", inner.category, index, inner.excerpt)
 
     @staticmethod
     def _match(rules: Sequence[Rule], norm: str, index: int) -> Iterator[Hit]:
@@ -250,7 +266,10 @@ def _transformed(raw: str, norm: str) -> Iterator[tuple[str, str]]:
     if leet:
         yield "leet", leet
     if "%" in raw and _URL_ESCAPES_RE.search(raw):
-        yield "url", unquote_plus(raw)
+        # Form-encoding too ("+" for a space); plain percent-decoding is a markup view.
+        plus = unquote_plus(raw)
+        if plus != unquote(raw):
+            yield "url", plus
     if any(marker in norm for marker in _ROT13_MARKERS):
         yield "rot13", codecs.encode(raw, "rot13")
     if any(marker in norm for marker in _REVERSED_MARKERS):
@@ -259,6 +278,28 @@ def _transformed(raw: str, norm: str) -> Iterator[tuple[str, str]]:
         decoded = _decode_base32(found.group())
         if decoded is not None:
             yield "base32", decoded
+
+
+# A character reference (named, decimal or hex, with or without its ";") and a
+# percent-escaped byte: cheap gates for the decodings below.
+_ENTITY_RE = re.compile(r"&(?:#[0-9]{1,8}|#[xX][0-9a-fA-F]{1,8}|[A-Za-z][A-Za-z0-9]{1,31})")
+_PERCENT_RE = re.compile(r"%[0-9a-fA-F]{2}")
+
+
+def _markup_decodings(raw: str) -> Iterator[tuple[str, str]]:
+    """``raw`` with character references resolved, and percent-decoded, where that changes it.
+
+    Both at once as well, in either order (``%26%23111%3B`` is ``&#111;``): the
+    recursion in ``_scan`` goes as deep as ``max_decode_depth``.
+    """
+    if "&" in raw and _ENTITY_RE.search(raw):
+        decoded = html.unescape(raw)
+        if decoded != raw:
+            yield "entity", decoded
+    if "%" in raw and _PERCENT_RE.search(raw):
+        decoded = unquote(raw, errors="replace")
+        if decoded != raw:
+            yield "percent", decoded
 
 
 def _leet_windows(norm: str) -> str:
