@@ -26,7 +26,15 @@ from sk_core.accounts import Tenant, TenantError, validate_tenant_id
 from sk_core.composition import Service, get_service
 from sk_core.errors import BadRequest, NotFound
 from sk_core.http.rendering import DASHBOARD_CSP, json_response
-from sk_core.usage import CHART_DAYS, detail, last_days, overview, read_windows, usage_csv, usage_of
+from sk_core.usage import (
+    CHART_DAYS,
+    detail,
+    last_days,
+    overview_document,
+    read_windows,
+    usage_csv,
+    usage_of,
+)
 
 STATIC = Path(__file__).parent / "static"
 # The only files served, with their types: nothing else under STATIC (or beside it) is reachable.
@@ -74,18 +82,9 @@ def _json(data: Any) -> Response:
 
 
 async def admin_tenants(request: Request) -> Response:
-    """Every tenant with its usage now (the dashboard's table)."""
+    """Every tenant with its usage now, nearest its budget first, with totals and charts."""
     service = await _operator(request)
-    now = service.ledger.now()
-    listed = await overview(service.ledger, service.tenants, now)
-    return _json(
-        {
-            "as_of": now.isoformat(),
-            "tenants": [
-                {"name": t.display_name, "status": t.status, **d.model_dump(mode="json")} for t, d in listed
-            ],
-        }
-    )
+    return _json(await overview_document(service.ledger, service.tenants))
 
 
 async def admin_tenant(request: Request) -> Response:

@@ -15,8 +15,9 @@ own ``/v1/usage`` does not (see ``usage_of``).
 - tenant usage (``usage_of``): 1 point query (day, month, minute and in-flight rows);
 - all tenants (``overview``): 2 (the tenant list; one query for every tenant's four rows);
 - one tenant's charts (``detail``): 4, issued together (the tenant; its usage partition's
-  30 day rows, month, minute, in-flight and expired rows in one query; the last 24
-  hourly rollups, minute series inside; the 20 newest audit rows), whatever the
+  30 day rows, month, minute, in-flight and expired rows in one query; its hourly
+  rollups, minute series inside, of the hours not yet final (4 or 5: final hours are
+  kept in memory, ``sk_core.usage._history``); the 20 newest audit rows), whatever the
   traffic: a rollup is one row per hour per writing process, never one per call.
 """
 
@@ -48,12 +49,12 @@ from sk_core.limits.rows import (
     CounterRow,
 )
 from sk_core.pricing import usd
-from sk_core.usage._rollups import HOUR_PREFIX, Bucket, bucket_start, combine, percentile, stamp
+from sk_core.usage._history import history_for
+from sk_core.usage._rollups import Bucket, bucket_start, percentile, stamp
 
 if TYPE_CHECKING:
     from sk_core.accounts import Limits, Tenant, TenantStore
     from sk_core.limits import Ledger
-    from sk_core.storage import TableStore
     from sk_core.usage._audit import AuditLog
 
 CHART_MINUTES = 180  # requests and tokens per minute over the last 3 hours
@@ -366,24 +367,6 @@ def _usd_text(amount_nano: int) -> str:
     return f"{sign}{whole}.{fraction:09d}"
 
 
-async def _rollups(store: TableStore, tenant_id: str, first: str) -> dict[str, Bucket]:
-    """The tenant's hourly rollups from hour ``first`` on, every writer's rows added up."""
-    from sk_core.storage import storage_errors
-    from sk_core.usage._audit import AUDIT_TABLE
-
-    table = await store.table(AUDIT_TABLE)
-    with storage_errors():
-        rows = [
-            e
-            async for e in table.query_entities(
-                "PartitionKey eq @p and RowKey ge @first and RowKey lt @end",
-                parameters={"p": tenant_id, "first": HOUR_PREFIX + first, "end": HOUR_PREFIX + "~"},
-                results_per_page=1000,
-            )
-        ]
-    return combine(rows)
-
-
 def _hours(now: datetime, count: int) -> list[str]:
     """The names of the last ``count`` UTC hours, oldest first, the current one last."""
     return [stamp(now - timedelta(hours=n)) for n in range(count - 1, -1, -1)]
@@ -465,7 +448,8 @@ async def detail(
     found, rows, hours, audit_rows = await asyncio.gather(
         tenants.get_tenant(tenant_id),
         _ledger_rows(ledger, tenant_id, now, windows[:-1]),
-        _rollups(ledger.store, tenant_id, hour_names[0]),
+        # Hours no writer can change any more come from memory; the live ones are read now.
+        history_for(ledger.store).hours(tenant_id, hour_names, now),
         recent(),
     )
     if found is None:
