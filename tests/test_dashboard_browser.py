@@ -26,6 +26,7 @@ import pytest
 from sk_core.accounts import Limits, Tenant
 from sk_core.composition import Service
 from tests.conftest import inside_one_minute
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.hosts import ContainerHost
 from tests.support.stub_model import StubModel
 from tests.support.usage_traffic import (
@@ -39,18 +40,7 @@ from tests.support.usage_traffic import (
     usage_headers,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
-OVERVIEW_SCREENSHOT = ROOT / "docs" / "dashboard-overview.png"
 WIDTH = 1280
 
 if not CHROMIUM.exists():
@@ -224,12 +214,12 @@ async def test_the_dashboard_shows_the_ledgers_numbers(
     # The charts' snapshot may be up to one refresh behind (SNAPSHOT_SECONDS): give it two.
     refused = page.locator('#refusals li[data-code="rate_limited"] .count')
     await expect(refused).to_have_text(re.compile(r"^[1-9][\d,]*$"), timeout=30_000)
-    assert int((await page.locator('#totals [data-total="refusals"] .big').inner_text()).replace(",", "")) >= 1
+    assert (
+        int((await page.locator('#totals [data-total="refusals"] .big').inner_text()).replace(",", "")) >= 1
+    )
 
     # Nothing wider than the window: no sideways scrolling at 1,280 px.
     assert await _scroll_width(page) <= WIDTH
-    OVERVIEW_SCREENSHOT.parent.mkdir(exist_ok=True)
-    await page.locator("#overview").screenshot(path=str(OVERVIEW_SCREENSHOT))
 
     # One tenant: the window table is `admin usage`, row for row.
     await calm_row.click()

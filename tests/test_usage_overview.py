@@ -23,7 +23,9 @@ from sk_core.usage import (
     stamp,
     summarize,
 )
+from sk_core.usage._history import last_final
 from sk_core.usage._read_model import usage_document
+from sk_core.usage._rollups import KEEP
 
 NOW = datetime(2026, 3, 4, 15, 20, tzinfo=UTC)
 NAMES = [stamp(NOW - timedelta(hours=n)) for n in range(23, -1, -1)]
@@ -120,6 +122,14 @@ def test_fewer_spenders_than_the_top_need_no_other_series() -> None:
 # --- the rollup history (Azurite) ---------------------------------------------------------
 
 
+def test_an_hour_is_final_once_writers_dropped_it_plus_a_margin() -> None:
+    # Writers keep an hour's bucket for 2 hours after it ended (KEEP); 15 minutes of margin.
+    assert timedelta(hours=2) == KEEP
+    at = datetime(2026, 3, 4, 15, 20, tzinfo=UTC)
+    assert last_final(at) == "2026030412"  # 12:00-13:00 ended 2 h 20 min ago
+    assert last_final(at - timedelta(minutes=5, microseconds=1)) == "2026030411"  # 12-13 ended 2 h 14:59 ago
+
+
 @pytest.fixture
 async def store(azurite: str) -> AsyncIterator[TableStore]:
     store = TableStore(connection_string=azurite, table_prefix="ovw" + secrets.token_hex(4))
@@ -158,6 +168,10 @@ async def test_final_hours_are_read_once_and_live_hours_every_time(store: TableS
     assert history.reads == 2
 
 
+def _refresh_task(history: RollupHistory) -> asyncio.Task[None] | None:
+    return history._refresh
+
+
 async def test_the_overview_snapshot_waits_once_then_refreshes_in_the_background(store: TableStore) -> None:
     now = datetime.now(UTC)
     names = [stamp(now - timedelta(hours=n)) for n in range(23, -1, -1)]
@@ -174,13 +188,14 @@ async def test_the_overview_snapshot_waits_once_then_refreshes_in_the_background
     ticks[0] = 9.0  # within SNAPSHOT_SECONDS: the snapshot as it was, no read started
     buckets, _ = await history.snapshot(["acme", "beta"], names, lambda: now)
     assert buckets["acme"][names[-1]].cost_nano == 10
-    assert history._refresh is None
+    assert _refresh_task(history) is None
 
     ticks[0] = 10.5  # stale: answered from memory at once, refreshed behind it
     buckets, _ = await history.snapshot(["acme", "beta"], names, lambda: now + timedelta(seconds=10))
     assert buckets["acme"][names[-1]].cost_nano == 10
-    assert history._refresh is not None
-    await asyncio.wait_for(history._refresh, 10)
+    task = _refresh_task(history)
+    assert task is not None
+    await asyncio.wait_for(task, 10)
     buckets, as_of = await history.snapshot(["acme", "beta"], names, lambda: now)
     assert (buckets["acme"][names[-1]].cost_nano, buckets["beta"][names[-1]].cost_nano) == (20, 30)
     assert as_of == now + timedelta(seconds=10)

@@ -10,6 +10,12 @@ writer instead of 25. That matters on both stores: Azurite scans the whole table
 query and pays per row it returns, and Table Storage still sends every row, which the
 SDK decodes (a rollup row carries its JSON minute and latency columns).
 
+The one exception: audit rows that could not be stored are retried (bounded) until
+storage answers; after an outage longer than ``KEEP`` plus the margin, a writer that
+had no bucket of their hour in memory writes one late, and a process that had already
+kept that hour as final shows it without them until it restarts (the ledger's counters,
+which every figure but the hourly charts comes from, are not affected).
+
 Two readers:
 
 - ``hours`` (one tenant's view): final hours from memory, the rest read now, every call.
@@ -52,9 +58,10 @@ SNAPSHOT_SECONDS = 10.0
 REFRESH_CONCURRENCY = 4
 
 
-def is_final(name: str, now: datetime) -> bool:
-    """Whether no writer can change hour ``name`` any more."""
-    return bucket_start(name) + HOUR + KEEP + FINAL_MARGIN <= now
+def last_final(now: datetime) -> str:
+    """The newest hour no writer can change any more: hour names up to it are final."""
+    # An hour starting at or before this instant ended KEEP + FINAL_MARGIN ago or more.
+    return stamp(now - HOUR - KEEP - FINAL_MARGIN)
 
 
 def hour_names(first: str, now: datetime) -> list[str]:
@@ -82,15 +89,15 @@ class _Tenant:
         return stamp(bucket_start(self.last) + HOUR)
 
     def remember(self, start: str, read: Mapping[str, Bucket], now: datetime) -> None:
-        names = hour_names(start, now)
-        final = [name for name in names if is_final(name, now)]
+        names, cut = hour_names(start, now), last_final(now)
+        final = [name for name in names if name <= cut]
         if final:
             for name in final:
                 self.final[name] = read.get(name) or Bucket()
             contiguous = self.last is not None and stamp(bucket_start(self.last) + HOUR) == start
             self.first = self.first if contiguous and self.first is not None else final[0]
             self.last = final[-1]
-        self.live = {name: read[name] for name in names if name in read and not is_final(name, now)}
+        self.live = {name: read[name] for name in names if name in read and name > cut}
         self._prune(now)
 
     def _prune(self, now: datetime) -> None:

@@ -107,6 +107,7 @@ def summarize(
     )
 
     usages = [usage for _, usage in listed]
+    times = [int(bucket_start(name).timestamp()) for name in names]
     return {
         "as_of": now.isoformat(),
         "totals": {
@@ -119,9 +120,9 @@ def summarize(
             "refusals_today": sum(t["refusals_today"] for t in tenants),
             "in_flight": sum(u.concurrency.in_flight for u in usages),
         },
-        "spend_by_hour": {"t": [int(bucket_start(name).timestamp()) for name in names], "series": series},
+        "spend_by_hour": {"t": times, "series": series},
         "refusals_by_code": {
-            "t": [int(bucket_start(name).timestamp()) for name in names],
+            "t": times,
             "codes": {code: codes[code] for code, _ in totals_by_code},
             "totals": dict(totals_by_code),
         },
