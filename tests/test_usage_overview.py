@@ -16,8 +16,11 @@ from sk_core.accounts import Limits, Tenant
 from sk_core.storage import TableStore, int64
 from sk_core.usage import (
     AUDIT_TABLE,
+    AuditEntry,
+    AuditLog,
     Bucket,
     RollupHistory,
+    Rollups,
     UsageResponse,
     current_windows,
     stamp,
@@ -199,3 +202,40 @@ async def test_the_overview_snapshot_waits_once_then_refreshes_in_the_background
     buckets, as_of = await history.snapshot(["acme", "beta"], names, lambda: now)
     assert (buckets["acme"][names[-1]].cost_nano, buckets["beta"][names[-1]].cost_nano) == (20, 30)
     assert as_of == now + timedelta(seconds=10)
+
+
+async def _calls(store: TableStore, tenant: str, times: list[datetime]) -> AuditLog:
+    """Audit rows of calls at ``times`` and their rollups, as the audit flusher writes them."""
+    log = AuditLog(store=store, retention_days=1)
+    rows = [
+        log.row(AuditEntry(route="/api/v1/summarize", status=200, tenant_id=tenant, cost_nano=n), at=at)
+        for n, at in enumerate(times)
+    ]
+    rollups = Rollups(writer="w1")
+    table = await store.table(AUDIT_TABLE)
+    for row in rows + rollups.entities(rollups.plan(rows)):
+        await table.upsert_entity(row)
+    return log
+
+
+async def test_the_newest_calls_come_with_the_live_rollups_in_one_query(store: TableStore) -> None:
+    now = datetime.now(UTC)
+    names = [stamp(now - timedelta(hours=n)) for n in range(24, -1, -1)]
+    busy = await _calls(store, "busy", [now - timedelta(seconds=10 * n) for n in range(1, 31)])
+    history = RollupHistory(store)
+    hours, recent = await history.hours_and_recent("busy", names, now, 20)
+    # The same 20 rows, newest first, that the audit log's own reader returns.
+    assert [r["RowKey"] for r in recent] == [r["RowKey"] for r in await busy.recent("busy", 20)]
+    assert [r["cost_nano"] for r in recent] == list(range(20))
+    assert sum(b.calls for b in hours.values()) == 30
+    assert history.reads == 1  # 30 calls in the window: no second query
+    # The live hours now say how busy the tenant is: the next window is shorter.
+    assert history._tenants["busy"].window_for(20) < timedelta(hours=26)
+
+    # A quiet tenant (3 calls, 3 days ago): nothing in the window, the older rows next.
+    quiet = await _calls(store, "quiet", [now - timedelta(days=3, minutes=n) for n in range(3)])
+    hours, recent = await history.hours_and_recent("quiet", names, now, 20)
+    assert [r["RowKey"] for r in recent] == [r["RowKey"] for r in await quiet.recent("quiet", 20)]
+    assert len(recent) == 3
+    assert sum(b.calls for b in hours.values()) == 0
+    assert history.reads == 3

@@ -40,9 +40,10 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sk_core.usage._rollups import HOUR_PREFIX, KEEP, Bucket, bucket_start, combine, stamp
+from sk_core.usage._audit import _MAX_MS
+from sk_core.usage._rollups import HOUR_PREFIX, KEEP, ROLLUP_PREFIX, Bucket, bucket_start, combine, stamp
 
 if TYPE_CHECKING:
     from sk_core.storage import TableStore
@@ -55,6 +56,9 @@ FINAL_MARGIN = timedelta(minutes=15)
 KEPT_HOURS = 26  # the dashboard's longest chart is 25 hours
 MINUTE_SLOTS_HOURS = 5  # the minute chart reaches at most 4 hour buckets back
 SNAPSHOT_SECONDS = 10.0
+# The window of newest audit rows read with the rollups (hours_and_recent).
+RECENT_WINDOW_MIN = timedelta(minutes=5)
+RECENT_WINDOW_MAX = timedelta(hours=26)
 REFRESH_CONCURRENCY = 4
 
 
@@ -113,6 +117,14 @@ class _Tenant:
             if self.first is None:
                 self.last = None
 
+    def window_for(self, calls: int) -> timedelta:
+        """How far back the live hours last read make about twice ``calls`` calls likely."""
+        seen = sum(bucket.calls for bucket in self.live.values())
+        if not seen:
+            return RECENT_WINDOW_MAX
+        per_hour = seen / max(1, len(self.live))
+        return min(RECENT_WINDOW_MAX, max(RECENT_WINDOW_MIN, HOUR * (2 * calls / per_hour)))
+
     def buckets(self, names: Iterable[str]) -> dict[str, Bucket]:
         known = {**self.final, **self.live}
         return {name: known[name] for name in names if name in known}
@@ -130,32 +142,66 @@ class RollupHistory:
         self._refresh: asyncio.Task[None] | None = None
         self.reads = 0  # partition queries issued (tests and the benchmark count them)
 
-    async def _read(self, tenant_id: str, first: str) -> dict[str, Bucket]:
-        """The tenant's hourly rollups from hour ``first`` on, every writer's rows added up."""
+    async def _query(
+        self, tenant_id: str, query: str, parameters: dict[str, str], limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows of the tenant's audit partition (at most ``limit``), in RowKey order."""
         from sk_core.storage import storage_errors
         from sk_core.usage._audit import AUDIT_TABLE
 
         table = await self._store.table(AUDIT_TABLE)
         self.reads += 1
+        rows: list[dict[str, Any]] = []
         with storage_errors():
-            rows = [
-                e
-                async for e in table.query_entities(
-                    "PartitionKey eq @p and RowKey ge @first and RowKey lt @end",
-                    parameters={"p": tenant_id, "first": HOUR_PREFIX + first, "end": HOUR_PREFIX + "~"},
-                    results_per_page=1000,
-                )
-            ]
-        return combine(rows)
+            async for entity in table.query_entities(
+                query, parameters={"p": tenant_id, **parameters}, results_per_page=min(limit or 1000, 1000)
+            ):
+                rows.append(entity)
+                if limit is not None and len(rows) >= limit:
+                    break
+        return rows
 
     async def hours(self, tenant_id: str, names: Sequence[str], now: datetime) -> dict[str, Bucket]:
         """The tenant's buckets of hours ``names`` (contiguous, oldest first, through ``now``):
         final ones from memory, the others read from storage now."""
         entry = self._tenants.setdefault(tenant_id, _Tenant())
         start = entry.start_for(names[0])
-        read = await self._read(tenant_id, start)
-        entry.remember(start, read, now)
+        rows = await self._query(
+            tenant_id,
+            "PartitionKey eq @p and RowKey ge @first and RowKey lt @end",
+            {"first": HOUR_PREFIX + start, "end": HOUR_PREFIX + "~"},
+        )
+        entry.remember(start, combine(rows), now)
         return entry.buckets(names)
+
+    async def hours_and_recent(
+        self, tenant_id: str, names: Sequence[str], now: datetime, limit: int
+    ) -> tuple[dict[str, Bucket], list[dict[str, Any]]]:
+        """``hours``, and the tenant's ``limit`` newest audit rows (newest first), in one
+        partition query where it can: the audit rows of a recent window, then the live
+        rollups (their RowKeys sort after every audit row's). The window is what the live
+        hours last read suggest holds about twice ``limit`` calls; when it held fewer, a
+        second query reads the older ones. One query instead of two for a busy tenant:
+        Azurite scans the whole table for each, Table Storage answers each in a round trip."""
+        entry = self._tenants.setdefault(tenant_id, _Tenant())
+        start = entry.start_for(names[0])
+        bound = audit_key(now - entry.window_for(limit))  # keys below it: rows newer than that
+        rows = await self._query(
+            tenant_id,
+            # Spaces around every parameter: the SDK substitutes @names word by word.
+            "PartitionKey eq @p and ( RowKey lt @bound or ( RowKey ge @first and RowKey lt @end ) )",
+            {"bound": bound, "first": HOUR_PREFIX + start, "end": HOUR_PREFIX + "~"},
+        )
+        recent = [row for row in rows if not str(row["RowKey"]).startswith(ROLLUP_PREFIX)]
+        if len(recent) < limit:
+            recent += await self._query(
+                tenant_id,
+                "PartitionKey eq @p and RowKey ge @bound and RowKey lt @end",
+                {"bound": bound, "end": ROLLUP_PREFIX},
+                limit - len(recent),
+            )
+        entry.remember(start, combine(r for r in rows if str(r["RowKey"]).startswith(HOUR_PREFIX)), now)
+        return entry.buckets(names), [_call_row(row) for row in recent[:limit]]
 
     async def snapshot(
         self, tenant_ids: Sequence[str], names: Sequence[str], now: Callable[[], datetime]
@@ -200,6 +246,20 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         # The snapshot stays as it was; the next overview request tries again.
         log.warning("refreshing the dashboard's rollups failed: %r", task.exception())
+
+
+def audit_key(at: datetime) -> str:
+    """The RowKey prefix of an audit row recorded at ``at`` (inverted milliseconds: newer
+    rows sort first; ``AuditLog.row``)."""
+    return f"{_MAX_MS - int(at.timestamp() * 1000):015d}"
+
+
+def _call_row(entity: Mapping[str, Any]) -> dict[str, Any]:
+    from sk_core.storage import read_int
+
+    row = dict(entity)
+    row["cost_nano"] = read_int(entity.get("cost_nano"))
+    return row
 
 
 _HISTORIES: weakref.WeakKeyDictionary[TableStore, RollupHistory] = weakref.WeakKeyDictionary()

@@ -431,26 +431,24 @@ async def _ledger_rows(
 async def detail(
     ledger: Ledger, tenants: TenantStore, tenant_id: str, audit: AuditLog, now: datetime | None = None
 ) -> dict[str, Any] | None:
-    """Everything the dashboard shows for one tenant (None: no such tenant)."""
-    from sk_core.storage import storage_errors
+    """Everything the dashboard shows for one tenant (None: no such tenant).
 
+    ``audit`` is no longer read here: the newest calls come with the rollups
+    (``RollupHistory.hours_and_recent``, the same rows ``AuditLog.recent`` returns)."""
+    del audit
     await ledger.flush(tenant_id)
     now = now or ledger.now()
     windows = last_days(now, CHART_DAYS)
     # The day's hours cover the minute chart's 3 hours too: one query for every chart.
     hour_names = _hours(now, max(CHART_HOURS, CHART_MINUTES // 60 + 1))
 
-    async def recent() -> list[dict[str, Any]]:
-        with storage_errors():
-            return await audit.recent(tenant_id, RECENT_CALLS)
-
-    # Four independent reads, issued together: a refresh waits for the slowest, not the sum.
-    found, rows, hours, audit_rows = await asyncio.gather(
+    # Three independent reads, issued together: a refresh waits for the slowest, not the sum.
+    # The rollups: hours no writer can change any more come from memory, the live ones
+    # are read with the 20 newest audit rows, in one query of the audit partition.
+    found, rows, (hours, audit_rows) = await asyncio.gather(
         tenants.get_tenant(tenant_id),
         _ledger_rows(ledger, tenant_id, now, windows[:-1]),
-        # Hours no writer can change any more come from memory; the live ones are read now.
-        history_for(ledger.store).hours(tenant_id, hour_names, now),
-        recent(),
+        history_for(ledger.store).hours_and_recent(tenant_id, hour_names, now, RECENT_CALLS),
     )
     if found is None:
         return None
