@@ -239,3 +239,17 @@ async def test_the_newest_calls_come_with_the_live_rollups_in_one_query(store: T
     assert len(recent) == 3
     assert sum(b.calls for b in hours.values()) == 0
     assert history.reads == 3
+
+
+def test_the_tenant_view_takes_the_tenant_the_overview_listed_moments_ago() -> None:
+    ticks = [0.0]
+    history = RollupHistory(
+        TableStore(connection_string="UseDevelopmentStorage=true"), clock=lambda: ticks[0]
+    )
+    acme = Tenant(id="acme", display_name="Acme", limits=Limits(daily_budget_nano=5))
+    history.remember_tenants([acme])
+    ticks[0] = 5.0
+    assert history.listed("acme") is acme
+    assert history.listed("other") is None
+    ticks[0] = 5.1  # older than LISTED_SECONDS: the tenant view reads it again
+    assert history.listed("acme") is None

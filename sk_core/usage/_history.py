@@ -27,6 +27,9 @@ Two readers:
   the first time. The overview's counters (spend, budgets, requests) are read fresh on
   every request; only its hourly charts may lag, by at most that period plus one refresh.
 
+The tenant view also takes the tenant (its limits, for the budgets) from the overview
+that listed it at most ``LISTED_SECONDS`` before, when there is one (``listed``).
+
 Memory: per tenant, the buckets of the last ``KEPT_HOURS`` hours; minute slots are
 dropped from hours older than the minute chart reaches.
 """
@@ -46,6 +49,7 @@ from sk_core.usage._audit import _MAX_MS
 from sk_core.usage._rollups import HOUR_PREFIX, KEEP, ROLLUP_PREFIX, Bucket, bucket_start, combine, stamp
 
 if TYPE_CHECKING:
+    from sk_core.accounts import Tenant
     from sk_core.storage import TableStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,7 @@ FINAL_MARGIN = timedelta(minutes=15)
 KEPT_HOURS = 26  # the dashboard's longest chart is 25 hours
 MINUTE_SLOTS_HOURS = 5  # the minute chart reaches at most 4 hour buckets back
 SNAPSHOT_SECONDS = 10.0
+LISTED_SECONDS = 5.0  # the page polls every 5 s: the overview's tenants serve its tenant view
 # The window of newest audit rows read with the rollups (hours_and_recent).
 RECENT_WINDOW_MIN = timedelta(minutes=5)
 RECENT_WINDOW_MAX = timedelta(hours=26)
@@ -141,6 +146,23 @@ class RollupHistory:
         self._refreshed_at: datetime | None = None  # its wall-clock time, for the page
         self._refresh: asyncio.Task[None] | None = None
         self.reads = 0  # partition queries issued (tests and the benchmark count them)
+        self._listed: dict[str, tuple[float, Tenant]] = {}
+
+    def remember_tenants(self, tenants: Iterable[Tenant]) -> None:
+        """The tenants as the overview just read them (``listed``)."""
+        at = self._clock()
+        self._listed = {tenant.id: (at, tenant) for tenant in tenants}
+
+    def listed(self, tenant_id: str) -> Tenant | None:
+        """The tenant as the overview read it at most ``LISTED_SECONDS`` ago, else None.
+
+        The page polls the overview and then the open tenant: the tenant view need not
+        read again what the overview read a moment before (admission itself uses
+        tenants up to ``SKF_AUTH_CACHE_SECONDS`` old)."""
+        seen = self._listed.get(tenant_id)
+        if seen is None or self._clock() - seen[0] > LISTED_SECONDS:
+            return None
+        return seen[1]
 
     async def _query(
         self, tenant_id: str, query: str, parameters: dict[str, str], limit: int | None = None

@@ -139,6 +139,7 @@ async def overview_document(
     listed = await overview(ledger, tenants, now)
     names = hour_names(stamp(now - timedelta(hours=CHART_HOURS - 1)), now)
     history = history or history_for(ledger.store)
+    history.remember_tenants(tenant for tenant, _ in listed)
     buckets, charts_as_of = await history.snapshot([t.id for t, _ in listed], names, ledger.now)
     document = summarize(listed, buckets, names, now)
     document["charts_as_of"] = charts_as_of.isoformat() if charts_as_of else None

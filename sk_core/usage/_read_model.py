@@ -442,13 +442,20 @@ async def detail(
     # The day's hours cover the minute chart's 3 hours too: one query for every chart.
     hour_names = _hours(now, max(CHART_HOURS, CHART_MINUTES // 60 + 1))
 
-    # Three independent reads, issued together: a refresh waits for the slowest, not the sum.
+    history = history_for(ledger.store)
+    listed = history.listed(tenant_id)
+
+    async def read_tenant() -> Tenant | None:
+        # As the overview read it a moment ago (the page polls both), or read now.
+        return listed if listed is not None else await tenants.get_tenant(tenant_id)
+
+    # Independent reads, issued together: a refresh waits for the slowest, not the sum.
     # The rollups: hours no writer can change any more come from memory, the live ones
     # are read with the 20 newest audit rows, in one query of the audit partition.
     found, rows, (hours, audit_rows) = await asyncio.gather(
-        tenants.get_tenant(tenant_id),
+        read_tenant(),
         _ledger_rows(ledger, tenant_id, now, windows[:-1]),
-        history_for(ledger.store).hours_and_recent(tenant_id, hour_names, now, RECENT_CALLS),
+        history.hours_and_recent(tenant_id, hour_names, now, RECENT_CALLS),
     )
     if found is None:
         return None
