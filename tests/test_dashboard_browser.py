@@ -213,7 +213,7 @@ async def test_the_dashboard_shows_the_ledgers_numbers(
     await expect(legend).not_to_contain_text("no spend")
     # The charts' snapshot may be up to one refresh behind (SNAPSHOT_SECONDS): give it two.
     refused = page.locator('#refusals li[data-code="rate_limited"] .count')
-    await expect(refused).to_have_text(re.compile(r"^[1-9][\d,]*$"), timeout=30_000)
+    await expect(refused).to_have_text(re.compile(r"^[1-9][\d,]*$"), timeout=45_000)
     assert (
         int((await page.locator('#totals [data-total="refusals"] .big').inner_text()).replace(",", "")) >= 1
     )

@@ -188,12 +188,12 @@ async def test_the_overview_snapshot_waits_once_then_refreshes_in_the_background
 
     await _write(store, "acme", names[-1], 20)
     await _write(store, "beta", names[-1], 30)
-    ticks[0] = 9.0  # within SNAPSHOT_SECONDS: the snapshot as it was, no read started
+    ticks[0] = 14.0  # within SNAPSHOT_SECONDS: the snapshot as it was, no read started
     buckets, _ = await history.snapshot(["acme", "beta"], names, lambda: now)
     assert buckets["acme"][names[-1]].cost_nano == 10
     assert _refresh_task(history) is None
 
-    ticks[0] = 10.5  # stale: answered from memory at once, refreshed behind it
+    ticks[0] = 15.5  # stale: answered from memory at once, refreshed behind it
     buckets, _ = await history.snapshot(["acme", "beta"], names, lambda: now + timedelta(seconds=10))
     assert buckets["acme"][names[-1]].cost_nano == 10
     task = _refresh_task(history)
