@@ -169,7 +169,9 @@ class RollupHistory:
     async def _query(
         self, tenant_id: str, query: str, parameters: dict[str, str], limit: int | None = None
     ) -> list[dict[str, Any]]:
-        """Rows of the tenant's audit partition (at most ``limit``), in RowKey order."""
+        """Rows of the tenant's audit partition (at most ``limit``), in RowKey order, with
+        only the columns the views use (``_COLUMNS``: no timestamps or columns nobody
+        shows, which the SDK would parse for nothing)."""
         from sk_core.storage import storage_errors
         from sk_core.usage._audit import AUDIT_TABLE
 
@@ -178,7 +180,10 @@ class RollupHistory:
         rows: list[dict[str, Any]] = []
         with storage_errors():
             async for entity in table.query_entities(
-                query, parameters={"p": tenant_id, **parameters}, results_per_page=min(limit or 1000, 1000)
+                query,
+                parameters={"p": tenant_id, **parameters},
+                select=_COLUMNS,
+                results_per_page=min(limit or 1000, 1000),
             ):
                 rows.append(entity)
                 if limit is not None and len(rows) >= limit:
@@ -270,6 +275,12 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         # The snapshot stays as it was; the next overview request tries again.
         log.warning("refreshing the dashboard's rollups failed: %r", task.exception())
+
+
+# What the tenant view shows of a call (``_call_json``) and what a rollup row holds.
+_CALL_COLUMNS = ["created_at", "function", "status", "code", "latency_ms", "trace_id"]
+_ROLLUP_COLUMNS = ["calls", "errors", "codes", "functions", "minutes"]
+_COLUMNS = ["RowKey", *_CALL_COLUMNS, "prompt_tokens", "completion_tokens", "cost_nano", *_ROLLUP_COLUMNS]
 
 
 def audit_key(at: datetime) -> str:
