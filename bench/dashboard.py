@@ -41,6 +41,7 @@ from bench._common import (
     markdown_table,
     ms,
     percentile,
+    process_cpu_seconds,
     service_env,
     settings_from_env,
     summary,
@@ -193,16 +194,28 @@ async def seed(
 
 
 async def measure(
-    service: Service, client: httpx.AsyncClient, paths: list[tuple[str, dict[str, str]]], requests: int
+    service: Service,
+    client: httpx.AsyncClient,
+    paths: list[tuple[str, dict[str, str]]],
+    requests: int,
+    azurite_pid: int,
 ) -> list[dict[str, Any]]:
     """Each path's first (cold) call, then ``requests`` rounds calling them in turn (the
-    page polls the overview and then the open tenant, every 5 s), one call at a time."""
+    page polls the overview and then the open tenant, every 5 s), one call at a time.
 
-    async def call(path: str, headers: dict[str, str]) -> tuple[float, int, httpx.Response]:
+    Besides wall time, the CPU each call cost this process (background refreshes
+    included) and Azurite: on a shared machine these move far less with the load."""
+    cpu = [[0.0, 0.0] for _ in paths]  # per path: this process, Azurite (seconds)
+
+    async def call(path: str, headers: dict[str, str], i: int = -1) -> tuple[float, int, httpx.Response]:
         before = service.store.round_trips
+        own, storage = time.process_time(), process_cpu_seconds(azurite_pid)
         started = time.perf_counter()
         response = await client.get(path, headers=headers)
         elapsed = time.perf_counter() - started
+        if i >= 0:
+            cpu[i][0] += time.process_time() - own
+            cpu[i][1] += process_cpu_seconds(azurite_pid) - storage
         assert response.status_code == 200, response.text[:300]
         return elapsed, service.store.round_trips - before, response
 
@@ -216,7 +229,7 @@ async def measure(
     for _ in range(requests):
         last = []
         for i, (path, headers) in enumerate(paths):
-            elapsed, exchanges, response = await call(path, headers)
+            elapsed, exchanges, response = await call(path, headers, i)
             latencies[i].append(elapsed)
             trips[i].append(exchanges)
             last.append(response)
@@ -231,6 +244,8 @@ async def measure(
             "round_trips": sorted(trips[i])[len(trips[i]) // 2],
             "round_trips_max": max(trips[i]),
             "bytes": len(last[i].content),
+            "service_cpu_ms": round(1000 * cpu[i][0] / requests, 2),
+            "azurite_cpu_ms": round(1000 * cpu[i][1] / requests, 2),
         }
         for i in range(len(paths))
     ]
@@ -314,14 +329,20 @@ async def main(argv: list[str] | None = None) -> int:
                 tenant_view = f"/api/v1/admin/tenants/{tenants[0].id}"
                 # The page's refresh: the overview, then the open tenant (the busiest).
                 overview_r, tenant_r = await measure(
-                    service, client, [("/api/v1/admin/tenants", admin), (tenant_view, admin)], args.requests
+                    service,
+                    client,
+                    [("/api/v1/admin/tenants", admin), (tenant_view, admin)],
+                    args.requests,
+                    azurite.process.pid,
                 )
                 results = {"tenants overview": overview_r, "one tenant (charts, calls, holds)": tenant_r}
                 for name, (url, headers) in {
                     "tenant usage (/v1/usage)": ("/api/v1/usage", {"authorization": f"Bearer {tenant_key}"}),
                     "CSV (30 days)": (f"{tenant_view}/usage.csv", admin),
                 }.items():
-                    [results[name]] = await measure(service, client, [(url, headers)], args.requests)
+                    [results[name]] = await measure(
+                        service, client, [(url, headers)], args.requests, azurite.process.pid
+                    )
             if args.screenshot:
                 scroll_width = await screenshot(app, operator, args.screenshot)
             await service.aclose()
@@ -338,6 +359,8 @@ async def main(argv: list[str] | None = None) -> int:
             r["first_ms"],
             r["p50_ms"],
             r["p95_ms"],
+            r["service_cpu_ms"],
+            r["azurite_cpu_ms"],
             r["round_trips"],
             r["round_trips_max"],
             f"{r['bytes']:,}",
@@ -351,6 +374,8 @@ async def main(argv: list[str] | None = None) -> int:
                 "first call ms",
                 "p50 ms",
                 "p95 ms",
+                "service CPU ms",
+                "Azurite CPU ms",
                 "storage round trips (median)",
                 "(most)",
                 "bytes",

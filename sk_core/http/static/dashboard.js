@@ -295,6 +295,8 @@
 
   const PALETTE = ["#b42318", "#dc6803", "#7a5af8", "#0e9384", "#344054", "#c11574"];
 
+  const dollars = (u, v) => (v === null || v === undefined ? "--" : usd(nanoOf(v)));
+
   function drawCharts(data) {
     for (const c of state.charts) c.destroy();
     state.charts = [];
@@ -305,8 +307,8 @@
     }, [m.t, m.calls, m.tokens]);
     const d = data.spend_by_day;
     chart("chart-days", {
-      series: [{}, { label: "spent USD", stroke: "#3358d4", fill: "#a9bcf5", paths: uPlot.paths.bars({ size: [0.7, 40] }), points: { show: false } },
-        { label: "daily budget", stroke: "#1d2330", dash: [6, 4], points: { show: false } }],
+      series: [{}, { label: "spent", stroke: "#3358d4", fill: "#a9bcf5", paths: uPlot.paths.bars({ size: [0.7, 40] }), points: { show: false }, value: dollars },
+        { label: "daily budget", stroke: "#1d2330", dash: [6, 4], points: { show: false }, value: dollars }],
       // Cents and less are common here: usd() keeps two significant digits below a cent.
       axes: [{}, { values: (u, splits) => splits.map((v) => usd(nanoOf(v))), size: 80 }],
     }, [d.t, d.spent_usd, d.t.map(() => d.budget_usd)]);
