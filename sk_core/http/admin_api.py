@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from sk_core.accounts import Tenant, TenantError, validate_tenant_id
 from sk_core.errors import BadRequest, NotFound
-from sk_core.usage import CHART_DAYS, detail, last_days, overview, read_windows, usage_csv
+from sk_core.usage import CHART_DAYS, detail, last_days, overview_document, read_windows, usage_csv
 
 if TYPE_CHECKING:
     from sk_core.composition import Service
@@ -46,18 +46,9 @@ def _json(data: Any) -> Response:
 
 
 async def admin_tenants(request: Request, service: Service, context: RequestContext) -> Response:
-    """Every tenant with its usage now (the dashboard's table)."""
+    """Every tenant with its usage now, nearest its budget first, with totals and charts."""
     await service.auth.authenticate_admin(request.headers)
-    now = service.ledger.now()
-    listed = await overview(service.ledger, service.tenants, now)
-    return _json(
-        {
-            "as_of": now.isoformat(),
-            "tenants": [
-                {"name": t.display_name, "status": t.status, **d.model_dump(mode="json")} for t, d in listed
-            ],
-        }
-    )
+    return _json(await overview_document(service.ledger, service.tenants))
 
 
 async def admin_tenant(request: Request, service: Service, context: RequestContext) -> Response:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from sk_core.usage._audit import ANONYMOUS, AUDIT_TABLE, AuditEntry, AuditLog
 from sk_core.usage._gauges import BudgetGauges
+from sk_core.usage._history import RollupHistory, history_for
+from sk_core.usage._overview import overview_document, summarize
 from sk_core.usage._read_model import (
     CHART_DAYS,
     UsageResponse,
@@ -42,6 +44,7 @@ __all__ = [
     "AuditLog",
     "Bucket",
     "BudgetGauges",
+    "RollupHistory",
     "Rollups",
     "UsageResponse",
     "Window",
@@ -50,13 +53,16 @@ __all__ = [
     "current_windows",
     "day_window",
     "detail",
+    "history_for",
     "last_days",
     "latency_bucket",
     "month_window",
     "overview",
+    "overview_document",
     "percentile",
     "read_windows",
     "stamp",
+    "summarize",
     "usage_csv",
     "usage_of",
     "window_entry",

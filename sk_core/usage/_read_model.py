@@ -15,8 +15,9 @@ own ``/v1/usage`` does not (see ``usage_of``).
 - tenant usage (``usage_of``): 1 point query (day, month, minute and in-flight rows);
 - all tenants (``overview``): 2 (the tenant list; one query for every tenant's four rows);
 - one tenant's charts (``detail``): 4, issued together (the tenant; its usage partition's
-  30 day rows, month, minute, in-flight and expired rows in one query; the last 24
-  hourly rollups, minute series inside; the 20 newest audit rows), whatever the
+  30 day rows, month, minute, in-flight and expired rows in one query; its hourly
+  rollups, minute series inside, of the hours not yet final (4 or 5: final hours are
+  kept in memory, ``sk_core.usage._history``); the 20 newest audit rows), whatever the
   traffic: a rollup is one row per hour per writing process, never one per call.
 """
 
@@ -51,13 +52,13 @@ from sk_core.limits.rows import (
 from sk_core.limits.windows import day_key, day_start, month_key, window_keys
 from sk_core.pricing import usd
 from sk_core.storage import query_partition, read_int, storage_errors
-from sk_core.usage._audit import AUDIT_TABLE, AuditLog
-from sk_core.usage._rollups import HOUR_PREFIX, Bucket, bucket_start, combine, percentile, stamp
+from sk_core.usage._audit import AuditLog
+from sk_core.usage._history import history_for
+from sk_core.usage._rollups import Bucket, bucket_start, percentile, stamp
 
 if TYPE_CHECKING:
     from sk_core.accounts import Limits, Tenant, TenantStore
     from sk_core.limits import Ledger
-    from sk_core.storage import TableStore
 
 CHART_MINUTES = 180  # requests and tokens per minute over the last 3 hours
 CHART_HOURS = 24  # refusals, cost and latency by function over the last day
@@ -357,21 +358,6 @@ def _usd_text(amount_nano: int) -> str:
     return f"{sign}{whole}.{fraction:09d}"
 
 
-async def _rollups(store: TableStore, tenant_id: str, first: str) -> dict[str, Bucket]:
-    """The tenant's hourly rollups from hour ``first`` on, every writer's rows added up."""
-    table = await store.table(AUDIT_TABLE)
-    with storage_errors():
-        rows = [
-            e
-            async for e in table.query_entities(
-                "PartitionKey eq @p and RowKey ge @first and RowKey lt @end",
-                parameters={"p": tenant_id, "first": HOUR_PREFIX + first, "end": HOUR_PREFIX + "~"},
-                results_per_page=1000,
-            )
-        ]
-    return combine(rows)
-
-
 def _hours(now: datetime, count: int) -> list[str]:
     """The names of the last ``count`` UTC hours, oldest first, the current one last."""
     return [stamp(now - timedelta(hours=n)) for n in range(count - 1, -1, -1)]
@@ -435,24 +421,31 @@ async def _ledger_rows(
 async def detail(
     ledger: Ledger, tenants: TenantStore, tenant_id: str, audit: AuditLog, now: datetime | None = None
 ) -> dict[str, Any] | None:
-    """Everything the dashboard shows for one tenant (None: no such tenant)."""
+    """Everything the dashboard shows for one tenant (None: no such tenant).
 
+    ``audit`` is no longer read here: the newest calls come with the rollups
+    (``RollupHistory.hours_and_recent``, the same rows ``AuditLog.recent`` returns)."""
+    del audit
     await ledger.flush(tenant_id)
     now = now or ledger.now()
     windows = last_days(now, CHART_DAYS)
     # The day's hours cover the minute chart's 3 hours too: one query for every chart.
     hour_names = _hours(now, max(CHART_HOURS, CHART_MINUTES // 60 + 1))
 
-    async def recent() -> list[dict[str, Any]]:
-        with storage_errors():
-            return await audit.recent(tenant_id, RECENT_CALLS)
+    history = history_for(ledger.store)
+    listed = history.listed(tenant_id)
 
-    # Four independent reads, issued together: a refresh waits for the slowest, not the sum.
-    found, rows, hours, audit_rows = await asyncio.gather(
-        tenants.get_tenant(tenant_id),
+    async def read_tenant() -> Tenant | None:
+        # As the overview read it a moment ago (the page polls both), or read now.
+        return listed if listed is not None else await tenants.get_tenant(tenant_id)
+
+    # Independent reads, issued together: a refresh waits for the slowest, not the sum.
+    # The rollups: hours no writer can change any more come from memory, the live ones
+    # are read with the 20 newest audit rows, in one query of the audit partition.
+    found, rows, (hours, audit_rows) = await asyncio.gather(
+        read_tenant(),
         _ledger_rows(ledger, tenant_id, now, windows[:-1]),
-        _rollups(ledger.store, tenant_id, hour_names[0]),
-        recent(),
+        history.hours_and_recent(tenant_id, hour_names, now, RECENT_CALLS),
     )
     if found is None:
         return None

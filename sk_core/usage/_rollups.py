@@ -41,6 +41,9 @@ ROLLUP_PREFIX = "rollup-"
 HOUR_PREFIX = f"{ROLLUP_PREFIX}h-"
 _STAMP = "%Y%m%d%H"
 RETENTION = timedelta(days=35)
+# How long a writer keeps an hour's bucket after the hour ended; later rows are skipped,
+# so an hour that ended longer ago than this is final in storage (readers cache it).
+KEEP = timedelta(hours=2)
 _BUCKETS_PER_DOUBLING = 4
 
 
@@ -225,7 +228,7 @@ class Rollups:
     its transaction has stored the audit rows they count.
     """
 
-    def __init__(self, writer: str, keep: timedelta = timedelta(hours=2)) -> None:
+    def __init__(self, writer: str, keep: timedelta = KEEP) -> None:
         self.writer = writer
         self._keep = keep
         self._buckets: dict[tuple[str, str], Bucket] = {}
