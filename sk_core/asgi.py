@@ -142,10 +142,18 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     service.runtimes.warm()  # build the kernel now, not on the first request
     # The Functions host runs the same sweep from a timer trigger (function_app.py).
     sweeper = asyncio.create_task(sweep_periodically(service.settings.sweep_interval_seconds))
+    # Document memory's ingestion jobs; the Functions host runs them from a queue trigger.
+    from sk_core.memory import start_worker
+
+    ingester = start_worker(service)
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
+    if ingester is not None:
+        ingester.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ingester
     # Close connection pools so shutdown does not drop sockets mid-flight.
     await service.aclose()
 

@@ -234,6 +234,10 @@ async def ready(request: Request) -> Response:
         if not problems
         else DependencyStatus(status="error", code="secret_unavailable")
     )
+    # Document memory's vector store (sk_core/http/memory_api.py).
+    from sk_core.http.memory_api import ready_checks
+
+    checks.update(await ready_checks(service, timeout))
     is_ready = all(c.status == "ok" for c in checks.values())
     return json_response(
         ReadyResponse(status="ready" if is_ready else "not_ready", checks=checks),

@@ -1,0 +1,93 @@
+"""Memory's parts, built once per process from the service context's collaborators."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import TYPE_CHECKING
+
+from sk_core.memory._embedder import Tokenizer, make_embedder
+from sk_core.memory._queue import IngestQueue, queue_connection_string
+from sk_core.memory._service import Memory
+from sk_core.memory._state import MemoryState
+from sk_core.memory._vectors import make_chunk_store
+
+if TYPE_CHECKING:
+    from sk_core.composition import Service
+
+logger = logging.getLogger(__name__)
+_built: weakref.WeakKeyDictionary[Service, Memory] = weakref.WeakKeyDictionary()
+
+
+def make_memory(service: Service) -> Memory:
+    """A ``Memory`` over ``service``'s storage, ledger, tenants, guard and pipeline."""
+    settings = service.settings
+    embedder = make_embedder(settings)
+    catalog = service.catalog
+
+    def answer_spec() -> object:
+        spec = catalog.get("chat", "chat")
+        if spec is None:
+            raise RuntimeError("the catalog has no chat/chat function, which ask answers with")
+        return spec
+
+    return Memory(
+        settings=settings,
+        state=MemoryState(service.store),
+        queue=IngestQueue(
+            queue_connection_string(
+                settings.memory_queue_connection_string.get_secret_value()
+                or settings.storage_connection_string.get_secret_value()
+            ),
+            settings.memory_queue_name,
+        ),
+        store=make_chunk_store(settings, embedder.dimensions),
+        embedder=embedder,
+        tokenizer=Tokenizer(),
+        ledger=service.ledger,
+        tenants=service.tenants,
+        guard=service.guard,
+        pipeline=service.pipeline,
+        answer_spec=answer_spec,  # type: ignore[arg-type]
+    )
+
+
+def memory_for(service: Service) -> Memory:
+    """The process's ``Memory`` for ``service`` (built on first use)."""
+    memory = _built.get(service)
+    if memory is None:
+        memory = _built[service] = make_memory(service)
+    return memory
+
+
+def current_memory() -> Memory:
+    """The memory of the process's service context (hosts' triggers and workers)."""
+    from sk_core.composition import get_service
+
+    return memory_for(get_service())
+
+
+async def handle_queue_message(content: str, dequeue_count: int) -> None:
+    """The Functions queue trigger's body (see ``_worker.handle_message``)."""
+    from sk_core.memory._worker import handle_message
+
+    await handle_message(current_memory(), content, dequeue_count)
+
+
+def start_worker(service: Service) -> asyncio.Task[None] | None:
+    """The container host's ingestion worker, or None when it is off or has no queue."""
+    from sk_core.memory._worker import run_worker
+
+    if not service.settings.memory_worker:
+        return None
+    try:
+        memory = memory_for(service)
+    except Exception:
+        # The API routes answer what is wrong; the rest of the service keeps serving.
+        logger.exception("document memory could not be set up; its ingestion worker is not running")
+        return None
+    if not memory.queue.configured:
+        logger.info("no ingestion queue configured: the memory worker is not running")
+        return None
+    return asyncio.get_running_loop().create_task(run_worker(memory))
