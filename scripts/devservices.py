@@ -136,6 +136,27 @@ def start_azurite(*, port: int, log: Path | None = None, location: Path | None =
     return proc
 
 
+def start_azurite_queue(*, port: int, log: Path | None = None) -> ManagedProcess:
+    """Azurite's queue service on loopback, in memory (document memory's ingestion queue)."""
+    entry = ROOT / "node_modules" / "azurite" / "dist" / "src" / "queue" / "main.js"
+    if not entry.exists():
+        raise RuntimeError("Azurite is not installed: run `npm install` (make does this for you)")
+    argv = [
+        "node",
+        str(entry),
+        "--queueHost",
+        "127.0.0.1",
+        "--queuePort",
+        str(port),
+        "--skipApiVersionCheck",
+        "--disableProductStyleUrl",
+        "--inMemoryPersistence",
+    ]
+    proc = ManagedProcess("azurite-queue", argv, log=log)
+    proc.wait_for_port("127.0.0.1", port, timeout=30)
+    return proc
+
+
 def start_local_model(
     *, port: int, log: Path | None = None, alias: str = "smollm2", parallel: int = 2
 ) -> ManagedProcess:

@@ -336,12 +336,12 @@ class Memory:
     async def _vectors(
         self, tenant: Tenant, key_id: str, texts: list[str], spent: list[int]
     ) -> list[np.ndarray]:
-        """Embeddings of ``texts``: from the cache (model + content hash) where present,
+        """Embeddings of ``texts``: from the tenant's cache (model + content hash) where present,
         else embedded in batches, charged, and cached before the charge settles."""
         model = self.embedder.model
         hashes = [content_hash(t) for t in texts]
         try:
-            cached = await self.state.cached_vectors(model, hashes)
+            cached = await self.state.cached_vectors(tenant.id, model, hashes)
         except StorageUnavailable:
             cached = {}  # the cache is an optimisation: embed (and pay) instead
         missing = {h: t for h, t in zip(hashes, texts, strict=True) if h not in cached}
@@ -355,7 +355,7 @@ class Memory:
                 fresh = {h: embedded.vectors[i] for i, (h, _) in enumerate(batch)}
                 cached.update(fresh)
                 try:
-                    await self.state.cache_vectors(model, fresh)
+                    await self.state.cache_vectors(tenant.id, model, fresh)
                 except StorageUnavailable:
                     logger.warning("embedding cache write failed; a retry would embed these again")
 

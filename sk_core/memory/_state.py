@@ -45,6 +45,11 @@ def _safe_key(value: str) -> str:
     return "".join("_" if c in "/\\#?" or ord(c) < 32 else c for c in value)
 
 
+def _cache_partition(tenant_id: str, model: str, text_hash: str) -> str:
+    # 256 partitions per tenant and model: bounded, and a point read finds its row fast.
+    return f"{tenant_id}|{_safe_key(model)}|{text_hash[:2]}"
+
+
 @dataclass
 class Job:
     """A stored ingestion job."""
@@ -250,24 +255,26 @@ class MemoryState:
             await table.delete_entity(tenant_id, collection)
 
     # -- embedding cache --------------------------------------------------------------
-    async def cached_vectors(self, model: str, hashes: list[str]) -> dict[str, np.ndarray]:
+    # Per tenant, not shared: a shared cache would tell a tenant (by a zero cost) that
+    # another tenant had ingested exactly this text.
+    async def cached_vectors(self, tenant_id: str, model: str, hashes: list[str]) -> dict[str, np.ndarray]:
         """The cached embeddings among ``hashes`` (point reads; a miss is simply absent)."""
         table = await self._store.table(EMBEDDINGS_TABLE)
         found: dict[str, np.ndarray] = {}
         for text_hash in dict.fromkeys(hashes):
-            entity = await get_or_none(table, f"{_safe_key(model)}|{text_hash[:2]}", text_hash)
+            entity = await get_or_none(table, _cache_partition(tenant_id, model, text_hash), text_hash)
             if entity is not None:
                 found[text_hash] = np.frombuffer(bytes(entity["v"]), dtype=np.float32)
         return found
 
-    async def cache_vectors(self, model: str, vectors: dict[str, np.ndarray]) -> None:
+    async def cache_vectors(self, tenant_id: str, model: str, vectors: dict[str, np.ndarray]) -> None:
         """Keep embeddings by model and content hash (upserts: the same text, the same vector)."""
         table = await self._store.table(EMBEDDINGS_TABLE)
         with storage_errors("cannot write the embedding cache"):
             for text_hash, vector in vectors.items():
                 await table.upsert_entity(
                     {
-                        "PartitionKey": f"{_safe_key(model)}|{text_hash[:2]}",
+                        "PartitionKey": _cache_partition(tenant_id, model, text_hash),
                         "RowKey": text_hash,
                         "v": np.asarray(vector, dtype=np.float32).tobytes(),
                         "at": int(time.time()),
