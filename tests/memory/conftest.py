@@ -89,7 +89,7 @@ class MemoryHost:
             method, f"/api{path}", json=body, headers={"authorization": f"Bearer {key}", **headers}
         )
 
-    async def wait_job(self, location: str, key: str, timeout: float = 90) -> dict[str, Any]:
+    async def wait_job(self, location: str, key: str, timeout: float = 90) -> dict[str, Any]:  # noqa: ASYNC109
         """Poll a job until it is finished; its last status."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:

@@ -13,8 +13,8 @@ import pytest
 
 from sk_core.composition import Service
 from sk_core.memory import READ_SCOPE
-from tests.support.stub_model import StubModel
 from tests.memory.conftest import EMBEDDING_PRICE, MemoryHost, new_tenant, start_memory_host
+from tests.support.stub_model import StubModel
 
 DOCS = [
     {
@@ -68,7 +68,8 @@ async def test_ingest_poll_search_and_ask_with_exact_charges(
     _, key = await new_tenant(memory_admin, "mem-a")
     job = await ingest(memory_host, key, "handbook", DOCS)
     assert job["status"] == "succeeded", job
-    assert job["documents"] == 3 and job["chunks"] == 3
+    assert job["documents"] == 3
+    assert job["chunks"] == 3
     assert job["cost_usd"] > 0  # embedding tokens were priced
 
     found = await memory_host.call(
@@ -76,8 +77,9 @@ async def test_ingest_poll_search_and_ask_with_exact_charges(
     )
     assert found.status_code == 200, found.text
     results = found.json()["results"]
-    assert [r["document_id"] for r in results][0] == "pets"
-    assert results[0]["chunk_id"] == "pets#0" and results[0]["metadata"] == {"topic": "animals"}
+    assert results[0]["document_id"] == "pets"
+    assert results[0]["chunk_id"] == "pets#0"
+    assert results[0]["metadata"] == {"topic": "animals"}
     assert results[0]["score"] >= results[1]["score"]
 
     before = await settled_spend(memory_host, key)
@@ -116,12 +118,14 @@ async def test_reingest_is_served_from_the_embedding_cache_and_replaces(
     first = await ingest(memory_host, key, "notes", DOCS[:2])
     again = await ingest(memory_host, key, "notes", DOCS[:2])
     assert first["cost_usd"] > 0
-    assert again["status"] == "succeeded" and again["cost_usd"] == 0  # every chunk a cache hit
+    assert again["status"] == "succeeded"
+    assert again["cost_usd"] == 0  # every chunk a cache hit
     # Re-posting an id replaces the document: the old text is gone from search.
     await ingest(memory_host, key, "notes", [{"id": "pets", "text": "Goldfish remember things for months."}])
     found = await memory_host.call("POST", "/v1/collections/notes/search", key, {"query": "cats sleeping"})
     texts = [r["text"] for r in found.json()["results"]]
-    assert all("Cats" not in t for t in texts) and any("Goldfish" in t for t in texts)
+    assert all("Cats" not in t for t in texts)
+    assert any("Goldfish" in t for t in texts)
 
 
 async def test_tenants_cannot_see_each_others_collections_or_jobs(
@@ -257,7 +261,8 @@ async def test_store_down_is_503_with_retry_after_and_ready_names_it(
             job = (
                 await host.client.get(answer.headers["location"], headers={"authorization": f"Bearer {key}"})
             ).json()
-        assert job["status"] == "queued" and job["error"] == "vector_store_unavailable"
+        assert job["status"] == "queued"
+        assert job["error"] == "vector_store_unavailable"
     finally:
         await host.client.aclose()
         process.stop()
