@@ -24,6 +24,9 @@ from sk_core.http.rendering import json_response, problem_body
 from sk_core.http.request_body import read_json_body, validate_body
 from sk_core.http.sse import event_stream, wants_event_stream
 from sk_core.memory import (
+    COLLECTION_PATTERN,
+    DOCUMENT_ID_PATTERN,
+    JOB_ID_PATTERN,
     AskRequest,
     IngestRequest,
     JobAccepted,
@@ -32,7 +35,6 @@ from sk_core.memory import (
     VectorStoreUnavailable,
     memory_for,
 )
-from sk_core.memory._records import COLLECTION_PATTERN, DOCUMENT_ID_PATTERN, JOB_ID_PATTERN
 from sk_core.pricing import usd
 
 if TYPE_CHECKING:

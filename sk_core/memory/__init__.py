@@ -15,6 +15,9 @@ answers with citations (issue 24).
 from sk_core.memory._embedder import LOCAL_DIMENSIONS, LOCAL_MODEL, Embedded, LocalEmbedder, Tokenizer
 from sk_core.memory._queue import IngestQueue, QueueUnavailable, development_queue_connection_string
 from sk_core.memory._records import (
+    COLLECTION_PATTERN,
+    DOCUMENT_ID_PATTERN,
+    JOB_ID_PATTERN,
     READ_SCOPE,
     WRITE_SCOPE,
     AskRequest,
@@ -32,6 +35,9 @@ from sk_core.memory._wiring import current_memory, handle_queue_message, make_me
 from sk_core.memory._worker import backoff, drain, handle_message, process_delivery
 
 __all__ = [
+    "COLLECTION_PATTERN",
+    "DOCUMENT_ID_PATTERN",
+    "JOB_ID_PATTERN",
     "LOCAL_DIMENSIONS",
     "LOCAL_MODEL",
     "READ_SCOPE",

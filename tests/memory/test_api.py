@@ -29,7 +29,8 @@ DOCS = [
     },
     {
         "id": "vpn",
-        "text": "To connect to the office network from home, start the VPN client and sign in with your badge id.",
+        "text": "To connect to the office network from home, start the VPN client "
+        "and sign in with your badge id.",
         "metadata": {"topic": "it"},
     },
 ]
@@ -168,13 +169,14 @@ async def test_scopes_bad_input_and_deletes(memory_host: MemoryHost, memory_admi
     reader = (await memory_admin.tenants.issue_key(tenant_id, name="reader", scopes=(READ_SCOPE,))).secret
     refused = await memory_host.call("POST", "/v1/collections/c1/documents", reader, {"documents": DOCS})
     assert refused.status_code == 403
-    for body in (
+    bad_bodies: list[dict[str, Any]] = [
         {"documents": []},
         {"documents": [{"id": "bad/id", "text": "x"}]},
         {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
         {"documents": [{"id": "a", "text": "x" * 100_001}]},
         {"documents": [{"id": "a", "text": "x", "extra": 1}]},
-    ):
+    ]
+    for body in bad_bodies:
         bad = await memory_host.call("POST", "/v1/collections/c1/documents", key, body)
         assert bad.status_code in (413, 422), (body, bad.text)
         assert bad.json()["code"] in ("validation_error", "payload_too_large")
