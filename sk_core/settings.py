@@ -285,18 +285,10 @@ class Settings(BaseSettings):
     )
 
     # Document memory (sk_core/memory): store, embedder, ingestion queue, limits.
-    memory_store: Literal["sqlite", "azure_ai_search"] = Field(
-        default="sqlite",
-        description="Vector store: the embedded SQLite store (local default) or Azure AI Search.",
-    )
     memory_store_path: str = Field(
         default=".run/memory/vectors.db",
-        description="The embedded store's database file (created on first use).",
+        description="The embedded vector store's database file (created on first use).",
     )
-    memory_search_endpoint: str = Field(
-        default="", description="https://<service>.search.windows.net (memory_store=azure_ai_search)."
-    )
-    memory_search_index: str = Field(default="skf-memory", pattern=r"^[a-z0-9][a-z0-9-]{1,127}$")
     memory_embedder: Literal["local", "openai", "azure_openai"] = Field(
         default="local",
         description="Embeddings: all-MiniLM-L6-v2 in process (local) or the provider's model.",

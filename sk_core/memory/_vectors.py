@@ -1,8 +1,9 @@
 """The chunk store: one Semantic Kernel vector collection, every tenant's chunks in it,
 each record carrying its scope (``tenant/collection``), searched only within a scope.
 
-The backend is a setting: the embedded SQLite collection (``_sqlite_store``) or Azure
-AI Search through SK's own connector. Any failure of the backend becomes
+The backend is the embedded SQLite collection (``_sqlite_store``); any SK collection
+with the same record definition fits here (Azure AI Search's is the cloud candidate,
+not wired yet: README, *Document memory*). Any failure of the backend becomes
 ``VectorStoreUnavailable`` (503 with Retry-After on the API; a retry for a job).
 """
 
@@ -184,11 +185,6 @@ class ChunkStore:
 
 def make_chunk_store(settings: Settings, dimensions: int) -> ChunkStore:
     """The chunk store the settings select."""
-    if settings.memory_store == "azure_ai_search":
-        raise ValueError(
-            "SKF_MEMORY_STORE=azure_ai_search needs semantic-kernel's azure extra "
-            "(azure-search-documents), which this build does not ship yet"
-        )
     from sk_core.memory._sqlite_store import SqliteCollection
 
     collection = SqliteCollection(
