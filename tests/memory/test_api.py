@@ -4,6 +4,7 @@ ingestion worker draining Azurite's real queue, the stub model answering ``ask``
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from decimal import Decimal
 from pathlib import Path
@@ -268,3 +269,38 @@ async def test_store_down_is_503_with_retry_after_and_ready_names_it(
     finally:
         await host.client.aclose()
         process.stop()
+
+
+async def test_ask_streams_citations_then_text_then_the_whole_cost(
+    memory_host: MemoryHost, memory_admin: Service, stub: StubModel
+) -> None:
+    _, key = await new_tenant(memory_admin, "mem-sse")
+    await ingest(memory_host, key, "kb", DOCS)
+    stub.set_default(content="Sixteen hours [pets#0].", prompt_tokens=100, completion_tokens=4)
+    answer = await memory_host.call(
+        "POST",
+        "/v1/collections/kb/ask",
+        key,
+        {"question": "How long do cats sleep?", "top": 1},
+        accept="text/event-stream",
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    events = [
+        (
+            block.split("\n")[0].removeprefix("event: "),
+            json.loads(block.split("\n")[1].removeprefix("data: ")),
+        )
+        for block in answer.text.strip().split("\n\n")
+    ]
+    names = [name for name, _ in events]
+    assert names[0] == "citations"
+    assert names[-1] == "done"
+    assert set(names[1:-1]) == {"delta"}
+    assert events[0][1]["citations"][0]["chunk_id"] == "pets#0"
+    assert "".join(data["text"] for name, data in events if name == "delta") == "Sixteen hours [pets#0]."
+    done = events[-1][1]
+    embed_tokens = done["embedding_usage"]["prompt_tokens"]
+    embed_nano = math.ceil(Decimal("0.5") * embed_tokens * 1000)
+    chat_nano = math.ceil((Decimal(1) * 100 + Decimal(2) * 4) * 1000)
+    assert done["cost_usd"] == pytest.approx((embed_nano + chat_nano) / 1e9, abs=1e-12)
