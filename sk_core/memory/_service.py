@@ -56,7 +56,7 @@ from sk_core.memory._records import (
     content_hash,
     scope_of,
 )
-from sk_core.memory._state import Job, JobConflict, JobDocument, MemoryState
+from sk_core.memory._state import Job, JobConflict, JobDocument, MemoryState, bounded_gather
 from sk_core.memory._vectors import ChunkStore, Found
 from sk_core.pricing import Price, Usage, usd
 
@@ -86,6 +86,7 @@ _search_duration = _meter.create_histogram(
 
 EMBED_FUNCTION = "memory/embed"
 EMBED_BATCH = 32
+DOCUMENT_GROUP = 64
 
 ANSWER_INSTRUCTIONS = (
     "Answer the user's question using only the numbered sources below. Cite the sources you "
@@ -252,8 +253,10 @@ class Memory:
                     return await self._finish(job, "failed", error="tenant_unavailable", spent=spent)
                 documents = await self.state.job_documents(job_id)
                 chunks = 0
-                for document in documents:
-                    chunks += await self._ingest_document(tenant, job, document, spent)
+                for start in range(0, len(documents), DOCUMENT_GROUP):
+                    chunks += await self._ingest_documents(
+                        tenant, job, documents[start : start + DOCUMENT_GROUP], spent
+                    )
                 job.chunks = chunks
                 finished = await self._finish(job, "succeeded", spent=spent)
                 await self.state.drop_job_documents(job_id)
@@ -287,17 +290,28 @@ class Memory:
             logger.warning("job %s: could not record status %s (%s)", job.job_id, status, error)
             return job
 
-    async def _ingest_document(
-        self, tenant: Tenant, job: Job, document: JobDocument, spent: list[int]
+    async def _ingest_documents(
+        self, tenant: Tenant, job: Job, documents: list[JobDocument], spent: list[int]
     ) -> int:
+        """Chunk, embed (cache first), upsert and record a group of documents; chunks stored.
+
+        A group at a time, not a document at a time: the cache and manifest reads of a
+        group go out together and its chunks are upserted in one transaction, which is
+        what bounds throughput on Table Storage's round trips.
+        """
         settings = self.settings
-        texts = chunk_text(
-            document.text,
-            self._tokenizer.spans,
-            size=settings.memory_chunk_tokens,
-            overlap=settings.memory_chunk_overlap_tokens,
+        chunked = [
+            chunk_text(
+                document.text,
+                self._tokenizer.spans,
+                size=settings.memory_chunk_tokens,
+                overlap=settings.memory_chunk_overlap_tokens,
+            )
+            for document in documents
+        ]
+        vectors = iter(
+            await self._vectors(tenant, job.key_id, [t for texts in chunked for t in texts], spent)
         )
-        vectors = await self._vectors(tenant, job.key_id, texts, spent)
         scope = scope_of(tenant.id, job.collection)
         records = [
             {
@@ -308,27 +322,35 @@ class Memory:
                 "chunk_id": chunk_id(document.id, i),
                 "text": text,
                 "metadata": document.metadata,
-                "vector": vector,
+                "vector": next(vectors),
             }
-            for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
+            for document, texts in zip(documents, chunked, strict=True)
+            for i, text in enumerate(texts)
         ]
-        previous = await self.state.document(tenant.id, job.collection, document.id)
+        previous = await bounded_gather(
+            [self.state.document(tenant.id, job.collection, document.id) for document in documents]
+        )
         await self.store.upsert(records)
-        stale = 0 if previous is None else int(previous.get("chunks", 0)) - len(records)
-        if stale > 0:  # the replaced document had more chunks: drop the tail
-            await self.store.delete_keys(
-                [
-                    chunk_key(tenant.id, job.collection, document.id, i)
-                    for i in range(len(records), len(records) + stale)
-                ]
-            )
-        await self.state.put_document(
-            tenant.id,
-            job.collection,
-            document.id,
-            chunks=len(records),
-            text_hash=content_hash(document.text),
-            job_id=job.job_id,
+        stale = [
+            chunk_key(tenant.id, job.collection, document.id, i)
+            for document, texts, before in zip(documents, chunked, previous, strict=True)
+            if before is not None
+            # The replaced document had more chunks: drop the tail.
+            for i in range(len(texts), int(before.get("chunks", 0)))
+        ]
+        await self.store.delete_keys(stale)
+        await bounded_gather(
+            [
+                self.state.put_document(
+                    tenant.id,
+                    job.collection,
+                    document.id,
+                    chunks=len(texts),
+                    text_hash=content_hash(document.text),
+                    job_id=job.job_id,
+                )
+                for document, texts in zip(documents, chunked, strict=True)
+            ]
         )
         _chunks_counter.add(len(records), {"sk.tenant": tenant.id})
         return len(records)

@@ -10,12 +10,14 @@ message cannot both move a job.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from azure.core import MatchConditions
@@ -43,6 +45,22 @@ def _now() -> str:
 def _safe_key(value: str) -> str:
     # Table keys refuse '/', '\\', '#', '?': model names may carry '/'.
     return "".join("_" if c in "/\\#?" or ord(c) < 32 else c for c in value)
+
+
+T = TypeVar("T")
+# Table round trips a group of documents sends at once (one account, one connection pool).
+_PARALLEL = 16
+
+
+async def bounded_gather(calls: list[Awaitable[T]]) -> list[T]:
+    """Await ``calls`` at most ``_PARALLEL`` at a time, results in order."""
+    gate = asyncio.Semaphore(_PARALLEL)
+
+    async def one(call: Awaitable[T]) -> T:
+        async with gate:
+            return await call
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))
 
 
 def _cache_partition(tenant_id: str, model: str, text_hash: str) -> str:
@@ -260,23 +278,30 @@ class MemoryState:
     async def cached_vectors(self, tenant_id: str, model: str, hashes: list[str]) -> dict[str, np.ndarray]:
         """The cached embeddings among ``hashes`` (point reads; a miss is simply absent)."""
         table = await self._store.table(EMBEDDINGS_TABLE)
-        found: dict[str, np.ndarray] = {}
-        for text_hash in dict.fromkeys(hashes):
-            entity = await get_or_none(table, _cache_partition(tenant_id, model, text_hash), text_hash)
-            if entity is not None:
-                found[text_hash] = np.frombuffer(bytes(entity["v"]), dtype=np.float32)
-        return found
+        unique = list(dict.fromkeys(hashes))
+        entities = await bounded_gather(
+            [get_or_none(table, _cache_partition(tenant_id, model, h), h) for h in unique]
+        )
+        return {
+            h: np.frombuffer(bytes(entity["v"]), dtype=np.float32)
+            for h, entity in zip(unique, entities, strict=True)
+            if entity is not None
+        }
 
     async def cache_vectors(self, tenant_id: str, model: str, vectors: dict[str, np.ndarray]) -> None:
         """Keep embeddings by model and content hash (upserts: the same text, the same vector)."""
         table = await self._store.table(EMBEDDINGS_TABLE)
         with storage_errors("cannot write the embedding cache"):
-            for text_hash, vector in vectors.items():
-                await table.upsert_entity(
-                    {
-                        "PartitionKey": _cache_partition(tenant_id, model, text_hash),
-                        "RowKey": text_hash,
-                        "v": np.asarray(vector, dtype=np.float32).tobytes(),
-                        "at": int(time.time()),
-                    }
-                )
+            await bounded_gather(
+                [
+                    table.upsert_entity(
+                        {
+                            "PartitionKey": _cache_partition(tenant_id, model, text_hash),
+                            "RowKey": text_hash,
+                            "v": np.asarray(vector, dtype=np.float32).tobytes(),
+                            "at": int(time.time()),
+                        }
+                    )
+                    for text_hash, vector in vectors.items()
+                ]
+            )
