@@ -11,6 +11,7 @@ land in the service's tables, so any other environment would issue keys that nev
     python -m sk_core.admin usage acme --days 30 --csv > acme.csv
     python -m sk_core.admin admin-key issue --name ops
     python -m sk_core.admin --json tenant list
+    python -m sk_core.admin memory purge acme --collection handbook
 
 Every command takes ``--json`` (before or after the command) for scripts. Exit codes:
 0 done; 1 refused (unknown tenant or key, duplicate, scope outside the tenant);
@@ -813,6 +814,38 @@ def _add_cache_commands(
     leaf(cache_cmds, "stats", cache_stats, "cached answers by tenant and function")
 
 
+# --- document memory (sk_core/memory) --------------------------------------------------
+
+
+def _collection_name(text: str) -> str:
+    from sk_core.memory import COLLECTION_PATTERN
+
+    if not re.match(COLLECTION_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"invalid collection name: {text!r}")
+    return text
+
+
+async def memory_list(args: argparse.Namespace, ctx: Context) -> Output:
+    """A tenant's document collections with their document counts."""
+    from sk_core.memory import tenant_collections
+
+    await ctx.tenants.require_tenant(args.tenant_id)
+    found = await tenant_collections(ctx.settings, ctx.store, args.tenant_id)
+    rows = [(c.name, str(c.documents), c.created_at) for c in found]
+    text = _table(("collection", "documents", "created"), rows, right=(1,)) if rows else "no collections"
+    return Output([c.model_dump() for c in found], text)
+
+
+async def memory_purge(args: argparse.Namespace, ctx: Context) -> Output:
+    """Delete a tenant's collections (all, or one): chunks, manifests and rows."""
+    from sk_core.memory import purge_collections
+
+    await ctx.tenants.require_tenant(args.tenant_id)
+    purged = await purge_collections(ctx.settings, ctx.store, args.tenant_id, args.collection)
+    text = ", ".join(f"{name} ({n} documents)" for name, n in purged.items()) or "nothing"
+    return Output({"tenant": args.tenant_id, "purged": purged}, f"purged {text} of {args.tenant_id}")
+
+
 # --- parser ----------------------------------------------------------------------------
 
 
@@ -920,6 +953,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("tenant_id", type=_tenant_id, metavar="TENANT")
     audit.add_argument("--limit", type=int, default=20, help="how many calls (default 20)")
     _add_cache_commands(commands, leaf)
+    memory = commands.add_parser("memory", help="list, purge a tenant's document collections")
+    memory_cmds = memory.add_subparsers(dest="memory_command", required=True, metavar="ACTION")
+    listing = leaf(memory_cmds, "list", memory_list, "a tenant's document collections")
+    listing.add_argument("tenant_id", type=_tenant_id)
+    purge = leaf(memory_cmds, "purge", memory_purge, "delete a tenant's collections (all, or --collection)")
+    purge.add_argument("tenant_id", type=_tenant_id)
+    purge.add_argument("--collection", type=_collection_name, metavar="NAME", help="only this collection")
     return parser
 
 

@@ -31,7 +31,15 @@ from sk_core.memory._records import (
     VectorStoreUnavailable,
 )
 from sk_core.memory._service import Memory, PoisonMessage, RetryLater
-from sk_core.memory._wiring import current_memory, handle_queue_message, make_memory, memory_for, start_worker
+from sk_core.memory._wiring import (
+    current_memory,
+    handle_queue_message,
+    make_memory,
+    memory_for,
+    purge_collections,
+    start_worker,
+    tenant_collections,
+)
 from sk_core.memory._worker import backoff, drain, handle_message, process_delivery
 
 __all__ = [
@@ -68,5 +76,7 @@ __all__ = [
     "make_memory",
     "memory_for",
     "process_delivery",
+    "purge_collections",
     "start_worker",
+    "tenant_collections",
 ]

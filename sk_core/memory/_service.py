@@ -559,21 +559,11 @@ class Memory:
     async def delete_collection(self, tenant_id: str, collection: str) -> int:
         """Remove a collection: every chunk in its scope, its manifest and its row."""
         await self._require_collection(tenant_id, collection)
-        await self.store.delete_scope(scope_of(tenant_id, collection))
-        documents = await self._storage(self.state.documents(tenant_id, collection))
-        for document_id in documents:
-            await self._storage(self.state.delete_document(tenant_id, collection, document_id))
-        await self._storage(self.state.delete_collection(tenant_id, collection))
-        return len(documents)
+        return int(await self._storage(remove_collection(self.state, self.store, tenant_id, collection)))
 
     async def collections(self, tenant_id: str) -> CollectionList:
         """The tenant's collections with their document counts."""
-        found = await self._storage(self.state.collections(tenant_id))
-        items = []
-        for name, created in found:
-            count = len(await self._storage(self.state.documents(tenant_id, name)))
-            items.append(CollectionInfo(name=name, documents=count, created_at=created))
-        return CollectionList(collections=items)
+        return CollectionList(collections=await self._storage(list_collections(self.state, tenant_id)))
 
     @staticmethod
     async def _storage(awaitable: Any) -> Any:
@@ -585,6 +575,26 @@ class Memory:
     async def aclose(self) -> None:
         await self.queue.aclose()
         await self.store.aclose()
+
+
+async def list_collections(state: MemoryState, tenant_id: str) -> list[CollectionInfo]:
+    """A tenant's collections with their document counts (the API and the admin CLI)."""
+    items = []
+    for name, created in await state.collections(tenant_id):
+        count = len(await state.documents(tenant_id, name))
+        items.append(CollectionInfo(name=name, documents=count, created_at=created))
+    return items
+
+
+async def remove_collection(state: MemoryState, store: ChunkStore, tenant_id: str, collection: str) -> int:
+    """Delete a collection's chunks, manifest and row (the API and the admin CLI);
+    how many documents it held. The chunks go first: a failure leaves the rows, so
+    the collection stays listed and the delete can be repeated."""
+    await store.delete_scope(scope_of(tenant_id, collection))
+    documents = await state.documents(tenant_id, collection)
+    await bounded_gather([state.delete_document(tenant_id, collection, d) for d in documents])
+    await state.delete_collection(tenant_id, collection)
+    return len(documents)
 
 
 def job_with_etag(stored: Job | None, job: Job) -> Job:

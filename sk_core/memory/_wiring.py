@@ -9,12 +9,15 @@ from typing import TYPE_CHECKING
 
 from sk_core.memory._embedder import Tokenizer, make_embedder
 from sk_core.memory._queue import IngestQueue, queue_connection_string
-from sk_core.memory._service import Memory
+from sk_core.memory._records import CollectionInfo
+from sk_core.memory._service import Memory, list_collections, remove_collection
 from sk_core.memory._state import MemoryState
-from sk_core.memory._vectors import make_chunk_store
+from sk_core.memory._vectors import ChunkStore, make_chunk_store
 
 if TYPE_CHECKING:
     from sk_core.composition import Service
+    from sk_core.settings import Settings
+    from sk_core.storage import TableStore
 
 logger = logging.getLogger(__name__)
 _built: weakref.WeakKeyDictionary[Service, Memory] = weakref.WeakKeyDictionary()
@@ -91,3 +94,27 @@ def start_worker(service: Service) -> asyncio.Task[None] | None:
         logger.info("no ingestion queue configured: the memory worker is not running")
         return None
     return asyncio.get_running_loop().create_task(run_worker(memory))
+
+
+def _admin_parts(settings: Settings, table_store: TableStore) -> tuple[MemoryState, ChunkStore]:
+    from sk_core.memory._embedder import LOCAL_DIMENSIONS
+
+    # Deleting by scope and listing never embed: the dimensions only shape the record model.
+    return MemoryState(table_store), make_chunk_store(settings, LOCAL_DIMENSIONS)
+
+
+async def tenant_collections(
+    settings: Settings, table_store: TableStore, tenant_id: str
+) -> list[CollectionInfo]:
+    """A tenant's collections (the admin CLI)."""
+    state, _ = _admin_parts(settings, table_store)
+    return await list_collections(state, tenant_id)
+
+
+async def purge_collections(
+    settings: Settings, table_store: TableStore, tenant_id: str, collection: str | None = None
+) -> dict[str, int]:
+    """Delete one or every collection of a tenant (the admin CLI); documents per collection."""
+    state, store = _admin_parts(settings, table_store)
+    names = [collection] if collection else [c.name for c in await list_collections(state, tenant_id)]
+    return {name: await remove_collection(state, store, tenant_id, name) for name in names}
