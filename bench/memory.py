@@ -222,7 +222,9 @@ async def scale(embed_chunks: int, total_chunks: int, queries: int) -> dict[str,
         fill_started = time.perf_counter()
         while filled < total_chunks:
             count = min(2000, total_chunks - filled)
-            picks = base[rng.integers(0, len(base), count)] + rng.normal(0, 0.02, (count, 384)).astype(np.float32)
+            picks = base[rng.integers(0, len(base), count)] + rng.normal(0, 0.02, (count, 384)).astype(
+                np.float32
+            )
             await memory.store.upsert(
                 [
                     {
@@ -289,7 +291,9 @@ async def scale(embed_chunks: int, total_chunks: int, queries: int) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--embed-chunks", type=int, default=1000)
     parser.add_argument("--chunks", type=int, default=10_000)

@@ -2,8 +2,8 @@
 
 Ctrl-C (or SIGTERM) stops the service and every helper this script started. Ports
 come from the environment: PORT (service, 8000), LOCAL_MODEL_PORT (8081),
-AZURITE_TABLE_PORT (10002), AZURITE_QUEUE_PORT (10001). With SKF_MODEL_PROVIDER set to anything but ``local`` the
-local model is not started.
+AZURITE_TABLE_PORT (10002), AZURITE_QUEUE_PORT (10001). With SKF_MODEL_PROVIDER set to
+anything but ``local`` the local model is not started.
 """
 
 from __future__ import annotations

@@ -72,15 +72,22 @@ SERVICE_ENV = {
     # after traffic see it within a second.
     "SKF_LEASE_REPORT_SECONDS": "0.2",
     "SKF_LEASE_IDLE_SECONDS": "0.5",
+    # Document memory: jobs queued by other suites (the fuzzer's) stay queued instead of
+    # costing the run embedding CPU; tests/memory/ turns the worker on where it is tested.
+    "SKF_MEMORY_WORKER": "false",
 }
 
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Azurite's table service for the whole run; yields its connection string."""
-    port = free_port()
-    process = start_azurite(port=port, log=tmp_path_factory.mktemp("azurite") / "azurite.log")
-    yield development_connection_string(port)
+    """Azurite's table and queue services for the whole run; yields the account's
+    connection string (the queue is document memory's ingestion queue)."""
+    port, queue_port = free_port(), free_port()
+    logs = tmp_path_factory.mktemp("azurite")
+    process = start_azurite(port=port, log=logs / "azurite.log")
+    queue = start_azurite(port=queue_port, log=logs / "queue.log", service="queue")
+    yield f"{development_connection_string(port)}QueueEndpoint=http://127.0.0.1:{queue_port}/devstoreaccount1;"
+    queue.stop()
     process.stop()
 
 

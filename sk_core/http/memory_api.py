@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from sk_core.composition import Service
     from sk_core.usage import AuditEntry
 
+BodyT = TypeVar("BodyT", bound=BaseModel)
 _COLLECTION = re.compile(COLLECTION_PATTERN)
 _DOCUMENT = re.compile(DOCUMENT_ID_PATTERN)
 _JOB = re.compile(JOB_ID_PATTERN)
@@ -72,14 +74,20 @@ async def _caller(request: Request, memory: Memory, *, write: bool) -> Principal
     return principal
 
 
+async def _collection_call(
+    request: Request, model: type[BodyT], *, write: bool
+) -> tuple[Memory, Principal, str, BodyT]:
+    """The memory, the caller, the collection named in the path and the validated body."""
+    service, memory = _memory()
+    principal = await _caller(request, memory, write=write)
+    collection = _path(request, "collection", _COLLECTION, "collection")
+    body = validate_body(model, await read_json_body(request, max_bytes=service.settings.max_body_bytes))
+    return memory, principal, collection, body
+
+
 async def ingest(request: Request) -> Response:
     """Queue documents for ingestion: 202, ``Location: /api/v1/jobs/{job_id}``."""
-    service, memory = _memory()
-    principal = await _caller(request, memory, write=True)
-    collection = _path(request, "collection", _COLLECTION, "collection")
-    body = validate_body(
-        IngestRequest, await read_json_body(request, max_bytes=service.settings.max_body_bytes)
-    )
+    memory, principal, collection, body = await _collection_call(request, IngestRequest, write=True)
     job = await memory.enqueue(principal, collection, body)
     return json_response(
         JobAccepted(job_id=job.job_id), status_code=202, headers={"Location": f"/api/v1/jobs/{job.job_id}"}
@@ -96,22 +104,14 @@ async def job_status(request: Request) -> Response:
 
 async def search(request: Request) -> Response:
     """The chunks nearest a query, best first."""
-    service, memory = _memory()
-    principal = await _caller(request, memory, write=False)
-    collection = _path(request, "collection", _COLLECTION, "collection")
-    body = validate_body(
-        SearchRequest, await read_json_body(request, max_bytes=service.settings.max_body_bytes)
-    )
-    result = await memory.search(principal, collection, body)
+    memory, principal, collection, query = await _collection_call(request, SearchRequest, write=False)
+    result = await memory.search(principal, collection, query)
     return json_response(result, headers={"X-Request-Cost-USD": f"{result.cost_usd:.9f}"})
 
 
 async def ask(request: Request) -> Response:
     """A grounded answer with citations (streams with ``Accept: text/event-stream``)."""
-    service, memory = _memory()
-    principal = await _caller(request, memory, write=False)
-    collection = _path(request, "collection", _COLLECTION, "collection")
-    body = validate_body(AskRequest, await read_json_body(request, max_bytes=service.settings.max_body_bytes))
+    memory, principal, collection, body = await _collection_call(request, AskRequest, write=False)
     record = _record(request)
     if not wants_event_stream(request):
         answer = await memory.ask(principal, collection, body, record=record)

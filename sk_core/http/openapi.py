@@ -117,6 +117,11 @@ _MEMORY_ROUTES = (
     ("memory_delete_collection", "No such collection of this tenant"),
     ("memory_collections", "Not found"),
 )
+_SUCCESS_STATUS = {
+    "memory_ingest": ("202", "Queued: poll the job named in Location"),
+    "memory_delete_document": ("204", "Deleted"),
+    "memory_delete_collection": ("204", "Deleted"),
+}
 _memory_routes()
 
 def _problem(description: str) -> dict[str, Any]:
@@ -292,6 +297,10 @@ def _operation(
             "or a prompt the injection guard rejected"
         )
         operation["responses"]["404"] = error("No such model, or this key may not use it")
+    if route.name in _SUCCESS_STATUS:  # 202 Accepted, 204 No Content (document memory)
+        status, description = _SUCCESS_STATUS[route.name]
+        success = operation["responses"].pop("200")
+        operation["responses"][status] = success if status != "204" else {"description": description}
     names = re.findall(r"\{(\w+)\}", route.path)
     if names:
         operation["parameters"] = [

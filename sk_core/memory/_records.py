@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from sk_core.catalog import clean_text
 from sk_core.errors import ApiError
 from sk_core.pricing import Usage
 
@@ -24,6 +25,13 @@ JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 _CHUNK_NAMESPACE = uuid.UUID("5b1e4d0a-8f0e-4c59-9d3c-6a0f2f1b7e11")
 
 
+# Texts as the catalog takes them: NFC, no control characters, no lone surrogates
+# (which nothing downstream could encode again).
+Text = Annotated[str, AfterValidator(clean_text)]
+MetadataKey = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(clean_text)]
+MetadataValue = Annotated[str, Field(max_length=1000), AfterValidator(clean_text)] | int | float | bool | None
+
+
 class DocumentIn(BaseModel):
     """One document to ingest."""
 
@@ -31,8 +39,12 @@ class DocumentIn(BaseModel):
     id: str = Field(
         pattern=DOCUMENT_ID_PATTERN, description="The caller's id; re-posting it replaces the document."
     )
-    text: str = Field(min_length=1, description="Plain text.")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Returned with each of its chunks.")
+    text: Text = Field(min_length=1, description="Plain text.")
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Flat key/value pairs returned with each of its chunks (at most 32).",
+    )
 
 
 class IngestRequest(BaseModel):
@@ -66,7 +78,7 @@ class SearchRequest(BaseModel):
     """``POST /api/v1/collections/{collection}/search``."""
 
     model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1, max_length=4000)
+    query: Text = Field(min_length=1, max_length=4000)
     top: int = Field(default=5, ge=1, le=50)
 
 
@@ -92,7 +104,7 @@ class AskRequest(BaseModel):
     """``POST /api/v1/collections/{collection}/ask``."""
 
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(min_length=1, max_length=4000)
+    question: Text = Field(min_length=1, max_length=4000)
     top: int = Field(default=5, ge=1, le=20)
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
 

@@ -1,56 +1,24 @@
-"""Fixtures of the document-memory tests: Azurite's queue service beside the suite's
-table service, a container host with the memory worker, and in-process services."""
+"""Fixtures of the document-memory tests: a container host with the ingestion worker
+on the suite's Azurite (tables and queue), and in-process services."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from scripts.devservices import free_port, start_azurite_queue, start_service
+from scripts.devservices import free_port, start_service
 from sk_core.accounts import Tenant
 from sk_core.composition import Service
-from sk_core.memory import development_queue_connection_string
 from tests.conftest import CONTRACT_LIMITS, make_settings
 
 # Embeddings cost something here, so that "ask charges both" can fail.
 EMBEDDING_PRICE = {"all-minilm-l6-v2": {"input": 0.5, "output": 0}}
-
-
-@pytest.fixture(scope="session")
-def azurite_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """Azurite's queue service for the whole run; yields its port."""
-    port = free_port()
-    process = start_azurite_queue(port=port, log=tmp_path_factory.mktemp("azurite-queue") / "queue.log")
-    yield port
-    process.stop()
-
-
-def combined_connection_string(tables: str, queue_port: int) -> str:
-    """The suite's table account with the queue endpoint added (one account, as in Azure)."""
-    queue = development_queue_connection_string(queue_port)
-    endpoint = next(part for part in queue.split(";") if part.startswith("QueueEndpoint="))
-    return f"{tables.rstrip(';')};{endpoint};"
-
-
-@pytest.fixture(scope="session")
-def memory_env(service_env: dict[str, str], azurite_queue: int) -> dict[str, str]:
-    """The suite's service environment plus the queue and a priced embedding model."""
-    import json
-
-    prices = {**json.loads(service_env["SKF_MODEL_PRICES"]), **EMBEDDING_PRICE}
-    return {
-        **service_env,
-        "SKF_STORAGE_CONNECTION_STRING": combined_connection_string(
-            service_env["SKF_STORAGE_CONNECTION_STRING"], azurite_queue
-        ),
-        "SKF_MODEL_PRICES": json.dumps(prices),
-    }
 
 
 def unique_queue() -> str:
