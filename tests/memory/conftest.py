@@ -21,6 +21,16 @@ from tests.conftest import CONTRACT_LIMITS, make_settings
 EMBEDDING_PRICE = {"all-minilm-l6-v2": {"input": 0.5, "output": 0}}
 
 
+@pytest.fixture(scope="session")
+def memory_env(service_env: dict[str, str]) -> dict[str, str]:
+    """The suite's service environment (its Azurite has the queue) with the ingestion
+    worker on and a priced embedding model."""
+    import json
+
+    prices = {**json.loads(service_env["SKF_MODEL_PRICES"]), **EMBEDDING_PRICE}
+    return {**service_env, "SKF_MODEL_PRICES": json.dumps(prices), "SKF_MEMORY_WORKER": "true"}
+
+
 def unique_queue() -> str:
     return f"mem-{uuid.uuid4().hex[:12]}"
 
