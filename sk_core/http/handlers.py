@@ -234,11 +234,12 @@ async def ready(request: Request) -> Response:
         if not problems
         else DependencyStatus(status="error", code="secret_unavailable")
     )
-    # Document memory's vector store (sk_core/http/memory_api.py).
+    is_ready = all(c.status == "ok" for c in checks.values())
+    # Document memory's vector store (sk_core/http/memory_api.py): reported, but not a
+    # reason to take the pod out of rotation, since only the memory routes need it.
     from sk_core.http.memory_api import ready_checks
 
     checks.update(await ready_checks(service, timeout))
-    is_ready = all(c.status == "ok" for c in checks.values())
     return json_response(
         ReadyResponse(status="ready" if is_ready else "not_ready", checks=checks),
         status_code=200 if is_ready else 503,
