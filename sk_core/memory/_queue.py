@@ -37,6 +37,8 @@ def queue_connection_string(raw: str) -> str | None:
     """The connection string to open the queue with, or None when ``raw`` cannot
     reach a queue: a string that lists explicit endpoints but no ``QueueEndpoint``
     (a tables-only test account) would otherwise send the SDK to the public cloud."""
+    if not raw.strip():
+        return None
     if raw.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
         return development_queue_connection_string()
     parts = {p.split("=", 1)[0].strip().lower() for p in raw.split(";") if "=" in p}

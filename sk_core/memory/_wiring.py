@@ -41,7 +41,13 @@ def make_memory(service: Service) -> Memory:
         queue=IngestQueue(
             queue_connection_string(
                 settings.memory_queue_connection_string.get_secret_value()
-                or settings.storage_connection_string.get_secret_value()
+                # With a managed-identity account endpoint the storage connection string
+                # is unused (and defaults to the local emulator): no queue, not Azurite's.
+                or (
+                    ""
+                    if settings.storage_account_endpoint
+                    else settings.storage_connection_string.get_secret_value()
+                )
             ),
             settings.memory_queue_name,
         ),
