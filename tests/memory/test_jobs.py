@@ -12,7 +12,7 @@ import pytest
 
 from sk_core.composition import Service
 from sk_core.memory import IngestRequest, Memory, backoff, make_memory, process_delivery
-from tests.conftest import make_settings
+from tests.conftest import TelemetrySink, make_settings
 from tests.memory.conftest import new_tenant, unique_queue
 
 DOCS = {
@@ -159,3 +159,36 @@ def test_the_queue_trigger_is_bound_to_the_memory_queue(functions_app_functions:
     assert binding.type == "queueTrigger"
     assert binding.queue_name == "%SKF_MEMORY_QUEUE_NAME%"
     assert binding.connection == "AzureWebJobsStorage"
+
+
+async def test_a_job_leaves_embedding_and_store_spans_and_chunk_metrics(
+    memory: Memory, memory_admin: Service, telemetry_sink: TelemetrySink
+) -> None:
+    tenant_id, key = await new_tenant(memory_admin, "jobs-telemetry")
+    job_id = await _enqueue(memory, key)
+    telemetry_sink.spans.clear()
+    await memory.run_job(tenant_id, job_id, attempt=1, final=False)
+    spans = {span.name: span for span in telemetry_sink.spans.get_finished_spans()}
+    embed = spans["embeddings all-minilm-l6-v2"]
+    assert embed.attributes is not None
+    assert embed.attributes["gen_ai.operation.name"] == "embeddings"
+    assert int(embed.attributes["gen_ai.usage.input_tokens"]) > 0  # type: ignore[arg-type]
+    upsert = spans["upsert chunks"]
+    assert upsert.attributes is not None
+    assert (upsert.attributes["db.system.name"], upsert.attributes["db.operation.name"]) == (
+        "sqlite",
+        "upsert",
+    )
+    assert spans["memory.ingest"].attributes["sk.memory.job"] == job_id  # type: ignore[index]
+    data = telemetry_sink.metrics.get_metrics_data()
+    assert data is not None
+    chunks = [
+        point.value  # type: ignore[union-attr]
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "sk.memory.chunks"
+        for point in metric.data.data_points
+        if point.attributes is not None and point.attributes.get("sk.tenant") == tenant_id
+    ]
+    assert chunks == [2]
