@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -150,24 +151,21 @@ class ChunkStore:
             span.set_attribute("db.response.returned_rows", len(found))
         return found
 
-    async def delete_keys(self, keys: list[str]) -> None:
-        """Delete chunks by key."""
-        if not keys:
-            return
+    async def _delete(self, operation: Callable[[], Awaitable[Any]]) -> None:
         with self._span("delete"):
             try:
                 await self._ensure()
-                await self._collection.delete(keys)
+                await operation()
             except Exception as exc:
                 raise VectorStoreUnavailable(type(exc).__name__) from exc
 
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete chunks by key."""
+        if keys:
+            await self._delete(lambda: self._collection.delete(keys))
+
     async def _delete_where(self, filter: str) -> None:
-        with self._span("delete"):
-            try:
-                await self._ensure()
-                await self._collection.delete_where(filter)
-            except Exception as exc:
-                raise VectorStoreUnavailable(type(exc).__name__) from exc
+        await self._delete(lambda: self._collection.delete_where(filter))
 
     async def delete_document(self, scope: str, document_id: str) -> None:
         """Delete every chunk of one document of a scope."""
