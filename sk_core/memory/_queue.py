@@ -33,6 +33,15 @@ def development_queue_connection_string(port: int = 10001) -> str:
     )
 
 
+def queue_account_url(table_endpoint: str) -> str | None:
+    """The queue endpoint of the account whose table endpoint is given (managed identity:
+    https://<account>.table.core.windows.net -> https://<account>.queue.core.windows.net)."""
+    host = table_endpoint.strip().rstrip("/")
+    if ".table." not in host:
+        return None
+    return host.replace(".table.", ".queue.", 1)
+
+
 def queue_connection_string(raw: str) -> str | None:
     """The connection string to open the queue with, or None when ``raw`` cannot
     reach a queue: a string that lists explicit endpoints but no ``QueueEndpoint``
@@ -60,32 +69,52 @@ class Delivery:
 class IngestQueue:
     """Send, receive, delay, delete and poison ingestion messages."""
 
-    def __init__(self, connection_string: str | None, name: str, *, retries: int = 2) -> None:
+    def __init__(
+        self,
+        connection_string: str | None,
+        name: str,
+        *,
+        retries: int = 2,
+        account_url: str | None = None,
+    ) -> None:
+        """Either a connection string, or ``account_url`` (https://<account>.queue.core.windows.net)
+        reached with ``DefaultAzureCredential`` (a user-assigned identity via AZURE_CLIENT_ID,
+        as the table store)."""
         self.name = name
         self._clients: dict[str, QueueClient] = {}
         self._connection = connection_string
+        self._account_url = account_url if connection_string is None else None
+        self._credential: Any = None
         self._retries = retries
         self._created: set[str] = set()
 
     @property
     def configured(self) -> bool:
-        return self._connection is not None
+        return self._connection is not None or self._account_url is not None
+
+    def _new_client(self, name: str) -> QueueClient:
+        options: dict[str, Any] = {
+            "message_encode_policy": TextBase64EncodePolicy(),
+            "message_decode_policy": TextBase64DecodePolicy(),
+            "retry_total": self._retries,
+            "retry_backoff_factor": 0.2,
+            "connection_timeout": 2,
+            "read_timeout": 5,
+        }
+        if self._connection is not None:
+            return QueueClient.from_connection_string(self._connection, name, **options)
+        if self._credential is None:
+            from azure.identity.aio import DefaultAzureCredential
+
+            self._credential = DefaultAzureCredential()
+        return QueueClient(self._account_url or "", name, credential=self._credential, **options)
 
     async def _client(self, name: str) -> QueueClient:
-        if self._connection is None:
+        if not self.configured:
             raise QueueUnavailable("no queue endpoint is configured")
         client = self._clients.get(name)
         if client is None:
-            client = self._clients[name] = QueueClient.from_connection_string(
-                self._connection,
-                name,
-                message_encode_policy=TextBase64EncodePolicy(),
-                message_decode_policy=TextBase64DecodePolicy(),
-                retry_total=self._retries,
-                retry_backoff_factor=0.2,
-                connection_timeout=2,
-                read_timeout=5,
-            )
+            client = self._clients[name] = self._new_client(name)
         if name not in self._created:
             try:
                 await client.create_queue()
@@ -152,3 +181,5 @@ class IngestQueue:
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.close()
+        if self._credential is not None:
+            await self._credential.close()

@@ -8,7 +8,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from sk_core.memory._embedder import Tokenizer, make_embedder
-from sk_core.memory._queue import IngestQueue, queue_connection_string
+from sk_core.memory._queue import IngestQueue, queue_account_url, queue_connection_string
 from sk_core.memory._records import CollectionInfo
 from sk_core.memory._service import Memory, list_collections, remove_collection
 from sk_core.memory._state import MemoryState
@@ -38,19 +38,7 @@ def make_memory(service: Service) -> Memory:
     return Memory(
         settings=settings,
         state=MemoryState(service.store),
-        queue=IngestQueue(
-            queue_connection_string(
-                settings.memory_queue_connection_string.get_secret_value()
-                # With a managed-identity account endpoint the storage connection string
-                # is unused (and defaults to the local emulator): no queue, not Azurite's.
-                or (
-                    ""
-                    if settings.storage_account_endpoint
-                    else settings.storage_connection_string.get_secret_value()
-                )
-            ),
-            settings.memory_queue_name,
-        ),
+        queue=make_queue(settings),
         store=make_chunk_store(settings, embedder.dimensions),
         embedder=embedder,
         tokenizer=Tokenizer(),
@@ -60,6 +48,18 @@ def make_memory(service: Service) -> Memory:
         pipeline=service.pipeline,
         answer_spec=answer_spec,  # type: ignore[arg-type]
     )
+
+
+def make_queue(settings: Settings) -> IngestQueue:
+    """The ingestion queue: its own connection string, else the storage account's (its
+    connection string, or with a managed-identity endpoint the same account's queue
+    endpoint, as the Functions host reaches AzureWebJobsStorage__accountName)."""
+    own = settings.memory_queue_connection_string.get_secret_value()
+    if not own and settings.storage_account_endpoint:
+        account_url = queue_account_url(settings.storage_account_endpoint)
+        return IngestQueue(None, settings.memory_queue_name, account_url=account_url)
+    raw = own or settings.storage_connection_string.get_secret_value()
+    return IngestQueue(queue_connection_string(raw), settings.memory_queue_name)
 
 
 def memory_for(service: Service) -> Memory:
