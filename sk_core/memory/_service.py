@@ -508,6 +508,8 @@ class Memory:
             max_tokens=request.max_tokens,
             record=record,
         )
+        if record is not None:  # the audit row carries what the caller paid: both calls
+            record.cost_nano += embed_cost
         return self.answer(outcome, given, withheld, embedded, embed_cost)
 
     def answer(
