@@ -132,6 +132,8 @@ async def ask(request: Request) -> Response:
 
             yield sse.event(problem_body(stream_failure(request, exc)), "error")
             return
+        if record is not None:  # the audit row carries both charges, as for a JSON answer
+            record.cost_nano += embed_cost
         done = StreamDone(**call.outcome.fields()).model_dump()
         done["cost_usd"] = usd(call.outcome.cost_nano + embed_cost)
         done["embedding_usage"] = {
