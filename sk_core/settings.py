@@ -285,9 +285,19 @@ class Settings(BaseSettings):
     )
 
     # Document memory (sk_core/memory): store, embedder, ingestion queue, limits.
+    memory_store: Literal["sqlite", "azure_ai_search"] = Field(
+        default="sqlite", description="Vector store: the embedded SQLite store, or Azure AI Search."
+    )
     memory_store_path: str = Field(
         default=".run/memory/vectors.db",
         description="The embedded vector store's database file (created on first use).",
+    )
+    memory_search_endpoint: str = Field(
+        default="", description="https://<service>.search.windows.net (memory_store=azure_ai_search)."
+    )
+    memory_search_index: str = Field(default="skf-memory", pattern=r"^[a-z0-9][a-z0-9-]{1,127}$")
+    memory_search_key: SecretStr = Field(
+        default=SecretStr(""), description="Azure AI Search admin key; empty: Entra ID (managed identity)."
     )
     memory_embedder: Literal["local", "openai", "azure_openai"] = Field(
         default="local",
@@ -379,6 +389,8 @@ class Settings(BaseSettings):
             raise ValueError("SKF_SECRET_MAX_STALENESS_SECONDS must be at least SKF_SECRET_CACHE_SECONDS")
         if self.lease_ttl_seconds < 4 * self.lease_report_seconds:
             raise ValueError("SKF_LEASE_TTL_SECONDS must be at least 4 x SKF_LEASE_REPORT_SECONDS")
+        if self.memory_store == "azure_ai_search" and not self.memory_search_endpoint:
+            raise ValueError("SKF_MEMORY_SEARCH_ENDPOINT is required when SKF_MEMORY_STORE=azure_ai_search")
         if self.hold_lease_seconds <= self.model_deadline_seconds:
             raise ValueError("SKF_HOLD_LEASE_SECONDS must be longer than SKF_MODEL_DEADLINE_SECONDS")
         # With a vault, secrets are checked when fetched (readiness), not here.

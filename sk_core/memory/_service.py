@@ -555,7 +555,8 @@ class Memory:
         stored = await self._storage(self.state.document(tenant_id, collection, document_id))
         if stored is None:
             raise NotFound(f"No document {document_id!r} in {collection!r}.")
-        await self.store.delete_document(scope_of(tenant_id, collection), document_id)
+        keys = _keys(tenant_id, collection, document_id, int(stored.get("chunks", 0)))
+        await self.store.delete_document(scope_of(tenant_id, collection), document_id, keys)
         await self._storage(self.state.delete_document(tenant_id, collection, document_id))
 
     async def delete_collection(self, tenant_id: str, collection: str) -> int:
@@ -592,11 +593,16 @@ async def remove_collection(state: MemoryState, store: ChunkStore, tenant_id: st
     """Delete a collection's chunks, manifest and row (the API and the admin CLI);
     how many documents it held. The chunks go first: a failure leaves the rows, so
     the collection stays listed and the delete can be repeated."""
-    await store.delete_scope(scope_of(tenant_id, collection))
     documents = await state.documents(tenant_id, collection)
+    keys = [key for d, chunks in documents.items() for key in _keys(tenant_id, collection, d, chunks)]
+    await store.delete_scope(scope_of(tenant_id, collection), keys)
     await bounded_gather([state.delete_document(tenant_id, collection, d) for d in documents])
     await state.delete_collection(tenant_id, collection)
     return len(documents)
+
+
+def _keys(tenant_id: str, collection: str, document_id: str, chunks: int) -> list[str]:
+    return [chunk_key(tenant_id, collection, document_id, i) for i in range(chunks)]
 
 
 def job_with_etag(stored: Job | None, job: Job) -> Job:

@@ -236,18 +236,18 @@ class MemoryState:
         with storage_errors("cannot delete the document"), contextlib.suppress(ResourceNotFoundError):
             await table.delete_entity(self._collection_partition(tenant_id, collection), document_id)
 
-    async def documents(self, tenant_id: str, collection: str) -> list[str]:
-        """Ids of a collection's documents."""
+    async def documents(self, tenant_id: str, collection: str) -> dict[str, int]:
+        """A collection's documents: id -> how many chunks it has in the store."""
         table = await self._store.table(DOCUMENTS_TABLE)
-        ids: list[str] = []
+        found: dict[str, int] = {}
         with storage_errors("cannot list documents"):
             async for entity in table.query_entities(
                 "PartitionKey eq @pk",
                 parameters={"pk": self._collection_partition(tenant_id, collection)},
-                select=["RowKey"],
+                select=["RowKey", "chunks"],
             ):
-                ids.append(entity["RowKey"])
-        return ids
+                found[entity["RowKey"]] = read_int(entity.get("chunks"))
+        return found
 
     async def ensure_collection(self, tenant_id: str, collection: str) -> None:
         table = await self._store.table(COLLECTIONS_TABLE)

@@ -1,9 +1,9 @@
 """The chunk store: one Semantic Kernel vector collection, every tenant's chunks in it,
 each record carrying its scope (``tenant/collection``), searched only within a scope.
 
-The backend is the embedded SQLite collection (``_sqlite_store``); any SK collection
-with the same record definition fits here (Azure AI Search's is the cloud candidate,
-not wired yet: README, *Document memory*). Any failure of the backend becomes
+The backend is a setting: the embedded SQLite collection (``_sqlite_store``) or Azure AI
+Search through SK's own connector (one index for every tenant, the scope a filterable
+field; SK turns the lambda filters into OData). Any failure of the backend becomes
 ``VectorStoreUnavailable`` (503 with Retry-After on the API; a retry for a job).
 """
 
@@ -164,18 +164,23 @@ class ChunkStore:
         if keys:
             await self._delete(lambda: self._collection.delete(keys))
 
-    async def _delete_where(self, filter: str) -> None:
-        await self._delete(lambda: self._collection.delete_where(filter))
+    async def _delete_where(self, filter: str, keys: list[str]) -> None:
+        # The embedded store deletes by filter (orphans included); SK's other collections
+        # delete by key only: the keys the manifest knows.
+        if hasattr(self._collection, "delete_where"):
+            await self._delete(lambda: self._collection.delete_where(filter))
+        else:
+            await self.delete_keys(keys)
 
-    async def delete_document(self, scope: str, document_id: str) -> None:
-        """Delete every chunk of one document of a scope."""
+    async def delete_document(self, scope: str, document_id: str, keys: list[str]) -> None:
+        """Delete every chunk of one document of a scope (``keys``: its chunks' keys)."""
         await self._delete_where(
-            f"lambda r: r.scope == {_literal(scope)} and r.document_id == {_literal(document_id)}"
+            f"lambda r: r.scope == {_literal(scope)} and r.document_id == {_literal(document_id)}", keys
         )
 
-    async def delete_scope(self, scope: str) -> None:
-        """Delete every chunk of a scope (a tenant's collection)."""
-        await self._delete_where(f"lambda r: r.scope == {_literal(scope)}")
+    async def delete_scope(self, scope: str, keys: list[str]) -> None:
+        """Delete every chunk of a scope, a tenant's collection (``keys``: its chunks' keys)."""
+        await self._delete_where(f"lambda r: r.scope == {_literal(scope)}", keys)
 
     async def aclose(self) -> None:
         """Nothing to close for the embedded store (its connection is per process)."""
@@ -183,9 +188,38 @@ class ChunkStore:
 
 def make_chunk_store(settings: Settings, dimensions: int) -> ChunkStore:
     """The chunk store the settings select."""
+    if settings.memory_store == "azure_ai_search":
+        return ChunkStore(_azure_ai_search(settings, dimensions), system="azure_ai_search")
     from sk_core.memory._sqlite_store import SqliteCollection
 
     collection = SqliteCollection(
         definition=definition(dimensions), collection_name=COLLECTION, path=settings.memory_store_path
     )
     return ChunkStore(collection, system="sqlite")
+
+
+def _azure_ai_search(settings: Settings, dimensions: int) -> Any:
+    """SK's Azure AI Search collection over one index (key, or Entra ID when no key)."""
+    from azure.core.credentials import AzureKeyCredential
+    from semantic_kernel.connectors.azure_ai_search import AzureAISearchCollection
+
+    key = settings.memory_search_key.get_secret_value()
+    # SK 1.45 builds its index client from these keyword arguments (it ignores
+    # ``search_credential`` there), so the credential goes in both ways.
+    credentials: dict[str, Any]
+    if key:
+        credential: Any = AzureKeyCredential(key)
+        credentials = {"azure_credentials": credential}
+    else:
+        from azure.identity.aio import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+        credentials = {"token_credentials": credential}
+    return AzureAISearchCollection(
+        record_type=dict,
+        definition=definition(dimensions),
+        collection_name=settings.memory_search_index,
+        search_endpoint=settings.memory_search_endpoint,
+        search_credential=credential,
+        **credentials,
+    )

@@ -69,10 +69,10 @@ async def test_chunk_store_deletes_by_document_and_scope_and_reports_an_unopenab
     store = ChunkStore(_collection(tmp_path / "v.db"), system="sqlite")
     records = [{**_record(k, "t/c", d, [1, 0, 0]), "metadata": {"n": k}} for k, d in (("1", "x"), ("2", "y"))]
     await store.upsert(records)
-    await store.delete_document("t/c", "x")
+    await store.delete_document("t/c", "x", [])  # by filter: the keys are for stores without one
     found = await store.search("t/c", np.array([1, 0, 0], dtype=np.float32), 5)
     assert [(f.document_id, f.metadata) for f in found] == [("y", {"n": "2"})]
-    await store.delete_scope("t/c")
+    await store.delete_scope("t/c", [])
     assert await store.search("t/c", np.array([1, 0, 0], dtype=np.float32), 5) == []
     blocker = tmp_path / "file"
     blocker.write_text("")
