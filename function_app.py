@@ -66,4 +66,16 @@ for _route in ROUTES:
 async def expire_holds(timer: func.TimerRequest) -> None:
     from sk_core.composition import sweep_expired_holds
 
-    await sweep_expired_holds()
+    await sweep_expired_holds(_service())
+
+
+# Document memory: ingestion jobs from the queue, the same job code as the container
+# host's worker (sk_core/memory/_worker.py). A raised error makes the host deliver the
+# message again after host.json's visibilityTimeout, and after maxDequeueCount
+# (SKF_MEMORY_MAX_ATTEMPTS, the same 5) move it to <queue>-poison.
+@app.function_name(name="memory_ingest_worker")
+@app.queue_trigger(arg_name="message", queue_name="%SKF_MEMORY_QUEUE_NAME%", connection="AzureWebJobsStorage")
+async def memory_ingest_worker(message: func.QueueMessage) -> None:
+    from sk_core.memory import handle_queue_message
+
+    await handle_queue_message(_service(), message.get_body().decode("utf-8"), message.dequeue_count or 1)

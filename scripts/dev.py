@@ -2,8 +2,8 @@
 
 Ctrl-C (or SIGTERM) stops the service and every helper this script started. Ports
 come from the environment: PORT (service, 8000), LOCAL_MODEL_PORT (8081),
-AZURITE_TABLE_PORT (10002). With SKF_MODEL_PROVIDER set to anything but ``local`` the
-local model is not started.
+AZURITE_TABLE_PORT (10002), AZURITE_QUEUE_PORT (10001). With SKF_MODEL_PROVIDER set to
+anything but ``local`` the local model is not started.
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.devservices import ROOT, ManagedProcess, start_azurite, start_local_model, start_service
+from scripts.devservices import (
+    ROOT,
+    ManagedProcess,
+    start_azurite,
+    start_azurite_queue,
+    start_local_model,
+    start_service,
+)
 from sk_core.storage import development_connection_string
 
 
@@ -56,13 +63,14 @@ def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
     model_port = int(os.environ.get("LOCAL_MODEL_PORT", "8081"))
     table_port = int(os.environ.get("AZURITE_TABLE_PORT", "10002"))
+    queue_port = int(os.environ.get("AZURITE_QUEUE_PORT", "10001"))  # document memory's ingestion queue
     provider = os.environ.get("SKF_MODEL_PROVIDER", "local")
-    wanted = [port, table_port] + ([model_port] if provider == "local" else [])
+    wanted = [port, table_port, queue_port] + ([model_port] if provider == "local" else [])
     busy = [p for p in wanted if _port_in_use(p)]
     if busy:
         print(
             f"port(s) {busy} already in use on 127.0.0.1; stop what holds them or set PORT / "
-            "LOCAL_MODEL_PORT / AZURITE_TABLE_PORT",
+            "LOCAL_MODEL_PORT / AZURITE_TABLE_PORT / AZURITE_QUEUE_PORT",
             file=sys.stderr,
         )
         return 2
@@ -71,12 +79,18 @@ def main() -> int:
     logs.mkdir(exist_ok=True)
     signal.signal(signal.SIGTERM, _stop)
     started: list[ManagedProcess] = []
-    storage = development_connection_string(table_port)
+    # One account, tables and the ingestion queue (document memory), as in Azure.
+    storage = (
+        f"{development_connection_string(table_port)}"
+        f"QueueEndpoint=http://127.0.0.1:{queue_port}/devstoreaccount1;"
+    )
     env = {"SKF_STORAGE_CONNECTION_STRING": os.environ.get("SKF_STORAGE_CONNECTION_STRING", storage)}
     try:
         t0 = time.perf_counter()
         started.append(start_azurite(port=table_port, log=logs / "azurite.log"))
         print(f"azurite (tables) on 127.0.0.1:{table_port}  [log .run/azurite.log]")
+        started.append(start_azurite_queue(port=queue_port, log=logs / "azurite-queue.log"))
+        print(f"azurite (queue) on 127.0.0.1:{queue_port}  [log .run/azurite-queue.log]")
         key = asyncio.run(_provision_dev_key(env["SKF_STORAGE_CONNECTION_STRING"]))
         if provider == "local":
             started.append(start_local_model(port=model_port, log=logs / "local-model.log"))

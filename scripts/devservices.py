@@ -115,25 +115,32 @@ class ManagedProcess:
         self.stop()
 
 
-def start_azurite(*, port: int, log: Path | None = None, location: Path | None = None) -> ManagedProcess:
-    """Azurite's table service on loopback (in memory unless ``location`` is given)."""
-    entry = ROOT / "node_modules" / "azurite" / "dist" / "src" / "table" / "main.js"
+def start_azurite(
+    *, port: int, log: Path | None = None, location: Path | None = None, service: str = "table"
+) -> ManagedProcess:
+    """Azurite's table (or ``service``) service on loopback (in memory unless ``location`` is given)."""
+    entry = ROOT / "node_modules" / "azurite" / "dist" / "src" / service / "main.js"
     if not entry.exists():
         raise RuntimeError("Azurite is not installed: run `npm install` (make does this for you)")
     argv = [
         "node",
         str(entry),
-        "--tableHost",
+        f"--{service}Host",
         "127.0.0.1",
-        "--tablePort",
+        f"--{service}Port",
         str(port),
         "--skipApiVersionCheck",
         "--disableProductStyleUrl",
     ]
     argv += ["--location", str(location)] if location else ["--inMemoryPersistence"]
-    proc = ManagedProcess("azurite", argv, log=log)
+    proc = ManagedProcess("azurite" if service == "table" else f"azurite-{service}", argv, log=log)
     proc.wait_for_port("127.0.0.1", port, timeout=30)
     return proc
+
+
+def start_azurite_queue(*, port: int, log: Path | None = None) -> ManagedProcess:
+    """Azurite's queue service on loopback, in memory (document memory's ingestion queue)."""
+    return start_azurite(port=port, log=log, service="queue")
 
 
 def start_local_model(

@@ -183,6 +183,11 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     sweeper = asyncio.create_task(sweep_periodically(service, service.settings.sweep_interval_seconds))
     settings = service.settings
     metrics = _metrics_listener(settings.metrics_port) if settings.prometheus_metrics else None
+    # Document memory's ingestion jobs; the Functions host runs them from a queue trigger.
+    # Imported here: the memory package (onnxruntime, numpy) loads only in the container host.
+    from sk_core.memory import start_worker
+
+    ingester = start_worker(service)
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -190,6 +195,10 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     if metrics is not None:
         metrics[0].should_exit = True
         await metrics[1]
+    if ingester is not None:
+        ingester.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ingester
     # Close connection pools so shutdown does not drop sockets mid-flight.
     await service.aclose()
 

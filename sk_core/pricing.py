@@ -36,6 +36,11 @@ DEFAULT_PRICES: dict[str, tuple[str, str]] = {
     "o3-mini": ("1.10", "4.40"),
     "gpt-35-turbo": ("0.50", "1.50"),
     "smollm2": ("0", "0"),
+    # Embedding models (document memory): input tokens only.
+    "all-minilm-l6-v2": ("0", "0"),
+    "text-embedding-3-small": ("0.02", "0"),
+    "text-embedding-3-large": ("0.13", "0"),
+    "text-embedding-ada-002": ("0.10", "0"),
 }
 
 

@@ -355,6 +355,46 @@ class Settings(BaseSettings):
         description="Also record prompt and completion text in SK's spans. Off unless you mean it.",
     )
 
+    # Document memory (sk_core/memory): store, embedder, ingestion queue, limits.
+    memory_store: Literal["sqlite", "azure_ai_search"] = Field(
+        default="sqlite", description="Vector store: the embedded SQLite store, or Azure AI Search."
+    )
+    memory_store_path: str = Field(
+        default=".run/memory/vectors.db",
+        description="The embedded vector store's database file (created on first use).",
+    )
+    memory_search_endpoint: str = Field(
+        default="", description="https://<service>.search.windows.net (memory_store=azure_ai_search)."
+    )
+    memory_search_index: str = Field(default="skf-memory", pattern=r"^[a-z0-9][a-z0-9-]{1,127}$")
+    memory_search_key: SecretStr = Field(
+        default=SecretStr(""), description="Azure AI Search admin key; empty: Entra ID (managed identity)."
+    )
+    memory_embedder: Literal["local", "openai", "azure_openai"] = Field(
+        default="local",
+        description="Embeddings: all-MiniLM-L6-v2 in process (local) or the provider's model.",
+    )
+    memory_embedding_model: str = Field(
+        default="", description="Embedding model or deployment; empty: the embedder's default."
+    )
+    memory_queue_connection_string: SecretStr = Field(
+        default=SecretStr(""),
+        description="Storage account of the ingestion queue; empty: the storage connection string "
+        "(the queue trigger listens on AzureWebJobsStorage: keep them one account).",
+    )
+    memory_queue_name: str = Field(default="skf-memory-ingest", pattern=r"^[a-z0-9][a-z0-9-]{2,56}$")
+    memory_worker: bool = Field(
+        default=True,
+        description="Container host: run the ingestion worker (the Functions host uses its trigger).",
+    )
+    memory_max_attempts: int = Field(
+        default=5, ge=1, le=20, description="Deliveries of a job message before it goes to <queue>-poison."
+    )
+    memory_chunk_tokens: int = Field(default=200, ge=16, le=510)
+    memory_chunk_overlap_tokens: int = Field(default=40, ge=0, le=255)
+    memory_max_document_chars: int = Field(default=100_000, ge=100, le=1_000_000)
+    memory_max_documents: int = Field(default=100, ge=1, le=1000)
+
     @functools.cached_property
     def prices(self) -> dict[str, Price]:
         """The price table: defaults overlaid with ``SKF_MODEL_PRICES``."""
@@ -416,6 +456,8 @@ class Settings(BaseSettings):
             raise ValueError("SKF_SECRET_MAX_STALENESS_SECONDS must be at least SKF_SECRET_CACHE_SECONDS")
         if self.lease_ttl_seconds < 4 * self.lease_report_seconds:
             raise ValueError("SKF_LEASE_TTL_SECONDS must be at least 4 x SKF_LEASE_REPORT_SECONDS")
+        if self.memory_store == "azure_ai_search" and not self.memory_search_endpoint:
+            raise ValueError("SKF_MEMORY_SEARCH_ENDPOINT is required when SKF_MEMORY_STORE=azure_ai_search")
         if self.hold_lease_seconds <= self.model_deadline_seconds:
             raise ValueError("SKF_HOLD_LEASE_SECONDS must be longer than SKF_MODEL_DEADLINE_SECONDS")
         # With a vault, secrets are checked when fetched (readiness), not here.

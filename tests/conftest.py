@@ -61,11 +61,15 @@ def _no_services_in_a_unit_run(what: str) -> None:
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Azurite's table service for the whole run; yields its connection string."""
+    """Azurite's table and queue services for the whole run; yields the account's
+    connection string (the queue is document memory's ingestion queue)."""
     _no_services_in_a_unit_run("Azurite")
-    port = free_port()
-    process = start_azurite(port=port, log=tmp_path_factory.mktemp("azurite") / "azurite.log")
-    yield development_connection_string(port)
+    port, queue_port = free_port(), free_port()
+    logs = tmp_path_factory.mktemp("azurite")
+    process = start_azurite(port=port, log=logs / "azurite.log")
+    queue = start_azurite(port=queue_port, log=logs / "queue.log", service="queue")
+    yield f"{development_connection_string(port)}QueueEndpoint=http://127.0.0.1:{queue_port}/devstoreaccount1;"
+    queue.stop()
     process.stop()
 
 

@@ -11,6 +11,7 @@ land in the service's tables, so any other environment would issue keys that nev
     python -m sk_core.admin usage acme --days 30 --csv > acme.csv
     python -m sk_core.admin admin-key issue --name ops
     python -m sk_core.admin --json tenant list
+    python -m sk_core.admin memory purge acme --collection handbook
 
 Every command takes ``--json`` (before or after the command) for scripts. Exit codes:
 0 done; 1 refused (unknown tenant or key, duplicate, scope outside the tenant);
@@ -45,6 +46,7 @@ from sk_core.admin._command import (
     Refused,
 )
 from sk_core.admin._keys import add_admin_key_commands, add_key_commands
+from sk_core.admin._memory import add_memory_commands
 from sk_core.admin._tenants import add_tenant_commands
 from sk_core.admin._usage import add_sweep_and_audit_commands, add_usage_command
 from sk_core.composition import make_store, make_tenant_store
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_admin_key_commands(commands, leaf)
     add_sweep_and_audit_commands(commands, leaf)
     add_cache_commands(commands, leaf)
+    add_memory_commands(commands, leaf)
     return parser
 
 

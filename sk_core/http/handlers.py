@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from sk_core import telemetry
 from sk_core.cache import directive
-from sk_core.errors import ApiError, NotFound, StorageUnavailable
+from sk_core.errors import NotFound, StorageUnavailable
 from sk_core.http import sse
 from sk_core.http.api_models import (
     AssistantMessage,
@@ -37,6 +37,7 @@ from sk_core.http.api_models import (
 from sk_core.http.rendering import json_response, problem_body, rate_limit_headers
 from sk_core.http.request_body import read_json_body, validate_body
 from sk_core.http.sse import event_stream, wants_event_stream
+from sk_core.http.streams import DEPLOYMENT_HEADER, stream_failure, stream_headers
 from sk_core.pricing import usd
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 # A caller may pick a configured model fallback chain (sk_core/model/_deployments.py) per request.
 MODEL_CHAIN_HEADER = "x-model-chain"
 # Which deployment of the chain answered (and so set the price charged).
-DEPLOYMENT_HEADER = "X-Model-Deployment"
 
 
 def function_spec(service: Service, plugin: str, name: str) -> FunctionSpec:
@@ -91,11 +91,6 @@ def answer_headers(outcome: Outcome) -> dict[str, str]:
         if outcome.cache == "hit":
             headers["Age"] = str(outcome.age)
     return headers
-
-
-def stream_headers(call: StreamedCall) -> dict[str, str]:
-    """A streamed answer's headers, known before its first byte."""
-    return {**rate_limit_headers(call.rate), DEPLOYMENT_HEADER: call.deployment}
 
 
 async def _answer(
@@ -207,17 +202,6 @@ async def _abandon(run: asyncio.Future[Any], waiting: asyncio.Future[Any]) -> No
         await run
 
 
-def stream_failure(context: RequestContext, exc: Exception) -> ApiError:
-    """What to tell a client whose stream failed after its first byte (no status left
-    to set): the error, noted in the context for the audit row; anything unexpected
-    is logged."""
-    if not isinstance(exc, ApiError):
-        logger.error("streamed answer failed", exc_info=exc)
-        exc = ApiError("An unexpected error occurred; it has been logged.")
-    context.stream_error = exc.code
-    return exc
-
-
 async def summarize(request: Request, service: Service, context: RequestContext) -> Response:
     """Summarize ``text`` in ``style`` within ``max_words``."""
     return await _answer(
@@ -306,6 +290,12 @@ async def ready(request: Request, service: Service, context: RequestContext) -> 
         else DependencyStatus(status="error", code="secret_unavailable")
     )
     is_ready = all(c.status == "ok" for c in checks.values())
+    # Document memory's vector store (sk_core/http/memory_api.py): reported, but not a
+    # reason to take the pod out of rotation, since only the memory routes need it.
+    # Deferred: the memory package loads numpy (~0.4 s), not wanted at cold start.
+    from sk_core.http.memory_api import ready_checks
+
+    checks.update(await ready_checks(service, timeout))
     return json_response(
         ReadyResponse(status="ready" if is_ready else "not_ready", checks=checks),
         status_code=200 if is_ready else 503,

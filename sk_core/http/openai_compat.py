@@ -34,7 +34,7 @@ from starlette.responses import Response
 from sk_core import telemetry
 from sk_core.errors import ApiError, NotFound, UnsupportedParameter, ValidationFailed
 from sk_core.http import sse
-from sk_core.http.handlers import answer_headers, function_spec, stream_failure, stream_headers
+from sk_core.http.handlers import answer_headers, function_spec
 from sk_core.http.openai_models import (
     SUPPORTED,
     AnswerMessage,
@@ -49,6 +49,7 @@ from sk_core.http.openai_models import (
 )
 from sk_core.http.rendering import json_response, openai_error_body
 from sk_core.http.request_body import read_json_body, validate_body
+from sk_core.http.streams import stream_failure, stream_headers
 from sk_core.pricing import usd
 
 if TYPE_CHECKING:

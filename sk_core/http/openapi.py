@@ -88,6 +88,45 @@ _ERRORS_WITH_BODY = {
 }
 
 
+# Document memory (sk_core/memory): its routes' models, path parameters and statuses.
+def _memory_routes() -> None:
+    from sk_core import memory
+
+    _RESPONSES.update(
+        memory_ingest=memory.JobAccepted,
+        memory_job=memory.JobStatus,
+        memory_search=memory.SearchResponse,
+        memory_ask=memory.AskResponse,
+        memory_collections=memory.CollectionList,
+    )
+    _REQUEST_MODELS.update(
+        memory_ingest=memory.IngestRequest, memory_search=memory.SearchRequest, memory_ask=memory.AskRequest
+    )
+    _TENANT_ROUTES.update(name for name, *_ in _MEMORY_ROUTES)
+    _PATH_PATTERNS.update(
+        collection=memory.COLLECTION_PATTERN,
+        document_id=memory.DOCUMENT_ID_PATTERN,
+        job_id=memory.JOB_ID_PATTERN,
+    )
+    _NOT_FOUND.update({name: text for name, text in _MEMORY_ROUTES})
+
+
+_MEMORY_ROUTES = (
+    ("memory_ingest", "No such collection name (malformed)"),
+    ("memory_job", "No such job of this tenant"),
+    ("memory_search", "No such collection of this tenant"),
+    ("memory_ask", "No such collection of this tenant"),
+    ("memory_delete_document", "No such document or collection of this tenant"),
+    ("memory_delete_collection", "No such collection of this tenant"),
+    ("memory_collections", "Not found"),
+)
+_SUCCESS_STATUS = {
+    "memory_ingest": ("202", "Queued: poll the job named in Location"),
+    "memory_delete_document": ("204", "Deleted"),
+    "memory_delete_collection": ("204", "Deleted"),
+}
+_memory_routes()
+
 def _problem(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -261,6 +300,10 @@ def _operation(
             "or a prompt the injection guard rejected"
         )
         operation["responses"]["404"] = error("No such model, or this key may not use it")
+    if route.name in _SUCCESS_STATUS:  # 202 Accepted, 204 No Content (document memory)
+        status, description = _SUCCESS_STATUS[route.name]
+        success = operation["responses"].pop("200")
+        operation["responses"][status] = success if status != "204" else {"description": description}
     names = re.findall(r"\{(\w+)\}", route.path)
     if names:
         operation["parameters"] = [

@@ -157,4 +157,37 @@ ROUTES: tuple[RouteSpec, ...] = (
         "openapi", "openapi.json", ("GET",), "sk_core.http.openapi:openapi_document", "function",
         "This API's OpenAPI 3.1 document", "operations",
     ),
+    # Document memory (sk_core/memory, issue 24).
+    RouteSpec(
+        "memory_ingest", "v1/collections/{collection}/documents", ("POST",),
+        "sk_core.http.memory_api:ingest", "function",
+        "Queue documents for ingestion into a collection (202, then poll the job)", "memory",
+    ),
+    RouteSpec(
+        "memory_job", "v1/jobs/{job_id}", ("GET",), "sk_core.http.memory_api:job_status", "function",
+        "An ingestion job's status", "memory",
+    ),
+    RouteSpec(
+        "memory_search", "v1/collections/{collection}/search", ("POST",), "sk_core.http.memory_api:search",
+        "function", "The chunks of a collection nearest a query", "memory",
+    ),
+    RouteSpec(
+        "memory_ask", "v1/collections/{collection}/ask", ("POST",), "sk_core.http.memory_api:ask",
+        "function", "An answer grounded in a collection, with citations (streams with text/event-stream)",
+        "memory",
+        audited=True,
+    ),
+    RouteSpec(
+        "memory_delete_document", "v1/collections/{collection}/documents/{document_id}", ("DELETE",),
+        "sk_core.http.memory_api:delete_document", "function", "Remove a document from a collection",
+        "memory",
+    ),
+    RouteSpec(
+        "memory_delete_collection", "v1/collections/{collection}", ("DELETE",),
+        "sk_core.http.memory_api:delete_collection", "function", "Remove a collection", "memory",
+    ),
+    RouteSpec(
+        "memory_collections", "v1/collections", ("GET",), "sk_core.http.memory_api:list_collections",
+        "function", "The caller's collections", "memory",
+    ),
 )

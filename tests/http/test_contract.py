@@ -54,6 +54,7 @@ async def test_ready_checks_kernel_model_and_storage(host: Host, stub: StubModel
         "model": "ok",
         "storage": "ok",
         "secrets": "ok",
+        "vector_store": "ok",  # document memory's store (sk_core/memory)
     }
     # Readiness must not buy a completion.
     assert stub.stats()["count"] == 0

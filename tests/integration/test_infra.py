@@ -810,6 +810,7 @@ def test_bicep_storage_key_vault_and_roles() -> None:
         "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
         "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
         "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+        "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",  # document memory
         "Cognitive Services OpenAI User": "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd",
     }
     for role, guid in roles.items():

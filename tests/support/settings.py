@@ -30,6 +30,9 @@ SERVICE_ENV = {
     # Many hosts run at once in the suite: /metrics on each one's API port, not on one
     # shared metrics port (tests/http/test_metrics_port.py covers the default).
     "SKF_METRICS_PORT": "0",
+    # Document memory: jobs queued by other suites (the fuzzer's) stay queued instead of
+    # costing the run embedding CPU; tests/memory/ turns the worker on where it is tested.
+    "SKF_MEMORY_WORKER": "false",
 }
 
 # Generous limits: the contract suite is about behaviour, not about refusals.

@@ -75,6 +75,8 @@ var baseSettings = [
   { name: 'SKF_STORAGE_ACCOUNT_ENDPOINT', value: storageTableEndpoint }
   { name: 'SKF_STORAGE_TABLE_PREFIX', value: 'skf' }
   { name: 'SKF_HOLD_LEASE_SECONDS', value: '300' }
+  // The memory_ingest_worker queue trigger's %SKF_MEMORY_QUEUE_NAME% (must resolve at startup).
+  { name: 'SKF_MEMORY_QUEUE_NAME', value: 'skf-memory-ingest' }
   { name: 'SKF_API_KEY_PEPPER', value: '@Microsoft.KeyVault(SecretUri=${pepperSecretUri})' }
 ]
 // Only when the provider key comes from Key Vault; Entra ID otherwise.

@@ -1,6 +1,7 @@
 // Storage account: the Functions host storage (AzureWebJobsStorage, identity-based), the
-// Flex Consumption deployment package container, and the service's tables (tenants, keys,
-// usage ledger). Shared keys are disabled: every client uses Entra ID.
+// Flex Consumption deployment package container, the service's tables (tenants, keys,
+// usage ledger) and document memory's ingestion queue. Shared keys are disabled: every
+// client uses Entra ID.
 param location string
 param tags object
 param name string
@@ -13,6 +14,7 @@ param networkIsolation bool
 var roles = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 }
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -70,6 +72,18 @@ resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+  }
+}
+
+// Document memory's ingestion queue: the API sends, the queue trigger (AzureWebJobsStorage,
+// identity-based) receives, deletes and poisons; the first send creates the queue.
+resource queueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(account.id, principalId, roles.storageQueueDataContributor)
+  scope: account
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
   }
 }
 
