@@ -52,6 +52,7 @@ CLIENT_CLOSED_CODE = "client_closed_request"
 _REFUSAL_REASONS = {
     "unauthorized": "auth",
     "forbidden": "auth",
+    "auth_rate_limited": "auth",
     "malformed_json": "validation",
     "unsupported_media_type": "validation",
     "payload_too_large": "validation",
