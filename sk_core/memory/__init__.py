@@ -13,6 +13,7 @@ answers with citations (issue 24).
 """
 
 from sk_core.memory._embedder import LOCAL_DIMENSIONS, LOCAL_MODEL, Embedded, LocalEmbedder, Tokenizer
+from sk_core.memory._jobs import PoisonMessage, RetryLater
 from sk_core.memory._queue import IngestQueue, QueueUnavailable, development_queue_connection_string
 from sk_core.memory._records import (
     COLLECTION_PATTERN,
@@ -30,7 +31,7 @@ from sk_core.memory._records import (
     SearchResponse,
     VectorStoreUnavailable,
 )
-from sk_core.memory._service import Memory, PoisonMessage, RetryLater
+from sk_core.memory._service import Memory
 from sk_core.memory._wiring import (
     handle_queue_message,
     make_memory,

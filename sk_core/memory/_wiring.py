@@ -7,10 +7,11 @@ import logging
 import weakref
 from typing import TYPE_CHECKING
 
+from sk_core.memory._collections import list_collections, remove_collection
 from sk_core.memory._embedder import Tokenizer, make_embedder
 from sk_core.memory._queue import IngestQueue, queue_account_url, queue_connection_string
 from sk_core.memory._records import CollectionInfo
-from sk_core.memory._service import Memory, list_collections, remove_collection
+from sk_core.memory._service import Memory
 from sk_core.memory._state import MemoryState
 from sk_core.memory._vectors import ChunkStore, make_chunk_store
 

@@ -17,8 +17,8 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from sk_core.memory._jobs import PoisonMessage, RetryLater
 from sk_core.memory._queue import Delivery, QueueUnavailable
-from sk_core.memory._service import PoisonMessage, RetryLater
 
 if TYPE_CHECKING:
     from sk_core.memory._service import Memory

@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email.utils
 import logging
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
@@ -31,15 +27,15 @@ from sk_core.catalog import Catalog, ChatMessage, FunctionSpec
 from sk_core.errors import (
     ApiError,
     ModelBadAnswer,
-    ModelError,
     ModelRateLimited,
     ModelTimeout,
-    ModelUnavailable,
     ModelUnreachable,
 )
-from sk_core.model._chat_service import ChatSettings, OpenAIChat, UnusableAnswer
+from sk_core.model._chat_service import ChatSettings, OpenAIChat
+from sk_core.model._completion import Completion, ModelStream, ToolCall
 from sk_core.model._deployments import BreakerState, Chain, Deployment, DeploymentHealth, RoutingTable
-from sk_core.pricing import Price, Usage
+from sk_core.model._failures import _backoff, classify_failure
+from sk_core.pricing import Usage
 from sk_core.settings import Provider, Settings
 
 if TYPE_CHECKING:
@@ -49,32 +45,7 @@ logger = logging.getLogger(__name__)
 
 SERVICE_ID = "chat"
 _AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
-_BACKOFF_BASE_SECONDS = 0.25
-_BACKOFF_CAP_SECONDS = 4.0
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One function call the model asked for (OpenAI's ``tool_calls`` item)."""
-
-    id: str
-    name: str
-    arguments: str  # JSON text, as the model wrote it (not trusted to parse)
-
-
-@dataclass(frozen=True)
-class Completion:
-    """What a function invocation produced, with the provider's own accounting."""
-
-    text: str
-    model: str
-    usage: Usage
-    finish_reason: str | None
-    deployment: str = "default"  # the deployment that answered (routing.py)
-    price: Price | None = None  # its price: what the settlement charges
-    attempts: int = 1
-    tool_calls: tuple[ToolCall, ...] = ()  # the calls the model asked for (tool runs)
 
 
 def make_openai_client(settings: Settings, api_key: str | None, deployment: Deployment) -> openai.AsyncOpenAI:
@@ -404,88 +375,6 @@ def _count_attempt(deployment: str, outcome: str, state: BreakerState) -> None:
     trace.get_current_span().add_event("model.attempt", attributes)
 
 
-class ModelStream:
-    """A provider's streamed completion: text deltas, then the accounting of the whole.
-
-    Iterate for the text; afterwards :meth:`completion` gives the model, usage and
-    finish reason the stream reported (usage arrives on its last chunk). ``aclose``
-    closes the provider's HTTP response at once (the provider stops generating).
-    """
-
-    def __init__(
-        self,
-        stream: Any,
-        *,
-        deadline: float,
-        deployment: Deployment,
-        attempts: int = 1,
-        release: Callable[[], None] = lambda: None,
-    ) -> None:
-        self._stream = stream
-        self._deadline = deadline
-        self.deployment = deployment
-        self.attempts = attempts
-        self._release: Callable[[], None] | None = release  # the deployment's slot, once
-        self.model = deployment.model
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        chunks = self._stream.__aiter__()
-        while True:
-            try:
-                async with asyncio.timeout_at(self._deadline):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except TimeoutError as exc:
-                raise ModelTimeout("The model did not finish within the deadline.") from exc
-            except ApiError:
-                raise
-            except Exception as exc:
-                # Mid-stream nothing is retried: part of the answer is already out.
-                raise classify_failure(exc)[0] from exc
-            self.model = getattr(chunk, "model", None) or self.model
-            usage = getattr(chunk, "usage", None)
-            if usage is not None:
-                self.usage = Usage(
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    total_tokens=usage.prompt_tokens + usage.completion_tokens,
-                )
-            # Azure sends chunks without choices (content-filter results); usage too.
-            for choice in chunk.choices or ():
-                if choice.finish_reason:
-                    self.finish_reason = str(choice.finish_reason)
-                if choice.delta is not None and choice.delta.content:
-                    yield choice.delta.content
-
-    def completion(self, text: str) -> Completion:
-        """What the finished stream produced; refused without reported usage, as every call."""
-        if self.usage is None:
-            # Text was generated, so it is charged its reservation either way.
-            raise ModelBadAnswer("The model did not report token usage.")
-        deployment = self.deployment
-        return Completion(
-            text=text,
-            model=self.model,
-            usage=self.usage,
-            finish_reason=self.finish_reason,
-            deployment=deployment.name,
-            price=deployment.price,
-            attempts=self.attempts,
-        )
-
-    async def aclose(self) -> None:
-        """Close the provider's response and give the deployment's slot back (idempotent)."""
-        release, self._release = self._release, None
-        try:
-            await self._stream.close()
-        finally:
-            if release is not None:
-                release()
-
-
 def _chat_history(messages: list[ChatMessage] | list[dict[str, Any]]) -> ChatHistory:
     history = ChatHistory()
     for message in messages:
@@ -571,94 +460,6 @@ def _step_completion(response: Any, deployment: Deployment, attempts: int) -> Co
         attempts=attempts,
         tool_calls=calls,
     )
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    # SK wraps the SDK's exception (ServiceResponseException, KernelInvokeException...),
-    # which wraps httpx's: what we need is down the chain. Bounded against cycles.
-    current: BaseException | None = exc
-    for _ in range(10):
-        if current is None:
-            return
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _caused_by(exc: BaseException, *kinds: type[BaseException]) -> bool:
-    return any(isinstance(cause, kinds) for cause in _causes(exc))
-
-
-# The HTTP stack's "no connection was made" errors. By name: the OpenAI SDK runs on its
-# own copy of httpx (``httpx2``/``httpcore2`` in this release), not the ``httpx`` we
-# could import, and the names are what both share.
-_CONNECT_FAILURES = frozenset({"ConnectError", "ConnectTimeout"})
-
-
-def _never_connected(exc: BaseException) -> bool:
-    return any(type(cause).__name__ in _CONNECT_FAILURES for cause in _causes(exc))
-
-
-def _provider_exception(exc: BaseException) -> openai.OpenAIError | None:
-    return next((c for c in _causes(exc) if isinstance(c, openai.OpenAIError)), None)
-
-
-def _retry_after_seconds(headers: Any) -> float | None:
-    if headers is None:
-        return None
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is None:
-            return None
-        return max(0.0, parsed.timestamp() - time.time())
-
-
-def classify_failure(exc: BaseException) -> tuple[ApiError, bool, float | None]:
-    """Map a failed invoke to (client-facing error, retryable?, provider's Retry-After)."""
-    if _caused_by(exc, UnusableAnswer):
-        # A 200 we cannot use (malformed JSON, no usage): the provider has probably
-        # billed it, so it is charged, and not retried (a retry would be billed again).
-        logger.error("model answer unusable", exc_info=exc)
-        return ModelBadAnswer("The model provider returned an unusable answer."), False, None
-    provider = _provider_exception(exc)
-    if isinstance(provider, openai.APIConnectionError) and _never_connected(provider):
-        # No connection was made, so no request was sent: free, and worth a fallback.
-        return ModelUnreachable("The model endpoint could not be reached."), True, None
-    if isinstance(provider, openai.APITimeoutError):
-        return ModelTimeout("The model did not answer in time."), True, None
-    if isinstance(provider, openai.APIConnectionError):
-        # Sent, then the connection broke: the provider may have run (and billed) it.
-        return ModelUnavailable("The connection to the model endpoint broke."), True, None
-    if isinstance(provider, openai.APIStatusError):
-        status = provider.status_code
-        retry_after = _retry_after_seconds(provider.response.headers)
-        logger.warning("model provider answered HTTP %d", status)
-        if status == 429:
-            return ModelRateLimited("The model provider is rate limiting; retry later."), True, retry_after
-        if status == 408:
-            return ModelTimeout("The model did not answer in time."), True, retry_after
-        if status >= 500:
-            return ModelError("The model provider failed."), True, retry_after
-        return ModelError(f"The model provider rejected the request (HTTP {status})."), False, None
-    if isinstance(exc, ApiError):
-        return exc, False, None
-    logger.error("model invocation failed", exc_info=exc)
-    return ModelError("The model invocation failed."), False, None
-
-
-def _backoff(attempt: int) -> float:
-    # Full jitter: spreads retries of many workers hit by the same provider hiccup.
-    return random.uniform(0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2**attempt))
 
 
 def build_runtime(settings: Settings, catalog: Catalog, api_key: str | None = None) -> ModelRuntime:

@@ -16,6 +16,7 @@ verdict and charge behind for the audit row.
 
 from sk_core.pipeline._deadline import fail_closed
 from sk_core.pipeline._outcome import Outcome
-from sk_core.pipeline._pipeline import Pipeline, StreamedCall
+from sk_core.pipeline._pipeline import Pipeline
+from sk_core.pipeline._streamed import StreamedCall
 
 __all__ = ["Outcome", "Pipeline", "StreamedCall", "fail_closed"]

@@ -9,56 +9,37 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core import telemetry
 from sk_core.cache import Directive
-from sk_core.errors import ApiError, BadRequest, RateState, ServiceUnavailable, StorageUnavailable
-from sk_core.model import Chain, Deployment, RoutingTable
+from sk_core.errors import BadRequest, ServiceUnavailable, StorageUnavailable
+from sk_core.model import Deployment, RoutingTable
+from sk_core.pipeline._call import _Call, _charge_on_failure
 from sk_core.pipeline._deadline import fail_closed
 from sk_core.pipeline._outcome import Outcome, rate_of
-from sk_core.pricing import Price, Usage, usd
-from sk_core.tools import ToolRun, prompt_bound
+from sk_core.pipeline._streamed import StreamedCall
+from sk_core.pipeline._tool_runs import ToolRuns
+from sk_core.pricing import Price, usd
 
 if TYPE_CHECKING:
     from sk_core.accounts import Authenticator, Principal, Tenant
     from sk_core.cache import CachedAnswer, ResponseCache, Slot, Tier
     from sk_core.catalog import FunctionSpec
     from sk_core.limits import Hold, Ledger
-    from sk_core.model import Completion, ModelRuntime, ModelStream, RuntimeProvider
-    from sk_core.safety import Redactor, StreamingRedaction
+    from sk_core.model import Completion, ModelRuntime, RuntimeProvider
+    from sk_core.safety import Redactor
     from sk_core.safety.guard import Guard, Policy
-    from sk_core.tools import Verdict
     from sk_core.usage import AuditEntry, BudgetGauges
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-# Failures after which the provider may still have done (and billed) the work keep
-# their reserved charge: ``ApiError.billable`` (a timeout, a connection broken after
-# sending, a 2xx without a usable answer); anything not an ApiError (a cancelled call)
-# too. A refused connection, a 4xx/5xx/429 answer or a refusal before the call is free.
-def _charge_on_failure(failure: BaseException, hold: Hold) -> int:
-    return hold.amount_nano if not isinstance(failure, ApiError) or failure.billable else 0
 
 
-@dataclass(frozen=True)
-class _Call:
-    """One call as the stages after screening see it."""
-
-    principal: Principal
-    spec: FunctionSpec
-    arguments: dict[str, Any]
-    requested: int  # the answer cap asked for, before the budget clamps it
-    record: AuditEntry | None
-    chain: Chain  # the model fallback chain it may use
-    options: Mapping[str, Any] | None = None  # the caller's sampling settings, if any
-
-
-class Pipeline:
+class Pipeline(ToolRuns):
     """The call stages, wired to their collaborators once per process."""
 
     def __init__(
@@ -390,151 +371,6 @@ class Pipeline:
 
     # -- tool runs (sk_core.tools) -------------------------------------------------
 
-    async def run_tools(
-        self,
-        principal: Principal,
-        spec: FunctionSpec,
-        arguments: dict[str, Any],
-        *,
-        max_tokens: int | None,
-        record: AuditEntry | None = None,
-        chain: str | None = None,
-        on_tool: Callable[[dict[str, Any]], None] | None = None,
-    ) -> Outcome:
-        """A function that may call tools: screened once, then every model round trip
-        admitted and settled like a single call (``_StepGate``), the tools run between
-        them (``sk_core.tools.ToolRun``). The answer is redacted like any other; the
-        audit record carries the run's steps, tool calls and total charge, also when
-        a step fails (the steps before it stay charged). ``on_tool`` hears of each tool
-        call when it is done (its arguments redacted: they leave the process)."""
-        settings = spec.tools
-        assert settings is not None
-        arguments = dict(arguments)
-        limits = settings.limits.lowered(arguments.pop("run_limits", None))
-        route = self._routing.chain(chain or spec.model_chain)
-        await self._screen(spec, arguments, record)
-        gate = _StepGate(self, principal, spec, route)
-        run = ToolRun(
-            spec=spec,
-            settings=settings,
-            limits=limits,
-            gate=gate,
-            screen=self._tool_screen(spec.id),
-            price=route.reservation_price,
-            max_tokens=max_tokens or spec.default_max_tokens_for(arguments),
-            chain=route,
-            on_tool=None if on_tool is None else self._redacted_tool_events(spec.id, on_tool),
-        )
-        try:
-            report = await run.execute(await self._runtime(), arguments)
-        finally:
-            if record is not None:
-                done = run.report
-                record.cost_nano = done.cost_nano + gate.failed_nano
-                record.prompt_tokens, record.completion_tokens = done.prompt_tokens, done.completion_tokens
-                record.steps, record.tool_calls = done.steps, len(done.tool_calls)
-                record.run_stop = done.code or ""
-        assert report.last is not None  # ToolRun raises unless a step was settled
-        redaction = self._redactor(spec.id).redact(report.text)
-        if record is not None:
-            record.redactions = sum(redaction.counts.values())
-        usage = Usage(
-            prompt_tokens=report.prompt_tokens,
-            completion_tokens=report.completion_tokens,
-            total_tokens=report.prompt_tokens + report.completion_tokens,
-        )
-        return Outcome(
-            completion=dataclasses.replace(report.last, usage=usage),
-            text=redaction.text,
-            redactions=dict(redaction.counts),
-            cost_nano=report.cost_nano,
-            rate=rate_of(report.hold),
-            run=report,
-        )
-
-    async def complete_messages(
-        self,
-        principal: Principal,
-        spec: FunctionSpec,
-        messages: list[dict[str, Any]],
-        *,
-        tools: list[dict[str, Any]],
-        tool_choice: Any,
-        extra: Mapping[str, Any],
-        max_tokens: int | None,
-        options: Mapping[str, Any] | None = None,
-        record: AuditEntry | None = None,
-        chain: str | None = None,
-    ) -> Outcome:
-        """One model call over OpenAI-shaped ``messages`` that may carry the caller's own
-        tools, tool calls and tool results (the OpenAI-compatible route): the
-        function's own prompt (its system message) first, then the same stages as
-        ``call``, never cached. The model's tool calls are returned, not run: the
-        caller runs its tools. Every message's text is screened (a tool result is
-        text the caller's tool fetched: indirect injection)."""
-        route = self._routing.chain(chain or spec.model_chain)
-        texts = [str(m["content"]) for m in messages if isinstance(m.get("content"), str) and m["content"]]
-        await self._screen_texts(spec, texts, record)
-        sent = [*await (await self._runtime()).render_messages(spec, {}), *messages]
-        requested = max_tokens or spec.default_max_tokens
-        step = _Call(principal, spec, {}, requested, record, route, options)
-        hold = await self._reserve(step, prompt_tokens_bound=prompt_bound(sent, tools))
-        started = time.perf_counter()
-        completion = await self._invoke(
-            spec, hold, record,
-            lambda runtime: runtime.chat_step(
-                spec, sent, tools=tools, tool_choice=tool_choice, max_tokens=hold.max_tokens,
-                chain=route, options=options, extra=extra,
-            ),
-        )
-        redactor = self._redactor(spec.id)
-        redaction = redactor.redact(completion.text)
-        counts = dict(redaction.counts)
-        if completion.tool_calls:
-            # The arguments leave the process too (the caller runs its tools with them).
-            calls = []
-            for call in completion.tool_calls:
-                redacted = redactor.redact(call.arguments)
-                for kind, count in redacted.counts.items():
-                    counts[kind] = counts.get(kind, 0) + count
-                calls.append(dataclasses.replace(call, arguments=redacted.text))
-            completion = dataclasses.replace(completion, tool_calls=tuple(calls))
-        return await self._settle_success(
-            principal, spec, hold, completion, redaction.text, counts,
-            time.perf_counter() - started, record, clamped=hold.max_tokens < requested,
-        )
-
-    def _redacted_tool_events(
-        self, function_id: str, on_tool: Callable[[dict[str, Any]], None]
-    ) -> Callable[[dict[str, Any]], None]:
-        redactor = self._redactor(function_id)
-
-        def told(event: dict[str, Any]) -> None:
-            on_tool({**event, "arguments": redactor.redact(event["arguments"]).text})
-
-        return told
-
-    def _tool_screen(self, function_id: str) -> Callable[[str], Awaitable[Verdict]]:
-        """The guard over tool results (indirect injection). A flagged result is withheld
-        from the model under ``block`` and ``flag`` alike: ``flag`` lets a caller send
-        their own suspicious text, but a tool's output is a third party's text, which
-        the caller never saw; ``off`` screens nothing."""
-        policy, guard = self._guard_policy(function_id), self._guard
-
-        async def screen(text: str) -> Verdict:
-            if policy == "off" or not text.strip():
-                return "clean"
-            with telemetry.tracer().start_as_current_span("guard", attributes={"sk.guard.source": "tool"}):
-                detection = await guard.inspect([text])
-            if not detection.flagged:
-                return "clean"
-            logger.warning(
-                "tool result flagged for %s (%s): %s", function_id, policy, ",".join(detection.categories)
-            )
-            return "blocked"
-
-        return screen
-
     async def _screen(self, spec: FunctionSpec, arguments: dict[str, Any], record: AuditEntry | None) -> bool:
         """Prompt-injection screening, before admission: a rejected prompt is neither
         charged nor counted. True: flagged (and answered under the ``flag`` policy)."""
@@ -630,125 +466,3 @@ class Pipeline:
         meters.token_usage.record(usage.completion_tokens, {**dimensions, "gen_ai.token.type": "output"})
         meters.operation_duration.record(duration, dimensions)
         meters.cost.add(usd(cost_nano), dimensions)
-
-
-@dataclass(eq=False)
-class _StepGate:
-    """One model round trip of a tool run through the pipeline's own stages: admission
-    (leases, RPM, TPM, concurrency, budget), the ``invoke`` span with its failure
-    settlement, and settlement at the reported usage (with its metrics)."""
-
-    pipeline: Pipeline
-    principal: Principal
-    spec: FunctionSpec
-    route: Chain
-    failed_nano: int = 0  # charged for steps that failed (the run raised)
-    _started: float = 0.0  # the current step's model call (the duration metric)
-
-    async def admit(self, prompt_tokens_bound: int, max_tokens: int) -> Hold:
-        step = _Call(self.principal, self.spec, {}, max_tokens, None, self.route)
-        return await self.pipeline._reserve(step, prompt_tokens_bound=prompt_tokens_bound)
-
-    async def call(
-        self, hold: Hold, model_call: Callable[[ModelRuntime], Awaitable[Completion]]
-    ) -> Completion:
-        self._started = time.perf_counter()
-        try:
-            return await self.pipeline._invoke(self.spec, hold, None, model_call)
-        except BaseException as failure:
-            self.failed_nano += _charge_on_failure(failure, hold)
-            raise
-
-    async def settle(self, hold: Hold, completion: Completion) -> int:
-        settled = await self.pipeline._settle_success(
-            self.principal, self.spec, hold, completion, "", {}, time.perf_counter() - self._started, None
-        )
-        return settled.cost_nano
-
-
-@dataclass(eq=False)
-class StreamedCall:
-    """An admitted call whose provider stream is open: iterate it once for redacted text.
-
-    When the iteration ends normally the call has been settled from the usage the
-    provider streamed, and ``outcome`` says what it produced and cost. When it ends
-    otherwise (the provider failed mid-stream, the client went away: the iterator is
-    closed or cancelled), the provider's stream is closed at once and the call is
-    charged its reservation: text was generated, usage never arrived. ``rate`` is known
-    before the first byte (the RateLimit headers).
-    """
-
-    _pipeline: Pipeline
-    _principal: Principal
-    _spec: FunctionSpec
-    _hold: Hold
-    _model: ModelStream
-    _redaction: StreamingRedaction
-    _started: float
-    _record: AuditEntry | None
-    outcome: Outcome | None = field(default=None, init=False)
-
-    @property
-    def rate(self) -> RateState:
-        """The requests-per-minute window after this admission."""
-        return rate_of(self._hold)
-
-    @property
-    def deployment(self) -> str:
-        """The deployment of the fallback chain whose stream this is (sets the price)."""
-        return self._model.deployment.name
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        pipeline, model, redaction = self._pipeline, self._model, self._redaction
-        raw: list[str] = []
-        released: list[str] = []
-        first_chunk: float | None = None
-        first_text: float | None = None
-        settled = False
-        try:
-            async for delta in model:
-                if first_chunk is None:
-                    first_chunk = time.perf_counter()
-                raw.append(delta)
-                piece = redaction.feed(delta)
-                if piece:
-                    if first_text is None:
-                        first_text = time.perf_counter()
-                    released.append(piece)
-                    yield piece
-            tail = redaction.finish()
-            released.append(tail)
-            completion = model.completion("".join(raw))
-            # Settled before the last piece goes out: a client that leaves now has had
-            # the whole answer, and is charged exactly for it.
-            settled = True
-            finished = time.perf_counter()
-            self.outcome = await pipeline._settle_success(
-                self._principal, self._spec, self._hold, completion, "".join(released),
-                dict(redaction.counts), finished - self._started, self._record,
-            )
-            self._record_stream(completion, first_chunk, first_text or finished, finished)
-            if tail:
-                yield tail
-        except BaseException as failure:
-            if not settled:
-                await pipeline._settle_failure(
-                    self._hold, failure, self._record, did_work=first_chunk is not None
-                )
-            raise
-        finally:
-            # At once, also on cancellation: the provider stops generating for nobody.
-            await asyncio.shield(model.aclose())
-
-    def _record_stream(
-        self, completion: Completion, first_chunk: float | None, first_text: float, finished: float
-    ) -> None:
-        meters = telemetry.instruments()
-        dimensions = self._pipeline._dimensions(self._principal.tenant.id, self._spec.id, completion.model)
-        if first_chunk is not None:
-            meters.time_to_first_chunk.record(first_chunk - self._started, dimensions)
-        meters.time_to_first_token.record(first_text - self._started, dimensions)
-        tokens = completion.usage.completion_tokens
-        if tokens > 1 and finished > first_text:
-            meters.time_per_output_token.record((finished - first_text) / (tokens - 1), dimensions)
-            meters.output_token_rate.record(tokens / (finished - first_text), dimensions)

@@ -1,0 +1,126 @@
+"""What a model call produced: a whole ``Completion`` (with any tool calls) or a
+``ModelStream`` of text deltas whose accounting arrives with its last chunk."""
+
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sk_core.errors import (
+    ApiError,
+    ModelBadAnswer,
+    ModelTimeout,
+)
+from sk_core.model._deployments import Deployment
+from sk_core.pricing import Price, Usage
+
+if TYPE_CHECKING:
+    pass
+
+from sk_core.model._failures import classify_failure
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model asked for (OpenAI's ``tool_calls`` item)."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it (not trusted to parse)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a function invocation produced, with the provider's own accounting."""
+
+    text: str
+    model: str
+    usage: Usage
+    finish_reason: str | None
+    deployment: str = "default"  # the deployment that answered (routing.py)
+    price: Price | None = None  # its price: what the settlement charges
+    attempts: int = 1
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls the model asked for (tool runs)
+
+
+class ModelStream:
+    """A provider's streamed completion: text deltas, then the accounting of the whole.
+
+    Iterate for the text; afterwards :meth:`completion` gives the model, usage and
+    finish reason the stream reported (usage arrives on its last chunk). ``aclose``
+    closes the provider's HTTP response at once (the provider stops generating).
+    """
+
+    def __init__(
+        self,
+        stream: Any,
+        *,
+        deadline: float,
+        deployment: Deployment,
+        attempts: int = 1,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._stream = stream
+        self._deadline = deadline
+        self.deployment = deployment
+        self.attempts = attempts
+        self._release: Callable[[], None] | None = release  # the deployment's slot, once
+        self.model = deployment.model
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        chunks = self._stream.__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout_at(self._deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise ModelTimeout("The model did not finish within the deadline.") from exc
+            except ApiError:
+                raise
+            except Exception as exc:
+                # Mid-stream nothing is retried: part of the answer is already out.
+                raise classify_failure(exc)[0] from exc
+            self.model = getattr(chunk, "model", None) or self.model
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                self.usage = Usage(
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    total_tokens=usage.prompt_tokens + usage.completion_tokens,
+                )
+            # Azure sends chunks without choices (content-filter results); usage too.
+            for choice in chunk.choices or ():
+                if choice.finish_reason:
+                    self.finish_reason = str(choice.finish_reason)
+                if choice.delta is not None and choice.delta.content:
+                    yield choice.delta.content
+
+    def completion(self, text: str) -> Completion:
+        """What the finished stream produced; refused without reported usage, as every call."""
+        if self.usage is None:
+            # Text was generated, so it is charged its reservation either way.
+            raise ModelBadAnswer("The model did not report token usage.")
+        deployment = self.deployment
+        return Completion(
+            text=text,
+            model=self.model,
+            usage=self.usage,
+            finish_reason=self.finish_reason,
+            deployment=deployment.name,
+            price=deployment.price,
+            attempts=self.attempts,
+        )
+
+    async def aclose(self) -> None:
+        """Close the provider's response and give the deployment's slot back (idempotent)."""
+        release, self._release = self._release, None
+        try:
+            await self._stream.close()
+        finally:
+            if release is not None:
+                release()
