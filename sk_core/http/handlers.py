@@ -37,7 +37,7 @@ from sk_core.http.api_models import (
 from sk_core.http.rendering import json_response, problem_body, rate_limit_headers
 from sk_core.http.request_body import read_json_body, validate_body
 from sk_core.http.sse import event_stream, wants_event_stream
-from sk_core.http.streams import DEPLOYMENT_HEADER, stream_failure, stream_headers
+from sk_core.http.streams import DEPLOYMENT_HEADER, stream_failure, stream_headers, text_events
 from sk_core.pricing import usd
 
 if TYPE_CHECKING:
@@ -126,14 +126,10 @@ async def _answer(
 async def _function_events(context: RequestContext, call: StreamedCall) -> AsyncIterator[bytes]:
     """``delta`` events with text, then one ``done`` event with the call's accounting,
     or one ``error`` event (problem+json) if it fails after the response has started."""
-    try:
-        async for text in call:
-            yield sse.event({"text": text}, "delta")
-    except Exception as exc:
-        yield sse.event(problem_body(stream_failure(context, exc)), "error")
-        return
-    assert call.outcome is not None  # a stream that ended normally has settled
-    yield sse.event(StreamDone(**call.outcome.fields()).model_dump(), "done")
+    async for event in text_events(context, call):
+        yield event
+    if call.outcome is not None:  # a stream that ended normally has settled
+        yield sse.event(StreamDone(**call.outcome.fields()).model_dump(), "done")
 
 
 async def _tool_run_events(

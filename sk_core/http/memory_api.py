@@ -20,10 +20,10 @@ from starlette.responses import Response
 from sk_core.errors import NotFound
 from sk_core.http import sse
 from sk_core.http.api_models import DependencyStatus, StreamDone
-from sk_core.http.rendering import json_response, problem_body
+from sk_core.http.rendering import json_response
 from sk_core.http.request_body import read_json_body, validate_body
 from sk_core.http.sse import event_stream, wants_event_stream
-from sk_core.http.streams import stream_failure, stream_headers
+from sk_core.http.streams import stream_headers, text_events
 from sk_core.memory import (
     COLLECTION_PATTERN,
     DOCUMENT_ID_PATTERN,
@@ -119,11 +119,9 @@ async def ask(request: Request, service: Service, context: RequestContext) -> Re
         # The citations first (known before the model says anything), then the text,
         # then the accounting with the embedding's cost included.
         yield sse.event({"citations": citations, "withheld": withheld}, "citations")
-        try:
-            async for text in call:
-                yield sse.event({"text": text}, "delta")
-        except Exception as exc:
-            yield sse.event(problem_body(stream_failure(context, exc)), "error")
+        async for event in text_events(context, call):
+            yield event
+        if call.outcome is None:  # failed after the first byte: told in an error event
             return
         if record is not None:  # the audit row carries both charges, as for a JSON answer
             record.cost_nano += embed_cost

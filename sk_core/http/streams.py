@@ -4,10 +4,12 @@ before the first byte, and what a client is told when the stream fails after it.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from sk_core.errors import ApiError
-from sk_core.http.rendering import rate_limit_headers
+from sk_core.http import sse
+from sk_core.http.rendering import problem_body, rate_limit_headers
 
 if TYPE_CHECKING:
     from sk_core.http.context import RequestContext
@@ -33,3 +35,14 @@ def stream_failure(context: RequestContext, exc: Exception) -> ApiError:
         exc = ApiError("An unexpected error occurred; it has been logged.")
     context.stream_error = exc.code
     return exc
+
+
+async def text_events(context: RequestContext, call: StreamedCall) -> AsyncIterator[bytes]:
+    """``delta`` events of a streamed call's text, or an ``error`` event (problem+json)
+    if it fails after the response has started; then ``call.outcome`` stays None and
+    the caller sends nothing more."""
+    try:
+        async for text in call:
+            yield sse.event({"text": text}, "delta")
+    except Exception as exc:
+        yield sse.event(problem_body(stream_failure(context, exc)), "error")

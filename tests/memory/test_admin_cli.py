@@ -4,26 +4,16 @@ tables and the same store file as the running service)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
-from scripts.devservices import ROOT
 from sk_core.composition import Service
 from tests.memory.conftest import MemoryHost, new_tenant
 from tests.memory.test_api import DOCS, ingest
+from tests.support.processes import run_admin
 
 
 def admin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sk_core.admin", "--json", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_admin(env, "--json", *args)
 
 
 async def test_list_and_purge_a_tenants_collections(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -25,3 +26,17 @@ def run_fresh_python(code: str) -> dict[str, Any]:
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def run_admin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m sk_core.admin ARGS`` with ``env`` over this environment, as an
+    operator runs it (argument parsing, exit codes and output included)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sk_core.admin", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -10,10 +10,7 @@ compares no longer move.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import subprocess
-import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +18,7 @@ from pathlib import Path
 from sk_core.accounts import Limits, Tenant
 from sk_core.composition import Service
 from sk_core.limits import Ledger, window_keys
+from tests.support.processes import run_admin
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARIZE = "/api/v1/summarize"
@@ -61,15 +59,7 @@ async def settled_usage(ledger: Ledger, tenant_id: str, patience: float = 15.0) 
 
 def admin_cli(env: dict[str, str], *args: str) -> str:
     """``python -m sk_core.admin ARGS`` against the service's storage; its stdout."""
-    result = subprocess.run(
-        [sys.executable, "-m", "sk_core.admin", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_admin(env, *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
