@@ -60,6 +60,18 @@ param vnetAddressPrefix string = '10.60.0.0/16'
 param appSubnetPrefix string = '10.60.0.0/24'
 param privateEndpointSubnetPrefix string = '10.60.1.0/24'
 
+@allowed(['basic', 'standard', 'standard2', 'standard3'])
+@description('Azure AI Search tier of document memory\'s vector store (the embedded SQLite store is local only: Functions instances do not share a disk).')
+param searchSku string = 'basic'
+
+@minValue(1)
+@maxValue(12)
+@description('Azure AI Search replicas: 2 for the read SLA, 3 for the read-write SLA.')
+param searchReplicaCount int = 1
+
+@description('Azure OpenAI embedding deployment for document memory (SKF_MEMORY_EMBEDDING_MODEL).')
+param embeddingDeployment string = 'text-embedding-3-small'
+
 @allowed(['Developer', 'Basic', 'Standard', 'Premium', 'BasicV2', 'StandardV2'])
 @description('API Management tier. Not Consumption: rate-limit-by-key is unavailable there.')
 param apimSku string = 'BasicV2'
@@ -130,6 +142,20 @@ module keyVault 'modules/keyvault.bicep' = {
   }
 }
 
+module search 'modules/search.bicep' = {
+  name: 'search'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: 'srch-skf-${token}'
+    principalId: identity.outputs.principalId
+    sku: searchSku
+    replicaCount: searchReplicaCount
+    networkIsolation: networkIsolation
+  }
+}
+
 module network 'modules/network.bicep' = if (networkIsolation) {
   name: 'network'
   scope: rg
@@ -142,6 +168,7 @@ module network 'modules/network.bicep' = if (networkIsolation) {
     endpointSubnetPrefix: privateEndpointSubnetPrefix
     storageAccountId: storage.outputs.id
     keyVaultId: keyVault.outputs.id
+    searchServiceId: search.outputs.id
   }
 }
 
@@ -184,6 +211,8 @@ module functionApp 'modules/functionapp.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     zoneRedundant: zoneRedundant
     appSubnetId: networkIsolation ? network.outputs.appSubnetId : ''
+    searchEndpoint: search.outputs.endpoint
+    embeddingDeployment: embeddingDeployment
   }
 }
 
@@ -217,3 +246,4 @@ output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output STORAGE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
 output NETWORK_ISOLATION bool = networkIsolation
+output MEMORY_SEARCH_ENDPOINT string = search.outputs.endpoint

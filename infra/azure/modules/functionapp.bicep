@@ -27,6 +27,9 @@ param instanceMemoryMB int
 param zoneRedundant bool
 @description('Subnet (delegated to Microsoft.App/environments) for outbound VNet integration; empty: none.')
 param appSubnetId string
+@description('Document memory: the Azure AI Search endpoint (Entra ID, no key) and the embedding deployment.')
+param searchEndpoint string
+param embeddingDeployment string
 
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
@@ -77,6 +80,12 @@ var baseSettings = [
   { name: 'SKF_HOLD_LEASE_SECONDS', value: '300' }
   // The memory_ingest_worker queue trigger's %SKF_MEMORY_QUEUE_NAME% (must resolve at startup).
   { name: 'SKF_MEMORY_QUEUE_NAME', value: 'skf-memory-ingest' }
+  // Document memory in Azure: chunks in Azure AI Search (the app identity's data roles,
+  // no key), embeddings from the Azure OpenAI account of the chat settings.
+  { name: 'SKF_MEMORY_STORE', value: 'azure_ai_search' }
+  { name: 'SKF_MEMORY_SEARCH_ENDPOINT', value: searchEndpoint }
+  { name: 'SKF_MEMORY_EMBEDDER', value: 'azure_openai' }
+  { name: 'SKF_MEMORY_EMBEDDING_MODEL', value: embeddingDeployment }
   { name: 'SKF_API_KEY_PEPPER', value: '@Microsoft.KeyVault(SecretUri=${pepperSecretUri})' }
 ]
 // Only when the provider key comes from Key Vault; Entra ID otherwise.

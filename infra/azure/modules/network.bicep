@@ -1,6 +1,7 @@
 // Private networking (main.bicep networkIsolation=true): a VNet with a subnet the Function
 // App integrates with (outbound) and one for private endpoints; private endpoints and
-// private DNS zones for the storage account (blob, queue, table) and the Key Vault, whose
+// private DNS zones for the storage account (blob, queue, table), the Key Vault and the
+// Azure AI Search service (document memory), whose
 // public endpoints main.bicep then turns off. Application Insights ingestion, Azure OpenAI
 // and API Management stay on public endpoints (see infra/README.md).
 param location string
@@ -13,12 +14,14 @@ param appSubnetPrefix string
 param endpointSubnetPrefix string
 param storageAccountId string
 param keyVaultId string
+param searchServiceId string
 
 // Storage sub-resources the app uses: blob (host storage, deployment package), queue
 // (host), table (tenants, keys, usage ledger).
 var storageServices = ['blob', 'queue', 'table']
 var storageZones = [for service in storageServices: 'privatelink.${service}.${environment().suffixes.storage}']
 var vaultZone = 'privatelink.vaultcore.azure.net'
+var searchZone = 'privatelink.search.windows.net'
 
 // Subnets deny inbound from the internet; outbound is what the app needs.
 resource nsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
@@ -154,6 +157,54 @@ resource vaultDnsGroup 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@
       {
         name: 'vault'
         properties: { privateDnsZoneId: vaultDns.id }
+      }
+    ]
+  }
+}
+
+resource searchDns 'Microsoft.Network/privateDnsZones@2024-06-01' = {
+  name: searchZone
+  location: 'global'
+  tags: tags
+}
+
+resource searchDnsLink 'Microsoft.Network/privateDnsZones/virtualNetworkLinks@2024-06-01' = {
+  parent: searchDns
+  name: '${name}-link'
+  location: 'global'
+  tags: tags
+  properties: {
+    registrationEnabled: false
+    virtualNetwork: { id: vnet.id }
+  }
+}
+
+resource searchEndpoint 'Microsoft.Network/privateEndpoints@2024-05-01' = {
+  name: 'pe-${name}-srch'
+  location: location
+  tags: tags
+  properties: {
+    subnet: { id: vnet.properties.subnets[1].id }
+    privateLinkServiceConnections: [
+      {
+        name: 'search'
+        properties: {
+          privateLinkServiceId: searchServiceId
+          groupIds: ['searchService']
+        }
+      }
+    ]
+  }
+}
+
+resource searchDnsGroup 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2024-05-01' = {
+  parent: searchEndpoint
+  name: 'default'
+  properties: {
+    privateDnsZoneConfigs: [
+      {
+        name: 'search'
+        properties: { privateDnsZoneId: searchDns.id }
       }
     ]
   }
