@@ -26,6 +26,7 @@ startup.begin()
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -86,8 +87,29 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._header_bytes = 0
         if self._read_timer is None:  # a kept-alive connection's next request
             self._begin()
+
+    # Headers are bounded in total (request line included): uvicorn keeps every header in
+    # memory and httptools sets no overall limit, so one connection could otherwise send
+    # megabytes of headers that each request then carries through every middleware.
+    _header_bytes = 0
+    _headers_too_large = False
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > get_settings().http_max_header_bytes:
+            self._headers_too_large = True
+            raise _HeadersTooLarge  # httptools stops parsing; uvicorn answers (431 below)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         spent = self.loop.time() - self._request_began
@@ -105,6 +127,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's own 400 (a request it cannot parse) carries our security headers too.
+        if self._headers_too_large:
+            self._send_431()
+            return
         state = self.server_state
         default = state.default_headers
         state.default_headers = [*default, *_SECURITY_HEADER_BYTES]
@@ -112,6 +137,31 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
         finally:
             state.default_headers = default
+
+    def _send_431(self) -> None:
+        body = json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Request header fields too large",
+                "status": 431,
+                "code": "headers_too_large",
+                "detail": f"Request headers are limited to {get_settings().http_max_header_bytes} bytes.",
+            }
+        ).encode()
+        head = [b"HTTP/1.1 431 Request Header Fields Too Large"]
+        headers = [*self.server_state.default_headers, *_SECURITY_HEADER_BYTES]
+        head += [name + b": " + value for name, value in headers]
+        head += [
+            b"content-type: application/problem+json",
+            b"content-length: " + str(len(body)).encode(),
+            b"connection: close",
+        ]
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.transport.close()
+
+
+class _HeadersTooLarge(Exception):
+    """Raised from a parser callback once the headers pass SKF_HTTP_MAX_HEADER_BYTES."""
 
 
 _SECURITY_HEADER_BYTES = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]

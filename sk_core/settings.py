@@ -173,6 +173,12 @@ class Settings(BaseSettings):
 
     # Container host only (sk_core/asgi.py, BoundedHttpProtocol): slow or silent clients.
     http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    http_max_header_bytes: int = Field(
+        default=32_768,
+        ge=1024,
+        le=1_048_576,
+        description="Container host: most bytes of request line and headers (431 beyond).",
+    )
     http_request_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     max_body_bytes: int = Field(default=100 * 1024, ge=1024, le=10 * 1024 * 1024)

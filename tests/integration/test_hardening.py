@@ -5,11 +5,13 @@ input normalisation. Services with non-default settings are swapped in per test.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from sk_core.accounts import Limits, Tenant
@@ -371,3 +373,28 @@ async def test_image_exfiltration_forms_are_redacted_in_json_and_in_streams(
         assert streamed.status == 200
         assert "evil.example" not in streamed.body.decode()
         assert "[REDACTED:link]" in streamed.body.decode().replace("\\n", "\n")
+
+
+async def test_oversized_request_headers_are_refused_431_and_the_host_keeps_serving(
+    container_host: Any,
+) -> None:
+    """Request line + headers are bounded (SKF_HTTP_MAX_HEADER_BYTES, 32 KiB): beyond, a
+    431 with a problem body and the security headers, and the connection closes; the
+    header count and the split across headers do not matter, only the total."""
+    url = httpx.URL(container_host.base_url)
+    for headers in (
+        [("X-Big", "a" * 40_000)],  # one large header
+        [(f"X-Many-{i}", "b" * 200) for i in range(200)],  # many small ones, ~42 KB
+    ):
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        lines = ["GET /api/health HTTP/1.1", f"Host: {url.host}", *(f"{k}: {v}" for k, v in headers)]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)  # until the host closes
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 431"), head[:80]
+        assert b"x-content-type-options: nosniff" in head.lower()
+        assert json.loads(body)["code"] == "headers_too_large"
+    fine = await container_host.request("GET", "/api/health", headers={"X-Normal": "c" * 8_000})
+    assert fine.status == 200
