@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import urllib.parse
 from datetime import UTC, datetime
@@ -111,6 +112,10 @@ def _without_secrets(url: str) -> str:
     except ValueError:
         return "unparseable endpoint"
     return urllib.parse.urlunsplit((split.scheme, f"{host}{port}", split.path, "", "")) or "unknown endpoint"
+
+
+# Any of these names the store; none set means the local development default.
+_STORAGE_SETTINGS = ("SKF_STORAGE_CONNECTION_STRING", "AzureWebJobsStorage", "SKF_STORAGE_ACCOUNT_ENDPOINT")
 
 
 def storage_endpoint(settings: Settings) -> str:
@@ -201,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
     except ValidationError as exc:
         return _usage_error(command_parser, f"invalid settings: {_settings_message(exc)}")
+    if not any(os.environ.get(name) for name in _STORAGE_SETTINGS):
+        # Nothing names a store: the local default (Azurite) is meant for `make run` only.
+        # Say so every time, so keys are never issued into the wrong store unnoticed.
+        print(
+            "note: no storage configured (" + ", ".join(_STORAGE_SETTINGS) + "): using local "
+            f"development storage at {storage_endpoint(settings)}",
+            file=sys.stderr,
+        )
 
     try:
         output = asyncio.run(_run(args, settings))

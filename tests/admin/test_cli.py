@@ -570,3 +570,30 @@ def test_bad_usage_and_admin_key_values_exit_2(env: dict[str, str], args: list[s
     assert result.code == 2, (result.out, result.err)
     assert named in result.err
     assert result.out == ""
+
+
+def test_the_cli_says_when_no_storage_is_configured() -> None:
+    """With none of the storage settings, the CLI uses local development storage, and
+    says so on stderr every time (keys issued into the wrong store would go unnoticed)."""
+    storage = ("SKF_STORAGE_CONNECTION_STRING", "AzureWebJobsStorage", "SKF_STORAGE_ACCOUNT_ENDPOINT")
+    bare = {k: v for k, v in os.environ.items() if k not in storage}
+    silent = subprocess.run(
+        [sys.executable, "-m", "sk_core.admin", "--help"], cwd=ROOT, env=bare, capture_output=True, text=True
+    )
+    assert silent.returncode == 0  # help needs no store
+    unset = subprocess.run(
+        [sys.executable, "-m", "sk_core.admin", "tenant", "show", "nobody"],
+        cwd=ROOT, env=bare, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "no storage configured" in unset.stderr
+    assert "127.0.0.1:10002" in unset.stderr  # where it looked
+    closed = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+    )
+    named = subprocess.run(
+        [sys.executable, "-m", "sk_core.admin", "tenant", "show", "nobody"],
+        cwd=ROOT, env={**bare, "SKF_STORAGE_CONNECTION_STRING": closed},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "no storage configured" not in named.stderr
