@@ -1040,3 +1040,11 @@ def test_runbook_covers_the_error_codes_and_both_paths() -> None:
         assert f"`{code}`" in runbook, code
     for phrase in ("/api/ready", "kubectl", "az functionapp", "sk_core.admin usage"):
         assert phrase in runbook, phrase
+
+
+def test_the_container_trusts_forwarded_headers_from_a_named_proxy_only() -> None:
+    """``--forwarded-allow-ips *`` would let any client that reaches a pod pick its own
+    address (and so dodge the per-address limit on unknown-key lookups)."""
+    dockerfile = (ROOT / "infra" / "container" / "Dockerfile").read_text(encoding="utf-8")
+    assert '"--forwarded-allow-ips", "*"' not in dockerfile
+    assert "ENV FORWARDED_ALLOW_IPS=127.0.0.1" in dockerfile
