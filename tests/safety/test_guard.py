@@ -95,6 +95,18 @@ def test_held_out_split_rates_do_not_regress() -> None:
     assert result.false_positive_rate <= MAX_HELD_OUT_FALSE_POSITIVE_RATE
 
 
+def test_the_indirect_split_is_measured_and_does_not_regress() -> None:
+    """Attacks as tool results and retrieved documents carry them, keyword-free personas
+    and German/French/Spanish paraphrases (2026-12): written before any rule looked at
+    them and never tuned on. Measured then: 5/24 caught, 0/24 benign flagged; the floor
+    is that measurement (the README reports it), not a target."""
+    result = evaluate(DETECTOR, "held_out_indirect")
+    assert result.positives >= 24
+    assert result.negatives >= 24
+    assert result.detection_rate >= 5 / 24
+    assert result.false_positive_rate <= 1 / 24
+
+
 def test_evaluate_command_prints_the_rates(capsys: pytest.CaptureFixture[str]) -> None:
     assert _main(["--evaluate"]) == 0
     out = capsys.readouterr().out
@@ -102,6 +114,7 @@ def test_evaluate_command_prints_the_rates(capsys: pytest.CaptureFixture[str]) -
     assert "false-positive rate" in out
     assert "== tuning" in out
     assert "== held_out" in out
+    assert "== held_out_indirect" in out
 
 
 # --------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Corpus evaluation: how well the local detector does on labelled examples.
 
-The corpus has two splits. ``tuning`` is what the rules were written against, so its
+The corpus has three splits. ``tuning`` is what the rules were written against, so its
 rates flatter them. ``held_out`` was written before the rules were tuned for it and must
 never be tuned on: its rates are the honest estimate, and the ones the README reports.
+``held_out_indirect`` (2026-12) holds what tool results and retrieved documents carry,
+persona jailbreaks without keywords and German/French/Spanish paraphrases, written
+before any rule was looked at for them; never tuned on either.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Final, Literal, TextIO, get_args
 from sk_core.safety.guard._detector import Detection, InjectionDetector
 
 CORPUS_DIR: Final = Path(__file__).with_name("corpus")
-Split = Literal["tuning", "held_out"]
+Split = Literal["tuning", "held_out", "held_out_indirect"]
 SPLITS: Final[tuple[Split, ...]] = get_args(Split)
 
 
@@ -126,7 +129,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         prog="python -m sk_core.safety.guard", description="Prompt-injection guard tools."
     )
     parser.add_argument(
-        "--evaluate", action="store_true", help="measure the detector on both splits of the bundled corpus"
+        "--evaluate", action="store_true", help="measure the detector on every split of the bundled corpus"
     )
     args = parser.parse_args(argv)
     if not args.evaluate:
