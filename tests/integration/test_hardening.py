@@ -243,9 +243,10 @@ async def test_null_openai_parameters_are_absent_and_stream_must_be_a_boolean(
         refused = await container_host.request("POST", COMPLETIONS, json_body=_chat(stream=value))
         assert refused.status in (400, 422), refused.body
         assert refused.json()["error"]["param"] == "stream"
+    # Tools are supported now (issue 25): a malformed one is a validation error naming it.
     still = await container_host.request("POST", COMPLETIONS, json_body=_chat(tools=[{"type": "function"}]))
-    assert still.status == 400
-    assert still.json()["error"]["param"] == "tools"
+    assert still.status == 422
+    assert still.json()["error"]["param"] == "tools[0].function"
 
 
 async def test_error_field_names_are_the_clients_not_our_types(container_host: Any) -> None:

@@ -205,6 +205,11 @@ def test_the_memory_store_answers_as_azurite_does(azurite: str) -> None:
         tables = [await b.store.table(name) for b in backends]
         for step in program:
             on_azurite, in_memory = [await b.run(t, step) for b, t in zip(backends, tables, strict=True)]
+            if step[0] == "query" and step[1][0] == "x gt 0" and isinstance(on_azurite, list):
+                # Azure compares a property only with a value of its own type (a boolean
+                # is never "gt 0"); Azurite coerces (true > 0). The memory store follows
+                # Azure, and the code never compares across types: not compared here.
+                on_azurite = [e for e in on_azurite if not isinstance(e.get("x", ("", None))[1], bool)]
             assert in_memory == on_azurite, step
             seen.add((step[0], outcome(in_memory)))
 
@@ -212,6 +217,10 @@ def test_the_memory_store_answers_as_azurite_does(azurite: str) -> None:
     # A transaction's error code is a plain str, not the SDK's enum: the ledger read a
     # memory store's 404 in a batch as an outage until this was pinned.
     @example(program=[("transaction", "a", [("delete", "r0", "none")])])
+    # Found in a full run: a boolean x and "x gt 0" (Azurite coerces; Azure does not).
+    @example(
+        program=[("create", ("a", "r0"), {"tenant_id": "t1", "x": True}), ("query", ("x gt 0", None), False)]
+    )
     def check(program: list[tuple[Any, ...]]) -> None:
         loop.run_until_complete(compare(program))
 
