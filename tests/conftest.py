@@ -50,6 +50,11 @@ hypothesis_settings.register_profile("ci", max_examples=200, derandomize=True, *
 hypothesis_settings.register_profile("random", max_examples=2_000, derandomize=False, **_PROPERTY_DEFAULTS)
 # Loaded here, before the test modules import: their settings(...) objects inherit from it.
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# Semantic Kernel reads its diagnostics switch once, when it is first imported; the
+# telemetry fixture sets it as the service does, but some test modules (tools, memory)
+# import SK at collection, before any fixture runs: without this the whole run would
+# have no `chat` spans, and which run that is would depend on the collection order.
+os.environ.setdefault("SEMANTICKERNEL_EXPERIMENTAL_GENAI_ENABLE_OTEL_DIAGNOSTICS", "true")
 
 
 def _no_services_in_a_unit_run(what: str) -> None:
