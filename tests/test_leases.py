@@ -364,3 +364,52 @@ async def test_a_sync_that_committed_unheard_is_not_applied_twice(
     assert counters[day]["requests"] == 20
     assert counters[day].get("leased_nano", 0) == 0
     assert counters[INFLIGHT]["count"] == 0  # slots returned exactly once
+
+
+async def test_a_process_short_of_budget_recalls_what_others_lease(stores: list[TableStore]) -> None:
+    """Issue 23, defect 1, in one test process: ledger A leases a large slice and keeps
+    trickling; ledger B (exact decisions) runs the pool dry. B's refusal is ``budget_held``
+    (the money is leased, not spent), it marks the pool recalled, A hands its free slice
+    back at its next report, and B's request, asked once more, is admitted from it."""
+    unit = PRICE.cost_nano(100, 100)
+    who = tenant(daily_budget_nano=40 * unit, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=1000)
+    keeping = LeaseSettings(report_seconds=0.3, idle_seconds=30, horizon_seconds=2.0, ttl_seconds=30)
+    a = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=keeping)
+    b = Ledger(store=stores[1], lease_seconds=30, min_answer_tokens=100)  # whole answers only
+    await asyncio.gather(*(call(a, who, answer_tokens=0) for _ in range(16)))
+    lease = a.leases._leases[who.id] if a.leases is not None else None
+    assert lease is not None
+    assert lease.current is not None
+    leased_free = lease.current.free
+    assert leased_free >= 4 * unit, "A should hold a large free slice"
+    stop = asyncio.Event()
+
+    async def trickle() -> None:
+        while not stop.is_set():
+            await call(a, who, answer_tokens=0)
+            await asyncio.sleep(0.15)
+
+    background = asyncio.create_task(trickle())
+    holds: list[Hold] = []
+    refusal = ""
+    try:
+        for _ in range(60):
+            try:
+                holds.append(
+                    await b.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100,
+                                  function="f", key_id="k")
+                )
+            except LimitExceeded as refused:
+                refusal = refused.code
+                break
+    finally:
+        stop.set()
+        await background
+    pool = 40 * unit - 16 * PRICE.cost_nano(100, 0) - 16 * unit  # what B found before the recall
+    assert refusal == "budget_held"  # B's own holds and A's calls in flight: not spent
+    assert lease.current.free == 0  # A honoured the recall
+    assert len(holds) * unit >= pool + leased_free // 2, (len(holds), pool // unit, leased_free // unit)
+    for hold in holds:
+        await b.settle(hold, cost_nano=0, prompt_tokens=0, completion_tokens=0)
+    await a.aclose()

@@ -294,3 +294,54 @@ async def test_storage_unreachable_fails_closed(
     assert unchecked.status == 503
     assert unchecked.json()["code"] == "limits_unavailable"
     assert stub.stats()["count"] == 0
+
+
+async def test_a_burst_uses_the_whole_budget_at_once(
+    warm_fleet: list[str], functions_service: Service, stub: StubModel
+) -> None:
+    """Issue 23, defect 1: six processes x 40 concurrent requests on a budget worth about
+    ten answers. Money only held (calls in flight) or leased (slices in other processes)
+    is not spent: the burst must use >= 95 % of the budget in one wave (leased slices are
+    recalled), and a refusal caused by held money says so (``budget_held``, Retry-After
+    of a few seconds), never "come back at midnight"."""
+    bases = warm_fleet[:6]
+    body = {"text": "a burst of identical requests", "max_words": 60}
+    # Every answer uses its whole cap and bills the prompt's bound, so an answer costs
+    # what it reserved: a budget of ten reservations is ten answers.
+    spec = functions_service.catalog.get("text", "summarize")
+    assert spec is not None
+    stub.set_default(delay=0.3, content="word " * 5000, prompt_tokens=spec.prompt_token_bound(body))
+    _, probe_key = await new_tenant(functions_service, daily_budget_nano=10**12, monthly_budget_nano=10**12)
+    [probe] = await burst(bases[:1], probe_key, 1, body)
+    assert probe.status_code == 200, probe.text
+    answer_nano = round(probe.json()["cost_usd"] * 1e9)
+    budget = 10 * answer_nano + answer_nano // 3
+    tenant_id, key = await new_tenant(
+        functions_service,
+        daily_budget_nano=budget,
+        monthly_budget_nano=10**12,
+        requests_per_minute=100_000,
+        tokens_per_minute=10**9,
+        max_concurrent=1000,
+    )
+    responses = await burst(bases, key, 40, body)
+    admitted = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code != 200]
+    usage = await handed_back(functions_service, tenant_id, window_keys(datetime.now(UTC))[0])
+    assert usage["spent_nano"] <= budget
+    used = usage["spent_nano"] / budget
+    codes: dict[str, int] = {}
+    for response in refused:
+        problem = response.json()
+        codes[problem["code"]] = codes.get(problem["code"], 0) + 1
+        assert response.status_code == 429, problem
+        retry_after = int(response.headers["retry-after"])
+        if problem["code"] == "budget_held":
+            assert 1 <= retry_after <= 5, problem  # held money comes back within seconds
+        else:
+            # Refused for money really spent: even the smallest answer no longer fits.
+            assert problem["code"] == "budget_exceeded", problem
+            unheld = problem["budget_remaining_usd"] + problem["budget_held_usd"]
+            assert unheld < problem["minimum_cost_usd"], problem
+    assert used >= 0.95, (used, len(admitted), codes)
+    assert stub.stats()["count"] >= len(admitted)

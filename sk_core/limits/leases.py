@@ -34,11 +34,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core.accounts import Tenant
-from sk_core.errors import RateState, StorageUnavailable
+from sk_core.errors import LimitExceeded, RateState, StorageUnavailable
 from sk_core.limits import policy
 from sk_core.limits.rows import (
     INFLIGHT,
@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LEASE_PREFIX = "lease-"
+# The tenant's recall mark (one row in its usage partition, field ``until``): set by an
+# exact decision refused while budget sits leased in slices; until then every keeper
+# hands its free budget back at its next sync and admits budget only on the exact path.
+RECALL = "recall"
 
 _T = TypeVar("_T")
 
@@ -123,6 +127,7 @@ class TenantLease:
     inflight: int = 0
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
+    recalled_until: float = 0.0  # monotonic; the pool recalled leased budget (see RECALL)
     frozen: bool = False  # a sync that shrinks the slices is in flight
     seq: int = 0  # syncs of this lease known to have committed (the row's "seq")
     pending: _Snapshot | None = None  # a sync sent whose outcome we have not heard
@@ -198,7 +203,7 @@ class LeaseKeeper:
             demand.unit_tokens = max(demand.unit_tokens, tokens)
 
         def take(lease: TenantLease) -> Hold | None:
-            return self._take(lease, amount, tokens, requested)
+            return self._take(lease, price, prompt, requested)
 
         return await self._from_lease(tenant, take, size)
 
@@ -225,7 +230,8 @@ class LeaseKeeper:
         if taken is not None:
             self._renew_ahead(lease)
             return taken
-        if time.monotonic() < lease.exact_until:
+        now = time.monotonic()
+        if now < lease.exact_until or now < lease.recalled_until:
             return None
         lease.demand.waiting += 1
         size(lease.demand)
@@ -246,37 +252,58 @@ class LeaseKeeper:
         lease.exact_until = time.monotonic() + self._settings.report_seconds
         return None
 
-    def _take(self, lease: TenantLease, amount: int, tokens: int, max_tokens: int) -> Hold | None:
+    def _take(self, lease: TenantLease, price: Price, prompt: int, requested: int) -> Hold | None:
         from sk_core.limits.ledger import Hold
 
-        if lease.frozen or time.monotonic() >= lease.valid_until:
+        monotonic = time.monotonic()
+        if lease.frozen or monotonic >= lease.valid_until or monotonic < lease.recalled_until:
             return None
         now = self._ledger.now()
         day, month, minute_key = policy.window_keys(now)
         budget, minute = lease.current, lease.minute
         if budget is None or budget.day != day or minute is None or minute.minute != minute_key:
             return None
-        if lease.inflight >= lease.slots or not budget.fits(amount) or not minute.fits(tokens):
-            return None
-        budget.take(amount)
-        minute.take(tokens)
-        lease.inflight += 1
-        lease.demand.note(amount, tokens)
-        lease.demand.peak_inflight = max(lease.demand.peak_inflight, lease.inflight)
         limits = lease.tenant.limits
+        room = policy.Room(
+            slots=lease.slots - lease.inflight,
+            requests=minute.requests,
+            tokens=minute.tokens,
+            budget_nano=budget.free,
+            unheld_nano=budget.free,
+            requests_used=limits.requests_per_minute - minute.requests,
+        )
+        try:
+            # The exact path's rules on this slice. The whole answer or nothing: a sync
+            # may bring more, and near the limit the exact path clamps.
+            granted = policy.admit_within(
+                room,
+                price=price,
+                prompt_tokens_bound=prompt,
+                requested_max_tokens=requested,
+                min_answer_tokens=requested,
+                rpm_limit=limits.requests_per_minute,
+                now=now,
+            )
+        except LimitExceeded:
+            return None
+        budget.take(granted.amount_nano)
+        minute.take(granted.reserved_tokens)
+        lease.inflight += 1
+        lease.demand.note(granted.amount_nano, granted.reserved_tokens)
+        lease.demand.peak_inflight = max(lease.demand.peak_inflight, lease.inflight)
         return Hold(
             tenant_id=lease.tenant.id,
             request_id=uuid.uuid4().hex,
-            amount_nano=amount,
-            max_tokens=max_tokens,
-            reserved_tokens=tokens,
+            amount_nano=granted.amount_nano,
+            max_tokens=granted.max_tokens,
+            reserved_tokens=granted.reserved_tokens,
             day=day,
             month=month,
             minute=minute_key,
-            rpm_limit=limits.requests_per_minute,
+            rpm_limit=granted.rpm_limit,
             # Globally exact only at the store; this is what this process can still admit.
-            rpm_remaining=minute.requests,
-            rpm_reset=policy.seconds_to_next_minute(now),
+            rpm_remaining=granted.rpm_remaining,
+            rpm_reset=granted.rpm_reset,
             lease=lease.generation,
         )
 
@@ -314,6 +341,12 @@ class LeaseKeeper:
         if lease.minute is not None and lease.minute.minute == hold.minute:
             lease.minute.give_back(max(0, hold.reserved_tokens - prompt_tokens - completion_tokens))
         self._ensure_keeper(hold.tenant_id, lease)
+        now = time.monotonic()
+        if now < lease.recalled_until and budget.free > 0 and now >= lease.renew_after:
+            # Recalled: what this call did not use goes back to the pool now, not at the
+            # next report (a burst elsewhere is waiting for it).
+            lease.renew_after = now + self._settings.report_seconds / 4
+            self._start_sync(hold.tenant_id, lease)
         return Settlement(cost_nano=cost)
 
     # ---------------------------------------------------------------- background
@@ -350,7 +383,8 @@ class LeaseKeeper:
                 return
             idle = lease.demand.waiting == 0 and time.monotonic() - lease.last_used >= settings.idle_seconds
             slices = [s for s in (lease.current, lease.previous) if s is not None]
-            due = any(s.unreported for s in slices) or lease.previous is not None
+            recalled = time.monotonic() < lease.recalled_until and any(s.free > 0 for s in slices)
+            due = any(s.unreported for s in slices) or lease.previous is not None or recalled
             expiring = lease.stored and lease.valid_until - time.monotonic() < settings.ttl_seconds / 4
             if not (due or expiring or (idle and lease.stored)):
                 if idle and lease.empty and not lease.stored:
@@ -448,7 +482,7 @@ class LeaseKeeper:
         if lease.current is not None and lease.current.day != day:
             lease.previous, lease.current = lease.current, None
         slices = [s for s in (lease.current, lease.previous) if s is not None]
-        keys = [day, month, minute_key, INFLIGHT, self.row_key]
+        keys = [day, month, minute_key, INFLIGHT, RECALL, self.row_key]
         for budget in slices:
             keys += [budget.day, budget.month]
         keys = list(dict.fromkeys(keys))
@@ -461,6 +495,12 @@ class LeaseKeeper:
             self._acknowledge(lease, lease.pending)
             slices = [s for s in (lease.current, lease.previous) if s is not None]
 
+        recall = rows.entities.get(RECALL)
+        recall_left = (recall["until"] - now).total_seconds() if recall is not None else 0.0
+        if recall_left > 0:
+            # Honour the pool's recall: hand back every free nano-USD, admit budget
+            # exactly until the mark runs out.
+            lease.recalled_until = time.monotonic() + recall_left
         lost = stored is None and lease.stored
         if lost:
             # The sweep expired this lease (we could not renew it in time) and charged
@@ -487,7 +527,7 @@ class LeaseKeeper:
             day_row = rows.counter(budget.day, WINDOW_FIELDS)
             month_row = rows.counter(budget.month, WINDOW_FIELDS)
             free = 0
-            if budget is lease.current and not idle:
+            if budget is lease.current and not idle and recall_left <= 0:
                 left = min(
                     policy.remaining_budget(
                         limits.daily_budget_nano, day_row["spent_nano"],
@@ -635,3 +675,14 @@ def lease_amounts(entity: Any) -> list[tuple[str, str, int]]:
         previous = read_int(entity.get("prev_amount_nano"))
         slices.append((str(entity["prev_day"]), str(entity["prev_month"]), previous))
     return [s for s in slices if s[2] > 0]
+
+
+def recall_operation(rows: PartitionRows, now: datetime, seconds: float) -> Any | None:
+    """The write that marks the tenant's pool recalled for ``seconds`` (see ``RECALL``);
+    None when a mark set recently still covers most of that time."""
+    stored = rows.entities.get(RECALL)
+    until = now + timedelta(seconds=seconds)
+    if stored is not None and stored["until"] - now > timedelta(seconds=seconds / 2):
+        return None
+    entity = {"PartitionKey": rows.tenant_id, "RowKey": RECALL, "until": until}
+    return ("create", entity, {}) if stored is None else update_op(entity, etag_of(stored))

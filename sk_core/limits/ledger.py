@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from sk_core.accounts import Tenant
 from sk_core.errors import LimitExceeded, RateState, StorageUnavailable
 from sk_core.limits import policy
-from sk_core.limits.leases import LeaseKeeper, LeaseSettings
+from sk_core.limits.leases import RECALL, LeaseKeeper, LeaseSettings, recall_operation
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -116,9 +116,11 @@ class _Admission:
     future: asyncio.Future[Hold]
     # Its caller went away after the batch took it: skipped unless already committed.
     abandoned: bool = False
+    # Refused as ``budget_held`` while budget sat leased: the pool was recalled.
+    recalled: bool = False
 
     def keys(self, now: datetime) -> list[str]:
-        return [*policy.window_keys(now), INFLIGHT]
+        return [*policy.window_keys(now), INFLIGHT, RECALL]
 
 
 @dataclass(eq=False)
@@ -137,6 +139,14 @@ class _Settling:
 
 
 _Job = _Admission | _Settling
+
+
+def _leased_out(rows: PartitionRows, refused: LimitExceeded, now: datetime) -> bool:
+    """A ``budget_held`` refusal while some of the budget sits leased in slices."""
+    if refused.code != "budget_held":
+        return False
+    day, month, _ = policy.window_keys(now)
+    return any(rows.counter(key, WINDOW_FIELDS)["leased_nano"] > 0 for key in (day, month))
 
 
 class Ledger:
@@ -179,6 +189,11 @@ class Ledger:
         self._settling: dict[asyncio.Future[Settlement], str] = {}
         # Quota leases (leases.py): admit and settle in memory; None: every decision exact.
         self.leases = LeaseKeeper(self, leases) if leases is not None else None
+        # A recall lasts a few report intervals (every active keeper syncs within one);
+        # a request refused while it goes out waits about two of them, once, and asks again.
+        report = (leases or LeaseSettings()).report_seconds
+        self._recall_seconds = max(1.0, 3 * report)
+        self._recall_wait = min(1.0, 2 * report)
 
     async def flush(self, tenant_id: str | None = None) -> None:
         """Report what this process's leases settled so far, and let settlements still in
@@ -304,6 +319,7 @@ class Ledger:
             rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
             outcomes: list[tuple[_Job, Any, BaseException | None]] = []
             creates_and_deletes: list[Any] = []
+            recall = False
             for job in batch:
                 if isinstance(job, _Admission) and job.abandoned:
                     continue
@@ -315,10 +331,18 @@ class Ledger:
                         operation, result = self._plan_settlement(rows, job)
                 except LimitExceeded as refused:
                     outcomes.append((job, None, refused))
+                    if isinstance(job, _Admission) and _leased_out(rows, refused, now):
+                        job.recalled = recall = True
                     continue
                 if operation is not None:
                     creates_and_deletes.append(operation)
                 outcomes.append((job, result, None))
+            if recall:
+                # Refused for want of budget that processes hold leased: recall it (every
+                # keeper hands its free slice back at its next sync).
+                mark = recall_operation(rows, now, self._recall_seconds)
+                if mark is not None:
+                    creates_and_deletes.append(mark)
             return rows.operations() + creates_and_deletes, outcomes
 
         outcomes = await self.update(table, tenant_id, "ledger update", plan)
@@ -368,17 +392,27 @@ class Ledger:
             leased = await self.leases.admit(tenant, price, prompt_tokens_bound, requested_max_tokens)
             if leased is not None:
                 return leased
-        job = _Admission(
-            tenant,
-            price,
-            prompt_tokens_bound,
-            requested_max_tokens,
-            function,
-            key_id,
-            asyncio.get_running_loop().create_future(),
-        )
-        hold: Hold = await self._enqueue(tenant.id, job)
-        return hold
+        for attempt in range(2):
+            job = _Admission(
+                tenant,
+                price,
+                prompt_tokens_bound,
+                requested_max_tokens,
+                function,
+                key_id,
+                asyncio.get_running_loop().create_future(),
+            )
+            try:
+                hold: Hold = await self._enqueue(tenant.id, job)
+            except LimitExceeded:
+                if not job.recalled or attempt > 0:
+                    raise
+                # The budget was only leased out and is being recalled: one more exact
+                # decision once the keepers have had time to hand their slices back.
+                await asyncio.sleep(self._recall_wait)
+                continue
+            return hold
+        raise AssertionError("unreachable")
 
     async def settle(
         self, hold: Hold, *, cost_nano: int, prompt_tokens: int, completion_tokens: int
