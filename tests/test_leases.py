@@ -413,3 +413,33 @@ async def test_a_process_short_of_budget_recalls_what_others_lease(stores: list[
     for hold in holds:
         await b.settle(hold, cost_nano=0, prompt_tokens=0, completion_tokens=0)
     await a.aclose()
+
+
+async def test_usage_reports_calls_in_flight_apart_from_leased_slots(stores: list[TableStore]) -> None:
+    """Issue 23, defect 2: slots leased to a process and unused are not calls in flight.
+    The ledger's usage (admin usage) and the read model (/api/v1/usage, the dashboard)
+    show real calls in flight and leased slots separately."""
+    from sk_core.usage import usage_of
+
+    keeping = LeaseSettings(report_seconds=0.3, idle_seconds=30, horizon_seconds=2.0, ttl_seconds=30)
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=keeping)
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, max_concurrent=10)
+    holds = [
+        await ledger.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100,
+                           function="f", key_id="k")
+        for _ in range(3)
+    ]
+    for hold in holds[1:]:
+        await ledger.settle(hold, cost_nano=1, prompt_tokens=1, completion_tokens=1)
+    day = window_keys(datetime.now(UTC))[0]
+    usage = await ledger.usage(who.id, day)  # reports this process's lease first
+    assert usage["inflight"] == 1  # one call really in flight
+    assert usage["leased_slots"] >= 3  # the slots this process still holds
+    document = await usage_of(ledger, who)
+    assert document.concurrency.in_flight == 1
+    assert document.concurrency.leased_slots >= 1  # resized by the sync it reported first
+    await ledger.settle(holds[0], cost_nano=1, prompt_tokens=1, completion_tokens=1)
+    assert (await ledger.usage(who.id, day))["inflight"] == 0
+    await ledger.aclose()
+    after = await ledger.usage(who.id, day)
+    assert (after["inflight"], after["leased_slots"]) == (0, 0)

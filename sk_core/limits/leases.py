@@ -125,6 +125,7 @@ class TenantLease:
     minute: MinuteSlice | None = None
     slots: int = 0
     inflight: int = 0
+    reported_busy: int = 0  # calls in flight as the in-flight row counts them (leased_in_flight)
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
     recalled_until: float = 0.0  # monotonic; the pool recalled leased budget (see RECALL)
@@ -168,6 +169,7 @@ class _Snapshot:
     new_minute: MinuteSlice | None
     slots: int
     new_slots: int
+    busy: int
     lost: bool
 
 
@@ -509,7 +511,7 @@ class LeaseKeeper:
             lease.generation += 1
             lease.pending = None
             lease.current = lease.previous = lease.minute = None
-            lease.slots = lease.inflight = 0
+            lease.slots = lease.inflight = lease.reported_busy = 0
             slices = []
         if lease.current is None:
             lease.current = BudgetSlice(day=day, month=month)
@@ -592,6 +594,10 @@ class LeaseKeeper:
                 ),
             )
         inflight_row.add("count", new_slots - lease.slots)
+        # Leased slots apart from the calls really in flight on them (the read model).
+        busy = lease.inflight
+        inflight_row.add("leased_slots", new_slots - lease.slots)
+        inflight_row.add("leased_in_flight", busy - lease.reported_busy)
         shrink = shrink or new_slots < lease.slots
         demand.peak_inflight = lease.inflight
 
@@ -611,6 +617,7 @@ class LeaseKeeper:
                 "prev_month": previous.month if previous else "",
                 "prev_amount_nano": int64(amounts[id(previous)] if previous else 0),
                 "slots": int64(new_slots),
+                "inflight": int64(busy),
                 # Which of this process's syncs wrote the row (see _acknowledge).
                 "seq": int64(lease.seq + 1),
                 "expires_at": now + timedelta(seconds=settings.ttl_seconds),
@@ -632,6 +639,7 @@ class LeaseKeeper:
             new_minute=MinuteSlice(minute_key, new_requests, new_tokens),
             slots=lease.slots,
             new_slots=new_slots,
+            busy=busy,
             lost=lost,
         )
 
@@ -654,6 +662,7 @@ class LeaseKeeper:
             else:
                 lease.minute = new_minute
         lease.slots += snap.new_slots - snap.slots
+        lease.reported_busy = snap.busy
         if lease.previous is not None and lease.previous.drained:
             lease.previous = None
         current = lease.current
@@ -666,6 +675,14 @@ class LeaseKeeper:
             lease.granted = (current_free, new_minute.requests, new_minute.tokens)
         if current_free > 0:
             lease.exact_until = 0.0
+
+
+def lease_in_flight(entity: Any) -> dict[str, int]:
+    """What a lease row adds to its tenant's in-flight row besides ``count`` (its slots)."""
+    return {
+        "leased_slots": read_int(entity.get("slots")),
+        "leased_in_flight": read_int(entity.get("inflight")),
+    }
 
 
 def lease_amounts(entity: Any) -> list[tuple[str, str, int]]:

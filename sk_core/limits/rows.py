@@ -37,7 +37,10 @@ WINDOW_FIELDS = (
     "overrun_nano",
 )
 MINUTE_FIELDS = ("requests", "tokens")
-INFLIGHT_FIELDS = ("count",)
+# count: slots in use (holds of calls admitted exactly, plus slots leased to processes);
+# leased_slots: the leased part of count; leased_in_flight: of those, the ones used by
+# calls in flight when their process last reported (issue 23: leased is not in flight).
+INFLIGHT_FIELDS = ("count", "leased_slots", "leased_in_flight")
 
 
 class CounterRow:
@@ -62,6 +65,12 @@ class CounterRow:
         # New rows are inserts: two processes creating the same window collide (409)
         # instead of one overwriting the other.
         return ("create", entity, {}) if self.etag is None else update_op(entity, self.etag)
+
+
+def in_flight(row: CounterRow) -> tuple[int, int]:
+    """(calls in flight, slots leased to processes) of a tenant's in-flight row; calls in
+    flight on leases as of each process's last report (``SKF_LEASE_REPORT_SECONDS``)."""
+    return row["count"] - row["leased_slots"] + row["leased_in_flight"], row["leased_slots"]
 
 
 class PartitionRows:
