@@ -443,3 +443,33 @@ async def test_usage_reports_calls_in_flight_apart_from_leased_slots(stores: lis
     await ledger.aclose()
     after = await ledger.usage(who.id, day)
     assert (after["inflight"], after["leased_slots"]) == (0, 0)
+
+
+async def test_near_the_limit_an_exact_decision_costs_one_storage_exchange(
+    stores: list[TableStore],
+) -> None:
+    """Issue 23, defect 5: close to a budget's end every decision is exact (no lease can
+    be granted). Each costs one storage exchange, not a read and a write: the ledger
+    writes on the ETags of its own last commit, and reads again only after losing a race
+    (or to confirm a refusal)."""
+    unit = PRICE.cost_nano(100, 100)
+    who = tenant(daily_budget_nano=6 * unit, monthly_budget_nano=10**12, max_concurrent=100)
+    # Exact decisions only, as every process makes them once the pool is too small to lease.
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=100)
+    first = await ledger.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100,
+                               function="f", key_id="k")  # the first one reads
+    holds = [first]
+    exchanges = []
+    for _ in range(4):
+        before = stores[0].round_trips
+        holds.append(await ledger.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100,
+                                        function="f", key_id="k"))
+        exchanges.append(stores[0].round_trips - before)
+    for hold in holds:
+        before = stores[0].round_trips
+        await ledger.settle(hold, cost_nano=unit, prompt_tokens=100, completion_tokens=100)
+        exchanges.append(stores[0].round_trips - before)
+    assert exchanges == [1] * len(exchanges), exchanges
+    day = window_keys(datetime.now(UTC))[0]
+    assert (await ledger.usage(who.id, day))["spent_nano"] == 5 * unit
+    await ledger.aclose()

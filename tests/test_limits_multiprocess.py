@@ -82,6 +82,23 @@ async def burst(bases: list[str], key: str, per_process: int, body: Any) -> list
         return list(await asyncio.gather(*(one(base) for base in bases for _ in range(per_process))))
 
 
+def assert_budget_refusal(response: httpx.Response) -> str:
+    """A budget refusal that says why: money held or leased (comes back in seconds), or
+    money spent (even the smallest answer no longer fits). Returns its code."""
+    problem = response.json()
+    assert response.status_code == 429, problem
+    retry_after = int(response.headers["retry-after"])
+    if problem["code"] == "budget_held":
+        assert 1 <= retry_after <= 5, problem
+    else:
+        assert problem["code"] == "budget_exceeded", problem
+        unheld = problem["budget_remaining_usd"] + problem["budget_held_usd"]
+        assert unheld < problem["minimum_cost_usd"], problem
+    # Refused only when what was left could not pay for the smallest answer.
+    assert problem["budget_remaining_usd"] < problem["minimum_cost_usd"], problem
+    return str(problem["code"])
+
+
 async def test_concurrent_processes_never_overspend_the_budget(
     warm_fleet: list[str], functions_service: Service, stub: StubModel
 ) -> None:
@@ -108,10 +125,7 @@ async def test_concurrent_processes_never_overspend_the_budget(
     assert admitted, "the budget should admit some requests"
     assert refused, "the demand should exceed the budget"
     for response in refused:
-        problem = response.json()
-        assert (response.status_code, problem["code"]) == (429, "budget_exceeded"), problem
-        # Refused only when what was left could not pay for the smallest answer.
-        assert problem["budget_remaining_usd"] < problem["minimum_cost_usd"]
+        assert_budget_refusal(response)
     usage = await handed_back(functions_service, tenant_id, window_keys(datetime.now(UTC))[0])
     assert usage["spent_nano"] <= budget
     assert (usage["held_nano"], usage["leased_nano"], usage["inflight"]) == (0, 0, 0)
@@ -332,16 +346,7 @@ async def test_a_burst_uses_the_whole_budget_at_once(
     used = usage["spent_nano"] / budget
     codes: dict[str, int] = {}
     for response in refused:
-        problem = response.json()
-        codes[problem["code"]] = codes.get(problem["code"], 0) + 1
-        assert response.status_code == 429, problem
-        retry_after = int(response.headers["retry-after"])
-        if problem["code"] == "budget_held":
-            assert 1 <= retry_after <= 5, problem  # held money comes back within seconds
-        else:
-            # Refused for money really spent: even the smallest answer no longer fits.
-            assert problem["code"] == "budget_exceeded", problem
-            unheld = problem["budget_remaining_usd"] + problem["budget_held_usd"]
-            assert unheld < problem["minimum_cost_usd"], problem
+        code = assert_budget_refusal(response)
+        codes[code] = codes.get(code, 0) + 1
     assert used >= 0.95, (used, len(admitted), codes)
     assert stub.stats()["count"] >= len(admitted)

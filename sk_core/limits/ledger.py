@@ -26,7 +26,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -97,6 +97,17 @@ _BATCH_KEYS = 11
 
 # How long a usage read waits for settlements still in flight.
 _FLUSH_WAIT_SECONDS = 10.0
+
+# Rows remembered per tenant (see Ledger.read); beyond this the memory is cleared.
+_KNOWN_ROWS = 64
+
+
+class _Known(dict[str, Any]):
+    """A row as this ledger last wrote it, with the ETag the store answered (as read)."""
+
+    def __init__(self, entity: Mapping[str, Any], etag: str) -> None:
+        super().__init__(entity)
+        self.metadata = {"etag": etag}
 
 
 class Contended(StorageUnavailable):
@@ -184,6 +195,10 @@ class Ledger:
         self._committers: dict[str, asyncio.Task[None]] = {}
         self.conflicts = 0
         self.transactions = 0
+        # Each tenant's rows as this ledger last read or wrote them, with their ETags
+        # (see ``read``): an exact decision plans on them and writes conditionally, one
+        # storage exchange instead of a read and a write (issue 23, defect 5).
+        self._known: dict[str, dict[str, Any]] = {}
         self._releasing: set[asyncio.Task[Settlement]] = set()
         # Exact-path settlements not committed yet, by tenant (flush waits for them).
         self._settling: dict[asyncio.Future[Settlement], str] = {}
@@ -217,9 +232,45 @@ class Ledger:
         self._store.note_conflict()
         await asyncio.sleep(random.uniform(0, min(0.25, 0.005 * 2 ** min(attempt, 6))))
 
-    async def _submit(self, table: Any, operations: list[Any]) -> None:
-        await submit(table, operations)
+    async def _submit(self, table: Any, tenant_id: str, operations: list[Any]) -> None:
+        try:
+            results = await submit(table, operations)
+        except BaseException:
+            self._known.pop(tenant_id, None)  # lost a race, or the outcome is unknown
+            raise
         self.transactions += 1
+        self._remember(tenant_id, operations, results)
+
+    def _remember(self, tenant_id: str, operations: list[Any], results: list[Mapping[str, Any]]) -> None:
+        known = self._known.setdefault(tenant_id, {})
+        if not isinstance(results, list) or len(results) != len(operations) or len(known) > _KNOWN_ROWS:
+            known.clear()
+            return
+        for (kind, entity, _), result in zip(operations, results, strict=True):
+            key, etag = entity["RowKey"], result.get("etag")
+            if kind == "delete" or not etag or entity["PartitionKey"] != tenant_id:
+                known.pop(key, None)
+            else:
+                known[key] = _Known(entity, str(etag))
+
+    async def read(
+        self, table: Any, tenant_id: str, keys: list[str], *, remembered: bool = False
+    ) -> dict[str, Any]:
+        """Rows of a tenant's partition (absent ones left out), in one query; or, with
+        ``remembered``, as this ledger last read or wrote them when it knows them all.
+
+        Remembered rows may be stale: a write planned on them is conditional on their
+        ETags and fails if another process wrote since, and then the update reads again.
+        """
+        known = self._known.get(tenant_id)
+        if remembered and known is not None and all(key in known for key in keys):
+            return {key: known[key] for key in keys if known[key] is not None}
+        found = await query_partition(table, tenant_id, keys)
+        known = self._known.setdefault(tenant_id, {})
+        if len(known) > _KNOWN_ROWS:
+            known.clear()
+        known.update({key: found.get(key) for key in keys})
+        return found
 
     async def update(
         self, table: Any, tenant_id: str, what: str, plan: Callable[[], Awaitable[Plan[_T]]]
@@ -236,7 +287,7 @@ class Ledger:
                 if not operations:
                     return result
                 try:
-                    await self._submit(table, operations)
+                    await self._submit(table, tenant_id, operations)
                 except Conflict:
                     await self._backoff(attempt)
                     continue
@@ -314,9 +365,17 @@ class Ledger:
         table = await self._store.table(USAGE_TABLE)
 
         async def plan() -> Plan[list[tuple[_Job, Any, BaseException | None]]]:
+            operations, outcomes = await decide(remembered=True)
+            if any(error is not None for _, _, error in outcomes):
+                # A refusal writes nothing that could fail on a stale ETag: decide it on
+                # rows read now (the money may have come back meanwhile).
+                operations, outcomes = await decide(remembered=False)
+            return operations, outcomes
+
+        async def decide(*, remembered: bool) -> Plan[list[tuple[_Job, Any, BaseException | None]]]:
             now = self._clock()
             keys = list(dict.fromkeys(key for job in batch for key in job.keys(now)))
-            rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
+            rows = PartitionRows(tenant_id, await self.read(table, tenant_id, keys, remembered=remembered))
             outcomes: list[tuple[_Job, Any, BaseException | None]] = []
             creates_and_deletes: list[Any] = []
             recall = False
