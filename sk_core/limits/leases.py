@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -75,6 +76,14 @@ class LeaseSettings:
     horizon_seconds: float = 4.0  # a grant aims to last this long at the recent rate
     share: float = 0.5  # at most this share of what is left goes to one grant
     ttl_seconds: float = 30.0  # a lease row not renewed this long is expired by the sweep
+    # A sync is an optimistic update of rows every holder shares (read ~6 entities, write
+    # ~5): two in flight together conflict, so one pool commits at most ~1 / (2 round
+    # trips) syncs a second, far below the partition's ~2,000 entities a second. With
+    # more holders than this, every holder reports, renews, idles and expires
+    # proportionally less often, so the pool sees about holders_per_report /
+    # report_seconds syncs a second whatever the number of instances (bench/scale.py).
+    holders_per_report: int = 32
+    max_stretch: float = 16.0  # ... up to this factor
 
 
 @dataclass
@@ -126,6 +135,7 @@ class TenantLease:
     slots: int = 0
     inflight: int = 0
     reported_busy: int = 0  # calls in flight as the in-flight row counts them (leased_in_flight)
+    holders: int = 0  # lease rows in the tenant's partition at the last sync (this one included)
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
     recalled_until: float = 0.0  # monotonic; the pool recalled leased budget (see RECALL)
@@ -183,6 +193,26 @@ class LeaseKeeper:
         self.process_id = uuid.uuid4().hex[:16]
         self.syncs = 0
         self._closing = False
+
+    def stretch(self, lease: TenantLease) -> float:
+        """How much longer than configured this lease's intervals are (>= 1): the
+        number of holders of the pool over ``holders_per_report``, capped."""
+        settings = self._settings
+        return min(settings.max_stretch, max(1.0, lease.holders / settings.holders_per_report))
+
+    def report_interval(self, lease: TenantLease) -> float:
+        """Seconds between this lease's reports (``report_seconds``, stretched)."""
+        return self._settings.report_seconds * self.stretch(lease)
+
+    def _idle(self, lease: TenantLease) -> bool:
+        # Stretched too: with many holders each sees few calls, and handing back between
+        # two of them would turn every call into a sync.
+        quiet = time.monotonic() - lease.last_used
+        return lease.demand.waiting == 0 and quiet >= self._settings.idle_seconds * self.stretch(lease)
+
+    def _ttl(self, lease: TenantLease) -> float:
+        # Four report intervals at least: a live keeper always renews before expiry.
+        return max(self._settings.ttl_seconds, 4 * self.report_interval(lease))
 
     @property
     def row_key(self) -> str:
@@ -251,7 +281,7 @@ class LeaseKeeper:
             lease.demand.waiting -= 1
         # The grant did not cover this request: near the limit, decide exactly for a
         # while instead of renewing per request.
-        lease.exact_until = time.monotonic() + self._settings.report_seconds
+        lease.exact_until = time.monotonic() + self.report_interval(lease)
         return None
 
     def _take(self, lease: TenantLease, price: Price, prompt: int, requested: int) -> Hold | None:
@@ -347,7 +377,7 @@ class LeaseKeeper:
         if now < lease.recalled_until and budget.free > 0 and now >= lease.renew_after:
             # Recalled: what this call did not use goes back to the pool now, not at the
             # next report (a burst elsewhere is waiting for it).
-            lease.renew_after = now + self._settings.report_seconds / 4
+            lease.renew_after = now + self.report_interval(lease) / 4
             self._start_sync(hold.tenant_id, lease)
         return Settlement(cost_nano=cost)
 
@@ -369,7 +399,7 @@ class LeaseKeeper:
         now = time.monotonic()
         if low and now >= lease.renew_after:
             # Near a limit the grants stay small: renew at most a few times a second.
-            lease.renew_after = now + self._settings.report_seconds / 4
+            lease.renew_after = now + self.report_interval(lease) / 4
             self._start_sync(lease.tenant.id, lease)
 
     def _ensure_keeper(self, tenant_id: str, lease: TenantLease) -> None:
@@ -378,16 +408,17 @@ class LeaseKeeper:
 
     async def _keep(self, tenant_id: str, lease: TenantLease) -> None:
         """Report, renew and hand back, until the lease is empty."""
-        settings = self._settings
         while not self._closing:
-            await asyncio.sleep(settings.report_seconds)
+            # Jittered: keepers started by one burst would otherwise report in lockstep,
+            # every sync of a wave racing for the same rows (bench/scale.py).
+            await asyncio.sleep(self.report_interval(lease) * random.uniform(0.5, 1.5))
             if self._leases.get(tenant_id) is not lease:
                 return
-            idle = lease.demand.waiting == 0 and time.monotonic() - lease.last_used >= settings.idle_seconds
+            idle = self._idle(lease)
             slices = [s for s in (lease.current, lease.previous) if s is not None]
             recalled = time.monotonic() < lease.recalled_until and any(s.free > 0 for s in slices)
             due = any(s.unreported for s in slices) or lease.previous is not None or recalled
-            expiring = lease.stored and lease.valid_until - time.monotonic() < settings.ttl_seconds / 4
+            expiring = lease.stored and lease.valid_until - time.monotonic() < self._ttl(lease) / 4
             if not (due or expiring or (idle and lease.stored)):
                 if idle and lease.empty and not lease.stored:
                     return
@@ -462,7 +493,14 @@ class LeaseKeeper:
             return operations, None
 
         try:
-            await ledger.update(table, tenant_id, "lease sync", plan)
+            # Backing off longer the more holders race for the pool (their count as the
+            # last read of the pool said, or doubling with each lost race when many
+            # start at once): a pool commits about one sync per two round trips, so N
+            # racing holders need a window of about N x 40 ms.
+            await ledger.update(
+                table, tenant_id, "lease sync", plan,
+                patience=lambda attempt: min(10.0, 0.04 * max(4, lease.holders, 2 ** min(attempt, 8))),
+            )
         finally:
             lease.frozen = False
         self.syncs += 1
@@ -477,9 +515,7 @@ class LeaseKeeper:
         now = self._ledger.now()
         day, month, minute_key = policy.window_keys(now)
         limits = lease.tenant.limits
-        idle = self._closing or (
-            lease.demand.waiting == 0 and time.monotonic() - lease.last_used >= settings.idle_seconds
-        )
+        idle = self._closing or self._idle(lease)
         # Yesterday's slice (if any) only drains; today's is resized.
         if lease.current is not None and lease.current.day != day:
             lease.previous, lease.current = lease.current, None
@@ -519,7 +555,10 @@ class LeaseKeeper:
 
         demand = lease.demand
         demand.roll(time.monotonic())
-        horizon = settings.horizon_seconds
+        horizon = settings.horizon_seconds * self.stretch(lease)  # a grant lasts to the next report
+        # With many holders, the first to ask must not take half of what is left each:
+        # a grant takes at most share / (holders / 4) of it, so the pool spreads evenly.
+        share = settings.share / max(1.0, lease.holders / 4)
         expected_calls = max(demand.rate * horizon, float(demand.waiting), float(demand.peak_inflight))
         snap_budget: list[tuple[BudgetSlice, Report]] = []
         new_free: dict[int, int] = {}
@@ -545,7 +584,7 @@ class LeaseKeeper:
                     available=left + budget.free,
                     demand=int(expected_calls * unit),
                     unit=unit,
-                    share=settings.share,
+                    share=share,
                 )
             new_free[id(budget)] = free
             shrink = shrink or free < budget.free
@@ -567,14 +606,14 @@ class LeaseKeeper:
                 available=limits.requests_per_minute - minute_row["requests"] + unused_requests,
                 demand=int(expected_calls + demand.count_rate * horizon) + 1,
                 unit=1,
-                share=settings.share,
+                share=share,
             )
             token_unit = max(1, demand.unit_tokens)
             new_tokens = grant(
                 available=limits.tokens_per_minute - minute_row["tokens"] + unused_tokens,
                 demand=int((expected_calls + 1) * token_unit),
                 unit=token_unit,
-                share=settings.share,
+                share=share,
             )
         minute_row.add("requests", new_requests - unused_requests)
         minute_row.add("tokens", new_tokens - unused_tokens)
@@ -601,9 +640,12 @@ class LeaseKeeper:
         shrink = shrink or new_slots < lease.slots
         demand.peak_inflight = lease.inflight
 
-        operations = rows.operations()
         amounts = {id(b): b.held + new_free[id(b)] for b in slices}
         keep = new_slots > 0 or any(amounts.values()) or lease.inflight > 0
+        # The pool's holders: this row created or deleted now (the sweep counts expiries).
+        inflight_row.add("leases", int(keep and stored is None) - int(not keep and stored is not None))
+        lease.holders = inflight_row["leases"]
+        operations = rows.operations()
         if keep:
             current = lease.current
             previous = lease.previous
@@ -620,7 +662,7 @@ class LeaseKeeper:
                 "inflight": int64(busy),
                 # Which of this process's syncs wrote the row (see _acknowledge).
                 "seq": int64(lease.seq + 1),
-                "expires_at": now + timedelta(seconds=settings.ttl_seconds),
+                "expires_at": now + timedelta(seconds=self._ttl(lease)),
             }
             write = ("create", entity, {}) if stored is None else update_op(entity, etag_of(stored))
             operations.append(write)
@@ -669,7 +711,7 @@ class LeaseKeeper:
         lease.stored = lease.slots > 0 or lease.inflight > 0 or any(
             s.outstanding > 0 for s in (current, lease.previous) if s is not None
         )
-        lease.valid_until = time.monotonic() + self._settings.ttl_seconds / 2 if lease.stored else 0.0
+        lease.valid_until = time.monotonic() + self._ttl(lease) / 2 if lease.stored else 0.0
         current_free = snap.new_free.get(id(current), 0) if current is not None else 0
         if new_minute is not None:
             lease.granted = (current_free, new_minute.requests, new_minute.tokens)
@@ -682,6 +724,7 @@ def lease_in_flight(entity: Any) -> dict[str, int]:
     return {
         "leased_slots": read_int(entity.get("slots")),
         "leased_in_flight": read_int(entity.get("inflight")),
+        "leases": 1,
     }
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -100,6 +101,10 @@ _FLUSH_WAIT_SECONDS = 10.0
 
 # Rows remembered per tenant (see Ledger.read); beyond this the memory is cleared.
 _KNOWN_ROWS = 64
+# After a lost race, decisions read the rows first for this long; and an exact refusal
+# made meanwhile is repeated without storage for a moment.
+_CONTENDED_SECONDS = 2.0
+_CONTENDED_REFUSAL_SECONDS = 0.5
 
 
 class _Known(dict[str, Any]):
@@ -199,6 +204,9 @@ class Ledger:
         # (see ``read``): an exact decision plans on them and writes conditionally, one
         # storage exchange instead of a read and a write (issue 23, defect 5).
         self._known: dict[str, dict[str, Any]] = {}
+        self._contended_until: dict[str, float] = {}
+        # The last exact refusal per tenant while contended, repeated for a moment.
+        self._refused: dict[str, tuple[float, LimitExceeded]] = {}
         self._releasing: set[asyncio.Task[Settlement]] = set()
         # Exact-path settlements not committed yet, by tenant (flush waits for them).
         self._settling: dict[asyncio.Future[Settlement], str] = {}
@@ -227,16 +235,24 @@ class Ledger:
     def _lock(self, tenant_id: str) -> asyncio.Lock:
         return self._locks.setdefault(tenant_id, asyncio.Lock())
 
-    async def _backoff(self, attempt: int) -> None:
+    async def _backoff(self, attempt: int, patience: float | Callable[[int], float]) -> None:
         self.conflicts += 1
         self._store.note_conflict()
-        await asyncio.sleep(random.uniform(0, min(0.25, 0.005 * 2 ** min(attempt, 6))))
+        if callable(patience):
+            # The caller sizes the window (a pool's holders race): full jitter over it.
+            await asyncio.sleep(random.uniform(0, patience(attempt)))
+            return
+        await asyncio.sleep(random.uniform(0, min(patience, 0.005 * 2 ** min(attempt, 10))))
 
     async def _submit(self, table: Any, tenant_id: str, operations: list[Any]) -> None:
         try:
             results = await submit(table, operations)
-        except BaseException:
+        except BaseException as failure:
             self._known.pop(tenant_id, None)  # lost a race, or the outcome is unknown
+            if isinstance(failure, Conflict):
+                # Others write this partition too (many processes near one limit): a plan
+                # on remembered rows would mostly lose; read first for a while.
+                self._contended_until[tenant_id] = time.monotonic() + _CONTENDED_SECONDS
             raise
         self.transactions += 1
         self._remember(tenant_id, operations, results)
@@ -263,7 +279,8 @@ class Ledger:
         ETags and fails if another process wrote since, and then the update reads again.
         """
         known = self._known.get(tenant_id)
-        if remembered and known is not None and all(key in known for key in keys):
+        uncontended = time.monotonic() >= self._contended_until.get(tenant_id, 0.0)
+        if remembered and uncontended and known is not None and all(key in known for key in keys):
             return {key: known[key] for key in keys if known[key] is not None}
         found = await query_partition(table, tenant_id, keys)
         known = self._known.setdefault(tenant_id, {})
@@ -273,7 +290,13 @@ class Ledger:
         return found
 
     async def update(
-        self, table: Any, tenant_id: str, what: str, plan: Callable[[], Awaitable[Plan[_T]]]
+        self,
+        table: Any,
+        tenant_id: str,
+        what: str,
+        plan: Callable[[], Awaitable[Plan[_T]]],
+        *,
+        patience: float | Callable[[int], float] = 0.25,
     ) -> _T:
         """The one optimistic-update loop: read and plan, submit, and on a lost ETag race
         back off and do both again, until the transaction commits.
@@ -289,7 +312,7 @@ class Ledger:
                 try:
                     await self._submit(table, tenant_id, operations)
                 except Conflict:
-                    await self._backoff(attempt)
+                    await self._backoff(attempt, patience)
                     continue
                 return result
         raise Contended(f"{what} did not converge under contention")
@@ -451,6 +474,11 @@ class Ledger:
             leased = await self.leases.admit(tenant, price, prompt_tokens_bound, requested_max_tokens)
             if leased is not None:
                 return leased
+        refused = self._refused.get(tenant.id)
+        if refused is not None and time.monotonic() < refused[0]:
+            # Many processes race for this tenant's rows and it was just refused here:
+            # the same answer, without another read of a partition at its limit.
+            raise refused[1].with_traceback(None)
         for attempt in range(2):
             job = _Admission(
                 tenant,
@@ -463,8 +491,10 @@ class Ledger:
             )
             try:
                 hold: Hold = await self._enqueue(tenant.id, job)
-            except LimitExceeded:
+            except LimitExceeded as refusal:
                 if not job.recalled or attempt > 0:
+                    if time.monotonic() < self._contended_until.get(tenant.id, 0.0):
+                        self._refused[tenant.id] = (time.monotonic() + _CONTENDED_REFUSAL_SECONDS, refusal)
                     raise
                 # The budget was only leased out and is being recalled: one more exact
                 # decision once the keepers have had time to hand their slices back.
