@@ -429,11 +429,18 @@ class Simulation:
         for _ in range(count):
             self.start_instance()
 
-    async def run(self) -> dict[str, Any]:
-        for _ in range(self.n):
+    async def ramp(self, count: int, seconds: float) -> None:
+        """``count`` more instances start evenly over ``seconds`` (a scale-out is gradual)."""
+        for _ in range(count):
+            await asyncio.sleep(seconds / max(1, count))
             self.start_instance()
+
+    async def run(self, ramp_seconds: float) -> dict[str, Any]:
+        self.start_instance()
         started = time.monotonic()
+        ramping = asyncio.create_task(self.ramp(self.n - 1, ramp_seconds))
         await self.demand(started + self.seconds)
+        await ramping
         measured = time.monotonic() - started
         self.account.measuring = False
         # Let the calls in flight finish (a bounded wait: requests still retrying a
@@ -515,6 +522,10 @@ class Simulation:
                 ),
             },
             "budget_usable": round(spent / budget, 4) if budget else 0.0,
+            # Whether demand reached the budget at all (else budget_usable says little).
+            "budget_refusals": sum(
+                n for code, n in self.stats["budget"].refusals.items() if code.startswith("budget_")
+            ),
             "budget_left_leased_or_held_nano": leftover,
             "budget_expired_nano": _int(window.get("expired_nano")),
             "refusals": {name: dict(s.refusals) for name, s in self.stats.items()},
@@ -556,20 +567,21 @@ PROFILES: dict[str, Callable[[int], Profile]] = {
 
 
 async def simulate(
-    instances: list[int], profiles: list[str], seconds: float, latency_ms: float
+    instances: list[int], profiles: list[str], seconds: float, latency_ms: float, ramp_seconds: float
 ) -> dict[str, Any]:
     runs = []
     for n in instances:
         for name in profiles:
             KINDS.clear()
             simulation = Simulation(n, PROFILES[name](n), seconds, latency_ms=latency_ms, seed=7)
-            runs.append(await simulation.run())
+            runs.append(await simulation.run(ramp_seconds))
             print(json.dumps(runs[-1]), file=sys.stderr)
     return {
         "bench": "scale",
         "storage": "in-memory account modelling Azure Table Storage targets",
         "latency_ms": latency_ms,
         "seconds_per_run": seconds,
+        "ramp_seconds": ramp_seconds,
         "runs": runs,
     }
 
@@ -583,11 +595,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profiles", nargs="*", default=list(PROFILES), choices=list(PROFILES))
     parser.add_argument("--seconds", type=float, default=25.0, help="demand per run")
     parser.add_argument("--latency-ms", type=float, default=8.0)
+    parser.add_argument("--ramp-seconds", type=float, default=5.0, help="instances start over this")
     args = parser.parse_args(argv)
     if args.quick:
         args.instances, args.profiles, args.seconds = [256], ["steady", "bursty"], 15.0
     _count_updates()
-    result = asyncio.run(simulate(args.instances, args.profiles, args.seconds, args.latency_ms))
+    result = asyncio.run(
+        simulate(args.instances, args.profiles, args.seconds, args.latency_ms, args.ramp_seconds)
+    )
     print(json.dumps(result, indent=2))
 
 
