@@ -629,7 +629,7 @@ class LeaseKeeper:
                     available=limits.max_concurrent - inflight_row["count"] + lease.slots,
                     demand=wanted,
                     unit=1,
-                    share=1.0 if demand.waiting else settings.share,
+                    share=(1.0 if demand.waiting else settings.share) * share / settings.share,
                 ),
             )
         inflight_row.add("count", new_slots - lease.slots)
