@@ -289,6 +289,10 @@ async def test_a_killed_lease_holder_is_charged_its_whole_slice_and_flagged(
     assert counters[day]["expired_leases"] == 1
     assert counters[day].get("leased_nano", 0) == 0
     assert counters[INFLIGHT]["count"] == 0
+    # Its slots, its calls in flight and the holder itself are gone from the pool too.
+    assert counters[INFLIGHT].get("leased_slots", 0) == 0
+    assert counters[INFLIGHT].get("leased_in_flight", 0) == 0
+    assert counters[INFLIGHT].get("leases", 0) == 0
     flagged = await sweeper.expired(who.id)
     assert [e["flagged"] for e in flagged] == [True]
     # The call finishes after all: it was already charged, never twice. The process
@@ -473,3 +477,31 @@ async def test_near_the_limit_an_exact_decision_costs_one_storage_exchange(
     day = window_keys(datetime.now(UTC))[0]
     assert (await ledger.usage(who.id, day))["spent_nano"] == 5 * unit
     await ledger.aclose()
+
+
+async def test_the_pool_counts_its_holders_and_many_holders_stretch_the_intervals(
+    stores: list[TableStore],
+) -> None:
+    """Issue 23, at scale: the in-flight row counts lease rows (created +1, handed back -1),
+    every keeper learns the count at its sync, and past ``holders_per_report`` holders its
+    report interval (and with it renewal, idling and expiry) grows in proportion."""
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, max_concurrent=64)
+    ledgers = [Ledger(store=s, lease_seconds=30, min_answer_tokens=16, leases=FAST) for s in stores[:3]]
+    for ledger in ledgers:
+        assert await call(ledger, who) > 0
+    await ledgers[-1].flush(who.id)  # the last to sync has seen all three
+    counters = await rows(stores[0], who)
+    assert counters[INFLIGHT]["leases"] == 3
+    keeper = ledgers[-1].leases
+    assert keeper is not None
+    lease = keeper._leases[who.id]
+    assert lease.holders == 3
+    assert keeper.report_interval(lease) == FAST.report_seconds  # few holders: as configured
+    lease.holders = FAST.holders_per_report * 4
+    assert keeper.report_interval(lease) == FAST.report_seconds * 4
+    lease.holders = FAST.holders_per_report * 1000
+    assert keeper.report_interval(lease) == FAST.report_seconds * FAST.max_stretch
+    lease.holders = 3
+    for ledger in ledgers:
+        await ledger.aclose()
+    assert (await rows(stores[0], who))[INFLIGHT]["leases"] == 0
