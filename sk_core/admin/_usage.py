@@ -46,14 +46,17 @@ def _expired_json(row: dict[str, Any]) -> dict[str, Any]:
 
 async def usage_report(ctx: Context, tenant: Tenant, windows: list[Window], *, expired: bool) -> Output:
     ledger = ctx.ledger()
-    in_flight = 0
+    in_flight = leased_slots = 0
     window_data: list[dict[str, Any]] = []
     for window in windows:
         counters = await ledger.usage(tenant.id, window.row)
         in_flight = counters.pop("inflight")  # tenant-wide, not per window
+        leased_slots = counters.pop("leased_slots", 0)  # slots leased to instances, used or not
         window_data.append(window_entry(window, counters, tenant.limits))
 
-    data: dict[str, Any] = {"tenant_id": tenant.id, "in_flight": in_flight, "windows": window_data}
+    data: dict[str, Any] = {
+        "tenant_id": tenant.id, "in_flight": in_flight, "leased_slots": leased_slots, "windows": window_data
+    }
 
     rows: list[list[str]] = []
     for label, field, money in (
@@ -74,7 +77,10 @@ async def usage_report(ctx: Context, tenant: Tenant, windows: list[Window], *, e
             cells = [f"{c} (flagged)" if w[field] else c for c, w in zip(cells, window_data, strict=True)]
         rows.append([label, *cells])
     headers = [f"tenant {tenant.id} ({tenant.status})", *(f"{w.period} {w.label}" for w in windows)]
-    lines = [text_table(headers, rows, right=set(range(1, len(headers)))), f"in flight now: {in_flight}"]
+    lines = [
+        text_table(headers, rows, right=set(range(1, len(headers)))),
+        f"in flight now: {in_flight} (slots leased to instances: {leased_slots})",
+    ]
     flagged = max((w["expired_holds"] for w in window_data), default=0)
     if flagged:
         lines.append(

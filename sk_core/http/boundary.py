@@ -61,6 +61,7 @@ _REFUSAL_REASONS = {
     "tokens_rate_limited": "rate",
     "concurrency_limited": "concurrency",
     "budget_exceeded": "budget",
+    "budget_held": "budget",
     "prompt_rejected": "guard",
     "limits_unavailable": "limits_unavailable",
 }

@@ -30,15 +30,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core.accounts import Tenant
-from sk_core.errors import RateState, StorageUnavailable
+from sk_core.errors import LimitExceeded, RateState, StorageUnavailable
 from sk_core.limits import policy
 from sk_core.limits.holds import Hold, Settlement
 from sk_core.limits.rows import (
@@ -59,6 +60,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LEASE_PREFIX = "lease-"
+# The tenant's recall mark (one row in its usage partition, field ``until``): set by an
+# exact decision refused while budget sits leased in slices; until then every keeper
+# hands its free budget back at its next sync and admits budget only on the exact path.
+RECALL = "recall"
 
 _T = TypeVar("_T")
 
@@ -72,6 +77,14 @@ class LeaseSettings:
     horizon_seconds: float = 4.0  # a grant aims to last this long at the recent rate
     share: float = 0.5  # at most this share of what is left goes to one grant
     ttl_seconds: float = 30.0  # a lease row not renewed this long is expired by the sweep
+    # A sync is an optimistic update of rows every holder shares (read ~6 entities, write
+    # ~5): two in flight together conflict, so one pool commits at most ~1 / (2 round
+    # trips) syncs a second, far below the partition's ~2,000 entities a second. With
+    # more holders than this, every holder reports, renews, idles and expires
+    # proportionally less often, so the pool sees about holders_per_report /
+    # report_seconds syncs a second whatever the number of instances (bench/scale.py).
+    holders_per_report: int = 32
+    max_stretch: float = 16.0  # ... up to this factor
 
 
 @dataclass
@@ -122,8 +135,11 @@ class TenantLease:
     minute: MinuteSlice | None = None
     slots: int = 0
     inflight: int = 0
+    reported_busy: int = 0  # calls in flight as the in-flight row counts them (leased_in_flight)
+    holders: int = 0  # lease rows in the tenant's partition at the last sync (this one included)
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
+    recalled_until: float = 0.0  # monotonic; the pool recalled leased budget (see RECALL)
     frozen: bool = False  # a sync that shrinks the slices is in flight
     seq: int = 0  # syncs of this lease known to have committed (the row's "seq")
     pending: _Snapshot | None = None  # a sync sent whose outcome we have not heard
@@ -186,6 +202,7 @@ class _Snapshot:
     minute_stored: int  # the minute row's request count once this sync commits
     slots: int
     new_slots: int
+    busy: int
     lost: bool
 
 
@@ -199,6 +216,26 @@ class LeaseKeeper:
         self.process_id = uuid.uuid4().hex[:16]
         self.syncs = 0
         self._closing = False
+
+    def stretch(self, lease: TenantLease) -> float:
+        """How much longer than configured this lease's intervals are (>= 1): the
+        number of holders of the pool over ``holders_per_report``, capped."""
+        settings = self._settings
+        return min(settings.max_stretch, max(1.0, lease.holders / settings.holders_per_report))
+
+    def report_interval(self, lease: TenantLease) -> float:
+        """Seconds between this lease's reports (``report_seconds``, stretched)."""
+        return self._settings.report_seconds * self.stretch(lease)
+
+    def _idle(self, lease: TenantLease) -> bool:
+        # Stretched too: with many holders each sees few calls, and handing back between
+        # two of them would turn every call into a sync.
+        quiet = time.monotonic() - lease.last_used
+        return lease.demand.waiting == 0 and quiet >= self._settings.idle_seconds * self.stretch(lease)
+
+    def _ttl(self, lease: TenantLease) -> float:
+        # Four report intervals at least: a live keeper always renews before expiry.
+        return max(self._settings.ttl_seconds, 4 * self.report_interval(lease))
 
     @property
     def row_key(self) -> str:
@@ -221,7 +258,7 @@ class LeaseKeeper:
             demand.unit_tokens = max(demand.unit_tokens, tokens)
 
         def take(lease: TenantLease) -> Hold | None:
-            return self._take(lease, amount, tokens, requested)
+            return self._take(lease, price, prompt, requested)
 
         return await self._from_lease(tenant, take, size)
 
@@ -248,7 +285,8 @@ class LeaseKeeper:
         if taken is not None:
             self._renew_ahead(lease)
             return taken
-        if time.monotonic() < lease.exact_until:
+        now = time.monotonic()
+        if now < lease.exact_until or now < lease.recalled_until:
             return None
         lease.demand.waiting += 1
         size(lease.demand)
@@ -266,37 +304,60 @@ class LeaseKeeper:
             lease.demand.waiting -= 1
         # The grant did not cover this request: near the limit, decide exactly for a
         # while instead of renewing per request.
-        lease.exact_until = time.monotonic() + self._settings.report_seconds
+        lease.exact_until = time.monotonic() + self.report_interval(lease)
         return None
 
-    def _take(self, lease: TenantLease, amount: int, tokens: int, max_tokens: int) -> Hold | None:
-        if lease.frozen or time.monotonic() >= lease.valid_until:
+    def _take(self, lease: TenantLease, price: Price, prompt: int, requested: int) -> Hold | None:
+        monotonic = time.monotonic()
+        if lease.frozen or monotonic >= lease.valid_until or monotonic < lease.recalled_until:
             return None
         now = self._ledger.now()
         day, month, minute_key = policy.window_keys(now)
         budget, minute = lease.current, lease.minute
         if budget is None or budget.day != day or minute is None or minute.minute != minute_key:
             return None
-        if lease.inflight >= lease.slots or not budget.fits(amount) or not minute.fits(tokens):
-            return None
-        budget.take(amount)
-        minute.take(tokens)
-        lease.inflight += 1
-        lease.demand.note(amount, tokens)
-        lease.demand.peak_inflight = max(lease.demand.peak_inflight, lease.inflight)
         limits = lease.tenant.limits
+        room = policy.Room(
+            slots=lease.slots - lease.inflight,
+            requests=minute.requests,
+            tokens=minute.tokens,
+            budget_nano=budget.free,
+            unheld_nano=budget.free,
+            requests_used=limits.requests_per_minute - minute.requests,
+        )
+        try:
+            # The exact path's rules on this slice. The whole answer or nothing: a sync
+            # may bring more, and near the limit the exact path clamps.
+            granted = policy.admit_within(
+                room,
+                price=price,
+                prompt_tokens_bound=prompt,
+                requested_max_tokens=requested,
+                min_answer_tokens=requested,
+                rpm_limit=limits.requests_per_minute,
+                now=now,
+            )
+        except LimitExceeded:
+            return None
+        budget.take(granted.amount_nano)
+        minute.take(granted.reserved_tokens)
+        lease.inflight += 1
+        lease.demand.note(granted.amount_nano, granted.reserved_tokens)
+        lease.demand.peak_inflight = max(lease.demand.peak_inflight, lease.inflight)
         return Hold(
             tenant_id=lease.tenant.id,
             request_id=uuid.uuid4().hex,
-            amount_nano=amount,
-            max_tokens=max_tokens,
-            reserved_tokens=tokens,
+            amount_nano=granted.amount_nano,
+            max_tokens=granted.max_tokens,
+            reserved_tokens=granted.reserved_tokens,
             day=day,
             month=month,
             minute=minute_key,
-            rpm_limit=limits.requests_per_minute,
-            rpm_remaining=lease.rpm_remaining(limits.requests_per_minute),
-            rpm_reset=policy.seconds_to_next_minute(now),
+            rpm_limit=granted.rpm_limit,
+            # The tenant's remaining estimate, never above the truth by more than the
+            # lease lag (the stored count at the last sync minus what this process took).
+            rpm_remaining=lease.rpm_remaining(granted.rpm_limit),
+            rpm_reset=granted.rpm_reset,
             lease=lease.generation,
         )
 
@@ -333,6 +394,12 @@ class LeaseKeeper:
         if lease.minute is not None and lease.minute.minute == hold.minute:
             lease.minute.give_back(max(0, hold.reserved_tokens - prompt_tokens - completion_tokens))
         self._ensure_keeper(hold.tenant_id, lease)
+        now = time.monotonic()
+        if now < lease.recalled_until and budget.free > 0 and now >= lease.renew_after:
+            # Recalled: what this call did not use goes back to the pool now, not at the
+            # next report (a burst elsewhere is waiting for it).
+            lease.renew_after = now + self.report_interval(lease) / 4
+            self._start_sync(hold.tenant_id, lease)
         return Settlement(cost_nano=cost)
 
     # ---------------------------------------------------------------- background
@@ -353,7 +420,7 @@ class LeaseKeeper:
         now = time.monotonic()
         if low and now >= lease.renew_after:
             # Near a limit the grants stay small: renew at most a few times a second.
-            lease.renew_after = now + self._settings.report_seconds / 4
+            lease.renew_after = now + self.report_interval(lease) / 4
             self._start_sync(lease.tenant.id, lease)
 
     def _ensure_keeper(self, tenant_id: str, lease: TenantLease) -> None:
@@ -362,15 +429,17 @@ class LeaseKeeper:
 
     async def _keep(self, tenant_id: str, lease: TenantLease) -> None:
         """Report, renew and hand back, until the lease is empty."""
-        settings = self._settings
         while not self._closing:
-            await asyncio.sleep(settings.report_seconds)
+            # Jittered: keepers started by one burst would otherwise report in lockstep,
+            # every sync of a wave racing for the same rows (bench/scale.py).
+            await asyncio.sleep(self.report_interval(lease) * random.uniform(0.5, 1.5))
             if self._leases.get(tenant_id) is not lease:
                 return
-            idle = lease.demand.waiting == 0 and time.monotonic() - lease.last_used >= settings.idle_seconds
+            idle = self._idle(lease)
             slices = [s for s in (lease.current, lease.previous) if s is not None]
-            due = any(s.unreported for s in slices) or lease.previous is not None
-            expiring = lease.stored and lease.valid_until - time.monotonic() < settings.ttl_seconds / 4
+            recalled = time.monotonic() < lease.recalled_until and any(s.free > 0 for s in slices)
+            due = any(s.unreported for s in slices) or lease.previous is not None or recalled
+            expiring = lease.stored and lease.valid_until - time.monotonic() < self._ttl(lease) / 4
             if not (due or expiring or (idle and lease.stored)):
                 if idle and lease.empty and not lease.stored:
                     return
@@ -445,7 +514,14 @@ class LeaseKeeper:
             return operations, None
 
         try:
-            await ledger.update(table, tenant_id, "lease sync", plan)
+            # Backing off longer the more holders race for the pool (their count as the
+            # last read of the pool said, or doubling with each lost race when many
+            # start at once): a pool commits about one sync per two round trips, so N
+            # racing holders need a window of about N x 40 ms.
+            await ledger.update(
+                table, tenant_id, "lease sync", plan,
+                patience=lambda attempt: min(10.0, 0.04 * max(4, lease.holders, 2 ** min(attempt, 8))),
+            )
         finally:
             lease.frozen = False
         self.syncs += 1
@@ -460,14 +536,12 @@ class LeaseKeeper:
         now = self._ledger.now()
         day, month, minute_key = policy.window_keys(now)
         limits = lease.tenant.limits
-        idle = self._closing or (
-            lease.demand.waiting == 0 and time.monotonic() - lease.last_used >= settings.idle_seconds
-        )
+        idle = self._closing or self._idle(lease)
         # Yesterday's slice (if any) only drains; today's is resized.
         if lease.current is not None and lease.current.day != day:
             lease.previous, lease.current = lease.current, None
         slices = [s for s in (lease.current, lease.previous) if s is not None]
-        keys = [day, month, minute_key, INFLIGHT, self.row_key]
+        keys = [day, month, minute_key, INFLIGHT, RECALL, self.row_key]
         for budget in slices:
             keys += [budget.day, budget.month]
         keys = list(dict.fromkeys(keys))
@@ -480,6 +554,12 @@ class LeaseKeeper:
             self._acknowledge(lease, lease.pending)
             slices = [s for s in (lease.current, lease.previous) if s is not None]
 
+        recall = rows.entities.get(RECALL)
+        recall_left = (recall["until"] - now).total_seconds() if recall is not None else 0.0
+        if recall_left > 0:
+            # Honour the pool's recall: hand back every free nano-USD, admit budget
+            # exactly until the mark runs out.
+            lease.recalled_until = time.monotonic() + recall_left
         lost = stored is None and lease.stored
         if lost:
             # The sweep expired this lease (we could not renew it in time) and charged
@@ -488,7 +568,7 @@ class LeaseKeeper:
             lease.generation += 1
             lease.pending = None
             lease.current = lease.previous = lease.minute = None
-            lease.slots = lease.inflight = 0
+            lease.slots = lease.inflight = lease.reported_busy = 0
             slices = []
         if lease.current is None:
             lease.current = BudgetSlice(day=day, month=month)
@@ -496,7 +576,10 @@ class LeaseKeeper:
 
         demand = lease.demand
         demand.roll(time.monotonic())
-        horizon = settings.horizon_seconds
+        horizon = settings.horizon_seconds * self.stretch(lease)  # a grant lasts to the next report
+        # With many holders, the first to ask must not take half of what is left each:
+        # a grant takes at most share / (holders / 4) of it, so the pool spreads evenly.
+        share = settings.share / max(1.0, lease.holders / 4)
         expected_calls = max(demand.rate * horizon, float(demand.waiting), float(demand.peak_inflight))
         snap_budget: list[tuple[BudgetSlice, Report]] = []
         new_free: dict[int, int] = {}
@@ -506,7 +589,7 @@ class LeaseKeeper:
             day_row = rows.counter(budget.day, WINDOW_FIELDS)
             month_row = rows.counter(budget.month, WINDOW_FIELDS)
             free = 0
-            if budget is lease.current and not idle:
+            if budget is lease.current and not idle and recall_left <= 0:
                 left = min(
                     policy.remaining_budget(
                         limits.daily_budget_nano, day_row["spent_nano"],
@@ -522,7 +605,7 @@ class LeaseKeeper:
                     available=left + budget.free,
                     demand=int(expected_calls * unit),
                     unit=unit,
-                    share=settings.share,
+                    share=share,
                 )
             new_free[id(budget)] = free
             shrink = shrink or free < budget.free
@@ -544,14 +627,14 @@ class LeaseKeeper:
                 available=limits.requests_per_minute - minute_row["requests"] + unused_requests,
                 demand=int(expected_calls + demand.count_rate * horizon) + 1,
                 unit=1,
-                share=settings.share,
+                share=share,
             )
             token_unit = max(1, demand.unit_tokens)
             new_tokens = grant(
                 available=limits.tokens_per_minute - minute_row["tokens"] + unused_tokens,
                 demand=int((expected_calls + 1) * token_unit),
                 unit=token_unit,
-                share=settings.share,
+                share=share,
             )
         minute_row.add("requests", new_requests - unused_requests)
         minute_row.add("tokens", new_tokens - unused_tokens)
@@ -567,16 +650,23 @@ class LeaseKeeper:
                     available=limits.max_concurrent - inflight_row["count"] + lease.slots,
                     demand=wanted,
                     unit=1,
-                    share=1.0 if demand.waiting else settings.share,
+                    share=(1.0 if demand.waiting else settings.share) * share / settings.share,
                 ),
             )
         inflight_row.add("count", new_slots - lease.slots)
+        # Leased slots apart from the calls really in flight on them (the read model).
+        busy = lease.inflight
+        inflight_row.add("leased_slots", new_slots - lease.slots)
+        inflight_row.add("leased_in_flight", busy - lease.reported_busy)
         shrink = shrink or new_slots < lease.slots
         demand.peak_inflight = lease.inflight
 
-        operations = rows.operations()
         amounts = {id(b): b.held + new_free[id(b)] for b in slices}
         keep = new_slots > 0 or any(amounts.values()) or lease.inflight > 0
+        # The pool's holders: this row created or deleted now (the sweep counts expiries).
+        inflight_row.add("leases", int(keep and stored is None) - int(not keep and stored is not None))
+        lease.holders = inflight_row["leases"]
+        operations = rows.operations()
         if keep:
             current = lease.current
             previous = lease.previous
@@ -590,9 +680,10 @@ class LeaseKeeper:
                 "prev_month": previous.month if previous else "",
                 "prev_amount_nano": int64(amounts[id(previous)] if previous else 0),
                 "slots": int64(new_slots),
+                "inflight": int64(busy),
                 # Which of this process's syncs wrote the row (see _acknowledge).
                 "seq": int64(lease.seq + 1),
-                "expires_at": now + timedelta(seconds=settings.ttl_seconds),
+                "expires_at": now + timedelta(seconds=self._ttl(lease)),
             }
             write = ("create", entity, {}) if stored is None else update_op(entity, etag_of(stored))
             operations.append(write)
@@ -612,6 +703,7 @@ class LeaseKeeper:
             minute_stored=minute_row["requests"],
             slots=lease.slots,
             new_slots=new_slots,
+            busy=busy,
             lost=lost,
         )
 
@@ -635,18 +727,28 @@ class LeaseKeeper:
             else:
                 lease.minute = new_minute
         lease.slots += snap.new_slots - snap.slots
+        lease.reported_busy = snap.busy
         if lease.previous is not None and lease.previous.drained:
             lease.previous = None
         current = lease.current
         lease.stored = lease.slots > 0 or lease.inflight > 0 or any(
             s.outstanding > 0 for s in (current, lease.previous) if s is not None
         )
-        lease.valid_until = time.monotonic() + self._settings.ttl_seconds / 2 if lease.stored else 0.0
+        lease.valid_until = time.monotonic() + self._ttl(lease) / 2 if lease.stored else 0.0
         current_free = snap.new_free.get(id(current), 0) if current is not None else 0
         if new_minute is not None:
             lease.granted = (current_free, new_minute.requests, new_minute.tokens)
         if current_free > 0:
             lease.exact_until = 0.0
+
+
+def lease_in_flight(entity: Any) -> dict[str, int]:
+    """What a lease row adds to its tenant's in-flight row besides ``count`` (its slots)."""
+    return {
+        "leased_slots": read_int(entity.get("slots")),
+        "leased_in_flight": read_int(entity.get("inflight")),
+        "leases": 1,
+    }
 
 
 def lease_amounts(entity: Any) -> list[tuple[str, str, int]]:
@@ -656,3 +758,14 @@ def lease_amounts(entity: Any) -> list[tuple[str, str, int]]:
         previous = read_int(entity.get("prev_amount_nano"))
         slices.append((str(entity["prev_day"]), str(entity["prev_month"]), previous))
     return [s for s in slices if s[2] > 0]
+
+
+def recall_operation(rows: PartitionRows, now: datetime, seconds: float) -> Any | None:
+    """The write that marks the tenant's pool recalled for ``seconds`` (see ``RECALL``);
+    None when a mark set recently still covers most of that time."""
+    stored = rows.entities.get(RECALL)
+    until = now + timedelta(seconds=seconds)
+    if stored is not None and stored["until"] - now > timedelta(seconds=seconds / 2):
+        return None
+    entity = {"PartitionKey": rows.tenant_id, "RowKey": RECALL, "until": until}
+    return ("create", entity, {}) if stored is None else update_op(entity, etag_of(stored))

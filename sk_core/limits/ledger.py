@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -36,7 +37,7 @@ from sk_core.accounts import Tenant
 from sk_core.errors import LimitExceeded, RateState
 from sk_core.limits import policy, sweep
 from sk_core.limits.holds import Hold, Settlement, hold_row
-from sk_core.limits.leases import LeaseKeeper, LeaseSettings
+from sk_core.limits.leases import RECALL, LeaseKeeper, LeaseSettings, recall_operation
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -70,6 +71,21 @@ _BATCH_KEYS = 11
 # How long a usage read waits for settlements still in flight.
 _FLUSH_WAIT_SECONDS = 10.0
 
+# Rows remembered per tenant (see Ledger.read); beyond this the memory is cleared.
+_KNOWN_ROWS = 64
+# After a lost race, decisions read the rows first for this long; and an exact refusal
+# made meanwhile is repeated without storage for a moment.
+_CONTENDED_SECONDS = 2.0
+_CONTENDED_REFUSAL_SECONDS = 0.5
+
+
+class _Known(dict[str, Any]):
+    """A row as this ledger last wrote it, with the ETag the store answered (as read)."""
+
+    def __init__(self, entity: Mapping[str, Any], etag: str) -> None:
+        super().__init__(entity)
+        self.metadata = {"etag": etag}
+
 
 @dataclass(eq=False)
 class _Admission:
@@ -84,9 +100,11 @@ class _Admission:
     future: asyncio.Future[Hold]
     # Its caller went away after the batch took it: skipped unless already committed.
     abandoned: bool = False
+    # Refused as ``budget_held`` while budget sat leased: the pool was recalled.
+    recalled: bool = False
 
     def keys(self, now: datetime) -> list[str]:
-        return [*window_keys(now), INFLIGHT]
+        return [*window_keys(now), INFLIGHT, RECALL]
 
 
 @dataclass(eq=False)
@@ -105,6 +123,18 @@ class _Settling:
 
 
 _Job = _Admission | _Settling
+
+
+def _leased_out(rows: PartitionRows, refused: LimitExceeded, now: datetime) -> bool:
+    """A ``budget_held`` refusal while some of the budget sits leased in slices."""
+    if refused.code != "budget_held":
+        return False
+    day, month, _ = policy.window_keys(now)
+    if rows.counter(INFLIGHT, INFLIGHT_FIELDS)["leases"] > LeaseSettings().holders_per_report:
+        # Many holders: their grants are thin already, and a recall would send all of
+        # them to per-request decisions on the shared rows at once (bench/scale.py).
+        return False
+    return any(rows.counter(key, WINDOW_FIELDS)["leased_nano"] > 0 for key in (day, month))
 
 
 class Ledger:
@@ -142,11 +172,23 @@ class Ledger:
         self._committers: dict[str, asyncio.Task[None]] = {}
         self.conflicts = 0
         self.transactions = 0
+        # Each tenant's rows as this ledger last read or wrote them, with their ETags
+        # (see ``read``): an exact decision plans on them and writes conditionally, one
+        # storage exchange instead of a read and a write (issue 23, defect 5).
+        self._known: dict[str, dict[str, Any]] = {}
+        self._contended_until: dict[str, float] = {}
+        # The last exact refusal per tenant while contended, repeated for a moment.
+        self._refused: dict[str, tuple[float, LimitExceeded]] = {}
         self._releasing: set[asyncio.Task[Settlement]] = set()
         # Exact-path settlements not committed yet, by tenant (flush waits for them).
         self._settling: dict[asyncio.Future[Settlement], str] = {}
         # Quota leases (leases.py): admit and settle in memory; None: every decision exact.
         self.leases = LeaseKeeper(self, leases) if leases is not None else None
+        # A recall lasts a few report intervals (every active keeper syncs within one);
+        # a request refused while it goes out waits about two of them, once, and asks again.
+        report = (leases or LeaseSettings()).report_seconds
+        self._recall_seconds = max(1.0, 3 * report)
+        self._recall_wait = min(1.0, 2 * report)
 
     async def flush(self, tenant_id: str | None = None) -> None:
         """Report what this process's leases settled so far, and let settlements still in
@@ -165,17 +207,68 @@ class Ledger:
     def _lock(self, tenant_id: str) -> asyncio.Lock:
         return self._locks.setdefault(tenant_id, asyncio.Lock())
 
-    async def _backoff(self, attempt: int) -> None:
+    async def _backoff(self, attempt: int, patience: float | Callable[[int], float]) -> None:
         self.conflicts += 1
         self._store.note_conflict()
-        await asyncio.sleep(random.uniform(0, min(0.25, 0.005 * 2 ** min(attempt, 6))))
+        if callable(patience):
+            # The caller sizes the window (a pool's holders race): full jitter over it.
+            await asyncio.sleep(random.uniform(0, patience(attempt)))
+            return
+        await asyncio.sleep(random.uniform(0, min(patience, 0.005 * 2 ** min(attempt, 10))))
 
-    async def _submit(self, table: Any, operations: list[Any]) -> None:
-        await submit(table, operations)
+    async def _submit(self, table: Any, tenant_id: str, operations: list[Any]) -> None:
+        try:
+            results = await submit(table, operations)
+        except BaseException as failure:
+            self._known.pop(tenant_id, None)  # lost a race, or the outcome is unknown
+            if isinstance(failure, Conflict):
+                # Others write this partition too (many processes near one limit): a plan
+                # on remembered rows would mostly lose; read first for a while.
+                self._contended_until[tenant_id] = time.monotonic() + _CONTENDED_SECONDS
+            raise
         self.transactions += 1
+        self._remember(tenant_id, operations, results)
+
+    def _remember(self, tenant_id: str, operations: list[Any], results: list[Mapping[str, Any]]) -> None:
+        known = self._known.setdefault(tenant_id, {})
+        if not isinstance(results, list) or len(results) != len(operations) or len(known) > _KNOWN_ROWS:
+            known.clear()
+            return
+        for (kind, entity, _), result in zip(operations, results, strict=True):
+            key, etag = entity["RowKey"], result.get("etag")
+            if kind == "delete" or not etag or entity["PartitionKey"] != tenant_id:
+                known.pop(key, None)
+            else:
+                known[key] = _Known(entity, str(etag))
+
+    async def read(
+        self, table: Any, tenant_id: str, keys: list[str], *, remembered: bool = False
+    ) -> dict[str, Any]:
+        """Rows of a tenant's partition (absent ones left out), in one query; or, with
+        ``remembered``, as this ledger last read or wrote them when it knows them all.
+
+        Remembered rows may be stale: a write planned on them is conditional on their
+        ETags and fails if another process wrote since, and then the update reads again.
+        """
+        known = self._known.get(tenant_id)
+        uncontended = time.monotonic() >= self._contended_until.get(tenant_id, 0.0)
+        if remembered and uncontended and known is not None and all(key in known for key in keys):
+            return {key: known[key] for key in keys if known[key] is not None}
+        found = await query_partition(table, tenant_id, keys)
+        known = self._known.setdefault(tenant_id, {})
+        if len(known) > _KNOWN_ROWS:
+            known.clear()
+        known.update({key: found.get(key) for key in keys})
+        return found
 
     async def update(
-        self, table: Any, tenant_id: str, what: str, plan: Callable[[], Awaitable[Plan[_T]]]
+        self,
+        table: Any,
+        tenant_id: str,
+        what: str,
+        plan: Callable[[], Awaitable[Plan[_T]]],
+        *,
+        patience: float | Callable[[int], float] = 0.25,
     ) -> _T:
         """The one optimistic-update loop: read and plan, submit, and on a lost ETag race
         back off and do both again, until the transaction commits.
@@ -189,9 +282,9 @@ class Ledger:
                 if not operations:
                     return result
                 try:
-                    await self._submit(table, operations)
+                    await self._submit(table, tenant_id, operations)
                 except Conflict:
-                    await self._backoff(attempt)
+                    await self._backoff(attempt, patience)
                     continue
                 return result
         raise Contended(f"{what} did not converge under contention")
@@ -267,11 +360,20 @@ class Ledger:
         table = await self._store.table(USAGE_TABLE)
 
         async def plan() -> Plan[list[tuple[_Job, Any, BaseException | None]]]:
+            operations, outcomes = await decide(remembered=True)
+            if any(error is not None for _, _, error in outcomes):
+                # A refusal writes nothing that could fail on a stale ETag: decide it on
+                # rows read now (the money may have come back meanwhile).
+                operations, outcomes = await decide(remembered=False)
+            return operations, outcomes
+
+        async def decide(*, remembered: bool) -> Plan[list[tuple[_Job, Any, BaseException | None]]]:
             now = self._clock()
             keys = list(dict.fromkeys(key for job in batch for key in job.keys(now)))
-            rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
+            rows = PartitionRows(tenant_id, await self.read(table, tenant_id, keys, remembered=remembered))
             outcomes: list[tuple[_Job, Any, BaseException | None]] = []
             creates_and_deletes: list[Any] = []
+            recall = False
             for job in batch:
                 if isinstance(job, _Admission) and job.abandoned:
                     continue
@@ -283,10 +385,18 @@ class Ledger:
                         operation, result = self._plan_settlement(rows, job)
                 except LimitExceeded as refused:
                     outcomes.append((job, None, refused))
+                    if isinstance(job, _Admission) and _leased_out(rows, refused, now):
+                        job.recalled = recall = True
                     continue
                 if operation is not None:
                     creates_and_deletes.append(operation)
                 outcomes.append((job, result, None))
+            if recall:
+                # Refused for want of budget that processes hold leased: recall it (every
+                # keeper hands its free slice back at its next sync).
+                mark = recall_operation(rows, now, self._recall_seconds)
+                if mark is not None:
+                    creates_and_deletes.append(mark)
             return rows.operations() + creates_and_deletes, outcomes
 
         outcomes = await self.update(table, tenant_id, "ledger update", plan)
@@ -336,17 +446,34 @@ class Ledger:
             leased = await self.leases.admit(tenant, price, prompt_tokens_bound, requested_max_tokens)
             if leased is not None:
                 return leased
-        job = _Admission(
-            tenant,
-            price,
-            prompt_tokens_bound,
-            requested_max_tokens,
-            function,
-            key_id,
-            asyncio.get_running_loop().create_future(),
-        )
-        hold: Hold = await self._enqueue(tenant.id, job)
-        return hold
+        refused = self._refused.get(tenant.id)
+        if refused is not None and time.monotonic() < refused[0]:
+            # Many processes race for this tenant's rows and it was just refused here:
+            # the same answer, without another read of a partition at its limit.
+            raise refused[1].with_traceback(None)
+        for attempt in range(2):
+            job = _Admission(
+                tenant,
+                price,
+                prompt_tokens_bound,
+                requested_max_tokens,
+                function,
+                key_id,
+                asyncio.get_running_loop().create_future(),
+            )
+            try:
+                hold: Hold = await self._enqueue(tenant.id, job)
+            except LimitExceeded as refusal:
+                if not job.recalled or attempt > 0:
+                    if time.monotonic() < self._contended_until.get(tenant.id, 0.0):
+                        self._refused[tenant.id] = (time.monotonic() + _CONTENDED_REFUSAL_SECONDS, refusal)
+                    raise
+                # The budget was only leased out and is being recalled: one more exact
+                # decision once the keepers have had time to hand their slices back.
+                await asyncio.sleep(self._recall_wait)
+                continue
+            return hold
+        raise AssertionError("unreachable")
 
     async def settle(
         self, hold: Hold, *, cost_nano: int, prompt_tokens: int, completion_tokens: int

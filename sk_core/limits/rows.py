@@ -42,7 +42,11 @@ WINDOW_FIELDS = (
     "overrun_nano",
 )
 MINUTE_FIELDS = ("requests", "tokens")
-INFLIGHT_FIELDS = ("count",)
+# count: slots in use (holds of calls admitted exactly, plus slots leased to processes);
+# leased_slots: the leased part of count; leased_in_flight: of those, the ones used by
+# calls in flight when their process last reported (issue 23: leased is not in flight);
+# leases: lease rows in the partition (holders of the pool: they space their reports).
+INFLIGHT_FIELDS = ("count", "leased_slots", "leased_in_flight", "leases")
 
 
 class Contended(StorageUnavailable):
@@ -71,6 +75,12 @@ class CounterRow:
         # New rows are inserts: two processes creating the same window collide (409)
         # instead of one overwriting the other.
         return ("create", entity, {}) if self.etag is None else update_op(entity, self.etag)
+
+
+def in_flight(row: CounterRow) -> tuple[int, int]:
+    """(calls in flight, slots leased to processes) of a tenant's in-flight row; calls in
+    flight on leases as of each process's last report (``SKF_LEASE_REPORT_SECONDS``)."""
+    return row["count"] - row["leased_slots"] + row["leased_in_flight"], row["leased_slots"]
 
 
 class PartitionRows:
@@ -122,7 +132,10 @@ async def read_window(store: TableStore, tenant_id: str, window: str) -> dict[st
     table = await store.table(USAGE_TABLE)
     rows = await query_partition(table, tenant_id, [window, INFLIGHT])
     result = counters(tenant_id, window, rows.get(window), WINDOW_FIELDS)
-    result["inflight"] = counters(tenant_id, INFLIGHT, rows.get(INFLIGHT), INFLIGHT_FIELDS)["count"]
+    # Calls really in flight, and slots leased to processes apart (issue 23).
+    result["inflight"], result["leased_slots"] = in_flight(
+        CounterRow(tenant_id, INFLIGHT, rows.get(INFLIGHT), INFLIGHT_FIELDS)
+    )
     return result
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sk_core.errors import StorageUnavailable
 from sk_core.limits.holds import EXPIRED_PREFIX, HOLD_PREFIX
-from sk_core.limits.leases import LEASE_PREFIX, lease_amounts
+from sk_core.limits.leases import LEASE_PREFIX, lease_amounts, lease_in_flight
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -52,6 +52,8 @@ class _Expiry:
     slices: Callable[[Any], list[tuple[str, str, int]]]  # (day, month, amount) it reserved
     slots: Callable[[Any], int]  # in-flight slots it held
     audit_key: Callable[[str, datetime], str]
+    # Other in-flight row fields it counts in (a lease: its slots and calls in flight).
+    in_flight_parts: Callable[[Any], dict[str, int]] = lambda _: {}
 
 
 _HOLDS = _Expiry(
@@ -69,6 +71,7 @@ _LEASES = _Expiry(
     slices=lease_amounts,
     slots=lambda lease: read_int(lease.get("slots")),
     audit_key=lambda row, now: f"{EXPIRED_PREFIX}{row}-{int(now.timestamp())}",
+    in_flight_parts=lease_in_flight,
 )
 
 
@@ -118,7 +121,10 @@ async def _expire_one(ledger: Ledger, table: Any, kind: _Expiry, tenant_id: str,
                 window.add("spent_nano", amount)
                 window.add(kind.counter, 1)
                 window.add("expired_nano", amount)
-        rows.counter(INFLIGHT, INFLIGHT_FIELDS).add("count", -kind.slots(reservation))
+        in_flight_row = rows.counter(INFLIGHT, INFLIGHT_FIELDS)
+        in_flight_row.add("count", -kind.slots(reservation))
+        for name, value in kind.in_flight_parts(reservation).items():
+            in_flight_row.add(name, -value)
         # The audit trail: what was charged without a settlement, and why.
         audit = {k: v for k, v in reservation.items() if k not in ("PartitionKey", "RowKey")}
         flagged = {

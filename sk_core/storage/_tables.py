@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from azure.core import MatchConditions
@@ -208,11 +208,14 @@ def delete_op(entity: dict[str, Any], etag: str) -> tuple[str, dict[str, Any], d
     return ("delete", entity, {"etag": etag, "match_condition": MatchConditions.IfNotModified})
 
 
-async def submit(table: TableClient, operations: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
-    """Submit one entity-group transaction; lost races become ``Conflict``."""
+async def submit(
+    table: TableClient, operations: list[tuple[str, dict[str, Any], dict[str, Any]]]
+) -> list[Mapping[str, Any]]:
+    """Submit one entity-group transaction; lost races become ``Conflict``. Returns each
+    operation's response metadata (its new ``etag``), in order."""
     with storage_errors():
         try:
-            await table.submit_transaction(operations)
+            return list(await table.submit_transaction(operations))
         except TableTransactionError as exc:
             code = str(getattr(exc, "error_code", "") or "")
             if code in _CONFLICT_CODES or exc.status_code in (409, 412):

@@ -47,7 +47,9 @@ from sk_core.limits.rows import (
     MINUTE_FIELDS,
     USAGE_TABLE,
     WINDOW_FIELDS,
+    CounterRow,
     counters,
+    in_flight,
 )
 from sk_core.limits.windows import day_key, day_start, month_key, window_keys
 from sk_core.pricing import usd
@@ -164,10 +166,16 @@ class RateUsage(BaseModel):
 
 
 class ConcurrencyUsage(BaseModel):
-    """Requests admitted and not settled (slots leased to processes count as used)."""
+    """Requests admitted and not settled, and concurrency slots leased to service processes."""
 
-    in_flight: int
+    in_flight: int = Field(
+        description="Calls admitted and not settled (on leases: as of each process's last report)."
+    )
     limit: int
+    leased_slots: int = Field(
+        default=0,
+        description="Slots leased to service processes (used or not); they count against the limit.",
+    )
 
 
 class UsageResponse(BaseModel):
@@ -215,11 +223,13 @@ def usage_document(tenant: Tenant, rows: Mapping[str, Any], now: datetime) -> Us
             resets_at=_whole_second(now) + timedelta(seconds=minute_reset),
             resets_in_seconds=minute_reset,
         ),
-        concurrency=ConcurrencyUsage(
-            in_flight=counters(tenant.id, INFLIGHT, rows.get(INFLIGHT), INFLIGHT_FIELDS)["count"],
-            limit=limits.max_concurrent,
-        ),
+        concurrency=_concurrency(tenant, rows.get(INFLIGHT)),
     )
+
+
+def _concurrency(tenant: Tenant, entity: Any) -> ConcurrencyUsage:
+    calls, leased = in_flight(CounterRow(tenant.id, INFLIGHT, entity, INFLIGHT_FIELDS))
+    return ConcurrencyUsage(in_flight=calls, limit=tenant.limits.max_concurrent, leased_slots=leased)
 
 
 def _whole_second(now: datetime) -> datetime:

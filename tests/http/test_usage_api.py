@@ -114,7 +114,7 @@ async def test_usage_api_equals_the_ledger_under_concurrent_traffic(
     stored_requests = read_int(minute_row.get("requests")) if minute_row is not None else 0
     assert document["minute"]["requests"] == stored_requests
     assert document["minute"]["requests_limit"] == ROOMY.requests_per_minute
-    assert document["concurrency"] == {"in_flight": 0, "limit": ROOMY.max_concurrent}
+    assert document["concurrency"] == {"in_flight": 0, "limit": ROOMY.max_concurrent, "leased_slots": 0}
 
 
 async def test_usage_needs_a_valid_tenant_key(functions_host: FunctionsHost, admin_key: str) -> None:

@@ -287,6 +287,10 @@ async def test_a_killed_lease_holder_is_charged_its_whole_slice_and_flagged(
     assert counters[day]["expired_leases"] == 1
     assert counters[day].get("leased_nano", 0) == 0
     assert counters[INFLIGHT]["count"] == 0
+    # Its slots, its calls in flight and the holder itself are gone from the pool too.
+    assert counters[INFLIGHT].get("leased_slots", 0) == 0
+    assert counters[INFLIGHT].get("leased_in_flight", 0) == 0
+    assert counters[INFLIGHT].get("leases", 0) == 0
     flagged = await sweeper.expired(who.id)
     assert [e["flagged"] for e in flagged] == [True]
     # The call finishes after all: it was already charged, never twice. The process
@@ -362,3 +366,140 @@ async def test_a_sync_that_committed_unheard_is_not_applied_twice(
     assert counters[day]["requests"] == 20
     assert counters[day].get("leased_nano", 0) == 0
     assert counters[INFLIGHT]["count"] == 0  # slots returned exactly once
+
+
+async def test_a_process_short_of_budget_recalls_what_others_lease(stores: list[TableStore]) -> None:
+    """Issue 23, defect 1, in one test process: ledger A leases a large slice and keeps
+    trickling; ledger B (exact decisions) runs the pool dry. B's refusal is ``budget_held``
+    (the money is leased, not spent), it marks the pool recalled, A hands its free slice
+    back at its next report, and B's request, asked once more, is admitted from it."""
+    unit = PRICE.cost_nano(100, 100)
+    who = tenant(daily_budget_nano=40 * unit, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=1000)
+    keeping = LeaseSettings(report_seconds=0.3, idle_seconds=30, horizon_seconds=2.0, ttl_seconds=30)
+    a = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=keeping)
+    b = Ledger(store=stores[1], lease_seconds=30, min_answer_tokens=100)  # whole answers only
+    await asyncio.gather(*(call(a, who, answer_tokens=0) for _ in range(16)))
+    lease = a.leases._leases[who.id] if a.leases is not None else None
+    assert lease is not None
+    assert lease.current is not None
+    leased_free = lease.current.free
+    assert leased_free >= 4 * unit, "A should hold a large free slice"
+    stop = asyncio.Event()
+
+    async def trickle() -> None:
+        while not stop.is_set():
+            await call(a, who, answer_tokens=0)
+            await asyncio.sleep(0.15)
+
+    background = asyncio.create_task(trickle())
+    holds: list[Hold] = []
+    refusal = ""
+    try:
+        for _ in range(60):
+            try:
+                holds.append(
+                    await b.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100,
+                                  function="f", key_id="k")
+                )
+            except LimitExceeded as refused:
+                refusal = refused.code
+                break
+    finally:
+        stop.set()
+        await background
+    pool = 40 * unit - 16 * PRICE.cost_nano(100, 0) - 16 * unit  # what B found before the recall
+    assert refusal == "budget_held"  # B's own holds and A's calls in flight: not spent
+    assert lease.current.free == 0  # A honoured the recall
+    assert len(holds) * unit >= pool + leased_free // 2, (len(holds), pool // unit, leased_free // unit)
+    for hold in holds:
+        await b.settle(hold, cost_nano=0, prompt_tokens=0, completion_tokens=0)
+    await a.aclose()
+
+
+async def test_usage_reports_calls_in_flight_apart_from_leased_slots(stores: list[TableStore]) -> None:
+    """Issue 23, defect 2: slots leased to a process and unused are not calls in flight.
+    The ledger's usage (admin usage) and the read model (/api/v1/usage, the dashboard)
+    show real calls in flight and leased slots separately."""
+    from sk_core.usage import usage_of
+
+    keeping = LeaseSettings(report_seconds=0.3, idle_seconds=30, horizon_seconds=2.0, ttl_seconds=30)
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=keeping)
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, max_concurrent=10)
+    holds = [
+        await ledger.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100,
+                           function="f", key_id="k")
+        for _ in range(3)
+    ]
+    for hold in holds[1:]:
+        await ledger.settle(hold, cost_nano=1, prompt_tokens=1, completion_tokens=1)
+    day = window_keys(datetime.now(UTC))[0]
+    usage = await ledger.usage(who.id, day)  # reports this process's lease first
+    assert usage["inflight"] == 1  # one call really in flight
+    assert usage["leased_slots"] >= 3  # the slots this process still holds
+    document = await usage_of(ledger, who)
+    assert document.concurrency.in_flight == 1
+    assert document.concurrency.leased_slots >= 1  # resized by the sync it reported first
+    await ledger.settle(holds[0], cost_nano=1, prompt_tokens=1, completion_tokens=1)
+    assert (await ledger.usage(who.id, day))["inflight"] == 0
+    await ledger.aclose()
+    after = await ledger.usage(who.id, day)
+    assert (after["inflight"], after["leased_slots"]) == (0, 0)
+
+
+async def test_near_the_limit_an_exact_decision_costs_one_storage_exchange(
+    stores: list[TableStore],
+) -> None:
+    """Issue 23, defect 5: close to a budget's end every decision is exact (no lease can
+    be granted). Each costs one storage exchange, not a read and a write: the ledger
+    writes on the ETags of its own last commit, and reads again only after losing a race
+    (or to confirm a refusal)."""
+    unit = PRICE.cost_nano(100, 100)
+    who = tenant(daily_budget_nano=6 * unit, monthly_budget_nano=10**12, max_concurrent=100)
+    # Exact decisions only, as every process makes them once the pool is too small to lease.
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=100)
+    first = await ledger.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100,
+                               function="f", key_id="k")  # the first one reads
+    holds = [first]
+    exchanges = []
+    for _ in range(4):
+        before = stores[0].round_trips
+        holds.append(await ledger.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100,
+                                        function="f", key_id="k"))
+        exchanges.append(stores[0].round_trips - before)
+    for hold in holds:
+        before = stores[0].round_trips
+        await ledger.settle(hold, cost_nano=unit, prompt_tokens=100, completion_tokens=100)
+        exchanges.append(stores[0].round_trips - before)
+    assert exchanges == [1] * len(exchanges), exchanges
+    day = window_keys(datetime.now(UTC))[0]
+    assert (await ledger.usage(who.id, day))["spent_nano"] == 5 * unit
+    await ledger.aclose()
+
+
+async def test_the_pool_counts_its_holders_and_many_holders_stretch_the_intervals(
+    stores: list[TableStore],
+) -> None:
+    """Issue 23, at scale: the in-flight row counts lease rows (created +1, handed back -1),
+    every keeper learns the count at its sync, and past ``holders_per_report`` holders its
+    report interval (and with it renewal, idling and expiry) grows in proportion."""
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, max_concurrent=64)
+    ledgers = [Ledger(store=s, lease_seconds=30, min_answer_tokens=16, leases=FAST) for s in stores[:3]]
+    for ledger in ledgers:
+        assert await call(ledger, who) > 0
+    await ledgers[-1].flush(who.id)  # the last to sync has seen all three
+    counters = await rows(stores[0], who)
+    assert counters[INFLIGHT]["leases"] == 3
+    keeper = ledgers[-1].leases
+    assert keeper is not None
+    lease = keeper._leases[who.id]
+    assert lease.holders == 3
+    assert keeper.report_interval(lease) == FAST.report_seconds  # few holders: as configured
+    lease.holders = FAST.holders_per_report * 4
+    assert keeper.report_interval(lease) == FAST.report_seconds * 4
+    lease.holders = FAST.holders_per_report * 1000
+    assert keeper.report_interval(lease) == FAST.report_seconds * FAST.max_stretch
+    lease.holders = 3
+    for ledger in ledgers:
+        await ledger.aclose()
+    assert (await rows(stores[0], who))[INFLIGHT]["leases"] == 0

@@ -247,7 +247,7 @@
     const data = await (await get(API + "/" + encodeURIComponent(tenantId))).json();
     if (state.selected !== tenantId) return; // another tenant was picked meanwhile
     $("detail").hidden = false;
-    $("detail-title").textContent = "Tenant " + data.tenant_id + " (" + data.status + "), in flight now: " + data.usage.concurrency.in_flight;
+    $("detail-title").textContent = "Tenant " + data.tenant_id + " (" + data.status + "), in flight now: " + data.usage.concurrency.in_flight + " (slots leased to instances: " + data.usage.concurrency.leased_slots + ")";
     const head = el("tr");
     head.append(el("th", "tenant " + data.tenant_id), ...data.windows.map((w) => el("th", w.period + " " + w.label, "num")));
     $("windows").tHead.replaceChildren(head);
