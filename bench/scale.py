@@ -68,7 +68,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 from sk_core.accounts import Limits, Tenant
 from sk_core.errors import LimitExceeded, StorageUnavailable
 from sk_core.limits import Hold, Ledger
-from sk_core.limits.leases import LeaseSettings
+from sk_core.limits.lease_state import LeaseSettings
 from sk_core.pricing import Price
 
 DRAIN_SECONDS = 10.0  # after the demand: calls finishing, then hand-backs, each at most this

@@ -110,7 +110,7 @@ class Service:
         the secret source the settings select (tests point it at a vault stand-in)."""
         from sk_core.accounts import Authenticator
         from sk_core.limits import Ledger
-        from sk_core.limits.leases import LeaseSettings
+        from sk_core.limits.lease_state import LeaseSettings
         from sk_core.telemetry import setup_telemetry
         from sk_core.usage import AuditLog
 

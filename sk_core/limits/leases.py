@@ -18,11 +18,7 @@ shutdown. Renewals run off the request path; a request waits for one only when i
 slice cannot admit it. Grants follow recent demand, take at most ``share`` of what is
 left, and are zero close to the limit, where the exact per-request path decides.
 
-**Crashes:** a lease row whose process stopped renewing it expires after
-``SKF_LEASE_TTL_SECONDS`` (30 s; a live process renews well before); the sweep then
-charges its whole outstanding budget slice as spent (flagged, ``expired-lease-``
-audit row) and releases its slots. A process that cannot reach storage stops admitting
-from its lease after half that time, so it never serves on a lease already charged.
+**Crashes:** see ``lease_state`` (a lease row that stops being renewed expires, charged).
 """
 
 from __future__ import annotations
@@ -34,14 +30,21 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core.accounts import Tenant
 from sk_core.errors import LimitExceeded, RateState, StorageUnavailable
 from sk_core.limits import policy
 from sk_core.limits.holds import Hold, Settlement
+from sk_core.limits.lease_state import (
+    LEASE_PREFIX,
+    RECALL,
+    Demand,
+    LeaseSettings,
+    Snapshot,
+    TenantLease,
+)
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -58,153 +61,7 @@ if TYPE_CHECKING:
     from sk_core.limits.ledger import Ledger, Plan
 
 logger = logging.getLogger(__name__)
-
-LEASE_PREFIX = "lease-"
-# The tenant's recall mark (one row in its usage partition, field ``until``): set by an
-# exact decision refused while budget sits leased in slices; until then every keeper
-# hands its free budget back at its next sync and admits budget only on the exact path.
-RECALL = "recall"
-
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class LeaseSettings:
-    """How leases are sized and renewed."""
-
-    report_seconds: float = 2.0  # settled usage reaches the store at least this often
-    idle_seconds: float = 3.0  # a lease unused this long gives everything back
-    horizon_seconds: float = 4.0  # a grant aims to last this long at the recent rate
-    share: float = 0.5  # at most this share of what is left goes to one grant
-    ttl_seconds: float = 30.0  # a lease row not renewed this long is expired by the sweep
-    # A sync is an optimistic update of rows every holder shares (read ~6 entities, write
-    # ~5): two in flight together conflict, so one pool commits at most ~1 / (2 round
-    # trips) syncs a second, far below the partition's ~2,000 entities a second. With
-    # more holders than this, every holder reports, renews, idles and expires
-    # proportionally less often, so the pool sees about holders_per_report /
-    # report_seconds syncs a second whatever the number of instances (bench/scale.py).
-    holders_per_report: int = 32
-    max_stretch: float = 16.0  # ... up to this factor
-
-
-@dataclass
-class _Demand:
-    """Recent demand of one tenant in this process (what the next grant should cover)."""
-
-    admitted: int = 0  # admissions since the last sync
-    amount: int = 0  # their reservations
-    tokens: int = 0
-    peak_inflight: int = 0
-    waiting: int = 0  # requests waiting for a sync right now
-    rate: float = 0.0  # admissions per second, smoothed
-    counted: int = 0  # requests counted without an admission (cache hits) since the last sync
-    count_rate: float = 0.0  # those per second, smoothed: the minute slice covers them too
-    unit_amount: int = 0  # a typical reservation
-    unit_tokens: int = 0
-    since: float = field(default_factory=time.monotonic)
-
-    def note(self, amount: int, tokens: int) -> None:
-        self.admitted += 1
-        self.amount += amount
-        self.tokens += tokens
-        # Typical sizes, smoothed (1/8 weight to the newest) so one odd call does not
-        # resize the next grant.
-        self.unit_amount = amount if self.unit_amount == 0 else (self.unit_amount * 7 + amount) // 8
-        self.unit_tokens = tokens if self.unit_tokens == 0 else (self.unit_tokens * 7 + tokens) // 8
-
-    def roll(self, now: float) -> None:
-        elapsed = max(1e-3, now - self.since)
-        self.rate = _smoothed(self.rate, self.admitted / elapsed)
-        self.count_rate = _smoothed(self.count_rate, self.counted / elapsed)
-        self.admitted = self.amount = self.tokens = self.counted = 0
-        self.since = now
-
-
-def _smoothed(previous: float, observed: float) -> float:
-    return observed if previous == 0 else 0.5 * previous + 0.5 * observed
-
-
-@dataclass
-class TenantLease:
-    """This process's lease of one tenant's limits (what its lease row says, and more)."""
-
-    tenant: Tenant
-    generation: int = 0
-    current: BudgetSlice | None = None  # the slice of the current UTC day
-    previous: BudgetSlice | None = None  # yesterday's, draining its calls in flight
-    minute: MinuteSlice | None = None
-    slots: int = 0
-    inflight: int = 0
-    reported_busy: int = 0  # calls in flight as the in-flight row counts them (leased_in_flight)
-    holders: int = 0  # lease rows in the tenant's partition at the last sync (this one included)
-    valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
-    exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
-    recalled_until: float = 0.0  # monotonic; the pool recalled leased budget (see RECALL)
-    frozen: bool = False  # a sync that shrinks the slices is in flight
-    seq: int = 0  # syncs of this lease known to have committed (the row's "seq")
-    pending: _Snapshot | None = None  # a sync sent whose outcome we have not heard
-    granted: tuple[int, int, int] = (0, 0, 0)  # the last grant: free nano-USD, requests, tokens
-    renew_after: float = 0.0  # monotonic; no background renewal before
-    last_used: float = field(default_factory=time.monotonic)
-    demand: _Demand = field(default_factory=_Demand)
-    sync: asyncio.Task[None] | None = None
-    keeper: asyncio.Task[None] | None = None
-    stored: bool = False  # the lease row exists (as far as we know)
-    # The minute row's stored request count after the last sync (every process's grants
-    # counted as used) and the lowest estimate reported this minute: rpm_remaining().
-    minute_stored: int = 0
-    rpm_floor: tuple[str, int] = ("", 0)
-
-    def rpm_remaining(self, limit: int) -> int:
-        """An estimate of the tenant's remaining requests this minute, for the RateLimit
-        headers: what the store had not leased out at the last sync plus what is left of
-        this process's slice (limit - stored count at the last sync - admissions since).
-        Other processes' unused slices count as used, so it errs low, by their size at
-        most; it never rises within the minute (a later sync may find slices given back).
-        """
-        minute = self.minute
-        if minute is None:
-            return 0
-        estimate = max(0, limit - self.minute_stored + minute.requests)
-        key, floor = self.rpm_floor
-        if key == minute.minute:
-            estimate = min(estimate, floor)
-        self.rpm_floor = (minute.minute, estimate)
-        return estimate
-
-    def slice_for(self, day: str) -> BudgetSlice | None:
-        for budget in (self.current, self.previous):
-            if budget is not None and budget.day == day:
-                return budget
-        return None
-
-    @property
-    def empty(self) -> bool:
-        """Nothing leased, nothing in flight, nothing to report."""
-        slices = [s for s in (self.current, self.previous) if s is not None]
-        return (
-            self.slots == 0
-            and self.inflight == 0
-            and all(s.outstanding == 0 and s.held == 0 and not s.unreported for s in slices)
-        )
-
-
-@dataclass
-class _Snapshot:
-    """The local numbers a sync was planned on (local activity goes on meanwhile)."""
-
-    budget: list[tuple[BudgetSlice, Report]]  # each slice and what the sync reports of it
-    new_free: dict[int, int]
-    minute: MinuteSlice | None
-    minute_requests: int
-    minute_tokens: int
-    new_minute: MinuteSlice | None
-    minute_stored: int  # the minute row's request count once this sync commits
-    slots: int
-    new_slots: int
-    busy: int
-    lost: bool
-
 
 class LeaseKeeper:
     """The leases of one process, for every tenant it serves."""
@@ -253,7 +110,7 @@ class LeaseKeeper:
         amount = price.cost_nano(prompt, requested)
         tokens = prompt + requested
 
-        def size(demand: _Demand) -> None:
+        def size(demand: Demand) -> None:
             demand.unit_amount = max(demand.unit_amount, amount)
             demand.unit_tokens = max(demand.unit_tokens, tokens)
 
@@ -271,7 +128,7 @@ class LeaseKeeper:
         self,
         tenant: Tenant,
         take: Callable[[TenantLease], _T | None],
-        size: Callable[[_Demand], None],
+        size: Callable[[Demand], None],
     ) -> _T | None:
         """``take`` from the tenant's lease; if it cannot, sync (sized by ``size``) and retry."""
         if self._closing:
@@ -504,7 +361,7 @@ class LeaseKeeper:
     async def _sync(self, tenant_id: str, lease: TenantLease) -> None:
         ledger = self._ledger
         table = await ledger.store.table(USAGE_TABLE)
-        snapshot: list[_Snapshot] = []
+        snapshot: list[Snapshot] = []
 
         async def plan() -> Plan[None]:
             operations, snap = await self._plan(table, tenant_id, lease)
@@ -531,7 +388,7 @@ class LeaseKeeper:
             # handed back by its keeper.
             self._ensure_keeper(tenant_id, lease)
 
-    async def _plan(self, table: Any, tenant_id: str, lease: TenantLease) -> tuple[list[Any], _Snapshot]:
+    async def _plan(self, table: Any, tenant_id: str, lease: TenantLease) -> tuple[list[Any], Snapshot]:
         settings = self._settings
         now = self._ledger.now()
         day, month, minute_key = policy.window_keys(now)
@@ -693,7 +550,7 @@ class LeaseKeeper:
             )
         if shrink:
             lease.frozen = True  # no local admission may use what this sync takes back
-        return operations, _Snapshot(
+        return operations, Snapshot(
             budget=snap_budget,
             new_free=new_free,
             minute=lease.minute,
@@ -707,13 +564,13 @@ class LeaseKeeper:
             lost=lost,
         )
 
-    def _acknowledge(self, lease: TenantLease, snap: _Snapshot) -> None:
+    def _acknowledge(self, lease: TenantLease, snap: Snapshot) -> None:
         """A sync committed: count it and move the local numbers by what it changed."""
         lease.seq += 1
         lease.pending = None
         self._apply(lease, snap)
 
-    def _apply(self, lease: TenantLease, snap: _Snapshot) -> None:
+    def _apply(self, lease: TenantLease, snap: Snapshot) -> None:
         """The sync committed: move the local numbers by what it changed."""
         for budget, report in snap.budget:
             budget.synced(snap.new_free[id(budget)], report)
@@ -740,32 +597,3 @@ class LeaseKeeper:
             lease.granted = (current_free, new_minute.requests, new_minute.tokens)
         if current_free > 0:
             lease.exact_until = 0.0
-
-
-def lease_in_flight(entity: Any) -> dict[str, int]:
-    """What a lease row adds to its tenant's in-flight row besides ``count`` (its slots)."""
-    return {
-        "leased_slots": read_int(entity.get("slots")),
-        "leased_in_flight": read_int(entity.get("inflight")),
-        "leases": 1,
-    }
-
-
-def lease_amounts(entity: Any) -> list[tuple[str, str, int]]:
-    """The budget slices a lease row holds: (day, month, outstanding nano-USD)."""
-    slices = [(str(entity["day"]), str(entity["month"]), read_int(entity.get("amount_nano")))]
-    if entity.get("prev_day"):
-        previous = read_int(entity.get("prev_amount_nano"))
-        slices.append((str(entity["prev_day"]), str(entity["prev_month"]), previous))
-    return [s for s in slices if s[2] > 0]
-
-
-def recall_operation(rows: PartitionRows, now: datetime, seconds: float) -> Any | None:
-    """The write that marks the tenant's pool recalled for ``seconds`` (see ``RECALL``);
-    None when a mark set recently still covers most of that time."""
-    stored = rows.entities.get(RECALL)
-    until = now + timedelta(seconds=seconds)
-    if stored is not None and stored["until"] - now > timedelta(seconds=seconds / 2):
-        return None
-    entity = {"PartitionKey": rows.tenant_id, "RowKey": RECALL, "until": until}
-    return ("create", entity, {}) if stored is None else update_op(entity, etag_of(stored))

@@ -37,7 +37,8 @@ from sk_core.accounts import Tenant
 from sk_core.errors import LimitExceeded, RateState
 from sk_core.limits import policy, sweep
 from sk_core.limits.holds import Hold, Settlement, hold_row
-from sk_core.limits.leases import RECALL, LeaseKeeper, LeaseSettings, recall_operation
+from sk_core.limits.lease_state import RECALL, LeaseSettings, leased_out, recall_operation
+from sk_core.limits.leases import LeaseKeeper
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -123,18 +124,6 @@ class _Settling:
 
 
 _Job = _Admission | _Settling
-
-
-def _leased_out(rows: PartitionRows, refused: LimitExceeded, now: datetime) -> bool:
-    """A ``budget_held`` refusal while some of the budget sits leased in slices."""
-    if refused.code != "budget_held":
-        return False
-    day, month, _ = policy.window_keys(now)
-    if rows.counter(INFLIGHT, INFLIGHT_FIELDS)["leases"] > LeaseSettings().holders_per_report:
-        # Many holders: their grants are thin already, and a recall would send all of
-        # them to per-request decisions on the shared rows at once (bench/scale.py).
-        return False
-    return any(rows.counter(key, WINDOW_FIELDS)["leased_nano"] > 0 for key in (day, month))
 
 
 class Ledger:
@@ -385,7 +374,7 @@ class Ledger:
                         operation, result = self._plan_settlement(rows, job)
                 except LimitExceeded as refused:
                     outcomes.append((job, None, refused))
-                    if isinstance(job, _Admission) and _leased_out(rows, refused, now):
+                    if isinstance(job, _Admission) and leased_out(rows, refused, now):
                         job.recalled = recall = True
                     continue
                 if operation is not None:

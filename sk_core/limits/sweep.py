@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sk_core.errors import StorageUnavailable
 from sk_core.limits.holds import EXPIRED_PREFIX, HOLD_PREFIX
-from sk_core.limits.leases import LEASE_PREFIX, lease_amounts, lease_in_flight
+from sk_core.limits.lease_state import LEASE_PREFIX, lease_amounts, lease_in_flight
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,

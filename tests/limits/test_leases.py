@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sk_core.accounts import Limits, Tenant
 from sk_core.errors import LimitExceeded
 from sk_core.limits import INFLIGHT, USAGE_TABLE, Hold, Ledger, window_keys
-from sk_core.limits.leases import LeaseSettings
+from sk_core.limits.lease_state import LeaseSettings
 from sk_core.limits.slices import BudgetSlice, grant
 from sk_core.pricing import Price
 from sk_core.storage import TableStore, query_partition, read_int
