@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -217,3 +218,13 @@ def leased_out(rows: PartitionRows, refused: LimitExceeded, now: datetime) -> bo
         # them to per-request decisions on the shared rows at once (bench/scale.py).
         return False
     return any(rows.counter(key, WINDOW_FIELDS)["leased_nano"] > 0 for key in (day, month))
+
+
+def leased_requests(entities: Iterable[Any], minute: str) -> int:
+    """Requests of ``minute`` leased to processes and unused at their last sync, summed
+    over a tenant's lease rows (the minute row counts them as used)."""
+    return sum(
+        read_int(e.get("minute_requests"))
+        for e in entities
+        if str(e.get("RowKey", "")).startswith(LEASE_PREFIX) and e.get("minute") == minute
+    )

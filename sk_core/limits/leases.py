@@ -538,6 +538,10 @@ class LeaseKeeper:
                 "prev_amount_nano": int64(amounts[id(previous)] if previous else 0),
                 "slots": int64(new_slots),
                 "inflight": int64(busy),
+                # The minute's requests this process holds unused after the sync: counted
+                # in the minute row as used, told apart by the usage read model.
+                "minute": minute_key,
+                "minute_requests": int64(new_requests),
                 # Which of this process's syncs wrote the row (see _acknowledge).
                 "seq": int64(lease.seq + 1),
                 "expires_at": now + timedelta(seconds=self._ttl(lease)),

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from sk_core.limits.holds import EXPIRED_PREFIX
+from sk_core.limits.lease_state import LEASE_PREFIX, leased_requests
 from sk_core.limits.policy import (
     remaining_budget,
     seconds_to_next_day,
@@ -155,7 +156,15 @@ class RateUsage(BaseModel):
     Capacity leased to service processes counts as used (it is not available to others).
     """
 
-    requests: int = Field(description="Requests admitted this minute, or leased to processes.")
+    requests: int = Field(
+        description="Requests admitted this minute (as of each process's last lease sync, so "
+        "at most SKF_LEASE_REPORT_SECONDS behind)."
+    )
+    leased_requests: int = Field(
+        default=0,
+        description="Requests of this minute leased to service processes and unused at their "
+        "last sync: not available to others, not used either.",
+    )
     requests_limit: int
     tokens: int = Field(
         description="Tokens admitted or leased this minute (reserved; corrected to actual on settlement)."
@@ -209,6 +218,8 @@ def usage_document(tenant: Tenant, rows: Mapping[str, Any], now: datetime) -> Us
         )
 
     minute = counters(tenant.id, minute_key, rows.get(minute_key), MINUTE_FIELDS)
+    # Lease rows (when read with the counters) say what of the minute is only leased.
+    leased = min(minute["requests"], leased_requests(rows.values(), minute_key))
     minute_reset = seconds_to_next_minute(now)
     return UsageResponse(
         tenant_id=tenant.id,
@@ -216,7 +227,8 @@ def usage_document(tenant: Tenant, rows: Mapping[str, Any], now: datetime) -> Us
         day=window(day, seconds_to_next_day(now)),
         month=window(month, seconds_to_next_month(now)),
         minute=RateUsage(
-            requests=minute["requests"],
+            requests=minute["requests"] - leased,
+            leased_requests=leased,
             requests_limit=limits.requests_per_minute,
             tokens=minute["tokens"],
             tokens_limit=limits.tokens_per_minute,
@@ -254,8 +266,22 @@ async def usage_of(
         await ledger.flush(tenant.id)
     now = now or ledger.now()
     table = await ledger.store.table(USAGE_TABLE)
-    rows = await query_partition(table, tenant.id, _usage_keys(now))
+    rows = await _rows_and_leases(table, tenant.id, _usage_keys(now))
     return usage_document(tenant, rows, now)
+
+
+async def _rows_and_leases(table: Any, tenant_id: str, keys: list[str]) -> dict[str, Any]:
+    """The counter rows and the tenant's lease rows, in one query of its partition."""
+    clauses = " or ".join(f"RowKey eq @r{i}" for i in range(len(keys)))
+    leases = f"( RowKey ge '{LEASE_PREFIX}' and RowKey lt '{LEASE_PREFIX[:-1]}.' )"
+    parameters: dict[str, Any] = {"pk": tenant_id, **{f"r{i}": key for i, key in enumerate(keys)}}
+    found: dict[str, Any] = {}
+    with storage_errors():
+        async for entity in table.query_entities(
+            f"PartitionKey eq @pk and ( {clauses} or {leases} )", parameters=parameters
+        ):
+            found[entity["RowKey"]] = entity
+    return found
 
 
 async def overview(

@@ -503,3 +503,31 @@ async def test_the_pool_counts_its_holders_and_many_holders_stretch_the_interval
     for ledger in ledgers:
         await ledger.aclose()
     assert (await rows(stores[0], who))[INFLIGHT]["leases"] == 0
+
+
+async def test_the_usage_document_tells_leased_requests_from_used_ones(stores: list[TableStore]) -> None:
+    """The minute row counts requests leased to a process as used the moment they are
+    granted; the tenant's usage document tells them apart (issue 27, defect 5): used =
+    what was admitted (as of the last sync), leased = the rest, together the stored row."""
+    from sk_core.usage import usage_of
+
+    await inside_one_minute(5)
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=600,
+                 tokens_per_minute=10**8, max_concurrent=64)  # fmt: skip
+    made = 0
+    for _ in range(3):
+        made += await call(ledger, who) > 0
+    await ledger.flush(who.id)  # a sync: the lease row says what of its slice is unused
+    document = await usage_of(ledger, who, report_own_leases=False)
+    minute = window_keys(datetime.now(UTC))[2]
+    found = await query_partition(await stores[0].table(USAGE_TABLE), who.id, [minute])
+    minute_stored = read_int(found[minute]["requests"])
+    assert made == 3
+    assert document.minute.requests == 3
+    assert document.minute.leased_requests > 0  # the process keeps a slice for the next calls
+    assert document.minute.requests + document.minute.leased_requests == minute_stored
+    await ledger.aclose()
+    handed_back = await usage_of(ledger, who, report_own_leases=False)
+    assert handed_back.minute.leased_requests == 0  # closed: the slice went back
+    assert handed_back.minute.requests == 3
