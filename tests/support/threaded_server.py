@@ -60,7 +60,11 @@ class ThreadedServer:
         if self._server is None or self._thread is None:
             return
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        # Until it has really stopped: a test that stops a dependency and then expects
+        # refusals must not race a server still answering (a loaded machine took >10 s).
+        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            raise RuntimeError(f"{self.name} did not stop within 60 s")
         self._server = self._thread = None
 
     def __enter__(self) -> Self:
