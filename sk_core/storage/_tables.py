@@ -229,9 +229,12 @@ async def submit(
             raise StorageUnavailable(f"transaction failed: HTTP {exc.status_code}") from exc
 
 
-async def query_partition(table: TableClient, partition: str, row_keys: list[str]) -> dict[str, Any]:
-    """Read several entities of one partition in one round trip, keyed by RowKey."""
-    clauses = " or ".join(f"RowKey eq @r{i}" for i in range(len(row_keys)))
+async def query_partition(
+    table: TableClient, partition: str, row_keys: list[str], *, also: str | None = None
+) -> dict[str, Any]:
+    """Read several entities of one partition in one round trip, keyed by RowKey; ``also``
+    is a RowKey clause whose rows come in the same query (a range, say)."""
+    clauses = " or ".join([*(f"RowKey eq @r{i}" for i in range(len(row_keys))), *([also] if also else [])])
     parameters: dict[str, Any] = {"pk": partition, **{f"r{i}": key for i, key in enumerate(row_keys)}}
     found: dict[str, Any] = {}
     with storage_errors():

@@ -266,22 +266,10 @@ async def usage_of(
         await ledger.flush(tenant.id)
     now = now or ledger.now()
     table = await ledger.store.table(USAGE_TABLE)
-    rows = await _rows_and_leases(table, tenant.id, _usage_keys(now))
-    return usage_document(tenant, rows, now)
-
-
-async def _rows_and_leases(table: Any, tenant_id: str, keys: list[str]) -> dict[str, Any]:
-    """The counter rows and the tenant's lease rows, in one query of its partition."""
-    clauses = " or ".join(f"RowKey eq @r{i}" for i in range(len(keys)))
+    # The tenant's lease rows in the same query: what of the minute is only leased.
     leases = f"( RowKey ge '{LEASE_PREFIX}' and RowKey lt '{LEASE_PREFIX[:-1]}.' )"
-    parameters: dict[str, Any] = {"pk": tenant_id, **{f"r{i}": key for i, key in enumerate(keys)}}
-    found: dict[str, Any] = {}
-    with storage_errors():
-        async for entity in table.query_entities(
-            f"PartitionKey eq @pk and ( {clauses} or {leases} )", parameters=parameters
-        ):
-            found[entity["RowKey"]] = entity
-    return found
+    rows = await query_partition(table, tenant.id, _usage_keys(now), also=leases)
+    return usage_document(tenant, rows, now)
 
 
 async def overview(
