@@ -359,8 +359,15 @@ async def test_a_burst_uses_the_whole_budget_at_once(
         await asyncio.sleep(max(int(r.headers["retry-after"]) for r in held))
         again = await burst(bases[:1], key, len(held), body)
         admitted += [r for r in again if r.status_code == 200]
+        refused += [r for r in again if r.status_code != 200]
         usage = await handed_back(functions_service, tenant_id, day)
     assert usage["spent_nano"] <= budget
     used = usage["spent_nano"] / budget
-    assert used >= 0.95, (first_wave, used, len(admitted), codes)
+    # The whole budget is used when >= 95 % is spent, or when what is left cannot pay
+    # even the smallest answer (the refusals say what that costs: prompt + minimal answer,
+    # and answers clamped near the end may each leave less than that behind).
+    smallest = [round(r.json()["minimum_cost_usd"] * 1e9) for r in refused if "minimum_cost_usd" in r.json()]
+    leftover = budget - usage["spent_nano"]
+    whole = used >= 0.95 or (bool(smallest) and leftover < min(smallest))
+    assert whole, (first_wave, used, leftover, smallest[:3], codes)
     assert stub.stats()["count"] >= len(admitted)
