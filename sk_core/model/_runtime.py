@@ -395,7 +395,7 @@ def survive_parsing(text: str) -> str:
     caller's text, saw the encoded form) and ``a &lt; b`` as ``a < b``. One more level
     of ``&`` for the second unescape, and ``\r`` as a character reference, which XML's
     line-end normalisation leaves alone: the round trip is the identity (property-tested
-    against the stub model in tests/test_guard_roundtrip.py).
+    against the stub model in tests/safety/test_prompt_roundtrip.py).
     """
     if "&" not in text and "\r" not in text:
         return text

@@ -16,7 +16,7 @@ applies (tabs and controls dropped, ``\\`` read as ``/``). Constructs:
 
 Candidates are found where a renderer could find one, and more (a ``](`` inside a code
 span counts too): a false positive costs a link in a code sample, a miss leaks data.
-``tests/test_redaction_links.py`` renders the redacted output with markdown-it-py and
+``tests/safety/test_redaction_links.py`` renders the redacted output with markdown-it-py and
 checks that no URL of another host is left, across encodings and chunkings.
 
 Each parser answers for a prefix of a stream too (``final=False``): :data:`INCOMPLETE`
