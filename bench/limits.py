@@ -219,8 +219,8 @@ class Call:
 
         spec = service.catalog.get("text", "summarize")
         assert spec is not None
-        arguments, max_tokens = spec.split_request(validate_body(spec.request_model, dict(SUMMARIZE_BODY)))
-        requested = spec.requested_max_tokens(arguments, max_tokens)
+        arguments, options = spec.split_request(validate_body(spec.request_model, dict(SUMMARIZE_BODY)))
+        requested = spec.requested_max_tokens(arguments, options.max_tokens)
         return cls(spec, service.settings.price, spec.prompt_token_bound(arguments), requested)
 
     async def admit_settle(self, ledger: Ledger, tenant: Tenant, key_id: str) -> tuple[float, float]:
@@ -656,8 +656,8 @@ async def contend_worker(tenant_id: str, n: int, seconds: float) -> None:
         assert spec is not None
         from sk_core.http.request_body import validate_body
 
-        arguments, max_tokens = spec.split_request(validate_body(spec.request_model, dict(SUMMARIZE_BODY)))
-        requested = spec.requested_max_tokens(arguments, max_tokens)
+        arguments, options = spec.split_request(validate_body(spec.request_model, dict(SUMMARIZE_BODY)))
+        requested = spec.requested_max_tokens(arguments, options.max_tokens)
         call = Call(spec, settings.price, spec.prompt_token_bound(arguments), requested)
         # One warm-up pair so the connection is open before the race starts.
         await call.admit_settle(ledger, tenant, "bench")
@@ -785,8 +785,8 @@ def nolimits_app() -> Starlette:
     async def summarize(request: Request, *_: Any) -> Response:  # no service, no context
         with span("validate"):
             data = await read_json_body(request, max_bytes=settings.max_body_bytes)
-            arguments, max_tokens = spec.split_request(validate_body(spec.request_model, data))
-        requested = spec.requested_max_tokens(arguments, max_tokens)
+            arguments, options = spec.split_request(validate_body(spec.request_model, data))
+        requested = spec.requested_max_tokens(arguments, options.max_tokens)
         with span("invoke"):
             runtime = await kernels.get()
             completion = await runtime.invoke(spec, arguments, max_tokens=requested)

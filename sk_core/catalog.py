@@ -150,6 +150,15 @@ class CachePolicy:
 
 
 @dataclass(frozen=True)
+class RequestOptions:
+    """A call's options beside the prompt's arguments (``REQUEST_OPTIONS``)."""
+
+    max_tokens: int | None = None  # the caller's answer cap (None: the function's default)
+    # Lower run limits for a tool-using function (validated: each at most the file's).
+    run_limits: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """A prompt function as declared in its YAML file."""
 
@@ -162,8 +171,8 @@ class FunctionSpec:
     template_bytes: int
     default_max_tokens: int
     # The function's input variables (what the template sees), and the request body:
-    # those inputs plus the request's own options (``max_tokens``), which are not
-    # arguments of the prompt (``split_request`` takes them apart).
+    # those inputs plus the request's own options (``max_tokens``, ``run_limits``),
+    # which are not arguments of the prompt (``split_request`` takes them apart).
     arguments_model: type[BaseModel] = field(compare=False)
     request_model: type[BaseModel] = field(compare=False)
     # The model fallback chain the prompt file names (``model_chain:``, a key SK ignores);
@@ -174,12 +183,14 @@ class FunctionSpec:
     # sk_core.tools); None: a plain prompt function, one model call.
     tools: ToolSettings | None = None
 
-    def split_request(self, body: BaseModel) -> tuple[dict[str, Any], int | None]:
+    def split_request(self, body: BaseModel) -> tuple[dict[str, Any], RequestOptions]:
         """A validated ``request_model`` body as the function's arguments and the
-        request's ``max_tokens`` option (None: the caller named no cap)."""
+        request's own options, so no option ever reaches the template or the cache key."""
         arguments = body.model_dump()
-        max_tokens: int | None = arguments.pop("max_tokens")
-        return arguments, max_tokens
+        options = RequestOptions(
+            max_tokens=arguments.pop("max_tokens"), run_limits=arguments.pop("run_limits", None)
+        )
+        return arguments, options
 
     def requested_max_tokens(self, arguments: dict[str, Any], max_tokens: int | None) -> int:
         """The answer cap a call asks for, before budgets clamp it: the caller's

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sk_core.catalog import Catalog, load_spec
+from sk_core.catalog import Catalog, RequestOptions, load_spec
 
 _PROMPT = """\
 name: echo
@@ -84,13 +84,13 @@ def test_max_tokens_is_a_request_option_not_an_argument(tmp_path: Path) -> None:
     spec = load_spec(path, "demo")
     assert "max_tokens" not in spec.arguments_model.model_fields
     body = spec.request_model.model_validate({"text": "x", "limit": 10, "max_tokens": 7})
-    arguments, max_tokens = spec.split_request(body)
-    assert (arguments, max_tokens) == ({"text": "x", "limit": 10}, 7)
-    assert spec.requested_max_tokens(arguments, max_tokens) == 7
+    arguments, options = spec.split_request(body)
+    assert (arguments, options) == ({"text": "x", "limit": 10}, RequestOptions(max_tokens=7))
+    assert spec.requested_max_tokens(arguments, options.max_tokens) == 7
     # None named: the function's default for these arguments.
-    arguments, max_tokens = spec.split_request(spec.request_model.model_validate({"text": "x", "limit": 10}))
-    assert max_tokens is None
-    assert spec.requested_max_tokens(arguments, max_tokens) == 35
+    arguments, options = spec.split_request(spec.request_model.model_validate({"text": "x", "limit": 10}))
+    assert options.max_tokens is None
+    assert spec.requested_max_tokens(arguments, options.max_tokens) == 35
 
 
 def test_an_input_may_not_take_a_request_options_name(tmp_path: Path) -> None:

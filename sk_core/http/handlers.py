@@ -42,7 +42,7 @@ from sk_core.pricing import usd
 
 if TYPE_CHECKING:
     from sk_core.accounts import Principal
-    from sk_core.catalog import FunctionSpec
+    from sk_core.catalog import FunctionSpec, RequestOptions
     from sk_core.composition import Service
     from sk_core.http.context import RequestContext
     from sk_core.model import ModelRuntime
@@ -65,14 +65,14 @@ def function_spec(service: Service, plugin: str, name: str) -> FunctionSpec:
 
 async def _prepare(
     request: Request, service: Service, context: RequestContext, spec: FunctionSpec
-) -> tuple[Principal, dict[str, Any], int | None]:
+) -> tuple[Principal, dict[str, Any], RequestOptions]:
     """Authenticate and read the body: the caller, the function's arguments and the
-    request's ``max_tokens`` option (None: not given)."""
+    request's own options (``max_tokens``, ``run_limits``)."""
     principal = await context.authenticate(service.pipeline, request.headers, spec.id)
     with telemetry.tracer().start_as_current_span("validate"):
         data = await read_json_body(request, max_bytes=service.settings.max_body_bytes)
-        arguments, max_tokens = spec.split_request(validate_body(spec.request_model, data))
-    return principal, arguments, max_tokens
+        arguments, options = spec.split_request(validate_body(spec.request_model, data))
+    return principal, arguments, options
 
 
 def _chain(request: Request) -> str | None:
@@ -102,20 +102,21 @@ async def _answer(
 ) -> Response:
     """Run a catalog function: JSON rendered by ``render``, or Server-Sent Events when
     the client accepts ``text/event-stream``."""
-    principal, arguments, max_tokens = await _prepare(request, service, context, spec)
+    principal, arguments, options = await _prepare(request, service, context, spec)
     pipeline, record = service.pipeline, context.audit
     if wants_event_stream(request) and spec.tools is not None:
-        return await _tool_run_events(request, service, context, principal, spec, arguments, max_tokens)
+        return await _tool_run_events(request, service, context, principal, spec, arguments, options)
     if wants_event_stream(request):
         call = await pipeline.stream(
-            principal, spec, arguments, max_tokens=max_tokens, record=record, chain=_chain(request)
+            principal, spec, arguments, max_tokens=options.max_tokens, record=record, chain=_chain(request)
         )
         return event_stream(_function_events(context, call), stream_headers(call))
     outcome = await pipeline.call(
         principal,
         spec,
         arguments,
-        max_tokens=max_tokens,
+        max_tokens=options.max_tokens,
+        run_limits=options.run_limits,
         record=record,
         cache_mode=directive(request.headers.get("cache-control")),
         chain=_chain(request),
@@ -139,7 +140,7 @@ async def _tool_run_events(
     principal: Principal,
     spec: FunctionSpec,
     arguments: dict[str, Any],
-    max_tokens: int | None,
+    options: RequestOptions,
 ) -> Response:
     """A tool run as Server-Sent Events: a ``tool`` event per tool call as it finishes
     (name, arguments, outcome, duration), then the answer in a ``delta`` event and a
@@ -150,8 +151,8 @@ async def _tool_run_events(
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     run: asyncio.Future[Any] = asyncio.ensure_future(
         service.pipeline.run_tools(
-            principal, spec, arguments, max_tokens=max_tokens, record=context.audit,
-            chain=_chain(request), on_tool=events.put_nowait,
+            principal, spec, arguments, max_tokens=options.max_tokens, run_limits=options.run_limits,
+            record=context.audit, chain=_chain(request), on_tool=events.put_nowait,
         )
     )
     getter: asyncio.Future[Any] = asyncio.ensure_future(events.get())

@@ -112,6 +112,7 @@ class Pipeline(ToolRuns):
         record: AuditEntry | None = None,
         cache_mode: Directive = Directive.DEFAULT,
         chain: str | None = None,
+        run_limits: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """Screen → cache → admit (reserve, clamp) → invoke → settle → record, a span each.
 
@@ -122,11 +123,12 @@ class Pipeline(ToolRuns):
         ``Cache-Control``, parsed). ``chain`` names the model fallback chain (None: the
         one the prompt file names, else the configured default). The reservation is
         priced at the dearest deployment the call may reach; the settlement at the one
-        that answered.
+        that answered. ``run_limits`` lowers a tool-using function's run limits.
         """
         if spec.tools is not None:  # a tool run: several model calls, never cached
             return await self.run_tools(
-                principal, spec, arguments, max_tokens=max_tokens, record=record, chain=chain
+                principal, spec, arguments, max_tokens=max_tokens, run_limits=run_limits,
+                record=record, chain=chain,
             )
         call = self._plan(principal, spec, arguments, max_tokens, options, record, chain)
         flagged = await self._screen(spec, arguments, record)

@@ -46,6 +46,7 @@ class ToolRuns:
         arguments: dict[str, Any],
         *,
         max_tokens: int | None,
+        run_limits: Mapping[str, Any] | None = None,
         record: AuditEntry | None = None,
         chain: str | None = None,
         on_tool: Callable[[dict[str, Any]], None] | None = None,
@@ -55,11 +56,11 @@ class ToolRuns:
         them (``sk_core.tools.ToolRun``). The answer is redacted like any other; the
         audit record carries the run's steps, tool calls and total charge, also when
         a step fails (the steps before it stay charged). ``on_tool`` hears of each tool
-        call when it is done (its arguments redacted: they leave the process)."""
+        call when it is done (its arguments redacted: they leave the process).
+        ``run_limits`` are the caller's lower limits (validated by the request model)."""
         settings = spec.tools
         assert settings is not None
-        arguments = dict(arguments)
-        limits = settings.limits.lowered(arguments.pop("run_limits", None))
+        limits = settings.limits.lowered(run_limits)
         route = self._routing.chain(chain or spec.model_chain)
         await self._screen(spec, arguments, record)
         gate = _StepGate(self, principal, spec, route)

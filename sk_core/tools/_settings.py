@@ -18,6 +18,7 @@ value is a 400 naming the field).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
@@ -55,7 +56,7 @@ class RunLimits:
         """The run's cost ceiling in nano-USD, or None."""
         return None if self.max_cost_usd is None else nano(str(self.max_cost_usd))
 
-    def lowered(self, request: dict[str, Any] | None) -> RunLimits:
+    def lowered(self, request: Mapping[str, Any] | None) -> RunLimits:
         """These limits with a request's (validated, never higher) values applied."""
         if not request:
             return self

@@ -17,7 +17,7 @@ from semantic_kernel.functions import KernelPlugin, kernel_function
 from semantic_kernel.functions.kernel_function_from_method import KernelFunctionFromMethod
 
 from sk_core.accounts import Limits, Principal, Tenant
-from sk_core.catalog import FunctionSpec
+from sk_core.catalog import FunctionSpec, RequestOptions
 from sk_core.composition import Service
 from sk_core.errors import LimitExceeded
 from sk_core.limits import window_keys
@@ -51,16 +51,18 @@ def ask_spec(service: Service) -> FunctionSpec:
     return spec
 
 
-def arguments(spec: FunctionSpec, **body: Any) -> tuple[dict[str, Any], int | None]:
-    """A request body as the handler hands it to the pipeline (validated, cap popped)."""
+def arguments(spec: FunctionSpec, **body: Any) -> tuple[dict[str, Any], RequestOptions]:
+    """A request body as the handler hands it to the pipeline (validated, options apart)."""
     return spec.split_request(spec.request_model.model_validate(body))
 
 
 async def run(
     service: Service, principal: Principal, spec: FunctionSpec, record: AuditEntry | None = None, **body: Any
 ) -> Outcome:
-    values, cap = arguments(spec, **{"question": "What is 17.5 * 3?", **body})
-    return await service.pipeline.call(principal, spec, values, max_tokens=cap, record=record)
+    values, options = arguments(spec, **{"question": "What is 17.5 * 3?", **body})
+    return await service.pipeline.call(
+        principal, spec, values, max_tokens=options.max_tokens, run_limits=options.run_limits, record=record
+    )
 
 
 async def spent(service: Service, tenant_id: str) -> dict[str, int]:
@@ -214,9 +216,11 @@ async def test_a_request_may_lower_the_limits_never_raise_them(functions_service
         arguments(spec, question="q", run_limits={"max_cost_usd": 1.0})
     with pytest.raises(ValidationError):
         arguments(spec, question="q", run_limits={"unknown": 1})
-    values, _ = arguments(spec, question="q", run_limits={"max_steps": 2, "tool_timeout_seconds": 0.5})
+    values, options = arguments(spec, question="q", run_limits={"max_steps": 2, "tool_timeout_seconds": 0.5})
+    # The limits are a request option: they never reach the prompt's arguments.
+    assert "run_limits" not in values
     assert spec.tools is not None
-    lowered = spec.tools.limits.lowered(values["run_limits"])
+    lowered = spec.tools.limits.lowered(options.run_limits)
     assert (lowered.max_steps, lowered.tool_timeout_seconds, lowered.max_tool_calls) == (2, 0.5, 8)
 
 
