@@ -44,12 +44,15 @@ $(NODE_STAMP): package.json
 # dashboard's browser tests drive Debian's Chromium through Playwright (whose own
 # browser download cannot run here). A file target: apt-get runs only when it is missing.
 CHROMIUM := /usr/bin/chromium
+# curl, as the OpenAI endpoint's shell clients call it (tests/clients/test_curl.py).
+CURL := /usr/bin/curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Without apt-get (not Debian), say so and go on: the browser tests then skip (fail under CI).
-$(CHROMIUM):
-	@command -v apt-get >/dev/null || { echo "no apt-get: install Chromium as $@ for the browser tests"; exit 0; }; \
+# Each program's Debian package has its name.
+$(CHROMIUM) $(CURL):
+	@command -v apt-get >/dev/null || { echo "no apt-get: install $(notdir $@) as $@ for the tests"; exit 0; }; \
 	$(SUDO) apt-get update -qq && \
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(notdir $@)
 
 browser: $(CHROMIUM)
 
@@ -67,7 +70,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install $(CHROMIUM) $(CHECKOV_STAMP) $(CLIENTS_STAMP)
+pytest: install $(CHROMIUM) $(CURL) $(CHECKOV_STAMP) $(CLIENTS_STAMP)
 	$(BIN)/python -m pytest
 
 # The checkov scan alone (also part of pytest): a new finding fails the build.

@@ -13,10 +13,15 @@ protocol through our endpoint (tools, ``tool_choice``, ``response_format``, mess
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
+from scripts.devservices import free_port, start_service
 from sk_core.accounts import Limits
 from sk_core.composition import Service
 from tests.http.test_openai_compat import MODEL, new_key
@@ -40,12 +45,34 @@ EXPECTED_SKIPS = {
     "test_anthropic_inputs": "Model does not explicitly support Anthropic inputs.",
     # A benchmark replayed from recorded cassettes: nothing of ours to record.
     "test_stream_time": "VCR not set up.",
-    # The suite needs a second model id to switch to; the test service configures one.
-    "test_invoke_with_model_override": "model_override_value not specified.",
-    "test_ainvoke_with_model_override": "model_override_value not specified.",
-    "test_stream_with_model_override": "model_override_value not specified.",
-    "test_astream_with_model_override": "model_override_value not specified.",
 }
+# A second model to switch to (the model-override tests): a chain named after the model
+# of its one deployment, so the answer's model is the name the client asked for.
+MINI = "stub-model-mini"
+PRICE = {"input": 1.0, "output": 2.0}  # conftest's stub-model price
+
+
+@pytest.fixture(scope="module")
+async def two_model_host(
+    service_env: dict[str, str], api_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ContainerHost]:
+    """A container host whose /api/v1/models lists the configured model and MINI."""
+    stub_url = service_env["SKF_MODEL_BASE_URL"]
+    deployments = {
+        "main": {"base_url": stub_url, "model": MODEL, "price": PRICE},
+        "mini": {"base_url": stub_url, "model": MINI, "price": PRICE},
+    }
+    env = {
+        **service_env,
+        "SKF_MODEL_DEPLOYMENTS": json.dumps(deployments),
+        "SKF_MODEL_CHAINS": json.dumps({"default": ["main"], MINI: ["mini"]}),
+    }
+    port = free_port()
+    process = start_service(port=port, env=env, log=tmp_path_factory.mktemp("clients") / "service.log")
+    host = ContainerHost(f"http://127.0.0.1:{port}", {"x-api-key": api_key})
+    yield host
+    await host.aclose()
+    process.stop()
 
 
 def _outcomes(report: Path) -> dict[str, tuple[str, str]]:
@@ -65,7 +92,7 @@ def _outcomes(report: Path) -> dict[str, tuple[str, str]]:
 
 
 async def test_langchain_standard_chat_model_suite_passes_through_our_endpoint(
-    container_host: ContainerHost, functions_service: Service, stub: StubModel, tmp_path: Path
+    two_model_host: ContainerHost, functions_service: Service, stub: StubModel, tmp_path: Path
 ) -> None:
     assert PYTHON.exists(), f"{PYTHON} is missing: run `make clients` (or `make test`)"
     # Generous limits: the suite makes about a hundred calls in a minute.
@@ -76,9 +103,10 @@ async def test_langchain_standard_chat_model_suite_passes_through_our_endpoint(
     report = tmp_path / "report.xml"
     env = {
         **os.environ,
-        "SKF_CLIENTS_BASE_URL": f"{container_host.base_url}/api/v1",
+        "SKF_CLIENTS_BASE_URL": f"{two_model_host.base_url}/api/v1",
         "SKF_CLIENTS_API_KEY": key,
         "SKF_CLIENTS_MODEL": MODEL,
+        "SKF_CLIENTS_OTHER_MODEL": MINI,
         # A developer's proxy must not sit between the client and loopback.
         "NO_PROXY": "127.0.0.1,localhost",
     }
@@ -104,5 +132,5 @@ async def test_langchain_standard_chat_model_suite_passes_through_our_endpoint(
     unexpected = {n: m for n, m in skipped.items() if n not in EXPECTED_SKIPS or EXPECTED_SKIPS[n] not in m}
     assert not unexpected, unexpected
     assert set(skipped) == set(EXPECTED_SKIPS), set(EXPECTED_SKIPS) - set(skipped)
-    assert counts == {"passed": 39, "failed": 0, "error": 0, "skipped": len(EXPECTED_SKIPS)}, text[-2000:]
+    assert counts == {"passed": 43, "failed": 0, "error": 0, "skipped": len(EXPECTED_SKIPS)}, text[-2000:]
     assert process.returncode == 0, text[-4000:]

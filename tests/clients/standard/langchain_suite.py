@@ -38,6 +38,11 @@ class TestChatOpenAIThroughOurEndpoint(ChatModelIntegrationTests):
             "max_retries": 0,
         }
 
+    # Another model of GET /api/v1/models (a chain of its own): `model` per call.
+    @property
+    def model_override_value(self) -> str:
+        return os.environ["SKF_CLIENTS_OTHER_MODEL"]
+
     # What the endpoint implements (sk_core/http/openai_models.py: SUPPORTED).
     @property
     def has_tool_calling(self) -> bool:
