@@ -8,7 +8,8 @@ guard and redaction policy, limits and audit), called with the request's message
 the conversation and the request's sampling parameters over the prompt file's. The
 parameters we implement are listed in ``SUPPORTED`` (``sk_core.http.openai_models``,
 with the wire models); any other (``logprobs``,
-``n`` > 1 ...) is refused with a 400 naming it, never silently dropped.
+``n`` > 1 ...) is refused with a 400 naming it, never silently dropped; one sent at the
+value that asks for nothing (``NO_OP_VALUES``: ``logprobs: false`` ...) is as if left out.
 
 A request that brings its own tools (``tools``, ``tool_choice``,
 ``parallel_tool_calls``), carries tool calls or ``role: "tool"`` results or message
@@ -36,6 +37,7 @@ from sk_core.errors import ApiError, NotFound, UnsupportedParameter, ValidationF
 from sk_core.http import sse
 from sk_core.http.handlers import answer_headers, function_spec
 from sk_core.http.openai_models import (
+    NO_OP_VALUES,
     SUPPORTED,
     AnswerMessage,
     CalledFunction,
@@ -64,6 +66,13 @@ if TYPE_CHECKING:
 CHAT_FUNCTION = ("chat", "chat")
 
 
+def _asks_nothing(name: str, value: object) -> bool:
+    """``value`` is the value of ``name`` that asks for nothing (``NO_OP_VALUES``); the
+    type too, or ``logprobs: 0`` would pass as ``false``."""
+    default = NO_OP_VALUES.get(name)
+    return name in NO_OP_VALUES and type(value) is type(default) and value == default
+
+
 def _refuse_unsupported(data: Any) -> Any:
     """``data`` without the unsupported parameters that are null (a null is the same as
     leaving it out: ``"tools": null``), refusing any other by name. Before schema
@@ -71,11 +80,19 @@ def _refuse_unsupported(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     for name, value in data.items():
-        if name not in SUPPORTED and value is not None:
+        if name not in SUPPORTED and value is not None and not _asks_nothing(name, value):
             raise UnsupportedParameter(name)
     if data.get("n") not in (None, 1):
         raise UnsupportedParameter("n", "Only n = 1 is supported.")
-    return {name: value for name, value in data.items() if name in SUPPORTED}
+    kept = {name: value for name, value in data.items() if name in SUPPORTED}
+    options = data.get("stream_options")
+    if isinstance(options, dict) and "include_obfuscation" in options:
+        # Streams are not padded: false (or null) asks for what we do; true is refused.
+        padding = options["include_obfuscation"]
+        if padding is not None and padding is not False:
+            raise UnsupportedParameter("stream_options.include_obfuscation", "Streams are not padded.")
+        kept["stream_options"] = {k: v for k, v in options.items() if k != "include_obfuscation"}
+    return kept
 
 
 def _models(service: Service) -> dict[str, str | None]:
