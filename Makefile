@@ -20,9 +20,6 @@ $(PY_STAMP): requirements.txt requirements-dev.txt
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 $(CHECKOV_STAMP): requirements-iac.txt
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-iac.txt
-	touch $@
 
 # LangChain's standard chat-model tests (langchain-tests) bring pytest plugins of their
 # own (pytest-socket, syrupy, pytest-benchmark ...) that would load into the main suite:
@@ -30,8 +27,11 @@ $(CHECKOV_STAMP): requirements-iac.txt
 CLIENTS_VENV := .venv-clients
 CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
 $(CLIENTS_STAMP): requirements-clients.txt
-	$(PYTHON) -m venv $(CLIENTS_VENV)
-	$(CLIENTS_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-clients.txt
+
+# Each tool venv from its one requirements file.
+$(CHECKOV_STAMP) $(CLIENTS_STAMP):
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/pip install --quiet --disable-pip-version-check -r $^
 	touch $@
 
 clients: $(CLIENTS_STAMP)
