@@ -134,3 +134,20 @@ async def test_langchain_standard_chat_model_suite_passes_through_our_endpoint(
     assert set(skipped) == set(EXPECTED_SKIPS), set(EXPECTED_SKIPS) - set(skipped)
     assert counts == {"passed": 43, "failed": 0, "error": 0, "skipped": len(EXPECTED_SKIPS)}, text[-2000:]
     assert process.returncode == 0, text[-4000:]
+
+
+def _pins(name: str) -> dict[str, str]:
+    lines = (ROOT / name).read_text(encoding="utf-8").splitlines()
+    pins = [line.split("#")[0].strip() for line in lines]
+    return dict(pin.split("==", 1) for pin in pins if pin and not pin.startswith("-"))
+
+
+def test_the_clients_venv_pins_exactly_what_the_main_venv_pins() -> None:
+    """The suite's ChatOpenAI is the one our own LangChain tests use (same pins), and a
+    fresh clone installs the versions counted in the README (no ranges)."""
+    clients, dev = _pins("requirements-clients.txt"), _pins("requirements-dev.txt")
+    assert all("=" not in v and "<" not in v and ">" not in v for v in clients.values()), clients
+    shared = clients.keys() & dev.keys()
+    assert {"langchain-openai", "langchain-core", "pytest", "pytest-asyncio"} <= shared
+    assert {name: clients[name] for name in shared} == {name: dev[name] for name in shared}
+    assert clients["langchain-tests"] == "1.1.9"  # README: Clients tested
