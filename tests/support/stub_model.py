@@ -14,8 +14,9 @@ speaks the OpenAI wire format. This module provides:
   is isolated from the event loop of the code under test) and returns a
   :class:`StubModelProcess` handle.
 
-Run it standalone with ``python tests/support/stub_model.py --host 127.0.0.1 --port N``
-or ``python -m tests.support.stub_model``. Importing the module has no side effects.
+Run it standalone from the repository root with
+``python -m tests.support.stub_model --host 127.0.0.1 --port N`` (as a module: it imports
+``tests.support.protocol_model``). Importing the module has no side effects.
 
 Typical pytest fixture::
 
