@@ -109,6 +109,7 @@ async def test_langchain_standard_chat_model_suite_passes_through_our_endpoint(
         "SKF_CLIENTS_OTHER_MODEL": MINI,
         # A developer's proxy must not sit between the client and loopback.
         "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
     }
     env.pop("PYTHONPATH", None)
     process = await asyncio.create_subprocess_exec(
@@ -117,7 +118,12 @@ async def test_langchain_standard_chat_model_suite_passes_through_our_endpoint(
         f"--junitxml={report}", "-rfEsw", str(SUITE / "langchain_suite.py"),
         cwd=SUITE, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=600)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=600)
+    finally:
+        if process.returncode is None:  # timed out (or cancelled): not left running
+            process.kill()
+            await process.wait()
     text = output.decode(errors="replace")
     assert report.exists(), text[-4000:]
     outcomes = _outcomes(report)

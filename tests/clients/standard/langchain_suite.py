@@ -36,6 +36,8 @@ class TestChatOpenAIThroughOurEndpoint(ChatModelIntegrationTests):
             "stream_usage": True,
             # Each test sees the first answer: a retry would hide a refusal.
             "max_retries": 0,
+            # A hung answer fails its test instead of the whole run.
+            "timeout": 60,
         }
 
     # Another model of GET /api/v1/models (a chain of its own): `model` per call.
