@@ -95,6 +95,22 @@ def _refuse_unsupported(data: Any) -> Any:
     return kept
 
 
+def _refuse_non_text_parts(data: Any) -> None:
+    """A content part other than text (image, audio, file) named with its type, before
+    schema validation would list every alternative of the content union instead."""
+    messages = data.get("messages") if isinstance(data, dict) else None
+    for index, message in enumerate(messages if isinstance(messages, list) else ()):
+        parts = message.get("content") if isinstance(message, dict) else None
+        for number, part in enumerate(parts if isinstance(parts, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                why = f"only text parts are supported, not {kind!r}"
+                raise ValidationFailed(
+                    f"Invalid messages[{index}].content[{number}]: {why}.",
+                    errors=[{"field": f"messages[{index}].content", "message": why}],
+                )
+
+
 def _models(service: Service) -> dict[str, str | None]:
     """The ``model`` values a caller may send, each with the fallback chain it picks:
     the configured model id (the chat function's chain, else the default one) and,
@@ -126,6 +142,7 @@ async def chat_completions(request: Request, service: Service, context: RequestC
     with telemetry.tracer().start_as_current_span("validate"):
         data = await read_json_body(request, max_bytes=service.settings.max_body_bytes)
         data = _refuse_unsupported(data)
+        _refuse_non_text_parts(data)
         body = validate_body(ChatCompletionRequest, data)
         models = _models(service)
         if body.model not in models:
