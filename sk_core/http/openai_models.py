@@ -25,6 +25,10 @@ SUPPORTED = frozenset(
         "tools", "tool_choice", "parallel_tool_calls", "response_format",
     }
 )
+# Parameters we do not implement, at the value that asks for nothing we do not do (no
+# log probabilities, no stored completion, no bias): the same as leaving them out, so a
+# client that sends its defaults explicitly is answered. Any other value is refused.
+NO_OP_VALUES: dict[str, object] = {"logprobs": False, "store": False, "logit_bias": {}}
 # Sampling parameters passed to the model as given (the answer cap is admission's).
 _SAMPLING = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "user")
 

@@ -8,6 +8,7 @@ that (the text, the final accounting, a failure) is told in events.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -33,12 +34,18 @@ def compact_json(data: object) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
+# What ends a line in an event stream (the SSE specification): any of the three.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def event(data: object, name: str | None = None) -> bytes:
     """One event: an optional ``event:`` line and one ``data:`` line of compact JSON
-    (or the literal text given), then the blank line that ends it."""
+    (or the literal text given: one ``data:`` line per line of it, which a reader joins
+    back with ``\\n``), then the blank line that ends it."""
     payload = data if isinstance(data, str) else compact_json(data)
     head = f"event: {name}\n" if name else ""
-    return f"{head}data: {payload}\n\n".encode()
+    lines = "".join(f"data: {line}\n" for line in _LINE_END.split(payload))
+    return f"{head}{lines}\n".encode()
 
 
 def event_stream(body: AsyncIterator[bytes], headers: dict[str, str]) -> StreamingResponse:

@@ -14,8 +14,9 @@ speaks the OpenAI wire format. This module provides:
   is isolated from the event loop of the code under test) and returns a
   :class:`StubModelProcess` handle.
 
-Run it standalone with ``python tests/support/stub_model.py --host 127.0.0.1 --port N``
-or ``python -m tests.support.stub_model``. Importing the module has no side effects.
+Run it standalone from the repository root with
+``python -m tests.support.stub_model --host 127.0.0.1 --port N`` (as a module: it imports
+``tests.support.protocol_model``). Importing the module has no side effects.
 
 Typical pytest fixture::
 
@@ -40,7 +41,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypedDict, TypeGuard, cast
@@ -51,6 +52,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.protocol_model import protocol_behaviour
 
 __all__ = [
     "DEFAULT_ERROR_BODY",
@@ -104,6 +107,7 @@ _BEHAVIOUR_KEYS = frozenset(
         "raw",
         "drop",
         "tool_calls",
+        "protocol",
     }
 )
 
@@ -169,6 +173,10 @@ class Behaviour:
     #: JSON object or its text) and ``finish_reason: tool_calls``; ``content`` then
     #: defaults to none. Not for streamed answers.
     tool_calls: tuple[dict[str, Any], ...] = ()
+    #: Answer each request from its own tools, ``tool_choice`` and ``response_format``
+    #: by fixed rules (``tests.support.protocol_model``), unless content or tool calls
+    #: are scripted: for suites whose requests the test does not write.
+    protocol: bool = False
 
     @classmethod
     def from_json(cls, raw: object) -> Behaviour:
@@ -227,6 +235,7 @@ class Behaviour:
             raw=raw.get("raw"),
             drop=bool(raw.get("drop", False)),
             tool_calls=tuple(dict(c) for c in tool_calls),
+            protocol=raw.get("protocol") is True,
         )
 
 
@@ -544,6 +553,8 @@ class _StubServer:
             body = behaviour.body if behaviour.body is not None else DEFAULT_ERROR_BODY
             return JSONResponse(body, status_code=behaviour.status, headers=behaviour.headers)
 
+        if behaviour.protocol and behaviour.content is None and not behaviour.tool_calls:
+            behaviour = replace(behaviour, **protocol_behaviour(payload))
         fallback = request.path_params.get("deployment", self.default_model)
         completion = _build_completion(payload, behaviour, fallback)
         if payload.get("stream") is True:
@@ -771,7 +782,8 @@ def _spawn(host: str, port: int, startup_timeout: float) -> StubModelProcess:
     process = subprocess.Popen(
         [
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            "tests.support.stub_model",
             "--host",
             host,
             "--port",
@@ -782,6 +794,8 @@ def _spawn(host: str, port: int, startup_timeout: float) -> StubModelProcess:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=stderr,
+        # As a module from the repository root: it imports tests.support.protocol_model.
+        cwd=Path(__file__).resolve().parents[2],
     )
     handle = StubModelProcess(process, host, port, stderr)
     deadline = time.monotonic() + startup_timeout
