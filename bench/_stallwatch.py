@@ -30,13 +30,14 @@ _lag_histogram: collections.Counter[str] = collections.Counter()
 
 
 def _frames(thread_id: int) -> str:
-    frame = sys._current_frames().get(thread_id)  # noqa: SLF001 (a profiler's tool)
+    frame = sys._current_frames().get(thread_id)
     if frame is None:
         return ""
     summary = traceback.extract_stack(frame)
     # The innermost frames, ours and libraries', are what says where the turn went.
-    return " <- ".join(f"{f.filename.rsplit('/site-packages/', 1)[-1]}:{f.lineno} {f.name}"
-                       for f in reversed(summary[-14:]))
+    return " <- ".join(
+        f"{f.filename.rsplit('/site-packages/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(summary[-14:])
+    )
 
 
 def _watch(loop_thread: int) -> None:
@@ -50,8 +51,13 @@ def _watch(loop_thread: int) -> None:
                 current, began = collections.Counter(), _beat
             current[_frames(loop_thread)] += 1
         elif current is not None:
-            _stalls.append({"ms": round((time.monotonic() - began) * 1000, 1), "at": began,
-                            "stacks": current.most_common(3)})
+            _stalls.append(
+                {
+                    "ms": round((time.monotonic() - began) * 1000, 1),
+                    "at": began,
+                    "stacks": current.most_common(3),
+                }
+            )
             current = None
 
 
@@ -101,23 +107,29 @@ def _slowest_breakdown() -> dict[str, Any]:
             children[s[0]].append(s)
 
     def breakdown(group: list[tuple[int, int | None, str, int, int]]) -> dict[str, float]:
-        total: collections.Counter[str] = collections.Counter()
+        total: dict[str, float] = collections.defaultdict(float)
         for root in group:
             total["(request)"] += (root[4] - root[3]) / 1e6
             for child in children[root[0]]:
                 total[child[2]] += (child[4] - child[3]) / 1e6
-        return {k: round(v / len(group), 1) for k, v in total.most_common()}
+        return {k: round(v / len(group), 1) for k, v in sorted(total.items(), key=lambda kv: -kv[1])}
 
     n = max(1, len(roots) // 50)
     middle = len(roots) // 2
-    return {"requests": len(roots), "slowest_2pct": breakdown(roots[-n:]),
-            "median_2pct": breakdown(roots[middle - n // 2: middle + n // 2 + 1])}
+    return {
+        "requests": len(roots),
+        "slowest_2pct": breakdown(roots[-n:]),
+        "median_2pct": breakdown(roots[middle - n // 2 : middle + n // 2 + 1]),
+    }
 
 
 def _write(path: str) -> None:
     with open(path, "w") as out:
-        json.dump({"lag_histogram": dict(_lag_histogram), "spans": _slowest_breakdown(), "stalls": _stalls},
-                  out, indent=1)
+        json.dump(
+            {"lag_histogram": dict(_lag_histogram), "spans": _slowest_breakdown(), "stalls": _stalls},
+            out,
+            indent=1,
+        )
 
 
 def main() -> None:
@@ -125,7 +137,7 @@ def main() -> None:
     out = sys.argv.pop(1)
     # _serve, not serve: serve re-raises a caught SIGTERM on its way out, which ends the
     # process before a finally around it (or atexit) could write the report.
-    serve = uvicorn.Server._serve  # noqa: SLF001
+    serve = uvicorn.Server._serve
 
     async def watched(self: uvicorn.Server, *args: Any, **kwargs: Any) -> None:
         if threading.current_thread().name == "stallwatch-served":  # a second server (metrics port)
@@ -139,7 +151,7 @@ def main() -> None:
             task.cancel()
             _write(out)
 
-    uvicorn.Server._serve = watched  # type: ignore[method-assign]  # noqa: SLF001
+    uvicorn.Server._serve = watched  # type: ignore[method-assign]
     uvicorn.main.main()
 
 

@@ -40,6 +40,7 @@ from bench._common import (
     markdown_table,
     ms,
     percentile,
+    process_cpu_seconds,
     write_results,
 )
 from bench.load import start_tree
@@ -85,13 +86,14 @@ def figures(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
     }
 
 
-async def measure(stub_url: str, services: dict[str, str], key: str, rounds: int,
+async def measure(stub_url: str, services: dict[str, tuple[str, int]], key: str, rounds: int,
                   concurrency: int) -> dict[str, Any]:
     """Rounds of direct streams and of each service's, alternating (the services' order
     rotating), so background load lands on all of them."""
     direct = openai.AsyncOpenAI(base_url=stub_url, api_key="none", max_retries=0, timeout=60)
     clients = {name: openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=60)
-               for name, url in services.items()}
+               for name, (url, _) in services.items()}
+    cpu = dict.fromkeys(clients, 0.0)  # the service process's CPU seconds over its rounds
     try:
         for client in clients.values():  # warm: kernel, leases, connections
             await round_of(client, "stub-model", concurrency)
@@ -102,7 +104,9 @@ async def measure(stub_url: str, services: dict[str, str], key: str, rounds: int
         for round_ in range(rounds):
             for name in names[round_ % len(names):] + names[: round_ % len(names)]:
                 straight += await round_of(direct, "stub-model", concurrency)
+                before = process_cpu_seconds(services[name][1])
                 through[name] += await round_of(clients[name], "stub-model", concurrency)
+                cpu[name] += process_cpu_seconds(services[name][1]) - before
         d = figures(straight)
         results = {}
         for name, samples in through.items():
@@ -114,6 +118,8 @@ async def measure(stub_url: str, services: dict[str, str], key: str, rounds: int
                 "ttft_added_p99_ms": round(s["ttft_p99_ms"] - d["ttft_p99_ms"], 2),
                 "tokens_per_second_ratio": round(
                     s["tokens_per_second_median"] / d["tokens_per_second_median"], 3),
+                # The steadier figure on a shared machine: what one stream costs the service.
+                "service_cpu_ms_per_stream": ms(cpu[name] / len(samples)),
             }
         return results
     finally:
@@ -146,13 +152,13 @@ def main() -> None:
             started = []
             try:
                 for tree_label, tree in trees:
-                    process, url = start_tree(tree, {**backing.env, **extra},
-                                              logs / f"streaming-{tree_label}-{label}.log", stalls=args.stalls)
+                    log = logs / f"streaming-{tree_label}-{label}.log"
+                    process, url = start_tree(tree, {**backing.env, **extra}, log, stalls=args.stalls)
                     started.append((tree_label, process, url))
-                measured = asyncio.run(measure(
-                    backing.stub.base_url, {name: url for name, _, url in started}, key, args.rounds,
-                    args.concurrency,
-                ))
+                services = {name: (url, process.process.pid) for name, process, url in started}
+                measured = asyncio.run(
+                    measure(backing.stub.base_url, services, key, args.rounds, args.concurrency)
+                )
             finally:
                 for _, process, _ in started:
                     process.stop()
@@ -163,14 +169,14 @@ def main() -> None:
             label,
             r["direct"]["ttft_p50_ms"], r["service"]["ttft_p50_ms"], r["ttft_added_p50_ms"],
             r["direct"]["ttft_p99_ms"], r["service"]["ttft_p99_ms"], r["ttft_added_p99_ms"],
-            r["tokens_per_second_ratio"],
+            r["tokens_per_second_ratio"], r["service_cpu_ms_per_stream"],
         ]
         for label, r in results.items()
     ]
     print(
         markdown_table(
             ["service", "TTFT p50 direct", "via service", "added", "TTFT p99 direct", "via service", "added",
-             "tokens/s ratio"],
+             "tokens/s ratio", "service CPU ms/stream"],
             rows,
         )
     )

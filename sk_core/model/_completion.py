@@ -108,7 +108,7 @@ class ModelStream:
                 if content:
                     texts.append(str(content))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelBadAnswer("The model's stream sent a chunk that is not a chat completion chunk.") from exc
+            raise ModelBadAnswer("The model's stream sent something that is not a completion chunk.") from exc
         return texts
 
     def completion(self, text: str) -> Completion:

@@ -181,7 +181,8 @@ async def test_a_stream_is_sent_with_the_credential_and_path_of_its_provider(
     history = ChatHistory()
     history.add_user_message("Hi")
     raw = await chat.open_stream(history, ChatSettings(max_tokens=9))
-    deployment = Deployment(name="d", provider="openai_compatible", model="dep-1", price=Price(Decimal("0.15"), Decimal("0.6")))
+    price = Price(Decimal("0.15"), Decimal("0.6"))
+    deployment = Deployment(name="d", provider="openai_compatible", model="dep-1", price=price)
     stream = ModelStream(raw, deadline=1e12, deployment=deployment)
     try:
         text = "".join([piece async for piece in stream])
@@ -200,5 +201,6 @@ async def test_a_stream_is_sent_with_the_credential_and_path_of_its_provider(
     assert sent["json"]["max_tokens"] == 9
     completion = stream.completion(text)
     assert text == "one two three"
-    assert (completion.model, completion.usage.prompt_tokens, completion.usage.completion_tokens) == ("m-1", 7, 3)
+    usage = completion.usage
+    assert (completion.model, usage.prompt_tokens, usage.completion_tokens) == ("m-1", 7, 3)
     assert completion.finish_reason == "stop"
