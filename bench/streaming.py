@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--chunk-delay", type=float, default=0.02)
+    parser.add_argument("--words", type=int, default=0,
+                        help="answers of this many words (default: the whole text); 1 isolates a stream's setup")
     parser.add_argument("--tree", action="append", default=[],
                         help="label=PATH: also stream through that checkout's service (e.g. the base commit)")
     parser.add_argument("--stalls", action="store_true", help="run the services under bench/_stallwatch.py")
@@ -144,7 +146,8 @@ def main() -> None:
     load_start = os.getloadavg()
     results: dict[str, Any] = {}
     with backends(logs) as backing:
-        backing.stub.client.set_default(delay=0, content=CONTENT, chunk_delay=args.chunk_delay)
+        content = " ".join(CONTENT.split()[: args.words]) if args.words else CONTENT
+        backing.stub.client.set_default(delay=0, content=content, chunk_delay=args.chunk_delay)
         key = backing.headers.get("x-api-key", "none")
         trees = [("service", ROOT)] + [(label, Path(path).resolve())
                                        for label, path in (t.split("=", 1) for t in args.tree)]
@@ -185,7 +188,7 @@ def main() -> None:
         {
             "config": {
                 "rounds": args.rounds, "concurrency": args.concurrency, "chunk_delay_s": args.chunk_delay,
-                "words": len(CONTENT.split()),
+                "words": args.words or len(CONTENT.split()),
             },
             "results": results,
             "machine": machine(),
