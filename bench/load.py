@@ -50,7 +50,7 @@ from bench._common import (
     process_cpu_seconds,
     write_results,
 )
-from scripts.devservices import ManagedProcess, free_port
+from scripts.devservices import ManagedProcess, free_port, service_argv
 
 BODY = {
     "model": "stub-model",
@@ -97,22 +97,7 @@ def start_tree(tree: Path, env: dict[str, str], log: Path, *, stalls: bool) -> t
         if stalls
         else ["-m", "uvicorn"]
     )
-    argv = [
-        sys.executable,
-        *runner,
-        "sk_core.asgi:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--no-server-header",
-        *_flags(tree),
-    ]
+    argv = service_argv(port=port, runner=runner, flags=_flags(tree))
     process = ManagedProcess(
         f"service ({tree.name})", argv, env={**env, "PYTHONPATH": str(tree)}, log=log, cwd=tree
     )

@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--chunk-delay", type=float, default=0.02)
     parser.add_argument("--words", type=int, default=0,
-                        help="answers of this many words (default: the whole text); 1 isolates a stream's setup")
+                        help="answers of this many words (default: all); 1 isolates a stream's setup")
     parser.add_argument("--tree", action="append", default=[],
                         help="label=PATH: also stream through that checkout's service (e.g. the base commit)")
     parser.add_argument("--stalls", action="store_true", help="run the services under bench/_stallwatch.py")

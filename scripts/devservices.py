@@ -187,14 +187,18 @@ UVICORN_FLAGS = (
 )
 
 
-def start_service(
-    *, port: int, env: Mapping[str, str], log: Path | None = None, workers: int = 1
-) -> ManagedProcess:
-    """The container host (uvicorn serving ``sk_core.asgi:app``)."""
-    argv = [
+def service_argv(
+    *,
+    port: int,
+    workers: int = 1,
+    runner: Sequence[str] = ("-m", "uvicorn"),
+    flags: Sequence[str] = UVICORN_FLAGS,
+) -> list[str]:
+    """The container host's command line on loopback (``runner``: what runs uvicorn's CLI;
+    ``flags``: its connection limits, another checkout's for a benchmark)."""
+    return [
         sys.executable,
-        "-m",
-        "uvicorn",
+        *runner,
         "sk_core.asgi:app",
         "--host",
         "127.0.0.1",
@@ -207,8 +211,15 @@ def start_service(
         "warning",
         "--no-server-header",  # do not advertise the server software
         # The container's connection limits (read deadlines, keep-alive, concurrency).
-        *UVICORN_FLAGS,
+        *flags,
     ]
+
+
+def start_service(
+    *, port: int, env: Mapping[str, str], log: Path | None = None, workers: int = 1
+) -> ManagedProcess:
+    """The container host (uvicorn serving ``sk_core.asgi:app``)."""
+    argv = service_argv(port=port, workers=workers)
     proc = ManagedProcess("service", argv, env=env, log=log)
     proc.wait_until(f"http://127.0.0.1:{port}/api/health", timeout=60)
     return proc
