@@ -1,6 +1,7 @@
 """Streaming through the service vs. straight from the model, 16 streams at a time.
 
     PYTHONPATH=. .venv/bin/python bench/streaming.py [--rounds 8] [--concurrency 16]
+        [--tree before=/path/to/other/checkout] [--stalls]
 
 Two questions (issue #15):
 
@@ -39,9 +40,11 @@ from bench._common import (
     markdown_table,
     ms,
     percentile,
+    process_cpu_seconds,
     write_results,
 )
-from scripts.devservices import free_port, start_service
+from bench.load import start_tree
+from scripts.devservices import ROOT
 
 CONTENT = " ".join(["streaming", "keeps", "chat", "interfaces", "responsive", "for", "people"] * 9)[:400]
 MESSAGES: Any = [{"role": "user", "content": "Tell me about streaming."}]
@@ -83,34 +86,46 @@ def figures(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
     }
 
 
-async def measure(stub_url: str, service_url: str, key: str, rounds: int, concurrency: int) -> dict[str, Any]:
+async def measure(stub_url: str, services: dict[str, tuple[str, int]], key: str, rounds: int,
+                  concurrency: int) -> dict[str, Any]:
+    """Rounds of direct streams and of each service's, alternating (the services' order
+    rotating), so background load lands on all of them."""
     direct = openai.AsyncOpenAI(base_url=stub_url, api_key="none", max_retries=0, timeout=60)
-    service = openai.AsyncOpenAI(base_url=service_url, api_key=key, max_retries=0, timeout=60)
+    clients = {name: openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=60)
+               for name, (url, _) in services.items()}
+    cpu = dict.fromkeys(clients, 0.0)  # the service process's CPU seconds over its rounds
     try:
-        return await _measure(direct, service, rounds, concurrency)
+        for client in clients.values():  # warm: kernel, leases, connections
+            await round_of(client, "stub-model", concurrency)
+        await round_of(direct, "stub-model", concurrency)
+        straight: list[tuple[float, float, int]] = []
+        through: dict[str, list[tuple[float, float, int]]] = {name: [] for name in clients}
+        names = list(clients)
+        for round_ in range(rounds):
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                straight += await round_of(direct, "stub-model", concurrency)
+                before = process_cpu_seconds(services[name][1])
+                through[name] += await round_of(clients[name], "stub-model", concurrency)
+                cpu[name] += process_cpu_seconds(services[name][1]) - before
+        d = figures(straight)
+        results = {}
+        for name, samples in through.items():
+            s = figures(samples)
+            results[name] = {
+                "direct": d,
+                "service": s,
+                "ttft_added_p50_ms": round(s["ttft_p50_ms"] - d["ttft_p50_ms"], 2),
+                "ttft_added_p99_ms": round(s["ttft_p99_ms"] - d["ttft_p99_ms"], 2),
+                "tokens_per_second_ratio": round(
+                    s["tokens_per_second_median"] / d["tokens_per_second_median"], 3),
+                # The steadier figure on a shared machine: what one stream costs the service.
+                "service_cpu_ms_per_stream": ms(cpu[name] / len(samples)),
+            }
+        return results
     finally:
         await direct.close()
-        await service.close()
-
-
-async def _measure(
-    direct: openai.AsyncOpenAI, service: openai.AsyncOpenAI, rounds: int, concurrency: int
-) -> dict[str, Any]:
-    await round_of(service, "stub-model", concurrency)  # warm: kernel, leases, connections
-    await round_of(direct, "stub-model", concurrency)
-    through: list[tuple[float, float, int]] = []
-    straight: list[tuple[float, float, int]] = []
-    for _ in range(rounds):
-        straight += await round_of(direct, "stub-model", concurrency)
-        through += await round_of(service, "stub-model", concurrency)
-    d, s = figures(straight), figures(through)
-    return {
-        "direct": d,
-        "service": s,
-        "ttft_added_p50_ms": round(s["ttft_p50_ms"] - d["ttft_p50_ms"], 2),
-        "ttft_added_p99_ms": round(s["ttft_p99_ms"] - d["ttft_p99_ms"], 2),
-        "tokens_per_second_ratio": round(s["tokens_per_second_median"] / d["tokens_per_second_median"], 3),
-    }
+        for client in clients.values():
+            await client.close()
 
 
 def main() -> None:
@@ -120,40 +135,51 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--chunk-delay", type=float, default=0.02)
+    parser.add_argument("--words", type=int, default=0,
+                        help="answers of this many words (default: all); 1 isolates a stream's setup")
+    parser.add_argument("--tree", action="append", default=[],
+                        help="label=PATH: also stream through that checkout's service (e.g. the base commit)")
+    parser.add_argument("--stalls", action="store_true", help="run the services under bench/_stallwatch.py")
     args = parser.parse_args()
     logs = Path(os.environ.get("BENCH_LOGS", ".run/bench"))
     logs.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
     results: dict[str, Any] = {}
     with backends(logs) as backing:
-        backing.stub.client.set_default(delay=0, content=CONTENT, chunk_delay=args.chunk_delay)
+        content = " ".join(CONTENT.split()[: args.words]) if args.words else CONTENT
+        backing.stub.client.set_default(delay=0, content=content, chunk_delay=args.chunk_delay)
         key = backing.headers.get("x-api-key", "none")
+        trees = [("service", ROOT)] + [(label, Path(path).resolve())
+                                       for label, path in (t.split("=", 1) for t in args.tree)]
         for label, extra in (("redaction_on", {}), ("redaction_off", {"SKF_REDACTION": ""})):
-            port = free_port()
-            env = {**backing.env, **extra}
-            process = start_service(port=port, env=env, log=logs / f"streaming-{label}.log")
+            started = []
             try:
-                results[label] = asyncio.run(
-                    measure(
-                        backing.stub.base_url, f"http://127.0.0.1:{port}/api/v1", key, args.rounds,
-                        args.concurrency,
-                    )
+                for tree_label, tree in trees:
+                    log = logs / f"streaming-{tree_label}-{label}.log"
+                    process, url = start_tree(tree, {**backing.env, **extra}, log, stalls=args.stalls)
+                    started.append((tree_label, process, url))
+                services = {name: (url, process.process.pid) for name, process, url in started}
+                measured = asyncio.run(
+                    measure(backing.stub.base_url, services, key, args.rounds, args.concurrency)
                 )
             finally:
-                process.stop()
+                for _, process, _ in started:
+                    process.stop()
+            for tree_label, figures_ in measured.items():
+                results[label if len(trees) == 1 else f"{tree_label}, {label}"] = figures_
     rows = [
         [
             label,
             r["direct"]["ttft_p50_ms"], r["service"]["ttft_p50_ms"], r["ttft_added_p50_ms"],
             r["direct"]["ttft_p99_ms"], r["service"]["ttft_p99_ms"], r["ttft_added_p99_ms"],
-            r["tokens_per_second_ratio"],
+            r["tokens_per_second_ratio"], r["service_cpu_ms_per_stream"],
         ]
         for label, r in results.items()
     ]
     print(
         markdown_table(
             ["service", "TTFT p50 direct", "via service", "added", "TTFT p99 direct", "via service", "added",
-             "tokens/s ratio"],
+             "tokens/s ratio", "service CPU ms/stream"],
             rows,
         )
     )
@@ -162,7 +188,7 @@ def main() -> None:
         {
             "config": {
                 "rounds": args.rounds, "concurrency": args.concurrency, "chunk_delay_s": args.chunk_delay,
-                "words": len(CONTENT.split()),
+                "words": args.words or len(CONTENT.split()),
             },
             "results": results,
             "machine": machine(),

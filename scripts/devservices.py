@@ -164,9 +164,13 @@ def start_local_model(
     return proc
 
 
-# Idle time between requests on a kept-alive connection; under the ingress's 60 s so
-# the proxy, not us, is the side that closes (no race on a reused connection).
-KEEP_ALIVE_SECONDS = 5
+# Idle time between requests on a kept-alive connection: longer than every client in
+# front of us keeps one (ingress-nginx's upstream keep-alive 60 s, httpx's pool 5 s), so
+# the client, never the server, closes an idle connection. The other way round, a request
+# sent on a connection just as we close it meets a reset, never an answer (issue #23:
+# httpx ReadError; nginx answers it with a 502). Idle connections count towards
+# LIMIT_CONCURRENCY (uvicorn counts connections too).
+KEEP_ALIVE_SECONDS = 75
 # Requests in flight per worker before uvicorn answers 503 at once: a flood then costs a
 # refusal, not unbounded memory. A ceiling well above per-tenant concurrency limits
 # times a handful of busy tenants; not a measured peak (bench/ has the throughput).
@@ -183,14 +187,18 @@ UVICORN_FLAGS = (
 )
 
 
-def start_service(
-    *, port: int, env: Mapping[str, str], log: Path | None = None, workers: int = 1
-) -> ManagedProcess:
-    """The container host (uvicorn serving ``sk_core.asgi:app``)."""
-    argv = [
+def service_argv(
+    *,
+    port: int,
+    workers: int = 1,
+    runner: Sequence[str] = ("-m", "uvicorn"),
+    flags: Sequence[str] = UVICORN_FLAGS,
+) -> list[str]:
+    """The container host's command line on loopback (``runner``: what runs uvicorn's CLI;
+    ``flags``: its connection limits, another checkout's for a benchmark)."""
+    return [
         sys.executable,
-        "-m",
-        "uvicorn",
+        *runner,
         "sk_core.asgi:app",
         "--host",
         "127.0.0.1",
@@ -203,8 +211,15 @@ def start_service(
         "warning",
         "--no-server-header",  # do not advertise the server software
         # The container's connection limits (read deadlines, keep-alive, concurrency).
-        *UVICORN_FLAGS,
+        *flags,
     ]
+
+
+def start_service(
+    *, port: int, env: Mapping[str, str], log: Path | None = None, workers: int = 1
+) -> ManagedProcess:
+    """The container host (uvicorn serving ``sk_core.asgi:app``)."""
+    argv = service_argv(port=port, workers=workers)
     proc = ManagedProcess("service", argv, env=env, log=log)
     proc.wait_until(f"http://127.0.0.1:{port}/api/health", timeout=60)
     return proc

@@ -85,20 +85,31 @@ class ModelStream:
             except Exception as exc:
                 # Mid-stream nothing is retried: part of the answer is already out.
                 raise classify_failure(exc)[0] from exc
-            self.model = getattr(chunk, "model", None) or self.model
-            usage = getattr(chunk, "usage", None)
+            for text in self._read(chunk):
+                yield text
+
+    def _read(self, chunk: Any) -> list[str]:
+        """The text of one chunk (the provider's JSON object); notes its model, usage and
+        finish reason. A chunk of another shape is a bad answer, not a crash."""
+        try:
+            self.model = chunk.get("model") or self.model
+            usage = chunk.get("usage")
             if usage is not None:
+                prompt, completion = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
                 self.usage = Usage(
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    total_tokens=usage.prompt_tokens + usage.completion_tokens,
+                    prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
                 )
+            texts = []
             # Azure sends chunks without choices (content-filter results); usage too.
-            for choice in chunk.choices or ():
-                if choice.finish_reason:
-                    self.finish_reason = str(choice.finish_reason)
-                if choice.delta is not None and choice.delta.content:
-                    yield choice.delta.content
+            for choice in chunk.get("choices") or ():
+                if choice.get("finish_reason"):
+                    self.finish_reason = str(choice["finish_reason"])
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    texts.append(str(content))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelBadAnswer("The model's stream sent something that is not a completion chunk.") from exc
+        return texts
 
     def completion(self, text: str) -> Completion:
         """What the finished stream produced; refused without reported usage, as every call."""

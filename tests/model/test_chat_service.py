@@ -6,6 +6,7 @@ of the process, and pytest's process has long imported everything.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,54 @@ def test_the_catalogs_list_of_chat_settings_is_what_chat_settings_carries() -> N
     own = set(ChatSettings.model_fields) - set(PromptExecutionSettings.model_fields)
     assert own == set(CHAT_SETTINGS) | set(REQUEST_SETTINGS)
     assert not set(CHAT_SETTINGS) & set(REQUEST_SETTINGS)
+
+
+@pytest.mark.parametrize("azure", [False, True], ids=["openai", "azure_openai"])
+async def test_a_stream_is_sent_with_the_credential_and_path_of_its_provider(
+    stub: StubModel, azure: bool
+) -> None:
+    """Streams go through the SDK's ``post`` (plain dict chunks, no typed models): the
+    request must still carry the provider's credential, Azure's deployment path, the
+    usage request, and the chunks must still give the text, model, usage and finish."""
+    import openai
+    from semantic_kernel.contents import ChatHistory
+
+    from sk_core.model import ModelStream
+    from sk_core.model._chat_service import ChatSettings, OpenAIChat
+    from sk_core.model._deployments import Deployment
+    from sk_core.pricing import Price
+
+    client: openai.AsyncOpenAI = (
+        openai.AsyncAzureOpenAI(azure_endpoint=stub.url, api_key="azure-key", api_version="2024-10-21",
+                                max_retries=0)
+        if azure
+        else openai.AsyncOpenAI(base_url=stub.base_url, api_key="openai-key", max_retries=0)
+    )
+    chat = OpenAIChat(service_id="d", ai_model_id="dep-1", client=client)
+    stub.script({"content": "one two three", "prompt_tokens": 7, "completion_tokens": 3, "model": "m-1"})
+    history = ChatHistory()
+    history.add_user_message("Hi")
+    raw = await chat.open_stream(history, ChatSettings(max_tokens=9))
+    price = Price(Decimal("0.15"), Decimal("0.6"))
+    deployment = Deployment(name="d", provider="openai_compatible", model="dep-1", price=price)
+    stream = ModelStream(raw, deadline=1e12, deployment=deployment)
+    try:
+        text = "".join([piece async for piece in stream])
+    finally:
+        await stream.aclose()
+        await client.close()
+    sent = stub.requests()[-1]
+    if azure:
+        assert sent["path"] == "/openai/deployments/dep-1/chat/completions"
+        assert sent["headers"].get("api-key") == "azure-key"
+    else:
+        assert sent["path"] == "/v1/chat/completions"
+        assert sent["headers"].get("authorization") == "Bearer openai-key"
+    assert sent["json"]["stream"] is True
+    assert sent["json"]["stream_options"] == {"include_usage": True}
+    assert sent["json"]["max_tokens"] == 9
+    completion = stream.completion(text)
+    assert text == "one two three"
+    usage = completion.usage
+    assert (completion.model, usage.prompt_tokens, usage.completion_tokens) == ("m-1", 7, 3)
+    assert completion.finish_reason == "stop"
