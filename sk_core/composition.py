@@ -94,6 +94,24 @@ class Service:
             budget_gauges=self.budget_gauges,
         )
 
+    async def start(self) -> None:
+        """What a host does before it takes traffic (the container host's lifespan, the
+        Functions host's warmup trigger; again at any time, cheaply): the tables the
+        request path uses are made sure of now, in one listing (plus a creation for each
+        missing one), so no request waits for a table creation (issue 23, defect 3).
+        Storage out of reach is logged, not raised: the host starts anyway, readiness says
+        what is wrong, and each table is then created on its first use."""
+        from sk_core.accounts import TABLES
+        from sk_core.cache import CACHE_TABLE
+        from sk_core.limits import USAGE_TABLE
+        from sk_core.usage import AUDIT_TABLE
+
+        tables = [*TABLES, USAGE_TABLE, AUDIT_TABLE, *([CACHE_TABLE] if self.cache is not None else [])]
+        try:
+            await self.store.prepare(tables)
+        except StorageUnavailable as exc:
+            logger.error("startup: storage tables not prepared (%s); creating them on first use", exc.reason)
+
     async def aclose(self) -> None:
         """Release network resources (called on host shutdown)."""
         await self.auth.aclose()
