@@ -301,12 +301,13 @@ async def test_the_overview_counts_what_was_used_and_shows_leased_apart(stores: 
     day = row["day"]
     assert day["leased_nano"] > 0
     # Used: spent and what requests hold; the lease's free budget is shown apart.
-    assert row["budget_used_pct"] == round(100 * (day["spent_nano"] + day["held_nano"] - day["leased_nano"])
-                                           / day["budget_nano"], 2)  # fmt: skip
-    assert row["budget_used_pct"] < round(100 * (day["spent_nano"] + day["held_nano"]) / day["budget_nano"], 2)
+    used = day["spent_nano"] + day["held_nano"] - day["leased_nano"]
+    assert row["budget_used_pct"] == round(100 * used / day["budget_nano"], 2)
+    assert row["budget_used_pct"] < round(100 * (used + day["leased_nano"]) / day["budget_nano"], 2)
     totals = document["totals"]
     assert (totals["in_flight"], totals["leased_slots"]) == (2, row["concurrency"]["leased_slots"])
-    assert (totals["requests_this_minute"], totals["leased_requests"]) == (3, row["minute"]["leased_requests"])
+    leased = row["minute"]["leased_requests"]
+    assert (totals["requests_this_minute"], totals["leased_requests"]) == (3, leased)
     for hold in holds[1:]:
         await serving.settle(hold, cost_nano=1000, prompt_tokens=1, completion_tokens=1)
     await serving.aclose()
