@@ -75,7 +75,7 @@ async def warmup(warmup: func.warmup.WarmUpContext) -> None:
 async def expire_holds(timer: func.TimerRequest) -> None:
     from sk_core.composition import sweep_expired_holds
 
-    await sweep_expired_holds(_service())
+    await sweep_expired_holds(**_service().sweep_parts())
 
 
 # Document memory: ingestion jobs from the queue, the same job code as the container

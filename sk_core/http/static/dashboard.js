@@ -129,9 +129,10 @@
       const w = totals[period];
       const share = pct(used(w), w.budget_nano);
       card(period, money("span", w.spent_nano), [
-        "of ", money("span", w.budget_nano), " budgeted (" + share.toFixed(1) + " % spent or held by calls; ",
-        money("span", w.leased_nano), " leased to instances)",
+        "of ", money("span", w.budget_nano), " budgeted (" + share.toFixed(1) + " % spent or held by calls)",
       ]);
+      document.querySelector('#totals [data-total="' + period + '"]').title =
+        "Leased to instances, not used: " + usdExact(w.leased_nano);
     }
     card("requests", document.createTextNode(count(totals.requests_today)));
     card("refusals", document.createTextNode(count(totals.refusals_today)));
