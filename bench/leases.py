@@ -173,11 +173,16 @@ HUGE = {
 
 
 async def _fleet(env: dict[str, str], n: int, logs: Path, label: str) -> list[tuple[ManagedProcess, str]]:
-    started = []
-    for index in range(n):
-        port = free_port()
-        process = start_service(port=port, env=env, log=logs / f"{label}-{index}.log")
-        started.append((process, f"http://127.0.0.1:{port}"))
+    ports = [free_port() for _ in range(n)]
+    # In threads: start_service blocks until the host answers, i.e. after its start-up,
+    # whose storage calls cross the counting proxy, which runs on this event loop.
+    processes = await asyncio.gather(
+        *(
+            asyncio.to_thread(start_service, port=port, env=env, log=logs / f"{label}-{index}.log")
+            for index, port in enumerate(ports)
+        )
+    )
+    started = [(process, f"http://127.0.0.1:{port}") for process, port in zip(processes, ports, strict=True)]
     async with httpx.AsyncClient() as client:
         await asyncio.gather(*(wait_ready(client, base) for _, base in started))
     return started

@@ -119,7 +119,10 @@ class Service:
         try:
             await self.store.prepare(tables)
         except StorageUnavailable as exc:
-            logger.error("startup: storage tables not prepared (%s); creating them on first use", exc.reason)
+            logger.error(
+                "startup: storage tables not prepared (%s); creating them on first use",
+                exc.reason, exc_info=exc.__cause__,
+            )
 
     def sweep_parts(self) -> SweepParts:
         """What ``sweep_expired_holds`` works on, as its keyword arguments."""

@@ -71,11 +71,14 @@ async def fresh() -> AsyncIterator[list[Service]]:
         await service.aclose()
 
 
-async def _first_request(env: dict[str, str], key: str, fresh: list[Service]) -> tuple[int, list[str]]:
+async def _first_request(
+    env: dict[str, str], key: str, fresh: list[Service], *, start: bool = True
+) -> tuple[int, list[str]]:
     """Exchanges from the first request's arrival to its admission in a new process."""
     service = Service.create(make_settings(env))
     fresh.append(service)
-    await service.start()  # what each host runs before it takes traffic
+    if start:
+        await service.start()  # what each host runs before it takes traffic
     await service.runtimes.get()  # the kernel is warm (/api/ready waits for it), not counted
     store = service.store
     store.trace = []
@@ -111,3 +114,14 @@ async def test_a_new_tenants_first_request_waits_for_at_most_three_exchanges(
     key = await _provision(env, traffic=False)  # no usage row exists yet
     exchanges, trace = await _first_request(env, key, fresh)
     assert exchanges <= 3, trace
+
+
+async def test_without_start_up_each_table_costs_one_exchange_on_first_use(
+    env: dict[str, str], stub: StubModel, fresh: list[Service]
+) -> None:
+    """A Functions instance started otherwise than by scale-out (no warmup trigger):
+    the key's and the usage table are created on first use (409: they exist)."""
+    key = await _provision(env, traffic=True)
+    exchanges, trace = await _first_request(env, key, fresh, start=False)
+    assert exchanges <= 5, trace
+    assert sum(line.startswith("POST Tables") for line in trace) == 2, trace
