@@ -3,6 +3,7 @@ from a secret source."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator
@@ -140,3 +141,17 @@ async def test_a_copy_written_back_never_overwrites_a_newer_save(tenants: Tenant
     await tenants.touch_key(key_id, datetime.now(UTC), tenant=read, etag=etag)
     assert (await tenants.lookup(key_id))[1] == saved
     assert (await tenants.get_key(key_id)).last_used_at is not None  # type: ignore[union-attr]
+
+
+async def test_two_saves_at_once_leave_every_key_with_the_row_that_stays(tenants: TenantStore) -> None:
+    tenant, secret = await _tenant_with_key(tenants)
+    others = [(await tenants.issue_key(tenant.id)).secret for _ in range(3)]
+    one = dataclasses.replace(tenant, limits=Limits(requests_per_minute=11))
+    two = dataclasses.replace(tenant, limits=Limits(requests_per_minute=22), status="disabled")
+    await asyncio.gather(tenants.save_tenant(one), tenants.save_tenant(two))
+    stays = await tenants.require_tenant(tenant.id)
+    assert stays in (one, two)
+    for key in (secret, *others):
+        key_id = parse_key(key)
+        assert key_id is not None
+        assert (await tenants.lookup(key_id))[1] == stays
