@@ -105,24 +105,28 @@ class Service:
 
     async def start(self) -> None:
         """What a host does before it takes traffic (the container host's lifespan, the
-        Functions host's warmup trigger; again at any time, cheaply): the tables the
-        request path uses are made sure of now, in one listing (plus a creation for each
-        missing one), so no request waits for a table creation (issue 23, defect 3).
-        Storage out of reach is logged, not raised: the host starts anyway, readiness says
-        what is wrong, and each table is then created on its first use."""
+        Functions host's warmup trigger): ``prepare_tables``, so that no request waits
+        for a table creation (issue 23, defect 3). Storage out of reach is logged, not
+        raised: the host starts anyway, readiness says what is wrong (and prepares them
+        once storage answers), and a table is otherwise created on its first use."""
+        try:
+            await self.prepare_tables()
+        except StorageUnavailable as exc:
+            logger.error(
+                "startup: storage tables not prepared (%s); creating them on first use",
+                exc.reason, exc_info=exc.__cause__,
+            )
+
+    async def prepare_tables(self) -> None:
+        """Make sure the tables the request path uses exist: one listing, plus a creation
+        for each missing one (``TableStore.prepare``). Raises ``StorageUnavailable``."""
         from sk_core.accounts import TABLES
         from sk_core.cache import CACHE_TABLE
         from sk_core.limits import USAGE_TABLE
         from sk_core.usage import AUDIT_TABLE
 
         tables = [*TABLES, USAGE_TABLE, AUDIT_TABLE, *([CACHE_TABLE] if self.cache is not None else [])]
-        try:
-            await self.store.prepare(tables)
-        except StorageUnavailable as exc:
-            logger.error(
-                "startup: storage tables not prepared (%s); creating them on first use",
-                exc.reason, exc_info=exc.__cause__,
-            )
+        await self.store.prepare(tables)
 
     def sweep_parts(self) -> SweepParts:
         """What ``sweep_expired_holds`` works on, as its keyword arguments."""

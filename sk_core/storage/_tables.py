@@ -179,8 +179,9 @@ class TableStore:
         async with self._create_lock:
             with storage_errors("cannot list tables"):
                 existing = {t.name async for t in self._service.query_tables(query, parameters=bounds)}
+            missing = sorted(wanted - existing)  # never made, or lost since
+            self._created.difference_update(missing)
             self._created.update(wanted & existing)
-            missing = sorted(wanted - self._created)
             await asyncio.gather(*(self._create(full) for full in missing))
 
     async def _create(self, full: str) -> None:

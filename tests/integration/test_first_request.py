@@ -125,3 +125,21 @@ async def test_without_start_up_each_table_costs_one_exchange_on_first_use(
     exchanges, trace = await _first_request(env, key, fresh, start=False)
     assert exchanges <= 5, trace
     assert sum(line.startswith("POST Tables") for line in trace) == 2, trace
+
+
+async def test_readiness_re_creates_a_table_lost_after_start_up(
+    env: dict[str, str], stub: StubModel, fresh: list[Service]
+) -> None:
+    """A table deleted after start-up: the next readiness probe (one listing) creates it
+    again, so no request finds it gone."""
+    key = await _provision(env, traffic=True)
+    service = Service.create(make_settings(env))
+    fresh.append(service)
+    await service.start()
+    await service.store._service.delete_table(f"{env['SKF_STORAGE_TABLE_PREFIX']}usage")
+    ready = next(r for r in ROUTES if r.name == "ready").bind(lambda: service)
+    response = await ready(make_request("GET", "/api/ready", {}, b""))
+    assert response.status_code == 200, response.body
+    service.store.trace = []
+    assert (await _summarize(service, key)).status_code == 200
+    assert not [line for line in service.store.trace if " 404" in line], service.store.trace
