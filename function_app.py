@@ -60,13 +60,22 @@ for _route in ROUTES:
     _register(_route)
 
 
+# A new instance added by scale-out: start-up work before it takes traffic (the tables,
+# so its first request waits for none; issue 23). Instances started otherwise create a
+# table on its first use instead.
+@app.function_name(name="warmup")
+@app.warm_up_trigger("warmup")
+async def warmup(warmup: func.warmup.WarmUpContext) -> None:
+    await _service().start()
+
+
 # Every minute: charge (and flag) budget holds whose process died before settling.
 @app.function_name(name="expire_holds")
 @app.timer_trigger(schedule="0 */1 * * * *", arg_name="timer", run_on_startup=False, use_monitor=True)
 async def expire_holds(timer: func.TimerRequest) -> None:
     from sk_core.composition import sweep_expired_holds
 
-    await sweep_expired_holds(_service())
+    await sweep_expired_holds(**_service().sweep_parts())
 
 
 # Document memory: ingestion jobs from the queue, the same job code as the container

@@ -16,8 +16,10 @@ load:
 3. **Added latency**: 1 client, sequential: p50 through the service minus p50 of the
    same chat completion sent straight to the stub.
 4. **First request of a new process**: a fresh host answers ``/api/ready`` (kernel
-   built), then its first summarize request: the storage exchanges that request waited
-   for, in order, and whether admission needed more than one.
+   built, its start-up done), then its first summarize request, on a tenant that has
+   served requests before: the storage exchanges up to its admission (the first
+   ``$batch``, the admission's transaction) and up to the answer, in order.
+   ``--only first`` runs this part alone (``bench/results/leases-first.json``).
 5. **Budget race** (leases on only): 8 processes x 32 clients, the stub answering
    exactly ``max_tokens``, on a budget of ~300 calls; clients retry a refusal for 2 s
    (as ones honouring ``Retry-After`` do). settled / budget, and the ledger against the
@@ -171,11 +173,16 @@ HUGE = {
 
 
 async def _fleet(env: dict[str, str], n: int, logs: Path, label: str) -> list[tuple[ManagedProcess, str]]:
-    started = []
-    for index in range(n):
-        port = free_port()
-        process = start_service(port=port, env=env, log=logs / f"{label}-{index}.log")
-        started.append((process, f"http://127.0.0.1:{port}"))
+    ports = [free_port() for _ in range(n)]
+    # In threads: start_service blocks until the host answers, i.e. after its start-up,
+    # whose storage calls cross the counting proxy, which runs on this event loop.
+    processes = await asyncio.gather(
+        *(
+            asyncio.to_thread(start_service, port=port, env=env, log=logs / f"{label}-{index}.log")
+            for index, port in enumerate(ports)
+        )
+    )
+    started = [(process, f"http://127.0.0.1:{port}") for process, port in zip(processes, ports, strict=True)]
     async with httpx.AsyncClient() as client:
         await asyncio.gather(*(wait_ready(client, base) for _, base in started))
     return started
@@ -249,6 +256,16 @@ async def added_latency(env: dict[str, str], stub: StubModelProcess, n: int, log
 
 async def first_request(env: dict[str, str], proxy: CountingProxy, logs: Path) -> dict[str, Any]:
     key = await _provision(env, f"first-{env['SKF_LEASES']}-{int(time.time()) % 10**6}", **HUGE)
+    # The tenant has served before (its usage rows exist), from a process now gone.
+    [(process, base)] = await _fleet(env, 1, logs, f"before-{env['SKF_LEASES']}")
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await client.post(
+                f"{base}{SUMMARIZE_PATH}", json=SUMMARIZE_BODY, headers={"x-api-key": key}
+            )
+            assert response.status_code == 200, response.text
+    finally:
+        process.stop()
     [(process, base)] = await _fleet(env, 1, logs, f"first-{env['SKF_LEASES']}")
     try:
         async with httpx.AsyncClient(timeout=30) as client:
@@ -264,7 +281,13 @@ async def first_request(env: dict[str, str], proxy: CountingProxy, logs: Path) -
             proxy.counts.logging = False
     finally:
         process.stop()
-    return {"storage_exchanges": len(exchanges), "sequence": exchanges, "ms": ms(finished - started)}
+    batches = [i for i, line in enumerate(exchanges) if "$batch" in line]
+    return {
+        "storage_exchanges": len(exchanges),
+        "before_admission": batches[0] + 1 if batches else None,
+        "sequence": exchanges,
+        "ms": ms(finished - started),
+    }
 
 
 async def budget_race(env: dict[str, str], stub: StubModelProcess, logs: Path) -> dict[str, Any]:
@@ -346,6 +369,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 **service_env(stub.base_url, development_connection_string(proxy.port)),
                 "SKF_LEASES": leases,
             }
+            if args.only == "first":
+                results["runs"][leases] = {"first": await first_request(env, proxy, logs)}
+                continue
             run: dict[str, Any] = {}
             run["one"] = await throughput(env, proxy, 1, args.clients, args.seconds, logs)
             run["four"] = await throughput(env, proxy, 4, args.clients, args.seconds, logs)
@@ -354,8 +380,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             run["first"] = await first_request(env, proxy, logs)
             results["runs"][leases] = run
             print(f"leases={leases}: {json.dumps(run, indent=1)}", file=sys.stderr)
-        env = {**service_env(stub.base_url, development_connection_string(proxy.port)), "SKF_LEASES": "true"}
-        results["budget_race"] = await budget_race(env, stub, logs)
+        if args.only != "first":
+            storage = development_connection_string(proxy.port)
+            env = {**service_env(stub.base_url, storage), "SKF_LEASES": "true"}
+            results["budget_race"] = await budget_race(env, stub, logs)
     finally:
         await proxy.stop()
         stub.stop()
@@ -364,6 +392,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_tables(results: dict[str, Any]) -> None:
+    if results["config"]["only"] == "first":
+        first = [
+            [f"leases={k}", r["first"]["before_admission"], r["first"]["storage_exchanges"], r["first"]["ms"]]
+            for k, r in results["runs"].items()
+        ]
+        headers = ["run", "exchanges before admission", "exchanges before the answer", "ms"]
+        print(markdown_table(headers, first))
+        return
     rows = []
     for leases, run in results["runs"].items():
         for phase in ("one", "four"):
@@ -398,14 +434,17 @@ def print_tables(results: dict[str, Any]) -> None:
     print()
     print(
         markdown_table(
-            ["run", "service p50 ms", "direct p50 ms", "added p50 ms", "first request: storage exchanges"],
+            [
+                "run", "service p50 ms", "direct p50 ms", "added p50 ms",
+                "first request: storage exchanges before admission / before the answer",
+            ],
             [
                 [
                     f"leases={k}",
                     r["latency"]["service_p50_ms"],
                     r["latency"]["direct_p50_ms"],
                     r["latency"]["added_p50_ms"],
-                    r["first"]["storage_exchanges"],
+                    f"{r['first']['before_admission']} / {r['first']['storage_exchanges']}",
                 ]
                 for k, r in results["runs"].items()
             ],
@@ -421,10 +460,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--latency-requests", type=int, default=200)
+    parser.add_argument("--only", choices=["first"], default=None, help="run one part alone")
     args = parser.parse_args(argv)
     results = asyncio.run(bench(args))
     print_tables(results)
-    write_results("leases", results)
+    write_results("leases-first" if args.only == "first" else "leases", results)
 
 
 if __name__ == "__main__":

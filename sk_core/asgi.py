@@ -228,6 +228,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     # the process stays up (no crash loop) so the probe can say what is wrong.
     for problem in await service.secrets.check(service.settings.required_secrets()):
         logger.error("startup check: %s", problem)
+    await service.start()  # the tables, before uvicorn takes traffic
     service.runtimes.warm()  # build the kernel now, not on the first request
     # The Functions host runs the same sweep from a timer trigger (function_app.py).
     sweeper = asyncio.create_task(sweep_periodically(service, service.settings.sweep_interval_seconds))

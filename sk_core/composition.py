@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from sk_core import telemetry
 from sk_core.catalog import Catalog
@@ -40,6 +40,15 @@ if TYPE_CHECKING:
     from sk_core.secrets import CachedSecrets
     from sk_core.storage import TableStore
     from sk_core.usage import AuditLog
+
+
+class SweepParts(TypedDict):
+    """The parts the maintenance sweep works on (``sweep_expired_holds``)."""
+
+    ledger: Ledger
+    audit: AuditLog
+    budget_gauges: BudgetGauges
+    cache: ResponseCache | None
 
 
 class Service:
@@ -92,6 +101,37 @@ class Service:
             storage_silence=store.silence,
             cache=cache,
             budget_gauges=self.budget_gauges,
+        )
+
+    async def start(self) -> None:
+        """What a host does before it takes traffic (the container host's lifespan, the
+        Functions host's warmup trigger): ``prepare_tables``, so that no request waits
+        for a table creation (issue 23, defect 3). Storage out of reach is logged, not
+        raised: the host starts anyway, readiness says what is wrong (and prepares them
+        once storage answers), and a table is otherwise created on its first use."""
+        try:
+            await self.prepare_tables()
+        except StorageUnavailable as exc:
+            logger.error(
+                "startup: storage tables not prepared (%s); creating them on first use",
+                exc.reason, exc_info=exc.__cause__,
+            )
+
+    async def prepare_tables(self) -> None:
+        """Make sure the tables the request path uses exist: one listing, plus a creation
+        for each missing one (``TableStore.prepare``). Raises ``StorageUnavailable``."""
+        from sk_core.accounts import TABLES
+        from sk_core.cache import CACHE_TABLE
+        from sk_core.limits import USAGE_TABLE
+        from sk_core.usage import AUDIT_TABLE
+
+        tables = [*TABLES, USAGE_TABLE, AUDIT_TABLE, *([CACHE_TABLE] if self.cache is not None else [])]
+        await self.store.prepare(tables)
+
+    def sweep_parts(self) -> SweepParts:
+        """What ``sweep_expired_holds`` works on, as its keyword arguments."""
+        return SweepParts(
+            ledger=self.ledger, audit=self.audit, budget_gauges=self.budget_gauges, cache=self.cache
         )
 
     async def aclose(self) -> None:
@@ -326,20 +366,21 @@ def set_service(service: Service | None) -> None:
 # timer trigger; the container host runs ``sweep_periodically`` as a background task.
 # Several instances sweeping at once is safe: each hold is charged by an ETag-conditional
 # transaction, so exactly one sweeper wins and the others find it gone.
-async def sweep_expired_holds(service: Service | None = None) -> int:
-    """Charge and flag every expired hold once; returns how many were charged.
-    ``service``: the one to sweep (default: the process's, for the timer trigger)."""
-    service = service or get_service()
+async def sweep_expired_holds(
+    *, ledger: Ledger, audit: AuditLog, budget_gauges: BudgetGauges, cache: ResponseCache | None
+) -> int:
+    """Charge and flag every expired hold once, purge old audit rows and expired cache
+    entries, refresh the budget gauges; returns how many holds were charged."""
     try:
-        charged = await service.ledger.expire_holds()
+        charged = await ledger.expire_holds()
     except StorageUnavailable as exc:
         logger.warning("hold sweep skipped: %s", exc.reason)
         return 0
-    await service.audit.purge()
-    await service.budget_gauges.refresh_all(service.ledger)
-    if service.cache is not None:
+    await audit.purge()
+    await budget_gauges.refresh_all(ledger)
+    if cache is not None:
         try:
-            await service.cache.purge_expired()
+            await cache.purge_expired()
         except StorageUnavailable as exc:
             logger.warning("cache sweep skipped: %s", exc.reason)
     if charged:
@@ -352,6 +393,6 @@ async def sweep_periodically(service: Service, interval_seconds: float) -> None:
     while True:
         await asyncio.sleep(interval_seconds)
         try:
-            await sweep_expired_holds(service)
+            await sweep_expired_holds(**service.sweep_parts())
         except Exception:
             logger.exception("hold sweep failed; retrying next interval")

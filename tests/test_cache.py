@@ -481,7 +481,7 @@ async def test_the_maintenance_sweep_deletes_expired_entries(
         return [e async for e in found]
 
     assert len(await rows()) == 1
-    await sweep_expired_holds()
+    await sweep_expired_holds(**functions_service.sweep_parts())
     assert await rows() == []
 
 

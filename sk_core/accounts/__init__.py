@@ -26,11 +26,18 @@ from sk_core.accounts._values import (
 )
 
 if TYPE_CHECKING:
-    from sk_core.accounts._store import TenantStore, tenant_entity, tenant_from_entity, validate_tenant_id
+    from sk_core.accounts._store import (
+        TABLES,
+        TenantStore,
+        tenant_entity,
+        tenant_from_entity,
+        validate_tenant_id,
+    )
 
 # The table store (and so the Azure SDK) loads on first use of these names: the limits
 # policy and the pipeline need only the values above, and stay free of any SDK.
 _LAZY = {
+    "TABLES": "sk_core.accounts._store",
     "TenantStore": "sk_core.accounts._store",
     "tenant_entity": "sk_core.accounts._store",
     "tenant_from_entity": "sk_core.accounts._store",
@@ -43,6 +50,7 @@ __getattr__ = startup.lazy_attributes(__name__, _LAZY)
 __all__ = [
     "ADMIN_SCOPE",
     "ALL",
+    "TABLES",
     "ApiKey",
     "Authenticator",
     "Limits",

@@ -15,6 +15,7 @@ The client address comes from :data:`client_address`, which the HTTP boundary se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import math
 import time
@@ -111,6 +112,7 @@ class Authenticator:
         max_unknown: int = 2_048,
         unknown_per_minute: int = 60,
         max_clients: int = 4_096,
+        touch_delay_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tenants = tenants
@@ -126,6 +128,11 @@ class Authenticator:
         # an entry lives only while its lookup runs.
         self._flights: dict[str, asyncio.Task[tuple[ApiKey | None, Tenant | None]]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # A key's last use is written this long after its lookup: bookkeeping must not
+        # compete with the request's own storage exchanges (a new process's first request
+        # waits for its admission, issue 23); closing writes the pending ones at once.
+        self._touch_delay = touch_delay_seconds
+        self._closing = asyncio.Event()
 
     @property
     def cached(self) -> tuple[int, int]:
@@ -189,8 +196,8 @@ class Authenticator:
             flight.exception()  # retrieved: every waiter re-raises it; none may be left
 
     async def _fetch(self, cache_key: str, key_id: str, admin: bool) -> tuple[ApiKey | None, Tenant | None]:
-        key = await self._tenants.get_key(key_id, admin=admin)
-        tenant = await self._tenants.get_tenant(key.tenant_id) if key is not None and not admin else None
+        # One read: the key row carries its tenant's copy (an older key: two, see lookup).
+        key, tenant, uncopied = await self._tenants.lookup(key_id, admin=admin)
         now = self._clock()
         if key is None:
             self._unknown.put(cache_key, True, now + self._negative_ttl)
@@ -199,14 +206,22 @@ class Authenticator:
             self._known.put(cache_key, (key, tenant), now + self._ttl)
             # Bookkeeping off the request path (once per key per cache period).
             task = asyncio.get_running_loop().create_task(
-                self._tenants.touch_key(key_id, datetime.now(UTC), admin=admin)
+                self._touch(key_id, datetime.now(UTC), admin, tenant if uncopied else None, uncopied)
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return key, tenant
 
+    async def _touch(
+        self, key_id: str, when: datetime, admin: bool, tenant: Tenant | None, etag: str | None
+    ) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), self._touch_delay)
+        await self._tenants.touch_key(key_id, when, admin=admin, tenant=tenant, etag=etag)
+
     async def aclose(self) -> None:
-        """Let pending last-used updates finish (they are short and bounded by retries)."""
+        """Write pending last-used updates now (they are short and bounded by retries)."""
+        self._closing.set()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 

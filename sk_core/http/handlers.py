@@ -274,7 +274,9 @@ async def ready(request: Request, service: Service, context: RequestContext) -> 
         checks["model"] = DependencyStatus(status="ok" if code is None else "error", code=code)
     try:
         async with asyncio.timeout(timeout):
-            await service.store.ping()
+            # One listing, as a ping would be; it also re-creates a table lost since
+            # start-up (or never made: storage was down then) before a request finds it.
+            await service.prepare_tables()
         checks["storage"] = DependencyStatus(status="ok")
     except (TimeoutError, StorageUnavailable):
         checks["storage"] = DependencyStatus(status="error", code="storage_unreachable")

@@ -212,16 +212,20 @@ class Pipeline(ToolRuns):
             prompt_tokens_bound = call.spec.prompt_token_bound(call.arguments)
         async with self._fail_closed():
             with telemetry.tracer().start_as_current_span("admit") as span:
-                if self._budget_gauges is not None:  # refused tenants too: they are at 100 %
-                    self._budget_gauges.note(call.principal.tenant, self._ledger)
-                hold = await self._ledger.admit(
-                    call.principal.tenant,
-                    price=call.chain.reservation_price,
-                    prompt_tokens_bound=prompt_tokens_bound,
-                    requested_max_tokens=call.requested,
-                    function=call.spec.id,
-                    key_id=call.principal.key.key_id,
-                )
+                try:
+                    hold = await self._ledger.admit(
+                        call.principal.tenant,
+                        price=call.chain.reservation_price,
+                        prompt_tokens_bound=prompt_tokens_bound,
+                        requested_max_tokens=call.requested,
+                        function=call.spec.id,
+                        key_id=call.principal.key.key_id,
+                    )
+                finally:
+                    # Refused tenants too (they are at 100 %); after the decision, so that
+                    # a gauge's read never competes with it (issue 23, defect 3).
+                    if self._budget_gauges is not None:
+                        self._budget_gauges.note(call.principal.tenant, self._ledger)
                 span.set_attribute("sk.max_tokens", hold.max_tokens)
                 span.set_attribute("sk.hold_usd", usd(hold.amount_nano))
         return hold

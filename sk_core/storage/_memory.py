@@ -172,6 +172,7 @@ class MemoryTableStore(TableStore):
         self._memory_tables: dict[str, MemoryTable] = {}
         self.round_trips = 0
         self.conflicts = 0
+        self.trace: list[str] | None = None
         self._last_answer = time.monotonic()
 
     async def table(self, name: str) -> TableClient:
@@ -182,6 +183,9 @@ class MemoryTableStore(TableStore):
             client = self._memory_tables[full] = MemoryTable(self, full)
         return cast("TableClient", client)
 
+    async def prepare(self, names: Iterable[str]) -> None:
+        """Nothing to create: a table exists from its first use."""
+
     async def ping(self) -> None:
         """Readiness: the account is this process."""
 
@@ -190,6 +194,8 @@ class MemoryTableStore(TableStore):
 
     async def _exchange(self, op: Operation) -> None:
         self.round_trips += 1
+        if self.trace is not None:
+            self.trace.append(f"{op.kind} {op.table} {op.partition}")
         try:
             await self.account.round_trip(op)
         finally:

@@ -1,4 +1,9 @@
-"""Azure Table Storage access: one service client per worker, tables created on first use.
+"""Azure Table Storage access: one service client per worker, tables made ready at start-up.
+
+A host prepares the tables it uses before it takes traffic (``TableStore.prepare``: one
+listing, then only the missing ones created), so a request never waits for a table
+creation; a table not prepared is created on its first use, and a table lost later (the
+account answers ``TableNotFound``) is created again on its next use.
 
 Local development uses Azurite through a connection string (``UseDevelopmentStorage=true``
 is understood, as Functions does); production uses the account endpoint with
@@ -13,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from azure.core import MatchConditions
@@ -102,6 +107,9 @@ class TableStore:
         # them: what the benchmarks report per request, and what leases keep low.
         self.round_trips = 0
         self.conflicts = 0
+        # When a list: each exchange as "METHOD resource status" (tests and benchmarks
+        # show what a request waited for).
+        self.trace: list[str] | None = None
         self._last_answer = time.monotonic()
         self._credential: Any = None
         if connection_string:
@@ -129,6 +137,10 @@ class TableStore:
         self._last_answer = time.monotonic()
         http = response.http_response
         status = getattr(http, "status_code", 0)
+        if self.trace is not None:
+            request = response.http_request
+            resource = str(request.url).split("?", 1)[0].rsplit("/", 1)[-1]
+            self.trace.append(f"{request.method} {resource} {status}")
         if status in (409, 412):
             self.conflicts += 1
         elif status == 404 and http.headers.get("x-ms-error-code") == "TableNotFound":
@@ -152,13 +164,30 @@ class TableStore:
         if full not in self._created:
             async with self._create_lock:
                 if full not in self._created:
-                    with (
-                        storage_errors(f"cannot create table {full}"),
-                        contextlib.suppress(ResourceExistsError),
-                    ):
-                        await self._service.create_table(full)
-                    self._created.add(full)
+                    await self._create(full)
         return client
+
+    async def prepare(self, names: Iterable[str]) -> None:
+        """Make sure the tables ``<prefix><name>`` exist, before traffic: one listing of
+        this prefix's tables, then the missing ones created together. Afterwards their
+        first use costs no exchange (``table``)."""
+        wanted = {f"{self._prefix}{name}" for name in names}
+        # Table names are letters and digits: every name with this prefix sorts below
+        # the prefix followed by "{" (the character after "z").
+        query = "TableName ge @low and TableName lt @high"
+        bounds = {"low": self._prefix, "high": f"{self._prefix}{{"}
+        async with self._create_lock:
+            with storage_errors("cannot list tables"):
+                existing = {t.name async for t in self._service.query_tables(query, parameters=bounds)}
+            missing = sorted(wanted - existing)  # never made, or lost since
+            self._created.difference_update(missing)
+            self._created.update(wanted & existing)
+            await asyncio.gather(*(self._create(full) for full in missing))
+
+    async def _create(self, full: str) -> None:
+        with storage_errors(f"cannot create table {full}"), contextlib.suppress(ResourceExistsError):
+            await self._service.create_table(full)
+        self._created.add(full)
 
     async def ping(self) -> None:
         """Readiness: one cheap call that proves the account answers."""

@@ -29,8 +29,10 @@ NEAR_BUDGET_PCT = 80.0  # the page highlights tenants at or above this share
 
 
 def used_pct(window: WindowUsage) -> float:
-    """Spent or held (reserved, leased) as a percentage of the window's budget."""
-    used = window.spent_nano + window.held_nano
+    """Spent or held by requests as a percentage of the window's budget. Budget leased
+    to processes is not counted (shown apart, ``leased_nano``): it is not spent, and a
+    lease's unused part comes back (issue 23, defect 2)."""
+    used = window.spent_nano + window.held_nano - window.leased_nano
     if window.budget_nano > 0:
         return round(100 * used / window.budget_nano, 2)
     return 100.0 if used > 0 else 0.0
@@ -44,7 +46,7 @@ def nearest(usage: UsageResponse) -> tuple[float, str]:
 def _sum_windows(windows: Sequence[WindowUsage]) -> dict[str, int]:
     return {
         field: sum(getattr(w, field) for w in windows)
-        for field in ("spent_nano", "held_nano", "budget_nano", "remaining_nano")
+        for field in ("spent_nano", "held_nano", "leased_nano", "budget_nano", "remaining_nano")
     }
 
 
@@ -118,7 +120,11 @@ def summarize(
             "month": _sum_windows([u.month for u in usages]),
             "requests_today": sum(u.day.requests for u in usages),
             "refusals_today": sum(t["refusals_today"] for t in tenants),
+            # Used, then leased to processes and unused (they count against the limits).
+            "requests_this_minute": sum(u.minute.requests for u in usages),
+            "leased_requests": sum(u.minute.leased_requests for u in usages),
             "in_flight": sum(u.concurrency.in_flight for u in usages),
+            "leased_slots": sum(u.concurrency.leased_slots for u in usages),
         },
         "spend_by_hour": {"t": times, "series": series},
         "refusals_by_code": {

@@ -267,22 +267,27 @@ async def usage_of(
     now = now or ledger.now()
     table = await ledger.store.table(USAGE_TABLE)
     # The tenant's lease rows in the same query: what of the minute is only leased.
-    leases = f"( RowKey ge '{LEASE_PREFIX}' and RowKey lt '{LEASE_PREFIX[:-1]}.' )"
-    rows = await query_partition(table, tenant.id, _usage_keys(now), also=leases)
+    rows = await query_partition(table, tenant.id, _usage_keys(now), also=_LEASE_ROWS)
     return usage_document(tenant, rows, now)
+
+
+# Every lease row of a partition: RowKeys from "lease-" up to "lease." (the first key after).
+_LEASE_ROWS = f"( RowKey ge '{LEASE_PREFIX}' and RowKey lt '{LEASE_PREFIX[:-1]}.' )"
 
 
 async def overview(
     ledger: Ledger, tenants: TenantStore, now: datetime | None = None
 ) -> list[tuple[Tenant, UsageResponse]]:
     """Every tenant with its usage: the tenant list and one query for all their counter
-    rows (cross-partition), read at the same time."""
+    rows and lease rows (cross-partition), read at the same time. The lease rows tell the
+    requests of the minute that are only leased from the ones used (issue 23, defect 2),
+    as in each tenant's own usage."""
 
     await ledger.flush()
     now = now or ledger.now()
     table = await ledger.store.table(USAGE_TABLE)
     keys = _usage_keys(now)
-    clauses = " or ".join(f"RowKey eq @r{i}" for i in range(len(keys)))
+    clauses = " or ".join([*(f"RowKey eq @r{i}" for i in range(len(keys))), _LEASE_ROWS])
 
     async def counter_rows() -> dict[str, dict[str, Any]]:
         by_tenant: dict[str, dict[str, Any]] = {}

@@ -74,3 +74,21 @@ def test_the_hold_sweeper_is_a_timer_trigger_every_minute(functions_app_function
     assert timer.get_function_name() == "expire_holds"
     assert timer.get_trigger().schedule == "0 */1 * * * *"
     assert inspect.iscoroutinefunction(timer.get_user_function())
+
+
+async def test_the_warmup_trigger_prepares_the_tables(
+    functions_app_functions: list[Any], functions_service: Any
+) -> None:
+    """Scale-out runs it before an instance takes traffic: afterwards the request path's
+    tables cost no exchange on first use (issue 23, defect 3)."""
+    import azure.functions as func
+
+    [warmup] = [f for f in functions_app_functions if f.get_trigger().get_binding_name() == "warmupTrigger"]
+    assert warmup.get_function_name() == "warmup"
+    store = functions_service.store
+    store._created.clear()  # as in a new instance: nothing known to exist yet
+    await warmup.get_user_function()(func.warmup.WarmUpContext())
+    before = store.round_trips
+    for name in ("apikeys", "tenants", "usage", "audit"):
+        await store.table(name)
+    assert store.round_trips == before

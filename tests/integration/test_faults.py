@@ -536,6 +536,7 @@ async def test_tables_are_recreated_after_storage_lost_its_data(
         service_env, model_proxy, stub_process, storage_connection_string=development_connection_string(port)
     )
     context = await _faulty(settings)
+    await context.service.start()  # the tables prepared at start-up, then lost
     try:
         assert (await call(context, stub)).status == 200
         azurite.stop()  # in memory: every table and row is gone

@@ -55,3 +55,37 @@ async def test_an_unreachable_account_is_storage_unavailable_quickly() -> None:
     finally:
         await dead.aclose()
     assert time.monotonic() - started < 5
+
+
+async def test_tables_prepared_at_start_up_cost_no_exchange_later_and_lost_ones_come_back(
+    azurite: str,
+) -> None:
+    """Issue 23, defect 3: ``prepare`` lists the prefix's tables once and creates only the
+    missing ones; a prepared table's first use costs nothing; a table lost later (deleted,
+    an emulator restarted empty) fails the call that finds it gone, and its next use
+    creates it again."""
+    import secrets
+
+    prefix = "prep" + secrets.token_hex(4)
+    first = TableStore(connection_string=azurite, table_prefix=prefix)
+    second = TableStore(connection_string=azurite, table_prefix=prefix)
+    try:
+        first.trace = []
+        await first.prepare(["a", "b"])
+        assert sorted(first.trace) == ["GET Tables 200", "POST Tables 201", "POST Tables 201"]
+        second.trace = []
+        await second.prepare(["a", "b", "c"])  # another process: only c is missing
+        assert sorted(second.trace) == ["GET Tables 200", "POST Tables 201"]
+        before = second.round_trips
+        table = await second.table("a")
+        assert second.round_trips == before
+        await submit(table, [("create", {"PartitionKey": "p", "RowKey": "r"}, {})])
+        await first._service.delete_table(f"{prefix}a")  # lost
+        with pytest.raises(StorageUnavailable):
+            await query_partition(await second.table("a"), "p", ["r"])
+        assert await query_partition(await second.table("a"), "p", ["r"]) == {}  # created again
+    finally:
+        for name in ("a", "b", "c"):
+            await first._service.delete_table(f"{prefix}{name}")
+        await first.aclose()
+        await second.aclose()

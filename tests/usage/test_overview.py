@@ -29,6 +29,8 @@ from sk_core.usage import (
 from sk_core.usage._history import last_final
 from sk_core.usage._read_model import usage_document
 from sk_core.usage._rollups import KEEP
+from tests.support.clock import inside_one_minute
+from tests.support.stores import STORE_BACKENDS, open_stores
 
 NOW = datetime(2026, 3, 4, 15, 20, tzinfo=UTC)
 NAMES = [stamp(NOW - timedelta(hours=n)) for n in range(23, -1, -1)]
@@ -253,3 +255,76 @@ def test_the_tenant_view_takes_the_tenant_the_overview_listed_moments_ago() -> N
     assert history.listed("other") is None
     ticks[0] = 5.1  # older than LISTED_SECONDS: the tenant view reads it again
     assert history.listed("acme") is None
+
+
+# --- leased is not used (issue 23, defect 2) ----------------------------------------------
+
+
+@pytest.mark.parametrize("stores", STORE_BACKENDS, indirect=True)
+async def test_the_overview_counts_what_was_used_and_shows_leased_apart(stores: list[TableStore]) -> None:
+    """A process holds a lease (requests, tokens, slots and budget granted ahead of use):
+    the operators' overview counts only the calls admitted, in flight and held by them as
+    used, and shows what sits leased apart, as the tenant's own usage does."""
+    from decimal import Decimal
+
+    from sk_core.limits import Ledger
+    from sk_core.limits.lease_state import LeaseSettings
+    from sk_core.pricing import Price
+    from sk_core.usage import overview_document, usage_of
+
+    await inside_one_minute(5)
+    price = Price(Decimal("1.00"), Decimal("2.00"))
+    who = Tenant(
+        id="ov-" + secrets.token_hex(3), display_name="O",
+        limits=Limits(requests_per_minute=600, tokens_per_minute=10**8, max_concurrent=64,
+                      daily_budget_nano=10**9, monthly_budget_nano=10**10),
+    )  # fmt: skip
+    tenants = _tenants(stores[0])
+    await tenants.create_tenant(who)
+    serving = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16,
+                     leases=LeaseSettings(report_seconds=60, idle_seconds=60))  # fmt: skip
+    holds = [
+        await serving.admit(who, price=price, prompt_tokens_bound=100, requested_max_tokens=100,
+                            function="f", key_id="k")
+        for _ in range(3)
+    ]  # fmt: skip
+    await serving.settle(holds[0], cost_nano=1000, prompt_tokens=1, completion_tokens=1)
+    await serving.flush(who.id)  # reported: 3 admitted, 2 in flight, the rest of its slices leased
+    reader = Ledger(store=stores[1], lease_seconds=30, min_answer_tokens=16)  # another instance
+    own = await usage_of(reader, who, report_own_leases=False)
+    document = await overview_document(reader, tenants, history=RollupHistory(stores[1]))
+    [row] = [t for t in document["tenants"] if t["tenant_id"] == who.id]
+    assert row["minute"]["requests"] == own.minute.requests == 3
+    assert row["minute"]["leased_requests"] == own.minute.leased_requests > 0
+    assert row["concurrency"]["in_flight"] == own.concurrency.in_flight == 2
+    assert row["concurrency"]["leased_slots"] == own.concurrency.leased_slots > 0
+    day = row["day"]
+    assert day["leased_nano"] > 0
+    # Used: spent and what requests hold; the lease's free budget is shown apart.
+    used = day["spent_nano"] + day["held_nano"] - day["leased_nano"]
+    assert row["budget_used_pct"] == round(100 * used / day["budget_nano"], 2)
+    assert row["budget_used_pct"] < round(100 * (used + day["leased_nano"]) / day["budget_nano"], 2)
+    totals = document["totals"]
+    assert (totals["in_flight"], totals["leased_slots"]) == (2, row["concurrency"]["leased_slots"])
+    leased = row["minute"]["leased_requests"]
+    assert (totals["requests_this_minute"], totals["leased_requests"]) == (3, leased)
+    for hold in holds[1:]:
+        await serving.settle(hold, cost_nano=1000, prompt_tokens=1, completion_tokens=1)
+    await serving.aclose()
+
+
+class _NoSecrets:
+    async def get(self, name: str) -> str:
+        raise AssertionError("the overview hashes no key")
+
+
+def _tenants(store: TableStore) -> Any:
+    from sk_core.accounts import TenantStore
+
+    return TenantStore(store=store, secrets=_NoSecrets(), pepper_name="p")
+
+
+@pytest.fixture
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[list[TableStore]]:
+    async with open_stores(request, "ovl", count=2) as made:
+        yield made

@@ -106,7 +106,17 @@
   }
 
   // --- overview ------------------------------------------------------------------------
-  function used(window) { return window.spent_nano + window.held_nano; }
+  // Spent, or held by calls admitted; budget leased to instances is not used (shown apart).
+  function used(window) { return window.spent_nano + window.held_nano - window.leased_nano; }
+
+  // "n / limit", and what sits leased to instances apart (it counts against the limit).
+  function ofLimit(row, used, limit, leased, field, what) {
+    const td = cell(row, count(used) + " / " + count(limit), field, "num");
+    if (leased > 0) {
+      td.appendChild(el("span", " +" + count(leased) + " leased", "leased"));
+      td.title = count(leased) + " " + what + " leased to instances (not used; they count against the limit)";
+    }
+  }
 
   function card(name, big, sub) {
     const node = document.querySelector('#totals [data-total="' + name + '"]');
@@ -119,8 +129,10 @@
       const w = totals[period];
       const share = pct(used(w), w.budget_nano);
       card(period, money("span", w.spent_nano), [
-        "of ", money("span", w.budget_nano), " budgeted (" + share.toFixed(1) + " % used or held)",
+        "of ", money("span", w.budget_nano), " budgeted (" + share.toFixed(1) + " % spent or held by calls)",
       ]);
+      document.querySelector('#totals [data-total="' + period + '"]').title =
+        "Leased to instances, not used: " + usdExact(w.leased_nano);
     }
     card("requests", document.createTextNode(count(totals.requests_today)));
     card("refusals", document.createTextNode(count(totals.refusals_today)));
@@ -188,14 +200,20 @@
     const box = el("span", null, "bar");
     const fill = el("span", null, "fill");
     const held = el("span", null, "held");
+    const leased = el("span", null, "leased");
     const spentPct = Math.min(100, pct(window.spent_nano, window.budget_nano));
-    const heldPct = Math.min(100 - spentPct, pct(window.held_nano, window.budget_nano));
+    const heldPct = Math.min(100 - spentPct, pct(window.held_nano - window.leased_nano, window.budget_nano));
+    const leasedPct = Math.min(100 - spentPct - heldPct, pct(window.leased_nano, window.budget_nano));
     fill.style.width = spentPct.toFixed(2) + "%";
     held.style.left = spentPct.toFixed(2) + "%";
     held.style.width = heldPct.toFixed(2) + "%";
+    leased.style.left = (spentPct + heldPct).toFixed(2) + "%";
+    leased.style.width = leasedPct.toFixed(2) + "%";
     box.dataset.used = pct(used(window), window.budget_nano).toFixed(2);
-    box.title = box.dataset.used + "% of the budget spent or held (held: " + usdExact(window.held_nano) + ")";
-    box.append(fill, held);
+    box.title = box.dataset.used + "% of the budget spent or held by calls (held: " +
+      usdExact(window.held_nano - window.leased_nano) + "; leased to instances, not used: " +
+      usdExact(window.leased_nano) + ")";
+    box.append(fill, held, leased);
     const text = el("span", null, "money");
     text.append(money("span", window.spent_nano), " / ", money("span", window.budget_nano));
     td.append(text, box);
@@ -226,10 +244,10 @@
       bar(row, t.month, "month");
       cell(row, null, "day-remaining", "num").appendChild(money("span", t.day.remaining_nano));
       const share = cell(row, t.budget_used_pct.toFixed(1) + " %", "used", "num");
-      share.title = "of the " + (t.nearest_window === "day" ? "daily" : "monthly") + " budget, spent or held";
-      cell(row, count(t.minute.requests) + " / " + count(t.minute.requests_limit), "rpm", "num");
+      share.title = "of the " + (t.nearest_window === "day" ? "daily" : "monthly") + " budget, spent or held by calls";
+      ofLimit(row, t.minute.requests, t.minute.requests_limit, t.minute.leased_requests, "rpm", "requests");
       cell(row, count(t.minute.tokens) + " / " + count(t.minute.tokens_limit), "tpm", "num");
-      cell(row, t.concurrency.in_flight + " / " + t.concurrency.limit, "in-flight", "num");
+      ofLimit(row, t.concurrency.in_flight, t.concurrency.limit, t.concurrency.leased_slots, "in-flight", "slots");
       row.addEventListener("click", () => { state.selected = t.tenant_id; drawTenants(); loadDetail(t.tenant_id); });
       body.appendChild(row);
     }
