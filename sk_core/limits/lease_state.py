@@ -57,12 +57,15 @@ class LeaseSettings:
     # report_seconds syncs a second whatever the number of instances (bench/scale.py).
     holders_per_report: int = 32
     max_stretch: float = 16.0  # ... up to this factor
-    # Beyond holders_per_report holders, keepers sync with sub-pools (pools.py): about
+    # Beyond pool_threshold holders, keepers sync with sub-pools (pools.py): about
     # pool_holders keepers per pool, at most max_pools pools (0: never). Their intervals
     # then stretch only to keep every sync (about entities_per_sync entities read and
     # written) within half of a partition's throughput target, partition_ops_per_s
     # (Azure Table Storage: about 2,000 entities a second for one partition).
-    pool_holders: int = 16
+    # Sub-pools with more holders than this (below it, one pool: bench/scale.py measured
+    # it at 8 and 64 instances).
+    pool_threshold: int = 128
+    pool_holders: int = 4
     max_pools: int = 64
     partition_ops_per_s: float = 2000.0
     entities_per_sync: int = 5

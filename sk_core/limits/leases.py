@@ -46,7 +46,7 @@ from sk_core.limits.lease_state import (
     TenantLease,
     lease_entity,
 )
-from sk_core.limits.pool_sync import PoolHook, plan_pool_sync
+from sk_core.limits.pool_sync import PoolHook, first_read, plan_pool_sync
 from sk_core.limits.pools import pool_count, pool_key
 from sk_core.limits.rows import (
     INFLIGHT,
@@ -92,7 +92,7 @@ class LeaseKeeper:
         """How many sub-pools this lease's tenant uses now (0: none, one pool)."""
         settings = self._settings
         return pool_count(
-            lease.holders, threshold=settings.holders_per_report, per_pool=settings.pool_holders,
+            lease.holders, threshold=settings.pool_threshold, per_pool=settings.pool_holders,
             most=settings.max_pools,
         )
 
@@ -340,8 +340,11 @@ class LeaseKeeper:
             lease.pending = snap
             return operations, None
 
-        # Holders of the same rows: the tenant's, or (sub-pools) this pool's.
-        racing = lease.holders // max(1, self.pools(lease))
+        # Holders of the same rows: the tenant's, or (sub-pools) this pool's, whose syncs
+        # are pool syncs mostly (two rows written): a narrower window will do.
+        pools = self.pools(lease)
+        racing = lease.holders // pools // 2 if pools else lease.holders
+        base = 0.01 if pools else 0.04  # seconds per racing holder
         try:
             # Backing off longer the more holders race for the pool (their count as the
             # last read of the pool said, or doubling with each lost race when many
@@ -349,7 +352,7 @@ class LeaseKeeper:
             # racing holders need a window of about N x 40 ms.
             await ledger.update(
                 table, tenant_id, "lease sync", plan,
-                patience=lambda attempt: min(10.0, 0.04 * max(4, racing, 2 ** min(attempt, 8))),
+                patience=lambda attempt: min(10.0, base * max(4, racing, 2 ** min(attempt, 8))),
             )
         finally:
             lease.frozen = False
@@ -363,12 +366,15 @@ class LeaseKeeper:
     async def _plan_any(self, table: Any, tenant_id: str, lease: TenantLease) -> tuple[list[Any], Snapshot]:
         """Through the lease's sub-pool when its tenant has them (a rebalance when the
         pool cannot serve it), else on the window rows."""
+        # A new lease does not know the holders yet: its first read brings them, with the
+        # window rows and every pool it may belong to (one query either way).
+        first = await first_read(self, table, tenant_id, lease)
         pools = self.pools(lease)
         if not pools:
-            return await self._plan(table, tenant_id, lease)
+            return await self._plan(table, tenant_id, lease, prefetched=first)
         key = pool_key(self.process_id, pools)
-        planned = await plan_pool_sync(self, table, tenant_id, lease, key)
-        return planned or await self._plan(table, tenant_id, lease, PoolHook(self, key, pools))
+        planned = await plan_pool_sync(self, table, tenant_id, lease, key, first)
+        return planned or await self._plan(table, tenant_id, lease, PoolHook(self, key, pools), first)
 
     def caught_up(self, lease: TenantLease, stored: Any) -> None:
         """Our previous sync committed although its answer never reached us (a reset
@@ -378,7 +384,12 @@ class LeaseKeeper:
             self._acknowledge(lease, lease.pending)
 
     async def _plan(
-        self, table: Any, tenant_id: str, lease: TenantLease, pool: PoolHook | None = None
+        self,
+        table: Any,
+        tenant_id: str,
+        lease: TenantLease,
+        pool: PoolHook | None = None,
+        prefetched: dict[str, Any] | None = None,
     ) -> tuple[list[Any], Snapshot]:
         settings = self._settings
         now = self._ledger.now()
@@ -393,7 +404,9 @@ class LeaseKeeper:
         for budget in slices:
             keys += [budget.day, budget.month]
         keys = list(dict.fromkeys(keys))
-        rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
+        if prefetched is None:
+            prefetched = await query_partition(table, tenant_id, keys)
+        rows = PartitionRows(tenant_id, prefetched)
         stored = rows.entities.get(self.row_key)
         self.caught_up(lease, stored)
         slices = [s for s in (lease.current, lease.previous) if s is not None]
@@ -424,8 +437,9 @@ class LeaseKeeper:
         demand.roll(time.monotonic())
         horizon = settings.horizon_seconds * self.stretch(lease)  # a grant lasts to the next report
         # With many holders, the first to ask must not take half of what is left each:
-        # a grant takes at most share / (holders / 4) of it, so the pool spreads evenly.
-        share = settings.share / max(1.0, lease.holders / 4)
+        # a grant takes at most share / (holders / 4) of it, so the pool spreads evenly
+        # (with sub-pools: its pool's holders, among whom the pool's part is spread).
+        share = settings.share / max(1.0, lease.holders / (pool.pools if pool else 1) / 4)
         expected_calls = max(demand.rate * horizon, float(demand.waiting), float(demand.peak_inflight))
         snap_budget: list[tuple[BudgetSlice, Report]] = []
         new_free: dict[int, int] = {}

@@ -8,15 +8,16 @@ pool into the window rows before the grant is sized and refills it after.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 from sk_core.limits import policy
 from sk_core.limits.lease_state import RECALL, Snapshot, lease_entity
-from sk_core.limits.pools import PoolRow, room
-from sk_core.limits.rows import PartitionRows
+from sk_core.limits.pools import PoolRow, pool_key, room
+from sk_core.limits.rows import INFLIGHT, PartitionRows
 from sk_core.limits.slices import BudgetSlice, MinuteSlice, grant
-from sk_core.storage import delete_op, etag_of, query_partition, update_op
+from sk_core.storage import delete_op, etag_of, query_partition, read_int, update_op
 
 if TYPE_CHECKING:
     from sk_core.limits.lease_state import TenantLease
@@ -40,18 +41,29 @@ class PoolHook:
             rows.entities.update(await query_partition(table, rows.tenant_id, missing))
         pool.flush(rows, minute_key)
 
-    def finish(self, rows: PartitionRows, lease: TenantLease, keys: tuple[str, str, str], joined: int,
-               *, budget_ok: bool, unit: tuple[int, int, int], wanted: tuple[int, int, int]) -> Any:
+    def finish(
+        self,
+        rows: PartitionRows,
+        lease: TenantLease,
+        keys: tuple[str, str, str],
+        joined: int,
+        *,
+        budget_ok: bool,
+        unit: tuple[int, int, int],
+        wanted: tuple[int, int, int],
+    ) -> Any:
         """Refill the pool for its holders from what the window rows have left; the write."""
         pool = self.pool
         assert pool is not None  # prepare() ran
         pool.add("holders", joined)
-        holders = max(0, pool["holders"])
+        # Its holders: the tenant's spread evenly by the hash (the pool's own count misses
+        # keepers that joined before the tenant had pools, or under another pool count).
+        holders = max(pool["holders"], math.ceil(lease.holders / self.pools))
         budget, requests, tokens, slots = room(rows, lease.tenant.limits, keys)
         settings = self.keeper.settings
         # Each pool may take a share of what is left that shrinks with the pool count, so
         # the pools of one tenant spread it and the last of it stays with the window rows.
-        share = settings.share / max(1.0, self.pools / 2)
+        share = settings.share / self.pools
         # Enough for two syncs of each holder, this keeper's included (a lone keeper then
         # renews from its pool, not from the window rows; demand may double meanwhile).
         others = 2 * holders
@@ -68,13 +80,40 @@ class PoolHook:
         return pool.operation(self.keeper.ledger_now(), self.keeper.pool_ttl(lease), flushed=True)
 
 
+async def first_read(
+    keeper: LeaseKeeper, table: Any, tenant_id: str, lease: TenantLease
+) -> dict[str, Any] | None:
+    """The first sync of a lease: the window rows, the recall mark and every sub-pool
+    this process may belong to (one per power of two), in one query; the holders (the
+    in-flight row's ``leases``) then choose the pool. None: not a first sync."""
+    settings = keeper.settings
+    if lease.stored or lease.seq or lease.pending is not None or settings.max_pools <= 0:
+        return None
+    day, month, minute_key = policy.window_keys(keeper.ledger_now())
+    candidates = [pool_key(keeper.process_id, 1 << i) for i in range(1, settings.max_pools.bit_length())]
+    keys = list(dict.fromkeys([day, month, minute_key, INFLIGHT, RECALL, keeper.row_key, *candidates]))
+    found = await query_partition(table, tenant_id, keys)
+    lease.holders = read_int(found[INFLIGHT].get("leases")) if INFLIGHT in found else 0
+    return found
+
+
 async def plan_pool_sync(
-    keeper: LeaseKeeper, table: Any, tenant_id: str, lease: TenantLease, key: str
+    keeper: LeaseKeeper,
+    table: Any,
+    tenant_id: str,
+    lease: TenantLease,
+    key: str,
+    prefetched: dict[str, Any] | None = None,
 ) -> tuple[list[Any], Snapshot] | None:
     """A sync between the lease row and its pool row; None: the pool cannot serve it."""
     now = keeper.ledger_now()
     day, month, minute_key = policy.window_keys(now)
-    rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, [key, keeper.row_key, RECALL]))
+    found = (
+        await query_partition(table, tenant_id, [key, keeper.row_key, RECALL])
+        if prefetched is None
+        else prefetched
+    )
+    rows = PartitionRows(tenant_id, found)
     stored = rows.entities.get(keeper.row_key)
     keeper.caught_up(lease, stored)
     recall = rows.entities.get(RECALL)
@@ -88,7 +127,9 @@ async def plan_pool_sync(
         or lease.previous is not None
         or (current is not None and current.day != day)
         or not pool.serves(day, minute_key)
-        or pool.flush_due(now, keeper.report_interval(lease))
+        # Flushed every fourth report interval: the window rows see pools / (4 x interval)
+        # rebalances a second, and usage reaches them that much later (a bound).
+        or pool.flush_due(now, 4 * keeper.report_interval(lease))
         # A recall: every sync hands its free budget and its pool's back to the window
         # rows, where the exact path finds them.
         or recall_left > 0
@@ -147,17 +188,31 @@ async def plan_pool_sync(
     joined = int(keep and stored is None) - int(not keep and stored is not None)
     pool.add("leases", joined)
     pool.add("holders", joined)
-    if not keep and pool["holders"] <= 0:
+    if not keep and pool["holders"] <= 0 and lease.holders <= keeper.pools(lease):
         return None  # the pool's last keeper leaves: a rebalance empties the pool
     operations = [pool.operation(now, keeper.pool_ttl(lease), flushed=False)]
     if keep:
-        entity = lease_entity(tenant_id, keeper.row_key, lease, {id(current): amount}, new_slots, busy,
-                              minute_key, wanted_requests, now, keeper.ttl(lease))
+        entity = lease_entity(
+            tenant_id,
+            keeper.row_key,
+            lease,
+            {id(current): amount},
+            new_slots,
+            busy,
+            minute_key,
+            wanted_requests,
+            now,
+            keeper.ttl(lease),
+        )
         operations.append(("create", entity, {}) if stored is None else update_op(entity, etag_of(stored)))
     elif stored is not None:
         operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": keeper.row_key}, etag_of(stored)))
-    if wanted_free < current.free or wanted_requests < unused_requests or wanted_tokens < unused_tokens \
-            or new_slots < lease.slots:
+    if (
+        wanted_free < current.free
+        or wanted_requests < unused_requests
+        or wanted_tokens < unused_tokens
+        or new_slots < lease.slots
+    ):
         lease.frozen = True  # no local admission may use what this sync takes back
     return operations, Snapshot(
         budget=[(current, report)],
@@ -174,5 +229,3 @@ async def plan_pool_sync(
         busy=busy,
         lost=False,
     )
-
-

@@ -82,7 +82,7 @@ def pool_count(holders: int, *, threshold: int, per_pool: int, most: int) -> int
     if holders <= threshold or most <= 0:
         return 0
     wanted = max(2, math.ceil(holders / max(1, per_pool)))
-    return min(most, 1 << math.ceil(math.log2(wanted)))
+    return min(1 << (most.bit_length() - 1), 1 << math.ceil(math.log2(wanted)))
 
 
 def pool_key(process_id: str, pools: int) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import replace
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -497,10 +497,12 @@ async def test_the_pool_counts_its_holders_and_many_holders_stretch_the_interval
     assert lease.holders == 3
     assert keeper.report_interval(lease) == FAST.report_seconds  # few holders: as configured
     assert keeper.pools(lease) == 0
-    # Many holders: sub-pools (pools.py), and intervals that keep every holder's syncs
-    # (5 entities each) within half the partition's 2,000 entities a second.
+    # Many holders (past a threshold of 32 here): sub-pools (pools.py), and intervals that
+    # keep every holder's syncs (5 entities each) within half the partition's 2,000
+    # entities a second.
+    keeper._settings = replace(FAST, pool_threshold=32)
     lease.holders = FAST.holders_per_report * 4
-    assert keeper.pools(lease) == 8
+    assert keeper.pools(lease) == 32
     assert keeper.report_interval(lease) == pytest.approx(128 * 5 / 1000)
     lease.holders = FAST.holders_per_report * 1000
     assert keeper.report_interval(lease) == FAST.report_seconds * FAST.max_stretch
