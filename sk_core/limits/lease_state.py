@@ -62,9 +62,10 @@ class LeaseSettings:
     # then stretch only to keep every sync (about entities_per_sync entities read and
     # written) within half of a partition's throughput target, partition_ops_per_s
     # (Azure Table Storage: about 2,000 entities a second for one partition).
-    # Sub-pools with more holders than this (below it, one pool: bench/scale.py measured
-    # it at 8 and 64 instances).
-    pool_threshold: int = 128
+    # Sub-pools with more lease holders than this. The holders at a moment are far fewer
+    # than the instances (idle ones hand back): bench/scale.py saw ~20-40 at 64
+    # instances, where one pool does better, and ~80 at 256, where sub-pools do.
+    pool_threshold: int = 48
     pool_holders: int = 4
     max_pools: int = 64
     partition_ops_per_s: float = 2000.0
