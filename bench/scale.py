@@ -443,7 +443,8 @@ class Simulation:
         for task in unclosed:
             task.cancel()
         # Abandoned leases expire: jump the clock past their TTL, and any instance sweeps.
-        self.clock.skip += self.settings.ttl_seconds * 8
+        # Past any TTL (a stretched lease lives 4 report intervals, a pool twice that).
+        self.clock.skip += 1800.0  # (not an hour: the sweep drops minute rows an hour old)
         sweeper = Ledger(store=self.backend.store(), lease_seconds=60, min_answer_tokens=16, clock=self.clock)
         await sweeper.expire_holds()
         return await self.report(measured, intervals)
