@@ -1,13 +1,15 @@
 """Quota leases at serverless scale: N lease keepers on one tenant's pool, simulated.
 
-    PYTHONPATH=. .venv/bin/python bench/scale.py --quick          # N=256, steady + bursty, < 2 min
-    PYTHONPATH=. .venv/bin/python bench/scale.py                  # N=8, 64, 256, 1024 x 3 profiles
+    PYTHONPATH=. .venv/bin/python bench/scale.py --quick   # N=256, steady + bursty, memory, < 2 min
+    PYTHONPATH=. .venv/bin/python bench/scale.py           # N=8..1024 x 3 profiles; Azurite at 8, 64
 
 Azure Functions scales one app to hundreds of instances; this machine has 2 cores. So
-each *instance* here is one ``Ledger`` with its own ``LeaseKeeper`` (the real lease and
-ledger code, nothing stubbed above storage), many of them in one asyncio loop, all on
-one in-memory storage account that models Azure Table Storage's documented
-scalability targets:
+each *instance* here is one ``Ledger`` with its own ``LeaseKeeper`` (the real lease,
+sub-pool and ledger code, nothing stubbed above storage), many of them in one asyncio
+loop. Storage (``_scale_storage.py``) is either sk_core's ``MemoryTableStore`` (the
+table service's ETag, conflict and query rules) on an account that models Azure Table
+Storage's documented scalability targets, or a real Azurite (``--azurite``, default on;
+at ``--azurite-instances``, 8 and 64: one emulator process cannot serve more):
 
 - a single table partition: about **2,000 entities per second**
   (https://learn.microsoft.com/azure/storage/tables/scalability-targets, "Target
@@ -18,13 +20,8 @@ scalability targets:
   binding limit here (one tenant);
 - a round trip: ``--latency-ms`` (default 8 ms, jittered +-50 %), in-region order.
 
-Entities are counted as the target counts them: a transaction counts its entities, a
-query the entities it returns (at least one).
-
-The account is written here (a small table service: point and range queries the limits
-code issues, ETag-conditional all-or-nothing transactions) because the shared in-memory
-``TableStore`` (``sk_core/storage/_memory.py``) was not on this branch yet; it follows
-the same interface (``table()``, ``query_entities``, ``submit_transaction``).
+Entities are counted on both backends as the target counts them: a transaction counts
+its entities, a query the entities it returns (at least one).
 
 **Tenants** (each its own partition, served by every instance): ``budget`` (a daily
 budget the demand exhausts mid-run; RPM and TPM far away) and ``rate`` (an RPM limit
@@ -36,7 +33,7 @@ instances receive a burst at once, a trickle between), ``churn`` (steady; every 
 tenth of the instances vanish without a shutdown hook, as on a Functions scale-in, and
 as many new ones start).
 
-Prints one JSON object: ``{"machine": ..., "runs": [...]}``; per run ``instances``,
+Prints one JSON object: ``{"machine": ..., "runs": [...]}``; per run ``backend``, ``instances``,
 ``profile``, ``overspend_nano`` (and RPM / TPM / concurrency overspend), ``budget_usable``
 (0-1: the budget tenant's spend at the end over its budget), ``rpm_admitted`` and
 ``rpm_over_limit``, ``hottest_partition_ops_per_s`` (mean over the run) and its peak
@@ -57,95 +54,29 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from bench._scale_storage import PARTITION_TARGET, Backend, Meter, MeteredStore
 from scripts.devservices import free_port, start_azurite
 from sk_core.accounts import Limits, Tenant
 from sk_core.errors import LimitExceeded, StorageUnavailable
-from sk_core.limits import USAGE_TABLE, Hold, Ledger
+from sk_core.limits import Hold, Ledger
 from sk_core.limits import leases as leases_module
 from sk_core.limits.lease_state import LeaseSettings
 from sk_core.pricing import Price
-from sk_core.storage import MemoryAccount, MemoryTableStore, TableStore, development_connection_string
+from sk_core.storage import development_connection_string
 
 DRAIN_SECONDS = 10.0  # after the demand: calls finishing, then hand-backs, each at most this
-PARTITION_TARGET = 2000  # entities per second, one table partition (see the docstring)
 ACCOUNT_TARGET = 20000  # transactions per second, one storage account
 
 PRICE = Price(Decimal("1.0"), Decimal("2.0"))  # USD per million tokens: 1000 / 2000 nano each
 PROMPT_BOUND = 200  # what admission reserves for the prompt
 PROMPT_USED = 150
 MAX_TOKENS = 300
-
-
-# --------------------------------------------------------------------- the account
-
-
-class Meter:
-    """Entities per partition and per second, counted as the target counts them: a
-    transaction its entities, a query the entities it returns (at least one)."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.ops: Counter[str] = Counter()  # entities per partition
-        self.per_second: Counter[tuple[str, int]] = Counter()  # (partition, second) -> entities
-        self.exchanges = 0
-        self.measuring = True
-
-    def count(self, partition: str, entities: int) -> None:
-        if not self.measuring:  # the demand period only (not the drain and hand-back after it)
-            return
-        entities = max(1, entities)
-        self.exchanges += 1
-        self.ops[partition] += entities
-        self.per_second[(partition, int(time.monotonic() - self.started))] += entities
-
-
-class MeteredTable:
-    """A table client (memory or Azurite) whose queries and transactions are metered."""
-
-    def __init__(self, table: Any, meter: Meter) -> None:
-        self._table = table
-        self._meter = meter
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._table, name)
-
-    def query_entities(
-        self, query_filter: str, *, parameters: dict[str, Any], **options: Any
-    ) -> AsyncIterator[Any]:
-        return self._query(query_filter, parameters, options)
-
-    async def _query(self, query_filter: str, parameters: dict[str, Any], options: Any) -> AsyncIterator[Any]:
-        found = [e async for e in self._table.query_entities(query_filter, parameters=parameters, **options)]
-        self._meter.count(str(parameters.get("pk", parameters.get("p", "*"))), len(found))
-        for entity in found:
-            yield entity
-
-    async def submit_transaction(self, operations: list[Any], **options: Any) -> Any:
-        self._meter.count(str(operations[0][1]["PartitionKey"]), len(operations))
-        return await self._table.submit_transaction(operations, **options)
-
-
-class MeteredStore:
-    """A ``TableStore`` whose tables are metered (several ledgers may share one)."""
-
-    def __init__(self, store: TableStore, meter: Meter) -> None:
-        self._store = store
-        self._meter = meter
-        self._tables: dict[str, MeteredTable] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def table(self, name: str) -> Any:
-        if name not in self._tables:
-            self._tables[name] = MeteredTable(await self._store.table(name), self._meter)
-        return self._tables[name]
 
 
 # --------------------------------------------------------------------- the simulation
@@ -243,49 +174,6 @@ def make_tenants(profile: Profile, seconds: float, instances: int) -> dict[str, 
             requests_per_minute=rpm, tokens_per_minute=10**10, max_concurrent=concurrency,
             daily_budget_nano=10**15, monthly_budget_nano=10**15)),
     }
-
-
-class Backend:
-    """Where the tables live: sk_core's in-memory account with a latency and the per-partition
-    target (each instance its own store, as its own process), or a real Azurite (one
-    HTTP client shared by the instances of this process: 1,024 clients would exhaust it)."""
-
-    def __init__(self, kind: str, *, latency_ms: float, connection_string: str = "") -> None:
-        self.kind = kind
-        self.latency_ms = latency_ms
-        self.connection_string = connection_string
-        self.prefix = ""
-        self.account: MemoryAccount | None = None
-        self.shared: TableStore | None = None
-
-    def new_run(self, prefix: str) -> None:
-        self.prefix = prefix
-        if self.kind == "memory":
-            latency = self.latency_ms / 1000
-            self.account = MemoryAccount(
-                latency_s=lambda: latency * random.uniform(0.5, 1.5), partition_ops_per_s=PARTITION_TARGET
-            )
-        else:
-            self.shared = TableStore(
-                connection_string=self.connection_string, table_prefix=prefix, retries=2, timeout_seconds=15.0
-            )
-
-    def store(self) -> TableStore:
-        if self.account is not None:
-            return MemoryTableStore(self.account, table_prefix=self.prefix)
-        assert self.shared is not None
-        return self.shared
-
-    async def rows(self, tenant: str) -> dict[str, dict[str, Any]]:
-        table = await self.store().table(USAGE_TABLE)
-        entities = table.query_entities("PartitionKey eq @p", parameters={"p": tenant})
-        return {str(e["RowKey"]): dict(e) async for e in entities}
-
-    async def end_run(self) -> None:
-        if self.shared is not None:
-            await self.shared.aclose()
-            self.shared = None
-        self.account = None
 
 
 class Simulation:
