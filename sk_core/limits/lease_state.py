@@ -63,8 +63,8 @@ class LeaseSettings:
     # written) within half of a partition's throughput target, partition_ops_per_s
     # (Azure Table Storage: about 2,000 entities a second for one partition).
     # Sub-pools with more lease holders than this. The holders at a moment are far fewer
-    # than the instances (idle ones hand back): bench/scale.py saw ~20-40 at 64
-    # instances, where one pool does better, and ~80 at 256, where sub-pools do.
+    # than the instances (idle ones hand back): in bench/scale.py 64 instances cross it
+    # at times (about the same result as one pool), 256 do (half the lost races).
     pool_threshold: int = 48
     pool_holders: int = 4
     max_pools: int = 64
