@@ -186,6 +186,9 @@ class Service:
                     horizon_seconds=settings.lease_horizon_seconds,
                     share=settings.lease_share,
                     ttl_seconds=settings.lease_ttl_seconds,
+                    pool_threshold=settings.lease_pool_threshold,
+                    pool_holders=settings.lease_pool_holders,
+                    max_pools=settings.lease_max_pools,
                 )
                 if settings.leases
                 else None,

@@ -235,6 +235,17 @@ class Settings(BaseSettings):
         description="A lease not renewed this long (its process died) is charged in full and its "
         "slots released by the sweep.",
     )
+    lease_pool_threshold: int = Field(
+        default=48,
+        ge=0,
+        le=100_000,
+        description="A tenant with more lease holders than this splits its pool into sub-pools "
+        "(rows of its partition that holders sync with; issue 23).",
+    )
+    lease_pool_holders: int = Field(default=4, ge=1, le=1024, description="Lease holders per sub-pool.")
+    lease_max_pools: int = Field(
+        default=64, ge=0, le=64, description="Sub-pools per tenant at most (0: never split the pool)."
+    )
     audit_retention_days: float = Field(default=30.0, gt=0, le=3650)
 
     key_vault_url: str = Field(

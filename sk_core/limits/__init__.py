@@ -5,8 +5,10 @@
 - ``holds``: the values admission hands out and settlement returns.
 - ``rows``: how the counters are stored in Table Storage, and their raw reads.
 - ``ledger``: the committer (group commit, one optimistic-retry loop).
-- ``leases``, ``slices``: quota leases, admitting and settling in memory.
-- ``sweep``: expiry of abandoned holds and leases, and of old minute rows.
+- ``leases``, ``slices``, ``lease_state``, ``lease_admit``: quota leases, admitting and
+  settling in memory.
+- ``pools``, ``pool_sync``: sub-pools, for tenants with many lease holders.
+- ``sweep``: expiry of abandoned holds and leases, of old minute rows, of idle pools.
 """
 
 from sk_core.limits.holds import Hold, Settlement

@@ -30,12 +30,12 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sk_core.accounts import Tenant
-from sk_core.errors import LimitExceeded, RateState, StorageUnavailable
-from sk_core.limits import policy
+from sk_core.errors import RateState, StorageUnavailable
+from sk_core.limits import lease_admit, policy
 from sk_core.limits.holds import Hold, Settlement
 from sk_core.limits.lease_state import (
     LEASE_PREFIX,
@@ -44,7 +44,10 @@ from sk_core.limits.lease_state import (
     LeaseSettings,
     Snapshot,
     TenantLease,
+    lease_entity,
 )
+from sk_core.limits.pool_sync import PoolHook, first_read, plan_pool_sync
+from sk_core.limits.pools import pool_count, pool_key
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -55,7 +58,7 @@ from sk_core.limits.rows import (
 )
 from sk_core.limits.slices import BudgetSlice, MinuteSlice, Report, grant
 from sk_core.pricing import Price
-from sk_core.storage import delete_op, etag_of, int64, query_partition, read_int, update_op
+from sk_core.storage import delete_op, etag_of, query_partition, read_int, update_op
 
 if TYPE_CHECKING:
     from sk_core.limits.ledger import Ledger, Plan
@@ -76,9 +79,43 @@ class LeaseKeeper:
 
     def stretch(self, lease: TenantLease) -> float:
         """How much longer than configured this lease's intervals are (>= 1): the
-        number of holders of the pool over ``holders_per_report``, capped."""
+        number of holders of the pool over ``holders_per_report``, capped; with sub-pools
+        (``pools.py``), what keeps every holder's syncs within half the partition's
+        throughput target."""
         settings = self._settings
+        if self.pools(lease):
+            entities = lease.holders * settings.entities_per_sync / settings.report_seconds
+            return min(settings.max_stretch, max(1.0, entities / (settings.partition_ops_per_s / 2)))
         return min(settings.max_stretch, max(1.0, lease.holders / settings.holders_per_report))
+
+    def pools(self, lease: TenantLease) -> int:
+        """How many sub-pools this lease's tenant uses now (0: none, one pool)."""
+        settings = self._settings
+        return pool_count(
+            lease.holders, threshold=settings.pool_threshold, per_pool=settings.pool_holders,
+            most=settings.max_pools,
+        )
+
+    @property
+    def settings(self) -> LeaseSettings:
+        return self._settings
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def ledger_now(self) -> datetime:
+        return self._ledger.now()
+
+    def idle(self, lease: TenantLease) -> bool:
+        return self._idle(lease)
+
+    def ttl(self, lease: TenantLease) -> float:
+        return self._ttl(lease)
+
+    def pool_ttl(self, lease: TenantLease) -> float:
+        """A sub-pool untouched this long is flushed by the sweep (its keepers are gone)."""
+        return 2 * self._ttl(lease)
 
     def report_interval(self, lease: TenantLease) -> float:
         """Seconds between this lease's reports (``report_seconds``, stretched)."""
@@ -115,14 +152,16 @@ class LeaseKeeper:
             demand.unit_tokens = max(demand.unit_tokens, tokens)
 
         def take(lease: TenantLease) -> Hold | None:
-            return self._take(lease, price, prompt, requested)
+            return lease_admit.take(self._ledger.now(), lease, price, prompt, requested)
 
         return await self._from_lease(tenant, take, size)
 
     async def count_request(self, tenant: Tenant) -> RateState | None:
         """Take one request (no tokens, no budget, no slot) from this process's slice of
         the current minute, renewing it once if needed; None: the ledger decides exactly."""
-        return await self._from_lease(tenant, self._count, lambda _: None)
+        return await self._from_lease(
+            tenant, lambda lease: lease_admit.count(self._ledger.now(), lease), lambda _: None
+        )
 
     async def _from_lease(
         self,
@@ -163,75 +202,6 @@ class LeaseKeeper:
         # while instead of renewing per request.
         lease.exact_until = time.monotonic() + self.report_interval(lease)
         return None
-
-    def _take(self, lease: TenantLease, price: Price, prompt: int, requested: int) -> Hold | None:
-        monotonic = time.monotonic()
-        if lease.frozen or monotonic >= lease.valid_until or monotonic < lease.recalled_until:
-            return None
-        now = self._ledger.now()
-        day, month, minute_key = policy.window_keys(now)
-        budget, minute = lease.current, lease.minute
-        if budget is None or budget.day != day or minute is None or minute.minute != minute_key:
-            return None
-        limits = lease.tenant.limits
-        room = policy.Room(
-            slots=lease.slots - lease.inflight,
-            requests=minute.requests,
-            tokens=minute.tokens,
-            budget_nano=budget.free,
-            unheld_nano=budget.free,
-            requests_used=limits.requests_per_minute - minute.requests,
-        )
-        try:
-            # The exact path's rules on this slice. The whole answer or nothing: a sync
-            # may bring more, and near the limit the exact path clamps.
-            granted = policy.admit_within(
-                room,
-                price=price,
-                prompt_tokens_bound=prompt,
-                requested_max_tokens=requested,
-                min_answer_tokens=requested,
-                rpm_limit=limits.requests_per_minute,
-                now=now,
-            )
-        except LimitExceeded:
-            return None
-        budget.take(granted.amount_nano)
-        minute.take(granted.reserved_tokens)
-        lease.inflight += 1
-        lease.demand.note(granted.amount_nano, granted.reserved_tokens)
-        lease.demand.peak_inflight = max(lease.demand.peak_inflight, lease.inflight)
-        return Hold(
-            tenant_id=lease.tenant.id,
-            request_id=uuid.uuid4().hex,
-            amount_nano=granted.amount_nano,
-            max_tokens=granted.max_tokens,
-            reserved_tokens=granted.reserved_tokens,
-            day=day,
-            month=month,
-            minute=minute_key,
-            rpm_limit=granted.rpm_limit,
-            # The tenant's remaining estimate, never above the truth by more than the
-            # lease lag (the stored count at the last sync minus what this process took).
-            rpm_remaining=lease.rpm_remaining(granted.rpm_limit),
-            rpm_reset=granted.rpm_reset,
-            lease=lease.generation,
-        )
-
-    def _count(self, lease: TenantLease) -> RateState | None:
-        if lease.frozen or time.monotonic() >= lease.valid_until:
-            return None
-        now = self._ledger.now()
-        minute = lease.minute
-        if minute is None or minute.minute != policy.window_keys(now)[2] or not minute.fits(0):
-            return None
-        minute.take(0)
-        lease.demand.counted += 1
-        return RateState(
-            limit=lease.tenant.limits.requests_per_minute,
-            remaining=lease.rpm_remaining(lease.tenant.limits.requests_per_minute),
-            reset=policy.seconds_to_next_minute(now),
-        )
 
     def settle(self, hold: Hold, cost: int, prompt_tokens: int, completion_tokens: int) -> Settlement:
         """Settle a call admitted from a slice: in memory; reported with the next sync."""
@@ -364,12 +334,17 @@ class LeaseKeeper:
         snapshot: list[Snapshot] = []
 
         async def plan() -> Plan[None]:
-            operations, snap = await self._plan(table, tenant_id, lease)
+            operations, snap = await self._plan_any(table, tenant_id, lease)
             snapshot[:] = [snap]
             # Until we hear back, this sync may or may not have committed.
             lease.pending = snap
             return operations, None
 
+        # Holders of the same rows: the tenant's, or (sub-pools) this pool's, whose syncs
+        # are pool syncs mostly (two rows written): a narrower window will do.
+        pools = self.pools(lease)
+        racing = lease.holders // pools // 2 if pools else lease.holders
+        base = 0.01 if pools else 0.04  # seconds per racing holder
         try:
             # Backing off longer the more holders race for the pool (their count as the
             # last read of the pool said, or doubling with each lost race when many
@@ -377,7 +352,7 @@ class LeaseKeeper:
             # racing holders need a window of about N x 40 ms.
             await ledger.update(
                 table, tenant_id, "lease sync", plan,
-                patience=lambda attempt: min(10.0, 0.04 * max(4, lease.holders, 2 ** min(attempt, 8))),
+                patience=lambda attempt: min(10.0, base * max(4, racing, 2 ** min(attempt, 8))),
             )
         finally:
             lease.frozen = False
@@ -388,7 +363,34 @@ class LeaseKeeper:
             # handed back by its keeper.
             self._ensure_keeper(tenant_id, lease)
 
-    async def _plan(self, table: Any, tenant_id: str, lease: TenantLease) -> tuple[list[Any], Snapshot]:
+    async def _plan_any(self, table: Any, tenant_id: str, lease: TenantLease) -> tuple[list[Any], Snapshot]:
+        """Through the lease's sub-pool when its tenant has them (a rebalance when the
+        pool cannot serve it), else on the window rows."""
+        # A new lease does not know the holders yet: its first read brings them, with the
+        # window rows and every pool it may belong to (one query either way).
+        first = await first_read(self, table, tenant_id, lease)
+        pools = self.pools(lease)
+        if not pools:
+            return await self._plan(table, tenant_id, lease, prefetched=first)
+        key = pool_key(self.process_id, pools)
+        planned = await plan_pool_sync(self, table, tenant_id, lease, key, first)
+        return planned or await self._plan(table, tenant_id, lease, PoolHook(self, key, pools), first)
+
+    def caught_up(self, lease: TenantLease, stored: Any) -> None:
+        """Our previous sync committed although its answer never reached us (a reset
+        connection): take it as done before planning, or its deltas (slots, leased budget,
+        reported spend) would be applied to the rows a second time."""
+        if lease.pending is not None and stored is not None and read_int(stored.get("seq")) == lease.seq + 1:
+            self._acknowledge(lease, lease.pending)
+
+    async def _plan(
+        self,
+        table: Any,
+        tenant_id: str,
+        lease: TenantLease,
+        pool: PoolHook | None = None,
+        prefetched: dict[str, Any] | None = None,
+    ) -> tuple[list[Any], Snapshot]:
         settings = self._settings
         now = self._ledger.now()
         day, month, minute_key = policy.window_keys(now)
@@ -398,18 +400,18 @@ class LeaseKeeper:
         if lease.current is not None and lease.current.day != day:
             lease.previous, lease.current = lease.current, None
         slices = [s for s in (lease.current, lease.previous) if s is not None]
-        keys = [day, month, minute_key, INFLIGHT, RECALL, self.row_key]
+        keys = [day, month, minute_key, INFLIGHT, RECALL, self.row_key, *([pool.key] if pool else [])]
         for budget in slices:
             keys += [budget.day, budget.month]
         keys = list(dict.fromkeys(keys))
-        rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, keys))
+        if prefetched is None:
+            prefetched = await query_partition(table, tenant_id, keys)
+        rows = PartitionRows(tenant_id, prefetched)
         stored = rows.entities.get(self.row_key)
-        if lease.pending is not None and stored is not None and read_int(stored.get("seq")) == lease.seq + 1:
-            # Our previous sync committed although its answer never reached us (a reset
-            # connection): take it as done before planning, or its deltas (slots, leased
-            # budget, reported spend) would be applied to the rows a second time.
-            self._acknowledge(lease, lease.pending)
-            slices = [s for s in (lease.current, lease.previous) if s is not None]
+        self.caught_up(lease, stored)
+        slices = [s for s in (lease.current, lease.previous) if s is not None]
+        if pool is not None:
+            await pool.prepare(table, rows, minute_key)
 
         recall = rows.entities.get(RECALL)
         recall_left = (recall["until"] - now).total_seconds() if recall is not None else 0.0
@@ -435,8 +437,9 @@ class LeaseKeeper:
         demand.roll(time.monotonic())
         horizon = settings.horizon_seconds * self.stretch(lease)  # a grant lasts to the next report
         # With many holders, the first to ask must not take half of what is left each:
-        # a grant takes at most share / (holders / 4) of it, so the pool spreads evenly.
-        share = settings.share / max(1.0, lease.holders / 4)
+        # a grant takes at most share / (holders / 4) of it, so the pool spreads evenly
+        # (with sub-pools: its pool's holders, among whom the pool's part is spread).
+        share = settings.share / max(1.0, lease.holders / (pool.pools if pool else 1) / 4)
         expected_calls = max(demand.rate * horizon, float(demand.waiting), float(demand.peak_inflight))
         snap_budget: list[tuple[BudgetSlice, Report]] = []
         new_free: dict[int, int] = {}
@@ -521,31 +524,25 @@ class LeaseKeeper:
         amounts = {id(b): b.held + new_free[id(b)] for b in slices}
         keep = new_slots > 0 or any(amounts.values()) or lease.inflight > 0
         # The pool's holders: this row created or deleted now (the sweep counts expiries).
-        inflight_row.add("leases", int(keep and stored is None) - int(not keep and stored is not None))
+        joined = int(keep and stored is None) - int(not keep and stored is not None)
+        inflight_row.add("leases", joined)
         lease.holders = inflight_row["leases"]
-        operations = rows.operations()
+        pool_write = None
+        if pool is not None:
+            unit, token_unit = max(1, demand.unit_amount), max(1, demand.unit_tokens)
+            pool_write = pool.finish(
+                rows, lease, (day, month, minute_key), joined, budget_ok=not idle and recall_left <= 0,
+                unit=(unit, 1, token_unit),
+                wanted=(
+                    max(int(expected_calls * unit), 2 * unit),
+                    int(expected_calls + demand.count_rate * horizon) + 1,
+                    int((expected_calls + 1) * token_unit),
+                ),
+            )
+        operations = rows.operations() + ([pool_write] if pool_write is not None else [])
         if keep:
-            current = lease.current
-            previous = lease.previous
-            entity: dict[str, Any] = {
-                "PartitionKey": tenant_id,
-                "RowKey": self.row_key,
-                "day": current.day,
-                "month": current.month,
-                "amount_nano": int64(amounts[id(current)]),
-                "prev_day": previous.day if previous else "",
-                "prev_month": previous.month if previous else "",
-                "prev_amount_nano": int64(amounts[id(previous)] if previous else 0),
-                "slots": int64(new_slots),
-                "inflight": int64(busy),
-                # The minute's requests this process holds unused after the sync: counted
-                # in the minute row as used, told apart by the usage read model.
-                "minute": minute_key,
-                "minute_requests": int64(new_requests),
-                # Which of this process's syncs wrote the row (see _acknowledge).
-                "seq": int64(lease.seq + 1),
-                "expires_at": now + timedelta(seconds=self._ttl(lease)),
-            }
+            entity = lease_entity(tenant_id, self.row_key, lease, amounts, new_slots, busy, minute_key,
+                                  new_requests, now, self._ttl(lease))
             write = ("create", entity, {}) if stored is None else update_op(entity, etag_of(stored))
             operations.append(write)
         elif stored is not None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sk_core.errors import StorageUnavailable
 from sk_core.limits.holds import EXPIRED_PREFIX, HOLD_PREFIX
 from sk_core.limits.lease_state import LEASE_PREFIX, lease_amounts, lease_in_flight
+from sk_core.limits.pools import POOL_PREFIX, PoolRow
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -81,6 +82,7 @@ async def expire_holds(ledger: Ledger) -> int:
     charged = 0
     for kind in (_HOLDS, _LEASES):
         charged += await _expire_all(ledger, kind)
+    await flush_pools(ledger)
     await _drop_old_minutes(await ledger.store.table(USAGE_TABLE), ledger.now())
     return charged
 
@@ -152,6 +154,45 @@ async def _expire_one(ledger: Ledger, table: Any, kind: _Expiry, tenant_id: str,
         "%s of tenant %s expired unsettled: charged %d nano-USD and flagged", row, tenant_id, amount
     )
     return True
+
+
+async def flush_pools(ledger: Ledger) -> int:
+    """Flush every sub-pool no keeper touched for its TTL (``pools.py``): what it holds
+    goes back to the window rows, what its keepers reported becomes spent. Not a charge:
+    a pool's free part belongs to no process. Returns how many were flushed."""
+    table = await ledger.store.table(USAGE_TABLE)
+    upper = POOL_PREFIX[:-1] + "."
+    with storage_errors():
+        stale = [
+            (entity["PartitionKey"], entity["RowKey"])
+            async for entity in table.query_entities(
+                f"RowKey ge '{POOL_PREFIX}' and RowKey lt '{upper}' and expires_at lt @now",
+                parameters={"now": ledger.now()},
+            )
+        ]
+    flushed = 0
+    for tenant_id, key in stale:
+
+        async def plan(tenant_id: str = tenant_id, key: str = key) -> Plan[bool]:
+            now = ledger.now()
+            minute = minute_key(now)
+            found = await query_partition(table, tenant_id, [key])
+            pool = found.get(key)
+            if pool is None or pool["expires_at"] >= now:
+                return [], False  # touched meanwhile
+            keys = [INFLIGHT, minute, *(str(pool.get(k) or "") for k in ("day", "month"))]
+            rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, [k for k in keys if k]))
+            rows.entities[key] = pool
+            row = PoolRow.read(rows, key)
+            row.flush(rows, minute)
+            emptied = delete_op({"PartitionKey": tenant_id, "RowKey": key}, etag_of(pool))
+            return [*rows.operations(), emptied], True
+
+        try:
+            flushed += await ledger.update(table, tenant_id, "pool flush", plan)
+        except Contended:
+            continue  # the next sweep tries again
+    return flushed
 
 
 async def _drop_old_minutes(table: Any, now: datetime) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -495,10 +496,22 @@ async def test_the_pool_counts_its_holders_and_many_holders_stretch_the_interval
     lease = keeper._leases[who.id]
     assert lease.holders == 3
     assert keeper.report_interval(lease) == FAST.report_seconds  # few holders: as configured
+    assert keeper.pools(lease) == 0
+    # Many holders (past a threshold of 32 here): sub-pools (pools.py), and intervals that
+    # keep every holder's syncs (5 entities each) within half the partition's 2,000
+    # entities a second.
+    keeper._settings = replace(FAST, pool_threshold=32)
     lease.holders = FAST.holders_per_report * 4
-    assert keeper.report_interval(lease) == FAST.report_seconds * 4
+    assert keeper.pools(lease) == 32
+    assert keeper.report_interval(lease) == pytest.approx(128 * 5 / 1000)
     lease.holders = FAST.holders_per_report * 1000
     assert keeper.report_interval(lease) == FAST.report_seconds * FAST.max_stretch
+    # Without sub-pools (max_pools=0), one pool's conflicts set the pace: in proportion.
+    keeper._settings = replace(FAST, max_pools=0)
+    lease.holders = FAST.holders_per_report * 4
+    assert keeper.pools(lease) == 0
+    assert keeper.report_interval(lease) == FAST.report_seconds * 4
+    keeper._settings = FAST
     lease.holders = 3
     for ledger in ledgers:
         await ledger.aclose()

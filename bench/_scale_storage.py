@@ -1,0 +1,127 @@
+"""The storage side of ``bench/scale.py``: where its tables live, and how they are metered.
+
+- ``Backend``: sk_core's ``MemoryTableStore`` on one ``MemoryAccount`` with a latency and
+  Azure Table Storage's per-partition target (each instance its own store, as its own
+  process), or a real Azurite (one SDK client shared by the instances of this process).
+- ``MeteredStore``: a table store whose queries and transactions are counted per
+  partition and per second, as the target counts them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sk_core.limits import USAGE_TABLE
+from sk_core.storage import MemoryAccount, MemoryTableStore, TableStore
+
+PARTITION_TARGET = 2000  # entities per second, one table partition (see scale.py's docstring)
+
+
+class Meter:
+    """Entities per partition and per second, counted as the target counts them: a
+    transaction its entities, a query the entities it returns (at least one)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.ops: Counter[str] = Counter()  # entities per partition
+        self.per_second: Counter[tuple[str, int]] = Counter()  # (partition, second) -> entities
+        self.exchanges = 0
+        self.measuring = True
+
+    def count(self, partition: str, entities: int) -> None:
+        if not self.measuring:  # the demand period only (not the drain and hand-back after it)
+            return
+        entities = max(1, entities)
+        self.exchanges += 1
+        self.ops[partition] += entities
+        self.per_second[(partition, int(time.monotonic() - self.started))] += entities
+
+
+class MeteredTable:
+    """A table client (memory or Azurite) whose queries and transactions are metered."""
+
+    def __init__(self, table: Any, meter: Meter) -> None:
+        self._table = table
+        self._meter = meter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    def query_entities(
+        self, query_filter: str, *, parameters: dict[str, Any], **options: Any
+    ) -> AsyncIterator[Any]:
+        return self._query(query_filter, parameters, options)
+
+    async def _query(self, query_filter: str, parameters: dict[str, Any], options: Any) -> AsyncIterator[Any]:
+        found = [e async for e in self._table.query_entities(query_filter, parameters=parameters, **options)]
+        self._meter.count(str(parameters.get("pk", parameters.get("p", "*"))), len(found))
+        for entity in found:
+            yield entity
+
+    async def submit_transaction(self, operations: list[Any], **options: Any) -> Any:
+        self._meter.count(str(operations[0][1]["PartitionKey"]), len(operations))
+        return await self._table.submit_transaction(operations, **options)
+
+
+class MeteredStore:
+    """A ``TableStore`` whose tables are metered (several ledgers may share one)."""
+
+    def __init__(self, store: TableStore, meter: Meter) -> None:
+        self._store = store
+        self._meter = meter
+        self._tables: dict[str, MeteredTable] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def table(self, name: str) -> Any:
+        if name not in self._tables:
+            self._tables[name] = MeteredTable(await self._store.table(name), self._meter)
+        return self._tables[name]
+
+
+class Backend:
+    """Where the tables live: sk_core's in-memory account with a latency and the per-partition
+    target (each instance its own store, as its own process), or a real Azurite (one
+    HTTP client shared by the instances of this process: 1,024 clients would exhaust it)."""
+
+    def __init__(self, kind: str, *, latency_ms: float, connection_string: str = "") -> None:
+        self.kind = kind
+        self.latency_ms = latency_ms
+        self.connection_string = connection_string
+        self.prefix = ""
+        self.account: MemoryAccount | None = None
+        self.shared: TableStore | None = None
+
+    def new_run(self, prefix: str) -> None:
+        self.prefix = prefix
+        if self.kind == "memory":
+            latency = self.latency_ms / 1000
+            self.account = MemoryAccount(
+                latency_s=lambda: latency * random.uniform(0.5, 1.5), partition_ops_per_s=PARTITION_TARGET
+            )
+        else:
+            self.shared = TableStore(
+                connection_string=self.connection_string, table_prefix=prefix, retries=2, timeout_seconds=15.0
+            )
+
+    def store(self) -> TableStore:
+        if self.account is not None:
+            return MemoryTableStore(self.account, table_prefix=self.prefix)
+        assert self.shared is not None
+        return self.shared
+
+    async def rows(self, tenant: str) -> dict[str, dict[str, Any]]:
+        table = await self.store().table(USAGE_TABLE)
+        entities = table.query_entities("PartitionKey eq @p", parameters={"p": tenant})
+        return {str(e["RowKey"]): dict(e) async for e in entities}
+
+    async def end_run(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
+            self.shared = None
+        self.account = None

@@ -1,0 +1,88 @@
+"""The request path of a quota lease: admit or count from the slices in memory, no I/O.
+
+``LeaseKeeper`` (``leases.py``) calls these on a tenant's lease; None sends it to a
+sync, or to the exact per-request path.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+
+from sk_core.errors import LimitExceeded, RateState
+from sk_core.limits import policy
+from sk_core.limits.holds import Hold
+from sk_core.limits.lease_state import TenantLease
+from sk_core.pricing import Price
+
+
+def take(now: datetime, lease: TenantLease, price: Price, prompt: int, requested: int) -> Hold | None:
+    """Admit one call from the lease's slices, or None (they cannot: sync or decide exactly)."""
+    monotonic = time.monotonic()
+    if lease.frozen or monotonic >= lease.valid_until or monotonic < lease.recalled_until:
+        return None
+    day, month, minute_key = policy.window_keys(now)
+    budget, minute = lease.current, lease.minute
+    if budget is None or budget.day != day or minute is None or minute.minute != minute_key:
+        return None
+    limits = lease.tenant.limits
+    room = policy.Room(
+        slots=lease.slots - lease.inflight,
+        requests=minute.requests,
+        tokens=minute.tokens,
+        budget_nano=budget.free,
+        unheld_nano=budget.free,
+        requests_used=limits.requests_per_minute - minute.requests,
+    )
+    try:
+        # The exact path's rules on this slice. The whole answer or nothing: a sync
+        # may bring more, and near the limit the exact path clamps.
+        granted = policy.admit_within(
+            room,
+            price=price,
+            prompt_tokens_bound=prompt,
+            requested_max_tokens=requested,
+            min_answer_tokens=requested,
+            rpm_limit=limits.requests_per_minute,
+            now=now,
+        )
+    except LimitExceeded:
+        return None
+    budget.take(granted.amount_nano)
+    minute.take(granted.reserved_tokens)
+    lease.inflight += 1
+    lease.demand.note(granted.amount_nano, granted.reserved_tokens)
+    lease.demand.peak_inflight = max(lease.demand.peak_inflight, lease.inflight)
+    return Hold(
+        tenant_id=lease.tenant.id,
+        request_id=uuid.uuid4().hex,
+        amount_nano=granted.amount_nano,
+        max_tokens=granted.max_tokens,
+        reserved_tokens=granted.reserved_tokens,
+        day=day,
+        month=month,
+        minute=minute_key,
+        rpm_limit=granted.rpm_limit,
+        # The tenant's remaining estimate, never above the truth by more than the
+        # lease lag (the stored count at the last sync minus what this process took).
+        rpm_remaining=lease.rpm_remaining(granted.rpm_limit),
+        rpm_reset=granted.rpm_reset,
+        lease=lease.generation,
+    )
+
+def count(now: datetime, lease: TenantLease) -> RateState | None:
+    """Count one request (no tokens, budget or slot) from the minute slice, or None."""
+    if lease.frozen or time.monotonic() >= lease.valid_until:
+        return None
+    minute = lease.minute
+    if minute is None or minute.minute != policy.window_keys(now)[2] or not minute.fits(0):
+        return None
+    minute.take(0)
+    lease.demand.counted += 1
+    return RateState(
+        limit=lease.tenant.limits.requests_per_minute,
+        remaining=lease.rpm_remaining(lease.tenant.limits.requests_per_minute),
+        reset=policy.seconds_to_next_minute(now),
+    )
+

@@ -1,0 +1,231 @@
+"""A lease sync through a sub-pool (``pools.py``): the pool sync, and the rebalance hook.
+
+``plan_pool_sync`` plans a sync that touches only the keeper's lease row and its pool
+row, or answers None when the pool cannot serve it; the keeper then plans the one-pool
+sync on the window rows (``LeaseKeeper._plan``) with a ``PoolHook``, which flushes the
+pool into the window rows before the grant is sized and refills it after.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from sk_core.limits import policy
+from sk_core.limits.lease_state import RECALL, Snapshot, lease_entity
+from sk_core.limits.pools import PoolRow, pool_key, room
+from sk_core.limits.rows import INFLIGHT, PartitionRows
+from sk_core.limits.slices import BudgetSlice, MinuteSlice, grant
+from sk_core.storage import delete_op, etag_of, query_partition, read_int, update_op
+
+if TYPE_CHECKING:
+    from sk_core.limits.lease_state import TenantLease
+    from sk_core.limits.leases import LeaseKeeper
+
+
+class PoolHook:
+    """What a rebalance adds to the one-pool sync: the pool's flush and refill."""
+
+    def __init__(self, keeper: LeaseKeeper, key: str, pools: int) -> None:
+        self.keeper = keeper
+        self.key = key
+        self.pools = pools
+        self.pool: PoolRow | None = None
+
+    async def prepare(self, table: Any, rows: PartitionRows, minute_key: str) -> None:
+        """Flush the pool (read with ``rows``) into the window rows."""
+        pool = self.pool = PoolRow.read(rows, self.key)
+        missing = [k for k in (pool.day, pool.month) if k and k not in rows.entities]
+        if missing:  # a pool of an earlier day (rare): its window rows too
+            rows.entities.update(await query_partition(table, rows.tenant_id, missing))
+        pool.flush(rows, minute_key)
+
+    def finish(
+        self,
+        rows: PartitionRows,
+        lease: TenantLease,
+        keys: tuple[str, str, str],
+        joined: int,
+        *,
+        budget_ok: bool,
+        unit: tuple[int, int, int],
+        wanted: tuple[int, int, int],
+    ) -> Any:
+        """Refill the pool for its holders from what the window rows have left; the write."""
+        pool = self.pool
+        assert pool is not None  # prepare() ran
+        pool.add("holders", joined)
+        # Its holders: the tenant's spread evenly by the hash (the pool's own count misses
+        # keepers that joined before the tenant had pools, or under another pool count).
+        holders = max(pool["holders"], math.ceil(lease.holders / self.pools))
+        budget, requests, tokens, slots = room(rows, lease.tenant.limits, keys)
+        settings = self.keeper.settings
+        # Each pool may take a share of what is left that shrinks with the pool count, so
+        # the pools of one tenant spread it and the last of it stays with the window rows.
+        share = settings.share / self.pools
+        # Enough for two syncs of each holder, this keeper's included (a lone keeper then
+        # renews from its pool, not from the window rows; demand may double meanwhile).
+        others = 2 * holders
+        pool.refill(
+            rows,
+            keys,
+            budget_nano=grant(available=budget, demand=others * wanted[0], unit=unit[0], share=share)
+            if budget_ok
+            else 0,
+            requests=grant(available=requests, demand=others * wanted[1], unit=1, share=share),
+            tokens=grant(available=tokens, demand=others * wanted[2], unit=unit[2], share=share),
+            slots=grant(available=slots, demand=2 * others, unit=1, share=share),
+        )
+        return pool.operation(self.keeper.ledger_now(), self.keeper.pool_ttl(lease), flushed=True)
+
+
+async def first_read(
+    keeper: LeaseKeeper, table: Any, tenant_id: str, lease: TenantLease
+) -> dict[str, Any] | None:
+    """The first sync of a lease: the window rows, the recall mark and every sub-pool
+    this process may belong to (one per power of two), in one query; the holders (the
+    in-flight row's ``leases``) then choose the pool. None: not a first sync."""
+    settings = keeper.settings
+    if lease.stored or lease.seq or lease.pending is not None or settings.max_pools <= 0:
+        return None
+    day, month, minute_key = policy.window_keys(keeper.ledger_now())
+    candidates = [pool_key(keeper.process_id, 1 << i) for i in range(1, settings.max_pools.bit_length())]
+    keys = list(dict.fromkeys([day, month, minute_key, INFLIGHT, RECALL, keeper.row_key, *candidates]))
+    found = await query_partition(table, tenant_id, keys)
+    lease.holders = read_int(found[INFLIGHT].get("leases")) if INFLIGHT in found else 0
+    return found
+
+
+async def plan_pool_sync(
+    keeper: LeaseKeeper,
+    table: Any,
+    tenant_id: str,
+    lease: TenantLease,
+    key: str,
+    prefetched: dict[str, Any] | None = None,
+) -> tuple[list[Any], Snapshot] | None:
+    """A sync between the lease row and its pool row; None: the pool cannot serve it."""
+    now = keeper.ledger_now()
+    day, month, minute_key = policy.window_keys(now)
+    found = (
+        await query_partition(table, tenant_id, [key, keeper.row_key, RECALL])
+        if prefetched is None
+        else prefetched
+    )
+    rows = PartitionRows(tenant_id, found)
+    stored = rows.entities.get(keeper.row_key)
+    keeper.caught_up(lease, stored)
+    recall = rows.entities.get(RECALL)
+    recall_left = (recall["until"] - now).total_seconds() if recall is not None else 0.0
+    if recall_left > 0:
+        lease.recalled_until = time.monotonic() + recall_left
+    pool = PoolRow.read(rows, key)
+    current = lease.current
+    if (
+        (stored is None and lease.stored)  # expired at the store: the full sync starts anew
+        or lease.previous is not None
+        or (current is not None and current.day != day)
+        or not pool.serves(day, minute_key)
+        # Flushed every fourth report interval: the window rows see pools / (4 x interval)
+        # rebalances a second, and usage reaches them that much later (a bound).
+        or pool.flush_due(now, 4 * keeper.report_interval(lease))
+        # A recall: every sync hands its free budget and its pool's back to the window
+        # rows, where the exact path finds them.
+        or recall_left > 0
+    ):
+        return None
+    settings = keeper.settings
+    idle = keeper.closing or keeper.idle(lease)
+    if current is None:
+        current = lease.current = BudgetSlice(day=day, month=month)
+    demand = lease.demand
+    demand.roll(time.monotonic())
+    horizon = settings.horizon_seconds * keeper.stretch(lease)
+    expected = max(demand.rate * horizon, float(demand.waiting), float(demand.peak_inflight))
+    unit, token_unit = max(1, demand.unit_amount), max(1, demand.unit_tokens)
+    same_minute = lease.minute is not None and lease.minute.minute == minute_key
+    unused_requests = lease.minute.requests if same_minute and lease.minute else 0
+    unused_tokens = lease.minute.tokens if same_minute and lease.minute else 0
+    wanted_free = 0 if idle else max(int(expected * unit), 2 * unit)
+    wanted_requests = 0 if idle else int(expected + demand.count_rate * horizon) + 1
+    wanted_tokens = 0 if idle else int((expected + 1) * token_unit)
+    wanted_slots = (
+        lease.inflight if idle else max(demand.peak_inflight * 2, lease.inflight + demand.waiting + 1, 2)
+    )
+    # The pool gives what it has up to what is wanted (a buffer, refilled at its next
+    # rebalance for the demand then); short of one more call's worth, it rebalances.
+    free_left = pool["free_nano"] + current.free
+    requests_left = pool["minute_requests"] + unused_requests
+    tokens_left = pool["minute_tokens"] + unused_tokens
+    slots_left = pool["slots"] + lease.slots
+    one_more = 0 if idle else demand.waiting + 1
+    if (
+        (wanted_free and free_left < 2 * unit)
+        or requests_left < one_more
+        or tokens_left < one_more * token_unit
+        or slots_left < lease.inflight + one_more
+    ):
+        return None  # a rebalance refills the pool (or finds the tenant near its limit)
+    wanted_free = min(wanted_free, free_left)
+    wanted_requests = min(wanted_requests, requests_left)
+    wanted_tokens = min(wanted_tokens, tokens_left)
+    wanted_slots = min(wanted_slots, slots_left)
+
+    report = current.report()
+    pool.add("free_nano", current.free - wanted_free)
+    for field in ("spent", "requests", "prompt_tokens", "completion_tokens", "overrun"):
+        pool.add(field if field not in ("spent", "overrun") else f"{field}_nano", getattr(report, field))
+    pool.add("minute_requests", unused_requests - wanted_requests)
+    pool.add("minute_tokens", unused_tokens - wanted_tokens)
+    new_slots = max(lease.inflight, wanted_slots)
+    pool.add("slots", lease.slots - new_slots)
+    busy = lease.inflight
+    pool.add("busy", busy - lease.reported_busy)
+    demand.peak_inflight = lease.inflight
+    amount = current.held + wanted_free
+    keep = new_slots > 0 or amount > 0 or lease.inflight > 0
+    joined = int(keep and stored is None) - int(not keep and stored is not None)
+    pool.add("leases", joined)
+    pool.add("holders", joined)
+    if not keep and pool["holders"] <= 0 and lease.holders <= keeper.pools(lease):
+        return None  # the pool's last keeper leaves: a rebalance empties the pool
+    operations = [pool.operation(now, keeper.pool_ttl(lease), flushed=False)]
+    if keep:
+        entity = lease_entity(
+            tenant_id,
+            keeper.row_key,
+            lease,
+            {id(current): amount},
+            new_slots,
+            busy,
+            minute_key,
+            wanted_requests,
+            now,
+            keeper.ttl(lease),
+        )
+        operations.append(("create", entity, {}) if stored is None else update_op(entity, etag_of(stored)))
+    elif stored is not None:
+        operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": keeper.row_key}, etag_of(stored)))
+    if (
+        wanted_free < current.free
+        or wanted_requests < unused_requests
+        or wanted_tokens < unused_tokens
+        or new_slots < lease.slots
+    ):
+        lease.frozen = True  # no local admission may use what this sync takes back
+    return operations, Snapshot(
+        budget=[(current, report)],
+        new_free={id(current): wanted_free},
+        minute=lease.minute,
+        minute_requests=unused_requests,
+        minute_tokens=unused_tokens,
+        new_minute=MinuteSlice(minute_key, wanted_requests, wanted_tokens),
+        # The minute row is not read here: the last count known (this minute), or none
+        # (RateLimit-Remaining is then this slice alone: low, never above the truth).
+        minute_stored=lease.minute_stored if same_minute else lease.tenant.limits.requests_per_minute,
+        slots=lease.slots,
+        new_slots=new_slots,
+        busy=busy,
+        lost=False,
+    )

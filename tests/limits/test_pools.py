@@ -1,0 +1,305 @@
+"""Sub-pools (issue 23 at serverless scale): many lease holders sync with rows of their
+own instead of the tenant's window rows, and every total stays exact.
+
+The thresholds are lowered so that four ledgers (four processes) use sub-pools; the
+arithmetic of a pool's flush and refill is property-tested against the window rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sk_core.accounts import Limits, Tenant
+from sk_core.errors import LimitExceeded
+from sk_core.limits import INFLIGHT, USAGE_TABLE, Ledger, window_keys
+from sk_core.limits.lease_state import RECALL, LeaseSettings
+from sk_core.limits.pools import POOL_PREFIX, PoolRow, pool_count, pool_key
+from sk_core.limits.rows import INFLIGHT_FIELDS, MINUTE_FIELDS, WINDOW_FIELDS, PartitionRows
+from sk_core.pricing import Price
+from sk_core.storage import TableStore, query_partition, read_int
+from tests.support.stores import STORE_BACKENDS, open_stores
+
+PRICE = Price(Decimal("1.00"), Decimal("2.00"))  # 1000 / 2000 nano-USD per token
+UNIT = PRICE.cost_nano(100, 100)
+# Sub-pools from the second holder on, one keeper per pool, four pools at most.
+POOLED = LeaseSettings(
+    report_seconds=0.5, idle_seconds=1.0, horizon_seconds=2.0, ttl_seconds=30,
+    holders_per_report=1, pool_threshold=1, pool_holders=1, max_pools=4,
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------ pure arithmetic
+
+
+def test_the_pool_count_grows_in_powers_of_two_and_each_pool_splits_in_two() -> None:
+    holders = (1, 32, 33, 64, 65, 256, 1024, 10**6)
+    counts = [pool_count(h, threshold=32, per_pool=16, most=64) for h in holders]
+    assert counts == [0, 0, 4, 4, 8, 16, 64, 64]
+    for process in ("a1", "b2", "c3", "0f0f"):
+        small, large = (int(pool_key(process, n).removeprefix(POOL_PREFIX)) for n in (8, 16))
+        assert large in (small, small + 8)  # doubling the pools splits each in two
+
+
+@given(
+    st.integers(0, 10**9), st.integers(0, 1000), st.integers(0, 10**6), st.integers(0, 50),
+    st.integers(-(10**6), 10**9), st.integers(0, 10**9), st.integers(-5, 5),
+)
+def test_a_refill_then_a_flush_leaves_the_window_rows_as_they_were_plus_what_was_reported(
+    budget: int, requests: int, tokens: int, slots: int, moved_free: int, spent: int, leases: int
+) -> None:
+    """Whatever a pool's keepers did with it in between (free moved to or from leases,
+    spend reported), its flush moves exactly the reported spend from leased to spent and
+    gives everything else back: the window rows end as if the keepers had synced there."""
+    keys = ("day-20300101", "month-203001", "minute-203001011200")
+    rows = PartitionRows("t", {})
+    pool = PoolRow.read(rows, "pool-000")
+    pool.refill(rows, keys, budget_nano=budget, requests=requests, tokens=tokens, slots=slots)
+    day = rows.counter(keys[0], WINDOW_FIELDS)
+    assert day["leased_nano"] == budget
+    assert rows.counter(keys[2], MINUTE_FIELDS)["requests"] == requests
+    assert rows.counter(INFLIGHT, INFLIGHT_FIELDS)["count"] == slots
+    # Keepers: a lease took moved_free out of the pool (its row counts it: still leased)
+    # and reported `spent` settled from its slice into the pool.
+    pool.add("free_nano", -moved_free)
+    pool.add("spent_nano", spent)
+    pool.add("leases", leases)
+    pool.flush(rows, keys[2])
+    assert day["spent_nano"] == spent
+    # Leased now: what the lease holds (moved_free) less what it reported as spent.
+    assert day["leased_nano"] == moved_free - spent
+    assert rows.counter(keys[1], WINDOW_FIELDS)["leased_nano"] == moved_free - spent
+    assert rows.counter(keys[2], MINUTE_FIELDS)["requests"] == 0
+    assert rows.counter(INFLIGHT, INFLIGHT_FIELDS)["count"] == 0
+    assert rows.counter(INFLIGHT, INFLIGHT_FIELDS)["leases"] == leases
+    assert all(pool[name] == 0 for name in ("free_nano", "spent_nano", "slots", "minute_requests"))
+
+
+# ------------------------------------------------------------------ on a store (memory, Azurite)
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[list[TableStore]]:
+    async with open_stores(request, "pool", count=4) as made:
+        yield made
+
+
+class Clock:
+    """The ledgers' UTC clock, moved forward by tests (expiry)."""
+
+    def __init__(self) -> None:
+        self.skip = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.skip
+
+
+def pooled(store: TableStore, clock: Clock) -> Ledger:
+    return Ledger(store=store, lease_seconds=30, min_answer_tokens=16, leases=POOLED, clock=clock)
+
+
+def tenant(**limits: int) -> Tenant:
+    return Tenant(id="t-" + secrets.token_hex(3), display_name="T", limits=Limits(**limits))
+
+
+async def partition(store: TableStore, who: Tenant) -> dict[str, Any]:
+    table = await store.table(USAGE_TABLE)
+    entities = table.query_entities("PartitionKey eq @p", parameters={"p": who.id})
+    return {e["RowKey"]: e async for e in entities}
+
+
+def ints(entity: Any) -> dict[str, int]:
+    return {k: read_int(v) for k, v in entity.items() if isinstance(v, int) or hasattr(v, "value")}
+
+
+async def call(ledger: Ledger, who: Tenant, answer_tokens: int = 100) -> int:
+    try:
+        hold = await ledger.admit(
+            who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
+        )
+    except LimitExceeded:
+        return 0
+    await asyncio.sleep(0.002)
+    cost = PRICE.cost_nano(100, min(answer_tokens, hold.max_tokens))
+    settled = await ledger.settle(hold, cost_nano=cost, prompt_tokens=100, completion_tokens=answer_tokens)
+    return settled.cost_nano
+
+
+async def test_keepers_across_pools_never_overspend_and_every_nano_is_accounted_for(
+    stores: list[TableStore],
+) -> None:
+    """Four ledgers x 8 callers on four sub-pools until the budget is gone: the spend never
+    exceeds it, and once they shut down (and the sweep empties pools nobody touches any
+    more) the day row's spent is exactly the sum of the answers' costs, nothing leased,
+    nothing held, no slot in use."""
+    budget = 150 * UNIT
+    who = tenant(daily_budget_nano=budget, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=200)  # fmt: skip
+    clock = Clock()
+    ledgers = [pooled(s, clock) for s in stores]
+    pools_seen: set[str] = set()
+
+    async def caller(ledger: Ledger) -> int:
+        total, refusals = 0, 0
+        while refusals < 20:
+            cost = await call(ledger, who)
+            total += cost
+            refusals = 0 if cost else refusals + 1
+            if not cost:
+                await asyncio.sleep(0.1)
+            elif total % 7 == 0:
+                pools_seen.update(k for k in await partition(stores[0], who) if k.startswith(POOL_PREFIX))
+        return total
+
+    spent = sum(await asyncio.gather(*(caller(ledger) for ledger in ledgers for _ in range(8))))
+    pools_seen.update(k for k in await partition(stores[0], who) if k.startswith(POOL_PREFIX))
+    assert len(pools_seen) >= 2, "the keepers should have synced through sub-pools"
+    for ledger in ledgers:
+        await ledger.aclose()
+    clock.skip = timedelta(seconds=10 * POOLED.ttl_seconds)  # pools nobody touches expire
+    await ledgers[0].expire_holds()
+    rows = await partition(stores[0], who)
+    day = ints(rows[window_keys(clock())[0]])
+    assert spent <= budget
+    assert day["spent_nano"] == spent
+    assert day.get("leased_nano", 0) == 0
+    assert day.get("held_nano", 0) == 0
+    assert day.get("expired_leases", 0) == 0  # everyone shut down properly: nothing charged
+    assert ints(rows[INFLIGHT]).get("count", 0) == 0
+    assert not [k for k in rows if k.startswith((POOL_PREFIX, "lease-"))]
+    assert spent >= 0.9 * budget
+
+
+async def test_a_recall_empties_every_pool_and_the_exact_path_finds_the_money(
+    stores: list[TableStore],
+) -> None:
+    """Two ledgers hold slices through two sub-pools; a third decides exactly and needs
+    more than the window rows have left. Its refusal is ``budget_held`` and marks the pool
+    recalled; the next sync of each keeper (through whichever pool) returns its free slice
+    and its pool's to the window rows, and the exact request is then admitted."""
+    who = tenant(daily_budget_nano=60 * UNIT, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=200)  # fmt: skip
+    keeping = replace(POOLED, idle_seconds=30)
+    a, b = (Ledger(store=s, lease_seconds=30, min_answer_tokens=16, leases=keeping) for s in stores[:2])
+    for _ in range(3):
+        await asyncio.gather(*(call(ledger, who, 0) for ledger in (a, b) for _ in range(4)))
+        await a.flush(who.id)
+        await b.flush(who.id)
+    assert a.leases is not None
+    assert b.leases is not None
+    lease_a, lease_b = a.leases._leases[who.id], b.leases._leases[who.id]
+    assert a.leases.pools(lease_a) >= 2
+    rows = await partition(stores[0], who)
+    assert any(k.startswith(POOL_PREFIX) for k in rows)
+    day_key = window_keys(datetime.now(UTC))[0]
+    day = ints(rows[day_key])
+    left = 60 * UNIT - day["spent_nano"] - day.get("held_nano", 0) - day["leased_nano"]
+    leased_free = day["leased_nano"]
+    # An answer just too big for what the window rows have left, well within what is leased.
+    tokens = (left - PRICE.cost_nano(100, 0)) // 2000 + 1
+    assert PRICE.cost_nano(100, tokens) <= left + leased_free // 2
+    exact = Ledger(store=stores[2], lease_seconds=30, min_answer_tokens=tokens)
+
+    async def ask() -> Any:
+        return await exact.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=tokens,
+                                 function="f", key_id="k")
+
+    refusal = ""
+    try:
+        hold = await ask()  # the keepers may have synced during its one wait already
+    except LimitExceeded as refused:
+        refusal = refused.code
+    if refusal:
+        assert refusal == "budget_held"
+        assert RECALL in await partition(stores[0], who)
+        await a.flush(who.id)
+        await b.flush(who.id)
+        rows = await partition(stores[0], who)
+        pools = [ints(v) for k, v in rows.items() if k.startswith(POOL_PREFIX)]
+        assert all(p.get("free_nano", 0) == 0 for p in pools)  # every pool emptied
+        for lease in (lease_a, lease_b):
+            assert lease.current is not None
+            assert lease.current.free == 0
+        hold = await ask()
+    assert hold.max_tokens == tokens
+    await exact.settle(hold, cost_nano=0, prompt_tokens=0, completion_tokens=0)
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_an_instance_that_vanishes_has_its_slice_charged_and_its_pool_returned_by_expiry(
+    stores: list[TableStore],
+) -> None:
+    """Scale-in without a shutdown hook: one of three pooled ledgers stops (its keeper
+    tasks die with it). After the TTL the sweep charges its lease's outstanding slice
+    (flagged) and empties the pools nobody touches: the day row ends with exactly what was
+    reported, plus what the pools' keepers had reported, plus the charged slice."""
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=200)  # fmt: skip
+    clock = Clock()
+    ledgers = [pooled(s, clock) for s in stores[:3]]
+    for _ in range(3):
+        await asyncio.gather(*(call(ledger, who) for ledger in ledgers for _ in range(4)))
+        for ledger in ledgers:
+            await ledger.flush(who.id)
+    gone = ledgers[0]
+    assert gone.leases is not None
+    assert gone.leases.pools(gone.leases._leases[who.id]) >= 2
+    for lease in gone.leases._leases.values():  # the process is gone, and its timers
+        for task in (lease.keeper, lease.sync):
+            if task is not None:
+                task.cancel()
+    gone.leases._closing = True
+    for ledger in ledgers[1:]:
+        await ledger.aclose()
+    before = await partition(stores[0], who)
+    day_key = window_keys(clock())[0]
+    outstanding = read_int(before[f"lease-{gone.leases.process_id}"]["amount_nano"])
+    assert outstanding > 0
+    in_pools = sum(read_int(v.get("spent_nano")) for k, v in before.items() if k.startswith(POOL_PREFIX))
+    spent_before = read_int(before[day_key]["spent_nano"])
+    clock.skip = timedelta(seconds=10 * POOLED.ttl_seconds)
+    assert await ledgers[1].expire_holds() == 1  # one lease charged (pools are not charges)
+    after = await partition(stores[0], who)
+    day = ints(after[day_key])
+    assert day["spent_nano"] == spent_before + in_pools + outstanding
+    assert day["expired_leases"] == 1
+    assert day.get("leased_nano", 0) == 0
+    inflight = ints(after[INFLIGHT])
+    assert inflight.get("count", 0) == 0
+    assert inflight.get("leased_slots", 0) == 0
+    assert not [k for k in after if k.startswith((POOL_PREFIX, "lease-"))]
+    assert [e["flagged"] for e in await ledgers[1].expired(who.id)] == [True]
+
+
+async def test_a_pool_sync_touches_only_the_lease_and_its_pool(stores: list[TableStore]) -> None:
+    """Past the holder threshold most syncs leave the tenant's window rows alone: that is
+    what lets many holders sync at once without racing for them."""
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=200)  # fmt: skip
+    # Reports and idling far apart: no rebalance falls due during the test.
+    slow = replace(POOLED, report_seconds=5.0, idle_seconds=60.0, ttl_seconds=60)
+    ledgers = [Ledger(store=s, lease_seconds=30, min_answer_tokens=16, leases=slow) for s in stores[:2]]
+    for _ in range(2):  # the first syncs learn the holders, the next create the pools
+        await asyncio.gather(*(call(ledger, who) for ledger in ledgers for _ in range(4)))
+        for ledger in ledgers:
+            await ledger.flush(who.id)
+    day_key = window_keys(datetime.now(UTC))[0]
+    table = await stores[0].table(USAGE_TABLE)
+    window_etag = (await query_partition(table, who.id, [day_key]))[day_key].metadata["etag"]
+    # Calls and a sync right after a rebalance: served by the pool.
+    await asyncio.gather(*(call(ledgers[0], who) for _ in range(2)))
+    await ledgers[0].flush(who.id)
+    found = await query_partition(table, who.id, [day_key])
+    assert found[day_key].metadata["etag"] == window_etag
+    for ledger in ledgers:
+        await ledger.aclose()
