@@ -143,6 +143,9 @@ class Stats:
     in_flight: int = 0
     peak_in_flight: int = 0
     first_exceeded: float | None = None
+    # Admissions whose answer cap was lowered below what was asked (a slice or the
+    # budget's end): the answer is shorter though nothing was refused.
+    clamped: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,8 @@ class Simulation:
             stats.refusals["limits_unavailable"] += 1
             return
         instance.admitted += 1
+        if hold.max_tokens < MAX_TOKENS:
+            stats.clamped += 1
         if hold.lease is not None and instance.first_grant is None:
             instance.first_grant = time.monotonic()
         stats.admitted[hold.minute] += 1
@@ -397,6 +402,10 @@ class Simulation:
             "budget_settled_nano": self.stats["budget"].settled_nano,
             "budget_spent_nano": spent,
             "budget_admitted": sum(self.stats["budget"].admitted.values()),
+            "budget_admitted_clamped": self.stats["budget"].clamped,
+            # Whether a refusal ever said "spent" (budget_usable is then spent at the end;
+            # without one, demand never met the limit as spent and the figure is a floor).
+            "budget_exceeded_seen": self.stats["budget"].first_exceeded is not None,
             # Whether demand reached the budget at all (else budget_usable says little).
             "budget_refusals": sum(
                 n for code, n in self.stats["budget"].refusals.items() if code.startswith("budget_")
