@@ -160,11 +160,9 @@ class MemoryAccount:
 
 
 class MemoryTableStore(TableStore):
-    """``TableStore`` over a ``MemoryAccount``; several stores on one account are several processes.
-
-    A subclass, so that everything typed ``TableStore`` takes it; it shares no state with
-    the SDK-backed parent (whose ``__init__`` would build a service client).
-    """
+    """``TableStore`` over a ``MemoryAccount``; several stores on one account are several
+    processes. A subclass, so that everything typed ``TableStore`` takes it; it shares no
+    state with the SDK-backed parent (whose ``__init__`` would build a service client)."""
 
     def __init__(self, account: MemoryAccount | None = None, *, table_prefix: str = "skf") -> None:
         self.account = account if account is not None else MemoryAccount()
