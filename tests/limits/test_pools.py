@@ -103,8 +103,22 @@ class Clock:
         return datetime.now(UTC) + self.skip
 
 
-def pooled(store: TableStore, clock: Clock) -> Ledger:
-    return Ledger(store=store, lease_seconds=30, min_answer_tokens=16, leases=POOLED, clock=clock)
+def pooled(store: TableStore, clock: Clock, pool: int | None = None) -> Ledger:
+    """A ledger with pooled leases; ``pool``: its process id is one that hashes to that
+    sub-pool of ``POOLED.max_pools`` (else random, as in a real process), so a test that
+    needs keepers on different pools does not depend on where random ids fall."""
+    ledger = Ledger(store=store, lease_seconds=30, min_answer_tokens=16, leases=POOLED, clock=clock)
+    if pool is not None:
+        assert ledger.leases is not None
+        ledger.leases.process_id = next(
+            candidate for n in range(1000)
+            if pool_key(candidate := f"keeper-{n}", POOLED.max_pools) == pool_key_of(pool)
+        )
+    return ledger
+
+
+def pool_key_of(index: int) -> str:
+    return f"{POOL_PREFIX}{index:03d}"
 
 
 def tenant(**limits: int) -> Tenant:
@@ -145,7 +159,8 @@ async def test_keepers_across_pools_never_overspend_and_every_nano_is_accounted_
     who = tenant(daily_budget_nano=budget, monthly_budget_nano=10**12, requests_per_minute=100_000,
                  tokens_per_minute=10**9, max_concurrent=200)  # fmt: skip
     clock = Clock()
-    ledgers = [pooled(s, clock) for s in stores]
+    # On pools 0-3 of 4 (0, 1, 0, 1 of 2 while only two have synced): never one pool.
+    ledgers = [pooled(s, clock, pool=i % POOLED.max_pools) for i, s in enumerate(stores)]
     pools_seen: set[str] = set()
 
     async def caller(ledger: Ledger) -> int:
