@@ -11,7 +11,6 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -23,12 +22,11 @@ from sk_core.errors import LimitExceeded
 from sk_core.limits import INFLIGHT, USAGE_TABLE, Hold, Ledger, window_keys
 from sk_core.limits.lease_state import LeaseSettings
 from sk_core.limits.slices import BudgetSlice, grant
-from sk_core.pricing import Price
 from sk_core.storage import TableStore, query_partition, read_int
 from tests.support.clock import inside_one_minute
+from tests.support.ledgers import PRICE, call
 from tests.support.stores import STORE_BACKENDS, open_stores
 
-PRICE = Price(Decimal("1.00"), Decimal("2.00"))  # 1000 / 2000 nano-USD per token
 FAST = LeaseSettings(report_seconds=0.5, idle_seconds=1.0, horizon_seconds=2.0, ttl_seconds=30)
 
 
@@ -151,21 +149,6 @@ async def lease_rows(store: TableStore, who: Tenant) -> list[str]:
             "PartitionKey eq @p and RowKey ge 'lease-' and RowKey lt 'lease.'", parameters={"p": who.id}
         )
     ]
-
-
-async def call(ledger: Ledger, who: Tenant, answer_tokens: int | None = None) -> int:
-    """One admitted call that answers ``max_tokens`` (or fewer); returns its cost (0 if refused)."""
-    try:
-        hold = await ledger.admit(
-            who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
-        )
-    except LimitExceeded:
-        return 0
-    await asyncio.sleep(0.002)
-    used = hold.max_tokens if answer_tokens is None else min(answer_tokens, hold.max_tokens)
-    cost = PRICE.cost_nano(100, used)
-    settlement = await ledger.settle(hold, cost_nano=cost, prompt_tokens=100, completion_tokens=used)
-    return settlement.cost_nano
 
 
 async def test_leased_calls_touch_storage_rarely_and_hand_back_exactly(stores: list[TableStore]) -> None:

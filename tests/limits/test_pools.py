@@ -12,7 +12,6 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -25,11 +24,10 @@ from sk_core.limits import INFLIGHT, USAGE_TABLE, Ledger, window_keys
 from sk_core.limits.lease_state import RECALL, LeaseSettings
 from sk_core.limits.pools import POOL_PREFIX, PoolRow, pool_count, pool_key
 from sk_core.limits.rows import INFLIGHT_FIELDS, MINUTE_FIELDS, WINDOW_FIELDS, PartitionRows
-from sk_core.pricing import Price
 from sk_core.storage import TableStore, query_partition, read_int
+from tests.support.ledgers import PRICE, call
 from tests.support.stores import STORE_BACKENDS, open_stores
 
-PRICE = Price(Decimal("1.00"), Decimal("2.00"))  # 1000 / 2000 nano-USD per token
 UNIT = PRICE.cost_nano(100, 100)
 # Sub-pools from the second holder on, one keeper per pool, four pools at most.
 POOLED = LeaseSettings(
@@ -133,19 +131,6 @@ async def partition(store: TableStore, who: Tenant) -> dict[str, Any]:
 
 def ints(entity: Any) -> dict[str, int]:
     return {k: read_int(v) for k, v in entity.items() if isinstance(v, int) or hasattr(v, "value")}
-
-
-async def call(ledger: Ledger, who: Tenant, answer_tokens: int = 100) -> int:
-    try:
-        hold = await ledger.admit(
-            who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
-        )
-    except LimitExceeded:
-        return 0
-    await asyncio.sleep(0.002)
-    cost = PRICE.cost_nano(100, min(answer_tokens, hold.max_tokens))
-    settled = await ledger.settle(hold, cost_nano=cost, prompt_tokens=100, completion_tokens=answer_tokens)
-    return settled.cost_nano
 
 
 async def test_keepers_across_pools_never_overspend_and_every_nano_is_accounted_for(
