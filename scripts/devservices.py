@@ -184,14 +184,20 @@ UVICORN_FLAGS = (
 
 
 def start_service(
-    *, port: int, env: Mapping[str, str], log: Path | None = None, workers: int = 1
+    *,
+    port: int,
+    env: Mapping[str, str],
+    log: Path | None = None,
+    workers: int = 1,
+    app: str = "sk_core.asgi:app",
 ) -> ManagedProcess:
-    """The container host (uvicorn serving ``sk_core.asgi:app``)."""
+    """The container host (uvicorn serving ``app``: ``sk_core.asgi:app``, or a wrapper of
+    it such as the soak's tracemalloc one)."""
     argv = [
         sys.executable,
         "-m",
         "uvicorn",
-        "sk_core.asgi:app",
+        app,
         "--host",
         "127.0.0.1",
         "--port",

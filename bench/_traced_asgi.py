@@ -1,0 +1,40 @@
+"""The container host's ASGI app with tracemalloc on (``bench/soak.py --tracemalloc``).
+
+Tracing starts once ``sk_core.asgi`` is imported (tracing the imports too slowed
+start-up past the soak's patience): growth under load is allocated later, so it is all
+seen. ``SIGUSR1`` collects garbage and writes a snapshot to
+``$SOAK_TRACEMALLOC_DIR/snapshot-<n>.pickle`` (written under another name, then renamed:
+the soak waits for the name to appear). The signal handler runs on the event loop's
+thread between two bytecodes, so the server pauses while it writes (a second or two);
+the soak marks those minutes. uvicorn handles SIGINT and SIGTERM only: SIGUSR1 is free.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import tracemalloc
+from pathlib import Path
+from types import FrameType
+
+_DIR = Path(os.environ.get("SOAK_TRACEMALLOC_DIR", "."))
+_taken = 0
+
+
+def _dump(_signum: int, _frame: FrameType | None) -> None:
+    global _taken
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    tmp = _DIR / f"snapshot-{_taken}.pickle.tmp"
+    snapshot.dump(str(tmp))
+    tmp.replace(_DIR / f"snapshot-{_taken}.pickle")
+    _taken += 1
+
+
+from sk_core.asgi import app  # noqa: E402
+
+tracemalloc.start(int(os.environ.get("SOAK_TRACEMALLOC_FRAMES", "10")))
+signal.signal(signal.SIGUSR1, _dump)
+
+__all__ = ["app"]
