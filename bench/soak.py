@@ -235,14 +235,14 @@ async def _provision(env: dict[str, str]) -> dict[str, str]:
         await service.aclose()
 
 
-async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
+async def _ledger_check(env: dict[str, str], soak: Soak, minutes: float) -> dict[str, Any]:
     """After the service stopped: charge every hold past its lease, then compare per tenant."""
     from bench._common import settings_from_env
     from sk_core.composition import Service
     from sk_core.limits import Ledger, window_keys
     from sk_core.limits.rows import INFLIGHT, USAGE_TABLE
     from sk_core.storage import query_partition, read_int
-    from sk_core.usage import ANONYMOUS, AuditLog
+    from sk_core.usage import ANONYMOUS
 
     service = Service.create(settings_from_env(env))
     try:
@@ -256,9 +256,10 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
         reservation = _reservation(service)
         day = window_keys(datetime.now(UTC))[0]
         usage_table = await service.store.table(USAGE_TABLE)
-        audit = AuditLog(store=service.store, retention_days=1)
-        # Every call of the run, in either layout (``AuditLog.calls``): its hours' partitions.
-        first, last = datetime.now(UTC) - timedelta(days=1), datetime.now(UTC) + timedelta(hours=1)
+        audit = service.audit
+        # Every call of the run (``AuditLog.calls``: the partitions of its hours and shards).
+        last = datetime.now(UTC) + timedelta(minutes=1)
+        first = last - timedelta(minutes=minutes + 15)
         report: dict[str, Any] = {"holds_expired_by_final_sweep": expired, "tenants": {}}
         # A call refused before its key was checked (storage could not be asked) has its
         # audit row in the anonymous partition, not its tenant's.
@@ -443,7 +444,13 @@ def growth_sites(folder: Path, top: int = 25) -> dict[str, Any]:
 
     lines = last.compare_to(first, "lineno")
     stacks = last.compare_to(first, "traceback")
+    before, after = (json.loads((folder / f"objects-{i}.json").read_text()) for i in (0, 1))
+    types = Counter(after["types"])
+    types.subtract(before["types"])
     return {
+        "allocated_blocks": [before["allocated_blocks"], after["allocated_blocks"]],
+        "object_types_growing": dict(types.most_common(15)),
+        "smaps_rollup": [before["smaps_rollup"], after["smaps_rollup"]],
         "total_kib_after_minute_2": round(sum(s.size for s in first.statistics("filename")) / 1024, 1),
         "total_kib_at_end": round(sum(s.size for s in last.statistics("filename")) / 1024, 1),
         "top_lines": [
@@ -467,7 +474,13 @@ def growth_sites(folder: Path, top: int = 25) -> dict[str, Any]:
 
 
 async def run(
-    minutes: float, clients: int, every: float, *, cache: bool = False, traced: bool = False
+    minutes: float,
+    clients: int,
+    every: float,
+    *,
+    cache: bool = False,
+    traced: bool = False,
+    shards: int = 16,
 ) -> dict[str, Any]:
     with TemporaryDirectory() as tmp:
         logs = Path(tmp)
@@ -492,6 +505,9 @@ async def run(
                 "SKF_MODEL_TIMEOUT_SECONDS": "2",
                 "SKF_MODEL_DEADLINE_SECONDS": "6",
                 "SKF_HOLD_LEASE_SECONDS": "30",
+                # Azurite's writes slow down as their partition grows (bench/azurite_tables.py;
+                # Table Storage's do not): shards keep each audit partition small.
+                "SKF_AUDIT_SHARDS": str(shards),
                 "SKF_LOG_FORMAT": "json",  # on stderr, into service.log: summarised at the end
                 "SKF_TELEMETRY_EXPORTER": "none",
             }
@@ -521,7 +537,7 @@ async def run(
             model_proxy.set("pass")
             storage_proxy.set("pass")
             service.stop(timeout=30)  # graceful: leases handed back, audit flushed
-            ledger = await _ledger_check(direct, soak)
+            ledger = await _ledger_check({**direct, "SKF_AUDIT_SHARDS": str(shards)}, soak, minutes)
             service_log = (logs / "service.log").read_text(errors="replace")
         finally:
             if service is not None:
@@ -540,6 +556,7 @@ async def run(
             "fault_every_seconds": every,
             "cache": cache,
             "tracemalloc": traced,
+            "audit_shards": shards,
         },
         "machine": machine(),
         "requests": len(soak.samples),
@@ -564,8 +581,16 @@ def main() -> None:
     parser.add_argument("--cache", action="store_true", help="summarize opts in to the response cache")
     parser.add_argument("--tracemalloc", action="store_true", help="growth sites, minute 2 to the end")
     parser.add_argument("--name", default="soak", help="results file: bench/results/<name>.json")
+    parser.add_argument("--audit-shards", type=int, default=16, help="SKF_AUDIT_SHARDS of the service")
     args = parser.parse_args()
-    run_ = run(args.minutes, args.clients, args.fault_every, cache=args.cache, traced=args.tracemalloc)
+    run_ = run(
+        args.minutes,
+        args.clients,
+        args.fault_every,
+        cache=args.cache,
+        traced=args.tracemalloc,
+        shards=args.audit_shards,
+    )
     result = asyncio.run(run_)
     rows = [
         [

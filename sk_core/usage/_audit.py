@@ -36,7 +36,6 @@ from sk_core.usage._partitions import (
     inverted,
     partition_key,
     recent_calls,
-    shard_of,
     stamp,
     tenant_of,
 )
@@ -83,6 +82,9 @@ class AuditLog:
     ) -> None:
         self._store = store
         self.shards = shards  # partitions per tenant and hour (``_partitions``)
+        # The shard this second's rows go to: the next one at every flush, from a random
+        # start, so a flush stays one transaction per tenant and processes spread out.
+        self._shard = uuid.uuid4().int % shards
         self._retention = timedelta(days=retention_days)
         self._flush_seconds = flush_seconds
         self._queue: list[dict[str, Any]] = []
@@ -110,7 +112,7 @@ class AuditLog:
         key = f"{inverted(now)}-{uuid.uuid4().hex[:12]}"
         tenant = entry.tenant_id or ANONYMOUS
         return {
-            "PartitionKey": partition_key(tenant, stamp(now), shard_of(key, self.shards)),
+            "PartitionKey": partition_key(tenant, stamp(now), self._shard),
             "RowKey": key,
             "route": entry.route,
             "status": entry.status,
@@ -159,6 +161,7 @@ class AuditLog:
         (``bench/azurite_tables.py``).
         """
         rows, self._queue = self._queue, []
+        self._shard = (self._shard + 1) % self.shards  # retried rows keep theirs: no twins
         failed: list[dict[str, Any]] = []
         by_partition: dict[str, list[dict[str, Any]]] = {}
         for row in rows:

@@ -10,10 +10,14 @@ call of a tenant, forever) capped one tenant's audit at that. An hour bounds wha
 partition receives, and the emulator (Azurite scans a partition to find a key) no longer
 slows down as a tenant's history grows. ``SKF_AUDIT_SHARDS`` (default 1) spreads one hour
 over more partitions, for a tenant whose calls pass ~2,000 a second across all its
-processes (one shard per 2,000 calls/s, rounded up, with headroom): a row's shard comes
-from its request id, so shards fill evenly. Readers query every shard of an hour, so
-the setting may be raised at any time; lowering it hides rows of the higher shards
-until they expire (``purge`` still deletes them).
+processes (one shard per 2,000 calls/s, rounded up, with headroom). A process writes the
+rows of one flush (a second) to one shard and moves to the next shard at every flush,
+from a random start: a flush stays one transaction per tenant, shards fill evenly over
+time, and processes spread over them. Readers query every shard of an hour, so the
+setting may be raised at any time; lowering it hides rows of the higher shards until
+they expire (``purge`` still deletes them). On Azurite, where a write's cost grows with
+the rows of its partition (``bench/azurite_tables.py``), shards also keep partitions
+small: the soak runs with them (``bench/README.md``).
 
 A tenant's partition without a time bucket (``<tenant>``) keeps its hourly rollup rows
 (``_rollups``; a writer's one row per hour, rewritten each flush: a few writes a second
@@ -29,7 +33,6 @@ Reads by tenant and time range query only the partitions of the hours in range
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,11 +61,6 @@ def bucket_start(name: str) -> datetime:
 def inverted(at: datetime) -> str:
     """The RowKey prefix of a row recorded at ``at`` (inverted milliseconds, 15 digits)."""
     return f"{MAX_MS - int(at.timestamp() * 1000):015d}"
-
-
-def shard_of(row_key: str, shards: int) -> int:
-    """The shard of a row: from its request id (the RowKey's random tail), so even."""
-    return zlib.crc32(row_key.encode()) % shards if shards > 1 else 0
 
 
 def partition_key(tenant_id: str, hour: str, shard: int = 0) -> str:
