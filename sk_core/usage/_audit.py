@@ -189,6 +189,9 @@ class AuditLog:
             self._queue[:0] = kept
             self._retried.update(row["RowKey"] for row in kept)
             if len(kept) < len(failed):
+                # Given up: their retry marks go with them (a mark outliving its row
+                # would stay for the life of the process, one per row lost).
+                self._retried.difference_update(row["RowKey"] for row in failed[len(kept) :])
                 self.lost += len(failed) - len(kept)
                 logger.warning("audit write failed: %d rows lost", len(failed) - len(kept))
             logger.warning("audit write failed for %d rows; retrying", len(kept))
