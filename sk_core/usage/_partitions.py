@@ -125,22 +125,26 @@ async def calls_between(
     ``READ_CONCURRENCY`` at a time; with a ``limit``, stops at the first hour that
     completes it (older hours cannot hold newer rows)."""
     keys = _key_range(start, end)
-    found = await _query(table, tenant_id, keys, select, limit)  # the old layout (digits: no rollups)
     hours = hours_between(start, end)
     per_batch = max(1, READ_CONCURRENCY // shards)  # whole hours: every shard of each
-    newer: list[dict[str, Any]] = []
-    for index in range(0, len(hours), per_batch):
+    # The old layout's partition (call RowKeys are digits: no rollup rows) goes with the
+    # first batch, so it costs no round trip of its own.
+    old: list[Any] = [_query(table, tenant_id, keys, select, limit)]
+    found: list[dict[str, Any]] = []
+    newer = 0
+    for index in range(0, max(1, len(hours)), per_batch):
         batch = [
             _query(table, partition_key(tenant_id, hour, shard), keys, select, limit)
             for hour in hours[index : index + per_batch]
             for shard in range(shards)
         ]
-        for rows in await asyncio.gather(*batch):
-            newer += rows
+        results = await asyncio.gather(*old, *batch)
+        found += [row for rows in results for row in rows]
+        newer += sum(len(rows) for rows in results[len(old) :])
+        old = []
         # The hours read so far hold enough rows: the older ones cannot hold newer rows.
-        if limit is not None and len(newer) >= limit:
+        if limit is not None and newer >= limit:
             break
-    found += newer
     found.sort(key=lambda row: str(row["RowKey"]))
     return found[:limit] if limit is not None else found
 
