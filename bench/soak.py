@@ -36,7 +36,6 @@ import itertools
 import json
 import os
 import random
-import signal
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from bench._common import (
     process_cpu_seconds,
     write_results,
 )
+from bench._growth import growth_sites, snapshot, snapshot_at
 from scripts.devservices import free_port, start_azurite, start_service
 from tests.support.fault_proxy import FaultProxy
 from tests.support.stub_model import start_stub_model
@@ -414,65 +414,6 @@ def _per_minute(soak: Soak) -> list[dict[str, Any]]:
     return table
 
 
-async def _snapshot(pid: int, folder: Path, index: int) -> float:
-    """Have the traced service write snapshot ``index``; the seconds it took."""
-    started = time.perf_counter()
-    os.kill(pid, signal.SIGUSR1)
-    # Another process writes the file: nothing here to wait on but its name.
-    while not (folder / f"snapshot-{index}.pickle").exists():  # noqa: ASYNC110
-        await asyncio.sleep(0.2)
-    return round(time.perf_counter() - started, 1)
-
-
-async def _snapshot_at(pid: int, folder: Path, at: float, taken: dict[str, float]) -> None:
-    await asyncio.sleep(max(0.0, at - time.perf_counter()))
-    taken["minute_2_seconds"] = await _snapshot(pid, folder, 0)
-
-
-def growth_sites(folder: Path, top: int = 25) -> dict[str, Any]:
-    """The top growth sites from snapshot 0 (after minute 2) to snapshot 1 (the end)."""
-    import tracemalloc
-
-    ignore = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen *>")]
-    first, last = (
-        tracemalloc.Snapshot.load(str(folder / f"snapshot-{i}.pickle")).filter_traces(ignore) for i in (0, 1)
-    )
-    root = str(Path(__file__).resolve().parents[1]) + "/"
-
-    def where(frame: Any) -> str:
-        return f"{frame.filename.removeprefix(root)}:{frame.lineno}"
-
-    lines = last.compare_to(first, "lineno")
-    stacks = last.compare_to(first, "traceback")
-    before, after = (json.loads((folder / f"objects-{i}.json").read_text()) for i in (0, 1))
-    types = Counter(after["types"])
-    types.subtract(before["types"])
-    return {
-        "allocated_blocks": [before["allocated_blocks"], after["allocated_blocks"]],
-        "object_types_growing": dict(types.most_common(15)),
-        "smaps_rollup": [before["smaps_rollup"], after["smaps_rollup"]],
-        "total_kib_after_minute_2": round(sum(s.size for s in first.statistics("filename")) / 1024, 1),
-        "total_kib_at_end": round(sum(s.size for s in last.statistics("filename")) / 1024, 1),
-        "top_lines": [
-            {
-                "site": where(stat.traceback[0]),
-                "size_diff_kib": round(stat.size_diff / 1024, 1),
-                "count_diff": stat.count_diff,
-                "size_kib": round(stat.size / 1024, 1),
-            }
-            for stat in lines[:top]
-        ],
-        "top_stacks": [
-            {
-                "size_diff_kib": round(stat.size_diff / 1024, 1),
-                "count_diff": stat.count_diff,
-                "stack": [where(frame) for frame in stat.traceback][-12:],
-            }
-            for stat in stacks[:8]
-        ],
-    }
-
-
 async def run(
     minutes: float,
     clients: int,
@@ -523,7 +464,7 @@ async def run(
             until = begin + minutes * 60
             proxies = {"model": model_proxy, "storage": storage_proxy}
             pid, snapshots = service.process.pid, dict[str, float]()
-            extra = [_snapshot_at(pid, logs, begin + 120, snapshots)] if traced and minutes > 2 else []
+            extra = [snapshot_at(pid, logs, begin + 120, snapshots)] if traced and minutes > 2 else []
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
                 await asyncio.gather(
                     *(_client(soak, client, keys, begin, until, i) for i in range(clients)),
@@ -532,7 +473,7 @@ async def run(
                     *extra,
                 )
             if extra:  # before the shutdown: what the serving process holds after the load
-                snapshots["end_seconds"] = await _snapshot(pid, logs, 1)
+                snapshots["end_seconds"] = await snapshot(pid, logs, 1)
                 tracemalloc_result = {"snapshot_seconds": snapshots, **growth_sites(logs)}
             model_proxy.set("pass")
             storage_proxy.set("pass")
