@@ -1,6 +1,7 @@
 """Soak: mixed traffic of two tenants against the container host, with faults injected.
 
     PYTHONPATH=. .venv/bin/python bench/soak.py [--minutes 10] [--clients 6] [--fault-every 6]
+        [--cache] [--tracemalloc] [--name soak]
 
 Starts its own stub model, Azurite and the container host (uvicorn, one worker), with a
 TCP fault proxy between the service and the model and between the service and Azurite.
@@ -11,11 +12,19 @@ every ``--fault-every`` seconds the next fault of a fixed cycle is injected for 
 (stub: 429 with Retry-After, 500, malformed JSON, no usage, a broken connection, a hang;
 proxy: model latency, model black hole, model reset, storage black hole, storage reset).
 
-Reports, per minute: requests, p50/p99 latency, 5xx by code, and the service's RSS
-(growth after the first minute, the warm-up, should stay under 10 %); at the end the
+The response cache is off, as it is by default (``--cache`` opts summarize in).
+
+Reports, per minute: requests, p50/p99 latency, 5xx by code, the service's RSS (growth
+from minute 2 to the end should stay under 5 %) and the machine's load average (the
+box is shared: a slow minute under load 6 is not the service's); at the end the
 ledger check: the service is stopped gracefully (leases handed back, audit flushed),
 every hold past its lease is charged, and per tenant the stored ledger is compared with
-the audit rows and with what clients were told. Writes ``bench/results/soak.json``.
+the audit rows and with what clients were told. Writes ``bench/results/<name>.json``.
+
+``--tracemalloc`` serves ``bench._traced_asgi:app`` (tracemalloc on from the start),
+takes a snapshot in the service after minute 2 and at the end, and adds the top growth
+sites between the two (file:line, size and count differences, and the biggest ones'
+call stacks) to the results. Tracing slows the service: its throughput is not comparable.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -45,6 +55,7 @@ from bench._common import (
     process_cpu_seconds,
     write_results,
 )
+from bench._growth import growth_sites, snapshot, snapshot_at
 from scripts.devservices import free_port, start_azurite, start_service
 from tests.support.fault_proxy import FaultProxy
 from tests.support.stub_model import start_stub_model
@@ -105,6 +116,7 @@ class Soak:
     # minute -> CPU seconds used so far (service, Azurite) at the minute's last sample
     cpu: dict[int, tuple[float, float]] = field(default_factory=dict)
     faults: Counter[str] = field(default_factory=Counter)
+    load: dict[int, float] = field(default_factory=dict)  # minute -> peak 1-minute load average
 
 
 def _rss_kib(pid: int) -> int:
@@ -201,6 +213,7 @@ async def _sample(soak: Soak, pid: int, azurite_pid: int, begin: float, until: f
         with contextlib.suppress(OSError):
             soak.rss_kib[minute] = max(soak.rss_kib.get(minute, 0), _rss_kib(pid))
             soak.cpu[minute] = (process_cpu_seconds(pid), process_cpu_seconds(azurite_pid))
+        soak.load[minute] = max(soak.load.get(minute, 0.0), os.getloadavg()[0])
         await asyncio.sleep(2)
 
 
@@ -222,14 +235,14 @@ async def _provision(env: dict[str, str]) -> dict[str, str]:
         await service.aclose()
 
 
-async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
+async def _ledger_check(env: dict[str, str], soak: Soak, minutes: float) -> dict[str, Any]:
     """After the service stopped: charge every hold past its lease, then compare per tenant."""
     from bench._common import settings_from_env
     from sk_core.composition import Service
     from sk_core.limits import Ledger, window_keys
     from sk_core.limits.rows import INFLIGHT, USAGE_TABLE
     from sk_core.storage import query_partition, read_int
-    from sk_core.usage import ANONYMOUS, ROLLUP_PREFIX
+    from sk_core.usage import ANONYMOUS
 
     service = Service.create(settings_from_env(env))
     try:
@@ -243,23 +256,20 @@ async def _ledger_check(env: dict[str, str], soak: Soak) -> dict[str, Any]:
         reservation = _reservation(service)
         day = window_keys(datetime.now(UTC))[0]
         usage_table = await service.store.table(USAGE_TABLE)
-        audit_table = await service.store.table("audit")
+        audit = service.audit
+        # Every call of the run (``AuditLog.calls``: the partitions of its hours and shards).
+        last = datetime.now(UTC) + timedelta(minutes=1)
+        first = last - timedelta(minutes=minutes + 15)
         report: dict[str, Any] = {"holds_expired_by_final_sweep": expired, "tenants": {}}
         # A call refused before its key was checked (storage could not be asked) has its
         # audit row in the anonymous partition, not its tenant's.
-        anonymous = {
-            str(row.get("trace_id", "")): dict(row)
-            async for row in audit_table.query_entities("PartitionKey eq @p", parameters={"p": ANONYMOUS})
-        }
+        anonymous = {str(row.get("trace_id", "")): row for row in await audit.calls(ANONYMOUS, first, last)}
         for tenant in TENANTS:
             rows = await query_partition(usage_table, tenant, [day, INFLIGHT])
             window, inflight = rows.get(day, {}), rows.get(INFLIGHT, {})
             audit_cost = audit_rows = 0
             by_trace: dict[str, dict[str, Any]] = {}
-            # The calls' rows only: the usage rollup rows after them hold totals.
-            async for row in audit_table.query_entities(
-                "PartitionKey eq @p and RowKey lt @end", parameters={"p": tenant, "end": ROLLUP_PREFIX}
-            ):
+            for row in await audit.calls(tenant, first, last):  # the calls' rows, not the rollups
                 audit_rows += 1
                 audit_cost += read_int(row.get("cost_nano"))
                 by_trace[str(row.get("trace_id", ""))] = dict(row)
@@ -392,8 +402,11 @@ def _per_minute(soak: Soak) -> list[dict[str, Any]]:
                 "p50_ms": round(percentile(durations, 50) * 1000, 1),
                 "p99_ms": round(percentile(durations, 99) * 1000, 1),
                 "streamed_p50_ms": round(percentile(streamed, 50) * 1000, 1) if streamed else None,
+                "requests_per_second": round(len(samples) / 60, 1),
+                "count_5xx": sum(errors.values()),
                 "errors_5xx": dict(errors),
                 "rss_mib": round(soak.rss_kib.get(minute, 0) / 1024, 1),
+                "load_average": round(soak.load.get(minute, 0.0), 2),
                 # CPU per request this minute: where the time goes as tables grow.
                 **_cpu_per_request(soak, minute, len(samples)),
             }
@@ -401,7 +414,15 @@ def _per_minute(soak: Soak) -> list[dict[str, Any]]:
     return table
 
 
-async def run(minutes: float, clients: int, every: float) -> dict[str, Any]:
+async def run(
+    minutes: float,
+    clients: int,
+    every: float,
+    *,
+    cache: bool = False,
+    traced: bool = False,
+    shards: int = 16,
+) -> dict[str, Any]:
     with TemporaryDirectory() as tmp:
         logs = Path(tmp)
         stub = start_stub_model()
@@ -411,6 +432,7 @@ async def run(minutes: float, clients: int, every: float) -> dict[str, Any]:
         model_proxy = FaultProxy(stub.host, stub.port).start()
         storage_proxy = FaultProxy("127.0.0.1", azurite_port).start()
         service = None
+        tracemalloc_result: dict[str, Any] | None = None
         try:
             from bench._common import service_env
             from sk_core.storage import development_connection_string
@@ -424,27 +446,39 @@ async def run(minutes: float, clients: int, every: float) -> dict[str, Any]:
                 "SKF_MODEL_TIMEOUT_SECONDS": "2",
                 "SKF_MODEL_DEADLINE_SECONDS": "6",
                 "SKF_HOLD_LEASE_SECONDS": "30",
-                # Summarize opts in to the response cache here (its prompt file does not).
-                "SKF_CACHE_FUNCTIONS": json.dumps({"text/summarize": {"enabled": True}}),
+                # Azurite's writes slow down as their partition grows (bench/azurite_tables.py;
+                # Table Storage's do not): shards keep each audit partition small.
+                "SKF_AUDIT_SHARDS": str(shards),
                 "SKF_LOG_FORMAT": "json",  # on stderr, into service.log: summarised at the end
                 "SKF_TELEMETRY_EXPORTER": "none",
             }
+            if cache:  # summarize opts in to the response cache (its prompt file does not)
+                env["SKF_CACHE_FUNCTIONS"] = json.dumps({"text/summarize": {"enabled": True}})
+            if traced:
+                env["SOAK_TRACEMALLOC_DIR"] = str(logs)
             port = free_port()
-            service = start_service(port=port, env=env, log=logs / "service.log")
+            app = "bench._traced_asgi:app" if traced else "sk_core.asgi:app"
+            service = start_service(port=port, env=env, log=logs / "service.log", app=app)
             soak = Soak()
             begin = time.perf_counter()
             until = begin + minutes * 60
             proxies = {"model": model_proxy, "storage": storage_proxy}
+            pid, snapshots = service.process.pid, dict[str, float]()
+            extra = [snapshot_at(pid, logs, begin + 120, snapshots)] if traced and minutes > 2 else []
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
                 await asyncio.gather(
                     *(_client(soak, client, keys, begin, until, i) for i in range(clients)),
                     _inject(soak, stub.client, proxies, every, until),
-                    _sample(soak, service.process.pid, azurite.process.pid, begin, until),
+                    _sample(soak, pid, azurite.process.pid, begin, until),
+                    *extra,
                 )
+            if extra:  # before the shutdown: what the serving process holds after the load
+                snapshots["end_seconds"] = await snapshot(pid, logs, 1)
+                tracemalloc_result = {"snapshot_seconds": snapshots, **growth_sites(logs)}
             model_proxy.set("pass")
             storage_proxy.set("pass")
             service.stop(timeout=30)  # graceful: leases handed back, audit flushed
-            ledger = await _ledger_check(direct, soak)
+            ledger = await _ledger_check({**direct, "SKF_AUDIT_SHARDS": str(shards)}, soak, minutes)
             service_log = (logs / "service.log").read_text(errors="replace")
         finally:
             if service is not None:
@@ -457,7 +491,14 @@ async def run(minutes: float, clients: int, every: float) -> dict[str, Any]:
     warm = [m["rss_mib"] for m in per_minute[1:] if m["rss_mib"]]
     statuses = Counter(f"{s.status} {s.code or ''}".strip() for s in soak.samples)
     return {
-        "config": {"minutes": minutes, "clients": clients, "fault_every_seconds": every},
+        "config": {
+            "minutes": minutes,
+            "clients": clients,
+            "fault_every_seconds": every,
+            "cache": cache,
+            "tracemalloc": traced,
+            "audit_shards": shards,
+        },
         "machine": machine(),
         "requests": len(soak.samples),
         "statuses": dict(statuses.most_common()),
@@ -466,6 +507,7 @@ async def run(minutes: float, clients: int, every: float) -> dict[str, Any]:
         "rss_growth_after_warmup_pct": round((warm[-1] - warm[0]) / warm[0] * 100, 1)
         if len(warm) > 1
         else None,
+        "tracemalloc": tracemalloc_result,
         "ledger": ledger,
         "unhandled_errors_in_log": service_log.count("unhandled error"),
         "service_log": _log_summary(service_log),
@@ -477,8 +519,20 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--fault-every", type=float, default=6.0, help="seconds between injected faults")
+    parser.add_argument("--cache", action="store_true", help="summarize opts in to the response cache")
+    parser.add_argument("--tracemalloc", action="store_true", help="growth sites, minute 2 to the end")
+    parser.add_argument("--name", default="soak", help="results file: bench/results/<name>.json")
+    parser.add_argument("--audit-shards", type=int, default=16, help="SKF_AUDIT_SHARDS of the service")
     args = parser.parse_args()
-    result = asyncio.run(run(args.minutes, args.clients, args.fault_every))
+    run_ = run(
+        args.minutes,
+        args.clients,
+        args.fault_every,
+        cache=args.cache,
+        traced=args.tracemalloc,
+        shards=args.audit_shards,
+    )
+    result = asyncio.run(run_)
     rows = [
         [
             m["minute"],
@@ -486,16 +540,19 @@ def main() -> None:
             m["ok"],
             m["cache_hits"],
             m["p50_ms"],
+            m["requests_per_second"],
             m["p99_ms"],
             m["streamed_p50_ms"],
             m["rss_mib"],
+            m["load_average"],
             m["service_cpu_ms_per_request"],
             m["azurite_cpu_ms_per_request"],
             json.dumps(m["errors_5xx"]),
         ]
         for m in result["per_minute"]
     ]
-    headers = ["minute", "requests", "200", "cache hits", "p50 ms", "p99 ms", "streamed p50 ms", "RSS MiB"]
+    headers = ["minute", "requests", "200", "cache hits", "p50 ms", "req/s", "p99 ms", "streamed p50 ms"]
+    headers += ["RSS MiB", "load avg"]
     headers += ["service CPU ms/req", "Azurite CPU ms/req", "5xx by code"]
     print(markdown_table(headers, rows))
     print(f"\nstatuses: {result['statuses']}")
@@ -504,7 +561,11 @@ def main() -> None:
     print(f"unhandled errors in the service log: {result['unhandled_errors_in_log']}")
     print("service log, warnings and errors:", json.dumps(result["service_log"], indent=2))
     print("ledger:", json.dumps(result["ledger"], indent=2))
-    print(f"wrote {write_results('soak', result)}")
+    if result["tracemalloc"]:
+        sites = result["tracemalloc"]["top_lines"]
+        rows = [[s["site"], s["size_diff_kib"], s["count_diff"]] for s in sites]
+        print(markdown_table(["growth site", "KiB", "count"], rows))
+    print(f"wrote {write_results(args.name, result)}")
 
 
 if __name__ == "__main__":

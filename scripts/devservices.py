@@ -193,13 +193,15 @@ def service_argv(
     workers: int = 1,
     runner: Sequence[str] = ("-m", "uvicorn"),
     flags: Sequence[str] = UVICORN_FLAGS,
+    app: str = "sk_core.asgi:app",
 ) -> list[str]:
     """The container host's command line on loopback (``runner``: what runs uvicorn's CLI;
-    ``flags``: its connection limits, another checkout's for a benchmark)."""
+    ``flags``: its connection limits, another checkout's for a benchmark; ``app``:
+    ``sk_core.asgi:app`` or a wrapper of it such as the soak's tracemalloc one)."""
     return [
         sys.executable,
         *runner,
-        "sk_core.asgi:app",
+        app,
         "--host",
         "127.0.0.1",
         "--port",
@@ -216,10 +218,15 @@ def service_argv(
 
 
 def start_service(
-    *, port: int, env: Mapping[str, str], log: Path | None = None, workers: int = 1
+    *,
+    port: int,
+    env: Mapping[str, str],
+    log: Path | None = None,
+    workers: int = 1,
+    app: str = "sk_core.asgi:app",
 ) -> ManagedProcess:
-    """The container host (uvicorn serving ``sk_core.asgi:app``)."""
-    argv = service_argv(port=port, workers=workers)
+    """The container host (uvicorn serving ``app``: ``sk_core.asgi:app`` or a wrapper)."""
+    argv = service_argv(port=port, workers=workers, app=app)
     proc = ManagedProcess("service", argv, env=env, log=log)
     proc.wait_until(f"http://127.0.0.1:{port}/api/health", timeout=60)
     return proc

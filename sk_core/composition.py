@@ -170,7 +170,9 @@ class Service:
                 settings=settings, catalog=catalog, key_provider=make_key_provider(settings, secrets)
             ),
             secrets=secrets,
-            audit=AuditLog(store=store, retention_days=settings.audit_retention_days),
+            audit=AuditLog(
+                store=store, retention_days=settings.audit_retention_days, shards=settings.audit_shards
+            ),
             guard=make_guard(settings),
             cache=make_cache(settings, store) if settings.cache else None,
             store=store,

@@ -247,6 +247,13 @@ class Settings(BaseSettings):
         default=64, ge=0, le=64, description="Sub-pools per tenant at most (0: never split the pool)."
     )
     audit_retention_days: float = Field(default=30.0, gt=0, le=3650)
+    audit_shards: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Audit partitions per tenant and hour: one per ~2,000 calls/s of one tenant "
+        "(Table Storage's per-partition target). Raise it at any time; never lower it.",
+    )
 
     key_vault_url: str = Field(
         default="",

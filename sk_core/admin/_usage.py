@@ -157,9 +157,9 @@ async def audit_cmd(args: argparse.Namespace, ctx: Context) -> Output:
     """A tenant's most recent calls from the audit log (newest first; never prompt text)."""
 
     await ctx.tenants.require_tenant(args.tenant_id)
-    rows = await AuditLog(store=ctx.store, retention_days=ctx.settings.audit_retention_days).recent(
-        args.tenant_id, args.limit
-    )
+    days, shards = ctx.settings.audit_retention_days, ctx.settings.audit_shards
+    log = AuditLog(store=ctx.store, retention_days=days, shards=shards)
+    rows = await log.recent(args.tenant_id, args.limit)
     data = [
         {
             "time": row["created_at"],

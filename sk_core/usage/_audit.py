@@ -7,10 +7,12 @@ An audit write must neither slow an answer nor fail it. A process killed outrigh
 the rows it had not flushed yet (at most the last second's). Each row carries an
 ``expires_at``; the maintenance sweep deletes rows past the retention period.
 
-Layout: PartitionKey = tenant id (``_anonymous`` for calls that never authenticated),
-RowKey = inverted milliseconds + request id, so a partition reads newest first. The same
-transaction upserts the tenant's per-minute and per-hour rollups (``sk_core.usage._rollups``,
-RowKeys ``rollup-...``, after every audit row), which the dashboard's charts read.
+Layout (``sk_core.usage._partitions``): PartitionKey = tenant id (``_anonymous`` for
+calls that never authenticated) + the UTC hour (+ a shard, ``SKF_AUDIT_SHARDS``), RowKey =
+inverted milliseconds + request id, so a partition reads newest first. Once a partition's
+rows are stored, the flusher upserts the tenant's hourly rollups (``_rollups``, RowKeys
+``rollup-...``, in the tenant's partition without an hour), which the dashboard's charts
+read.
 """
 
 from __future__ import annotations
@@ -29,13 +31,20 @@ from azure.data.tables import UpdateMode
 
 from sk_core.errors import StorageUnavailable
 from sk_core.storage import Conflict, TableStore, delete_op, etag_of, int64, read_int, submit
-from sk_core.usage._rollups import ROLLUP_PREFIX, Rollups
+from sk_core.usage._partitions import (
+    calls_between,
+    inverted,
+    partition_key,
+    recent_calls,
+    stamp,
+    tenant_of,
+)
+from sk_core.usage._rollups import ROLLUP_PREFIX, Bucket, Rollups
 
 logger = logging.getLogger(__name__)
 
 AUDIT_TABLE = "audit"
 ANONYMOUS = "_anonymous"
-_MAX_MS = 10**15  # inverted timestamps stay positive and sort newest first
 _BATCH = 100  # entities per entity-group transaction (the Table Storage maximum)
 # Rows kept for another try while storage is down (~1 KB each): a short outage loses
 # none; a long one loses what is beyond this, counted in ``lost`` and logged.
@@ -68,8 +77,14 @@ class AuditEntry:
 class AuditLog:
     """Writes (batched) and reads audit rows."""
 
-    def __init__(self, *, store: TableStore, retention_days: float, flush_seconds: float = 1.0) -> None:
+    def __init__(
+        self, *, store: TableStore, retention_days: float, flush_seconds: float = 1.0, shards: int = 1
+    ) -> None:
         self._store = store
+        self.shards = shards  # partitions per tenant and hour (``_partitions``)
+        # The shard this second's rows go to: the next one at every flush, from a random
+        # start, so a flush stays one transaction per tenant and processes spread out.
+        self._shard = uuid.uuid4().int % shards
         self._retention = timedelta(days=retention_days)
         self._flush_seconds = flush_seconds
         self._queue: list[dict[str, Any]] = []
@@ -81,6 +96,9 @@ class AuditLog:
         self._closing = False  # shutting down: one last try, no retry loop
         # This process's rollup buckets; a writer id of its own keeps its rows apart.
         self.rollups = Rollups(writer=uuid.uuid4().hex[:12])
+        # (tenant, hour) buckets whose rows were stored but whose rollup write is pending
+        # or failed: written (whole) at the next flush.
+        self._dirty: set[tuple[str, str]] = set()
 
     def record(self, entry: AuditEntry) -> None:
         """Queue ``entry``; the flusher writes it within ``flush_seconds``."""
@@ -91,10 +109,11 @@ class AuditLog:
     def row(self, entry: AuditEntry, at: datetime | None = None) -> dict[str, Any]:
         """The stored row of ``entry``, recorded ``at`` (default now; benchmarks backdate)."""
         now = at or datetime.now(UTC)
-        millis = int(now.timestamp() * 1000)
+        key = f"{inverted(now)}-{uuid.uuid4().hex[:12]}"
+        tenant = entry.tenant_id or ANONYMOUS
         return {
-            "PartitionKey": entry.tenant_id or ANONYMOUS,
-            "RowKey": f"{_MAX_MS - millis:015d}-{uuid.uuid4().hex[:12]}",
+            "PartitionKey": partition_key(tenant, stamp(now), self._shard),
+            "RowKey": key,
             "route": entry.route,
             "status": entry.status,
             "key_id": entry.key_id or "",
@@ -127,36 +146,34 @@ class AuditLog:
                 await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
             self._wake.clear()
             await self.flush()
-            if not self._queue or self._closing:
+            if not (self._queue or self._dirty) or self._closing:
                 return
 
     async def flush(self) -> None:
-        """Write every queued row now: one transaction per partition and 100 rows, the
-        partition's rollup rows included.
+        """Write every queued row now: one transaction per partition and 100 rows, then
+        the rollup buckets those rows changed (one transaction per tenant).
 
         Rows whose write failed go back to the queue for the next flush (a second later),
         up to ``_RETRY_ROWS``, and are then written as upserts (rollup rows are always
         whole-bucket replaces), so a batch that landed although its answer was lost is
-        written again harmlessly. A first write is a create: the same on Azure, but
+        written again harmlessly. A first write is a create: the same on Azure, and
         Azurite's upserts cost twice its creates in a large partition
-        (``bench/azurite_tables.py``), and a tenant's audit partition is large.
+        (``bench/azurite_tables.py``).
         """
         rows, self._queue = self._queue, []
+        self._shard = (self._shard + 1) % self.shards  # retried rows keep theirs: no twins
         failed: list[dict[str, Any]] = []
         by_partition: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             by_partition.setdefault(row["PartitionKey"], []).append(row)
         for partition, partition_rows in by_partition.items():
-            start = 0
-            while start < len(partition_rows):
-                chunk, changed = self._chunk(partition, partition_rows[start:])
-                start += len(chunk)
+            for start in range(0, len(partition_rows), _BATCH):
+                chunk = partition_rows[start : start + _BATCH]
                 operations: list[Any] = [
                     ("upsert" if row["RowKey"] in self._retried else "create", row, {}) for row in chunk
                 ]
-                # Whole-row replace: this writer's row holds its full bucket (idempotent).
-                replace = {"mode": UpdateMode.REPLACE}
-                operations += [("upsert", e, replace) for e in self.rollups.entities(changed)]
+                # Planned before the write, kept only once its rows are stored.
+                changed = self.rollups.plan(chunk) if tenant_of(partition) != ANONYMOUS else {}
                 try:
                     table = await self._store.table(AUDIT_TABLE)
                     await submit(table, operations)
@@ -164,42 +181,56 @@ class AuditLog:
                     failed.extend(chunk)  # not committed to the rollups: planned again
                     continue
                 self.rollups.commit(changed, datetime.now(UTC))
+                self._dirty.update(changed)
                 self._retried.difference_update(row["RowKey"] for row in chunk)
+        await self._write_rollups()
         if failed:
             kept = failed[: max(0, _RETRY_ROWS - len(self._queue))]
             self._queue[:0] = kept
             self._retried.update(row["RowKey"] for row in kept)
             if len(kept) < len(failed):
+                # Given up: their retry marks go with them (a mark outliving its row
+                # would stay for the life of the process, one per row lost).
+                self._retried.difference_update(row["RowKey"] for row in failed[len(kept) :])
                 self.lost += len(failed) - len(kept)
                 logger.warning("audit write failed: %d rows lost", len(failed) - len(kept))
             logger.warning("audit write failed for %d rows; retrying", len(kept))
 
-    def _chunk(self, partition: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
-        """The first rows that fit one transaction together with the rollup rows they change."""
-        size = _BATCH - 4  # rows of one second usually touch one minute and one hour bucket
-        while True:
-            chunk = rows[:size]
-            changed = self.rollups.plan(chunk) if partition != ANONYMOUS else {}
-            if len(chunk) + len(changed) <= _BATCH or size == 1:
-                return chunk, changed
-            size = max(1, size // 2)
+    async def _write_rollups(self) -> None:
+        """Upsert the changed buckets, whole (idempotent), per tenant; a failed tenant's
+        stay changed for the next flush. A bucket dropped from memory meanwhile (older
+        than ``KEEP``) is no longer written: its stored row stays as it was."""
+        buckets = self.rollups.current(self._dirty)
+        self._dirty.intersection_update(buckets)
+        by_tenant: dict[str, dict[tuple[str, str], Bucket]] = {}
+        for key, bucket in buckets.items():
+            by_tenant.setdefault(key[0], {})[key] = bucket
+        replace = {"mode": UpdateMode.REPLACE}
+        for tenant_buckets in by_tenant.values():
+            keys = list(tenant_buckets)
+            for start in range(0, len(keys), _BATCH):
+                part = {key: tenant_buckets[key] for key in keys[start : start + _BATCH]}
+                try:
+                    table = await self._store.table(AUDIT_TABLE)
+                    await submit(table, [("upsert", e, replace) for e in self.rollups.entities(part)])
+                except Exception:  # the charts lag until the next flush writes them
+                    logger.warning("audit rollup write failed for %d buckets; retrying", len(part))
+                    continue
+                self._dirty.difference_update(part)
 
-    async def recent(self, tenant_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The tenant's newest rows first."""
+    async def recent(self, tenant_id: str, limit: int = 20, hours: int = 24) -> list[dict[str, Any]]:
+        """The tenant's newest rows of the last ``hours`` hours, newest first."""
         table = await self._store.table(AUDIT_TABLE)
-        rows: list[dict[str, Any]] = []
-        # Audit RowKeys are digits; the rollup rows after them are not calls.
-        async for entity in table.query_entities(
-            "PartitionKey eq @p and RowKey lt @end",
-            parameters={"p": tenant_id, "end": ROLLUP_PREFIX},
-            results_per_page=min(limit, 1000),
-        ):
-            row = dict(entity)
-            row["cost_nano"] = read_int(entity.get("cost_nano"))
-            rows.append(row)
-            if len(rows) >= limit:
-                break
-        return rows
+        now = datetime.now(UTC)
+        rows = await recent_calls(table, tenant_id, limit, now, shards=self.shards, hours=hours)
+        return [_with_cost(row) for row in rows]
+
+    async def calls(self, tenant_id: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """Every row of the tenant's calls recorded in [start, end), newest first (both
+        layouts: ``_partitions``)."""
+        table = await self._store.table(AUDIT_TABLE)
+        rows = await calls_between(table, tenant_id, start, end, shards=self.shards)
+        return [_with_cost(row) for row in rows]
 
     async def purge(self, now: datetime | None = None) -> int:
         """Delete rows past retention (rollups included); returns how many calls' rows."""
@@ -231,6 +262,11 @@ class AuditLog:
             logger.warning("audit: %d rows not written at shutdown", len(self._queue))
             self._queue = []
             self._retried.clear()
+
+
+def _with_cost(entity: dict[str, Any]) -> dict[str, Any]:
+    entity["cost_nano"] = read_int(entity.get("cost_nano"))
+    return entity
 
 
 def _compact(guard: dict[str, Any]) -> str:

@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sk_core.usage._audit import _MAX_MS
-from sk_core.usage._rollups import HOUR_PREFIX, KEEP, ROLLUP_PREFIX, Bucket, bucket_start, combine, stamp
+from sk_core.usage._partitions import recent_calls
+from sk_core.usage._rollups import HOUR_PREFIX, KEEP, Bucket, bucket_start, combine, stamp
 
 if TYPE_CHECKING:
     from sk_core.accounts import Tenant
@@ -61,9 +61,6 @@ KEPT_HOURS = 26  # the dashboard's longest chart is 25 hours
 MINUTE_SLOTS_HOURS = 5  # the minute chart reaches at most 4 hour buckets back
 SNAPSHOT_SECONDS = 15.0  # hourly bars: a few seconds behind changes nothing a person reads
 LISTED_SECONDS = 5.0  # the page polls every 5 s: the overview's tenants serve its tenant view
-# The window of newest audit rows read with the rollups (hours_and_recent).
-RECENT_WINDOW_MIN = timedelta(minutes=5)
-RECENT_WINDOW_MAX = timedelta(hours=26)
 # Few at a time: a refresh runs beside the page's own reads and must not crowd them out
 # (Azurite answers one query at a time; Table Storage would take more).
 REFRESH_CONCURRENCY = 2
@@ -123,14 +120,6 @@ class _Tenant:
             self.first = oldest if self.last is not None and oldest <= self.last else None
             if self.first is None:
                 self.last = None
-
-    def window_for(self, calls: int) -> timedelta:
-        """How far back the live hours last read make about twice ``calls`` calls likely."""
-        seen = sum(bucket.calls for bucket in self.live.values())
-        if not seen:
-            return RECENT_WINDOW_MAX
-        per_hour = seen / max(1, len(self.live))
-        return min(RECENT_WINDOW_MAX, max(RECENT_WINDOW_MIN, HOUR * (2 * calls / per_hour)))
 
     def buckets(self, names: Iterable[str]) -> dict[str, Bucket]:
         known = {**self.final, **self.live}
@@ -204,33 +193,23 @@ class RollupHistory:
         return entry.buckets(names)
 
     async def hours_and_recent(
-        self, tenant_id: str, names: Sequence[str], now: datetime, limit: int
+        self, tenant_id: str, names: Sequence[str], now: datetime, limit: int, shards: int = 1
     ) -> tuple[dict[str, Bucket], list[dict[str, Any]]]:
-        """``hours``, and the tenant's ``limit`` newest audit rows (newest first), in one
-        partition query where it can: the audit rows of a recent window, then the live
-        rollups (their RowKeys sort after every audit row's). The window is what the live
-        hours last read suggest holds about twice ``limit`` calls; when it held fewer, a
-        second query reads the older ones. One query instead of two for a busy tenant:
-        Azurite scans the whole table for each, Table Storage answers each in a round trip."""
-        entry = self._tenants.setdefault(tenant_id, _Tenant())
-        start = entry.start_for(names[0])
-        bound = audit_key(now - entry.window_for(limit))  # keys below it: rows newer than that
-        rows = await self._query(
-            tenant_id,
-            # Spaces around every parameter: the SDK substitutes @names word by word.
-            "PartitionKey eq @p and ( RowKey lt @bound or ( RowKey ge @first and RowKey lt @end ) )",
-            {"bound": bound, "first": HOUR_PREFIX + start, "end": HOUR_PREFIX + "~"},
-        )
-        recent = [row for row in rows if not str(row["RowKey"]).startswith(ROLLUP_PREFIX)]
-        if len(recent) < limit:
-            recent += await self._query(
-                tenant_id,
-                "PartitionKey eq @p and RowKey ge @bound and RowKey lt @end",
-                {"bound": bound, "end": ROLLUP_PREFIX},
-                limit - len(recent),
-            )
-        entry.remember(start, combine(r for r in rows if str(r["RowKey"]).startswith(HOUR_PREFIX)), now)
-        return entry.buckets(names), [_call_row(row) for row in recent[:limit]]
+        """``hours``, and the tenant's ``limit`` newest call rows (newest first), read
+        together: the rollups from the tenant's partition, the calls from the partitions
+        of the last hours, newest first, until ``limit`` (``_partitions.recent_calls``,
+        rows of the old layout included): a busy tenant's newest hour holds them all."""
+        from sk_core.storage import storage_errors
+        from sk_core.usage._audit import AUDIT_TABLE
+
+        table = await self._store.table(AUDIT_TABLE)
+
+        async def calls() -> list[dict[str, Any]]:
+            with storage_errors():
+                return await recent_calls(table, tenant_id, limit, now, shards=shards, select=_CALL_SELECT)
+
+        buckets, recent = await asyncio.gather(self.hours(tenant_id, names, now), calls())
+        return buckets, [_call_row(row) for row in recent]
 
     async def snapshot(
         self, tenant_ids: Sequence[str], names: Sequence[str], now: Callable[[], datetime]
@@ -280,13 +259,8 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 # What the tenant view shows of a call (``_call_json``) and what a rollup row holds.
 _CALL_COLUMNS = ["created_at", "function", "status", "code", "latency_ms", "trace_id"]
 _ROLLUP_COLUMNS = ["calls", "errors", "codes", "functions", "minutes"]
-_COLUMNS = ["RowKey", *_CALL_COLUMNS, "prompt_tokens", "completion_tokens", "cost_nano", *_ROLLUP_COLUMNS]
-
-
-def audit_key(at: datetime) -> str:
-    """The RowKey prefix of an audit row recorded at ``at`` (inverted milliseconds: newer
-    rows sort first; ``AuditLog.row``)."""
-    return f"{_MAX_MS - int(at.timestamp() * 1000):015d}"
+_CALL_SELECT = ["RowKey", *_CALL_COLUMNS, "prompt_tokens", "completion_tokens", "cost_nano"]
+_COLUMNS = [*_CALL_SELECT, *_ROLLUP_COLUMNS]
 
 
 def _call_row(entity: Mapping[str, Any]) -> dict[str, Any]:

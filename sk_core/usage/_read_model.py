@@ -452,9 +452,8 @@ async def detail(
 ) -> dict[str, Any] | None:
     """Everything the dashboard shows for one tenant (None: no such tenant).
 
-    ``audit`` is no longer read here: the newest calls come with the rollups
-    (``RollupHistory.hours_and_recent``, the same rows ``AuditLog.recent`` returns)."""
-    del audit
+    The newest calls come with the rollups (``RollupHistory.hours_and_recent``, the same
+    rows ``AuditLog.recent`` returns, from ``audit``'s partitions)."""
     await ledger.flush(tenant_id)
     now = now or ledger.now()
     windows = last_days(now, CHART_DAYS)
@@ -474,7 +473,7 @@ async def detail(
     found, rows, (hours, audit_rows) = await asyncio.gather(
         read_tenant(),
         _ledger_rows(ledger, tenant_id, now, windows[:-1]),
-        history.hours_and_recent(tenant_id, hour_names, now, RECENT_CALLS),
+        history.hours_and_recent(tenant_id, hour_names, now, RECENT_CALLS, audit.shards),
     )
     if found is None:
         return None

@@ -3,9 +3,15 @@
 Each audit row (one call: function, status, code, tokens, cost, latency) is added to
 its tenant's bucket for the UTC hour it was recorded in: totals, refusals and errors by
 code, a latency histogram per function, and per-minute calls and tokens (60 slots). The
-buckets are written by the audit flusher, in the same entity-group transaction as the
-audit rows they summarize (same table, same tenant partition), so a bucket never counts
-a row that was not stored, and a failed flush loses both or neither.
+buckets are written by the audit flusher, right after the audit rows they summarize are
+stored (same table; the tenant's partition without a time bucket, ``_partitions``), so a
+bucket never counts a row that was not stored. A bucket whose write failed is written
+again at the next flush (the whole bucket: see below); a process killed in between
+leaves its stored bucket behind by that flush's rows (the ledger's counters, which every
+figure but the hourly charts comes from, are not affected). Until the audit rows moved
+to a partition per hour, buckets shared their transaction; they cannot now, as a
+transaction holds one partition's rows and a tenant's rollups must stay in one
+partition for the charts to read them in one query.
 
 One row per hour, not one per minute: the minute chart of 3 hours reads 4 rows, the
 day's charts 25, and the table the storage scans (Azurite scans a whole table per
@@ -32,29 +38,23 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sk_core.storage import int64, read_int
 
+# Re-exported: the hour names were defined here before the partitions needed them.
+from sk_core.usage._partitions import bucket_start as bucket_start
+from sk_core.usage._partitions import stamp as stamp
+from sk_core.usage._partitions import tenant_of
+
 ROLLUP_PREFIX = "rollup-"
 HOUR_PREFIX = f"{ROLLUP_PREFIX}h-"
-_STAMP = "%Y%m%d%H"
 RETENTION = timedelta(days=35)
 # How long a writer keeps an hour's bucket after the hour ended; later rows are skipped,
 # so an hour that ended longer ago than this is final in storage (readers cache it).
 KEEP = timedelta(hours=2)
 _BUCKETS_PER_DOUBLING = 4
-
-
-def stamp(when: datetime) -> str:
-    """The bucket name of an instant: its UTC hour, ``YYYYMMDDHH``."""
-    return when.astimezone(UTC).strftime(_STAMP)
-
-
-def bucket_start(name: str) -> datetime:
-    """The first instant of a bucket (UTC)."""
-    return datetime.strptime(name, _STAMP).replace(tzinfo=UTC)
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -245,7 +245,7 @@ class Rollups:
             if self._dropped_before is not None and created < self._dropped_before:
                 self.skipped += 1
                 continue
-            key = (str(row["PartitionKey"]), stamp(created))
+            key = (tenant_of(str(row["PartitionKey"])), stamp(created))
             if key not in changed:
                 changed[key] = self._buckets[key].copy() if key in self._buckets else Bucket()
             changed[key].add(row)
@@ -254,6 +254,10 @@ class Rollups:
     def entities(self, changed: Mapping[tuple[str, str], Bucket]) -> list[dict[str, Any]]:
         """The rows to upsert for ``changed``."""
         return [bucket.entity(tenant, name, self.writer) for (tenant, name), bucket in changed.items()]
+
+    def current(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Bucket]:
+        """The buckets of ``keys`` this writer still keeps (as stored once written)."""
+        return {key: self._buckets[key] for key in keys if key in self._buckets}
 
     def commit(self, changed: Mapping[tuple[str, str], Bucket], now: datetime) -> None:
         """Keep the stored state; forget buckets that ended more than ``keep`` ago."""

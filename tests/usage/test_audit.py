@@ -77,3 +77,37 @@ async def test_a_retried_batch_that_had_landed_is_written_again_harmlessly(audit
     assert audit._retried == {row["RowKey"] for row in rows}
     await audit.flush()
     assert (audit._queue, audit.lost) == ([], 0)
+
+
+async def test_rows_given_up_after_an_outage_leave_no_retry_marks_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The retry marks (RowKeys whose write failed once) must belong to queued rows only:
+    # a mark left by a row that was then given up (the retry queue full) would stay for
+    # the life of the process, one per row lost in every outage.
+    from azure.core.exceptions import ServiceRequestError
+
+    from sk_core.storage import MemoryAccount, MemoryTableStore
+    from sk_core.usage import _audit
+
+    monkeypatch.setattr(_audit, "_RETRY_ROWS", 5)
+    down = True
+
+    async def outage(_operation: object) -> None:
+        if down:
+            raise ServiceRequestError("storage down")
+
+    store = MemoryTableStore(MemoryAccount(on_operation=outage), table_prefix="aud")
+    log = AuditLog(store=store, retention_days=1)
+    for _ in range(40):  # calls of two tenants (two partitions) while storage is down
+        for tenant in ("acme", "beta"):
+            log._queue.append(log.row(AuditEntry(route="/api/v1/summarize", status=200, tenant_id=tenant)))
+        await log.flush()
+        queued = {row["RowKey"] for row in log._queue}
+        assert len(queued) <= 5
+        assert log._retried <= queued
+    assert log.lost == 80 - len(log._queue)
+    down = False
+    await log.aclose()
+    assert (log._queue, log._retried) == ([], set())
+    await store.aclose()

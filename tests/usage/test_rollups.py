@@ -155,3 +155,36 @@ async def test_anonymous_calls_are_not_rolled_up(audit_store: TableStore) -> Non
     await log.aclose()
     assert await _stored_rollups(audit_store, "_anonymous") == []
     assert len(await log.recent("_anonymous")) == 1
+
+
+async def test_a_rollup_write_that_failed_is_made_again_at_the_next_flush() -> None:
+    # The calls' rows are in partitions per hour, the rollups in the tenant's own: two
+    # transactions. Rows stored but their rollup write failed: the next flush writes
+    # the whole bucket, with nothing new queued, and counts every row once.
+    from azure.core.exceptions import ServiceRequestError
+
+    from sk_core.storage import MemoryAccount, MemoryTableStore, Operation, read_int
+
+    rollups_down = True
+
+    async def outage(operation: Operation) -> None:
+        if rollups_down and operation.partition == "acme":  # the rollups' partition only
+            raise ServiceRequestError("storage down")
+
+    store = MemoryTableStore(MemoryAccount(on_operation=outage), table_prefix="rol")
+    log = AuditLog(store=store, retention_days=1)
+    for cost in (100, 200):
+        log._queue.append(
+            log.row(AuditEntry(route="/api/v1/summarize", status=200, tenant_id="acme", cost_nano=cost))
+        )
+    await log.flush()
+    assert log._queue == []  # the calls' rows are stored
+    assert len(await log.recent("acme")) == 2
+    rollups_down = False
+    assert await _stored_rollups(store, "acme") == []
+    await log.flush()  # nothing queued: the pending bucket alone
+    [row] = await _stored_rollups(store, "acme")
+    assert (read_int(row["calls"]), read_int(row["cost_nano"])) == (2, 300)
+    await log.flush()
+    assert [read_int(r["calls"]) for r in await _stored_rollups(store, "acme")] == [2]
+    await store.aclose()
