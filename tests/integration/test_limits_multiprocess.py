@@ -62,6 +62,18 @@ async def new_tenant(service: Service, **limits: int) -> tuple[str, str]:
     return tenant_id, issued.secret
 
 
+async def budget_tenant(service: Service, daily_budget_nano: int) -> tuple[str, str]:
+    """A tenant whose only binding limit is its daily budget (a budget race's subject)."""
+    return await new_tenant(
+        service,
+        daily_budget_nano=daily_budget_nano,
+        monthly_budget_nano=10**12,
+        requests_per_minute=100_000,
+        tokens_per_minute=10**9,
+        max_concurrent=1000,
+    )
+
+
 async def handed_back(service: Service, tenant_id: str, day: str) -> dict[str, int]:
     """The tenant's usage once every process has reported and returned its idle lease."""
     deadline = time.monotonic() + 15
@@ -103,14 +115,7 @@ async def test_concurrent_processes_never_overspend_the_budget(
     warm_fleet: list[str], functions_service: Service, stub: StubModel
 ) -> None:
     budget = 50_000_000  # $0.05: room for many requests, not for all of them
-    tenant_id, key = await new_tenant(
-        functions_service,
-        daily_budget_nano=budget,
-        monthly_budget_nano=10**12,
-        requests_per_minute=100_000,
-        tokens_per_minute=10**9,
-        max_concurrent=1000,
-    )
+    tenant_id, key = await budget_tenant(functions_service, budget)
     stub.set_default(delay=0.05)  # keep requests in flight together
     rng = random.Random(7)
     words = ["budget", "ledger", "tenant", "request", "window", "reserve", "settle", "clamp", "model"]
@@ -340,14 +345,7 @@ async def test_a_burst_uses_the_whole_budget_at_once(
     assert probe.status_code == 200, probe.text
     answer_nano = round(probe.json()["cost_usd"] * 1e9)
     budget = 10 * answer_nano + answer_nano // 3
-    tenant_id, key = await new_tenant(
-        functions_service,
-        daily_budget_nano=budget,
-        monthly_budget_nano=10**12,
-        requests_per_minute=100_000,
-        tokens_per_minute=10**9,
-        max_concurrent=1000,
-    )
+    tenant_id, key = await budget_tenant(functions_service, budget)
     responses = await burst(bases, key, 40, body)
     admitted = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]

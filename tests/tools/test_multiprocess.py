@@ -14,7 +14,7 @@ import pytest
 
 from sk_core.composition import Service
 from sk_core.limits import window_keys
-from tests.integration.test_limits_multiprocess import handed_back, new_tenant, wait_ready
+from tests.integration.test_limits_multiprocess import budget_tenant, handed_back, wait_ready
 from tests.support.hosts import container_fleet
 from tests.support.stub_model import StubModel
 
@@ -33,14 +33,7 @@ async def test_two_processes_running_tool_loops_never_overspend(
     async with httpx.AsyncClient(timeout=60) as client:
         await asyncio.gather(*(wait_ready(client, base) for base in pair))
     budget = 60_000_000  # $0.06: room for some runs of up to 4 steps, not for all of them
-    tenant_id, key = await new_tenant(
-        functions_service,
-        daily_budget_nano=budget,
-        monthly_budget_nano=10**12,
-        requests_per_minute=100_000,
-        tokens_per_minute=10**9,
-        max_concurrent=1000,
-    )
+    tenant_id, key = await budget_tenant(functions_service, budget)
     # A model that always wants another tool: every run goes to its step cap or its budget.
     stub.set_default(tool_calls=[{"name": "calc-evaluate", "arguments": {"expression": "6 * 7"}}], delay=0.02)
 
