@@ -29,8 +29,6 @@ called before every operation (to inject faults), and counters of entities per p
 from __future__ import annotations
 
 import asyncio
-import base64
-import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -53,11 +51,10 @@ from azure.data.tables._deserialize import _convert_to_entity
 from azure.data.tables._serialize import _add_entity_properties, _parameter_filter_substitution
 from azure.data.tables.aio import TableClient
 
+from sk_core.storage._filter import FilterError, Keys, Predicate, Wire, parse_filter, utf16
 from sk_core.storage._tables import TableStore
 
 _TRANSACTION_LIMIT = 100
-
-Wire = dict[str, Any]  # an entity as the service stores it: JSON values and odata.type notes
 
 
 @dataclass(frozen=True)
@@ -90,11 +87,6 @@ def _exists() -> Any:
 
 def _modified() -> Any:
     return _error(ResourceModifiedError, 412, "UpdateConditionNotSatisfied", "Condition not satisfied.")
-
-
-def _utf16(text: str) -> bytes:
-    # The service orders and compares strings by UTF-16 code units, not code points.
-    return text.encode("utf-16-be")
 
 
 @dataclass
@@ -294,19 +286,35 @@ class MemoryTable:
         **_: Any,
     ) -> AsyncIterator[TableEntity]:
         """Entities matching an OData filter, in key order (not a coroutine, as in the SDK)."""
-        predicate = parse_filter(_parameter_filter_substitution(parameters, query_filter))
-        return self._scan(predicate, select)
+        try:
+            predicate, keys = parse_filter(_parameter_filter_substitution(parameters, query_filter))
+        except FilterError as bad:
+            raise _error(HttpResponseError, 400, "InvalidInput", str(bad)) from None
+        return self._scan(predicate, select, keys)
 
     def list_entities(self, *, select: str | list[str] | None = None, **_: Any) -> AsyncIterator[TableEntity]:
         """Every entity, in key order."""
-        return self._scan(lambda _: True, select)
+        return self._scan(lambda _: True, select, Keys())
+
+    def _candidates(self, keys: Keys) -> list[tuple[tuple[str, str], _Row]]:
+        """The rows that may match: looked up by the keys the filter pins, else all."""
+        rows = self._rows
+        if keys.partitions is not None and keys.rows is not None:
+            pairs = ((p, r) for p in keys.partitions for r in keys.rows)
+            return [(key, rows[key]) for key in pairs if key in rows]
+        return [
+            (key, row)
+            for key, row in rows.items()
+            if (keys.partitions is None or key[0] in keys.partitions)
+            and (keys.rows is None or key[1] in keys.rows)
+        ]
 
     async def _scan(
-        self, predicate: Callable[[Wire], bool], select: str | list[str] | None
+        self, predicate: Predicate, select: str | list[str] | None, keys: Keys
     ) -> AsyncIterator[TableEntity]:
         found = [
             (key, row)
-            for key, row in sorted(self._rows.items(), key=lambda kv: (_utf16(kv[0][0]), _utf16(kv[0][1])))
+            for key, row in sorted(self._candidates(keys), key=lambda kv: (utf16(kv[0][0]), utf16(kv[0][1])))
             if predicate({**row.wire, "PartitionKey": key[0], "RowKey": key[1], "Timestamp": row.timestamp,
                           "Timestamp@odata.type": "Edm.DateTime"})
         ]
@@ -427,173 +435,3 @@ def _entity(partition: str, row_key: str, row: _Row, select: str | list[str] | N
         wire = {k: v for k, v in wire.items() if k.split("@", 1)[0] in keep}
     entity: TableEntity = _convert_to_entity({**wire, "odata.etag": row.etag})  # type: ignore[no-untyped-call]
     return entity
-
-
-# --- the OData filter subset ------------------------------------------------------------------
-
-_TOKEN = re.compile(
-    r"\s*(?:(?P<open>\()|(?P<close>\))"
-    r"|(?P<typed>(?:datetime|guid|X|binary)'(?:[^']|'')*')"
-    r"|(?P<string>'(?:[^']|'')*')"
-    r"|(?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[Ll]?)"
-    r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*))"
-)
-_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": lambda a, b: a == b,
-    "ne": lambda a, b: a != b,
-    "gt": lambda a, b: a > b,
-    "ge": lambda a, b: a >= b,
-    "lt": lambda a, b: a < b,
-    "le": lambda a, b: a <= b,
-}
-_NUMBER_TYPES = frozenset({"Edm.Int32", "Edm.Int64", "Edm.Double"})
-
-
-@dataclass
-class _Parser:
-    tokens: list[tuple[str, str]]
-    at: int = 0
-
-    def peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.at] if self.at < len(self.tokens) else None
-
-    def take(self) -> tuple[str, str]:
-        token = self.peek()
-        if token is None:
-            raise _bad_filter("unexpected end")
-        self.at += 1
-        return token
-
-    def word(self, *words: str) -> bool:
-        token = self.peek()
-        if token is not None and token[0] == "word" and token[1].lower() in words:
-            self.at += 1
-            return True
-        return False
-
-    def expression(self) -> Callable[[Wire], bool]:
-        parts = [self.conjunction()]
-        while self.word("or"):
-            parts.append(self.conjunction())
-        return parts[0] if len(parts) == 1 else (lambda e: any(p(e) for p in parts))
-
-    def conjunction(self) -> Callable[[Wire], bool]:
-        parts = [self.unary()]
-        while self.word("and"):
-            parts.append(self.unary())
-        return parts[0] if len(parts) == 1 else (lambda e: all(p(e) for p in parts))
-
-    def unary(self) -> Callable[[Wire], bool]:
-        if self.word("not"):
-            inner = self.unary()
-            return lambda e: not inner(e)
-        token = self.peek()
-        if token is not None and token[0] == "open":
-            self.at += 1
-            inner = self.expression()
-            if self.take()[0] != "close":
-                raise _bad_filter("unbalanced parenthesis")
-            return inner
-        return self.comparison()
-
-    def comparison(self) -> Callable[[Wire], bool]:
-        left = self.operand()
-        op = self.take()
-        if op[0] != "word" or op[1].lower() not in _COMPARISONS:
-            raise _bad_filter(f"expected a comparison, got {op[1]!r}")
-        right = self.operand()
-        compare = _COMPARISONS[op[1].lower()]
-
-        def test(entity: Wire) -> bool:
-            a, b = left(entity), right(entity)
-            if a is None or b is None or not _same_kind(a[0], b[0]):
-                return False  # a missing property or a type mismatch matches nothing
-            return compare(a[1], b[1])
-
-        return test
-
-    def operand(self) -> Callable[[Wire], tuple[str, Any] | None]:
-        kind, text = self.take()
-        if kind == "word" and text.lower() in ("true", "false"):
-            value = ("Edm.Boolean", text.lower() == "true")
-            return lambda _: value
-        if kind == "word":
-            return lambda entity: _typed(entity, text)
-        literal = _literal(kind, text)
-        return lambda _: literal
-
-
-def _same_kind(a: str, b: str) -> bool:
-    return a == b or (a in _NUMBER_TYPES and b in _NUMBER_TYPES)
-
-
-def _bad_filter(why: str) -> Any:
-    return _error(HttpResponseError, 400, "InvalidInput", f"cannot parse the filter: {why}")
-
-
-def _unquote(text: str) -> str:
-    return text[text.index("'") + 1 : -1].replace("''", "'")
-
-
-def _datetime(text: str) -> datetime:
-    # Seven fraction digits (the service's) are more than fromisoformat takes: keep six.
-    head, _, frac = text.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
-
-
-def _literal(kind: str, text: str) -> tuple[str, Any]:
-    if kind == "string":
-        return "Edm.String", _utf16(_unquote(text))
-    if kind == "number":
-        if text[-1] in "Ll":
-            return "Edm.Int64", int(text[:-1])
-        return ("Edm.Double", float(text)) if any(c in text for c in ".eE") else ("Edm.Int32", int(text))
-    prefix = text.split("'", 1)[0].lower()
-    if prefix == "datetime":
-        return "Edm.DateTime", _datetime(_unquote(text))
-    if prefix == "guid":
-        return "Edm.Guid", _unquote(text).lower()
-    return "Edm.Binary", bytes.fromhex(_unquote(text))
-
-
-def _typed(entity: Wire, name: str) -> tuple[str, Any] | None:
-    """A property's (type, comparable value) from its stored form, or None when absent."""
-    if name not in entity:
-        return None
-    value, declared = entity[name], entity.get(f"{name}@odata.type")
-    if declared is None:
-        if isinstance(value, bool):
-            return "Edm.Boolean", value
-        if isinstance(value, int):
-            return "Edm.Int32", value
-        return "Edm.String", _utf16(str(value))
-    if declared == "Edm.String":
-        return declared, _utf16(str(value))
-    if declared in ("Edm.Int32", "Edm.Int64"):
-        return declared, int(value)
-    if declared == "Edm.Double":
-        return declared, float(value)
-    if declared == "Edm.DateTime":
-        return declared, _datetime(str(value))
-    if declared == "Edm.Guid":
-        return declared, str(value).lower()
-    if declared == "Edm.Binary":
-        return declared, base64.b64decode(value)
-    return declared, value
-
-
-def parse_filter(text: str) -> Callable[[Wire], bool]:
-    """A predicate over stored entities for an OData filter (after parameter substitution)."""
-    tokens: list[tuple[str, str]] = []
-    at = 0
-    while at < len(text.rstrip()):
-        match = _TOKEN.match(text, at)
-        if match is None or match.lastgroup is None:
-            raise _bad_filter(f"unexpected text at {at}: {text[at:at + 20]!r}")
-        tokens.append((match.lastgroup, match.group(match.lastgroup)))
-        at = match.end()
-    parser = _Parser(tokens)
-    predicate = parser.expression()
-    if parser.peek() is not None:
-        raise _bad_filter(f"unexpected {parser.peek()!r}")
-    return predicate

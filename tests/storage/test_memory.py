@@ -74,6 +74,13 @@ QUERIES = st.sampled_from(
         ("not ( RowKey eq 'r1' ) and x ge 'a'", None),
         ("x gt 0", None),
         ("x eq true", None),
+        # Shapes where the keys a filter pins (the store looks those rows up) must not
+        # narrow what matches: reversed, one side of an "or", negated, contradictory.
+        ("'a' eq PartitionKey and 'r1' eq RowKey", None),
+        ("PartitionKey eq 'a' or RowKey eq 'r1'", None),
+        ("not ( PartitionKey eq 'a' ) and RowKey eq 'r0'", None),
+        ("PartitionKey eq 'a' and PartitionKey eq 'b'", None),
+        ("( PartitionKey eq 'a' and RowKey eq 'r0' ) or ( PartitionKey eq 'b' and RowKey eq 'r2' )", None),
     ]
 )
 KEYS = st.tuples(st.sampled_from(PARTITIONS), st.sampled_from(ROWS))
