@@ -65,7 +65,7 @@ class LeaseSettings:
     # Sub-pools with more lease holders than this. The holders at a moment are far fewer
     # than the instances (idle ones hand back): in bench/scale.py 64 instances cross it
     # at times (about the same result as one pool), 256 do (half the lost races).
-    pool_threshold: int = 48
+    pool_threshold: int = 8
     pool_holders: int = 4
     max_pools: int = 64
     partition_ops_per_s: float = 2000.0
@@ -106,7 +106,11 @@ class Demand:
 
 
 def smoothed(previous: float, observed: float) -> float:
-    return observed if previous == 0 else 0.5 * previous + 0.5 * observed
+    # Down at once, up smoothed: in a scale-out the first instances take all of the
+    # traffic, then a share that falls as others start; a rate that decayed by half a
+    # sync kept their grants oversized for many seconds while new instances found
+    # nothing left (bench/scale.py). Requests waiting meanwhile are counted apart.
+    return observed if previous == 0 or observed < previous else 0.5 * previous + 0.5 * observed
 
 
 @dataclass
@@ -122,6 +126,7 @@ class TenantLease:
     inflight: int = 0
     reported_busy: int = 0  # calls in flight as the in-flight row counts them (leased_in_flight)
     holders: int = 0  # lease rows in the tenant's partition at the last sync (this one included)
+    pools: int = 0  # the tenant's sub-pool count as last read (the in-flight row's, or a pool's)
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
     recalled_until: float = 0.0  # monotonic; the pool recalled leased budget (see RECALL)

@@ -75,6 +75,7 @@ class LeaseKeeper:
         self._leases: dict[str, TenantLease] = {}
         self.process_id = uuid.uuid4().hex[:16]
         self.syncs = 0
+        self.round_trip = 0.0  # seconds, smoothed: how long a sync's reads take now
         self._closing = False
 
     def stretch(self, lease: TenantLease) -> float:
@@ -89,12 +90,22 @@ class LeaseKeeper:
         return min(settings.max_stretch, max(1.0, lease.holders / settings.holders_per_report))
 
     def pools(self, lease: TenantLease) -> int:
-        """How many sub-pools this lease's tenant uses now (0: none, one pool)."""
+        """How many sub-pools this lease's tenant uses now (0: none, one pool): the count
+        stored in its in-flight row as last read (every keeper agrees on it)."""
+        return lease.pools if self._settings.max_pools > 0 else 0
+
+    def pools_wanted(self, lease: TenantLease, holders: int) -> int:
+        """The sub-pool count a window sync stores: grown for ``holders``, never shrunk
+        while anyone holds a lease (a pool left behind would hold capacity no keeper
+        syncs with until the sweep), back to none with the last holder."""
         settings = self._settings
-        return pool_count(
-            lease.holders, threshold=settings.pool_threshold, per_pool=settings.pool_holders,
+        if holders <= 0:
+            return 0
+        wanted = pool_count(
+            holders, threshold=settings.pool_threshold, per_pool=settings.pool_holders,
             most=settings.max_pools,
         )
+        return max(lease.pools, wanted)
 
     @property
     def settings(self) -> LeaseSettings:
@@ -334,7 +345,11 @@ class LeaseKeeper:
         snapshot: list[Snapshot] = []
 
         async def plan() -> Plan[None]:
+            started = time.monotonic()
             operations, snap = await self._plan_any(table, tenant_id, lease)
+            # The round trip as this process sees it now (reads of the plan): a busy
+            # partition answers slower, and the backoff below widens with it.
+            self.round_trip = 0.8 * self.round_trip + 0.2 * (time.monotonic() - started)
             snapshot[:] = [snap]
             # Until we hear back, this sync may or may not have committed.
             lease.pending = snap
@@ -344,7 +359,11 @@ class LeaseKeeper:
         # are pool syncs mostly (two rows written): a narrower window will do.
         pools = self.pools(lease)
         racing = lease.holders // pools // 2 if pools else lease.holders
-        base = 0.01 if pools else 0.04  # seconds per racing holder
+        # Seconds per racing holder: about two round trips as measured (at least the
+        # configured floor), so that when a partition is busy and answers slowly, lost
+        # races back off in proportion instead of adding load to a saturated partition
+        # (bench/scale.py: a fixed window let retries take most of its throughput).
+        base = max(0.01 if pools else 0.04, 2 * self.round_trip)
         try:
             # Backing off longer the more holders race for the pool (their count as the
             # last read of the pool said, or doubling with each lost race when many
@@ -461,9 +480,14 @@ class LeaseKeeper:
                     ),
                 )
                 unit = max(1, demand.unit_amount)
+                # At most twice a fair part of what is not spent (what is left, and what
+                # every holder leases): a lease sized in a burst gives the excess back
+                # at its next sync once many hold, instead of keeping it while new
+                # instances find nothing left.
+                fair = 2 * (left + day_row["leased_nano"] + budget.free) // max(1, lease.holders)
                 free = grant(
                     available=left + budget.free,
-                    demand=int(expected_calls * unit),
+                    demand=min(int(expected_calls * unit), max(fair, 2 * unit)),
                     unit=unit,
                     share=share,
                 )
@@ -527,6 +551,11 @@ class LeaseKeeper:
         joined = int(keep and stored is None) - int(not keep and stored is not None)
         inflight_row.add("leases", joined)
         lease.holders = inflight_row["leases"]
+        lease.pools = max(lease.pools, inflight_row["pools"])
+        pools_now = self.pools_wanted(lease, lease.holders)
+        if pools_now != inflight_row["pools"]:
+            inflight_row.add("pools", pools_now - inflight_row["pools"])
+        lease.pools = pools_now
         pool_write = None
         if pool is not None:
             unit, token_unit = max(1, demand.unit_amount), max(1, demand.unit_tokens)

@@ -55,6 +55,7 @@ class PoolHook:
         """Refill the pool for its holders from what the window rows have left; the write."""
         pool = self.pool
         assert pool is not None  # prepare() ran
+        pool.pools = self.keeper.pools(lease)  # as this sync stores it (keepers learn it here)
         pool.add("holders", joined)
         # Its holders: the tenant's spread evenly by the hash (the pool's own count misses
         # keepers that joined before the tenant had pools, or under another pool count).
@@ -63,10 +64,10 @@ class PoolHook:
         settings = self.keeper.settings
         # Each pool may take a share of what is left that shrinks with the pool count, so
         # the pools of one tenant spread it and the last of it stays with the window rows.
-        share = settings.share / self.pools
+        share = min(1.0, 2 * settings.share / self.pools)
         # Enough for two syncs of each holder, this keeper's included (a lone keeper then
         # renews from its pool, not from the window rows; demand may double meanwhile).
-        others = 2 * holders
+        others = 4 * holders
         pool.refill(
             rows,
             keys,
@@ -93,7 +94,9 @@ async def first_read(
     candidates = [pool_key(keeper.process_id, 1 << i) for i in range(1, settings.max_pools.bit_length())]
     keys = list(dict.fromkeys([day, month, minute_key, INFLIGHT, RECALL, keeper.row_key, *candidates]))
     found = await query_partition(table, tenant_id, keys)
-    lease.holders = read_int(found[INFLIGHT].get("leases")) if INFLIGHT in found else 0
+    stored = found.get(INFLIGHT, {})
+    lease.holders = read_int(stored.get("leases"))
+    lease.pools = read_int(stored.get("pools"))
     return found
 
 
@@ -121,6 +124,9 @@ async def plan_pool_sync(
     if recall_left > 0:
         lease.recalled_until = time.monotonic() + recall_left
     pool = PoolRow.read(rows, key)
+    # The count may have grown since this keeper last read the in-flight row: the pool
+    # was refilled under it, and the keeper's next sync goes to its pool of that count.
+    lease.pools = max(lease.pools, pool.pools)
     current = lease.current
     if (
         (stored is None and lease.stored)  # expired at the store: the full sync starts anew

@@ -102,6 +102,7 @@ class PoolRow:
     month: str = ""
     minute: str = ""
     flushed_at: datetime | None = None
+    pools: int = 0  # the tenant's sub-pool count when it was last refilled
 
     @classmethod
     def read(cls, rows: PartitionRows, key: str) -> PoolRow:
@@ -117,6 +118,7 @@ class PoolRow:
             str(entity.get("month") or ""),
             str(entity.get("minute") or ""),
             entity.get("flushed_at"),
+            read_int(entity.get("pools")),
         )
 
     def __getitem__(self, name: str) -> int:
@@ -191,6 +193,7 @@ class PoolRow:
             "day": self.day,
             "month": self.month,
             "minute": self.minute,
+            "pools": self.pools,
             **{name: int64(value) for name, value in self.counts.items()},
             "flushed_at": self.flushed_at or now,
             # The sweep flushes a pool nobody touched this long (see sweep.flush_pools).

@@ -45,8 +45,10 @@ MINUTE_FIELDS = ("requests", "tokens")
 # count: slots in use (holds of calls admitted exactly, plus slots leased to processes);
 # leased_slots: the leased part of count; leased_in_flight: of those, the ones used by
 # calls in flight when their process last reported (issue 23: leased is not in flight);
-# leases: lease rows in the partition (holders of the pool: they space their reports).
-INFLIGHT_FIELDS = ("count", "leased_slots", "leased_in_flight", "leases")
+# leases: lease rows in the partition (holders of the pool: they space their reports);
+# pools: how many sub-pools the tenant's keepers use (pools.py: grows, never shrinks
+# while anyone holds a lease, so that no pool is left behind holding capacity).
+INFLIGHT_FIELDS = ("count", "leased_slots", "leased_in_flight", "leases", "pools")
 
 
 class Contended(StorageUnavailable):

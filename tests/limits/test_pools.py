@@ -303,3 +303,43 @@ async def test_a_pool_sync_touches_only_the_lease_and_its_pool(stores: list[Tabl
     assert found[day_key].metadata["etag"] == window_etag
     for ledger in ledgers:
         await ledger.aclose()
+
+
+async def test_the_pool_count_is_stored_grows_with_the_holders_and_no_pool_is_left_behind(
+    stores: list[TableStore],
+) -> None:
+    """Every keeper uses the count stored in the in-flight row. It grows with the holders
+    and does not shrink when one leaves: a count each keeper derived from the holders it
+    last saw flapped with them at scale (0, 16, 32 in one bench/scale.py run), keepers
+    disagreed, and a pool whose keepers had moved on held its capacity until the sweep.
+    The last holder leaving sets it back to none."""
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=200)  # fmt: skip
+    clock = Clock()
+    ledgers = [pooled(s, clock, pool=i) for i, s in enumerate(stores[:3])]
+    for _ in range(2):  # the first syncs learn the holders, the next use the pools
+        await asyncio.gather(*(call(ledger, who) for ledger in ledgers for _ in range(2)))
+        for ledger in ledgers:
+            await ledger.flush(who.id)
+    rows = await partition(stores[0], who)
+    assert ints(rows[INFLIGHT])["leases"] == 3
+    assert ints(rows[INFLIGHT])["pools"] == 4  # 3 holders, one per pool: the next power of two
+    await ledgers[2].aclose()  # one instance goes: 2 holders, for which 2 pools would do
+    for ledger in ledgers[:2]:
+        await call(ledger, who)
+        await ledger.flush(who.id)
+        keeper = ledger.leases
+        assert keeper is not None
+        assert keeper.pools(keeper._leases[who.id]) == 4
+    rows = await partition(stores[0], who)
+    assert ints(rows[INFLIGHT])["pools"] == 4
+    live = {pool_key(ledger.leases.process_id, 4) for ledger in ledgers[:2] if ledger.leases is not None}
+    holding = {k for k, row in rows.items() if k.startswith(POOL_PREFIX) and ints(row)["free_nano"] > 0}
+    # Only the live keepers' pools hold budget (the pool of the one that left was emptied
+    # with its last keeper), none under a count nobody uses any more.
+    assert holding <= live
+    for ledger in ledgers[:2]:
+        await ledger.aclose()
+    rows = await partition(stores[0], who)
+    assert ints(rows[INFLIGHT])["leases"] == 0
+    assert ints(rows[INFLIGHT])["pools"] == 0
