@@ -75,7 +75,6 @@ class LeaseKeeper:
         self._leases: dict[str, TenantLease] = {}
         self.process_id = uuid.uuid4().hex[:16]
         self.syncs = 0
-        self.round_trip = 0.0  # seconds, smoothed: how long a sync's reads take now
         self._closing = False
 
     def stretch(self, lease: TenantLease) -> float:
@@ -345,11 +344,7 @@ class LeaseKeeper:
         snapshot: list[Snapshot] = []
 
         async def plan() -> Plan[None]:
-            started = time.monotonic()
             operations, snap = await self._plan_any(table, tenant_id, lease)
-            # The round trip as this process sees it now (reads of the plan): a busy
-            # partition answers slower, and the backoff below widens with it.
-            self.round_trip = 0.8 * self.round_trip + 0.2 * (time.monotonic() - started)
             snapshot[:] = [snap]
             # Until we hear back, this sync may or may not have committed.
             lease.pending = snap
@@ -359,11 +354,7 @@ class LeaseKeeper:
         # are pool syncs mostly (two rows written): a narrower window will do.
         pools = self.pools(lease)
         racing = lease.holders // pools // 2 if pools else lease.holders
-        # Seconds per racing holder: about two round trips as measured (at least the
-        # configured floor), so that when a partition is busy and answers slowly, lost
-        # races back off in proportion instead of adding load to a saturated partition
-        # (bench/scale.py: a fixed window let retries take most of its throughput).
-        base = max(0.01 if pools else 0.04, 2 * self.round_trip)
+        base = 0.01 if pools else 0.04  # seconds per racing holder
         try:
             # Backing off longer the more holders race for the pool (their count as the
             # last read of the pool said, or doubling with each lost race when many
