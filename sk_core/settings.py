@@ -236,7 +236,7 @@ class Settings(BaseSettings):
         "slots released by the sweep.",
     )
     lease_pool_threshold: int = Field(
-        default=8,
+        default=24,
         ge=0,
         le=100_000,
         description="A tenant with more lease holders than this splits its pool into sub-pools "

@@ -65,7 +65,7 @@ class LeaseSettings:
     # Sub-pools with more lease holders than this. The holders at a moment are far fewer
     # than the instances (idle ones hand back): in bench/scale.py 64 instances cross it
     # at times (about the same result as one pool), 256 do (half the lost races).
-    pool_threshold: int = 8
+    pool_threshold: int = 24
     pool_holders: int = 4
     max_pools: int = 64
     partition_ops_per_s: float = 2000.0
