@@ -6,6 +6,7 @@ sync, or to the exact per-request path.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import datetime
@@ -86,3 +87,21 @@ def count(now: datetime, lease: TenantLease) -> RateState | None:
         reset=policy.seconds_to_next_minute(now),
     )
 
+
+
+async def renewed(sync: asyncio.Task[None], contended: asyncio.Event) -> bool:
+    """Wait for a lease sync until it commits (True) or loses an ETag race (False).
+
+    A request that needs a renewal does not wait through the back-off of a sync that lost:
+    with many holders racing near a limit that runs to seconds, while the exact path
+    decides in one exchange (issue 23, defect 5). A failed sync raises its error.
+    """
+    lost = asyncio.ensure_future(contended.wait())
+    try:
+        await asyncio.wait({sync, lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+    if sync.done():
+        sync.result()
+        return True
+    return False

@@ -133,6 +133,7 @@ class TenantLease:
     last_used: float = field(default_factory=time.monotonic)
     demand: Demand = field(default_factory=Demand)
     sync: asyncio.Task[None] | None = None
+    contended: asyncio.Event = field(default_factory=asyncio.Event)  # that sync lost an ETag race
     keeper: asyncio.Task[None] | None = None
     stored: bool = False  # the lease row exists (as far as we know)
     # The minute row's stored request count after the last sync (every process's grants

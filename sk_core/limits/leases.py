@@ -187,10 +187,12 @@ class LeaseKeeper:
         lease.demand.waiting += 1
         size(lease.demand)
         try:
-            # Twice at most: a renewal already in flight may have been sized before this
-            # request arrived; the second sync counts it among those waiting.
+            # Twice at most: a renewal in flight may have been sized before this request
+            # came; the second counts it among those waiting. One that lost a race: exact.
             for _ in range(2):
-                await self._sync_now(tenant.id, lease)
+                if not await lease_admit.renewed(self._start_sync(tenant.id, lease), lease.contended):
+                    lease.demand.admitted += 1  # demand all the same: the next grant covers it
+                    return None
                 taken = take(lease)
                 if taken is not None:
                     return taken
@@ -205,7 +207,6 @@ class LeaseKeeper:
 
     def settle(self, hold: Hold, cost: int, prompt_tokens: int, completion_tokens: int) -> Settlement:
         """Settle a call admitted from a slice: in memory; reported with the next sync."""
-
         lease = self._leases.get(hold.tenant_id)
         budget = lease.slice_for(hold.day) if lease is not None else None
         if lease is None or lease.generation != hold.lease or budget is None:
@@ -280,6 +281,7 @@ class LeaseKeeper:
 
     def _start_sync(self, tenant_id: str, lease: TenantLease) -> asyncio.Task[None]:
         if lease.sync is None or lease.sync.done():
+            lease.contended.clear()  # (set by this sync's lost races)
             task = asyncio.get_running_loop().create_task(self._sync(tenant_id, lease))
             lease.sync = task
 
@@ -294,16 +296,14 @@ class LeaseKeeper:
 
     async def _sync_now(self, tenant_id: str, lease: TenantLease) -> None:
         """Join the sync in flight (or start one) and wait for it."""
-        task = self._start_sync(tenant_id, lease)
-        await asyncio.shield(task)
+        await asyncio.shield(self._start_sync(tenant_id, lease))
 
     async def flush(self, tenant_id: str | None = None) -> None:
-        """Report settled usage now (of one tenant, or all), keeping the slices."""
+        """Report settled usage now (of one tenant, or all), keeping the slices; a sync in
+        flight lands first (requests do not wait for one that lost a race)."""
         for leased_tenant, lease in list(self._leases.items()):
-            if tenant_id not in (None, leased_tenant):
-                continue
-            if lease.stored or not lease.empty:
-                joined = lease.sync is not None and not lease.sync.done()
+            joined = lease.sync is not None and not lease.sync.done()
+            if tenant_id in (None, leased_tenant) and (lease.stored or not lease.empty or joined):
                 await self._sync_now(leased_tenant, lease)
                 if joined:
                     # The sync in flight was planned before the settlements made since
@@ -346,12 +346,12 @@ class LeaseKeeper:
         racing = lease.holders // pools // 2 if pools else lease.holders
         base = 0.01 if pools else 0.04  # seconds per racing holder
         try:
-            # Backing off longer the more holders race for the pool (their count as the
-            # last read of the pool said, or doubling with each lost race when many
-            # start at once): a pool commits about one sync per two round trips, so N
-            # racing holders need a window of about N x 40 ms.
+            # Backing off longer the more holders race for the pool (their count as the last
+            # read of the pool said, or doubling with each lost race when many start at
+            # once): a pool commits one sync per two round trips, so N racing holders need
+            # a window of about N x 40 ms (requests waiting for it go exact on a lost race).
             await ledger.update(
-                table, tenant_id, "lease sync", plan,
+                table, tenant_id, "lease sync", plan, lost=lease.contended.set,
                 patience=lambda attempt: min(10.0, base * max(4, racing, 2 ** min(attempt, 8))),
             )
         finally:
