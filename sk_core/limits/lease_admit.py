@@ -88,7 +88,6 @@ def count(now: datetime, lease: TenantLease) -> RateState | None:
     )
 
 
-
 async def renewed(sync: asyncio.Task[None], contended: asyncio.Event) -> bool:
     """Wait for a lease sync until it commits (True) or loses an ETag race (False).
 
