@@ -1,4 +1,5 @@
-"""The request path of a quota lease: admit or count from the slices in memory, no I/O.
+"""The request path of a quota lease: admit or count from the slices in memory, no I/O;
+and how long a request waits for a renewal (``renewed``).
 
 ``LeaseKeeper`` (``leases.py``) calls these on a tenant's lease; None sends it to a
 sync, or to the exact per-request path.
