@@ -367,8 +367,8 @@ def _log_summary(log: str) -> dict[str, int]:
 def _reservation(service: Any) -> int:
     """What admission holds for one soak call (limits are far away: nothing is clamped)."""
     spec = service.catalog.get("text", "summarize")
-    arguments, max_tokens = spec.split_request(spec.request_model.model_validate(_body(1)))
-    requested = spec.requested_max_tokens(arguments, max_tokens)
+    arguments, options = spec.split_request(spec.request_model.model_validate(_body(1)))
+    requested = spec.requested_max_tokens(arguments, options.max_tokens)
     price = service.routing.chain(None).reservation_price
     return int(price.cost_nano(spec.prompt_token_bound(arguments), requested))
 

@@ -127,6 +127,7 @@ class TenantLease:
     reported_busy: int = 0  # calls in flight as the in-flight row counts them (leased_in_flight)
     holders: int = 0  # lease rows in the tenant's partition at the last sync (this one included)
     pools: int = 0  # the tenant's sub-pool count as last read (the in-flight row's, or a pool's)
+    near_limit: bool = False  # at the last window sync: under two calls of budget a holder
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
     recalled_until: float = 0.0  # monotonic; the pool recalled leased budget (see RECALL)
@@ -138,6 +139,7 @@ class TenantLease:
     last_used: float = field(default_factory=time.monotonic)
     demand: Demand = field(default_factory=Demand)
     sync: asyncio.Task[None] | None = None
+    contended: asyncio.Event = field(default_factory=asyncio.Event)  # that sync lost an ETag race
     keeper: asyncio.Task[None] | None = None
     stored: bool = False  # the lease row exists (as far as we know)
     # The minute row's stored request count after the last sync (every process's grants

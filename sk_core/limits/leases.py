@@ -47,7 +47,7 @@ from sk_core.limits.lease_state import (
     lease_entity,
 )
 from sk_core.limits.pool_sync import PoolHook, first_read, plan_pool_sync
-from sk_core.limits.pools import pool_count, pool_key
+from sk_core.limits.pools import pool_key, store_pool_count
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -89,22 +89,8 @@ class LeaseKeeper:
         return min(settings.max_stretch, max(1.0, lease.holders / settings.holders_per_report))
 
     def pools(self, lease: TenantLease) -> int:
-        """How many sub-pools this lease's tenant uses now (0: none, one pool): the count
-        stored in its in-flight row as last read (every keeper agrees on it)."""
+        """Sub-pools of this lease's tenant (0: one pool), as stored (``store_pool_count``)."""
         return lease.pools if self._settings.max_pools > 0 else 0
-
-    def pools_wanted(self, lease: TenantLease, holders: int) -> int:
-        """The sub-pool count a window sync stores: grown for ``holders``, never shrunk
-        while anyone holds a lease (a pool left behind would hold capacity no keeper
-        syncs with until the sweep), back to none with the last holder."""
-        settings = self._settings
-        if holders <= 0:
-            return 0
-        wanted = pool_count(
-            holders, threshold=settings.pool_threshold, per_pool=settings.pool_holders,
-            most=settings.max_pools,
-        )
-        return max(lease.pools, wanted)
 
     @property
     def settings(self) -> LeaseSettings:
@@ -197,10 +183,13 @@ class LeaseKeeper:
         lease.demand.waiting += 1
         size(lease.demand)
         try:
-            # Twice at most: a renewal already in flight may have been sized before this
-            # request arrived; the second sync counts it among those waiting.
+            # Twice at most: a renewal in flight may be sized without this request. Near
+            # the limit, one that lost a race: exact (defect 5; see renewed()).
             for _ in range(2):
-                await self._sync_now(tenant.id, lease)
+                sync = self._start_sync(tenant.id, lease)
+                if not await lease_admit.renewed(sync, lease.contended, lambda: lease.near_limit):
+                    lease.demand.admitted += 1  # demand all the same: the next grant covers it
+                    return None
                 taken = take(lease)
                 if taken is not None:
                     return taken
@@ -208,14 +197,12 @@ class LeaseKeeper:
             return None
         finally:
             lease.demand.waiting -= 1
-        # The grant did not cover this request: near the limit, decide exactly for a
-        # while instead of renewing per request.
+        # Not covered by the grant: near the limit, decide exactly for a while.
         lease.exact_until = time.monotonic() + self.report_interval(lease)
         return None
 
     def settle(self, hold: Hold, cost: int, prompt_tokens: int, completion_tokens: int) -> Settlement:
         """Settle a call admitted from a slice: in memory; reported with the next sync."""
-
         lease = self._leases.get(hold.tenant_id)
         budget = lease.slice_for(hold.day) if lease is not None else None
         if lease is None or lease.generation != hold.lease or budget is None:
@@ -290,6 +277,7 @@ class LeaseKeeper:
 
     def _start_sync(self, tenant_id: str, lease: TenantLease) -> asyncio.Task[None]:
         if lease.sync is None or lease.sync.done():
+            lease.contended.clear()  # (set by this sync's lost races)
             task = asyncio.get_running_loop().create_task(self._sync(tenant_id, lease))
             lease.sync = task
 
@@ -303,17 +291,14 @@ class LeaseKeeper:
         return lease.sync
 
     async def _sync_now(self, tenant_id: str, lease: TenantLease) -> None:
-        """Join the sync in flight (or start one) and wait for it."""
-        task = self._start_sync(tenant_id, lease)
-        await asyncio.shield(task)
+        await asyncio.shield(self._start_sync(tenant_id, lease))  # join or start one, wait
 
     async def flush(self, tenant_id: str | None = None) -> None:
-        """Report settled usage now (of one tenant, or all), keeping the slices."""
+        """Report settled usage now (of one tenant, or all), keeping the slices; a sync in
+        flight lands first (requests do not wait for one that lost a race)."""
         for leased_tenant, lease in list(self._leases.items()):
-            if tenant_id not in (None, leased_tenant):
-                continue
-            if lease.stored or not lease.empty:
-                joined = lease.sync is not None and not lease.sync.done()
+            joined = lease.sync is not None and not lease.sync.done()
+            if tenant_id in (None, leased_tenant) and (lease.stored or not lease.empty or joined):
                 await self._sync_now(leased_tenant, lease)
                 if joined:
                     # The sync in flight was planned before the settlements made since
@@ -356,12 +341,12 @@ class LeaseKeeper:
         racing = lease.holders // pools // 2 if pools else lease.holders
         base = 0.01 if pools else 0.04  # seconds per racing holder
         try:
-            # Backing off longer the more holders race for the pool (their count as the
-            # last read of the pool said, or doubling with each lost race when many
-            # start at once): a pool commits about one sync per two round trips, so N
-            # racing holders need a window of about N x 40 ms.
+            # Backing off longer the more holders race for the pool (their count as the last
+            # read of the pool said, or doubling with each lost race when many start at
+            # once): a pool commits one sync per two round trips, so N racing holders need
+            # a window of about N x 40 ms (requests waiting for it go exact on a lost race).
             await ledger.update(
-                table, tenant_id, "lease sync", plan,
+                table, tenant_id, "lease sync", plan, lost=lease.contended.set,
                 patience=lambda attempt: min(10.0, base * max(4, racing, 2 ** min(attempt, 8))),
             )
         finally:
@@ -471,11 +456,11 @@ class LeaseKeeper:
                     ),
                 )
                 unit = max(1, demand.unit_amount)
-                # At most twice a fair part of what is not spent (what is left, and what
-                # every holder leases): a lease sized in a burst gives the excess back
-                # at its next sync once many hold, instead of keeping it while new
-                # instances find nothing left.
-                fair = 2 * (left + day_row["leased_nano"] + budget.free) // max(1, lease.holders)
+                # At most twice a fair part of what is unspent: excess of a burst goes back.
+                unspent = left + day_row["leased_nano"] + budget.free
+                fair = 2 * unspent // max(1, lease.holders)
+                # Under two calls a holder (four in all): see _from_lease.
+                lease.near_limit = unspent < unit * max(4, 2 * lease.holders)
                 free = grant(
                     available=left + budget.free,
                     demand=min(int(expected_calls * unit), max(fair, 2 * unit)),
@@ -542,11 +527,7 @@ class LeaseKeeper:
         joined = int(keep and stored is None) - int(not keep and stored is not None)
         inflight_row.add("leases", joined)
         lease.holders = inflight_row["leases"]
-        lease.pools = max(lease.pools, inflight_row["pools"])
-        pools_now = self.pools_wanted(lease, lease.holders)
-        if pools_now != inflight_row["pools"]:
-            inflight_row.add("pools", pools_now - inflight_row["pools"])
-        lease.pools = pools_now
+        store_pool_count(settings, lease, inflight_row)
         pool_write = None
         if pool is not None:
             unit, token_unit = max(1, demand.unit_amount), max(1, demand.unit_tokens)

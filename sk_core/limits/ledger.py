@@ -258,24 +258,27 @@ class Ledger:
         plan: Callable[[], Awaitable[Plan[_T]]],
         *,
         patience: float | Callable[[int], float] = 0.25,
+        lost: Callable[[], None] = lambda: None,
     ) -> _T:
         """The one optimistic-update loop: read and plan, submit, and on a lost ETag race
-        back off and do both again, until the transaction commits.
+        (``lost`` is told) back off and do both again, until the transaction commits.
 
         ``plan`` re-reads the rows each time, so a retry decides again on fresh numbers
-        (it may find the work already done, and then plans no operations).
+        (it may find the work already done, and then plans no operations). The tenant's
+        lock covers an attempt, not the back-off after it: a loser's wait (a lease sync's
+        runs to seconds) must not hold up the others' decisions (issue 23, defect 5).
         """
-        async with self._lock(tenant_id):
-            for attempt in range(self._max_attempts):
+        for attempt in range(self._max_attempts):
+            async with self._lock(tenant_id):
                 operations, result = await plan()
                 if not operations:
                     return result
                 try:
                     await self._submit(table, tenant_id, operations)
+                    return result
                 except Conflict:
-                    await self._backoff(attempt, patience)
-                    continue
-                return result
+                    lost()
+            await self._backoff(attempt, patience)
         raise Contended(f"{what} did not converge under contention")
 
     # ------------------------------------------------------------------ group commit

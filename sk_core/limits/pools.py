@@ -46,7 +46,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sk_core.limits import policy
-from sk_core.limits.rows import INFLIGHT, INFLIGHT_FIELDS, MINUTE_FIELDS, WINDOW_FIELDS, PartitionRows
+from sk_core.limits.rows import (
+    INFLIGHT,
+    INFLIGHT_FIELDS,
+    MINUTE_FIELDS,
+    WINDOW_FIELDS,
+    CounterRow,
+    PartitionRows,
+)
 from sk_core.storage import etag_of, int64, read_int, update_op
 
 POOL_PREFIX = "pool-"
@@ -83,6 +90,22 @@ def pool_count(holders: int, *, threshold: int, per_pool: int, most: int) -> int
         return 0
     wanted = max(2, math.ceil(holders / max(1, per_pool)))
     return min(1 << (most.bit_length() - 1), 1 << math.ceil(math.log2(wanted)))
+
+
+def store_pool_count(settings: Any, lease: Any, inflight: CounterRow) -> None:
+    """The sub-pool count a window sync stores in the in-flight row (and the keeper then
+    uses): grown for the holders, never shrunk while anyone holds a lease (a pool left
+    behind would hold capacity no keeper syncs with until the sweep), none again with
+    the last holder. ``settings``: ``LeaseSettings``; ``lease``: the ``TenantLease``."""
+    stored = max(lease.pools, inflight["pools"])
+    holders = inflight["leases"]
+    wanted = pool_count(
+        holders, threshold=settings.pool_threshold, per_pool=settings.pool_holders, most=settings.max_pools
+    )
+    count = max(stored, wanted) if holders > 0 else 0
+    if count != inflight["pools"]:
+        inflight.add("pools", count - inflight["pools"])
+    lease.pools = count
 
 
 def pool_key(process_id: str, pools: int) -> str:

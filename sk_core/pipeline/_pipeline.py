@@ -71,7 +71,7 @@ class Pipeline(ToolRuns):
             Deployment(name="default", provider="", model=model_id, price=price)
         )
         self._storage_deadline = storage_deadline_seconds
-        self._storage_silence = storage_silence  # seconds since storage last answered
+        self._storage_silence = storage_silence  # seconds storage has kept us waiting
         self._budget_gauges = budget_gauges
         # Settlements still running after their answer went out (strong references).
         self._settling: set[asyncio.Task[int]] = set()

@@ -52,7 +52,7 @@ from azure.data.tables._serialize import _add_entity_properties, _parameter_filt
 from azure.data.tables.aio import TableClient
 
 from sk_core.storage._filter import FilterError, Keys, Predicate, Wire, parse_filter, utf16
-from sk_core.storage._tables import TableStore
+from sk_core.storage._tables import TableStore, Waits
 
 _TRANSACTION_LIMIT = 100
 
@@ -163,7 +163,7 @@ class MemoryTableStore(TableStore):
         self.round_trips = 0
         self.conflicts = 0
         self.trace: list[str] | None = None
-        self._last_answer = time.monotonic()
+        self._waits = Waits()
 
     async def table(self, name: str) -> TableClient:
         """The client for ``<prefix><name>`` (duck-typed as the SDK's); exists from first use."""
@@ -186,10 +186,8 @@ class MemoryTableStore(TableStore):
         self.round_trips += 1
         if self.trace is not None:
             self.trace.append(f"{op.kind} {op.table} {op.partition}")
-        try:
+        with self._waits.exchange():
             await self.account.round_trip(op)
-        finally:
-            self._last_answer = time.monotonic()
 
 
 class MemoryTable:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,6 +30,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
@@ -87,6 +89,61 @@ def _retry_options(total: int, timeout: float) -> dict[str, Any]:
     }
 
 
+class Waits:
+    """How long the account has kept this process waiting for an answer: since the later
+    of its last answer and the oldest exchange sent and not answered since (in flight, or
+    ended without an answer: reset, timed out). Zero while nothing waits for it: a process
+    that asks nothing (backing off after a lost race, queued behind its own lock) is not
+    kept waiting by storage, however long since it last heard from it (issue 23, defect 5)."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count()
+        self._in_flight: dict[int, float] = {}  # exchange -> when it was sent
+        self._unanswered: float | None = None  # the oldest one that ended without an answer
+        self._answered = time.monotonic()
+
+    @contextlib.contextmanager
+    def exchange(self) -> Iterator[None]:
+        """One exchange: answered when it returns or raises an HTTP error; a cancelled one
+        (its caller gone) says nothing about storage."""
+        exchange, sent = next(self._ids), time.monotonic()
+        self._in_flight[exchange] = sent
+        answered: bool | None = False
+        try:
+            yield
+            answered = True
+        except HttpResponseError:
+            answered = True
+            raise
+        except asyncio.CancelledError:
+            answered = None
+            raise
+        finally:
+            del self._in_flight[exchange]
+            if answered:
+                self._answered, self._unanswered = time.monotonic(), None
+            elif answered is False:
+                self._unanswered = min(sent, self._unanswered or sent)
+
+    def silence(self) -> float:
+        waiting = [*self._in_flight.values(), *([self._unanswered] if self._unanswered is not None else [])]
+        if not waiting:
+            return 0.0
+        return max(0.0, time.monotonic() - max(self._answered, min(waiting)))
+
+
+class _WatchedTransport(AioHttpTransport):  # type: ignore[misc]  # (typed Any: a lazy import)
+    """The SDK's aiohttp transport, each try of each request timed by ``Waits``."""
+
+    def __init__(self, waits: Waits, **options: Any) -> None:
+        super().__init__(**options)
+        self._waits = waits
+
+    async def send(self, request: Any, **config: Any) -> Any:
+        with self._waits.exchange():
+            return await super().send(request, **config)
+
+
 class TableStore:
     """Owns the ``TableServiceClient`` and hands out per-table clients."""
 
@@ -99,9 +156,12 @@ class TableStore:
         retries: int = 2,
         timeout_seconds: float = 2.0,
     ) -> None:
+        self._waits = Waits()
+        retry = _retry_options(retries, timeout_seconds)
         options: dict[str, Any] = {
-            **_retry_options(retries, timeout_seconds),
+            **retry,
             "raw_response_hook": self._count,
+            "transport": _WatchedTransport(self._waits, **retry),
         }
         # Every HTTP exchange with the account (a round trip), and the conflicts among
         # them: what the benchmarks report per request, and what leases keep low.
@@ -110,7 +170,6 @@ class TableStore:
         # When a list: each exchange as "METHOD resource status" (tests and benchmarks
         # show what a request waited for).
         self.trace: list[str] | None = None
-        self._last_answer = time.monotonic()
         self._credential: Any = None
         if connection_string:
             if connection_string.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
@@ -129,12 +188,13 @@ class TableStore:
         self._create_lock = asyncio.Lock()
 
     def silence(self) -> float:
-        """Seconds since the account last answered anything (an error or a 412 included)."""
-        return time.monotonic() - self._last_answer
+        """Seconds the account has kept this process waiting for an answer (an error or a
+        412 is one), zero while nothing waits for it (``Waits``): what the request path's
+        storage deadline measures."""
+        return self._waits.silence()
 
     def _count(self, response: Any) -> None:
         self.round_trips += 1
-        self._last_answer = time.monotonic()
         http = response.http_response
         status = getattr(http, "status_code", 0)
         if self.trace is not None:

@@ -129,18 +129,11 @@ async def test_concurrent_processes_never_overspend_the_budget(
     refused = [r for r in responses if r.status_code != 200]
     assert admitted, "the budget should admit some requests"
     assert refused, "the demand should exceed the budget"
-    # What this test proves is money: no overspend and an exact ledger. A decision whose
-    # storage stays silent past its deadline fails closed (503 limits_unavailable,
-    # nothing sent, nothing charged: checked below through the stub's count and the
-    # ledger); one fresh-clone CI run met one such 503 among 256 requests. Which refusal
-    # codes a budget race gives is the burst test's subject.
-    unavailable = [r for r in refused if r.status_code == 503]
-    for response in unavailable:
-        assert response.json()["code"] == "limits_unavailable", response.text
-    assert len(unavailable) < len(refused), [r.json()["code"] for r in refused]
+    # Storage is contended here, never unreachable: every request is decided, admitted or
+    # refused with a 429 that says why (issue 23, defect 5: a rare 503 limits_unavailable
+    # came from requests queued behind a lease sync's back-off, counted as silence).
     for response in refused:
-        if response.status_code != 503:
-            assert_budget_refusal(response)
+        assert_budget_refusal(response)
     usage = await handed_back(functions_service, tenant_id, window_keys(datetime.now(UTC))[0])
     assert usage["spent_nano"] <= budget
     assert (usage["held_nano"], usage["leased_nano"], usage["inflight"]) == (0, 0, 0)

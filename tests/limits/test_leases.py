@@ -21,6 +21,8 @@ from sk_core.accounts import Limits, Tenant
 from sk_core.errors import LimitExceeded
 from sk_core.limits import INFLIGHT, USAGE_TABLE, Hold, Ledger, window_keys
 from sk_core.limits.lease_state import LeaseSettings
+from sk_core.limits.pools import store_pool_count
+from sk_core.limits.rows import INFLIGHT_FIELDS, CounterRow
 from sk_core.limits.slices import BudgetSlice, grant
 from sk_core.storage import TableStore, query_partition, read_int
 from tests.support.clock import inside_one_minute
@@ -485,8 +487,10 @@ async def test_the_pool_counts_its_holders_and_many_holders_stretch_the_interval
     # entities a second.
     keeper._settings = replace(FAST, pool_threshold=32)
     lease.holders = FAST.holders_per_report * 4
-    assert keeper.pools_wanted(lease, lease.holders) == 32
-    lease.pools = 32  # as a window sync stores it, and the keeper reads it back
+    inflight = CounterRow(who.id, INFLIGHT, None, INFLIGHT_FIELDS)
+    inflight.add("leases", lease.holders)
+    store_pool_count(keeper.settings, lease, inflight)  # as a window sync stores it
+    assert inflight["pools"] == lease.pools == keeper.pools(lease) == 32
     assert keeper.report_interval(lease) == pytest.approx(128 * 5 / 1000)
     lease.holders = FAST.holders_per_report * 1000
     assert keeper.report_interval(lease) == FAST.report_seconds * FAST.max_stretch

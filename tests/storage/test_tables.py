@@ -3,15 +3,21 @@ real Azurite)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+from azure.core.exceptions import ServiceRequestError
 
 from scripts.devservices import free_port
-from sk_core.errors import StorageUnavailable
+from sk_core.errors import LimitsUnavailable, StorageUnavailable
+from sk_core.pipeline import fail_closed
 from sk_core.storage import (
     Conflict,
+    MemoryAccount,
+    MemoryTableStore,
+    Operation,
     TableStore,
     development_connection_string,
     etag_of,
@@ -89,3 +95,46 @@ async def test_tables_prepared_at_start_up_cost_no_exchange_later_and_lost_ones_
             await first._service.delete_table(f"{prefix}{name}")
         await first.aclose()
         await second.aclose()
+
+
+async def test_storage_silence_is_time_kept_waiting_not_time_since_the_last_answer(store: TableStore) -> None:
+    """Issue 23, defect 5: the request path's storage deadline (``fail_closed``) counts how
+    long storage has kept this process waiting for an answer. A process that asks it
+    nothing meanwhile (backing off after a lost ETag race, a request queued behind that)
+    is not kept waiting by storage: before, such a wait near a budget's end failed
+    requests closed (503 limits_unavailable) while storage answered every exchange."""
+    table = await store.table("t")
+    await query_partition(table, "p", ["r"])
+    async with fail_closed(0.2, store.silence):
+        await asyncio.sleep(0.5)  # a back-off: nothing asked of storage
+        await query_partition(table, "p", ["r"])
+    assert store.silence() == 0.0
+
+
+async def test_storage_that_does_not_answer_is_silence_until_it_answers() -> None:
+    """The other side: an exchange in flight and unanswered is silence (a black hole fails
+    closed within the bound), and so is one that ended without an answer (a reset, a
+    timeout) until storage answers again, also for a request that asks nothing itself."""
+    answering = asyncio.Event()
+    failing = False
+
+    async def service(_: Operation) -> None:
+        if failing:
+            raise ServiceRequestError("connection reset")
+        await answering.wait()
+
+    store = MemoryTableStore(MemoryAccount(on_operation=service))
+    table = await store.table("t")
+    with pytest.raises(LimitsUnavailable):
+        async with fail_closed(0.2, store.silence):
+            await query_partition(table, "p", ["r"])  # never answered
+    failing = True
+    with pytest.raises(StorageUnavailable):
+        await query_partition(table, "p", ["r"])
+    with pytest.raises(LimitsUnavailable):
+        async with fail_closed(0.2, store.silence):
+            await asyncio.sleep(0.5)  # queued behind the reset exchange's retry, say
+    failing = False
+    answering.set()
+    await query_partition(table, "p", ["r"])
+    assert store.silence() == 0.0
