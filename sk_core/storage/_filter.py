@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -98,22 +98,26 @@ class _Parser:
         return False
 
     def expression(self) -> tuple[Predicate, Keys]:
-        predicate, keys = self.conjunction()
-        parts = [predicate]
-        while self.word("or"):
-            predicate, more = self.conjunction()
-            parts.append(predicate)
-            keys = keys.either(more)
-        return (parts[0] if len(parts) == 1 else (lambda e: any(p(e) for p in parts))), keys
+        return self._joined("or", self.conjunction, any, Keys.either)
 
     def conjunction(self) -> tuple[Predicate, Keys]:
-        predicate, keys = self.unary()
+        return self._joined("and", self.unary, all, Keys.both)
+
+    def _joined(
+        self,
+        word: str,
+        part: Callable[[], tuple[Predicate, Keys]],
+        test: Callable[[Iterable[bool]], bool],
+        combine: Callable[[Keys, Keys], Keys],
+    ) -> tuple[Predicate, Keys]:
+        """``part (word part)*``: one predicate testing every part, the keys combined."""
+        predicate, keys = part()
         parts = [predicate]
-        while self.word("and"):
-            predicate, more = self.unary()
+        while self.word(word):
+            predicate, more = part()
             parts.append(predicate)
-            keys = keys.both(more)
-        return (parts[0] if len(parts) == 1 else (lambda e: all(p(e) for p in parts))), keys
+            keys = combine(keys, more)
+        return (parts[0] if len(parts) == 1 else (lambda e: test(p(e) for p in parts))), keys
 
     def unary(self) -> tuple[Predicate, Keys]:
         if self.word("not"):
