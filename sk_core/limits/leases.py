@@ -46,7 +46,7 @@ from sk_core.limits.lease_state import (
     TenantLease,
     lease_entity,
 )
-from sk_core.limits.pool_sync import PoolHook, first_read, plan_pool_sync
+from sk_core.limits.pool_sync import PoolHook, crowded, first_read, plan_pool_sync
 from sk_core.limits.pools import pool_key, store_pool_count
 from sk_core.limits.rows import (
     INFLIGHT,
@@ -335,8 +335,7 @@ class LeaseKeeper:
             lease.pending = snap
             return operations, None
 
-        # Holders of the same rows: the tenant's, or (sub-pools) this pool's, whose syncs
-        # are pool syncs mostly (two rows written): a narrower window will do.
+        # Holders racing: the tenant's, or a sub-pool's (two rows a sync: a narrower window).
         pools = self.pools(lease)
         racing = lease.holders // pools // 2 if pools else lease.holders
         base = 0.01 if pools else 0.04  # seconds per racing holder
@@ -361,9 +360,9 @@ class LeaseKeeper:
     async def _plan_any(self, table: Any, tenant_id: str, lease: TenantLease) -> tuple[list[Any], Snapshot]:
         """Through the lease's sub-pool when its tenant has them (a rebalance when the
         pool cannot serve it), else on the window rows."""
-        # A new lease does not know the holders yet: its first read brings them, with the
-        # window rows and every pool it may belong to (one query either way).
+        # A new lease learns the holders and pool count from its first read (one query).
         first = await first_read(self, table, tenant_id, lease)
+        crowded(self, lease)
         pools = self.pools(lease)
         if not pools:
             return await self._plan(table, tenant_id, lease, prefetched=first)

@@ -185,6 +185,9 @@ async def flush_pools(ledger: Ledger) -> int:
             rows.entities[key] = pool
             row = PoolRow.read(rows, key)
             row.flush(rows, minute)
+            inflight = rows.counter(INFLIGHT, INFLIGHT_FIELDS)
+            if inflight["leases"] <= 0 < inflight["pools"]:  # nobody holds a lease: no pools
+                inflight.add("pools", -inflight["pools"])
             emptied = delete_op({"PartitionKey": tenant_id, "RowKey": key}, etag_of(pool))
             return [*rows.operations(), emptied], True
 
