@@ -46,7 +46,7 @@ from sk_core.limits.lease_state import (
     TenantLease,
     lease_entity,
 )
-from sk_core.limits.pool_sync import PoolHook, crowded, first_read, plan_pool_sync
+from sk_core.limits.pool_sync import PoolHook, first_read, plan_pool_sync
 from sk_core.limits.pools import pool_key, store_pool_count
 from sk_core.limits.rows import (
     INFLIGHT,
@@ -362,7 +362,6 @@ class LeaseKeeper:
         pool cannot serve it), else on the window rows."""
         # A new lease learns the holders and pool count from its first read (one query).
         first = await first_read(self, table, tenant_id, lease)
-        crowded(self, lease)
         pools = self.pools(lease)
         if not pools:
             return await self._plan(table, tenant_id, lease, prefetched=first)

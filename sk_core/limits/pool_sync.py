@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sk_core.limits import policy
 from sk_core.limits.lease_state import RECALL, Snapshot, lease_entity
-from sk_core.limits.pools import PoolRow, pool_count, pool_key, room
+from sk_core.limits.pools import PoolRow, pool_key, room
 from sk_core.limits.rows import INFLIGHT, PartitionRows
 from sk_core.limits.slices import BudgetSlice, MinuteSlice, grant
 from sk_core.storage import delete_op, etag_of, query_partition, read_int, update_op
@@ -96,30 +96,8 @@ async def first_read(
     found = await query_partition(table, tenant_id, keys)
     stored = found.get(INFLIGHT, {})
     lease.holders = read_int(stored.get("leases"))
-    # The stored count, or the one these holders call for if larger: a new keeper goes to
-    # its pool at once (it stores the count with its first rebalance), not after a window
-    # sync that many holders racing may keep from committing (1,024 in bench/scale.py).
-    lease.pools = max(
-        read_int(stored.get("pools")),
-        pool_count(lease.holders, threshold=settings.pool_threshold, per_pool=settings.pool_holders,
-                   most=settings.max_pools),
-    )
+    lease.pools = read_int(stored.get("pools"))
     return found
-
-
-def crowded(keeper: LeaseKeeper, lease: TenantLease) -> None:
-    """A sync on the window rows that lost a race with holders past half the threshold:
-    sub-pools now. The holders are counted by commits, and with a thousand instances
-    starting at once few commit; the count they call for stays below the threshold and
-    everyone races for the window rows (bench/scale.py, 1,024 instances: 65 lost races
-    a sync, 0.1 of the budget used). This keeper's rebalance then stores the count."""
-    settings = keeper.settings
-    if keeper.pools(lease) or not lease.contended.is_set() or 2 * lease.holders <= settings.pool_threshold:
-        return
-    wanted = max(2 * lease.holders, settings.pool_threshold + 1)
-    lease.pools = pool_count(
-        wanted, threshold=settings.pool_threshold, per_pool=settings.pool_holders, most=settings.max_pools
-    )
 
 
 async def plan_pool_sync(

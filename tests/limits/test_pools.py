@@ -24,7 +24,7 @@ from sk_core.limits import INFLIGHT, USAGE_TABLE, Ledger, window_keys
 from sk_core.limits.lease_state import RECALL, LeaseSettings
 from sk_core.limits.pools import POOL_PREFIX, PoolRow, pool_count, pool_key
 from sk_core.limits.rows import INFLIGHT_FIELDS, MINUTE_FIELDS, WINDOW_FIELDS, PartitionRows
-from sk_core.storage import MemoryTableStore, TableStore, query_partition, read_int
+from sk_core.storage import TableStore, query_partition, read_int
 from tests.support.ledgers import PRICE, call
 from tests.support.stores import STORE_BACKENDS, open_stores
 
@@ -350,28 +350,3 @@ async def test_the_pool_count_is_stored_grows_with_the_holders_and_no_pool_is_le
     assert ints(rows[INFLIGHT])["leases"] == 0
     assert ints(rows[INFLIGHT])["pools"] == 0  # nobody holds a lease: back to none
 
-
-def test_a_keeper_that_loses_a_race_on_the_window_rows_among_many_holders_goes_to_a_pool() -> None:
-    """Holders are counted by committed syncs: when a thousand instances start at once
-    few commit, the stored count stays under the threshold and every one of them races
-    for the window rows. A keeper that lost such a race with holders past half the
-    threshold uses sub-pools at once (its rebalance stores the count)."""
-    from sk_core.limits.lease_state import TenantLease
-    from sk_core.limits.pool_sync import crowded
-
-    settings = replace(POOLED, pool_threshold=24, pool_holders=4, max_pools=64)
-    ledger = Ledger(store=MemoryTableStore(), lease_seconds=30, min_answer_tokens=16, leases=settings)
-    keeper = ledger.leases
-    assert keeper is not None
-    lease = TenantLease(tenant=tenant(daily_budget_nano=10**9))
-    lease.holders = 20
-    crowded(keeper, lease)
-    assert keeper.pools(lease) == 0  # no lost race: the window rows, as the count says
-    lease.contended.set()
-    crowded(keeper, lease)
-    assert keeper.pools(lease) == 16  # for 40 holders, 4 a pool: the next power of two
-    few = TenantLease(tenant=lease.tenant)
-    few.holders = 10
-    few.contended.set()
-    crowded(keeper, few)
-    assert keeper.pools(few) == 0  # a few holders racing: one pool does
