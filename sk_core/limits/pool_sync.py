@@ -65,8 +65,8 @@ class PoolHook:
         # Each pool may take a share of what is left that shrinks with the pool count, so
         # the pools of one tenant spread it and the last of it stays with the window rows.
         share = min(1.0, 2 * settings.share / self.pools)
-        # Enough for two syncs of each holder, this keeper's included (a lone keeper then
-        # renews from its pool, not from the window rows; demand may double meanwhile).
+        # Enough for four syncs of each holder, this keeper's included (a lone keeper then
+        # renews from its pool, not from the window rows; every rebalance races for them).
         others = 4 * holders
         pool.refill(
             rows,

@@ -43,7 +43,7 @@ import math
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sk_core.limits import policy
 from sk_core.limits.rows import (
@@ -55,6 +55,9 @@ from sk_core.limits.rows import (
     PartitionRows,
 )
 from sk_core.storage import etag_of, int64, read_int, update_op
+
+if TYPE_CHECKING:
+    from sk_core.limits.lease_state import LeaseSettings, TenantLease
 
 POOL_PREFIX = "pool-"
 POOL_COUNTS = (
@@ -92,11 +95,11 @@ def pool_count(holders: int, *, threshold: int, per_pool: int, most: int) -> int
     return min(1 << (most.bit_length() - 1), 1 << math.ceil(math.log2(wanted)))
 
 
-def store_pool_count(settings: Any, lease: Any, inflight: CounterRow) -> None:
+def store_pool_count(settings: LeaseSettings, lease: TenantLease, inflight: CounterRow) -> None:
     """The sub-pool count a window sync stores in the in-flight row (and the keeper then
     uses): grown for the holders, never shrunk while anyone holds a lease (a pool left
     behind would hold capacity no keeper syncs with until the sweep), none again with
-    the last holder. ``settings``: ``LeaseSettings``; ``lease``: the ``TenantLease``."""
+    the last holder."""
     stored = max(lease.pools, inflight["pools"])
     holders = inflight["leases"]
     wanted = pool_count(
