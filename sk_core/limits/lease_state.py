@@ -62,9 +62,9 @@ class LeaseSettings:
     # then stretch only to keep every sync (about entities_per_sync entities read and
     # written) within half of a partition's throughput target, partition_ops_per_s
     # (Azure Table Storage: about 2,000 entities a second for one partition).
-    # Sub-pools with more lease holders than this. The holders at a moment are far fewer
-    # than the instances (idle ones hand back): in bench/scale.py 64 instances cross it
-    # at times (about the same result as one pool), 256 do (half the lost races).
+    # Sub-pools with more lease holders than this. The holders at a moment are fewer
+    # than the instances (idle ones hand back); in bench/scale.py 48 served 64 instances
+    # best and 256 worst, 8 the other way round, 24 both near the better (bench/README).
     pool_threshold: int = 24
     pool_holders: int = 4
     max_pools: int = 64

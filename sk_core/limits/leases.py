@@ -455,7 +455,7 @@ class LeaseKeeper:
                 )
                 unit = max(1, demand.unit_amount)
                 # At most twice a fair part of what is unspent: excess of a burst goes back.
-                unspent = left + day_row["leased_nano"] + budget.free
+                unspent = left + day_row["leased_nano"]  # (this lease's slice is leased too)
                 fair = 2 * unspent // max(1, lease.holders)
                 # Under two calls a holder (four in all): see _from_lease.
                 lease.near_limit = unspent < unit * max(4, 2 * lease.holders)
