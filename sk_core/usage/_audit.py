@@ -175,8 +175,9 @@ class AuditLog:
                 # Planned before the write, kept only once its rows are stored.
                 changed = self.rollups.plan(chunk) if tenant_of(partition) != ANONYMOUS else {}
                 try:
-                    table = await self._store.table(AUDIT_TABLE)
-                    await submit(table, operations)
+                    # In a thread: the SDK builds and parses a 100-row body synchronously
+                    # (tens of ms of CPU), which on the loop would stall every request.
+                    await self._store.submit_in_thread(AUDIT_TABLE, operations)
                 except Exception:  # an audit gap is logged, never turned into a failed answer
                     failed.extend(chunk)  # not committed to the rollups: planned again
                     continue
@@ -211,8 +212,8 @@ class AuditLog:
             for start in range(0, len(keys), _BATCH):
                 part = {key: tenant_buckets[key] for key in keys[start : start + _BATCH]}
                 try:
-                    table = await self._store.table(AUDIT_TABLE)
-                    await submit(table, [("upsert", e, replace) for e in self.rollups.entities(part)])
+                    upserts = [("upsert", entity, replace) for entity in self.rollups.entities(part)]
+                    await self._store.submit_in_thread(AUDIT_TABLE, upserts)
                 except Exception:  # the charts lag until the next flush writes them
                     logger.warning("audit rollup write failed for %d buckets; retrying", len(part))
                     continue

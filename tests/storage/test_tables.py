@@ -138,3 +138,31 @@ async def test_storage_that_does_not_answer_is_silence_until_it_answers() -> Non
     answering.set()
     await query_partition(table, "p", ["r"])
     assert store.silence() == 0.0
+
+
+async def test_a_transaction_in_a_thread_answers_as_submit_and_is_counted(store: TableStore) -> None:
+    """``submit_in_thread`` (the audit flush's): the same metadata, the same ``Conflict``
+    for a lost race, an outage as ``StorageUnavailable``, and every exchange counted in
+    ``round_trips`` (on the loop, where the benchmarks read it)."""
+    rows = [{"PartitionKey": "p", "RowKey": f"r{i}", "n": int64(i)} for i in range(3)]
+    await store.table("t")  # created first (an exchange of its own)
+    trips = store.round_trips
+    answers = await store.submit_in_thread("t", [("create", row, {}) for row in rows])
+    assert len(answers) == 3
+    assert all(answer.get("etag") for answer in answers)
+    await asyncio.sleep(0)  # the count is posted to the loop from the thread
+    assert store.round_trips - trips == 1
+    with pytest.raises(Conflict):
+        await store.submit_in_thread("t", [("create", rows[0], {})])
+    stored = await query_partition(await store.table("t"), "p", ["r0", "r1", "r2"])
+    assert sorted(read_int(row["n"]) for row in stored.values()) == [0, 1, 2]
+
+
+async def test_a_transaction_in_a_thread_against_a_dead_account_is_storage_unavailable() -> None:
+    dead = TableStore(connection_string=development_connection_string(free_port()), retries=0)
+    dead._created.add(dead._prefix + "t")  # as if prepared: only the transaction meets the dead port
+    try:
+        with pytest.raises(StorageUnavailable):
+            await dead.submit_in_thread("t", [("create", {"PartitionKey": "p", "RowKey": "r"}, {})])
+    finally:
+        await dead.aclose()
