@@ -52,7 +52,7 @@ from azure.data.tables._serialize import _add_entity_properties, _parameter_filt
 from azure.data.tables.aio import TableClient
 
 from sk_core.storage._filter import FilterError, Keys, Predicate, Wire, parse_filter, utf16
-from sk_core.storage._tables import TableStore, Waits, submit
+from sk_core.storage._tables import TableStore, Waits
 
 _TRANSACTION_LIMIT = 100
 
@@ -172,12 +172,6 @@ class MemoryTableStore(TableStore):
         if client is None:
             client = self._memory_tables[full] = MemoryTable(self, full)
         return cast("TableClient", client)
-
-    async def submit_in_thread(
-        self, name: str, operations: list[tuple[str, dict[str, Any], dict[str, Any]]]
-    ) -> list[Mapping[str, Any]]:
-        """``submit``, on the loop: nothing here is the SDK's to build or parse."""
-        return await submit(await self.table(name), operations)
 
     async def prepare(self, names: Iterable[str]) -> None:
         """Nothing to create: a table exists from its first use."""

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -46,7 +45,7 @@ _DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZF
 # A transaction is planned on rows just read; any of these means one of them changed
 # (ETag), appeared (insert) or disappeared (a conditional delete of a row another
 # process deleted) since: re-read and decide again.
-_CONFLICT_CODES = frozenset(
+CONFLICT_CODES = frozenset(
     {"UpdateConditionNotSatisfied", "EntityAlreadyExists", "ConditionNotMet", "ResourceNotFound"}
 )
 
@@ -172,11 +171,6 @@ class TableStore:
         # show what a request waited for).
         self.trace: list[str] | None = None
         self._credential: Any = None
-        # What ``submit_in_thread``'s synchronous client is built from, on first use.
-        self._sync_args = (connection_string, endpoint, retry)
-        self._sync_service: Any = None
-        self._sync_credential: Any = None
-        self._sync_lock = threading.Lock()
         if connection_string:
             if connection_string.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
                 connection_string = development_connection_string()
@@ -233,55 +227,6 @@ class TableStore:
                     await self._create(full)
         return client
 
-    async def submit_in_thread(
-        self, name: str, operations: list[tuple[str, dict[str, Any], dict[str, Any]]]
-    ) -> list[Mapping[str, Any]]:
-        """``submit`` on ``<prefix><name>``, with all the SDK's work in a worker thread.
-
-        For large background transactions (the audit flush: up to 100 rows). The SDK
-        builds a transaction's body and parses its answer with the ``email`` package,
-        synchronously: about 0.4 ms of CPU a row, so a 100-row batch on the event loop
-        stalls every request in flight for tens of ms (bench/README.md, "load.py and
-        streaming.py"). Here the SDK's synchronous client runs it in a thread: the loop
-        gets the GIL back every switch interval (5 ms) instead of waiting for the whole
-        batch. Same errors as ``submit``; the exchange is counted in ``round_trips``
-        (on the loop), not in ``silence`` (nothing on the request path waits for it).
-        """
-        await self.table(name)  # created (again) on the loop, as for every other use
-        loop = asyncio.get_running_loop()
-
-        def count(response: Any) -> None:
-            loop.call_soon_threadsafe(self._count, response)
-
-        def run() -> list[Mapping[str, Any]]:
-            table = self._sync_table(f"{self._prefix}{name}")
-            with _transaction_errors():
-                return list(table.submit_transaction(operations, raw_response_hook=count))
-
-        return await asyncio.to_thread(run)
-
-    def _sync_table(self, full: str) -> Any:
-        # Built in the worker thread on first use (its imports and TLS set-up too).
-        with self._sync_lock:
-            if self._sync_service is None:
-                from azure.data.tables import TableServiceClient as SyncTableServiceClient
-
-                connection_string, endpoint, retry = self._sync_args
-                if connection_string:
-                    if connection_string.strip().rstrip(";").lower() == "usedevelopmentstorage=true":
-                        connection_string = development_connection_string()
-                    self._sync_service = SyncTableServiceClient.from_connection_string(
-                        connection_string, **retry
-                    )
-                else:
-                    from azure.identity import DefaultAzureCredential
-
-                    self._sync_credential = DefaultAzureCredential()
-                    self._sync_service = SyncTableServiceClient(
-                        endpoint, credential=self._sync_credential, **retry
-                    )
-            return self._sync_service.get_table_client(full)
-
     async def prepare(self, names: Iterable[str]) -> None:
         """Make sure the tables ``<prefix><name>`` exist, before traffic: one listing of
         this prefix's tables, then the missing ones created together. Afterwards their
@@ -317,12 +262,6 @@ class TableStore:
         await self._service.close()
         if self._credential is not None:
             await self._credential.close()
-        if self._sync_service is not None:
-            self._sync_service.close()
-            self._sync_service = None
-        if self._sync_credential is not None:
-            self._sync_credential.close()
-            self._sync_credential = None
 
 
 def int64(value: int) -> EntityProperty:
@@ -363,19 +302,12 @@ async def submit(
 ) -> list[Mapping[str, Any]]:
     """Submit one entity-group transaction; lost races become ``Conflict``. Returns each
     operation's response metadata (its new ``etag``), in order."""
-    with _transaction_errors():
-        return list(await table.submit_transaction(operations))
-
-
-@contextlib.contextmanager
-def _transaction_errors() -> Iterator[None]:
-    """A transaction's failures: lost races become ``Conflict``, the rest an outage."""
     with storage_errors():
         try:
-            yield
+            return list(await table.submit_transaction(operations))
         except TableTransactionError as exc:
             code = str(getattr(exc, "error_code", "") or "")
-            if code in _CONFLICT_CODES or exc.status_code in (409, 412):
+            if code in CONFLICT_CODES or exc.status_code in (409, 412):
                 raise Conflict(code or str(exc.status_code)) from exc
             raise StorageUnavailable(f"transaction failed: {code or exc.status_code}") from exc
         except (ResourceModifiedError, ResourceExistsError) as exc:
