@@ -173,9 +173,21 @@ _setup_failure_logged = False  # the reason is logged once, not per retry
 _prometheus_reader: Any = None
 
 
+_tracer: tuple[object, trace.Tracer] | None = None  # (the provider it came from, it)
+
+
 def tracer() -> trace.Tracer:
-    """Our tracer (a no-op one until ``setup_telemetry`` installs the SDK)."""
-    return trace.get_tracer(INSTRUMENTATION, __version__)
+    """Our tracer (a no-op one until ``setup_telemetry`` installs the SDK).
+
+    Kept while the global provider stays the same: ``get_tracer`` builds a new tracer
+    and instrumentation scope at every call (about 8 us), and a request asks for one
+    per span, some eight times before a stream's first byte (issue #23, defect 6)."""
+    global _tracer
+    provider = trace.get_tracer_provider()
+    cached = _tracer
+    if cached is None or cached[0] is not provider:
+        cached = _tracer = (provider, provider.get_tracer(INSTRUMENTATION, __version__))
+    return cached[1]
 
 
 _instruments: Instruments | None = None

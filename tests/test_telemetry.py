@@ -597,3 +597,38 @@ def test_every_worker_process_reports_its_own_service_instance_id() -> None:
     bare = {k: v for k, v in os.environ.items() if k != "OTEL_RESOURCE_ATTRIBUTES"}
     instance, pid = instance_and_pid(bare)
     assert instance == f"{socket.gethostname()}-{pid}"
+
+
+def test_the_tracer_is_asked_of_the_provider_once_and_follows_a_new_one() -> None:
+    """``trace.get_tracer`` builds an instrumentation scope and takes the provider's lock
+    at every call (about 8 us; some eight spans before a stream's first byte): ours is
+    asked for once per provider, and never outlives the provider it came from, so spans
+    made before and after ``setup_telemetry`` all reach the SDK."""
+    result = run_fresh_python(
+        """
+        import json
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from sk_core import telemetry
+        early = telemetry.tracer()
+        provider, exported = TracerProvider(), InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(exported))
+        asked = []
+        get_tracer = provider.get_tracer
+        provider.get_tracer = lambda *a, **k: asked.append(a) or get_tracer(*a, **k)
+        trace.set_tracer_provider(provider)
+        late = [telemetry.tracer() for _ in range(10)]
+        with early.start_as_current_span("early"), late[-1].start_as_current_span("late"):
+            pass
+        print(json.dumps({
+            "asked": len(asked),
+            "one_tracer": len({id(t) for t in late}),
+            "late_is_sdk": type(late[0]).__module__.startswith("opentelemetry.sdk"),
+            "spans": sorted(span.name for span in exported.get_finished_spans()),
+        }))
+        """
+    )
+    # Asked twice: once for ours, once by the early (proxy) tracer at its first span.
+    assert result == {"asked": 2, "one_tracer": 1, "late_is_sdk": True, "spans": ["early", "late"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sk_core.storage._batch import submit_bulk
 from sk_core.storage._memory import MemoryAccount, MemoryTableStore, Operation
 from sk_core.storage._tables import (
     Conflict,
@@ -33,5 +34,6 @@ __all__ = [
     "read_int",
     "storage_errors",
     "submit",
+    "submit_bulk",
     "update_op",
 ]

@@ -45,7 +45,7 @@ _DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZF
 # A transaction is planned on rows just read; any of these means one of them changed
 # (ETag), appeared (insert) or disappeared (a conditional delete of a row another
 # process deleted) since: re-read and decide again.
-_CONFLICT_CODES = frozenset(
+CONFLICT_CODES = frozenset(
     {"UpdateConditionNotSatisfied", "EntityAlreadyExists", "ConditionNotMet", "ResourceNotFound"}
 )
 
@@ -307,7 +307,7 @@ async def submit(
             return list(await table.submit_transaction(operations))
         except TableTransactionError as exc:
             code = str(getattr(exc, "error_code", "") or "")
-            if code in _CONFLICT_CODES or exc.status_code in (409, 412):
+            if code in CONFLICT_CODES or exc.status_code in (409, 412):
                 raise Conflict(code or str(exc.status_code)) from exc
             raise StorageUnavailable(f"transaction failed: {code or exc.status_code}") from exc
         except (ResourceModifiedError, ResourceExistsError) as exc:

@@ -111,3 +111,44 @@ async def test_rows_given_up_after_an_outage_leave_no_retry_marks_behind(
     await log.aclose()
     assert (log._queue, log._retried) == ([], set())
     await store.aclose()
+
+
+async def test_a_flush_writes_its_transactions_without_the_sdks_email_machinery(
+    azurite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Azure SDK turns a transaction into a multipart body with ``email.generator``
+    and reads the answer with ``email.parser``: about 0.4 ms of CPU per audit row,
+    synchronously, on the event loop: a 100-row flush stalled every request in flight
+    for tens of ms once a second (bench/README.md, defect 6). A flush must call
+    neither (``submit_bulk``); its rows all land, and their rollups."""
+    import email.generator
+    import email.parser
+
+    calls: list[str] = []
+
+    def spy(cls: type, name: str) -> None:
+        original = getattr(cls, name)
+
+        def recording(*args: object, **kwargs: object) -> object:
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, recording)
+
+    spy(email.generator.Generator, "flatten")
+    spy(email.parser.Parser, "parse")
+    store = TableStore(connection_string=azurite, table_prefix="aud" + secrets.token_hex(4))
+    log = AuditLog(store=store, retention_days=1)
+    try:
+        for n in range(150):  # two transactions of one partition (100 + 50), then the rollups
+            entry = AuditEntry(route="/api/v1/summarize", status=200, tenant_id="acme", cost_nano=n)
+            log._queue.append(log.row(entry))
+        await log.flush()
+        assert calls == []
+        rows = await log.recent("acme", limit=200)
+        assert sorted(row["cost_nano"] for row in rows) == list(range(150))
+        assert (log._queue, log.lost, log._dirty) == ([], 0, set())  # the rollups written too
+    finally:
+        monkeypatch.undo()
+        await log.aclose()
+        await store.aclose()
