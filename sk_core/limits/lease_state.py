@@ -97,6 +97,13 @@ class Demand:
         self.unit_amount = amount if self.unit_amount == 0 else (self.unit_amount * 7 + amount) // 8
         self.unit_tokens = tokens if self.unit_tokens == 0 else (self.unit_tokens * 7 + tokens) // 8
 
+    def synced_peak(self, inflight: int) -> None:
+        """After a sync: the concurrency to size the next one's slots for. Up at once
+        (``lease_admit.take``), down by a quarter a sync: sized for the calls in flight
+        at one moment, a lull left 14 slots for 64 clients, and the next burst waited
+        in ``admit`` for a sync (issue 23, defect 6; bench/README.md, load.py)."""
+        self.peak_inflight = max(inflight, self.peak_inflight * 3 // 4)
+
     def roll(self, now: float) -> None:
         elapsed = max(1e-3, now - self.since)
         self.rate = smoothed(self.rate, self.admitted / elapsed)

@@ -188,7 +188,7 @@ async def plan_pool_sync(
     pool.add("slots", lease.slots - new_slots)
     busy = lease.inflight
     pool.add("busy", busy - lease.reported_busy)
-    demand.peak_inflight = lease.inflight
+    demand.synced_peak(lease.inflight)
     amount = current.held + wanted_free
     keep = new_slots > 0 or amount > 0 or lease.inflight > 0
     joined = int(keep and stored is None) - int(not keep and stored is not None)

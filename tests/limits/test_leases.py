@@ -533,3 +533,42 @@ async def test_the_usage_document_tells_leased_requests_from_used_ones(stores: l
     handed_back = await usage_of(ledger, who, report_own_leases=False)
     assert handed_back.minute.leased_requests == 0  # closed: the slice went back
     assert handed_back.minute.requests == 3
+
+
+async def test_a_lease_keeps_slots_for_the_concurrency_it_saw_and_renews_them_early(
+    stores: list[TableStore],
+) -> None:
+    """Issue 23, defect 6: at 64 closed-loop clients the slowest requests waited in
+    ``admit`` for a sync because the lease had no free slot. Each sync sized the slots
+    for the calls in flight at its own moment (a lull: 14 slots for 64 clients), and a
+    renewal started only once the last slot was taken. Now the slot estimate falls by a
+    quarter a sync (it still rises at once), and a renewal starts with a quarter left."""
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=1000)  # fmt: skip
+
+    async def admit() -> Hold:
+        return await ledger.admit(
+            who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
+        )
+
+    holds = list(await asyncio.gather(*(admit() for _ in range(40))))
+    for hold in holds[4:]:  # a lull: 4 calls in flight when the next syncs run
+        await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
+    del holds[4:]
+    await ledger.flush(who.id)
+    await ledger.flush(who.id)
+    assert ledger.leases is not None
+    lease = ledger.leases._leases[who.id]
+    free = lease.slots - lease.inflight
+    assert free >= 20, f"{lease.slots} slots for a concurrency of 40 seen two syncs ago"
+    # Take slots until a quarter is left: a renewal is under way before they run out.
+    syncs = ledger.leases.syncs
+    while lease.slots - lease.inflight >= lease.slots // 4 and lease.sync is None:
+        holds.append(await admit())
+    assert lease.slots - lease.inflight > 0
+    await asyncio.sleep(0)
+    assert lease.sync is not None or ledger.leases.syncs > syncs
+    for hold in holds:
+        await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
+    await ledger.aclose()
