@@ -138,7 +138,9 @@ class TenantLease:
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
     recalled_until: float = 0.0  # monotonic; the pool recalled leased budget (see RECALL)
-    frozen: bool = False  # a sync that shrinks the slices is in flight
+    # What a sync in flight takes back (budget, requests, tokens, slots): until it lands,
+    # local admissions use only what it leaves (``lease_admit.take``).
+    holdback: tuple[int, int, int, int] = (0, 0, 0, 0)
     seq: int = 0  # syncs of this lease known to have committed (the row's "seq")
     pending: Snapshot | None = None  # a sync sent whose outcome we have not heard
     granted: tuple[int, int, int] = (0, 0, 0)  # the last grant: free nano-USD, requests, tokens
