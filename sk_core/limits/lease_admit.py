@@ -23,20 +23,29 @@ from sk_core.pricing import Price
 def take(now: datetime, lease: TenantLease, price: Price, prompt: int, requested: int) -> Hold | None:
     """Admit one call from the lease's slices, or None (they cannot: sync or decide exactly)."""
     monotonic = time.monotonic()
-    if lease.frozen or monotonic >= lease.valid_until or monotonic < lease.recalled_until:
+    if monotonic >= lease.valid_until or monotonic < lease.recalled_until:
         return None
     day, month, minute_key = policy.window_keys(now)
     budget, minute = lease.current, lease.minute
     if budget is None or budget.day != day or minute is None or minute.minute != minute_key:
         return None
     limits = lease.tenant.limits
+    # A sync in flight that shrinks the slices: only what it leaves (``holdback``).
+    free, requests, tokens, slots = (
+        have - back
+        for have, back in zip(
+            (budget.free, minute.requests, minute.tokens, lease.slots - lease.inflight),
+            lease.holdback,
+            strict=True,
+        )
+    )
     room = policy.Room(
-        slots=lease.slots - lease.inflight,
-        requests=minute.requests,
-        tokens=minute.tokens,
-        budget_nano=budget.free,
-        unheld_nano=budget.free,
-        requests_used=limits.requests_per_minute - minute.requests,
+        slots=slots,
+        requests=requests,
+        tokens=tokens,
+        budget_nano=free,
+        unheld_nano=free,
+        requests_used=limits.requests_per_minute - requests,
     )
     try:
         # The exact path's rules on this slice. The whole answer or nothing: a sync
@@ -76,10 +85,12 @@ def take(now: datetime, lease: TenantLease, price: Price, prompt: int, requested
 
 def count(now: datetime, lease: TenantLease) -> RateState | None:
     """Count one request (no tokens, budget or slot) from the minute slice, or None."""
-    if lease.frozen or time.monotonic() >= lease.valid_until:
+    if time.monotonic() >= lease.valid_until:
         return None
     minute = lease.minute
-    if minute is None or minute.minute != policy.window_keys(now)[2] or not minute.fits(0):
+    if minute is None or minute.minute != policy.window_keys(now)[2]:
+        return None
+    if minute.requests - lease.holdback[1] < 1:  # (what a sync in flight leaves)
         return None
     minute.take(0)
     lease.demand.counted += 1

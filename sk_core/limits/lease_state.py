@@ -97,6 +97,13 @@ class Demand:
         self.unit_amount = amount if self.unit_amount == 0 else (self.unit_amount * 7 + amount) // 8
         self.unit_tokens = tokens if self.unit_tokens == 0 else (self.unit_tokens * 7 + tokens) // 8
 
+    def synced_peak(self, inflight: int) -> None:
+        """After a sync: the concurrency to size the next one's slots for. Up at once
+        (``lease_admit.take``), down by a quarter a sync: sized for the calls in flight
+        at one moment, a lull left 14 slots for 64 clients, and the next burst waited
+        in ``admit`` for a sync (issue 23, defect 6; bench/README.md, load.py)."""
+        self.peak_inflight = max(inflight, self.peak_inflight * 3 // 4)
+
     def roll(self, now: float) -> None:
         elapsed = max(1e-3, now - self.since)
         self.rate = smoothed(self.rate, self.admitted / elapsed)
@@ -131,7 +138,9 @@ class TenantLease:
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
     recalled_until: float = 0.0  # monotonic; the pool recalled leased budget (see RECALL)
-    frozen: bool = False  # a sync that shrinks the slices is in flight
+    # What a sync in flight takes back (budget, requests, tokens, slots): until it lands,
+    # local admissions use only what it leaves (``lease_admit.take``).
+    holdback: tuple[int, int, int, int] = (0, 0, 0, 0)
     seq: int = 0  # syncs of this lease known to have committed (the row's "seq")
     pending: Snapshot | None = None  # a sync sent whose outcome we have not heard
     granted: tuple[int, int, int] = (0, 0, 0)  # the last grant: free nano-USD, requests, tokens

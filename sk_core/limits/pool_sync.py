@@ -188,7 +188,7 @@ async def plan_pool_sync(
     pool.add("slots", lease.slots - new_slots)
     busy = lease.inflight
     pool.add("busy", busy - lease.reported_busy)
-    demand.peak_inflight = lease.inflight
+    demand.synced_peak(lease.inflight)
     amount = current.held + wanted_free
     keep = new_slots > 0 or amount > 0 or lease.inflight > 0
     joined = int(keep and stored is None) - int(not keep and stored is not None)
@@ -213,13 +213,12 @@ async def plan_pool_sync(
         operations.append(("create", entity, {}) if stored is None else update_op(entity, etag_of(stored)))
     elif stored is not None:
         operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": keeper.row_key}, etag_of(stored)))
-    if (
-        wanted_free < current.free
-        or wanted_requests < unused_requests
-        or wanted_tokens < unused_tokens
-        or new_slots < lease.slots
-    ):
-        lease.frozen = True  # no local admission may use what this sync takes back
+    lease.holdback = (  # what this sync takes back: no local admission may use it
+        max(0, current.free - wanted_free),
+        max(0, unused_requests - wanted_requests),
+        max(0, unused_tokens - wanted_tokens),
+        max(0, lease.slots - new_slots),
+    )
     return operations, Snapshot(
         budget=[(current, report)],
         new_free={id(current): wanted_free},

@@ -24,7 +24,7 @@ from sk_core.limits.lease_state import LeaseSettings
 from sk_core.limits.pools import store_pool_count
 from sk_core.limits.rows import INFLIGHT_FIELDS, CounterRow
 from sk_core.limits.slices import BudgetSlice, grant
-from sk_core.storage import TableStore, query_partition, read_int
+from sk_core.storage import MemoryAccount, MemoryTableStore, Operation, TableStore, query_partition, read_int
 from tests.support.clock import inside_one_minute
 from tests.support.ledgers import PRICE, call
 from tests.support.stores import STORE_BACKENDS, open_stores
@@ -533,3 +533,104 @@ async def test_the_usage_document_tells_leased_requests_from_used_ones(stores: l
     handed_back = await usage_of(ledger, who, report_own_leases=False)
     assert handed_back.minute.leased_requests == 0  # closed: the slice went back
     assert handed_back.minute.requests == 3
+
+
+async def test_a_lease_keeps_slots_for_the_concurrency_it_saw_and_renews_them_early(
+    stores: list[TableStore],
+) -> None:
+    """Issue 23, defect 6: at 64 closed-loop clients the slowest requests waited in
+    ``admit`` for a sync because the lease had no free slot. Each sync sized the slots
+    for the calls in flight at its own moment (a lull: 14 slots for 64 clients), and a
+    renewal started only once the last slot was taken. Now the slot estimate falls by a
+    quarter a sync (it still rises at once), and a renewal starts with a quarter left."""
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=1000)  # fmt: skip
+
+    async def admit() -> Hold:
+        return await ledger.admit(
+            who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
+        )
+
+    holds = list(await asyncio.gather(*(admit() for _ in range(40))))
+    for hold in holds[4:]:  # a lull: 4 calls in flight when the next syncs run
+        await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
+    del holds[4:]
+    await ledger.flush(who.id)
+    await ledger.flush(who.id)
+    assert ledger.leases is not None
+    lease = ledger.leases._leases[who.id]
+    free = lease.slots - lease.inflight
+    assert free >= 20, f"{lease.slots} slots for a concurrency of 40 seen two syncs ago"
+    # Take slots until a quarter is left: a renewal is under way before they run out.
+    syncs = ledger.leases.syncs
+    while lease.slots - lease.inflight >= lease.slots // 4 and lease.sync is None:
+        holds.append(await admit())
+    assert lease.slots - lease.inflight > 0
+    await asyncio.sleep(0)
+    assert lease.sync is not None or ledger.leases.syncs > syncs
+    for hold in holds:
+        await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
+    await ledger.aclose()
+
+
+async def test_admissions_go_on_during_a_sync_that_takes_capacity_back_up_to_what_it_leaves() -> None:
+    """Issue 23, defect 6: a sync that shrinks a slice (handing back what a lull left
+    unused) froze the lease, and every request waited for it in ``admit``. Now local
+    admissions go on while it is in flight, but only within what it leaves: once it
+    lands no slice is overdrawn. The store's transactions are held at a gate to keep
+    the sync in flight."""
+    gate, reached = asyncio.Event(), asyncio.Event()
+    gate.set()
+
+    async def held(operation: Operation) -> None:
+        if operation.kind == "transaction" and not gate.is_set():
+            reached.set()  # the sync was planned; its transaction waits here
+            await gate.wait()
+
+    store = MemoryTableStore(MemoryAccount(on_operation=held), table_prefix="hb" + secrets.token_hex(3))
+    ledger = Ledger(store=store, lease_seconds=30, min_answer_tokens=16, leases=FAST)
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=1000)  # fmt: skip
+
+    async def admit() -> Hold:
+        return await ledger.admit(
+            who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
+        )
+
+    holds = list(await asyncio.gather(*(admit() for _ in range(40))))
+    for hold in holds[2:]:
+        await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
+    del holds[2:]
+    await ledger.flush(who.id)  # sized for the burst; the next one for less (a lull)
+    assert ledger.leases is not None
+    lease = ledger.leases._leases[who.id]
+    gate.clear()
+    flushing = asyncio.ensure_future(ledger.flush(who.id))
+    await reached.wait()
+    assert lease.holdback[3] > 0, "the sync should hand slots back"
+    local = 0
+    while True:
+        admission = asyncio.ensure_future(admit())
+        await asyncio.sleep(0.01)
+        if not admission.done():
+            break  # waits for the sync: what it leaves is taken
+        holds.append(admission.result())
+        local += 1
+    assert local >= 1, "no admission from the lease while the sync was in flight"
+    assert not flushing.done()
+    gate.set()
+    await flushing
+    holds.append(await admission)
+    budget, minute = lease.current, lease.minute
+    assert budget is not None
+    assert minute is not None
+    assert budget.free >= 0
+    assert minute.requests >= 0
+    assert lease.slots >= lease.inflight
+    for hold in holds:
+        await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
+    await ledger.aclose()
+    counters = await rows(store, who)
+    assert counters[INFLIGHT]["count"] == 0
+    assert counters[window_keys(datetime.now(UTC))[0]].get("leased_nano", 0) == 0
