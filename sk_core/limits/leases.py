@@ -499,7 +499,7 @@ class LeaseKeeper:
         inflight_row = rows.counter(INFLIGHT, INFLIGHT_FIELDS)
         new_slots = lease.inflight
         if not idle:
-            wanted = max(demand.peak_inflight, lease.inflight + demand.waiting) * 2 + 1  # (pool_sync)
+            wanted = max(demand.peak_inflight * 2, lease.inflight + demand.waiting + 1, 2)
             new_slots = max(
                 lease.inflight,
                 grant(

@@ -156,10 +156,8 @@ async def plan_pool_sync(
     wanted_free = 0 if idle else max(int(expected * unit), 2 * unit)
     wanted_requests = 0 if idle else int(expected + demand.count_rate * horizon) + 1
     wanted_tokens = 0 if idle else int((expected + 1) * token_unit)
-    # Room for as many calls again as are in flight or waiting: more arrive while a sync
-    # is in flight, and a cold process's first burst otherwise waited for two or three.
     wanted_slots = (
-        lease.inflight if idle else max(demand.peak_inflight, lease.inflight + demand.waiting) * 2 + 1
+        lease.inflight if idle else max(demand.peak_inflight * 2, lease.inflight + demand.waiting + 1, 2)
     )
     # The pool gives what it has up to what is wanted (a buffer, refilled at its next
     # rebalance for the demand then); short of one more call's worth, it rebalances.

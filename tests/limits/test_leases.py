@@ -634,30 +634,3 @@ async def test_admissions_go_on_during_a_sync_that_takes_capacity_back_up_to_wha
     counters = await rows(store, who)
     assert counters[INFLIGHT]["count"] == 0
     assert counters[window_keys(datetime.now(UTC))[0]].get("leased_nano", 0) == 0
-
-
-async def test_a_cold_lease_takes_slots_for_twice_the_requests_waiting_for_it(
-    stores: list[TableStore],
-) -> None:
-    """Issue 23, defect 6: a new process's first syncs sized its slots for the requests
-    waiting when each was planned, so those arriving during the sync waited for the next
-    one (18, then 36 slots at 64 clients: two or three syncs for a cold process's first
-    burst). The grant now leaves room for as many again."""
-    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
-    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=100_000,
-                 tokens_per_minute=10**9, max_concurrent=1000)  # fmt: skip
-    holds = await asyncio.gather(
-        *(
-            ledger.admit(
-                who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
-            )
-            for _ in range(10)
-        )
-    )
-    assert ledger.leases is not None
-    lease = ledger.leases._leases[who.id]
-    assert lease.inflight == 10
-    assert lease.slots - lease.inflight >= 10
-    for hold in holds:
-        await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
-    await ledger.aclose()
