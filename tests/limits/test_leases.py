@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -535,15 +535,9 @@ async def test_the_usage_document_tells_leased_requests_from_used_ones(stores: l
     assert handed_back.minute.requests == 3
 
 
-async def test_a_lease_keeps_slots_for_the_concurrency_it_saw_and_renews_them_early(
-    stores: list[TableStore],
-) -> None:
-    """Issue 23, defect 6: at 64 closed-loop clients the slowest requests waited in
-    ``admit`` for a sync because the lease had no free slot. Each sync sized the slots
-    for the calls in flight at its own moment (a lull: 14 slots for 64 clients), and a
-    renewal started only once the last slot was taken. Now the slot estimate falls by a
-    quarter a sync (it still rises at once), and a renewal starts with a quarter left."""
-    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
+def roomy(store: TableStore) -> tuple[Ledger, Tenant, Callable[[], Awaitable[Hold]]]:
+    """A ledger with fast leases, a tenant whose limits are far away, and one admission."""
+    ledger = Ledger(store=store, lease_seconds=30, min_answer_tokens=16, leases=FAST)
     who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=100_000,
                  tokens_per_minute=10**9, max_concurrent=1000)  # fmt: skip
 
@@ -552,6 +546,18 @@ async def test_a_lease_keeps_slots_for_the_concurrency_it_saw_and_renews_them_ea
             who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
         )
 
+    return ledger, who, admit
+
+
+async def test_a_lease_keeps_slots_for_the_concurrency_it_saw_and_renews_them_early(
+    stores: list[TableStore],
+) -> None:
+    """Issue 23, defect 6: at 64 closed-loop clients the slowest requests waited in
+    ``admit`` for a sync because the lease had no free slot. Each sync sized the slots
+    for the calls in flight at its own moment (a lull: 14 slots for 64 clients), and a
+    renewal started only once the last slot was taken. Now the slot estimate falls by a
+    quarter a sync (it still rises at once), and a renewal starts with a quarter left."""
+    ledger, who, admit = roomy(stores[0])
     holds = list(await asyncio.gather(*(admit() for _ in range(40))))
     for hold in holds[4:]:  # a lull: 4 calls in flight when the next syncs run
         await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
@@ -589,15 +595,7 @@ async def test_admissions_go_on_during_a_sync_that_takes_capacity_back_up_to_wha
             await gate.wait()
 
     store = MemoryTableStore(MemoryAccount(on_operation=held), table_prefix="hb" + secrets.token_hex(3))
-    ledger = Ledger(store=store, lease_seconds=30, min_answer_tokens=16, leases=FAST)
-    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=100_000,
-                 tokens_per_minute=10**9, max_concurrent=1000)  # fmt: skip
-
-    async def admit() -> Hold:
-        return await ledger.admit(
-            who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
-        )
-
+    ledger, who, admit = roomy(store)
     holds = list(await asyncio.gather(*(admit() for _ in range(40))))
     for hold in holds[2:]:
         await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
