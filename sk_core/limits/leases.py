@@ -341,21 +341,20 @@ class LeaseKeeper:
         racing = lease.holders // pools // 2 if pools else lease.holders
         base = 0.01 if pools else 0.04  # seconds per racing holder
         try:
-            # Backing off longer the more holders race for the pool (their count as the last
-            # read of the pool said, or doubling with each lost race when many start at
-            # once): a pool commits one sync per two round trips, so N racing holders need
-            # a window of about N x 40 ms (requests waiting for it go exact on a lost race).
+            # Backing off longer the more holders race for the pool (as last read, or doubling
+            # with each lost race): a pool commits one sync per two round trips, so N racing
+            # holders need a window of about N x 40 ms.
             await ledger.update(
                 table, tenant_id, "lease sync", plan, lost=lease.contended.set,
                 patience=lambda attempt: min(10.0, base * max(4, racing, 2 ** min(attempt, 8))),
             )
         finally:
-            lease.holdback = (0, 0, 0, 0)
+            if lease.pending is None:  # (outcome unknown: held back until the next sync knows)
+                lease.holdback = (0, 0, 0, 0)
         self.syncs += 1
         self._acknowledge(lease, snapshot[0])
         if lease.stored and not self._closing:
-            # Whatever the requests did with it, a stored lease is renewed, reported and
-            # handed back by its keeper.
+            # Whatever the requests did with it, its keeper renews, reports and hands back.
             self._ensure_keeper(tenant_id, lease)
 
     async def _plan_any(self, table: Any, tenant_id: str, lease: TenantLease) -> tuple[list[Any], Snapshot]:
@@ -569,6 +568,7 @@ class LeaseKeeper:
         """A sync committed: count it and move the local numbers by what it changed."""
         lease.seq += 1
         lease.pending = None
+        lease.holdback = (0, 0, 0, 0)  # (what it took back is gone from the slices now)
         self._apply(lease, snap)
 
     def _apply(self, lease: TenantLease, snap: Snapshot) -> None:

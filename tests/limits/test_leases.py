@@ -632,3 +632,59 @@ async def test_admissions_go_on_during_a_sync_that_takes_capacity_back_up_to_wha
     counters = await rows(store, who)
     assert counters[INFLIGHT]["count"] == 0
     assert counters[window_keys(datetime.now(UTC))[0]].get("leased_nano", 0) == 0
+
+
+async def test_a_sync_that_hands_back_and_whose_answer_is_lost_keeps_holding_it_back(
+    stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync that hands slots back commits, and its answer is lost (a reset connection).
+    The store's lease row now counts the smaller number: until the next sync finds out
+    what happened, local admissions must keep to it, or the calls in flight would
+    exceed what the store counts for this process (the concurrency limit, and a budget
+    slice likewise, would then hold only on paper)."""
+    from sk_core.errors import StorageUnavailable
+    from sk_core.limits import ledger as ledger_module
+    from sk_core.storage import submit as real_submit
+
+    ledger, who, admit = roomy(stores[0])
+    holds = list(await asyncio.gather(*(admit() for _ in range(40))))
+    for hold in holds[2:]:
+        await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
+    del holds[2:]
+    await ledger.flush(who.id)  # sized for the burst; the next one for less (a lull)
+    resets = 0
+
+    async def committed_then_reset(table: object, operations: list[tuple[str, Any, Any]]) -> None:
+        nonlocal resets
+        await real_submit(table, operations)  # type: ignore[arg-type]  # a TableClient
+        if resets == 0:
+            resets += 1
+            raise StorageUnavailable("connection reset after the commit")
+
+    monkeypatch.setattr(ledger_module, "submit", committed_then_reset)
+    assert ledger.leases is not None
+    lease = ledger.leases._leases[who.id]
+    slots_before = lease.slots
+    with pytest.raises(StorageUnavailable):
+        await ledger.leases.flush(who.id)
+
+    async def stored_slots() -> int:
+        table = await stores[0].table(USAGE_TABLE)
+        [row] = [
+            e
+            async for e in table.query_entities(
+                "PartitionKey eq @p and RowKey ge 'lease-' and RowKey lt 'lease.'", parameters={"p": who.id}
+            )
+        ]
+        return read_int(row["slots"])
+
+    assert await stored_slots() < slots_before, "the sync should have handed slots back"
+    for _ in range(slots_before):  # more calls than the lease held before the sync
+        holds.append(await admit())
+        # Never more calls in flight than the store counts for this process (a renewal
+        # that commits meanwhile may raise that count, never the other way round).
+        assert lease.inflight <= await stored_slots()
+    for hold in holds:
+        await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
+    await ledger.aclose()
+    assert (await rows(stores[0], who))[INFLIGHT]["count"] == 0
