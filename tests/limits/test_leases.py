@@ -317,19 +317,13 @@ async def test_counted_requests_come_from_the_minute_slice_even_in_a_process_tha
     assert counters[INFLIGHT]["count"] == 0
 
 
-async def test_a_sync_that_committed_unheard_is_not_applied_twice(
-    stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The connection resets after the store committed a sync: the next sync must take it
-    as done (the lease row's sequence number says so), not add its deltas again."""
+def lose_the_next_answer(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """The ledger's next transaction commits, and then its connection resets (the answer
+    is lost); the ones after it go through. Returns how many answers were lost so far."""
     from sk_core.errors import StorageUnavailable
     from sk_core.limits import ledger as ledger_module
     from sk_core.storage import submit as real_submit
 
-    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=10_000,
-                 tokens_per_minute=10**8, max_concurrent=64)
-    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
-    costs = list(await asyncio.gather(*(call(ledger, who) for _ in range(10))))
     resets = 0
 
     async def committed_then_reset(table: object, operations: list[tuple[str, Any, Any]]) -> None:
@@ -340,6 +334,21 @@ async def test_a_sync_that_committed_unheard_is_not_applied_twice(
             raise StorageUnavailable("connection reset after the commit")
 
     monkeypatch.setattr(ledger_module, "submit", committed_then_reset)
+    return lambda: resets
+
+
+async def test_a_sync_that_committed_unheard_is_not_applied_twice(
+    stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection resets after the store committed a sync: the next sync must take it
+    as done (the lease row's sequence number says so), not add its deltas again."""
+    from sk_core.errors import StorageUnavailable
+
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=10_000,
+                 tokens_per_minute=10**8, max_concurrent=64)
+    ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=FAST)
+    costs = list(await asyncio.gather(*(call(ledger, who) for _ in range(10))))
+    resets = lose_the_next_answer(monkeypatch)
     assert ledger.leases is not None
     with pytest.raises(StorageUnavailable):
         await ledger.leases.flush(who.id)  # reports the 10 calls; the answer is lost
@@ -347,7 +356,7 @@ async def test_a_sync_that_committed_unheard_is_not_applied_twice(
     await ledger.aclose()
     counters = await rows(stores[0], who)
     day = window_keys(datetime.now(UTC))[0]
-    assert resets == 1
+    assert resets() == 1
     assert counters[day]["spent_nano"] == sum(costs)  # each call reported exactly once
     assert counters[day]["requests"] == 20
     assert counters[day].get("leased_nano", 0) == 0
@@ -643,8 +652,6 @@ async def test_a_sync_that_hands_back_and_whose_answer_is_lost_keeps_holding_it_
     exceed what the store counts for this process (the concurrency limit, and a budget
     slice likewise, would then hold only on paper)."""
     from sk_core.errors import StorageUnavailable
-    from sk_core.limits import ledger as ledger_module
-    from sk_core.storage import submit as real_submit
 
     ledger, who, admit = roomy(stores[0])
     holds = list(await asyncio.gather(*(admit() for _ in range(40))))
@@ -652,16 +659,7 @@ async def test_a_sync_that_hands_back_and_whose_answer_is_lost_keeps_holding_it_
         await ledger.settle(hold, cost_nano=1000, prompt_tokens=100, completion_tokens=1)
     del holds[2:]
     await ledger.flush(who.id)  # sized for the burst; the next one for less (a lull)
-    resets = 0
-
-    async def committed_then_reset(table: object, operations: list[tuple[str, Any, Any]]) -> None:
-        nonlocal resets
-        await real_submit(table, operations)  # type: ignore[arg-type]  # a TableClient
-        if resets == 0:
-            resets += 1
-            raise StorageUnavailable("connection reset after the commit")
-
-    monkeypatch.setattr(ledger_module, "submit", committed_then_reset)
+    lost = lose_the_next_answer(monkeypatch)
     assert ledger.leases is not None
     lease = ledger.leases._leases[who.id]
     slots_before = lease.slots
@@ -678,6 +676,7 @@ async def test_a_sync_that_hands_back_and_whose_answer_is_lost_keeps_holding_it_
         ]
         return read_int(row["slots"])
 
+    assert lost() == 1
     assert await stored_slots() < slots_before, "the sync should have handed slots back"
     for _ in range(slots_before):  # more calls than the lease held before the sync
         holds.append(await admit())
