@@ -31,14 +31,9 @@ def take(now: datetime, lease: TenantLease, price: Price, prompt: int, requested
         return None
     limits = lease.tenant.limits
     # A sync in flight that shrinks the slices: only what it leaves (``holdback``).
-    free, requests, tokens, slots = (
-        have - back
-        for have, back in zip(
-            (budget.free, minute.requests, minute.tokens, lease.slots - lease.inflight),
-            lease.holdback,
-            strict=True,
-        )
-    )
+    back_free, back_requests, back_tokens, back_slots = lease.holdback
+    free, requests = budget.free - back_free, minute.requests - back_requests
+    tokens, slots = minute.tokens - back_tokens, lease.slots - lease.inflight - back_slots
     room = policy.Room(
         slots=slots,
         requests=requests,

@@ -138,9 +138,6 @@ class TenantLease:
     valid_until: float = 0.0  # monotonic; past it nothing is admitted locally
     exact_until: float = 0.0  # monotonic; a zero grant sends admissions to the exact path
     recalled_until: float = 0.0  # monotonic; the pool recalled leased budget (see RECALL)
-    # What a sync in flight takes back (budget, requests, tokens, slots): until it lands,
-    # local admissions use only what it leaves (``lease_admit.take``).
-    holdback: tuple[int, int, int, int] = (0, 0, 0, 0)
     seq: int = 0  # syncs of this lease known to have committed (the row's "seq")
     pending: Snapshot | None = None  # a sync sent whose outcome we have not heard
     granted: tuple[int, int, int] = (0, 0, 0)  # the last grant: free nano-USD, requests, tokens
@@ -155,6 +152,23 @@ class TenantLease:
     # counted as used) and the lowest estimate reported this minute: rpm_remaining().
     minute_stored: int = 0
     rpm_floor: tuple[str, int] = ("", 0)
+
+    @property
+    def holdback(self) -> tuple[int, int, int, int]:
+        """What the sync in flight takes back (budget, requests, tokens, slots), or the
+        last one whose outcome is unknown (its answer lost after a commit): until it is
+        acknowledged, local admissions use only what it leaves (``lease_admit.take``)."""
+        snap = self.pending
+        if snap is None:
+            return (0, 0, 0, 0)
+        free = next((r.free - snap.new_free[id(b)] for b, r in snap.budget if b is self.current), 0)
+        minute = snap.new_minute or MinuteSlice("")
+        return (
+            max(0, free),
+            max(0, snap.minute_requests - minute.requests),
+            max(0, snap.minute_tokens - minute.tokens),
+            max(0, snap.slots - snap.new_slots),
+        )
 
     def rpm_remaining(self, limit: int) -> int:
         """An estimate of the tenant's remaining requests this minute, for the RateLimit

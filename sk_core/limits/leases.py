@@ -340,17 +340,15 @@ class LeaseKeeper:
         pools = self.pools(lease)
         racing = lease.holders // pools // 2 if pools else lease.holders
         base = 0.01 if pools else 0.04  # seconds per racing holder
-        try:
-            # Backing off longer the more holders race for the pool (as last read, or doubling
-            # with each lost race): a pool commits one sync per two round trips, so N racing
-            # holders need a window of about N x 40 ms.
-            await ledger.update(
-                table, tenant_id, "lease sync", plan, lost=lease.contended.set,
-                patience=lambda attempt: min(10.0, base * max(4, racing, 2 ** min(attempt, 8))),
-            )
-        finally:
-            if lease.pending is None:  # (outcome unknown: held back until the next sync knows)
-                lease.holdback = (0, 0, 0, 0)
+        # Backing off longer the more holders race for the pool (as last read, or doubling
+        # with each lost race): a pool commits one sync per two round trips, so N racing
+        # holders need a window of about N x 40 ms. Until this sync is acknowledged (or a
+        # later one finds out whether it committed), what it takes back is held back
+        # (``TenantLease.holdback``, from ``lease.pending``).
+        await ledger.update(
+            table, tenant_id, "lease sync", plan, lost=lease.contended.set,
+            patience=lambda attempt: min(10.0, base * max(4, racing, 2 ** min(attempt, 8))),
+        )
         self.syncs += 1
         self._acknowledge(lease, snapshot[0])
         if lease.stored and not self._closing:
@@ -544,12 +542,6 @@ class LeaseKeeper:
             operations.append(
                 delete_op({"PartitionKey": tenant_id, "RowKey": self.row_key}, etag_of(stored))
             )
-        lease.holdback = (  # what this sync takes back: no local admission may use it
-            max(0, lease.current.free - new_free[id(lease.current)]),
-            max(0, unused_requests - new_requests),
-            max(0, unused_tokens - new_tokens),
-            max(0, lease.slots - new_slots),
-        )
         return operations, Snapshot(
             budget=snap_budget,
             new_free=new_free,
@@ -568,7 +560,6 @@ class LeaseKeeper:
         """A sync committed: count it and move the local numbers by what it changed."""
         lease.seq += 1
         lease.pending = None
-        lease.holdback = (0, 0, 0, 0)  # (what it took back is gone from the slices now)
         self._apply(lease, snap)
 
     def _apply(self, lease: TenantLease, snap: Snapshot) -> None:

@@ -213,12 +213,6 @@ async def plan_pool_sync(
         operations.append(("create", entity, {}) if stored is None else update_op(entity, etag_of(stored)))
     elif stored is not None:
         operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": keeper.row_key}, etag_of(stored)))
-    lease.holdback = (  # what this sync takes back: no local admission may use it
-        max(0, current.free - wanted_free),
-        max(0, unused_requests - wanted_requests),
-        max(0, unused_tokens - wanted_tokens),
-        max(0, lease.slots - new_slots),
-    )
     return operations, Snapshot(
         budget=[(current, report)],
         new_free={id(current): wanted_free},
