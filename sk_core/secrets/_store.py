@@ -339,7 +339,9 @@ class CachedSecrets:
     def _fetch_task(self, name: str) -> asyncio.Task[_Entry]:
         """The in-flight fetch of ``name``, started if there is none (single flight)."""
         task = self._inflight.get(name)
-        if task is None:
+        # A finished fetch whose done-callback has not run yet is not in flight: its
+        # answer may be a stale fallback decided before the value became too old.
+        if task is None or task.done():
             task = asyncio.get_running_loop().create_task(self._fetch(name), name=f"secret-fetch:{name}")
             self._inflight[name] = task
             task.add_done_callback(lambda done: self._fetch_done(name, done))

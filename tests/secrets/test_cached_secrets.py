@@ -385,3 +385,28 @@ def test_cache_timings_are_validated(ttl: float, ahead: float, stale: float) -> 
         CachedSecrets(
             EnvSecretSource({}), ttl_seconds=ttl, refresh_ahead_seconds=ahead, max_staleness_seconds=stale
         )
+
+
+async def test_a_finished_fetch_not_yet_cleaned_up_is_not_reused(
+    vault: KeyVaultStub, source: KeyVaultSecretSource, clock: FakeClock
+) -> None:
+    """A background retry failed and served stale; its task is done, but its done-callback
+    (which forgets it) has not run yet. A caller past the maximum staleness must not get
+    that task's old answer: it needs a fetch of its own, which refuses (a flake in CI)."""
+    cache = CachedSecrets(
+        source, ttl_seconds=TTL, refresh_ahead_seconds=REFRESH_AHEAD, max_staleness_seconds=MAX_STALENESS,
+        failure_retry_seconds=10.0, clock=clock,
+    )  # fmt: skip
+    try:
+        vault.set_secret("model-api-key", "sk-live-value")
+        assert await cache.get("model-api-key") == "sk-live-value"
+        vault.stop()
+        clock.advance(TTL + 1)
+        finished = cache._fetch_task("model-api-key")
+        assert (await finished).value == "sk-live-value"  # the stale fallback
+        cache._inflight["model-api-key"] = finished  # as before its done-callback runs
+        clock.advance(MAX_STALENESS)
+        with pytest.raises(SecretUnavailable, match="model-api-key"):
+            await cache.get("model-api-key")
+    finally:
+        await cache.aclose()
