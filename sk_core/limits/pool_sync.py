@@ -9,12 +9,13 @@ pool into the window rows before the grant is sized and refills it after.
 from __future__ import annotations
 
 import math
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
 from sk_core.limits import policy
 from sk_core.limits.lease_state import RECALL, Snapshot, lease_entity
-from sk_core.limits.pools import PoolRow, pool_key, room
+from sk_core.limits.pools import POOL_PREFIX, PoolRow, pool_key, room
 from sk_core.limits.rows import INFLIGHT, PartitionRows
 from sk_core.limits.slices import BudgetSlice, MinuteSlice, grant
 from sk_core.storage import delete_op, etag_of, query_partition, read_int, update_op
@@ -128,14 +129,17 @@ async def plan_pool_sync(
     # was refilled under it, and the keeper's next sync goes to its pool of that count.
     lease.pools = max(lease.pools, pool.pools)
     current = lease.current
+    # A pool not created yet (the pool count grew) is made by a loan from the pool it
+    # split from (``_borrow``), not by a rebalance.
+    missing = pool.etag is None
     if (
         (stored is None and lease.stored)  # expired at the store: the full sync starts anew
         or lease.previous is not None
         or (current is not None and current.day != day)
-        or not pool.serves(day, minute_key)
+        or (not missing and not pool.serves(day, minute_key))
         # Flushed every fourth report interval: the window rows see pools / (4 x interval)
         # rebalances a second, and usage reaches them that much later (a bound).
-        or pool.flush_due(now, 4 * keeper.report_interval(lease))
+        or (not missing and pool.flush_due(now, 4 * keeper.report_interval(lease)))
         # A recall: every sync hands its free budget and its pool's back to the window
         # rows, where the exact path finds them.
         or recall_left > 0
@@ -166,13 +170,22 @@ async def plan_pool_sync(
     tokens_left = pool["minute_tokens"] + unused_tokens
     slots_left = pool["slots"] + lease.slots
     one_more = 0 if idle else demand.waiting + 1
-    if (
-        (wanted_free and free_left < 2 * unit)
-        or requests_left < one_more
-        or tokens_left < one_more * token_unit
-        or slots_left < lease.inflight + one_more
-    ):
-        return None  # a rebalance refills the pool (or finds the tenant near its limit)
+    # What the pool lacks for this sync, by field (short of one more call's worth).
+    short = {
+        "free_nano": (2 * unit - free_left) if wanted_free else 0,
+        "minute_requests": one_more - requests_left,
+        "minute_tokens": one_more * token_unit - tokens_left,
+        "slots": lease.inflight + one_more - slots_left,
+    }
+    lender = None
+    if missing or any(n > 0 for n in short.values()):
+        lender = await _borrow(keeper, table, tenant_id, lease, pool, (day, month, minute_key), short)
+        if lender is None:
+            return None  # a rebalance refills the pool (or finds the tenant near its limit)
+        free_left = pool["free_nano"] + current.free
+        requests_left = pool["minute_requests"] + unused_requests
+        tokens_left = pool["minute_tokens"] + unused_tokens
+        slots_left = pool["slots"] + lease.slots
     wanted_free = min(wanted_free, free_left)
     wanted_requests = min(wanted_requests, requests_left)
     wanted_tokens = min(wanted_tokens, tokens_left)
@@ -196,7 +209,10 @@ async def plan_pool_sync(
     pool.add("holders", joined)
     if not keep and pool["holders"] <= 0 and lease.holders <= keeper.pools(lease):
         return None  # the pool's last keeper leaves: a rebalance empties the pool
-    operations = [pool.operation(now, keeper.pool_ttl(lease), flushed=False)]
+    # (A pool created by a loan counts as flushed now: it holds nothing reported yet.)
+    operations = [pool.operation(now, keeper.pool_ttl(lease), flushed=missing)]
+    if lender is not None and lender is not pool:
+        operations.append(lender.operation(now, keeper.pool_ttl(lease), flushed=False))
     if keep:
         entity = lease_entity(
             tenant_id,
@@ -228,3 +244,66 @@ async def plan_pool_sync(
         busy=busy,
         lost=False,
     )
+
+
+# What a pool may lend another: capacity it holds unused for its keepers.
+_LENT = ("free_nano", "minute_requests", "minute_tokens", "slots")
+
+
+async def _borrow(
+    keeper: LeaseKeeper,
+    table: Any,
+    tenant_id: str,
+    lease: TenantLease,
+    pool: PoolRow,
+    keys: tuple[str, str, str],
+    short: dict[str, int],
+) -> PoolRow | None:
+    """Move capacity into ``pool`` from another pool of the tenant, for a pool sync it
+    cannot serve (short of one more call in the fields ``short`` says, or not created
+    yet): half of what the other pool holds unused of each field it lacks, when that
+    covers the lack. Returns the lender (written in the same transaction: both rows are
+    ETag-conditional), ``pool`` itself when nothing had to move (a pool created empty),
+    or None: a rebalance decides.
+
+    Why: a rebalance writes the window rows every pool shares, and those commit about one
+    write per two round trips between all of them. When the pool count doubles, half the
+    keepers move to pools not created yet; near the end of a budget, pools run dry while
+    others hold capacity and the window rows have none left. Either way most syncs became
+    rebalances, racing for the window rows and finding nothing there (bench/scale.py at
+    256 instances: 0.6-0.9 of the budget used, most requests waiting on syncs). A loan
+    touches two pool rows and no window row; it is exact because the window rows count
+    every pool's holdings alike (leased budget, used requests and tokens, slots).
+    """
+    day, _, minute_key = keys
+    pools = keeper.pools(lease)
+    if pool.etag is None:
+        pool.day, pool.month, pool.minute = keys
+        pool.pools = pools
+    lacking = [name for name in _LENT if short.get(name, 0) > 0]
+    if not lacking:
+        return pool  # a pool not created yet, and nothing needed from it (a hand-back)
+    if pools < 2:
+        return None
+    index = int(pool.key.removeprefix(POOL_PREFIX))
+    # The pool this one split from or into (where a new pool's capacity sits), and one
+    # other at random: the richer of the two lends (two random choices spread the loans).
+    half = pools >> 1
+    sibling = index - half if index >= half else index + half
+    other = random.randrange(pools - 1)
+    other += other >= index
+    names = list(dict.fromkeys(f"{POOL_PREFIX}{i:03d}" for i in (sibling, other)))
+    rows = PartitionRows(tenant_id, await query_partition(table, tenant_id, names))
+    lenders = [
+        candidate
+        for candidate in (PoolRow.read(rows, name) for name in names)
+        if candidate.serves(day, minute_key) and all(candidate[n] // 2 >= short[n] for n in lacking)
+    ]
+    if not lenders:
+        return None
+    lender = max(lenders, key=lambda candidate: [candidate[n] for n in lacking])
+    for name in lacking:
+        moved = lender[name] // 2
+        lender.add(name, -moved)
+        pool.add(name, moved)
+    return lender

@@ -22,12 +22,17 @@ arithmetic in one ETag-conditional transaction of one partition:
   written, 3 read): capacity from the pool to the lease and back, the lease's settled
   spend into the pool's ``spent_nano`` (still counted as leased: nothing changes in the
   window rows);
-- a **rebalance** (a sync the pool cannot serve: pool empty for what the keeper needs,
+- a **rebalance** (a sync the pool cannot serve and no other pool can lend to,
   a new day or minute, its flush due, a recall, its last keeper leaving) is the
   one-pool sync on the window rows plus this pool's **flush** (its spent moves from
   leased to spent, its free and unused capacity go back) and **refill** (a new free part
   sized for its holders). It runs at most every ``report_seconds`` per pool, so the
   window rows see about pools / report_seconds writes a second;
+- a **loan** (``pool_sync._borrow``): a pool sync its pool cannot serve (dry, or the
+  pool not created yet because the count grew) first takes half of another pool's
+  unused capacity (the pool it split from, or the richer of that and one at random), in
+  the same transaction: two pool rows and the lease row, no window row. Only when no
+  pool can lend does the sync become a rebalance;
 - a pool no keeper touched for ``ttl_seconds`` (its keepers gone, or the pool count
   shrank) is flushed by the sweep (``sweep.flush_pools``): a pool's free part belongs
   to no process, so returning it is exact, not a charge.

@@ -24,7 +24,7 @@ from sk_core.limits import INFLIGHT, USAGE_TABLE, Ledger, window_keys
 from sk_core.limits.lease_state import RECALL, LeaseSettings
 from sk_core.limits.pools import POOL_PREFIX, PoolRow, pool_count, pool_key
 from sk_core.limits.rows import INFLIGHT_FIELDS, MINUTE_FIELDS, WINDOW_FIELDS, PartitionRows
-from sk_core.storage import TableStore, query_partition, read_int
+from sk_core.storage import TableStore, etag_of, int64, query_partition, read_int, update_op
 from tests.support.ledgers import PRICE, call
 from tests.support.stores import STORE_BACKENDS, open_stores
 
@@ -101,16 +101,19 @@ class Clock:
         return datetime.now(UTC) + self.skip
 
 
-def pooled(store: TableStore, clock: Clock, pool: int | None = None) -> Ledger:
+def pooled(
+    store: TableStore, clock: Clock, pool: int | None = None, settings: LeaseSettings = POOLED
+) -> Ledger:
     """A ledger with pooled leases; ``pool``: its process id is one that hashes to that
-    sub-pool of ``POOLED.max_pools`` (else random, as in a real process), so a test that
+    sub-pool of ``settings.max_pools`` (else random, as in a real process), so a test that
     needs keepers on different pools does not depend on where random ids fall."""
-    ledger = Ledger(store=store, lease_seconds=30, min_answer_tokens=16, leases=POOLED, clock=clock)
+    ledger = Ledger(store=store, lease_seconds=30, min_answer_tokens=16, leases=settings, clock=clock)
     if pool is not None:
         assert ledger.leases is not None
+        prefix = secrets.token_hex(4)  # two ledgers on one pool: two processes, two lease rows
         ledger.leases.process_id = next(
             candidate for n in range(1000)
-            if pool_key(candidate := f"keeper-{n}", POOLED.max_pools) == pool_key_of(pool)
+            if pool_key(candidate := f"keeper-{prefix}-{n}", settings.max_pools) == pool_key_of(pool)
         )
     return ledger
 
@@ -295,6 +298,12 @@ async def test_a_pool_sync_touches_only_the_lease_and_its_pool(stores: list[Tabl
             await ledger.flush(who.id)
     day_key = window_keys(datetime.now(UTC))[0]
     table = await stores[0].table(USAGE_TABLE)
+    # Its pool holds enough for the calls below (two keepers may share one pool, which
+    # a refill for the demand then may not cover: that sync would be a rebalance).
+    keeper = ledgers[0].leases
+    assert keeper is not None
+    pools = keeper.pools(keeper._leases[who.id])
+    await refill(table, who, pool_key(keeper.process_id, pools), datetime.now(UTC))
     window_etag = (await query_partition(table, who.id, [day_key]))[day_key].metadata["etag"]
     # Calls and a sync right after a rebalance: served by the pool.
     await asyncio.gather(*(call(ledgers[0], who) for _ in range(2)))
@@ -350,3 +359,91 @@ async def test_the_pool_count_is_stored_grows_with_the_holders_and_no_pool_is_le
     assert ints(rows[INFLIGHT])["leases"] == 0
     assert ints(rows[INFLIGHT])["pools"] == 0  # nobody holds a lease: back to none
 
+
+
+# Two pools; reports, idling and flushes far apart (no rebalance falls due in a test).
+LENDING = replace(POOLED, report_seconds=5.0, idle_seconds=60.0, ttl_seconds=60, max_pools=2)
+CAPACITY = ("free_nano", "minute_requests", "minute_tokens", "slots")
+
+
+async def refill(table: Any, who: Tenant, key: str, now: datetime) -> None:
+    """Move capacity from the window rows into a pool, as a rebalance's refill does."""
+    day, month, minute = window_keys(now)
+    rows = PartitionRows(who.id, await query_partition(table, who.id, [day, month, minute, INFLIGHT, key]))
+    pool = PoolRow.read(rows, key)
+    amounts = {"free_nano": 100 * UNIT, "minute_requests": 100, "minute_tokens": 10**5, "slots": 20}
+    for window in (day, month):
+        rows.counter(window, WINDOW_FIELDS).add("leased_nano", amounts["free_nano"])
+    rows.counter(minute, MINUTE_FIELDS).add("requests", amounts["minute_requests"])
+    rows.counter(minute, MINUTE_FIELDS).add("tokens", amounts["minute_tokens"])
+    for field in ("count", "leased_slots"):
+        rows.counter(INFLIGHT, INFLIGHT_FIELDS).add(field, amounts["slots"])
+    for name, amount in amounts.items():
+        pool.add(name, amount)
+    await table.submit_transaction([*rows.operations(), pool.operation(now, 60, flushed=False)])
+
+
+@pytest.mark.parametrize("case", ["dry", "not created yet"])
+async def test_a_pool_that_cannot_serve_a_sync_borrows_from_another_and_the_window_rows_stay_untouched(
+    stores: list[TableStore], case: str
+) -> None:
+    """A keeper whose pool is dry, or not created yet (the pool count grew), borrows half
+    of another pool's unused capacity in its sync, instead of a rebalance through the
+    window rows (at 256 instances nearly every sync had become one, all racing for the
+    same rows, while other pools held the budget: bench/scale.py). The window rows count
+    every pool's holdings alike, so they stay exact without being written."""
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=100_000,
+                 tokens_per_minute=10**9, max_concurrent=200)  # fmt: skip
+    clock = Clock()
+    start = clock()  # at second 5 of a minute: the test's syncs all fall in that minute
+    clock.skip = timedelta(seconds=(65 - start.second) % 60 - start.microsecond / 1e6)
+    # Two holders make two pools. Dry: on pools 0 and 1, and pool 1's capacity is then
+    # moved to pool 0. Not created yet: both on pool 0.
+    homes = (0, 1) if case == "dry" else (0, 0)
+    holders = [pooled(s, clock, pool=p, settings=LENDING) for s, p in zip(stores[:2], homes, strict=True)]
+    spent = 0
+    for _ in range(2):  # the first syncs learn the holders, the next use the pools
+        spent += sum(await asyncio.gather(*(call(ledger, who) for ledger in holders for _ in range(2))))
+        for ledger in holders:
+            await ledger.flush(who.id)
+    table = await stores[0].table(USAGE_TABLE)
+    rows = await partition(stores[0], who)
+    assert ints(rows[INFLIGHT])["pools"] == 2
+    assert (pool_key_of(1) in rows) == (case == "dry")
+    await refill(table, who, pool_key_of(0), clock())  # (whatever its keepers took meanwhile)
+    rows = await partition(stores[0], who)
+    if case == "dry":
+        dry, rich = rows[pool_key_of(1)], rows[pool_key_of(0)]
+        moved = {name: read_int(dry.get(name)) for name in CAPACITY}
+        richer = {n: int64(read_int(rich.get(n)) + moved[n]) for n in CAPACITY}
+        await table.submit_transaction([
+            update_op({**dry, **dict.fromkeys(CAPACITY, int64(0))}, etag_of(dry)),
+            update_op({**rich, **richer}, etag_of(rich)),
+        ])  # fmt: skip
+    before = await partition(stores[0], who)
+    day_key = window_keys(clock())[0]
+    lender = ints(before[pool_key_of(0)])
+
+    borrower = pooled(stores[2], clock, pool=1, settings=LENDING)
+    spent += await call(borrower, who)
+    after = await partition(stores[0], who)
+    assert after[day_key].metadata["etag"] == before[day_key].metadata["etag"]  # no rebalance
+    assert after[INFLIGHT].metadata["etag"] == before[INFLIGHT].metadata["etag"]
+    assert ints(after[pool_key_of(0)])["free_nano"] == lender["free_nano"] - lender["free_nano"] // 2
+    assert ints(after[pool_key_of(1)])["free_nano"] > 0
+    # Exact: the day row's leased budget is what the pools and the lease rows hold, the
+    # in-flight row's count the slots they hold.
+    pools = [ints(row) for key, row in after.items() if key.startswith(POOL_PREFIX)]
+    leases = [ints(row) for key, row in after.items() if key.startswith("lease-")]
+    assert ints(after[day_key])["leased_nano"] == sum(p["free_nano"] + p["spent_nano"] for p in pools) + sum(
+        lease["amount_nano"] for lease in leases
+    )
+    slots = sum(p["slots"] for p in pools) + sum(lease["slots"] for lease in leases)
+    assert ints(after[INFLIGHT])["count"] == slots
+    for ledger in [*holders, borrower]:
+        await ledger.aclose()
+    clock.skip += timedelta(seconds=10 * LENDING.ttl_seconds)  # pools nobody touches expire
+    await holders[0].expire_holds()
+    day = ints((await partition(stores[0], who))[day_key])
+    assert day["spent_nano"] == spent
+    assert day.get("leased_nano", 0) == 0
