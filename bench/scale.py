@@ -39,7 +39,8 @@ Prints one JSON object: ``{"machine": ..., "runs": [...]}``; per run ``backend``
 ``rpm_over_limit``, ``hottest_partition_ops_per_s`` (mean over the run) and its peak
 second, ``partition_target_ops_per_s``, ``conflicts_per_sync``, ``first_grant_s`` (new
 instances: first request to first admission from a lease), ``fairness`` (Jain's index
-of admitted/asked over instances) and the report interval the keepers ended at.
+of admitted/asked over instances) and the report interval the keepers ended at; with
+``--series``, where the budget sat every 0.5 s (``_scale_series.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from bench import _scale_series
 from bench._common import percentile
 from bench._scale_storage import PARTITION_TARGET, Backend, Meter, MeteredStore
 from scripts.devservices import free_port, start_azurite
@@ -201,6 +203,8 @@ class Simulation:
         self.settings = settings
         self.stuck = self.unclosed = 0
         self.lags: list[float] = []
+        self.record_series = False  # --series: where the budget sits, every 0.5 s
+        self.series: list[dict[str, Any]] = []
 
     def start_instance(self) -> Instance:
         ledger = Ledger(
@@ -320,9 +324,12 @@ class Simulation:
         started = time.monotonic()
         ramping = asyncio.create_task(self.ramp(self.n - 1, ramp_seconds))
         heartbeat = asyncio.create_task(self.heartbeat())
+        series = asyncio.create_task(_scale_series.record(self, self.series)) if self.record_series else None
         await self.demand(started + self.seconds)
         await ramping
         heartbeat.cancel()
+        if series is not None:
+            series.cancel()
         measured = time.monotonic() - started
         self.meter.measuring = False
         # Let the calls in flight finish (a bounded wait: requests still retrying a
@@ -446,6 +453,7 @@ class Simulation:
             "updates": dict(KINDS),
             "loop_lag_ms": _lag_summary(self.lags),
             "requests_unfinished_after_drain": self.stuck,
+            **({"series": self.series} if self.record_series else {}),
             "instances_not_closed_after_drain": self.unclosed,
         }
 
@@ -489,6 +497,7 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
                 simulation = Simulation(
                     n, PROFILES[name](n), args.seconds, backend=backend, seed=7, settings=args.lease_settings
                 )
+                simulation.record_series = args.series and kind == "memory"
                 try:
                     run = await simulation.run(args.ramp_seconds)
                 finally:
@@ -532,6 +541,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="sub-pools at most (0: one pool, the design before sub-pools)")
     parser.add_argument("--pool-threshold", type=int, default=LeaseSettings().pool_threshold,
                         help="sub-pools with more holders than this (SKF_LEASE_POOL_THRESHOLD)")
+    parser.add_argument("--series", action="store_true",
+                        help="per run (memory), where the budget sits every 0.5 s (bench/_scale_series.py)")
     args = parser.parse_args(argv)
     args.lease_settings = replace(
         LeaseSettings(), max_pools=args.max_pools, pool_threshold=args.pool_threshold
