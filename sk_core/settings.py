@@ -244,7 +244,7 @@ class Settings(BaseSettings):
     )
     lease_pool_holders: int = Field(default=4, ge=1, le=1024, description="Lease holders per sub-pool.")
     lease_max_pools: int = Field(
-        default=64, ge=0, le=64, description="Sub-pools per tenant at most (0: never split the pool)."
+        default=8, ge=0, le=64, description="Sub-pools per tenant at most (0: never split the pool)."
     )
     audit_retention_days: float = Field(default=30.0, gt=0, le=3650)
     audit_shards: int = Field(

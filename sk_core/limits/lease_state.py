@@ -67,7 +67,10 @@ class LeaseSettings:
     # best and 256 worst, 8 the other way round, 24 both near the better (bench/README).
     pool_threshold: int = 24
     pool_holders: int = 4
-    max_pools: int = 64
+    # At most 8: pools lend each other capacity (pool_sync._borrow), so a pool is mostly
+    # one more rebalancer racing for the window rows; at 256 instances 8 used 0.95-0.99
+    # of the budget, 64 0.85-0.97 (bench/README.md, 2026-12-07 session 9).
+    max_pools: int = 8
     partition_ops_per_s: float = 2000.0
     entities_per_sync: int = 5
 

@@ -494,7 +494,7 @@ async def test_the_pool_counts_its_holders_and_many_holders_stretch_the_interval
     # Many holders (past a threshold of 32 here): sub-pools (pools.py), and intervals that
     # keep every holder's syncs (5 entities each) within half the partition's 2,000
     # entities a second.
-    keeper._settings = replace(FAST, pool_threshold=32)
+    keeper._settings = replace(FAST, pool_threshold=32, max_pools=64)
     lease.holders = FAST.holders_per_report * 4
     inflight = CounterRow(who.id, INFLIGHT, None, INFLIGHT_FIELDS)
     inflight.add("leases", lease.holders)
