@@ -1,7 +1,8 @@
 """A lease sync through a sub-pool (``pools.py``): the pool sync, and the rebalance hook.
 
 ``plan_pool_sync`` plans a sync that touches only the keeper's lease row and its pool
-row, or answers None when the pool cannot serve it; the keeper then plans the one-pool
+row (and, for a loan, the lending pool's row: ``_borrow``), or answers None when no pool
+can serve it; the keeper then plans the one-pool
 sync on the window rows (``LeaseKeeper._plan``) with a ``PoolHook``, which flushes the
 pool into the window rows before the grant is sized and refills it after.
 """
