@@ -68,7 +68,7 @@ class LeaseSettings:
     pool_threshold: int = 24
     pool_holders: int = 4
     # At most 8: pools lend each other capacity (pool_sync._borrow), so a pool is mostly
-    # one more rebalancer racing for the window rows; at 256 instances 8 used 0.95-0.99
+    # one more rebalancer racing for the window rows; at 256 instances 8 used 0.90-0.99
     # of the budget, 64 0.85-0.97 (bench/README.md, 2026-12-07 session 9).
     max_pools: int = 8
     partition_ops_per_s: float = 2000.0
