@@ -165,32 +165,36 @@ async def plan_pool_sync(
         lease.inflight if idle else max(demand.peak_inflight * 2, lease.inflight + demand.waiting + 1, 2)
     )
     # The pool gives what it has up to what is wanted (a buffer, refilled at its next
-    # rebalance for the demand then); short of one more call's worth, it rebalances.
-    free_left = pool["free_nano"] + current.free
-    requests_left = pool["minute_requests"] + unused_requests
-    tokens_left = pool["minute_tokens"] + unused_tokens
-    slots_left = pool["slots"] + lease.slots
+    # rebalance for the demand then). What it lacks of one more call's worth, by field,
+    # another pool lends (``_borrow``), or it rebalances.
+    def held(current: BudgetSlice) -> dict[str, int]:
+        """What the pool and this lease hold together, of each field a pool lends."""
+        return {
+            "free_nano": pool["free_nano"] + current.free,
+            "minute_requests": pool["minute_requests"] + unused_requests,
+            "minute_tokens": pool["minute_tokens"] + unused_tokens,
+            "slots": pool["slots"] + lease.slots,
+        }
+
     one_more = 0 if idle else demand.waiting + 1
-    # What the pool lacks for this sync, by field (short of one more call's worth).
-    short = {
-        "free_nano": (2 * unit - free_left) if wanted_free else 0,
-        "minute_requests": one_more - requests_left,
-        "minute_tokens": one_more * token_unit - tokens_left,
-        "slots": lease.inflight + one_more - slots_left,
+    needed = {
+        "free_nano": 2 * unit if wanted_free else 0,
+        "minute_requests": one_more,
+        "minute_tokens": one_more * token_unit,
+        "slots": lease.inflight + one_more,
     }
+    have = held(current)
     lender = None
-    if missing or any(n > 0 for n in short.values()):
+    if missing or any(needed[name] > have[name] for name in needed):
+        short = {name: needed[name] - have[name] for name in needed}
         lender = await _borrow(keeper, table, tenant_id, lease, pool, (day, month, minute_key), short)
         if lender is None:
             return None  # a rebalance refills the pool (or finds the tenant near its limit)
-        free_left = pool["free_nano"] + current.free
-        requests_left = pool["minute_requests"] + unused_requests
-        tokens_left = pool["minute_tokens"] + unused_tokens
-        slots_left = pool["slots"] + lease.slots
-    wanted_free = min(wanted_free, free_left)
-    wanted_requests = min(wanted_requests, requests_left)
-    wanted_tokens = min(wanted_tokens, tokens_left)
-    wanted_slots = min(wanted_slots, slots_left)
+        have = held(current)
+    wanted_free = min(wanted_free, have["free_nano"])
+    wanted_requests = min(wanted_requests, have["minute_requests"])
+    wanted_tokens = min(wanted_tokens, have["minute_tokens"])
+    wanted_slots = min(wanted_slots, have["slots"])
 
     report = current.report()
     pool.add("free_nano", current.free - wanted_free)

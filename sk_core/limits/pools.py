@@ -26,8 +26,10 @@ arithmetic in one ETag-conditional transaction of one partition:
   a new day or minute, its flush due, a recall, its last keeper leaving) is the
   one-pool sync on the window rows plus this pool's **flush** (its spent moves from
   leased to spent, its free and unused capacity go back) and **refill** (a new free part
-  sized for its holders). It runs at most every ``report_seconds`` per pool, so the
-  window rows see about pools / report_seconds writes a second;
+  sized for its holders). Its flush falls due every fourth report interval, so the
+  window rows see about pools / (4 x report_seconds) of those a second; but every
+  keeper of a pool that is due (or dry, with no lender) rebalances, and under load most
+  of them lose the race (bench/README.md): hence few pools (``max_pools``);
 - a **loan** (``pool_sync._borrow``): a pool sync its pool cannot serve (dry, or the
   pool not created yet because the count grew) first takes half of another pool's
   unused capacity (the pool it split from, or the richer of that and one at random), in
