@@ -68,8 +68,8 @@ class LeaseSettings:
     pool_threshold: int = 24
     pool_holders: int = 4
     # At most 8: pools lend each other capacity (pool_sync._borrow), so a pool is mostly
-    # one more rebalancer racing for the window rows; at 256 instances 8 used 0.90-0.99
-    # of the budget, 64 0.85-0.97 (bench/README.md, 2026-12-07 session 9).
+    # one more rebalancer racing for the window rows; at 256 instances 8 used a median
+    # 0.987 of the budget (4 of 19 runs collapsed), 64 0.85-0.97 (bench/README.md).
     max_pools: int = 8
     partition_ops_per_s: float = 2000.0
     entities_per_sync: int = 5
