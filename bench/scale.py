@@ -35,7 +35,10 @@ as many new ones start).
 
 Prints one JSON object: ``{"machine": ..., "runs": [...]}``; per run ``backend``, ``instances``,
 ``profile``, ``overspend_nano`` (and RPM / TPM / concurrency overspend), ``budget_usable``
-(0-1: the budget tenant's spend at the end over its budget), ``rpm_admitted`` and
+(0-1: the budget tenant's spend at the end over its budget; ``budget_used_in_demand``:
+what answers had cost when the demand ended, the rest being admitted in the drain),
+``requests_unfinished_after_drain`` (still waiting for a decision 10 s after the demand:
+behind the HTTP API, 503 ``limits_unavailable``), ``rpm_admitted`` and
 ``rpm_over_limit``, ``hottest_partition_ops_per_s`` (mean over the run) and its peak
 second, ``partition_target_ops_per_s``, ``conflicts_per_sync``, ``first_grant_s`` (new
 instances: first request to first admission from a lease), ``fairness`` (Jain's index
@@ -202,6 +205,7 @@ class Simulation:
         self.random = random.Random(seed)
         self.settings = settings
         self.stuck = self.unclosed = 0
+        self.settled_in_demand = 0  # the budget tenant's settled cost when the demand ended
         self.lags: list[float] = []
         self.record_series = False  # --series: where the budget sits, every 0.5 s
         self.series: list[dict[str, Any]] = []
@@ -326,6 +330,7 @@ class Simulation:
         heartbeat = asyncio.create_task(self.heartbeat())
         series = asyncio.create_task(_scale_series.record(self, self.series)) if self.record_series else None
         await self.demand(started + self.seconds)
+        self.settled_in_demand = self.stats["budget"].settled_nano
         await ramping
         heartbeat.cancel()
         if series is not None:
@@ -419,6 +424,9 @@ class Simulation:
             # Exactness: the day row's spent is what the answers cost plus what expiry
             # charged for instances that vanished (their unreported slices): never less.
             "budget_settled_nano": self.stats["budget"].settled_nano,
+            # How much of the budget answers had used when the demand ended (the rest was
+            # admitted in the drain, after waiting on syncs): budget_usable counts both.
+            "budget_used_in_demand": round(self.settled_in_demand / budget, 4) if budget else 0.0,
             "budget_spent_nano": spent,
             "budget_admitted": sum(self.stats["budget"].admitted.values()),
             "budget_admitted_clamped": self.stats["budget"].clamped,
