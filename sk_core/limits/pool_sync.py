@@ -80,7 +80,11 @@ class PoolHook:
             tokens=grant(available=tokens, demand=others * wanted[2], unit=unit[2], share=share),
             slots=grant(available=slots, demand=2 * others, unit=1, share=share),
         )
-        return pool.operation(self.keeper.ledger_now(), self.keeper.pool_ttl(lease), flushed=True)
+        now = self.keeper.ledger_now()
+        pool.mark_dry(
+            budget_unit=unit[0] if budget_ok else 0, now=now, seconds=self.keeper.report_interval(lease)
+        )
+        return pool.operation(now, self.keeper.pool_ttl(lease), flushed=True)
 
 
 async def first_read(
@@ -188,6 +192,13 @@ async def plan_pool_sync(
     if missing or any(needed[name] > have[name] for name in needed):
         short = {name: needed[name] - have[name] for name in needed}
         lender = await _borrow(keeper, table, tenant_id, lease, pool, (day, month, minute_key), short)
+        if lender is None and pool.dry(now):
+            # A rebalance found the window rows without what this sync lacks a moment ago
+            # (``PoolHook.finish``): the pool gives what it has, and a request it does not
+            # cover is decided on the exact path. Every keeper of a dry pool rebalancing
+            # instead raced for the window rows to find them empty: at 256 instances a
+            # third of the partition's load, and requests waited seconds on those syncs.
+            lender = pool
         if lender is None:
             return None  # a rebalance refills the pool (or finds the tenant near its limit)
         have = held(current)

@@ -35,6 +35,13 @@ arithmetic in one ETag-conditional transaction of one partition:
   unused capacity (the pool it split from, or the richer of that and one at random), in
   the same transaction: two pool rows and the lease row, no window row. Only when no
   pool can lend does the sync become a rebalance;
+- a **dry mark**: a rebalance whose refill leaves its pool without one more call's
+  budget or one request (the window rows were at the tenant's budget or RPM) marks the
+  pool dry for a report interval. Until then a keeper of that pool whose sync it cannot
+  serve, with no lender, syncs with the pool alone (it gives what it has) and its
+  request is decided on the exact path, instead of one more rebalance racing for the
+  window rows to find them empty. A flush that falls due, a new minute or a recall
+  still rebalance;
 - a pool no keeper touched for ``ttl_seconds`` (its keepers gone, or the pool count
   shrank) is flushed by the sweep (``sweep.flush_pools``): a pool's free part belongs
   to no process, so returning it is exact, not a charge.
@@ -136,6 +143,10 @@ class PoolRow:
     minute: str = ""
     flushed_at: datetime | None = None
     pools: int = 0  # the tenant's sub-pool count when it was last refilled
+    # Set by a rebalance whose refill left the pool without one more call's budget or
+    # request (the window rows were at the tenant's budget or RPM): until then its
+    # keepers do not rebalance when it cannot serve them (``mark_dry``).
+    dry_until: datetime | None = None
 
     @classmethod
     def read(cls, rows: PartitionRows, key: str) -> PoolRow:
@@ -152,6 +163,7 @@ class PoolRow:
             str(entity.get("minute") or ""),
             entity.get("flushed_at"),
             read_int(entity.get("pools")),
+            entity.get("dry_until"),
         )
 
     def __getitem__(self, name: str) -> int:
@@ -163,6 +175,21 @@ class PoolRow:
     def serves(self, day: str, minute: str) -> bool:
         """Holds capacity of this day and minute (a pool sync can use it)."""
         return self.etag is not None and self.day == day and self.minute == minute
+
+    def dry(self, now: datetime) -> bool:
+        """A rebalance found the window rows at the tenant's budget or RPM a moment ago."""
+        return self.dry_until is not None and now < self.dry_until
+
+    def mark_dry(self, *, budget_unit: int, now: datetime, seconds: float) -> None:
+        """After a refill: dry for ``seconds`` when it left less than one call's budget
+        (``budget_unit``; 0: budget not asked for) or less than one request.
+
+        Only these two: they are what a tenant runs out of. Slots (concurrency) come back
+        as calls end and are always mostly leased at scale, and marking pools dry for them
+        too stranded a quarter of the RPM limit in the bench's runs (bench/README.md).
+        """
+        dry = self.counts["free_nano"] < budget_unit or self.counts["minute_requests"] < 1
+        self.dry_until = now + timedelta(seconds=seconds) if dry else None
 
     def flush_due(self, now: datetime, seconds: float) -> bool:
         return self.flushed_at is None or (now - self.flushed_at).total_seconds() >= seconds
@@ -227,6 +254,7 @@ class PoolRow:
             "month": self.month,
             "minute": self.minute,
             "pools": self.pools,
+            "dry_until": self.dry_until or now,
             **{name: int64(value) for name, value in self.counts.items()},
             "flushed_at": self.flushed_at or now,
             # The sweep flushes a pool nobody touched this long (see sweep.flush_pools).
