@@ -192,12 +192,12 @@ async def plan_pool_sync(
     if missing or any(needed[name] > have[name] for name in needed):
         short = {name: needed[name] - have[name] for name in needed}
         lender = await _borrow(keeper, table, tenant_id, lease, pool, (day, month, minute_key), short)
-        if lender is None and pool.dry(now):
-            # A rebalance found the window rows without what this sync lacks a moment ago
-            # (``PoolHook.finish``): the pool gives what it has, and a request it does not
-            # cover is decided on the exact path. Every keeper of a dry pool rebalancing
-            # instead raced for the window rows to find them empty: at 256 instances a
-            # third of the partition's load, and requests waited seconds on those syncs.
+        if lender is None and short["free_nano"] > 0 and pool.dry(now):
+            # This sync lacks budget, and a rebalance found the window rows without any
+            # for this pool a moment ago (``PoolHook.finish``): the pool gives what it
+            # has, and a request it does not cover is decided on the exact path. Every
+            # keeper of a dry pool rebalancing instead raced for the window rows to find
+            # them empty: at 256 instances requests waited seconds on those syncs.
             lender = pool
         if lender is None:
             return None  # a rebalance refills the pool (or finds the tenant near its limit)

@@ -36,8 +36,8 @@ arithmetic in one ETag-conditional transaction of one partition:
   the same transaction: two pool rows and the lease row, no window row. Only when no
   pool can lend does the sync become a rebalance;
 - a **dry mark**: a rebalance whose refill leaves its pool without one more call's
-  budget or one request (the window rows were at the tenant's budget or RPM) marks the
-  pool dry for a report interval. Until then a keeper of that pool whose sync it cannot
+  budget (the window rows were at the tenant's budget) marks the pool dry for a report
+  interval. Until then a keeper of that pool whose sync it cannot
   serve, with no lender, syncs with the pool alone (it gives what it has) and its
   request is decided on the exact path, instead of one more rebalance racing for the
   window rows to find them empty. A flush that falls due, a new minute or a recall
@@ -143,9 +143,9 @@ class PoolRow:
     minute: str = ""
     flushed_at: datetime | None = None
     pools: int = 0  # the tenant's sub-pool count when it was last refilled
-    # Set by a rebalance whose refill left the pool without one more call's budget or
-    # request (the window rows were at the tenant's budget or RPM): until then its
-    # keepers do not rebalance when it cannot serve them (``mark_dry``).
+    # Set by a rebalance whose refill left the pool without one more call's budget (the
+    # window rows were at the tenant's budget): until then its keepers do not rebalance
+    # when it cannot serve them (``mark_dry``).
     dry_until: datetime | None = None
 
     @classmethod
@@ -177,18 +177,19 @@ class PoolRow:
         return self.etag is not None and self.day == day and self.minute == minute
 
     def dry(self, now: datetime) -> bool:
-        """A rebalance found the window rows at the tenant's budget or RPM a moment ago."""
+        """A rebalance found the window rows at the tenant's budget a moment ago."""
         return self.dry_until is not None and now < self.dry_until
 
     def mark_dry(self, *, budget_unit: int, now: datetime, seconds: float) -> None:
         """After a refill: dry for ``seconds`` when it left less than one call's budget
-        (``budget_unit``; 0: budget not asked for) or less than one request.
+        (``budget_unit``; 0: budget not asked for, never dry).
 
-        Only these two: they are what a tenant runs out of. Slots (concurrency) come back
-        as calls end and are always mostly leased at scale, and marking pools dry for them
-        too stranded a quarter of the RPM limit in the bench's runs (bench/README.md).
+        Budget only. Marking pools dry for the minute's requests too (at 256 instances)
+        left fewer requests waiting, but stranded requests in pools nobody rebalanced:
+        the RPM admitted fell to 1,890 of 2,160 in one run of twelve, and with tokens and
+        slots marked as well to ~1,530 in two of four (bench/README.md).
         """
-        dry = self.counts["free_nano"] < budget_unit or self.counts["minute_requests"] < 1
+        dry = budget_unit > 0 and self.counts["free_nano"] < budget_unit
         self.dry_until = now + timedelta(seconds=seconds) if dry else None
 
     def flush_due(self, now: datetime, seconds: float) -> bool:
