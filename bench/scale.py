@@ -205,6 +205,7 @@ class Simulation:
         self.random = random.Random(seed)
         self.settings = settings
         self.stuck = self.unclosed = 0
+        self.stuck_by_tenant: Counter[str] = Counter()
         self.settled_in_demand = 0  # the budget tenant's settled cost when the demand ended
         self.lags: list[float] = []
         self.record_series = False  # --series: where the budget sits, every 0.5 s
@@ -267,7 +268,7 @@ class Simulation:
             stats.in_flight -= 1
 
     def spawn(self, instance: Instance, tenant_name: str) -> None:
-        task = asyncio.create_task(self.request(instance, tenant_name))
+        task = asyncio.create_task(self.request(instance, tenant_name), name=tenant_name)
         instance.tasks.add(task)
         task.add_done_callback(instance.tasks.discard)
 
@@ -343,6 +344,7 @@ class Simulation:
         if pending:
             _, stuck = await asyncio.wait(pending, timeout=DRAIN_SECONDS)
             self.stuck = len(stuck)
+            self.stuck_by_tenant = Counter(task.get_name() for task in stuck)
             for task in stuck:
                 task.cancel()
         intervals = self._report_intervals()
@@ -461,6 +463,7 @@ class Simulation:
             "updates": dict(KINDS),
             "loop_lag_ms": _lag_summary(self.lags),
             "requests_unfinished_after_drain": self.stuck,
+            "requests_unfinished_by_tenant": {name: self.stuck_by_tenant[name] for name in self.tenants},
             **({"series": self.series} if self.record_series else {}),
             "instances_not_closed_after_drain": self.unclosed,
         }
