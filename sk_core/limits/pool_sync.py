@@ -199,8 +199,8 @@ async def plan_pool_sync(
             # not cover is decided on the exact path. Every keeper of a dry pool
             # rebalancing instead raced for the window rows to find them empty: at 256
             # instances requests waited seconds on those syncs. (Whatever this sync lacks:
-            # honouring the mark only for syncs short of budget let the others, short of
-            # slots, rebalance as before, and two of seven such runs fell to 0.65-0.89.)
+            # honoured only for syncs short of budget, those short of slots rebalanced as
+            # before, and one run of three fell to 0.89 of the budget; bench/README.md.)
             lender = pool
         if lender is None:
             return None  # a rebalance refills the pool (or finds the tenant near its limit)

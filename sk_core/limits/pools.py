@@ -37,11 +37,10 @@ arithmetic in one ETag-conditional transaction of one partition:
   pool can lend does the sync become a rebalance;
 - a **dry mark**: a rebalance whose refill leaves its pool without one more call's
   budget (the window rows were at the tenant's budget) marks the pool dry for a report
-  interval. Until then a keeper of that pool whose sync it cannot
-  serve, with no lender, syncs with the pool alone (it gives what it has) and its
-  request is decided on the exact path, instead of one more rebalance racing for the
-  window rows to find them empty. A flush that falls due, a new minute or a recall
-  still rebalance;
+  interval. Until then a keeper of that pool whose sync it cannot serve, with no
+  lender, syncs with the pool alone (it gives what it has) and its request is decided
+  on the exact path, instead of one more rebalance racing for the window rows to find
+  them empty. A flush that falls due, a new minute or a recall still rebalance;
 - a pool no keeper touched for ``ttl_seconds`` (its keepers gone, or the pool count
   shrank) is flushed by the sweep (``sweep.flush_pools``): a pool's free part belongs
   to no process, so returning it is exact, not a charge.
