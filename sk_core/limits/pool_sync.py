@@ -205,7 +205,10 @@ async def plan_pool_sync(
         if lender is None:
             return None  # a rebalance refills the pool (or finds the tenant near its limit)
         have = held(current)
-    wanted_free = min(wanted_free, have["free_nano"])
+    # Never below zero: a slice overrun by a provider (free < 0) with a dry pool would
+    # otherwise leave a negative amount on the lease row, which a row deleted with the
+    # lease would drop from the sums; the debt goes to the pool, flushed as any other.
+    wanted_free = max(0, min(wanted_free, have["free_nano"]))
     wanted_requests = min(wanted_requests, have["minute_requests"])
     wanted_tokens = min(wanted_tokens, have["minute_tokens"])
     wanted_slots = min(wanted_slots, have["slots"])

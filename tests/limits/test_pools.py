@@ -514,17 +514,39 @@ async def test_a_pool_a_rebalance_left_dry_does_not_send_its_keepers_back_to_the
     assert after[INFLIGHT].metadata["etag"] == marked[INFLIGHT].metadata["etag"]
     assert second.leases is not None
     assert f"lease-{second.leases.process_id}" in after  # it synced (with its pool)
-    # Exact all the same: the day row's leased budget is what the pools and leases hold.
-    pools = [ints(row) for key, row in after.items() if key.startswith(POOL_PREFIX)]
-    leases = [ints(row) for key, row in after.items() if key.startswith("lease-")]
-    assert ints(after[day_key])["leased_nano"] == sum(p["free_nano"] + p["spent_nano"] for p in pools) + sum(
-        lease["amount_nano"] for lease in leases
+
+    def exact(rows: dict[str, Any]) -> None:
+        """The day row's leased budget is what the pools and the lease rows hold."""
+        pools = [ints(row) for key, row in rows.items() if key.startswith(POOL_PREFIX)]
+        leases = [ints(row) for key, row in rows.items() if key.startswith("lease-")]
+        held = sum(p["free_nano"] + p["spent_nano"] for p in pools) + sum(x["amount_nano"] for x in leases)
+        assert ints(rows[day_key])["leased_nano"] == held
+
+    exact(after)
+    # A holder of the dry pool whose call the provider overran (its slice's free below
+    # zero) syncs within the mark: a pool sync. Its lease row must not take a negative
+    # amount (a row deleted when its holder idles would take the debt out of the sums);
+    # the debt goes to the pool, which the window rows count as leased.
+    overrun = holders[1]
+    await table.delete_entity(who.id, RECALL)  # (the second refusal recalled again)
+    hold = await overrun.admit(
+        who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
     )
+    assert hold.lease is not None  # from its slice
+    cost = hold.amount_nano + 50 * UNIT
+    await overrun.settle(hold, cost_nano=cost, prompt_tokens=100, completion_tokens=5000)
+    await overrun.flush(who.id)
+    left = await partition(stores[0], who)
+    assert window_etag(left) == window_etag(marked)  # still no rebalance
+    assert overrun.leases is not None
+    assert ints(left[f"lease-{overrun.leases.process_id}"])["amount_nano"] >= 0
+    assert ints(left[pool_key_of(1)])["free_nano"] < 0  # the overrun, owed by the pool
+    exact(left)
     # Past the mark (a report interval, before the pool's flush falls due) the window
     # rows are asked again.
     clock.skip += timedelta(seconds=LENDING.report_seconds + 1)
     third = pooled(stores[0], clock, pool=1, settings=LENDING)
     assert await call(third, who) == 0  # refused
-    assert window_etag(await partition(stores[0], who)) != window_etag(after)
+    assert window_etag(await partition(stores[0], who)) != window_etag(left)
     for ledger in [*holders, first, second, third]:
         await ledger.aclose()
