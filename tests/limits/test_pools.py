@@ -536,17 +536,17 @@ async def test_a_pool_a_rebalance_left_dry_does_not_send_its_keepers_back_to_the
     cost = hold.amount_nano + 50 * UNIT
     await overrun.settle(hold, cost_nano=cost, prompt_tokens=100, completion_tokens=5000)
     await overrun.flush(who.id)
-    left = await partition(stores[0], who)
-    assert window_etag(left) == window_etag(marked)  # still no rebalance
+    owed = await partition(stores[0], who)
+    assert window_etag(owed) == window_etag(marked)  # still no rebalance
     assert overrun.leases is not None
-    assert ints(left[f"lease-{overrun.leases.process_id}"])["amount_nano"] >= 0
-    assert ints(left[pool_key_of(1)])["free_nano"] < 0  # the overrun, owed by the pool
-    exact(left)
+    assert ints(owed[f"lease-{overrun.leases.process_id}"])["amount_nano"] >= 0
+    assert ints(owed[pool_key_of(1)])["free_nano"] < 0  # the overrun, owed by the pool
+    exact(owed)
     # Past the mark (a report interval, before the pool's flush falls due) the window
     # rows are asked again.
     clock.skip += timedelta(seconds=LENDING.report_seconds + 1)
     third = pooled(stores[0], clock, pool=1, settings=LENDING)
     assert await call(third, who) == 0  # refused
-    assert window_etag(await partition(stores[0], who)) != window_etag(left)
+    assert window_etag(await partition(stores[0], who)) != window_etag(owed)
     for ledger in [*holders, first, second, third]:
         await ledger.aclose()
