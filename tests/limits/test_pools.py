@@ -366,6 +366,17 @@ LENDING = replace(POOLED, report_seconds=5.0, idle_seconds=60.0, ttl_seconds=60,
 CAPACITY = ("free_nano", "minute_requests", "minute_tokens", "slots")
 
 
+def assert_held_as_leased(rows: dict[str, Any], day_key: str) -> None:
+    """Exact: the day row's leased budget is what the pools and the lease rows hold, the
+    in-flight row's count the slots they hold."""
+    pools = [ints(row) for key, row in rows.items() if key.startswith(POOL_PREFIX)]
+    leases = [ints(row) for key, row in rows.items() if key.startswith("lease-")]
+    budget = sum(p["free_nano"] + p["spent_nano"] for p in pools) + sum(x["amount_nano"] for x in leases)
+    assert ints(rows[day_key])["leased_nano"] == budget
+    slots = sum(p["slots"] for p in pools) + sum(x["slots"] for x in leases)
+    assert ints(rows[INFLIGHT])["count"] == slots
+
+
 async def refill(table: Any, who: Tenant, key: str, now: datetime) -> None:
     """Move capacity from the window rows into a pool, as a rebalance's refill does."""
     day, month, minute = window_keys(now)
@@ -431,15 +442,7 @@ async def test_a_pool_that_cannot_serve_a_sync_borrows_from_another_and_the_wind
     assert after[INFLIGHT].metadata["etag"] == before[INFLIGHT].metadata["etag"]
     assert ints(after[pool_key_of(0)])["free_nano"] == lender["free_nano"] - lender["free_nano"] // 2
     assert ints(after[pool_key_of(1)])["free_nano"] > 0
-    # Exact: the day row's leased budget is what the pools and the lease rows hold, the
-    # in-flight row's count the slots they hold.
-    pools = [ints(row) for key, row in after.items() if key.startswith(POOL_PREFIX)]
-    leases = [ints(row) for key, row in after.items() if key.startswith("lease-")]
-    assert ints(after[day_key])["leased_nano"] == sum(p["free_nano"] + p["spent_nano"] for p in pools) + sum(
-        lease["amount_nano"] for lease in leases
-    )
-    slots = sum(p["slots"] for p in pools) + sum(lease["slots"] for lease in leases)
-    assert ints(after[INFLIGHT])["count"] == slots
+    assert_held_as_leased(after, day_key)
     for ledger in [*holders, borrower]:
         await ledger.aclose()
     clock.skip += timedelta(seconds=10 * LENDING.ttl_seconds)  # pools nobody touches expire
@@ -514,15 +517,7 @@ async def test_a_pool_a_rebalance_left_dry_does_not_send_its_keepers_back_to_the
     assert after[INFLIGHT].metadata["etag"] == marked[INFLIGHT].metadata["etag"]
     assert second.leases is not None
     assert f"lease-{second.leases.process_id}" in after  # it synced (with its pool)
-
-    def exact(rows: dict[str, Any]) -> None:
-        """The day row's leased budget is what the pools and the lease rows hold."""
-        pools = [ints(row) for key, row in rows.items() if key.startswith(POOL_PREFIX)]
-        leases = [ints(row) for key, row in rows.items() if key.startswith("lease-")]
-        held = sum(p["free_nano"] + p["spent_nano"] for p in pools) + sum(x["amount_nano"] for x in leases)
-        assert ints(rows[day_key])["leased_nano"] == held
-
-    exact(after)
+    assert_held_as_leased(after, day_key)
     # A holder of the dry pool whose call the provider overran (its slice's free below
     # zero) syncs within the mark: a pool sync. Its lease row must not take a negative
     # amount (a row deleted when its holder idles would take the debt out of the sums);
@@ -541,7 +536,7 @@ async def test_a_pool_a_rebalance_left_dry_does_not_send_its_keepers_back_to_the
     assert overrun.leases is not None
     assert ints(owed[f"lease-{overrun.leases.process_id}"])["amount_nano"] >= 0
     assert ints(owed[pool_key_of(1)])["free_nano"] < 0  # the overrun, owed by the pool
-    exact(owed)
+    assert_held_as_leased(owed, day_key)
     # Past the mark (a report interval, before the pool's flush falls due) the window
     # rows are asked again.
     clock.skip += timedelta(seconds=LENDING.report_seconds + 1)
