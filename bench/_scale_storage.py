@@ -5,6 +5,13 @@
   process), or a real Azurite (one SDK client shared by the instances of this process).
 - ``MeteredStore``: a table store whose queries and transactions are counted per
   partition and per second, as the target counts them.
+- ``split_pools`` (``--model-split``): the in-memory account counts an operation that
+  touches a sub-pool row and no window row (a pool sync, a loan) against a partition of
+  that pool's own, as if pools and their keepers' lease rows lived in partitions of
+  their own. An upper bound of that layout: built for real, its rebalances would take
+  two more round trips (a transfer between partitions is two transactions), loans
+  would go, and the recall row a pool sync reads would cost the tenant's partition an
+  entity.
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sk_core.limits import USAGE_TABLE
+from sk_core.limits import INFLIGHT, USAGE_TABLE
+from sk_core.limits.pools import POOL_PREFIX
+from sk_core.limits.windows import DAY_PREFIX, MINUTE_PREFIX, MONTH_PREFIX
 from sk_core.storage import MemoryAccount, MemoryTableStore, TableStore
+from sk_core.storage._memory import Operation
 
 PARTITION_TARGET = 2000  # entities per second, one table partition (see scale.py's docstring)
 
@@ -84,13 +94,27 @@ class MeteredStore:
         return self._tables[name]
 
 
+_WINDOW_ROWS = (DAY_PREFIX, MONTH_PREFIX, MINUTE_PREFIX, INFLIGHT)
+
+
+def split_pool_partition(op: Operation) -> str | None:
+    """``split_pools``: the partition an operation counts against (see the docstring)."""
+    pools = sorted(row for row in op.rows if row.startswith(POOL_PREFIX))
+    if op.partition is None or not pools or any(row.startswith(_WINDOW_ROWS) for row in op.rows):
+        return op.partition
+    return f"{op.partition}~{pools[0]}"
+
+
 class Backend:
     """Where the tables live: sk_core's in-memory account with a latency and the per-partition
     target (each instance its own store, as its own process), or a real Azurite (one
     HTTP client shared by the instances of this process: 1,024 clients would exhaust it)."""
 
-    def __init__(self, kind: str, *, latency_ms: float, connection_string: str = "") -> None:
+    def __init__(
+        self, kind: str, *, latency_ms: float, connection_string: str = "", split_pools: bool = False
+    ) -> None:
         self.kind = kind
+        self.split_pools = split_pools
         self.latency_ms = latency_ms
         self.connection_string = connection_string
         self.prefix = ""
@@ -102,7 +126,9 @@ class Backend:
         if self.kind == "memory":
             latency = self.latency_ms / 1000
             self.account = MemoryAccount(
-                latency_s=lambda: latency * random.uniform(0.5, 1.5), partition_ops_per_s=PARTITION_TARGET
+                latency_s=lambda: latency * random.uniform(0.5, 1.5),
+                partition_ops_per_s=PARTITION_TARGET,
+                throttle_key=split_pool_partition if self.split_pools else None,
             )
         else:
             self.shared = TableStore(

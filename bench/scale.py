@@ -501,7 +501,8 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
                 azurite = start_azurite(port=port)
                 connection = development_connection_string(port)
             backend = Backend(kind, latency_ms=args.latency_ms,
-                              connection_string=connection if kind == "azurite" else "")
+                              connection_string=connection if kind == "azurite" else "",
+                              split_pools=args.model_split)
             for name in args.profiles:
                 KINDS.clear()
                 backend.new_run(f"scale{n}{name}")
@@ -522,7 +523,8 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
         "bench": "scale",
         "storage": {
             "memory": "sk_core's MemoryTableStore (Azurite's ETag, conflict and query rules) with "
-            f"{args.latency_ms} ms +-50 % per round trip and {PARTITION_TARGET} entities/s per partition",
+            f"{args.latency_ms} ms +-50 % per round trip and {PARTITION_TARGET} entities/s per partition"
+            + (" (--model-split: pool syncs counted in partitions of their own)" if args.model_split else ""),
             "azurite": "a real Azurite (in memory, loopback): no latency added, no throughput model",
         },
         "latency_ms": args.latency_ms,
@@ -552,6 +554,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="sub-pools at most (0: one pool, the design before sub-pools)")
     parser.add_argument("--pool-threshold", type=int, default=LeaseSettings().pool_threshold,
                         help="sub-pools with more holders than this (SKF_LEASE_POOL_THRESHOLD)")
+    parser.add_argument("--model-split", action="store_true",
+                        help="memory: count pool syncs against partitions of their own (an upper "
+                        "bound of sub-pools in partitions of their own; bench/_scale_storage.py)")
     parser.add_argument("--series", action="store_true",
                         help="per run (memory), where the budget sits every 0.5 s (bench/_scale_series.py)")
     args = parser.parse_args(argv)

@@ -22,7 +22,8 @@ Not modelled: entity size limits, key character rules, continuation tokens, tabl
 
 The account can also model a service: ``latency_s`` per round trip, a per-partition
 throughput limit (``partition_ops_per_s`` entities per second; over it a caller waits,
-or with ``over_limit="reject"`` gets 503 ServerBusy as Azure answers), an async hook
+or with ``over_limit="reject"`` gets 503 ServerBusy as Azure answers; ``throttle_key``
+may count an operation against another partition's), an async hook
 called before every operation (to inject faults), and counters of entities per partition.
 """
 
@@ -65,6 +66,7 @@ class Operation:
     partition: str | None  # None: a query across partitions
     kind: str  # create, get, upsert, update, delete, query, transaction
     entities: int
+    rows: tuple[str, ...] = ()  # the RowKeys it touched (a query: those it returned, or pinned)
 
 
 def _error(cls: type[HttpResponseError], status: int, code: str, message: str, **kwargs: Any) -> Any:
@@ -107,6 +109,7 @@ class MemoryAccount:
         over_limit: Literal["wait", "reject"] = "wait",
         burst_s: float = 0.0,
         on_operation: Callable[[Operation], Awaitable[None]] | None = None,
+        throttle_key: Callable[[Operation], str | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -116,6 +119,9 @@ class MemoryAccount:
         self.over_limit = over_limit
         self.burst_s = burst_s  # how far a partition's queue may run ahead before "reject"
         self.on_operation = on_operation
+        # Which partition's throughput an operation counts against (default: its own).
+        # bench/scale.py models another layout of the same rows with it.
+        self.throttle_key = throttle_key
         self._clock = clock
         self._sleep = sleep
         # Entities touched per (table, partition): what a partition's throughput target counts.
@@ -138,7 +144,7 @@ class MemoryAccount:
         if self.on_operation is not None:
             await self.on_operation(op)
         if self.partition_ops_per_s:
-            key = (op.table, op.partition)
+            key = (op.table, self.throttle_key(op) if self.throttle_key else op.partition)
             now = self._clock()
             start = max(now, self._next_free.get(key, now))
             if self.over_limit == "reject" and start - now > self.burst_s:
@@ -204,8 +210,10 @@ class MemoryTable:
     async def close(self) -> None:
         """Nothing to close."""
 
-    async def _exchange(self, kind: str, partition: str | None, entities: int = 1) -> None:
-        await self._store._exchange(Operation(self.table_name, partition, kind, entities))
+    async def _exchange(
+        self, kind: str, partition: str | None, entities: int = 1, rows: tuple[str, ...] = ()
+    ) -> None:
+        await self._store._exchange(Operation(self.table_name, partition, kind, entities, rows))
 
     def _conflict(self, error: Exception) -> Exception:
         self._store.note_conflict()
@@ -317,7 +325,10 @@ class MemoryTable:
                           "Timestamp@odata.type": "Edm.DateTime"})
         ]
         partitions = {key[0] for key, _ in found}
-        await self._exchange("query", partitions.pop() if len(partitions) == 1 else None, max(1, len(found)))
+        rows = tuple(sorted(keys.rows)) if keys.rows is not None else tuple(key[1] for key, _ in found)
+        await self._exchange(
+            "query", partitions.pop() if len(partitions) == 1 else None, max(1, len(found)), rows
+        )
         for (partition, row_key), row in found:
             yield _entity(partition, row_key, row, select)
 
@@ -340,7 +351,8 @@ class MemoryTable:
             planned.append((kind, key, wire, {**options, "_entity": entity}))
         if not planned:
             return []  # the SDK turns the service's 400 for an empty batch into []
-        await self._exchange("transaction", planned[0][1][0], len(planned))
+        touched = tuple(key[1] for _, key, _, _ in planned)
+        await self._exchange("transaction", planned[0][1][0], len(planned), touched)
         if len(planned) > _TRANSACTION_LIMIT:
             raise _error(TableTransactionError, 400, "InvalidInput", "0:more than 100 changes in a batch")
         if len({key for _, key, _, _ in planned}) < len(planned):

@@ -299,6 +299,28 @@ async def test_a_partition_over_its_throughput_makes_callers_queue() -> None:
     assert time.waits == [0.5]  # a transaction of 50 entities holds its partition for 50 slots
 
 
+async def test_a_throttle_key_counts_operations_against_the_partition_it_names() -> None:
+    """bench/scale.py --model-split: an operation on given rows counted against another
+    partition's throughput (the rows it touched are on the operation, as the hook sees)."""
+    time = FakeTime()
+    seen: list[Operation] = []
+
+    def key(op: Operation) -> str | None:
+        seen.append(op)
+        return "apart" if op.rows and all(row.startswith("x") for row in op.rows) else op.partition
+
+    account = MemoryAccount(partition_ops_per_s=100, throttle_key=key, clock=time.clock, sleep=time.sleep)
+    table = await MemoryTableStore(account).table("t")
+    await submit(table, [("upsert", {"PartitionKey": "p", "RowKey": f"x{i}"}, {}) for i in range(50)])
+    await table.upsert_entity({"PartitionKey": "p", "RowKey": "y"})
+    assert time.waits == []  # the 50 went to "apart": p's queue is empty
+    _ = [e async for e in table.query_entities("PartitionKey eq 'p' and RowKey eq 'x1'")]
+    assert time.waits == [0.5]  # behind the 50 in "apart"
+    assert seen[0].rows == tuple(f"x{i}" for i in range(50))
+    assert seen[-1].rows == ("x1",)
+    assert account.partition_ops[(table.table_name, "p")] == 52  # what it touched, as before
+
+
 async def test_over_the_limit_with_reject_is_server_busy_and_storage_unavailable() -> None:
     time = FakeTime()
     account = MemoryAccount(partition_ops_per_s=10, over_limit="reject", clock=time.clock, sleep=time.sleep)
