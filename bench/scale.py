@@ -31,7 +31,10 @@ one UTC calendar minute.
 **Profiles**: ``steady`` (Poisson arrivals on every instance), ``bursty`` (every 4 s all
 instances receive a burst at once, a trickle between), ``churn`` (steady; every 2 s a
 tenth of the instances vanish without a shutdown hook, as on a Functions scale-in, and
-as many new ones start).
+as many new ones start). A refusal is final, unless ``--client-retries N``: then a
+refused client retries (on a random instance) after its ``Retry-After`` when that is at
+most 5 s and falls within the demand, up to N times, as the OpenAI SDK's clients do
+(``max_retries=2``, honouring ``Retry-After``); ``retried`` counts those refusals.
 
 Prints one JSON object: ``{"machine": ..., "runs": [...]}``; per run ``backend``, ``instances``,
 ``profile``, ``overspend_nano`` (and RPM / TPM / concurrency overspend), ``budget_usable``
@@ -77,6 +80,7 @@ from sk_core.pricing import Price
 from sk_core.storage import development_connection_string
 
 DRAIN_SECONDS = 10.0  # after the demand: calls finishing, then hand-backs, each at most this
+RETRY_AFTER_MAX = 5  # --client-retries: longer Retry-Afters (a new minute, a new day) are final
 ACCOUNT_TARGET = 20000  # transactions per second, one storage account
 
 PRICE = Price(Decimal("1.0"), Decimal("2.0"))  # USD per million tokens: 1000 / 2000 nano each
@@ -152,6 +156,7 @@ class Stats:
     # Admissions whose answer cap was lowered below what was asked (a slice or the
     # budget's end): the answer is shorter though nothing was refused.
     clamped: int = 0
+    retried: Counter[str] = field(default_factory=Counter)  # refusals a client retried, by code
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,8 @@ class Simulation:
         self.settled_in_demand = 0  # the budget tenant's settled cost when the demand ended
         self.lags: list[float] = []
         self.record_series = False  # --series: where the budget sits, every 0.5 s
+        self.client_retries = 0  # --client-retries: a refused client retries after Retry-After
+        self.demand_ends = math.inf
         self.series: list[dict[str, Any]] = []
 
     def start_instance(self) -> Instance:
@@ -223,7 +230,7 @@ class Simulation:
         self.instances.append(instance)
         return instance
 
-    async def request(self, instance: Instance, tenant_name: str) -> None:
+    async def request(self, instance: Instance, tenant_name: str, attempt: int = 0) -> None:
         tenant = self.tenants[tenant_name]
         stats = self.stats[tenant_name]
         now = time.monotonic()
@@ -236,6 +243,17 @@ class Simulation:
                 function="f", key_id="k",
             )
         except LimitExceeded as refused:
+            wait = refused.retry_after
+            if (
+                attempt < self.client_retries and wait is not None and wait <= RETRY_AFTER_MAX
+                and time.monotonic() + wait < self.demand_ends
+            ):
+                # As the OpenAI SDK's clients do (max_retries=2, honouring Retry-After):
+                # the same request again after Retry-After, through the load balancer.
+                stats.retried[refused.code] += 1
+                await asyncio.sleep(wait)
+                await self.request(self.random.choice(self.instances), tenant_name, attempt + 1)
+                return
             stats.refusals[refused.code] += 1
             if refused.code == "budget_exceeded" and stats.first_exceeded is None:
                 stats.first_exceeded = time.monotonic()
@@ -330,7 +348,8 @@ class Simulation:
         ramping = asyncio.create_task(self.ramp(self.n - 1, ramp_seconds))
         heartbeat = asyncio.create_task(self.heartbeat())
         series = asyncio.create_task(_scale_series.record(self, self.series)) if self.record_series else None
-        await self.demand(started + self.seconds)
+        self.demand_ends = started + self.seconds
+        await self.demand(self.demand_ends)
         self.settled_in_demand = self.stats["budget"].settled_nano
         await ramping
         heartbeat.cancel()
@@ -442,6 +461,8 @@ class Simulation:
             "budget_left_leased_or_held_nano": leftover,
             "budget_expired_nano": _int(window.get("expired_nano")),
             "refusals": {name: dict(s.refusals) for name, s in self.stats.items()},
+            "client_retries": self.client_retries,
+            "retried": {name: dict(s.retried) for name, s in self.stats.items()},
             "rpm_limit": rate.requests_per_minute,
             "rpm_admitted": admitted_rpm,
             "rpm_over_limit": max(0, admitted_rpm - rate.requests_per_minute),
@@ -510,6 +531,7 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
                     n, PROFILES[name](n), args.seconds, backend=backend, seed=7, settings=args.lease_settings
                 )
                 simulation.record_series = args.series and kind == "memory"
+                simulation.client_retries = args.client_retries
                 try:
                     run = await simulation.run(args.ramp_seconds)
                 finally:
@@ -557,6 +579,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-split", action="store_true",
                         help="memory: count pool syncs against partitions of their own (an upper "
                         "bound of sub-pools in partitions of their own; bench/_scale_storage.py)")
+    parser.add_argument("--client-retries", type=int, default=0,
+                        help="a refused client retries up to this many times after its Retry-After "
+                        f"(when at most {RETRY_AFTER_MAX} s and within the demand), as the OpenAI "
+                        "SDK's do (2); default 0: a refusal is final")
     parser.add_argument("--series", action="store_true",
                         help="per run (memory), where the budget sits every 0.5 s (bench/_scale_series.py)")
     args = parser.parse_args(argv)
