@@ -52,11 +52,18 @@ class Meter:
 
 
 class MeteredTable:
-    """A table client (memory or Azurite) whose queries and transactions are metered."""
+    """A table client (memory or Azurite) whose queries and transactions are metered
+    (``split``: by the partition ``split_pool_partition`` names, as the account throttles)."""
 
-    def __init__(self, table: Any, meter: Meter) -> None:
+    def __init__(self, table: Any, meter: Meter, split: bool = False) -> None:
         self._table = table
         self._meter = meter
+        self._split = split
+
+    def _partition(self, partition: str, rows: tuple[str, ...]) -> str:
+        if not self._split:
+            return partition
+        return split_pool_partition(Operation("", partition, "", 0, rows)) or partition
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._table, name)
@@ -68,21 +75,25 @@ class MeteredTable:
 
     async def _query(self, query_filter: str, parameters: dict[str, Any], options: Any) -> AsyncIterator[Any]:
         found = [e async for e in self._table.query_entities(query_filter, parameters=parameters, **options)]
-        self._meter.count(str(parameters.get("pk", parameters.get("p", "*"))), len(found))
+        rows = tuple(str(v) for k, v in parameters.items() if k[:1] == "r" and k[1:].isdigit())
+        partition = str(parameters.get("pk", parameters.get("p", "*")))
+        self._meter.count(self._partition(partition, rows), len(found))
         for entity in found:
             yield entity
 
     async def submit_transaction(self, operations: list[Any], **options: Any) -> Any:
-        self._meter.count(str(operations[0][1]["PartitionKey"]), len(operations))
+        rows = tuple(str(op[1]["RowKey"]) for op in operations)
+        self._meter.count(self._partition(str(operations[0][1]["PartitionKey"]), rows), len(operations))
         return await self._table.submit_transaction(operations, **options)
 
 
 class MeteredStore:
     """A ``TableStore`` whose tables are metered (several ledgers may share one)."""
 
-    def __init__(self, store: TableStore, meter: Meter) -> None:
+    def __init__(self, store: TableStore, meter: Meter, split: bool = False) -> None:
         self._store = store
         self._meter = meter
+        self._split = split
         self._tables: dict[str, MeteredTable] = {}
 
     def __getattr__(self, name: str) -> Any:
@@ -90,7 +101,7 @@ class MeteredStore:
 
     async def table(self, name: str) -> Any:
         if name not in self._tables:
-            self._tables[name] = MeteredTable(await self._store.table(name), self._meter)
+            self._tables[name] = MeteredTable(await self._store.table(name), self._meter, self._split)
         return self._tables[name]
 
 

@@ -219,8 +219,9 @@ class Simulation:
         self.series: list[dict[str, Any]] = []
 
     def start_instance(self) -> Instance:
+        metered = MeteredStore(self.backend.store(), self.meter, self.backend.split_pools)
         ledger = Ledger(
-            store=MeteredStore(self.backend.store(), self.meter),  # type: ignore[arg-type]  # a TableStore
+            store=metered,  # type: ignore[arg-type]  # a TableStore
             lease_seconds=60,
             min_answer_tokens=16,
             clock=self.clock,
