@@ -18,7 +18,10 @@ at ``--azurite-instances``, 8 and 64: one emulator process cannot serve more):
   partition), so an overloaded partition shows as latency and as ops/s at the target;
 - a storage account: about 20,000 transactions per second (same page), never the
   binding limit here (one tenant);
-- a round trip: ``--latency-ms`` (default 8 ms, jittered +-50 %), in-region order.
+- a round trip: ``--latency-ms`` (default 8 ms, jittered +-50 %), in-region order;
+- ``--model-split``: operations on sub-pool rows alone (pool syncs, loans) are counted
+  and throttled in partitions of their own, an upper bound of that layout
+  (``_scale_storage.split_pool_partition``).
 
 Entities are counted on both backends as the target counts them: a transaction counts
 its entities, a query the entities it returns (at least one).
