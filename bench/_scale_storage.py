@@ -25,8 +25,7 @@ from typing import Any
 from sk_core.limits import INFLIGHT, USAGE_TABLE
 from sk_core.limits.pools import POOL_PREFIX
 from sk_core.limits.windows import DAY_PREFIX, MINUTE_PREFIX, MONTH_PREFIX
-from sk_core.storage import MemoryAccount, MemoryTableStore, TableStore
-from sk_core.storage._memory import Operation
+from sk_core.storage import MemoryAccount, MemoryTableStore, Operation, TableStore
 
 PARTITION_TARGET = 2000  # entities per second, one table partition (see scale.py's docstring)
 
