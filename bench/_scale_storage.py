@@ -74,6 +74,7 @@ class MeteredTable:
 
     async def _query(self, query_filter: str, parameters: dict[str, Any], options: Any) -> AsyncIterator[Any]:
         found = [e async for e in self._table.query_entities(query_filter, parameters=parameters, **options)]
+        # The RowKeys a point query pins: sk_core.storage.query_partition names them r0, r1...
         rows = tuple(str(v) for k, v in parameters.items() if k[:1] == "r" and k[1:].isdigit())
         partition = str(parameters.get("pk", parameters.get("p", "*")))
         self._meter.count(self._partition(partition, rows), len(found))
