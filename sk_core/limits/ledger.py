@@ -36,9 +36,9 @@ from typing import Any, TypeVar
 from sk_core.accounts import Tenant
 from sk_core.errors import LimitExceeded, RateState
 from sk_core.limits import policy, sweep
+from sk_core.limits.allocated import keeper_for
 from sk_core.limits.holds import Hold, Settlement, hold_row
 from sk_core.limits.lease_state import RECALL, LeaseSettings, leased_out, recall_operation
-from sk_core.limits.leases import LeaseKeeper
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -150,7 +150,7 @@ class Ledger:
     ) -> None:
         self._store = store
         self._lease = timedelta(seconds=lease_seconds)
-        self._min_tokens = min_answer_tokens
+        self.min_answer_tokens = min_answer_tokens
         self._max_attempts = max_attempts
         self._clock = clock
         # Within one process, one ledger write per tenant at a time: the transaction
@@ -172,7 +172,7 @@ class Ledger:
         # Exact-path settlements not committed yet, by tenant (flush waits for them).
         self._settling: dict[asyncio.Future[Settlement], str] = {}
         # Quota leases (leases.py): admit and settle in memory; None: every decision exact.
-        self.leases = LeaseKeeper(self, leases) if leases is not None else None
+        self.leases = keeper_for(self, leases) if leases is not None else None
         # A recall lasts a few report intervals (every active keeper syncs within one);
         # a request refused while it goes out waits about two of them, once, and asks again.
         report = (leases or LeaseSettings()).report_seconds
@@ -514,7 +514,7 @@ class Ledger:
             price=job.price,
             prompt_tokens_bound=job.prompt_tokens_bound,
             requested_max_tokens=job.requested_max_tokens,
-            min_answer_tokens=self._min_tokens,
+            min_answer_tokens=self.min_answer_tokens,
             now=now,
         )
         for key in (day_key, month_key):

@@ -1,0 +1,233 @@
+"""The rows of allocated leases (``allocation.py``) and the allocator's arithmetic.
+
+alloc          the allocator: owner process, until (renewed by each of its writes)
+offer-<pid>    written by the allocator only: what it granted that process
+               (cumulative: budget of the day, requests and tokens of the minute,
+               slots), what of the process's reports it has credited (``seen_*``),
+               how much unused capacity the process may keep, and what is dry
+claim-<pid>    written by that process only: what it took of its offer, gave back
+               and settled (cumulative), its demand, what its waiting requests
+               lack, and its expiry; ``prev_*``: the day it closed at midnight
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sk_core.storage import etag_of, int64, read_int, update_op
+
+ALLOC = "alloc"
+OFFER_PREFIX = "offer-"
+CLAIM_PREFIX = "claim-"
+CLAIM_RANGE = f"( RowKey ge '{CLAIM_PREFIX}' and RowKey lt '{CLAIM_PREFIX[:-1]}.' )"
+OFFER_RANGE = f"( RowKey ge '{OFFER_PREFIX}' and RowKey lt '{OFFER_PREFIX[:-1]}.' )"
+BATCH = 90  # offers a transaction (Azure: 100 operations; window rows and alloc besides)
+ALLOC_SECONDS = 2.0  # an allocator not heard of this long is replaced
+CLAIMS_PER_SECOND = 512  # claim rows an allocator reads a second, at most
+
+# A process's reports, and the window-row field each moves into when credited.
+REPORTED = (
+    ("spent_nano", "spent_nano"),
+    ("requests", "requests"),
+    ("prompt_tokens", "prompt_tokens"),
+    ("completion_tokens", "completion_tokens"),
+    ("overrun_nano", "overrun_nano"),
+)
+CLAIM_COUNTS = (
+    "claimed_nano",
+    "back_nano",
+    *(name for name, _ in REPORTED),
+    "minute_claimed",
+    "minute_claimed_tokens",
+    "minute_back",
+    "minute_back_tokens",
+    "slots_claimed",
+    "slots_back",
+    "busy",
+    "unused_nano",
+    "unused_requests",
+    "unused_tokens",
+    "waiting",
+    "unit_nano",
+    "unit_tokens",
+    "peak",
+    "seq",
+    "lack_budget",
+    "lack_requests",
+    "lack_tokens",
+    "lack_slots",
+    # The day the process closed at its first sync of a new one (``prev_day``): its totals.
+    "prev_claimed_nano",
+    "prev_back_nano",
+    *(f"prev_{name}" for name, _ in REPORTED),
+)
+OFFER_COUNTS = (
+    "budget_nano",
+    "seen_back_nano",
+    *(f"seen_{name}" for name, _ in REPORTED),
+    "minute_requests",
+    "minute_tokens",
+    "seen_minute_back",
+    "seen_minute_back_tokens",
+    "slots",
+    "seen_slots_back",
+    "keep_nano",
+    "keep_requests",
+    "keep_tokens",
+    "keep_slots",
+)
+DIMENSIONS = ("budget", "requests", "tokens", "slots")
+
+
+def offer_key(process_id: str) -> str:
+    return f"{OFFER_PREFIX}{process_id}"
+
+
+def claim_key(process_id: str) -> str:
+    return f"{CLAIM_PREFIX}{process_id}"
+
+
+@dataclass
+class Row:
+    """An offer or claim row as read: its counts, window names, ETag (None: absent)."""
+
+    key: str
+    counts: dict[str, int]
+    day: str = ""
+    month: str = ""
+    minute: str = ""
+    etag: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, key: str, entity: Any, names: tuple[str, ...]) -> Row:
+        if entity is None:
+            return cls(key, dict.fromkeys(names, 0))
+        return cls(
+            key,
+            {name: read_int(entity.get(name)) for name in names},
+            str(entity.get("day") or ""),
+            str(entity.get("month") or ""),
+            str(entity.get("minute") or ""),
+            etag_of(entity),
+            dict(entity),
+        )
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts[name]
+
+    def entity(self, tenant_id: str, **more: Any) -> dict[str, Any]:
+        return {
+            "PartitionKey": tenant_id,
+            "RowKey": self.key,
+            "day": self.day,
+            "month": self.month,
+            "minute": self.minute,
+            **{name: int64(value) for name, value in self.counts.items()},
+            **more,
+        }
+
+    def write(self, tenant_id: str, **more: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        entity = self.entity(tenant_id, **more)
+        return ("create", entity, {}) if self.etag is None else update_op(entity, self.etag)
+
+
+@dataclass
+class Want:
+    """One process's demand on one dimension, as the allocator sizes it."""
+
+    process: str
+    hold: int  # unused in its slice (as it last reported) plus offered and not yet claimed
+    target: int  # what it should hold for the horizon at its recent rate
+    unit: int  # what one call takes
+    waiting: int  # its requests waiting for a sync right now (calls)
+
+
+def allocate(
+    rooms: dict[str, int], wants: dict[str, dict[str, Want]]
+) -> tuple[dict[str, dict[str, int]], dict[str, int], set[str]]:
+    """Grants by dimension and process, what is left, and the processes whose waiting
+    requests got nothing this cycle.
+
+    Waiting requests first, longest queues first, in whole calls on every dimension at
+    once: budget for a call that has no slot (or requests for one that has no budget)
+    would sit where it admits nothing while the calls that could use it wait. Then
+    top-ups toward each target from what is left, at least half a target at a time
+    (fewer, larger offers: each is a write of the offer and one of the claim that takes
+    it), in proportion to what is missing when the room is short.
+    """
+    left = {d: max(0, room) for d, room in rooms.items()}
+    grants = {d: dict.fromkeys(ws, 0) for d, ws in wants.items()}
+    first = next(iter(wants.values()))
+    unserved = set()
+    for process in sorted(first, key=lambda p: -first[p].waiting):
+        calls = first[process].waiting
+        if not calls:
+            break
+        for d, ws in wants.items():
+            w = ws[process]  # (a hold below zero: a slice overrun, made good first)
+            calls = min(calls, max(0, w.hold + left[d]) // max(1, w.unit))
+        if calls <= 0:
+            unserved.add(process)
+            continue
+        for d, ws in wants.items():
+            w = ws[process]
+            granted = max(0, calls * w.unit - w.hold)
+            grants[d][process] += granted
+            left[d] -= granted
+    for d, ws in wants.items():
+        missing = {}
+        for process, w in ws.items():
+            short = w.target - w.hold - grants[d][process]
+            missing[process] = short if short > 0 and short * 2 >= w.target else 0
+        total = sum(missing.values())
+        if not total or not left[d]:
+            continue
+        given = 0
+        for process, short in missing.items():
+            granted = short if total <= left[d] else short * left[d] // total
+            grants[d][process] += granted
+            given += granted
+        left[d] -= given
+    return grants, left, unserved
+
+
+def add(counts: dict[str, int], name: str, amount: int) -> None:
+    if amount:
+        counts[name] = counts.get(name, 0) + amount
+
+
+def whole(amount: int, unit: int) -> int:
+    """``amount`` rounded down to whole ``unit``s."""
+    return amount // max(1, unit) * max(1, unit)
+
+
+def stale(claim: Row, now: datetime) -> bool:
+    """A claim its process has not written for 1.6 of its report intervals: a live keeper
+    writes every interval (jittered by half) while it holds anything."""
+    written = claim.extra.get("at")
+    report = float(claim.extra.get("report_s") or 2.0)
+    return written is not None and (now - written).total_seconds() > 1.6 * report
+
+
+@dataclass
+class Plan:
+    """One process's part of a cycle: window-row changes and its row operations."""
+
+    process: str
+    # Budget-field changes by window: (day, month) -> field -> amount (both rows change).
+    windows: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    minute: dict[str, int] = field(default_factory=dict)
+    inflight: dict[str, int] = field(default_factory=dict)
+    operations: list[Any] = field(default_factory=list)
+    alone: bool = False  # in a transaction of its own (it may fail: a reclaim)
+
+    @property
+    def changes(self) -> bool:
+        """Any window, minute or in-flight row changes."""
+        return any(self.windows.values()) or bool(self.minute) or bool(self.inflight)
+
+    def at(self, day: str, month: str) -> dict[str, int]:
+        return self.windows.setdefault((day, month), {})
