@@ -1,0 +1,466 @@
+"""Allocated leases (sk_core/limits/allocation.py, allocated.py): one allocator per tenant
+grants every process its slices; no row has two writers on the request path.
+
+Exactness across processes (budget, requests per minute), what a vanished process is
+charged, what a stale claim gives back, a new day, and the allocator's hand-over; and
+the allocation arithmetic as a property.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sk_core.accounts import Limits, Tenant
+from sk_core.errors import LimitExceeded
+from sk_core.limits import INFLIGHT, USAGE_TABLE, Hold, Ledger, window_keys
+from sk_core.limits import allocated as allocated_module
+from sk_core.limits import allocation as allocation_module
+from sk_core.limits.allocated import AllocatedKeeper
+from sk_core.limits.allocation import Allocator, credit_all
+from sk_core.limits.lease_state import LeaseSettings
+from sk_core.limits.offers import ALLOC_SECONDS, CLAIM_PREFIX, DIMENSIONS, OFFER_PREFIX, Want, allocate
+from sk_core.storage import TableStore, query_partition, read_int
+from tests.support.clock import inside_one_minute
+from tests.support.ledgers import PRICE, call
+from tests.support.stores import STORE_BACKENDS, open_stores
+
+FAST = LeaseSettings(report_seconds=0.5, idle_seconds=1.0, ttl_seconds=30, allocated=True)
+
+
+# ------------------------------------------------------------------ the arithmetic
+
+wanted = st.lists(
+    st.tuples(
+        st.integers(-5, 50),  # hold (negative: a slice overrun by a provider)
+        st.integers(0, 60),  # target
+        st.integers(1, 7),  # unit
+        st.integers(0, 12),  # waiting calls
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(st.lists(st.integers(-20, 200), min_size=4, max_size=4), st.lists(wanted, min_size=4, max_size=4))
+def test_allocation_never_grants_more_than_is_left_and_serves_waiting_calls_whole(
+    rooms: list[int], dimensions: list[list[tuple[int, int, int, int]]]
+) -> None:
+    count = min(len(d) for d in dimensions)
+    waiting = [dimensions[0][i][3] for i in range(count)]  # one queue per process, every dimension
+    wants = {
+        d: {
+            f"p{i}": Want(f"p{i}", hold, target, unit, waiting[i])
+            for i, (hold, target, unit, _) in enumerate(dimensions[n][:count])
+        }
+        for n, d in enumerate(DIMENSIONS)
+    }
+    room = dict(zip(DIMENSIONS, rooms, strict=True))
+    grants, left, unserved = allocate(room, wants)
+    for d in DIMENSIONS:
+        assert all(g >= 0 for g in grants[d].values())
+        assert sum(grants[d].values()) <= max(0, room[d])
+        assert left[d] == max(0, room[d]) - sum(grants[d].values())
+    for i in range(count):
+        process = f"p{i}"
+        if not waiting[i] or process in unserved:
+            continue
+        # Served: at least one whole call in every dimension at once.
+        assert all(
+            max(0, wants[d][process].hold) + grants[d][process] >= wants[d][process].unit for d in DIMENSIONS
+        )
+    if all(r >= 10_000 for r in rooms):
+        # Room for everything: every waiting call is covered, in every dimension.
+        assert not unserved
+        for d in DIMENSIONS:
+            for process, w in wants[d].items():
+                assert max(0, w.hold) + grants[d][process] >= w.waiting * w.unit
+
+
+# ------------------------------------------------------------------ on a store
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[list[TableStore]]:
+    async with open_stores(request, "alc", count=4) as made:
+        yield made
+
+
+def tenant(**limits: int) -> Tenant:
+    return Tenant(id="t-" + secrets.token_hex(3), display_name="T", limits=Limits(**limits))
+
+
+class Clock:
+    """A UTC clock a test moves forward (``offset``), from ``start`` if given."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.offset = timedelta()
+        self.shift = start - datetime.now(UTC) if start is not None else timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.shift + self.offset
+
+
+def ledger(store: TableStore, clock: Any = None, settings: LeaseSettings = FAST) -> Ledger:
+    options = {"clock": clock} if clock is not None else {}
+    return Ledger(store=store, lease_seconds=30, min_answer_tokens=16, leases=settings, **options)
+
+
+async def partition(store: TableStore, who: Tenant, keys: list[str] | None = None) -> dict[str, Any]:
+    table = await store.table(USAGE_TABLE)
+    if keys is not None:
+        return await query_partition(table, who.id, keys)
+    return {
+        e["RowKey"]: e async for e in table.query_entities("PartitionKey eq @p", parameters={"p": who.id})
+    }
+
+
+def counts(entity: Any) -> dict[str, int]:
+    return {
+        k: read_int(v)
+        for k, v in (entity or {}).items()
+        if k not in ("PartitionKey", "RowKey") and (isinstance(v, int) or hasattr(v, "value"))
+    }
+
+
+async def close_all(ledgers: list[Ledger], who: Tenant, clock: Any = None) -> None:
+    """Every process shuts down; then one cycle credits what they reported on the way."""
+    for each in ledgers:
+        await each.aclose()
+    await credit_all(ledger(ledgers[0].store, clock, settings=FAST), who, "auditor")
+
+
+async def test_many_processes_never_overspend_and_use_nearly_all_of_the_budget(
+    stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four processes x 16 callers that keep asking, on a budget of ~200 calls."""
+    monkeypatch.setattr(allocated_module, "WAIT_SECONDS", 2.0)
+    budget = 200 * PRICE.cost_nano(100, 100)
+    who = tenant(
+        daily_budget_nano=budget,
+        monthly_budget_nano=10**12,
+        requests_per_minute=100_000,
+        tokens_per_minute=10**9,
+        max_concurrent=64,
+    )
+    ledgers = [ledger(s) for s in stores]
+    assert all(isinstance(each.leases, AllocatedKeeper) for each in ledgers)
+
+    async def caller(each: Ledger) -> int:
+        total, refused_since = 0, None
+        loop = asyncio.get_running_loop()
+        while True:
+            cost = await call(each, who)
+            if cost:
+                total, refused_since = total + cost, None
+                continue
+            refused_since = refused_since or loop.time()
+            if loop.time() - refused_since > 3.0:
+                return total
+            await asyncio.sleep(0.1)
+
+    spent = sum(await asyncio.gather(*(caller(each) for each in ledgers for _ in range(16))))
+    await close_all(ledgers, who)
+    day = window_keys(datetime.now(UTC))[0]
+    row = counts((await partition(stores[0], who, [day]))[day])
+    assert row["spent_nano"] == spent  # the ledger equals the sum of the answers' costs
+    assert spent <= budget
+    assert spent >= 0.98 * budget
+    assert row.get("leased_nano", 0) == 0
+    assert row.get("held_nano", 0) == 0
+    # One allocator at a time wrote the offers; every process wrote only its own claim.
+    assert sum(each.leases.allocators for each in ledgers if isinstance(each.leases, AllocatedKeeper)) >= 1
+
+
+async def test_requests_per_minute_are_admitted_exactly_across_processes(stores: list[TableStore]) -> None:
+    """Four processes x 8 callers that keep asking for two seconds: exactly rpm admitted."""
+    rpm = 200
+    who = tenant(
+        daily_budget_nano=10**12,
+        monthly_budget_nano=10**12,
+        requests_per_minute=rpm,
+        tokens_per_minute=10**9,
+        max_concurrent=64,
+    )
+    ledgers = [ledger(s) for s in stores]
+    await inside_one_minute(8)
+    minute = window_keys(datetime.now(UTC))[2]
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 2.0
+    refusals: list[str] = []
+
+    async def caller(each: Ledger) -> int:
+        admitted = 0
+        while loop.time() < until:
+            try:
+                hold = await each.admit(
+                    who,
+                    price=PRICE,
+                    prompt_tokens_bound=10,
+                    requested_max_tokens=10,
+                    function="f",
+                    key_id="k",
+                )
+            except LimitExceeded as refused:
+                refusals.append(refused.code)
+                await asyncio.sleep(0.05)
+                continue
+            admitted += 1
+            await each.settle(hold, cost_nano=1, prompt_tokens=10, completion_tokens=1)
+        return admitted
+
+    admitted = sum(await asyncio.gather(*(caller(each) for each in ledgers for _ in range(8))))
+    await close_all(ledgers, who)
+    assert window_keys(datetime.now(UTC))[2] == minute
+    assert admitted == rpm  # not a request over, none left unused in a slice
+    assert set(refusals) <= {"rate_limited"}
+
+
+async def test_a_vanished_process_is_charged_what_it_held_and_its_unclaimed_offer_comes_back(
+    stores: list[TableStore],
+) -> None:
+    who = tenant(
+        daily_budget_nano=10**12,
+        monthly_budget_nano=10**12,
+        requests_per_minute=10_000,
+        tokens_per_minute=10**8,
+        max_concurrent=64,
+    )
+    clock = Clock()
+    crashed, survivor = ledger(stores[0], clock), ledger(stores[1], clock)
+    hold: Hold = await crashed.admit(
+        who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
+    )
+    assert hold.lease is not None
+    assert await call(survivor, who) > 0
+    await asyncio.sleep(1.2)  # a cycle or two: top-ups offered to both
+    # The process dies: no settlement, no hand-back; its keeper, poller and allocator too.
+    keeper = crashed.leases
+    assert isinstance(keeper, AllocatedKeeper)
+    keeper._closing = True
+    for lease in keeper._leases.values():
+        for task in (lease.keeper, lease.sync):
+            if task is not None:
+                task.cancel()
+    for state in keeper._claims.values():
+        for task in (state.poller, state.allocating):
+            if task is not None:
+                task.cancel()
+    stored = await partition(stores[0], who)
+    claim = counts(stored[CLAIM_PREFIX + keeper.process_id])
+    held = claim["claimed_nano"] - claim["back_nano"] - claim["spent_nano"]
+    assert held >= hold.amount_nano
+    # Past its TTL (and the crashed allocator's), the survivor's allocator expires it.
+    clock.offset = timedelta(seconds=FAST.ttl_seconds + 5)
+    for _ in range(40):
+        await asyncio.sleep(0.25)
+        await call(survivor, who)
+        if CLAIM_PREFIX + keeper.process_id not in await partition(stores[1], who):
+            break
+    after = await partition(stores[1], who)
+    assert CLAIM_PREFIX + keeper.process_id not in after
+    assert OFFER_PREFIX + keeper.process_id not in after
+    await close_all([survivor], who, clock)
+    day = window_keys(clock())[0]
+    row = counts((await partition(stores[1], who, [day]))[day])
+    assert row["expired_leases"] == 1
+    assert row["expired_nano"] == held  # what it claimed and did not report: charged
+    assert row.get("leased_nano", 0) == 0  # everything else came back or was settled
+    inflight = counts((await partition(stores[1], who, [INFLIGHT]))[INFLIGHT])
+    assert inflight.get("count", 0) == 0
+    assert inflight.get("leased_slots", 0) == 0
+
+
+async def test_the_allocator_is_taken_over_when_its_process_vanishes(stores: list[TableStore]) -> None:
+    who = tenant(
+        daily_budget_nano=10**12,
+        monthly_budget_nano=10**12,
+        requests_per_minute=10_000,
+        tokens_per_minute=10**8,
+        max_concurrent=64,
+    )
+    clock = Clock()
+    first, second = ledger(stores[0], clock), ledger(stores[1], clock)
+    assert await call(first, who) > 0  # the first process on the tenant allocates
+    keeper = first.leases
+    assert isinstance(keeper, AllocatedKeeper)
+    assert keeper.allocators == 1
+    keeper._closing = True
+    for state in keeper._claims.values():
+        if state.allocator is not None:
+            state.allocator.stop()
+        if state.allocating is not None:
+            state.allocating.cancel()
+    for lease in keeper._leases.values():
+        if lease.keeper is not None:
+            lease.keeper.cancel()
+    clock.offset = timedelta(seconds=ALLOC_SECONDS + 1)
+    costs = await asyncio.wait_for(asyncio.gather(*(call(second, who) for _ in range(5))), timeout=10)
+    assert all(cost > 0 for cost in costs)
+    assert isinstance(second.leases, AllocatedKeeper)
+    assert second.leases.allocators == 1
+    assert (await partition(stores[1], who, ["alloc"]))["alloc"]["owner"] == second.leases.process_id
+    await close_all([second], who, clock)
+
+
+async def test_a_new_day_closes_the_old_one_in_the_claim_and_credits_it_to_its_own_rows(
+    stores: list[TableStore],
+) -> None:
+    who = tenant(
+        daily_budget_nano=10**12,
+        monthly_budget_nano=10**12,
+        requests_per_minute=10_000,
+        tokens_per_minute=10**8,
+        max_concurrent=64,
+    )
+    clock = Clock(start=datetime(2030, 3, 14, 23, 59, 50, tzinfo=UTC))
+    one = ledger(stores[0], clock)
+    before = sum([await call(one, who) for _ in range(3)])
+    await asyncio.sleep(0.7)  # reported, and topped up: unused budget on the old day
+    # Settled and not reported yet at midnight, and one call still in flight then.
+    before += sum([await call(one, who) for _ in range(2)])
+    flying = await one.admit(
+        who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
+    )
+    clock.offset = timedelta(seconds=15)  # 00:00:05 the next day
+    after = sum([await call(one, who) for _ in range(5)])
+    await one.settle(flying, cost_nano=PRICE.cost_nano(100, 10), prompt_tokens=100, completion_tokens=10)
+    await close_all([one], who, clock)
+    old, new = "day-20300314", "day-20300315"
+    stored = await partition(stores[0], who, [old, new, "month-203003"])
+    # The old day: its answers, and the call in flight at midnight charged its reservation.
+    assert counts(stored[old])["spent_nano"] == before + flying.amount_nano
+    assert counts(stored[new])["spent_nano"] == after
+    assert counts(stored["month-203003"])["spent_nano"] == before + flying.amount_nano + after
+    for key in (old, new, "month-203003"):
+        assert counts(stored[key]).get("leased_nano", 0) == 0, key
+
+
+async def test_a_request_waiting_on_a_spent_budget_gets_the_precise_refusal_and_nothing_waits_on(
+    stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(allocated_module, "WAIT_SECONDS", 1.0)
+    budget = 10 * PRICE.cost_nano(100, 100)
+    who = tenant(
+        daily_budget_nano=budget,
+        monthly_budget_nano=10**12,
+        requests_per_minute=10_000,
+        tokens_per_minute=10**8,
+        max_concurrent=64,
+    )
+    ledgers = [ledger(s) for s in stores[:2]]
+    costs = await asyncio.wait_for(
+        asyncio.gather(*(call(each, who) for each in ledgers for _ in range(10))), timeout=20
+    )
+    assert sum(costs) <= budget
+    assert sum(1 for c in costs if c) >= 9
+    codes = []
+    for each in ledgers:
+        try:
+            await asyncio.wait_for(
+                each.admit(
+                    who,
+                    price=PRICE,
+                    prompt_tokens_bound=100,
+                    requested_max_tokens=100,
+                    function="f",
+                    key_id="k",
+                ),
+                timeout=10,
+            )
+        except LimitExceeded as refused:
+            codes.append(refused.code)
+    assert len(codes) == 2
+    assert set(codes) <= {"budget_exceeded", "budget_held"}
+    await close_all(ledgers, who)
+
+
+def test_allocated_settings_default_off() -> None:
+    assert LeaseSettings().allocated is False
+    assert replace(FAST, allocated=False).allocated is False
+
+
+async def test_a_stale_claim_gives_back_what_it_never_claimed_and_the_claim_row_is_touched(
+    stores: list[TableStore],
+) -> None:
+    """A process that stops writing its claim (gone, or stalled) for 1.6 report intervals:
+    what it was offered and never claimed goes back at once, not at its expiry, in a
+    transaction that also rewrites its claim row (so a claim racing it fails instead)."""
+    who = tenant(
+        daily_budget_nano=10**12,
+        monthly_budget_nano=10**12,
+        requests_per_minute=10_000,
+        tokens_per_minute=10**8,
+        max_concurrent=64,
+    )
+    clock = Clock()
+    auditor = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, clock=clock)
+    table = await stores[0].table(USAGE_TABLE)
+    now = clock()
+    day, month, minute = window_keys(now)
+    await table.create_entity(
+        {
+            "PartitionKey": who.id,
+            "RowKey": CLAIM_PREFIX + "p1",
+            "day": day,
+            "month": month,
+            "minute": minute,
+            "unit_nano": 1000,
+            "unit_tokens": 10,
+            "busy": 0,
+            "waiting": 0,
+            "rate": 4.0,
+            "count_rate": 0.0,
+            "at": now,
+            "report_s": 0.5,
+            "expires_at": now + timedelta(seconds=30),
+        }
+    )
+    await credit_all(auditor, who, "allocator-1")  # (the alloc row: this allocator's)
+    allocator = Allocator(auditor, who, "allocator-1", horizon=1.5, cycle=0.5)
+    assert await allocator.cycle_once()  # a fresh claim with a rate: a top-up offered
+    stored = await partition(stores[0], who)
+    offer = counts(stored[OFFER_PREFIX + "p1"])
+    assert offer["budget_nano"] > 0
+    assert offer["minute_requests"] > 0
+    assert offer["slots"] > 0
+    assert counts(stored[day])["leased_nano"] == offer["budget_nano"]
+    touched = stored[CLAIM_PREFIX + "p1"].metadata["etag"]
+    clock.offset = timedelta(seconds=1)  # 2 report intervals without a write: stale
+    assert await allocator.cycle_once()
+    stored = await partition(stores[0], who)
+    offer = counts(stored[OFFER_PREFIX + "p1"])
+    assert offer["budget_nano"] == offer["minute_requests"] == offer["slots"] == 0  # (it claimed none)
+    assert counts(stored[day]).get("leased_nano", 0) == 0
+    assert counts(stored[minute]).get("requests", 0) == 0
+    assert counts(stored[INFLIGHT]).get("count", 0) == counts(stored[INFLIGHT]).get("leased_slots", 0) == 0
+    assert stored[CLAIM_PREFIX + "p1"].metadata["etag"] != touched  # a claim planned on it fails
+
+
+async def test_an_idle_tenants_allocator_stands_down_and_the_next_demand_elects_one(
+    stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every cycle is a query of the tenant's claims: an allocator with nobody to serve
+    stops (not reading the partition twice a second forever), and demand starts one."""
+    monkeypatch.setattr(allocation_module, "IDLE_CYCLES", 3)
+    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=10_000,
+                 tokens_per_minute=10**8, max_concurrent=64)
+    one = ledger(stores[0])
+    assert await call(one, who) > 0
+    keeper = one.leases
+    assert isinstance(keeper, AllocatedKeeper)
+    state = keeper._claims[who.id]
+    assert state.allocating is not None
+    await asyncio.wait_for(state.allocating, timeout=15)  # idle: its slices handed back, then down
+    assert (await partition(stores[0], who, ["alloc"]))["alloc"]["owner"] == ""
+    assert await call(one, who) > 0
+    assert keeper.allocators == 2
+    await close_all([one], who)
