@@ -50,6 +50,14 @@ def sample(simulation: Simulation, started: float) -> dict[str, Any]:
         "admitted": sum(stats.admitted.values()),
         "refused": sum(stats.refusals.values()),
         "waiting": sum(lease.demand.waiting for lease in leases if lease is not None),
+        # In the instances' memory: free in their slices, reserved by their calls in flight.
+        "slices_free": share(sum(lease.current.free for lease in leases if lease and lease.current)),
+        "slices_held": share(sum(lease.current.held for lease in leases if lease and lease.current)),
+        # --allocated: offered and not yet claimed.
+        "unclaimed": share(
+            sum(_int(r.get("budget_nano")) for k, r in rows.items() if k.startswith("offer-"))
+            - sum(_int(r.get("claimed_nano")) for k, r in rows.items() if k.startswith("claim-"))
+        ),
         "syncing": sum(1 for lease in leases if lease is not None and lease.sync is not None),
     }
 
@@ -60,3 +68,4 @@ async def record(simulation: Simulation, into: list[dict[str, Any]]) -> None:
     while True:
         await asyncio.sleep(0.5)
         into.append(sample(simulation, started))
+

@@ -23,6 +23,11 @@ at ``--azurite-instances``, 8 and 64: one emulator process cannot serve more):
   and throttled in partitions of their own, an upper bound of that layout
   (``_scale_storage.split_pool_partition``).
 
+``--allocated``: the instances' slices come from one allocator per tenant
+(``sk_core/limits/allocation.py``) instead of shared pool rows; after the drain one
+last allocator cycle credits what the closing instances reported (``credit_all``), and
+``claim_writes`` says why the instances wrote their claim rows.
+
 Entities are counted on both backends as the target counts them: a transaction counts
 its entities, a query the entities it returns (at least one).
 
@@ -78,6 +83,8 @@ from sk_core.accounts import Limits, Tenant
 from sk_core.errors import LimitExceeded, StorageUnavailable
 from sk_core.limits import Hold, Ledger
 from sk_core.limits import leases as leases_module
+from sk_core.limits.allocated import AllocatedKeeper
+from sk_core.limits.allocation import credit_all
 from sk_core.limits.lease_state import LeaseSettings
 from sk_core.pricing import Price
 from sk_core.storage import development_connection_string
@@ -341,6 +348,12 @@ class Simulation:
                         if task is not None:
                             task.cancel()
                 keeper._closing = True
+                if isinstance(keeper, AllocatedKeeper):
+                    for claim in keeper._claims.values():  # its allocator dies with it
+                        if claim.allocator is not None:
+                            claim.allocator.stop()
+                        if claim.allocating is not None:
+                            claim.allocating.cancel()
         for _ in range(count):
             self.start_instance()
 
@@ -361,8 +374,6 @@ class Simulation:
         self.settled_in_demand = self.stats["budget"].settled_nano
         await ramping
         heartbeat.cancel()
-        if series is not None:
-            series.cancel()
         measured = time.monotonic() - started
         self.meter.measuring = False
         # Let the calls in flight finish (a bounded wait: requests still retrying a
@@ -374,6 +385,8 @@ class Simulation:
             self.stuck_by_tenant = Counter(task.get_name() for task in stuck)
             for task in stuck:
                 task.cancel()
+        if series is not None:
+            series.cancel()  # (through the drain: where the budget goes then)
         intervals = self._report_intervals()
         closing = [asyncio.ensure_future(i.ledger.aclose()) for i in self.instances]
         _, unclosed = await asyncio.wait(closing, timeout=DRAIN_SECONDS)
@@ -382,8 +395,16 @@ class Simulation:
             task.cancel()
         # Abandoned leases expire: jump the clock past their TTL, and any instance sweeps.
         # Past any TTL (a stretched lease lives 4 report intervals, a pool twice that).
-        self.clock.skip += 1800.0  # (not an hour: the sweep drops minute rows an hour old)
         sweeper = Ledger(store=self.backend.store(), lease_seconds=60, min_answer_tokens=16, clock=self.clock)
+        if self.settings.allocated:
+            # Reports given to claim rows after the last allocator cycle reach the window
+            # rows; then, past every TTL, the claims of vanished instances expire.
+            for tenant in self.tenants.values():
+                await credit_all(sweeper, tenant, "auditor")
+        self.clock.skip += 1800.0  # (not an hour: the sweep drops minute rows an hour old)
+        if self.settings.allocated:
+            for tenant in self.tenants.values():
+                await credit_all(sweeper, tenant, "auditor")
         await sweeper.expire_holds()
         return await self.report(measured, intervals)
 
@@ -490,6 +511,11 @@ class Simulation:
             },
             "fairness": round(jain, 3),
             "updates": dict(KINDS),
+            # --allocated: why processes wrote their claim rows (allocated.py)
+            "claim_writes": dict(sum(
+                (i.ledger.leases.why for i in everyone if isinstance(i.ledger.leases, AllocatedKeeper)),
+                Counter(),
+            )),
             "loop_lag_ms": _lag_summary(self.lags),
             "requests_unfinished_after_drain": self.stuck,
             "requests_unfinished_by_tenant": {name: self.stuck_by_tenant[name] for name in self.tenants},
@@ -591,11 +617,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="a refused client retries up to this many times after its Retry-After "
                         f"(when at most {RETRY_AFTER_MAX} s and within the demand), as the OpenAI "
                         "SDK's do (2); default 0: a refusal is final")
+    parser.add_argument("--allocated", action="store_true",
+                        help="slices granted by one allocator per tenant (sk_core/limits/allocation.py)")
     parser.add_argument("--series", action="store_true",
                         help="per run (memory), where the budget sits every 0.5 s (bench/_scale_series.py)")
     args = parser.parse_args(argv)
     args.lease_settings = replace(
-        LeaseSettings(), max_pools=args.max_pools, pool_threshold=args.pool_threshold
+        LeaseSettings(), max_pools=args.max_pools, pool_threshold=args.pool_threshold,
+        allocated=args.allocated,
     )
     if args.quick:
         args.instances, args.profiles, args.seconds, args.azurite = [256], ["steady", "bursty"], 12.0, False
