@@ -139,13 +139,9 @@ class AllocatedKeeper(LeaseKeeper):
         size: Callable[[Demand], None],
         decide: Callable[[PartitionRows, datetime], None] | None = None,
     ) -> _T | None:
-        if self._closing:
-            return None
-        lease = self._leases.get(tenant.id)
+        lease = self._lease_of(tenant)
         if lease is None:
-            lease = self._leases[tenant.id] = TenantLease(tenant=tenant)
-        lease.tenant = tenant
-        lease.last_used = time.monotonic()
+            return None
         taken = take(lease)
         if taken is not None:
             self._renew_ahead(lease)
@@ -324,13 +320,12 @@ class AllocatedKeeper(LeaseKeeper):
         if old is not None:
             old.free -= old_free  # (given back: not admissible meanwhile; take() refuses it anyway)
         if claim.day != day:
-            for name in ("claimed_nano", "back_nano", *(n for n, _ in REPORTED)):
-                claim.counts[name] = 0
-            claim.day, claim.month = day, month
+            claim.restart(("claimed_nano", "back_nano", *(n for n, _ in REPORTED)), day=day, month=month)
         if claim.minute != minute:
-            for name in ("minute_claimed", "minute_claimed_tokens", "minute_back", "minute_back_tokens"):
-                claim.counts[name] = 0
-            claim.minute = minute
+            claim.restart(
+                ("minute_claimed", "minute_claimed_tokens", "minute_back", "minute_back_tokens"),
+                minute=minute,
+            )
         same_day, same_minute = offer.day == day, offer.minute == minute
         idle = self._closing or self._idle(lease)
         if lease.minute is None or lease.minute.minute != minute:

@@ -3,28 +3,19 @@
 With shared pool rows, every holder's sync is an optimistic update of rows all holders
 write: at 256 instances most syncs lose a race, requests wait on syncs that keep losing,
 and the end of a limit is decided by whoever wins (bench/README.md, sessions 9-11).
-Here no row has two writers on the request path:
+Here no row has two writers on the request path (the rows: ``offers.py``). A process's
+sync reads its offer and writes its claim row: no race. The allocator (whichever
+process holds the ``alloc`` row; it lapses and another takes over) reads every claim
+every cycle, credits reports and returns into the window rows, and grants from what is
+left, by the demand every process reported, in transactions of up to ``BATCH`` rows:
+the window rows, the ``alloc`` row (so that a deposed allocator's write fails) and the
+offers that batch funds. Exactness is the window rows' invariant (``spent + held +
+leased <= budget``): an offer is leased the moment it is granted, and a process's
+holding is ``claimed - back - spent`` of its cumulative claim, which only it writes,
+which only grows, and which the allocator credits as read.
 
-    alloc          the allocator: owner process, until (renewed by each of its writes)
-    offer-<pid>    written by the allocator only: what it granted that process
-                   (cumulative: budget of the day, requests and tokens of the minute,
-                   slots), what of the process's reports it has credited (``seen_*``),
-                   how much unused capacity the process may keep, and what is dry
-    claim-<pid>    written by that process only: what it took of its offer, gave back
-                   and settled (cumulative), its demand, and its expiry
-
-A process's sync reads its three rows (one query) and writes its claim row: no race. The
-allocator (whichever process holds the ``alloc`` row; it lapses and another takes over)
-reads every claim every cycle, credits reports and returns into the window rows, and
-grants from what is left, by the demand every process reported, in transactions of up
-to ``BATCH`` rows: the window rows, the ``alloc`` row (so that a deposed allocator's
-write fails) and the offers that batch funds. Exactness is the window rows' invariant
-(``spent + held + leased <= budget``): an offer is leased the moment it is granted, and
-a process's holding is ``claimed - back - spent`` of its cumulative claim, which only it
-writes, which only grows, and which the allocator credits as read.
-
-A prototype measured with ``bench/scale.py --allocated`` (issue 23): day and month
-rollover of a process's slice and the usage read model's view of claims are not built.
+Opt-in (``LeaseSettings.allocated``; ``bench/scale.py --allocated``): the usage read
+model does not read claims yet, and a new process's first request waits for a cycle.
 """
 
 from __future__ import annotations
@@ -453,13 +444,14 @@ class Allocator:
             if offer.day:
                 out = offer["budget_nano"] - offer["seen_back_nano"] - offer["seen_spent_nano"]
                 add(plan.at(offer.day, offer.month), "leased_nano", -out)
-            for name in ("budget_nano", "seen_back_nano", *(f"seen_{n}" for n, _ in REPORTED)):
-                offer.counts[name] = 0
-            offer.day, offer.month = day, month
+            offer.restart(
+                ("budget_nano", "seen_back_nano", *(f"seen_{n}" for n, _ in REPORTED)), day=day, month=month
+            )
         if offer.minute != minute:
-            for name in ("minute_requests", "minute_tokens", "seen_minute_back", "seen_minute_back_tokens"):
-                offer.counts[name] = 0
-            offer.minute = minute
+            offer.restart(
+                ("minute_requests", "minute_tokens", "seen_minute_back", "seen_minute_back_tokens"),
+                minute=minute,
+            )
         # No budget for a process still on yesterday (it closes it at its next sync).
         budget = grants["budget"][process] if offer.day == day else 0
         requests = grants["requests"][process]

@@ -166,13 +166,9 @@ class LeaseKeeper:
         size: Callable[[Demand], None],
     ) -> _T | None:
         """``take`` from the tenant's lease; if it cannot, sync (sized by ``size``) and retry."""
-        if self._closing:
-            return None
-        lease = self._leases.get(tenant.id)
+        lease = self._lease_of(tenant)
         if lease is None:
-            lease = self._leases[tenant.id] = TenantLease(tenant=tenant)
-        lease.tenant = tenant
-        lease.last_used = time.monotonic()
+            return None
         taken = take(lease)
         if taken is not None:
             self._renew_ahead(lease)
@@ -200,6 +196,16 @@ class LeaseKeeper:
         # Not covered by the grant: near the limit, decide exactly for a while.
         lease.exact_until = time.monotonic() + self.report_interval(lease)
         return None
+
+    def _lease_of(self, tenant: Tenant) -> TenantLease | None:
+        """The tenant's lease in this process (made on first use), marked used; None: closing."""
+        if self._closing:
+            return None
+        lease = self._leases.get(tenant.id)
+        if lease is None:  # (not setdefault: a lease is not built on every request)
+            lease = self._leases[tenant.id] = TenantLease(tenant=tenant)
+        lease.tenant, lease.last_used = tenant, time.monotonic()
+        return lease
 
     def settle(self, hold: Hold, cost: int, prompt_tokens: int, completion_tokens: int) -> Settlement:
         """Settle a call admitted from a slice: in memory; reported with the next sync."""

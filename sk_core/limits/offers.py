@@ -118,6 +118,12 @@ class Row:
     def __getitem__(self, name: str) -> int:
         return self.counts[name]
 
+    def restart(self, names: tuple[str, ...], **window: str) -> None:
+        """A new day (``day``, ``month``) or minute (``minute``): these totals start at 0."""
+        self.counts.update(dict.fromkeys(names, 0))
+        for name, key in window.items():
+            setattr(self, name, key)
+
     def entity(self, tenant_id: str, **more: Any) -> dict[str, Any]:
         return {
             "PartitionKey": tenant_id,

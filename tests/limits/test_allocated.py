@@ -94,8 +94,18 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[list[TableStor
         yield made
 
 
+ROOMY = {
+    "daily_budget_nano": 10**12,
+    "monthly_budget_nano": 10**12,
+    "requests_per_minute": 10_000,
+    "tokens_per_minute": 10**8,
+    "max_concurrent": 64,
+}
+
+
 def tenant(**limits: int) -> Tenant:
-    return Tenant(id="t-" + secrets.token_hex(3), display_name="T", limits=Limits(**limits))
+    """A fresh tenant: far from every limit but the ones given."""
+    return Tenant(id="t-" + secrets.token_hex(3), display_name="T", limits=Limits(**{**ROOMY, **limits}))
 
 
 class Clock:
@@ -144,13 +154,7 @@ async def test_many_processes_never_overspend_and_use_nearly_all_of_the_budget(
     """Four processes x 16 callers that keep asking, on a budget of ~200 calls."""
     monkeypatch.setattr(allocated_module, "WAIT_SECONDS", 2.0)
     budget = 200 * PRICE.cost_nano(100, 100)
-    who = tenant(
-        daily_budget_nano=budget,
-        monthly_budget_nano=10**12,
-        requests_per_minute=100_000,
-        tokens_per_minute=10**9,
-        max_concurrent=64,
-    )
+    who = tenant(daily_budget_nano=budget, requests_per_minute=100_000, tokens_per_minute=10**9)
     ledgers = [ledger(s) for s in stores]
     assert all(isinstance(each.leases, AllocatedKeeper) for each in ledgers)
 
@@ -183,13 +187,7 @@ async def test_many_processes_never_overspend_and_use_nearly_all_of_the_budget(
 async def test_requests_per_minute_are_admitted_exactly_across_processes(stores: list[TableStore]) -> None:
     """Four processes x 8 callers that keep asking for two seconds: exactly rpm admitted."""
     rpm = 200
-    who = tenant(
-        daily_budget_nano=10**12,
-        monthly_budget_nano=10**12,
-        requests_per_minute=rpm,
-        tokens_per_minute=10**9,
-        max_concurrent=64,
-    )
+    who = tenant(requests_per_minute=rpm, tokens_per_minute=10**9)
     ledgers = [ledger(s) for s in stores]
     await inside_one_minute(8)
     minute = window_keys(datetime.now(UTC))[2]
@@ -227,13 +225,7 @@ async def test_requests_per_minute_are_admitted_exactly_across_processes(stores:
 async def test_a_vanished_process_is_charged_what_it_held_and_its_unclaimed_offer_comes_back(
     stores: list[TableStore],
 ) -> None:
-    who = tenant(
-        daily_budget_nano=10**12,
-        monthly_budget_nano=10**12,
-        requests_per_minute=10_000,
-        tokens_per_minute=10**8,
-        max_concurrent=64,
-    )
+    who = tenant()
     clock = Clock()
     crashed, survivor = ledger(stores[0], clock), ledger(stores[1], clock)
     hold: Hold = await crashed.admit(
@@ -280,13 +272,7 @@ async def test_a_vanished_process_is_charged_what_it_held_and_its_unclaimed_offe
 
 
 async def test_the_allocator_is_taken_over_when_its_process_vanishes(stores: list[TableStore]) -> None:
-    who = tenant(
-        daily_budget_nano=10**12,
-        monthly_budget_nano=10**12,
-        requests_per_minute=10_000,
-        tokens_per_minute=10**8,
-        max_concurrent=64,
-    )
+    who = tenant()
     clock = Clock()
     first, second = ledger(stores[0], clock), ledger(stores[1], clock)
     assert await call(first, who) > 0  # the first process on the tenant allocates
@@ -314,13 +300,7 @@ async def test_the_allocator_is_taken_over_when_its_process_vanishes(stores: lis
 async def test_a_new_day_closes_the_old_one_in_the_claim_and_credits_it_to_its_own_rows(
     stores: list[TableStore],
 ) -> None:
-    who = tenant(
-        daily_budget_nano=10**12,
-        monthly_budget_nano=10**12,
-        requests_per_minute=10_000,
-        tokens_per_minute=10**8,
-        max_concurrent=64,
-    )
+    who = tenant()
     clock = Clock(start=datetime(2030, 3, 14, 23, 59, 50, tzinfo=UTC))
     one = ledger(stores[0], clock)
     before = sum([await call(one, who) for _ in range(3)])
@@ -349,13 +329,7 @@ async def test_a_request_waiting_on_a_spent_budget_gets_the_precise_refusal_and_
 ) -> None:
     monkeypatch.setattr(allocated_module, "WAIT_SECONDS", 1.0)
     budget = 10 * PRICE.cost_nano(100, 100)
-    who = tenant(
-        daily_budget_nano=budget,
-        monthly_budget_nano=10**12,
-        requests_per_minute=10_000,
-        tokens_per_minute=10**8,
-        max_concurrent=64,
-    )
+    who = tenant(daily_budget_nano=budget)
     ledgers = [ledger(s) for s in stores[:2]]
     costs = await asyncio.wait_for(
         asyncio.gather(*(call(each, who) for each in ledgers for _ in range(10))), timeout=20
@@ -394,13 +368,7 @@ async def test_a_stale_claim_gives_back_what_it_never_claimed_and_the_claim_row_
     """A process that stops writing its claim (gone, or stalled) for 1.6 report intervals:
     what it was offered and never claimed goes back at once, not at its expiry, in a
     transaction that also rewrites its claim row (so a claim racing it fails instead)."""
-    who = tenant(
-        daily_budget_nano=10**12,
-        monthly_budget_nano=10**12,
-        requests_per_minute=10_000,
-        tokens_per_minute=10**8,
-        max_concurrent=64,
-    )
+    who = tenant()
     clock = Clock()
     auditor = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, clock=clock)
     table = await stores[0].table(USAGE_TABLE)
@@ -449,10 +417,9 @@ async def test_an_idle_tenants_allocator_stands_down_and_the_next_demand_elects_
     stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every cycle is a query of the tenant's claims: an allocator with nobody to serve
-    stops (not reading the partition twice a second forever), and demand starts one."""
+    stops (not reading the partition every cycle forever), and demand starts one."""
     monkeypatch.setattr(allocation_module, "IDLE_CYCLES", 3)
-    who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, requests_per_minute=10_000,
-                 tokens_per_minute=10**8, max_concurrent=64)
+    who = tenant()
     one = ledger(stores[0])
     assert await call(one, who) > 0
     keeper = one.leases
