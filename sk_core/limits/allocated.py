@@ -3,12 +3,16 @@ offered, give back what it asks, report; and allocate, when this process holds t
 tenant's ``alloc`` row.
 
 Local admission and settlement are the lease's (``lease_admit``, ``LeaseKeeper.settle``):
-only where the slices come from changes. A sync reads the ``alloc``, offer and claim
-rows (one query) and writes the claim row, which no other process writes: it never
-loses a race. A request the slices cannot admit waits for the allocator's next cycles,
-syncing after each, until it is covered, or the offer says the tenant is dry (nothing
-left, nothing unused elsewhere: the exact path gives the precise refusal), or
-``WAIT_SECONDS``.
+only where the slices come from changes. A sync reads its offer row (and the claim
+row after a write it did not hear back from, the ``alloc`` row when requests wait or
+the allocator seems gone) in one query, and writes its claim row only when something
+changed; no other process writes that row, so it never loses a race. A request the
+slices cannot admit waits for the allocator's next cycles (one poll a cycle per tenant,
+shared by every waiting request) until it is covered. If the offer says the tenant is
+dry (nothing left, nothing usable elsewhere), or after ``WAIT_SECONDS``, the window
+rows are read: their refusal is raised; a dry tenant's last part of a call goes to the
+exact path (which shortens the answer to fit); otherwise the request waits on, and goes
+to the exact path after twice ``WAIT_SECONDS``.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-WAIT_SECONDS = 8.0  # then a waiting request is decided on the exact path
+WAIT_SECONDS = 8.0  # then the window rows' refusal, read (twice this: the exact path)
 CYCLE_SECONDS = 0.1  # the allocator's shortest cycle; longer with more claims (CLAIMS_PER_SECOND)
 # What an offer covers at a process's recent rate: until it claims the next one (it
 # renews at half of its grant; the allocator has a top-up ready within a cycle).
