@@ -42,6 +42,7 @@ from sk_core.limits.offers import (
     OFFER_COUNTS,
     REPORTED,
     Row,
+    alloc_entity,
     claim_key,
     offer_key,
 )
@@ -75,7 +76,6 @@ class Claim:
     pending: tuple[int, Callable[[], None], Callable[[], None]] | None = None
     allocator: Allocator | None = None
     allocating: asyncio.Task[None] | None = None
-    electing: bool = False
     poller: asyncio.Task[None] | None = None
     polled: asyncio.Event = field(default_factory=asyncio.Event)  # set after each poll's sync
     next_cycle: datetime = EPOCH  # the allocator's, as last read
@@ -488,37 +488,25 @@ class AllocatedKeeper(LeaseKeeper):
     def _elect(self, table: Any, tenant: Tenant, state: Claim, alloc: Any, now: Any) -> None:
         """Take the tenant's allocator over when nobody holds it (in the background)."""
         running = state.allocating is not None and not state.allocating.done()
-        if running or state.electing or self._closing:
+        if running or self._closing:
             return
         if alloc is not None and alloc.get("until") is not None and alloc["until"] > now:
             return
-        state.electing = True
 
         async def elect() -> None:
+            until = self._ledger.now() + timedelta(seconds=ALLOC_SECONDS)
+            entity = alloc_entity(tenant.id, self.process_id, until)
+            write = ("create", entity, {}) if alloc is None else update_op(entity, etag_of(alloc))
             try:
-                entity = {
-                    "PartitionKey": tenant.id,
-                    "RowKey": ALLOC,
-                    "owner": self.process_id,
-                    "until": self._ledger.now() + timedelta(seconds=ALLOC_SECONDS),
-                }
-                write = ("create", entity, {}) if alloc is None else update_op(entity, etag_of(alloc))
-                try:
-                    await submit(table, [write])
-                except (Conflict, StorageUnavailable):
-                    return  # someone else took it
-                allocator = Allocator(
-                    self._ledger,
-                    tenant,
-                    self.process_id,
-                    horizon=HORIZON_SECONDS,
-                    cycle=CYCLE_SECONDS,
-                )
-                state.allocator = allocator
-                self.allocators += 1
-                await allocator.run()
-            finally:
-                state.electing = False
+                await submit(table, [write])
+            except (Conflict, StorageUnavailable):
+                return  # someone else took it
+            allocator = Allocator(
+                self._ledger, tenant, self.process_id, horizon=HORIZON_SECONDS, cycle=CYCLE_SECONDS
+            )
+            state.allocator = allocator
+            self.allocators += 1
+            await allocator.run()
 
         state.allocating = asyncio.get_running_loop().create_task(elect())
 

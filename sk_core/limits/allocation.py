@@ -48,6 +48,7 @@ from sk_core.limits.offers import (
     Row,
     Want,
     add,
+    alloc_entity,
     allocate,
     offer_key,
     stale,
@@ -116,7 +117,7 @@ class Allocator:
 
     async def _release(self) -> None:
         table = await self._ledger.store.table(USAGE_TABLE)
-        alloc = {"PartitionKey": self.tenant.id, "RowKey": ALLOC, "owner": "", "until": self._ledger.now()}
+        alloc = alloc_entity(self.tenant.id, "", self._ledger.now())
         if self.alloc_etag is not None:
             with contextlib.suppress(Conflict, StorageUnavailable):
                 await submit(table, [update_op(alloc, self.alloc_etag)])
@@ -539,12 +540,7 @@ class Allocator:
                 for name, amount in plan.inflight.items():
                     counters[INFLIGHT].add(name, amount)
             changed = [row for row in counters.values() if row.changed]
-            alloc = {
-                "PartitionKey": self.tenant.id,
-                "RowKey": ALLOC,
-                "owner": self.process_id,
-                "until": now + timedelta(seconds=ALLOC_SECONDS),
-            }
+            alloc = alloc_entity(self.tenant.id, self.process_id, now + timedelta(seconds=ALLOC_SECONDS))
             assert self.alloc_etag is not None
             operations = [row.operation() for row in changed] + [update_op(alloc, self.alloc_etag)]
             operations += [op for plan in batch for op in plan.operations]
@@ -572,12 +568,7 @@ async def credit_all(ledger: Ledger, tenant: Tenant, process_id: str) -> None:
     for _ in range(10):
         entities = await query_partition(table, tenant.id, [ALLOC])
         alloc = entities.get(ALLOC)
-        entity = {
-            "PartitionKey": tenant.id,
-            "RowKey": ALLOC,
-            "owner": process_id,
-            "until": ledger.now() + timedelta(seconds=ALLOC_SECONDS),
-        }
+        entity = alloc_entity(tenant.id, process_id, ledger.now() + timedelta(seconds=ALLOC_SECONDS))
         try:
             await submit(
                 table, [("create", entity, {}) if alloc is None else update_op(entity, etag_of(alloc))]

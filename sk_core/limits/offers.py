@@ -81,6 +81,11 @@ OFFER_COUNTS = (
 DIMENSIONS = ("budget", "requests", "tokens", "slots")
 
 
+def alloc_entity(tenant_id: str, owner: str, until: datetime) -> dict[str, Any]:
+    """The tenant's ``alloc`` row: held by ``owner`` until ``until`` ("" and now: released)."""
+    return {"PartitionKey": tenant_id, "RowKey": ALLOC, "owner": owner, "until": until}
+
+
 def offer_key(process_id: str) -> str:
     return f"{OFFER_PREFIX}{process_id}"
 
