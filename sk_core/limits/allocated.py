@@ -516,9 +516,3 @@ def changed(now: int, before: int) -> bool:
     if now == before:
         return False
     return (now == 0) != (before == 0) or now >= 2 * before or 2 * now <= before
-
-
-def keeper_for(ledger: Ledger, settings: LeaseSettings) -> LeaseKeeper:
-    """The process's lease keeper: slices from shared pools (``leases.py``), or from the
-    tenant's allocator (``settings.allocated``)."""
-    return (AllocatedKeeper if settings.allocated else LeaseKeeper)(ledger, settings)

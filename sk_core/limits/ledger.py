@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 from sk_core.accounts import Tenant
 from sk_core.errors import LimitExceeded, RateState
 from sk_core.limits import policy, sweep
-from sk_core.limits.allocated import keeper_for
 from sk_core.limits.holds import Hold, Settlement, hold_row
+from sk_core.limits.keepers import keeper_for
 from sk_core.limits.lease_state import RECALL, LeaseSettings, leased_out, recall_operation
 from sk_core.limits.rows import (
     INFLIGHT,
