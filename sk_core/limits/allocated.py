@@ -83,6 +83,7 @@ class Claim:
     written: datetime = EPOCH  # our last claim write
     verified: bool = False  # ``row`` is the stored claim row (no write of unknown outcome)
     offered: bool = False  # the last sync found something offered to claim
+    flushing: int = 0  # flushes waiting: settled calls and calls in flight are written now
 
 
 class AllocatedKeeper(LeaseKeeper):
@@ -235,6 +236,16 @@ class AllocatedKeeper(LeaseKeeper):
             # before the allocator read our idle claim is claimed and given back first).
             if self._idle(lease) and lease.empty and not self._claim(tenant_id).offered:
                 return
+
+    async def flush(self, tenant_id: str | None = None) -> None:
+        states = [state for t, state in self._claims.items() if tenant_id in (None, t)]
+        for state in states:
+            state.flushing += 1
+        try:
+            await super().flush(tenant_id)
+        finally:
+            for state in states:
+                state.flushing -= 1
 
     async def aclose(self) -> None:
         for claim in self._claims.values():
@@ -403,6 +414,9 @@ class AllocatedKeeper(LeaseKeeper):
             # Settled calls reported, and the expiry renewed, every report interval.
             "interval": now - state.written >= timedelta(seconds=self.report_interval(lease)),
             "rate": abs(rate - float(written.get("rate") or 0.0)) > max(0.5, 0.25 * rate),
+            # A usage view wants it current (``flush``): settled calls, calls in flight.
+            "flush": bool(state.flushing)
+            and (budget.unreported or counts["busy"] != read_int(written.get("busy"))),
         }
         due = any(reasons.values())
         self.why.update(reason for reason, now_due in reasons.items() if now_due)

@@ -584,7 +584,7 @@ class Ledger:
         """Counters of one window row and the tenant's in-flight count (see
         ``rows.read_window``), this process's unreported settlements included (reported first)."""
         await self.flush(tenant_id)
-        return await read_window(self._store, tenant_id, window)
+        return await read_window(self._store, tenant_id, window, self.now())
 
     async def expired(self, tenant_id: str) -> list[dict[str, Any]]:
         """The flagged expired-hold and -lease audit rows of a tenant (``rows.read_expired``)."""

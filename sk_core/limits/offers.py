@@ -12,6 +12,7 @@ claim-<pid>    written by that process only: what it took of its offer, gave bac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -242,3 +243,52 @@ class Plan:
 
     def at(self, day: str, month: str) -> dict[str, int]:
         return self.windows.setdefault((day, month), {})
+
+
+# Every claim and offer row of a partition (the usage read model reads them with the
+# window rows: ``claimed``).
+CLAIM_ROWS = f"{CLAIM_RANGE} or {OFFER_RANGE}"
+
+
+@dataclass
+class Claimed:
+    """What a tenant's claim and offer rows tell that its window rows do not (yet)."""
+
+    # Field changes of the current day and month rows: the reports the allocator has not
+    # credited (spent and given back out of leased), at its next cycle.
+    window: dict[str, int] = field(default_factory=dict)
+    requests: int = 0  # of the current minute, counted in its row and unused (leased)
+    busy: int = 0  # calls in flight on claims, as each process last wrote its claim
+
+    def credit(self, values: dict[str, int]) -> dict[str, int]:
+        """The current day's or month's counters with those reports moved in."""
+        return {name: value + self.window.get(name, 0) for name, value in values.items()}
+
+
+def claimed(rows: Mapping[str, Any], day: str, minute: str, now: datetime) -> Claimed:
+    """``Claimed`` of one tenant's rows as read, keyed by RowKey."""
+    seen = Claimed()
+    for key, entity in rows.items():
+        if not key.startswith(CLAIM_PREFIX):
+            continue
+        process = key.removeprefix(CLAIM_PREFIX)
+        claim = Row.read(key, entity, CLAIM_COUNTS)
+        offer = Row.read(offer_key(process), rows.get(offer_key(process)), OFFER_COUNTS)
+        expires = entity.get("expires_at")
+        if expires is None or expires > now:
+            seen.busy += max(0, claim["busy"])
+        if claim.day == offer.day == day:
+            back = claim["back_nano"] - offer["seen_back_nano"]
+            spent = claim["spent_nano"] - offer["seen_spent_nano"]
+            add(seen.window, "leased_nano", -max(0, back + spent))
+            for name, target in REPORTED:
+                add(seen.window, target, max(0, claim[name] - offer[f"seen_{name}"]))
+        this_minute = claim.minute == minute
+        unused = claim["unused_requests"] if this_minute else 0
+        if offer.minute == minute:
+            # Offered and not claimed yet; given back and not credited yet.
+            unused += offer["minute_requests"] - (claim["minute_claimed"] if this_minute else 0)
+            if this_minute:
+                unused += claim["minute_back"] - offer["seen_minute_back"]
+        seen.requests += max(0, unused)
+    return seen

@@ -6,6 +6,7 @@
     inflight            requests admitted and not yet settled
     hold-<request id>   one reservation: amount, windows, lease expiry
     lease-<process id>  one process's lease: budget slices, slots, expiry (leases.py)
+    alloc, offer-<pid>, claim-<pid>  allocated leases (offers.py, allocation.py)
 
 Window rows count ``leased_nano`` (budget slices held by processes) beside
 ``held_nano``; minute and in-flight rows count leased requests, tokens and slots as
@@ -20,11 +21,14 @@ window rows is ``windows.py``; hold rows are ``holds.py``. ``read_window`` and
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sk_core.errors import StorageUnavailable
 from sk_core.limits.holds import EXPIRED_PREFIX
+from sk_core.limits.offers import CLAIM_ROWS, claimed
 from sk_core.limits.policy import Counters
+from sk_core.limits.windows import window_keys
 from sk_core.storage import TableStore, etag_of, int64, query_partition, read_int, storage_errors, update_op
 
 USAGE_TABLE = "usage"
@@ -128,16 +132,22 @@ def counters(tenant_id: str, key: str, entity: Any, fields: tuple[str, ...]) -> 
     return {name: int(values[name]) for name in fields}
 
 
-async def read_window(store: TableStore, tenant_id: str, window: str) -> dict[str, int]:
+async def read_window(store: TableStore, tenant_id: str, window: str, now: datetime) -> dict[str, int]:
     """Counters of one window row (``day-YYYYMMDD`` / ``month-YYYYMM``), zeros if none,
-    and the tenant's requests in flight (``inflight``): one point query."""
+    and the tenant's requests in flight (``inflight``): one query. With allocated leases,
+    the claim rows' reports the allocator has not credited yet count (``claimed``)."""
     table = await store.table(USAGE_TABLE)
-    rows = await query_partition(table, tenant_id, [window, INFLIGHT])
+    rows = await query_partition(table, tenant_id, [window, INFLIGHT], also=CLAIM_ROWS)
+    day, month, minute = window_keys(now)
+    seen = claimed(rows, day, minute, now)
     result = counters(tenant_id, window, rows.get(window), WINDOW_FIELDS)
+    if window in (day, month):
+        result = seen.credit(result)
     # Calls really in flight, and slots leased to processes apart (issue 23).
-    result["inflight"], result["leased_slots"] = in_flight(
+    calls, result["leased_slots"] = in_flight(
         CounterRow(tenant_id, INFLIGHT, rows.get(INFLIGHT), INFLIGHT_FIELDS)
     )
+    result["inflight"] = calls + seen.busy
     return result
 
 

@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 
 from sk_core.limits.holds import EXPIRED_PREFIX
 from sk_core.limits.lease_state import LEASE_PREFIX, leased_requests
+from sk_core.limits.offers import CLAIM_ROWS, claimed
 from sk_core.limits.policy import (
     remaining_budget,
     seconds_to_next_day,
@@ -204,8 +205,13 @@ def usage_document(tenant: Tenant, rows: Mapping[str, Any], now: datetime) -> Us
     limits = tenant.limits
     day, month = current_windows(now)
 
+    # Allocated leases: claim rows hold what the allocator credits at its next cycle.
+    seen = claimed(rows, day.row, minute_key, now)
+
     def window(w: Window, reset_in: int) -> WindowUsage:
-        entry = window_entry(w, counters(tenant.id, w.row, rows.get(w.row), WINDOW_FIELDS), limits)
+        entry = window_entry(
+            w, seen.credit(counters(tenant.id, w.row, rows.get(w.row), WINDOW_FIELDS)), limits
+        )
         reserved = entry["held_nano"] + entry["leased_nano"]
         return WindowUsage.model_validate(
             {
@@ -219,7 +225,7 @@ def usage_document(tenant: Tenant, rows: Mapping[str, Any], now: datetime) -> Us
 
     minute = counters(tenant.id, minute_key, rows.get(minute_key), MINUTE_FIELDS)
     # Lease rows (when read with the counters) say what of the minute is only leased.
-    leased = min(minute["requests"], leased_requests(rows.values(), minute_key))
+    leased = min(minute["requests"], leased_requests(rows.values(), minute_key) + seen.requests)
     minute_reset = seconds_to_next_minute(now)
     return UsageResponse(
         tenant_id=tenant.id,
@@ -235,13 +241,13 @@ def usage_document(tenant: Tenant, rows: Mapping[str, Any], now: datetime) -> Us
             resets_at=_whole_second(now) + timedelta(seconds=minute_reset),
             resets_in_seconds=minute_reset,
         ),
-        concurrency=_concurrency(tenant, rows.get(INFLIGHT)),
+        concurrency=_concurrency(tenant, rows.get(INFLIGHT), seen.busy),
     )
 
 
-def _concurrency(tenant: Tenant, entity: Any) -> ConcurrencyUsage:
+def _concurrency(tenant: Tenant, entity: Any, busy: int) -> ConcurrencyUsage:
     calls, leased = in_flight(CounterRow(tenant.id, INFLIGHT, entity, INFLIGHT_FIELDS))
-    return ConcurrencyUsage(in_flight=calls, limit=tenant.limits.max_concurrent, leased_slots=leased)
+    return ConcurrencyUsage(in_flight=calls + busy, limit=tenant.limits.max_concurrent, leased_slots=leased)
 
 
 def _whole_second(now: datetime) -> datetime:
@@ -271,8 +277,9 @@ async def usage_of(
     return usage_document(tenant, rows, now)
 
 
-# Every lease row of a partition: RowKeys from "lease-" up to "lease." (the first key after).
-_LEASE_ROWS = f"( RowKey ge '{LEASE_PREFIX}' and RowKey lt '{LEASE_PREFIX[:-1]}.' )"
+# Every lease row of a partition: RowKeys from "lease-" up to "lease." (the first key
+# after); and every claim and offer row (allocated leases).
+_LEASE_ROWS = f"( RowKey ge '{LEASE_PREFIX}' and RowKey lt '{LEASE_PREFIX[:-1]}.' ) or {CLAIM_ROWS}"
 
 
 async def overview(
@@ -328,14 +335,20 @@ async def read_windows(
         return found
 
     async def month_rows() -> dict[str, Any]:
-        return await query_partition(table, tenant.id, months) if months else {}
+        # With the claim rows: today's and this month's uncredited reports (``claimed``).
+        return await query_partition(table, tenant.id, months, also=CLAIM_ROWS)
 
+    now = ledger.now()
     by_day, by_month = await asyncio.gather(day_rows(), month_rows())
     found = {**by_day, **by_month}
-    return [
-        window_entry(w, counters(tenant.id, w.row, found.get(w.row), WINDOW_FIELDS), tenant.limits)
-        for w in windows
-    ]
+    day, month, minute = window_keys(now)
+    seen = claimed(found, day, minute, now)
+
+    def values(w: Window) -> dict[str, int]:
+        stored = counters(tenant.id, w.row, found.get(w.row), WINDOW_FIELDS)
+        return seen.credit(stored) if w.row in (day, month) else stored
+
+    return [window_entry(w, values(w), tenant.limits) for w in windows]
 
 
 CSV_COLUMNS = (

@@ -357,6 +357,53 @@ async def test_a_request_waiting_on_a_spent_budget_gets_the_precise_refusal_and_
     await close_all(ledgers, who)
 
 
+async def test_usage_shows_settled_calls_at_once_and_calls_in_flight_apart_from_leased_slots(
+    stores: list[TableStore],
+) -> None:
+    """Issue 23, defect 2, with allocated leases. The window rows learn of settled calls
+    only at the allocator's next cycle, and slots granted to a process count in the
+    in-flight row whether used or not: the usage views (admin usage, /api/v1/usage, the
+    dashboard) read the claim rows too, so after a flush they show what was spent, real
+    calls in flight and leased slots apart."""
+    from sk_core.usage import usage_of
+
+    who = tenant(max_concurrent=10)
+    one = ledger(stores[0])
+    holds = [
+        await one.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f",
+                        key_id="k")
+        for _ in range(3)
+    ]  # fmt: skip
+    keeper = one.leases
+    assert isinstance(keeper, AllocatedKeeper)
+    for state in keeper._claims.values():  # no cycle credits the claim from here on
+        if state.allocator is not None:
+            state.allocator.stop()
+        if state.allocating is not None:
+            state.allocating.cancel()
+    await asyncio.sleep(0.2)
+    for hold in holds[1:]:
+        await one.settle(hold, cost_nano=7, prompt_tokens=3, completion_tokens=2)
+    day, month, _ = window_keys(datetime.now(UTC))
+    usage = await one.usage(who.id, day)  # reports this process's claim first
+    stored = counts((await partition(stores[0], who, [day])).get(day))
+    assert stored.get("spent_nano", 0) == 0  # not credited to the window row yet
+    assert usage["spent_nano"] == 14
+    assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (2, 6, 4)
+    assert usage["inflight"] == 1  # one call really in flight
+    assert usage["leased_slots"] >= 3  # granted to this process, used or not
+    document = await usage_of(one, who)
+    assert document.day.spent_nano == document.month.spent_nano == 14
+    assert document.concurrency.in_flight == 1
+    assert document.concurrency.leased_slots >= 3
+    assert document.minute.requests == 3  # admitted; the rest of the minute row is leased
+    await one.settle(holds[0], cost_nano=7, prompt_tokens=3, completion_tokens=2)
+    await close_all([one], who)
+    after = await one.usage(who.id, day)
+    assert [after[k] for k in ("spent_nano", "inflight", "leased_slots", "leased_nano")] == [21, 0, 0, 0]
+    assert (await one.usage(who.id, month))["spent_nano"] == 21
+
+
 def test_allocated_settings_default_off() -> None:
     assert LeaseSettings().allocated is False
     assert replace(FAST, allocated=False).allocated is False
