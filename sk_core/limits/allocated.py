@@ -62,6 +62,7 @@ CYCLE_SECONDS = 0.1  # the allocator's shortest cycle; longer with more claims (
 # What an offer covers at a process's recent rate: until it claims the next one (it
 # renews at half of its grant; the allocator has a top-up ready within a cycle).
 HORIZON_SECONDS = 1.5
+FIRST_SECONDS = 0.5  # a process's first requests of a tenant go to the exact path this long
 EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
@@ -84,6 +85,8 @@ class Claim:
     verified: bool = False  # ``row`` is the stored claim row (no write of unknown outcome)
     offered: bool = False  # the last sync found something offered to claim
     flushing: int = 0  # flushes waiting: settled calls and calls in flight are written now
+    started: bool = False  # the first claim was sent (``admitted_exactly``)
+    first: float = 0.0  # monotonic: this process's first request of the tenant
 
 
 class AllocatedKeeper(LeaseKeeper):
@@ -121,11 +124,13 @@ class AllocatedKeeper(LeaseKeeper):
                 now=now,
             )
 
+        least = self._ledger.min_answer_tokens
         return await self._from_lease(
             tenant,
             lambda lease: lease_admit.take(self._ledger.now(), lease, price, prompt, requested),
             size,
             decide,
+            lambda lease: lease_admit.take(self._ledger.now(), lease, price, prompt, requested, least),
         )
 
     async def count_request(self, tenant: Tenant) -> RateState | None:
@@ -143,6 +148,7 @@ class AllocatedKeeper(LeaseKeeper):
         take: Callable[[TenantLease], _T | None],
         size: Callable[[Demand], None],
         decide: Callable[[PartitionRows, datetime], None] | None = None,
+        clamped: Callable[[TenantLease], _T | None] | None = None,
     ) -> _T | None:
         lease = self._lease_of(tenant)
         if lease is None:
@@ -154,6 +160,18 @@ class AllocatedKeeper(LeaseKeeper):
         if time.monotonic() < lease.exact_until:
             return None
         claim = self._claim(tenant.id)
+        if not claim.started and claim.row is None:
+            # This process's first requests of the tenant: decided exactly, 2 storage
+            # exchanges (the rows' read, a transaction), not a claim written, an allocator
+            # cycle and a second sync (5-7; issue 23, defect 3). The claim follows the
+            # first admission, with them in its demand: the next ones find a grant. (The
+            # first moments only: without an admission, say cache hits only, the claim
+            # is written as requests wait.)
+            claim.first = claim.first or time.monotonic()
+            if time.monotonic() - claim.first < FIRST_SECONDS:
+                lease.demand.admitted += 1
+                size(lease.demand)
+                return None
         lease.demand.waiting += 1
         size(lease.demand)
         started = time.monotonic()
@@ -167,6 +185,12 @@ class AllocatedKeeper(LeaseKeeper):
                 if taken is not None:
                     return taken
                 now = time.monotonic()
+                if claim.dry and clamped is not None:
+                    # No more is coming: what this process holds pays for a shorter answer
+                    # (as the exact path clamps; held here, it is not in the rows' room).
+                    taken = clamped(lease)
+                    if taken is not None:
+                        return taken
                 if decide is not None and (claim.dry or now >= check):
                     # The window rows' refusal, read and not written (a write would race the
                     # allocator): spent, or held and leased elsewhere (retry in seconds).
@@ -237,6 +261,13 @@ class AllocatedKeeper(LeaseKeeper):
             if self._idle(lease) and lease.empty and not self._claim(tenant_id).offered:
                 return
 
+    def admitted_exactly(self, tenant: Tenant) -> None:
+        claim, lease = self._claims.get(tenant.id), self._leases.get(tenant.id)
+        if claim is not None and lease is not None and not claim.started:
+            claim.started = True
+            self._start_sync(tenant.id, lease)  # the first claim (its demand: a grant next cycle)
+            self._ensure_keeper(tenant.id, lease)
+
     async def flush(self, tenant_id: str | None = None) -> None:
         states = [state for t, state in self._claims.items() if tenant_id in (None, t)]
         for state in states:
@@ -257,6 +288,9 @@ class AllocatedKeeper(LeaseKeeper):
                 claim.allocating.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await claim.allocating
+            if claim.allocator is not None:
+                # (Not left to lapse: a process starting meanwhile would wait ALLOC_SECONDS.)
+                await claim.allocator.release()
 
     # ---------------------------------------------------------------- the sync
 
@@ -342,6 +376,9 @@ class AllocatedKeeper(LeaseKeeper):
                 minute=minute,
             )
         same_day, same_minute = offer.day == day, offer.minute == minute
+        # (As pool syncs do: nothing known of this minute yet, nothing to tell but our slice.)
+        limit = lease.tenant.limits.requests_per_minute
+        lease.minute_stored = read_int(offer.extra.get("minute_row", limit)) if same_minute else limit
         idle = self._closing or self._idle(lease)
         if lease.minute is None or lease.minute.minute != minute:
             lease.minute = MinuteSlice(minute)
@@ -354,8 +391,12 @@ class AllocatedKeeper(LeaseKeeper):
         new_slots = max(0, offer["slots"] - claim["slots_claimed"])
 
         # 2. What it asks back: unused beyond what we may keep (all of it when idle).
+        # Nothing while requests wait on a dry tenant: what is held pays for a shorter
+        # answer (``clamped``); given back, it would sit in transit, counted as leased.
+        last = bool(offer.extra.get("dry")) and lease.demand.waiting > 0
+
         def keep(name: str) -> int:
-            return 0 if idle or offer.etag is None else offer[name]
+            return 0 if idle or offer.etag is None else 2**62 if last else offer[name]
 
         back_budget = max(0, budget.free + new_budget - keep("keep_nano"))
         back_requests = max(0, minute_slice.requests + new_requests - keep("keep_requests"))

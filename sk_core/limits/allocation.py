@@ -14,8 +14,10 @@ leased <= budget``): an offer is leased the moment it is granted, and a process'
 holding is ``claimed - back - spent`` of its cumulative claim, which only it writes,
 which only grows, and which the allocator credits as read.
 
-Opt-in (``LeaseSettings.allocated``; ``bench/scale.py --allocated``): the usage read
-model does not read claims yet, and a new process's first request waits for a cycle.
+The default (``SKF_LEASE_ALLOCATOR``; shared pool rows with ``false``). The usage read
+model reads the claims too (``offers.claimed``): what they report shows before the
+allocator credits it. A process's first requests of a tenant are decided exactly while
+its first claim is written (``AllocatedKeeper.admitted_exactly``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from sk_core.limits.offers import (
     add,
     alloc_entity,
     allocate,
+    expired_claim,
     offer_key,
     stale,
     whole,
@@ -62,7 +65,7 @@ from sk_core.limits.rows import (
     WINDOW_FIELDS,
     PartitionRows,
 )
-from sk_core.storage import Conflict, delete_op, etag_of, query_partition, submit, update_op
+from sk_core.storage import Conflict, delete_op, etag_of, int64, query_partition, submit, update_op
 
 if TYPE_CHECKING:
     from sk_core.limits.ledger import Ledger
@@ -76,18 +79,22 @@ class Allocator:
     """The allocator of one tenant, run by the process holding its ``alloc`` row."""
 
     def __init__(
-        self, ledger: Ledger, tenant: Tenant, process_id: str, *, horizon: float, cycle: float
-    ) -> None:
+        self, ledger: Ledger, tenant: Tenant, process_id: str, *, horizon: float, cycle: float,
+        expiring_only: bool = False,
+    ) -> None:  # fmt: skip
         self._ledger = ledger
+        # A sweep's cycle (``sweep.expire_claims``): expired claims only; live ones are
+        # left to their tenant's next allocator (no credit, no grant).
+        self.expiring_only = expiring_only
+        self.expirations = 0  # claims this allocator's cycles planned to expire
         self.tenant = tenant
         self.process_id = process_id
         self.horizon = horizon
         self.cycle = self.base_cycle = cycle
         self.alloc_etag: str | None = None
         self.offers: dict[str, Row] | None = None  # ours alone once read (fenced by alloc)
-        self.cycles = 0
+        self.cycles, self.stopped = 0, False
         self.active = True  # the last cycle saw demand or holdings, or wrote something
-        self.stopped = False
 
     async def run(self) -> None:
         """Cycle until deposed, or until the process closes (``stop``)."""
@@ -98,15 +105,14 @@ class Allocator:
                 try:
                     if not await self.cycle_once():
                         return
-                    # Nobody active for a while: stop reading the partition (each cycle is a
-                    # query of every claim) and let the next process with demand take over.
+                    # Nobody active a while: stop querying claims (whoever has demand takes over).
                     idle = 0 if self.active else idle + 1
                     if idle >= IDLE_CYCLES:
-                        await self._release()
+                        await self.release()
                         return
                 except Conflict:
                     self._ledger.conflicts += 1
-                    self.offers = None  # re-read everything next cycle
+                    self.offers = None  # (re-read everything next cycle)
                 except StorageUnavailable as exc:
                     logger.warning("allocator of %s: %s", self.tenant.id, exc.reason)
                     self.offers = None
@@ -115,7 +121,8 @@ class Allocator:
         finally:
             self.stopped = True
 
-    async def _release(self) -> None:
+    async def release(self) -> None:
+        """Give the ``alloc`` row up: the next process with demand allocates at once."""
         table = await self._ledger.store.table(USAGE_TABLE)
         alloc = alloc_entity(self.tenant.id, "", self._ledger.now())
         if self.alloc_etag is not None:
@@ -180,14 +187,17 @@ class Allocator:
         live: dict[str, Row] = {}
         stored: dict[str, tuple[Any, ...]] = {}
         for process, claim in claims.items():
+            expires = claim.extra.get("expires_at")
+            expired = expires is not None and expires < now
+            if self.expiring_only and not expired:
+                continue
             offer = self.offers.get(process) or Row.read(offer_key(process), None, OFFER_COUNTS)
             self.offers[process] = offer
             # As stored: a cycle that changes any of it (a credit too) writes the offer.
             stored[process] = (dict(offer.counts), offer.day, offer.minute, offer.extra.get("dry", ""))
             plan = plans[process] = Plan(process)
             self._credit(plan, claim, offer, day, minute)
-            expires = claim.extra.get("expires_at")
-            if expires is not None and expires < now:
+            if expired:
                 self._expire(plan, claim, offer, minute)
             elif stale(claim, now):
                 self._reclaim(plan, claim, offer, day, minute)
@@ -394,6 +404,7 @@ class Allocator:
     def _expire(self, plan: Plan, claim: Row, offer: Row, minute: str) -> None:
         """A process that stopped renewing its claim: what it never took goes back, what
         it took is charged (its calls may have happened), its slots come back."""
+        self.expirations += 1
         tenant_id = self.tenant.id
         claimed = (
             claim["claimed_nano"]
@@ -418,6 +429,7 @@ class Allocator:
         add(plan.inflight, "leased_slots", -slots)
         assert claim.etag is not None
         plan.operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": claim.key}, claim.etag))
+        plan.operations.append(expired_claim(tenant_id, claim, held, self._ledger.now()))
         if offer.etag is not None:
             plan.operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": offer.key}, offer.etag))
         assert self.offers is not None
@@ -494,9 +506,17 @@ class Allocator:
         after = dict(offer.counts), offer.day, offer.minute, dry_text
         if after != before or offer.etag is None:
             offer.extra["dry"] = dry_text
+            # The minute row's count once this cycle lands: the RateLimit headers' estimate
+            # of what the tenant has left (``TenantLease.rpm_remaining``).
+            minute_row = self.tenant.limits.requests_per_minute - left["requests"]
             plan.operations.append(
                 offer.write(
-                    self.tenant.id, dry=dry_text, at=now, cycle=float(self.cycle), allocator=self.process_id
+                    self.tenant.id,
+                    dry=dry_text,
+                    at=now,
+                    cycle=float(self.cycle),
+                    allocator=self.process_id,
+                    minute_row=int64(minute_row),
                 )
             )
 

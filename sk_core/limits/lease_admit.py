@@ -20,8 +20,12 @@ from sk_core.limits.lease_state import TenantLease
 from sk_core.pricing import Price
 
 
-def take(now: datetime, lease: TenantLease, price: Price, prompt: int, requested: int) -> Hold | None:
-    """Admit one call from the lease's slices, or None (they cannot: sync or decide exactly)."""
+def take(
+    now: datetime, lease: TenantLease, price: Price, prompt: int, requested: int, least: int | None = None
+) -> Hold | None:
+    """Admit one call from the lease's slices, or None (they cannot: sync or decide exactly).
+    The whole answer, or with ``least`` an answer clamped to what the slices pay for, down
+    to ``least`` tokens (allocated leases, when the allocator says no more is coming)."""
     monotonic = time.monotonic()
     if monotonic >= lease.valid_until or monotonic < lease.recalled_until:
         return None
@@ -50,7 +54,7 @@ def take(now: datetime, lease: TenantLease, price: Price, prompt: int, requested
             price=price,
             prompt_tokens_bound=prompt,
             requested_max_tokens=requested,
-            min_answer_tokens=requested,
+            min_answer_tokens=requested if least is None else min(requested, least),
             rpm_limit=limits.requests_per_minute,
             now=now,
         )

@@ -197,6 +197,9 @@ class LeaseKeeper:
         lease.exact_until = time.monotonic() + self.report_interval(lease)
         return None
 
+    def admitted_exactly(self, tenant: Tenant) -> None:
+        """The ledger admitted a request of ``tenant`` exactly (``AllocatedKeeper``: its first)."""
+
     def _lease_of(self, tenant: Tenant) -> TenantLease | None:
         """The tenant's lease in this process (made on first use), marked used; None: closing."""
         if self._closing:

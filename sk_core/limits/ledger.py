@@ -193,9 +193,6 @@ class Ledger:
         if self.leases is not None:
             await self.leases.aclose()
 
-    def _lock(self, tenant_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(tenant_id, asyncio.Lock())
-
     async def _backoff(self, attempt: int, patience: float | Callable[[int], float]) -> None:
         self.conflicts += 1
         self._store.note_conflict()
@@ -269,7 +266,7 @@ class Ledger:
         runs to seconds) must not hold up the others' decisions (issue 23, defect 5).
         """
         for attempt in range(self._max_attempts):
-            async with self._lock(tenant_id):
+            async with self._locks.setdefault(tenant_id, asyncio.Lock()):
                 operations, result = await plan()
                 if not operations:
                     return result
@@ -464,6 +461,8 @@ class Ledger:
                 # decision once the keepers have had time to hand their slices back.
                 await asyncio.sleep(self._recall_wait)
                 continue
+            if self.leases is not None:
+                self.leases.admitted_exactly(tenant)
             return hold
         raise AssertionError("unreachable")
 

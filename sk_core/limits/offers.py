@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sk_core.limits.holds import EXPIRED_PREFIX
 from sk_core.storage import etag_of, int64, read_int, update_op
 
 ALLOC = "alloc"
@@ -243,6 +244,15 @@ class Plan:
 
     def at(self, day: str, month: str) -> dict[str, int]:
         return self.windows.setdefault((day, month), {})
+
+
+def expired_claim(tenant_id: str, claim: Row, charged: int, now: datetime) -> Any:
+    """The audit row of a claim the allocator expired (flagged, as an expired lease's):
+    the claim as last written, and what it was charged."""
+    kept = {k: v for k, v in claim.extra.items() if k not in ("PartitionKey", "RowKey", "etag")}
+    key = f"{EXPIRED_PREFIX}{claim.key}-{int(now.timestamp())}"
+    entity = {"PartitionKey": tenant_id, "RowKey": key, **kept, "charged_nano": int64(charged)}
+    return ("create", {**entity, "flagged": True, "charged_at": now}, {})
 
 
 # Every claim and offer row of a partition (the usage read model reads them with the

@@ -8,14 +8,18 @@ was down when it tried) is charged at its reserved amount, flagged and recorded 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sk_core.accounts import Limits, Tenant
 from sk_core.errors import StorageUnavailable
+from sk_core.limits.allocation import Allocator
 from sk_core.limits.holds import EXPIRED_PREFIX, HOLD_PREFIX
 from sk_core.limits.lease_state import LEASE_PREFIX, lease_amounts, lease_in_flight
+from sk_core.limits.offers import ALLOC, ALLOC_SECONDS, CLAIM_PREFIX, alloc_entity
 from sk_core.limits.pools import POOL_PREFIX, PoolRow
 from sk_core.limits.rows import (
     INFLIGHT,
@@ -35,6 +39,7 @@ from sk_core.storage import (
     read_int,
     storage_errors,
     submit,
+    update_op,
 )
 
 if TYPE_CHECKING:
@@ -82,6 +87,7 @@ async def expire_holds(ledger: Ledger) -> int:
     charged = 0
     for kind in (_HOLDS, _LEASES):
         charged += await _expire_all(ledger, kind)
+    charged += await expire_claims(ledger)
     await flush_pools(ledger)
     await _drop_old_minutes(await ledger.store.table(USAGE_TABLE), ledger.now())
     return charged
@@ -154,6 +160,46 @@ async def _expire_one(ledger: Ledger, table: Any, kind: _Expiry, tenant_id: str,
         "%s of tenant %s expired unsettled: charged %d nano-USD and flagged", row, tenant_id, amount
     )
     return True
+
+
+async def expire_claims(ledger: Ledger) -> int:
+    """Allocated leases: claims past their expiry in tenants nobody allocates for now
+    (their last process died, and no request came since) are charged by one cycle of an
+    allocator that expires them only (``Allocator(expiring_only=True)``), taken over for
+    the moment, then given up. A tenant with a live allocator is left to it."""
+    table = await ledger.store.table(USAGE_TABLE)
+    now = ledger.now()
+    with storage_errors():
+        tenants = {
+            str(entity["PartitionKey"]): entity["RowKey"]
+            async for entity in table.query_entities(
+                f"RowKey ge '{CLAIM_PREFIX}' and RowKey lt '{CLAIM_PREFIX[:-1]}.' and expires_at lt @now",
+                parameters={"now": now},
+                select=["PartitionKey", "RowKey"],
+            )
+        }
+    charged = 0
+    for tenant_id in tenants:
+        alloc = (await query_partition(table, tenant_id, [ALLOC])).get(ALLOC)
+        if alloc is not None and alloc.get("owner") and alloc["until"] > now:
+            continue
+        owner = f"sweep-{uuid.uuid4().hex[:12]}"
+        entity = alloc_entity(tenant_id, owner, now + timedelta(seconds=ALLOC_SECONDS))
+        # (The tenant's limits are not needed: an expiring cycle grants nothing.)
+        tenant = Tenant(id=tenant_id, display_name=tenant_id, limits=Limits())
+        allocator = Allocator(ledger, tenant, owner, horizon=0.0, cycle=0.0, expiring_only=True)
+        try:
+            with storage_errors():
+                taken = await submit(
+                    table, [("create", entity, {}) if alloc is None else update_op(entity, etag_of(alloc))]
+                )
+            allocator.alloc_etag = str(taken[0].get("etag"))
+            if await allocator.cycle_once():
+                charged += allocator.expirations
+            await allocator.release()
+        except (Conflict, StorageUnavailable):
+            continue  # an allocator started meanwhile, or storage failed: the next sweep
+    return charged
 
 
 async def flush_pools(ledger: Ledger) -> int:

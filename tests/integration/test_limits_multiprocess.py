@@ -244,17 +244,27 @@ async def test_a_process_killed_mid_call_leaves_a_lease_that_expires_charged(
         "SKF_LEASE_REPORT_SECONDS": "0.2",
     }
     victim = start_service(port=port, env=env, log=tmp_path_factory.mktemp("crash") / "service.log")
-    stub.set_default(delay=30)  # the model call is still running when the process dies
     async with httpx.AsyncClient(timeout=60) as client:
+        # A process's first request is decided exactly; its claim and a grant follow it.
+        first = await client.post(
+            f"http://127.0.0.1:{port}{SUMMARIZE}", json={"text": "warm"}, headers={"x-api-key": key}
+        )
+        assert first.status_code == 200, first.text
+        await asyncio.sleep(0.5)
+        day = window_keys(datetime.now(UTC))[0]
+        warm_cost = (await functions_service.ledger.usage(tenant_id, day))["spent_nano"]
+        assert warm_cost > 0
+        served = stub.stats()["count"]
+        stub.set_default(delay=30)  # the model call is still running when the process dies
         call = asyncio.ensure_future(
             client.post(
                 f"http://127.0.0.1:{port}{SUMMARIZE}", json={"text": "doomed"}, headers={"x-api-key": key}
             )
         )
         deadline = time.monotonic() + 60
-        while stub.stats()["count"] == 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (another process)
+        while stub.stats()["count"] == served and time.monotonic() < deadline:  # noqa: ASYNC110 (another process)
             await asyncio.sleep(0.1)
-        assert stub.stats()["count"] == 1, "the request should have reached the model"
+        assert stub.stats()["count"] == served + 1, "the request should have reached the model"
         os.killpg(victim.process.pid, signal.SIGKILL)
         victim.process.wait(timeout=10)
         with pytest.raises(httpx.HTTPError):
@@ -266,12 +276,12 @@ async def test_a_process_killed_mid_call_leaves_a_lease_that_expires_charged(
     outstanding = held["held_nano"] + held["leased_nano"]
     assert outstanding > 0
     assert held["leased_slots"] >= 1  # the victim's leased slots (its call in flight unreported)
-    assert held["spent_nano"] == 0
+    assert held["spent_nano"] == warm_cost
     await asyncio.sleep(6.5)  # the lease runs out
     # Any sweeper may charge it: this one, or a container host's periodic sweep.
     await functions_service.ledger.expire_holds()
     after = await functions_service.ledger.usage(tenant_id, day)
-    assert after["spent_nano"] == outstanding  # everything unreported counts as spent
+    assert after["spent_nano"] == warm_cost + outstanding  # everything unreported counts as spent
     assert (after["held_nano"], after["leased_nano"], after["inflight"]) == (0, 0, 0)
     assert after["expired_holds"] + after["expired_leases"] == 1
     assert after["expired_nano"] == outstanding
