@@ -53,7 +53,7 @@ def sample(simulation: Simulation, started: float) -> dict[str, Any]:
         # In the instances' memory: free in their slices, reserved by their calls in flight.
         "slices_free": share(sum(lease.current.free for lease in leases if lease and lease.current)),
         "slices_held": share(sum(lease.current.held for lease in leases if lease and lease.current)),
-        # --allocated: offered and not yet claimed.
+        # Allocated: offered and not yet claimed.
         "unclaimed": share(
             sum(_int(r.get("budget_nano")) for k, r in rows.items() if k.startswith("offer-"))
             - sum(_int(r.get("claimed_nano")) for k, r in rows.items() if k.startswith("claim-"))

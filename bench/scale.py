@@ -23,10 +23,11 @@ at ``--azurite-instances``, 8 and 64: one emulator process cannot serve more):
   and throttled in partitions of their own, an upper bound of that layout
   (``_scale_storage.split_pool_partition``).
 
-``--allocated``: the instances' slices come from one allocator per tenant
-(``sk_core/limits/allocation.py``) instead of shared pool rows; after the drain one
-last allocator cycle credits what the closing instances reported (``credit_all``), and
-``claim_writes`` says why the instances wrote their claim rows.
+The instances' slices come from one allocator per tenant (``sk_core/limits/allocation.py``,
+the default since session 13); after the drain one last allocator cycle credits what the
+closing instances reported (``credit_all``), and ``claim_writes`` says why the instances
+wrote their claim rows. ``--pools``: shared pool rows instead (``SKF_LEASE_ALLOCATOR=false``;
+``--max-pools`` and ``--pool-threshold`` apply to them).
 
 Entities are counted on both backends as the target counts them: a transaction counts
 its entities, a query the entities it returns (at least one).
@@ -511,7 +512,7 @@ class Simulation:
             },
             "fairness": round(jain, 3),
             "updates": dict(KINDS),
-            # --allocated: why processes wrote their claim rows (allocated.py)
+            # Allocated: why processes wrote their claim rows (allocated.py)
             "claim_writes": dict(sum(
                 (i.ledger.leases.why for i in everyone if isinstance(i.ledger.leases, AllocatedKeeper)),
                 Counter(),
@@ -617,14 +618,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="a refused client retries up to this many times after its Retry-After "
                         f"(when at most {RETRY_AFTER_MAX} s and within the demand), as the OpenAI "
                         "SDK's do (2); default 0: a refusal is final")
-    parser.add_argument("--allocated", action="store_true",
-                        help="slices granted by one allocator per tenant (sk_core/limits/allocation.py)")
+    parser.add_argument("--pools", action="store_true",
+                        help="slices taken from shared pool rows, not granted by one allocator per "
+                        "tenant (SKF_LEASE_ALLOCATOR=false)")
     parser.add_argument("--series", action="store_true",
                         help="per run (memory), where the budget sits every 0.5 s (bench/_scale_series.py)")
     args = parser.parse_args(argv)
     args.lease_settings = replace(
         LeaseSettings(), max_pools=args.max_pools, pool_threshold=args.pool_threshold,
-        allocated=args.allocated,
+        allocated=not args.pools,
     )
     if args.quick:
         args.instances, args.profiles, args.seconds, args.azurite = [256], ["steady", "bursty"], 12.0, False

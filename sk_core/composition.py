@@ -191,6 +191,7 @@ class Service:
                     pool_threshold=settings.lease_pool_threshold,
                     pool_holders=settings.lease_pool_holders,
                     max_pools=settings.lease_max_pools,
+                    allocated=settings.lease_allocator,
                 )
                 if settings.leases
                 else None,

@@ -224,6 +224,12 @@ class Settings(BaseSettings):
         description="Quota leases: admit and settle in memory against leased slices (false: every "
         "admission and settlement is its own storage transaction).",
     )
+    lease_allocator: bool = Field(
+        default=True,
+        description="Leases granted by one allocator per tenant (a process holding its alloc row): "
+        "no row has two writers on the request path (false: processes share pool rows; "
+        "SKF_LEASE_POOL_* apply).",
+    )
     lease_report_seconds: float = Field(default=2.0, gt=0, le=60)
     lease_idle_seconds: float = Field(default=3.0, gt=0, le=600)
     lease_horizon_seconds: float = Field(default=4.0, gt=0, le=600)

@@ -1,8 +1,9 @@
-"""Which lease keeper a process runs: slices from shared pools (``leases.py``, the
-default), or from the tenant's allocator (``LeaseSettings.allocated``, ``allocated.py``).
+"""Which lease keeper a process runs: slices from the tenant's allocator
+(``allocated.py``, the default), or from shared pool rows (``leases.py``,
+``SKF_LEASE_ALLOCATOR=false``).
 
-The allocator's modules are imported only when asked for: they cost about 12 ms of
-import, and a cold start should not pay for an opt-in mode.
+The allocator's modules are imported only when asked for (about 12 ms of import a
+process running pools would not use).
 """
 
 from __future__ import annotations

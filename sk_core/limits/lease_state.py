@@ -73,9 +73,9 @@ class LeaseSettings:
     max_pools: int = 8
     partition_ops_per_s: float = 2000.0
     entities_per_sync: int = 5
-    # Slices granted by one allocator per tenant instead of taken from shared pools
-    # (allocation.py; a prototype, measured with bench/scale.py --allocated).
-    allocated: bool = False
+    # Slices granted by one allocator per tenant (allocation.py) rather than taken from
+    # shared pool rows (pool_sync.py): bench/README.md, sessions 12 and 13.
+    allocated: bool = True
 
 
 @dataclass

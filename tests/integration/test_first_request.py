@@ -98,11 +98,12 @@ async def _first_request(
     return at - before, store.trace[: at - before]
 
 
-@pytest.mark.parametrize("leases", ["true", "false"])
+@pytest.mark.parametrize("leases", ["allocated", "pools", "false"])
 async def test_the_first_request_of_a_new_process_waits_for_at_most_three_exchanges(
     env: dict[str, str], stub: StubModel, fresh: list[Service], leases: str
 ) -> None:
-    env = {**env, "SKF_LEASES": leases}
+    on = {"SKF_LEASES": leases != "false", "SKF_LEASE_ALLOCATOR": leases == "allocated"}
+    env = {**env, **{name: str(value).lower() for name, value in on.items()}}
     key = await _provision(env, traffic=True)
     exchanges, trace = await _first_request(env, key, fresh)
     assert exchanges <= 3, trace

@@ -31,6 +31,7 @@ from sk_core.limits.offers import ALLOC_SECONDS, CLAIM_PREFIX, DIMENSIONS, OFFER
 from sk_core.storage import TableStore, query_partition, read_int
 from tests.support.clock import inside_one_minute
 from tests.support.ledgers import PRICE, call
+from tests.support.settings import make_settings
 from tests.support.stores import STORE_BACKENDS, open_stores
 
 FAST = LeaseSettings(report_seconds=0.5, idle_seconds=1.0, ttl_seconds=30, allocated=True)
@@ -141,6 +142,17 @@ def counts(entity: Any) -> dict[str, int]:
     }
 
 
+async def allocating(keeper: Any) -> None:
+    """Until the process allocates: its first claim, and the election, follow its first
+    admission (which is exact)."""
+    assert isinstance(keeper, AllocatedKeeper)
+    for _ in range(100):
+        if keeper.allocators:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no allocator")
+
+
 async def close_all(ledgers: list[Ledger], who: Tenant, clock: Any = None) -> None:
     """Every process shuts down; then one cycle credits what they reported on the way."""
     for each in ledgers:
@@ -228,6 +240,7 @@ async def test_a_vanished_process_is_charged_what_it_held_and_its_unclaimed_offe
     who = tenant()
     clock = Clock()
     crashed, survivor = ledger(stores[0], clock), ledger(stores[1], clock)
+    assert await call(crashed, who) > 0  # (a process's first request is decided exactly)
     hold: Hold = await crashed.admit(
         who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
     )
@@ -278,6 +291,7 @@ async def test_the_allocator_is_taken_over_when_its_process_vanishes(stores: lis
     assert await call(first, who) > 0  # the first process on the tenant allocates
     keeper = first.leases
     assert isinstance(keeper, AllocatedKeeper)
+    await allocating(keeper)
     assert keeper.allocators == 1
     keeper._closing = True
     for state in keeper._claims.values():
@@ -369,6 +383,8 @@ async def test_usage_shows_settled_calls_at_once_and_calls_in_flight_apart_from_
 
     who = tenant(max_concurrent=10)
     one = ledger(stores[0])
+    first = await call(one, who)  # (exact: a process's first request)
+    await allocating(one.leases)
     holds = [
         await one.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f",
                         key_id="k")
@@ -387,25 +403,27 @@ async def test_usage_shows_settled_calls_at_once_and_calls_in_flight_apart_from_
     day, month, _ = window_keys(datetime.now(UTC))
     usage = await one.usage(who.id, day)  # reports this process's claim first
     stored = counts((await partition(stores[0], who, [day])).get(day))
-    assert stored.get("spent_nano", 0) == 0  # not credited to the window row yet
-    assert usage["spent_nano"] == 14
-    assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (2, 6, 4)
+    assert stored.get("spent_nano", 0) == first  # (credited before the allocator stopped)
+    assert usage["spent_nano"] == first + 14
+    assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (3, 106, 104)
     assert usage["inflight"] == 1  # one call really in flight
     assert usage["leased_slots"] >= 3  # granted to this process, used or not
     document = await usage_of(one, who)
-    assert document.day.spent_nano == document.month.spent_nano == 14
+    assert document.day.spent_nano == document.month.spent_nano == first + 14
     assert document.concurrency.in_flight == 1
     assert document.concurrency.leased_slots >= 3
-    assert document.minute.requests == 3  # admitted; the rest of the minute row is leased
+    assert document.minute.requests == 4  # admitted; the rest of the minute row is leased
     await one.settle(holds[0], cost_nano=7, prompt_tokens=3, completion_tokens=2)
     await close_all([one], who)
     after = await one.usage(who.id, day)
-    assert [after[k] for k in ("spent_nano", "inflight", "leased_slots", "leased_nano")] == [21, 0, 0, 0]
-    assert (await one.usage(who.id, month))["spent_nano"] == 21
+    assert [after[k] for k in ("inflight", "leased_slots", "leased_nano")] == [0, 0, 0]
+    assert after["spent_nano"] == first + 21
+    assert (await one.usage(who.id, month))["spent_nano"] == first + 21
 
 
-def test_allocated_settings_default_off() -> None:
-    assert LeaseSettings().allocated is False
+def test_allocated_leases_are_the_default() -> None:
+    assert LeaseSettings().allocated is True
+    assert make_settings({}).lease_allocator is True
     assert replace(FAST, allocated=False).allocated is False
 
 

@@ -36,7 +36,10 @@ from tests.support.ledgers import PRICE
 from tests.support.stores import STORE_BACKENDS, open_stores
 
 UNIT = PRICE.cost_nano(100, 100)  # one call's reservation
-KEEPING = LeaseSettings(report_seconds=0.5, idle_seconds=30, horizon_seconds=2.0, ttl_seconds=30)
+# Shared pool rows: every sync of theirs may lose a race (allocated claims never race).
+KEEPING = LeaseSettings(
+    report_seconds=0.5, idle_seconds=30, horizon_seconds=2.0, ttl_seconds=30, allocated=False
+)
 
 
 @pytest.fixture(params=STORE_BACKENDS)

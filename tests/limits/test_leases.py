@@ -29,7 +29,10 @@ from tests.support.clock import inside_one_minute
 from tests.support.ledgers import PRICE, call
 from tests.support.stores import STORE_BACKENDS, open_stores
 
-FAST = LeaseSettings(report_seconds=0.5, idle_seconds=1.0, horizon_seconds=2.0, ttl_seconds=30)
+# Shared pool rows (``SKF_LEASE_ALLOCATOR=false``); allocated leases: test_allocated.py.
+FAST = LeaseSettings(
+    report_seconds=0.5, idle_seconds=1.0, horizon_seconds=2.0, ttl_seconds=30, allocated=False
+)
 
 
 # ------------------------------------------------------------------ pure arithmetic
@@ -371,7 +374,7 @@ async def test_a_process_short_of_budget_recalls_what_others_lease(stores: list[
     unit = PRICE.cost_nano(100, 100)
     who = tenant(daily_budget_nano=40 * unit, monthly_budget_nano=10**12, requests_per_minute=100_000,
                  tokens_per_minute=10**9, max_concurrent=1000)
-    keeping = LeaseSettings(report_seconds=0.3, idle_seconds=30, horizon_seconds=2.0, ttl_seconds=30)
+    keeping = replace(FAST, report_seconds=0.3, idle_seconds=30)
     a = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=keeping)
     b = Ledger(store=stores[1], lease_seconds=30, min_answer_tokens=100)  # whole answers only
     await asyncio.gather(*(call(a, who, answer_tokens=0) for _ in range(16)))
@@ -418,7 +421,7 @@ async def test_usage_reports_calls_in_flight_apart_from_leased_slots(stores: lis
     show real calls in flight and leased slots separately."""
     from sk_core.usage import usage_of
 
-    keeping = LeaseSettings(report_seconds=0.3, idle_seconds=30, horizon_seconds=2.0, ttl_seconds=30)
+    keeping = replace(FAST, report_seconds=0.3, idle_seconds=30)
     ledger = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, leases=keeping)
     who = tenant(daily_budget_nano=10**12, monthly_budget_nano=10**12, max_concurrent=10)
     holds = [

@@ -32,7 +32,7 @@ UNIT = PRICE.cost_nano(100, 100)
 # Sub-pools from the second holder on, one keeper per pool, four pools at most.
 POOLED = LeaseSettings(
     report_seconds=0.5, idle_seconds=1.0, horizon_seconds=2.0, ttl_seconds=30,
-    holders_per_report=1, pool_threshold=1, pool_holders=1, max_pools=4,
+    holders_per_report=1, pool_threshold=1, pool_holders=1, max_pools=4, allocated=False,
 )  # fmt: skip
 
 
