@@ -46,7 +46,7 @@ from sk_core.limits.offers import (
     claim_key,
     offer_key,
 )
-from sk_core.limits.rows import INFLIGHT, MINUTE_FIELDS, USAGE_TABLE, PartitionRows
+from sk_core.limits.rows import INFLIGHT, USAGE_TABLE, PartitionRows
 from sk_core.limits.slices import BudgetSlice, MinuteSlice
 from sk_core.pricing import Price
 from sk_core.storage import Conflict, etag_of, query_partition, read_int, submit, update_op
@@ -111,12 +111,9 @@ class AllocatedKeeper(LeaseKeeper):
             demand.unit_tokens = max(demand.unit_tokens, tokens)
 
         def decide(rows: PartitionRows, now: datetime) -> None:
-            # Slots are the allocator's alone (leased ones count as in flight in the rows):
-            # a request short of one only waits, up to its last exact chance.
-            counters = replace(rows.counters(*policy.window_keys(now)), inflight=0)
             policy.decide(
                 tenant.limits,
-                counters,
+                self._as_refused(tenant, rows, now),
                 price=price,
                 prompt_tokens_bound=prompt,
                 requested_max_tokens=requested,
@@ -135,11 +132,28 @@ class AllocatedKeeper(LeaseKeeper):
 
     async def count_request(self, tenant: Tenant) -> RateState | None:
         def decide(rows: PartitionRows, now: datetime) -> None:
-            minute = rows.counter(policy.window_keys(now)[2], MINUTE_FIELDS)
-            policy.count_request(tenant.limits, minute["requests"], now)
+            policy.count_request(tenant.limits, self._as_refused(tenant, rows, now).minute_requests, now)
 
         return await self._from_lease(
             tenant, lambda lease: lease_admit.count(self._ledger.now(), lease), lambda _: None, decide
+        )
+
+    def _as_refused(self, tenant: Tenant, rows: PartitionRows, now: datetime) -> policy.Counters:
+        """The window rows as a waiting request is refused on: what this process holds
+        unused is its own, not used (the rows count it so); slots are the allocator's
+        alone (the rows count leased ones as in flight), so in flight means "none left"
+        only when the allocator said slots are dry."""
+        counters = rows.counters(*policy.window_keys(now))
+        lease, claim = self._leases.get(tenant.id), self._claim(tenant.id)
+        budget, minute = (lease.current, lease.minute) if lease is not None else (None, None)
+        free = max(0, budget.free) if budget is not None else 0
+        return replace(
+            counters,
+            inflight=tenant.limits.max_concurrent if "slots" in claim.dry else 0,
+            minute_requests=counters.minute_requests - (max(0, minute.requests) if minute else 0),
+            minute_tokens=counters.minute_tokens - (max(0, minute.tokens) if minute else 0),
+            day_held_nano=max(0, counters.day_held_nano - free),
+            month_held_nano=max(0, counters.month_held_nano - free),
         )
 
     async def _from_lease(
@@ -376,9 +390,6 @@ class AllocatedKeeper(LeaseKeeper):
                 minute=minute,
             )
         same_day, same_minute = offer.day == day, offer.minute == minute
-        # (As pool syncs do: nothing known of this minute yet, nothing to tell but our slice.)
-        limit = lease.tenant.limits.requests_per_minute
-        lease.minute_stored = read_int(offer.extra.get("minute_row", limit)) if same_minute else limit
         idle = self._closing or self._idle(lease)
         if lease.minute is None or lease.minute.minute != minute:
             lease.minute = MinuteSlice(minute)
@@ -426,6 +437,18 @@ class AllocatedKeeper(LeaseKeeper):
         counts["slots_claimed"] += new_slots
         counts["slots_back"] += back_slots
         counts["busy"] = lease.inflight
+        # The RateLimit headers' estimate (``rpm_remaining``): the minute row's count as the
+        # allocator last wrote our offer, less what of it is ours and not in our slice
+        # (offered and unclaimed; given back and not credited). Nothing known of this
+        # minute yet: nothing to tell but our slice (as pool syncs do).
+        limit = lease.tenant.limits.requests_per_minute
+        lease.minute_stored = (
+            read_int(offer.extra.get("minute_row", limit))
+            - max(0, offer["minute_requests"] - counts["minute_claimed"])
+            - max(0, counts["minute_back"] - offer["seen_minute_back"])
+            if same_minute and claim.minute == minute
+            else limit
+        )
         counts["unused_nano"] = max(0, budget.free + new_budget)
         counts["unused_requests"] = max(0, minute_slice.requests + new_requests)
         counts["unused_tokens"] = max(0, minute_slice.tokens + new_tokens)
