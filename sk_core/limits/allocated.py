@@ -87,6 +87,7 @@ class Claim:
     flushing: int = 0  # flushes waiting: settled calls and calls in flight are written now
     started: bool = False  # the first claim was sent (``admitted_exactly``)
     first: float = 0.0  # monotonic: this process's first request of the tenant
+    unclaimed_slots: int = 0  # ours and not in our slots, as the last refusal's read found
 
 
 class AllocatedKeeper(LeaseKeeper):
@@ -141,15 +142,18 @@ class AllocatedKeeper(LeaseKeeper):
     def _as_refused(self, tenant: Tenant, rows: PartitionRows, now: datetime) -> policy.Counters:
         """The window rows as a waiting request is refused on: what this process holds
         unused is its own, not used (the rows count it so); slots are the allocator's
-        alone (the rows count leased ones as in flight), so in flight means "none left"
-        only when the allocator said slots are dry."""
+        alone (the rows count leased ones as in flight): they count only when the
+        allocator said slots are dry."""
         counters = rows.counters(*policy.window_keys(now))
         lease, claim = self._leases.get(tenant.id), self._claim(tenant.id)
         budget, minute = (lease.current, lease.minute) if lease is not None else (None, None)
         free = max(0, budget.free) if budget is not None else 0
         return replace(
             counters,
-            inflight=tenant.limits.max_concurrent if "slots" in claim.dry else 0,
+            # (Dry: nothing usable elsewhere, so the row's count is the truth, less our own.)
+            inflight=counters.inflight - max(0, lease.slots - lease.inflight) - claim.unclaimed_slots
+            if "slots" in claim.dry and lease is not None
+            else 0,
             minute_requests=counters.minute_requests - (max(0, minute.requests) if minute else 0),
             minute_tokens=counters.minute_tokens - (max(0, minute.tokens) if minute else 0),
             day_held_nano=max(0, counters.day_held_nano - free),
@@ -225,14 +229,24 @@ class AllocatedKeeper(LeaseKeeper):
             lease.demand.waiting -= 1
 
     async def _decide(self, tenant_id: str, decide: Callable[[PartitionRows, datetime], None]) -> None:
-        """Raise the refusal the window rows give now (one read)."""
+        """Raise the refusal the window rows give now (one read, with our offer: the rows
+        may have moved past the offer our last poll read; a tenant no longer dry waits on)."""
+        await self._ledger.settled(tenant_id)  # (as the exact path orders them: ours first)
         now = self._ledger.now()
         day, month, minute = policy.window_keys(now)
         table = await self._ledger.store.table(USAGE_TABLE)
-        rows = PartitionRows(
-            tenant_id, await query_partition(table, tenant_id, [day, month, minute, INFLIGHT])
-        )
-        decide(rows, now)
+        theirs = offer_key(self.process_id)
+        entities = await query_partition(table, tenant_id, [day, month, minute, INFLIGHT, theirs])
+        claim = self._claim(tenant_id)
+        offer = Row.read(theirs, entities.pop(theirs, None), OFFER_COUNTS)
+        dry = str(offer.extra.get("dry") or "")
+        claim.dry = frozenset(d for d in dry.split(",") if d) if offer.etag is not None else claim.dry
+        # Ours in the in-flight row and not in our slots: offered and not claimed; given
+        # back and not credited (in transit: counted there, usable by nobody yet).
+        mine = claim.row
+        slots = offer["slots"] - mine["slots_claimed"] + mine["slots_back"] if mine is not None else 0
+        claim.unclaimed_slots = max(0, slots - offer["seen_slots_back"])
+        decide(PartitionRows(tenant_id, entities), now)
 
     async def _polled(self, tenant_id: str, lease: TenantLease, claim: Claim) -> None:
         """Until the lease's next poll: one sync now (the allocator learns that requests
@@ -437,18 +451,20 @@ class AllocatedKeeper(LeaseKeeper):
         counts["slots_claimed"] += new_slots
         counts["slots_back"] += back_slots
         counts["busy"] = lease.inflight
-        # The RateLimit headers' estimate (``rpm_remaining``): the minute row's count as the
-        # allocator last wrote our offer, less what of it is ours and not in our slice
-        # (offered and unclaimed; given back and not credited). Nothing known of this
-        # minute yet: nothing to tell but our slice (as pool syncs do).
+        # The RateLimit headers' estimate (``rpm_remaining`` = limit - stored + slice): the
+        # minute row's count as the allocator last wrote our offer, less what it counted
+        # for us, is everyone else's; ours is what we claimed less what we gave back,
+        # as the slice has it (what this sync claims counts as it lands: ``apply``; a
+        # transient low estimate would stick, it never rises within the minute). Nothing
+        # known of this minute yet: nothing to tell but our slice (as pool syncs do).
         limit = lease.tenant.limits.requests_per_minute
-        lease.minute_stored = (
-            read_int(offer.extra.get("minute_row", limit))
-            - max(0, offer["minute_requests"] - counts["minute_claimed"])
-            - max(0, counts["minute_back"] - offer["seen_minute_back"])
-            if same_minute and claim.minute == minute
-            else limit
-        )
+        if same_minute and claim.minute == minute:
+            others = read_int(offer.extra.get("minute_row", limit)) - (
+                offer["minute_requests"] - offer["seen_minute_back"]
+            )
+            lease.minute_stored = others + counts["minute_claimed"] - new_requests - counts["minute_back"]
+        else:
+            lease.minute_stored = limit
         counts["unused_nano"] = max(0, budget.free + new_budget)
         counts["unused_requests"] = max(0, minute_slice.requests + new_requests)
         counts["unused_tokens"] = max(0, minute_slice.tokens + new_tokens)
@@ -515,6 +531,7 @@ class AllocatedKeeper(LeaseKeeper):
             if lease.minute is minute_slice:
                 minute_slice.requests += new_requests
                 minute_slice.tokens += new_tokens
+                lease.minute_stored += new_requests
             lease.slots += new_slots
             lease.reported_busy = counts["busy"]
 

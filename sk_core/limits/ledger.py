@@ -182,11 +182,15 @@ class Ledger:
     async def flush(self, tenant_id: str | None = None) -> None:
         """Report what this process's leases settled so far, and let settlements still in
         flight land (an answer does not wait for a slow one), so stored usage is current."""
+        await self.settled(tenant_id)
+        if self.leases is not None:
+            await self.leases.flush(tenant_id)
+
+    async def settled(self, tenant_id: str | None = None) -> None:
+        """Until this process's exact settlements in flight (of a tenant) land, briefly."""
         pending = [f for f, owner in self._settling.items() if tenant_id in (None, owner)]
         if pending:
             await asyncio.wait(pending, timeout=_FLUSH_WAIT_SECONDS)
-        if self.leases is not None:
-            await self.leases.flush(tenant_id)
 
     async def aclose(self) -> None:
         """Hand leased capacity back and report what was settled (host shutdown)."""
@@ -580,8 +584,7 @@ class Ledger:
         return await sweep.expire_holds(self)
 
     async def usage(self, tenant_id: str, window: str) -> dict[str, int]:
-        """Counters of one window row and the tenant's in-flight count (see
-        ``rows.read_window``), this process's unreported settlements included (reported first)."""
+        """``rows.read_window`` once this process's unreported settlements are reported."""
         await self.flush(tenant_id)
         return await read_window(self._store, tenant_id, window, self.now())
 
@@ -590,10 +593,8 @@ class Ledger:
         return await read_expired(self._store, tenant_id)
 
     @property
-    def store(self) -> TableStore:
-        """The storage this ledger writes to."""
+    def store(self) -> TableStore:  # (the storage this ledger writes to)
         return self._store
 
-    def now(self) -> datetime:
-        """The ledger's clock (tests move it)."""
+    def now(self) -> datetime:  # (the ledger's clock: tests move it)
         return self._clock()
