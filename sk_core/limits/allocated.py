@@ -140,17 +140,14 @@ class AllocatedKeeper(LeaseKeeper):
         )
 
     def _as_refused(self, tenant: Tenant, rows: PartitionRows, now: datetime) -> policy.Counters:
-        """The window rows as a waiting request is refused on: what this process holds
-        unused is its own, not used (the rows count it so); slots are the allocator's
-        alone (the rows count leased ones as in flight): they count only when the
-        allocator said slots are dry."""
+        """The rows a waiting request is refused on: what this process holds unused is not
+        used; slots (leased ones count as in flight) only when the allocator says dry."""
         counters = rows.counters(*policy.window_keys(now))
         lease, claim = self._leases.get(tenant.id), self._claim(tenant.id)
         budget, minute = (lease.current, lease.minute) if lease is not None else (None, None)
         free = max(0, budget.free) if budget is not None else 0
         return replace(
             counters,
-            # (Dry: nothing usable elsewhere, so the row's count is the truth, less our own.)
             inflight=counters.inflight - max(0, lease.slots - lease.inflight) - claim.unclaimed_slots
             if "slots" in claim.dry and lease is not None
             else 0,
@@ -179,12 +176,9 @@ class AllocatedKeeper(LeaseKeeper):
             return None
         claim = self._claim(tenant.id)
         if not claim.started and claim.row is None:
-            # This process's first requests of the tenant: decided exactly, 2 storage
-            # exchanges (the rows' read, a transaction), not a claim written, an allocator
-            # cycle and a second sync (5-7; issue 23, defect 3). The claim follows the
-            # first admission, with them in its demand: the next ones find a grant. (The
-            # first moments only: without an admission, say cache hits only, the claim
-            # is written as requests wait.)
+            # This process's first requests of the tenant: exact, 2 storage exchanges, not a
+            # claim, an allocator cycle and a sync (5-7; defect 3). The claim follows the first
+            # admission (``admitted_exactly``; cache hits only: as requests wait).
             claim.first = claim.first or time.monotonic()
             if time.monotonic() - claim.first < FIRST_SECONDS:
                 lease.demand.admitted += 1
@@ -241,8 +235,7 @@ class AllocatedKeeper(LeaseKeeper):
         offer = Row.read(theirs, entities.pop(theirs, None), OFFER_COUNTS)
         dry = str(offer.extra.get("dry") or "")
         claim.dry = frozenset(d for d in dry.split(",") if d) if offer.etag is not None else claim.dry
-        # Ours in the in-flight row and not in our slots: offered and not claimed; given
-        # back and not credited (in transit: counted there, usable by nobody yet).
+        # Ours in the in-flight row, not in our slots: offered unclaimed, given back uncredited.
         mine = claim.row
         slots = offer["slots"] - mine["slots_claimed"] + mine["slots_back"] if mine is not None else 0
         claim.unclaimed_slots = max(0, slots - offer["seen_slots_back"])
@@ -268,8 +261,7 @@ class AllocatedKeeper(LeaseKeeper):
                 delay = (claim.next_cycle - self._ledger.now()).total_seconds() + 0.02
                 await asyncio.sleep(min(claim.cycle, max(0.05, delay)) if delay > 0 else claim.cycle / 2)
         finally:
-            # Closing (or cancelled): wake whoever waits, on a fresh event for the next.
-            polled, claim.polled = claim.polled, asyncio.Event()
+            polled, claim.polled = claim.polled, asyncio.Event()  # (closing: wake the waiters)
             polled.set()
 
     # ---------------------------------------------------------------- background
@@ -416,8 +408,7 @@ class AllocatedKeeper(LeaseKeeper):
         new_slots = max(0, offer["slots"] - claim["slots_claimed"])
 
         # 2. What it asks back: unused beyond what we may keep (all of it when idle).
-        # Nothing while requests wait on a dry tenant: what is held pays for a shorter
-        # answer (``clamped``); given back, it would sit in transit, counted as leased.
+        # Nothing while requests wait on a dry tenant: it pays a shorter answer (``clamped``).
         last = bool(offer.extra.get("dry")) and lease.demand.waiting > 0
 
         def keep(name: str) -> int:
@@ -451,12 +442,8 @@ class AllocatedKeeper(LeaseKeeper):
         counts["slots_claimed"] += new_slots
         counts["slots_back"] += back_slots
         counts["busy"] = lease.inflight
-        # The RateLimit headers' estimate (``rpm_remaining`` = limit - stored + slice): the
-        # minute row's count as the allocator last wrote our offer, less what it counted
-        # for us, is everyone else's; ours is what we claimed less what we gave back,
-        # as the slice has it (what this sync claims counts as it lands: ``apply``; a
-        # transient low estimate would stick, it never rises within the minute). Nothing
-        # known of this minute yet: nothing to tell but our slice (as pool syncs do).
+        # RateLimit headers (``rpm_remaining``): everyone else's count at our offer, plus ours
+        # as the slice has it (new claims count as they land, ``apply``: a low estimate sticks).
         limit = lease.tenant.limits.requests_per_minute
         if same_minute and claim.minute == minute:
             others = read_int(offer.extra.get("minute_row", limit)) - (
