@@ -24,7 +24,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -59,11 +59,13 @@ _T = TypeVar("_T")
 
 WAIT_SECONDS = 8.0  # then the window rows' refusal, read (twice this: the exact path)
 CYCLE_SECONDS = 0.1  # the allocator's shortest cycle; longer with more claims (CLAIMS_PER_SECOND)
-# What an offer covers at a process's recent rate: until it claims the next one (it
-# renews at half of its grant; the allocator has a top-up ready within a cycle).
-HORIZON_SECONDS = 1.5
+HORIZON_SECONDS = 1.5  # what an offer covers at the recent rate (until the next claim)
 FIRST_SECONDS = 0.5  # a process's first requests of a tenant go to the exact path this long
 EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+class _ClaimChanged(StorageUnavailable):
+    pass
 
 
 @dataclass
@@ -140,22 +142,9 @@ class AllocatedKeeper(LeaseKeeper):
         )
 
     def _as_refused(self, tenant: Tenant, rows: PartitionRows, now: datetime) -> policy.Counters:
-        """The rows a waiting request is refused on: what this process holds unused is not
-        used; slots (leased ones count as in flight) only when the allocator says dry."""
+        claim, lease = self._claim(tenant.id), self._leases.get(tenant.id)
         counters = rows.counters(*policy.window_keys(now))
-        lease, claim = self._leases.get(tenant.id), self._claim(tenant.id)
-        budget, minute = (lease.current, lease.minute) if lease is not None else (None, None)
-        free = max(0, budget.free) if budget is not None else 0
-        return replace(
-            counters,
-            inflight=counters.inflight - max(0, lease.slots - lease.inflight) - claim.unclaimed_slots
-            if "slots" in claim.dry and lease is not None
-            else 0,
-            minute_requests=counters.minute_requests - (max(0, minute.requests) if minute else 0),
-            minute_tokens=counters.minute_tokens - (max(0, minute.tokens) if minute else 0),
-            day_held_nano=max(0, counters.day_held_nano - free),
-            month_held_nano=max(0, counters.month_held_nano - free),
-        )
+        return lease_admit.as_refused(counters, lease, "slots" in claim.dry, claim.unclaimed_slots)
 
     async def _from_lease(
         self,
@@ -315,6 +304,13 @@ class AllocatedKeeper(LeaseKeeper):
     # ---------------------------------------------------------------- the sync
 
     async def _sync(self, tenant_id: str, lease: TenantLease) -> None:
+        # Our claim row changed under us (a write we never heard of; a reclaim or expiry):
+        # once more at once, on the row as read now (``verified`` is off).
+        with contextlib.suppress(_ClaimChanged):
+            return await self._sync_once(tenant_id, lease)
+        await self._sync_once(tenant_id, lease)
+
+    async def _sync_once(self, tenant_id: str, lease: TenantLease) -> None:
         ledger = self._ledger
         table = await ledger.store.table(USAGE_TABLE)
         mine, theirs = claim_key(self.process_id), offer_key(self.process_id)
@@ -535,7 +531,7 @@ class AllocatedKeeper(LeaseKeeper):
         except Conflict:
             undo()  # (our own row: a write of ours we never heard of; re-read next time)
             state.verified = False
-            raise StorageUnavailable("claim row changed") from None
+            raise _ClaimChanged("claim row changed") from None
         except StorageUnavailable:
             # Committed or not (the row deleted by the allocator's expiry, too): the next
             # sync reads the row and tells.

@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from sk_core.errors import LimitExceeded, RateState
@@ -81,6 +82,27 @@ def take(
         rpm_reset=granted.rpm_reset,
         lease=lease.generation,
     )
+
+
+def as_refused(
+    counters: policy.Counters, lease: TenantLease | None, dry_slots: bool, mine: int
+) -> policy.Counters:
+    """The rows a waiting request is refused on (allocated leases): what this process holds
+    unused is not used; slots (leased ones count as in flight) only when the allocator says
+    none are left (``dry_slots``; ``mine``: ours in the row, offered or given back)."""
+    budget, minute = (lease.current, lease.minute) if lease is not None else (None, None)
+    free = max(0, budget.free) if budget is not None else 0
+    return replace(
+        counters,
+        inflight=counters.inflight - max(0, lease.slots - lease.inflight) - mine
+        if dry_slots and lease is not None
+        else 0,
+        minute_requests=counters.minute_requests - (max(0, minute.requests) if minute else 0),
+        minute_tokens=counters.minute_tokens - (max(0, minute.tokens) if minute else 0),
+        day_held_nano=max(0, counters.day_held_nano - free),
+        month_held_nano=max(0, counters.month_held_nano - free),
+    )
+
 
 def count(now: datetime, lease: TenantLease) -> RateState | None:
     """Count one request (no tokens, budget or slot) from the minute slice, or None."""
