@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
 WAIT_SECONDS = 8.0  # then the window rows' refusal, read (twice this: the exact path)
 CYCLE_SECONDS = 0.1  # the allocator's shortest cycle; longer with more claims (CLAIMS_PER_SECOND)
 HORIZON_SECONDS = 1.5  # what an offer covers at the recent rate (until the next claim)
@@ -64,8 +63,7 @@ FIRST_SECONDS = 0.5  # a process's first requests of a tenant go to the exact pa
 EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
-class _ClaimChanged(StorageUnavailable):
-    pass
+class _ClaimChanged(StorageUnavailable): ...
 
 
 @dataclass
@@ -98,8 +96,7 @@ class AllocatedKeeper(LeaseKeeper):
     def __init__(self, ledger: Ledger, settings: LeaseSettings) -> None:
         super().__init__(ledger, settings)
         self._claims: dict[str, Claim] = {}
-        self.allocators = 0  # allocators this process ran (bench/scale.py)
-        self.why: Counter[str] = Counter()  # why claim rows were written (bench/scale.py)
+        self.allocators, self.why = 0, Counter[str]()  # allocators run; claim writes by reason (bench)
 
     def _claim(self, tenant_id: str) -> Claim:
         return self._claims.setdefault(tenant_id, Claim())
@@ -169,7 +166,7 @@ class AllocatedKeeper(LeaseKeeper):
             # claim, an allocator cycle and a sync (5-7; defect 3). The claim follows the first
             # admission (``admitted_exactly``; cache hits only: as requests wait).
             claim.first = claim.first or time.monotonic()
-            if time.monotonic() - claim.first < FIRST_SECONDS:
+            if claim.first > 0 and time.monotonic() - claim.first < FIRST_SECONDS:
                 lease.demand.admitted += 1
                 size(lease.demand)
                 return None
@@ -269,6 +266,13 @@ class AllocatedKeeper(LeaseKeeper):
             # before the allocator read our idle claim is claimed and given back first).
             if self._idle(lease) and lease.empty and not self._claim(tenant_id).offered:
                 return
+
+    def first_request(self, tenant: Tenant) -> bool:
+        claim = self._claims.get(tenant.id)
+        return claim is not None and claim.row is None and 0 < time.monotonic() - claim.first < FIRST_SECONDS
+
+    def not_first(self, tenant: Tenant) -> None:
+        self._claim(tenant.id).first = -FIRST_SECONDS  # (the window over: requests wait)
 
     def admitted_exactly(self, tenant: Tenant) -> None:
         claim, lease = self._claims.get(tenant.id), self._leases.get(tenant.id)

@@ -1,23 +1,17 @@
-"""Quota leases: admit and settle in memory against slices leased from the tenant's pool.
+"""Quota leases: admit and settle in memory against slices leased from the tenant's pool
+(shared pool rows, ``SKF_LEASE_ALLOCATOR=false``; the allocator's keeper, the default,
+is ``allocated.py``). Each process holds, per tenant, one lease row ``lease-<process id>``;
+one ETag-conditional transaction (a *sync*) moves capacity between the window rows and
+it, and reports what was settled since. Between syncs, no storage (``slices.py``).
 
-Each process holds, per tenant it serves, one lease row ``lease-<process id>`` in the
-tenant's usage partition. One ETag-conditional transaction (a *sync*) moves capacity
-between the tenant's window rows and that row, and reports what was settled since the
-last sync. Between syncs, admission and settlement touch no storage (``slices.py``).
-
-The stored state always satisfies, for every window,
-``spent + held + leased <= budget`` (day and month), ``requests <= rpm`` and
-``tokens <= tpm`` (minute; leased requests and tokens count as used when granted),
-``inflight <= max_concurrent`` (leased slots count as in flight). So every guarantee of
-the exact path holds across any number of processes.
-
-**When a sync runs:** before the first local admission; ahead of exhaustion (a slice
-below half of its last grant); when settled usage has waited ``report_seconds``; when
-the process has been idle for ``idle_seconds`` (everything unused goes back); at
-shutdown. Renewals run off the request path; a request waits for one only when its
-slice cannot admit it. Grants follow recent demand, take at most ``share`` of what is
-left, and are zero close to the limit, where the exact per-request path decides.
-
+The stored state always satisfies ``spent + held + leased <= budget`` (day, month),
+``requests <= rpm``, ``tokens <= tpm`` (leased ones count as used when granted) and
+``inflight <= max_concurrent`` (leased slots count): the exact path's guarantees hold
+across processes. **A sync runs** before the first local admission; ahead of
+exhaustion (below half of its last grant); when settled usage has waited
+``report_seconds``; when idle ``idle_seconds`` (everything unused goes back); at
+shutdown; off the request path unless a slice cannot admit. Grants follow recent
+demand, take at most ``share`` of what is left, and are zero close to the limit.
 **Crashes:** see ``lease_state`` (a lease row that stops being renewed expires, charged).
 """
 
@@ -197,8 +191,14 @@ class LeaseKeeper:
         lease.exact_until = time.monotonic() + self.report_interval(lease)
         return None
 
-    def admitted_exactly(self, tenant: Tenant) -> None:
-        """The ledger admitted a request of ``tenant`` exactly (``AllocatedKeeper``: its first)."""
+    # The exact path's hooks (``AllocatedKeeper``: a process's first requests, exact while
+    # no allocator is at work; ``Allocating``).
+    def admitted_exactly(self, tenant: Tenant) -> None: ...
+
+    def first_request(self, tenant: Tenant) -> bool:
+        return False
+
+    def not_first(self, tenant: Tenant) -> None: ...
 
     def _lease_of(self, tenant: Tenant) -> TenantLease | None:
         """The tenant's lease in this process (made on first use), marked used; None: closing."""

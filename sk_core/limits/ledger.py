@@ -14,11 +14,9 @@ that arrive while its previous transaction is in flight share the next one (grou
 commit, see ``Ledger``).
 
 **Settlement** replaces the hold with the actual cost in one transaction (windows
-updated, hold deleted). Settled cost never exceeds the hold (a provider that honours
-``max_tokens`` cannot go over), so the sum of settled cost in a window never exceeds
-its budget. A hold never settled (process killed) expires after its lease and is
-charged at the reserved amount and flagged (``sweep.expire_holds``), never released
-silently: the call may have happened.
+updated, hold deleted); settled cost never exceeds the hold (a provider that honours
+``max_tokens`` cannot go over). A hold never settled (process killed) is charged at its
+reserved amount and flagged when its lease passes (``sweep.expire_holds``).
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -37,8 +34,10 @@ from sk_core.accounts import Tenant
 from sk_core.errors import LimitExceeded, RateState
 from sk_core.limits import policy, sweep
 from sk_core.limits.holds import Hold, Settlement, hold_row
+from sk_core.limits.jobs import Admission, Job, Known, Settling
 from sk_core.limits.keepers import keeper_for
-from sk_core.limits.lease_state import RECALL, LeaseSettings, leased_out, recall_operation
+from sk_core.limits.lease_state import LeaseSettings, leased_out, recall_operation
+from sk_core.limits.offers import ALLOC, Allocating, allocating
 from sk_core.limits.rows import (
     INFLIGHT,
     INFLIGHT_FIELDS,
@@ -80,50 +79,6 @@ _CONTENDED_SECONDS = 2.0
 _CONTENDED_REFUSAL_SECONDS = 0.5
 
 
-class _Known(dict[str, Any]):
-    """A row as this ledger last wrote it, with the ETag the store answered (as read)."""
-
-    def __init__(self, entity: Mapping[str, Any], etag: str) -> None:
-        super().__init__(entity)
-        self.metadata = {"etag": etag}
-
-
-@dataclass(eq=False)
-class _Admission:
-    """A queued admission (Ledger.admit's arguments and the caller's future)."""
-
-    tenant: Tenant
-    price: Price
-    prompt_tokens_bound: int
-    requested_max_tokens: int
-    function: str
-    key_id: str
-    future: asyncio.Future[Hold]
-    # Its caller went away after the batch took it: skipped unless already committed.
-    abandoned: bool = False
-    # Refused as ``budget_held`` while budget sat leased: the pool was recalled.
-    recalled: bool = False
-
-    def keys(self, now: datetime) -> list[str]:
-        return [*window_keys(now), INFLIGHT, RECALL]
-
-
-@dataclass(eq=False)
-class _Settling:
-    """A queued settlement."""
-
-    hold: Hold
-    cost_nano: int
-    prompt_tokens: int
-    completion_tokens: int
-    future: asyncio.Future[Settlement]
-
-    def keys(self, now: datetime) -> list[str]:
-        hold = self.hold
-        return [hold.day, hold.month, hold.minute, INFLIGHT, hold.row]
-
-
-_Job = _Admission | _Settling
 
 
 class Ledger:
@@ -157,7 +112,7 @@ class Ledger:
         # would lose the ETag race to its own siblings otherwise. Across processes the
         # ETag decides.
         self._locks: dict[str, asyncio.Lock] = {}
-        self._queues: dict[str, list[_Job]] = {}
+        self._queues: dict[str, list[Job]] = {}
         self._committers: dict[str, asyncio.Task[None]] = {}
         self.conflicts = 0
         self.transactions = 0
@@ -229,7 +184,7 @@ class Ledger:
             if kind == "delete" or not etag or entity["PartitionKey"] != tenant_id:
                 known.pop(key, None)
             else:
-                known[key] = _Known(entity, str(etag))
+                known[key] = Known(entity, str(etag))
 
     async def read(
         self, table: Any, tenant_id: str, keys: list[str], *, remembered: bool = False
@@ -284,7 +239,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ group commit
 
-    async def _enqueue(self, tenant_id: str, job: _Job) -> Any:
+    async def _enqueue(self, tenant_id: str, job: Job) -> Any:
         self._queues.setdefault(tenant_id, []).append(job)
         if tenant_id not in self._committers:
             # A task of its own: a caller that goes away must not abort the others' batch.
@@ -295,7 +250,7 @@ class Ledger:
             queue = self._queues.get(tenant_id, [])
             if job in queue:  # not taken yet: drop it, nothing was written for it
                 queue.remove(job)
-            elif isinstance(job, _Admission):
+            elif isinstance(job, Admission):
                 # In a batch already: skipped if not committed yet; if it was, the hold
                 # expires after its lease and is charged, as for a crashed process.
                 job.abandoned = True
@@ -336,10 +291,10 @@ class Ledger:
         if not task.cancelled() and task.exception() is not None:
             logger.error("could not release abandoned hold: it will expire and be charged")
 
-    def _take(self, queue: list[_Job]) -> list[_Job]:
+    def _take(self, queue: list[Job]) -> list[Job]:
         """The oldest jobs that fit one query and one transaction."""
         now = self._clock()
-        batch: list[_Job] = []
+        batch: list[Job] = []
         keys: set[str] = set()
         while queue and len(batch) < _BATCH_JOBS:
             wanted = keys | set(queue[0].keys(now))
@@ -349,36 +304,39 @@ class Ledger:
             batch.append(queue.pop(0))
         return batch
 
-    async def _commit(self, tenant_id: str, batch: list[_Job]) -> None:
+    async def _commit(self, tenant_id: str, batch: list[Job]) -> None:
         table = await self._store.table(USAGE_TABLE)
 
-        async def plan() -> Plan[list[tuple[_Job, Any, BaseException | None]]]:
+        async def plan() -> Plan[list[tuple[Job, Any, BaseException | None]]]:
             operations, outcomes = await decide(remembered=True)
-            if any(error is not None for _, _, error in outcomes):
+            if any(isinstance(error, LimitExceeded) for _, _, error in outcomes):
                 # A refusal writes nothing that could fail on a stale ETag: decide it on
                 # rows read now (the money may have come back meanwhile).
                 operations, outcomes = await decide(remembered=False)
             return operations, outcomes
 
-        async def decide(*, remembered: bool) -> Plan[list[tuple[_Job, Any, BaseException | None]]]:
+        async def decide(*, remembered: bool) -> Plan[list[tuple[Job, Any, BaseException | None]]]:
             now = self._clock()
             keys = list(dict.fromkeys(key for job in batch for key in job.keys(now)))
             rows = PartitionRows(tenant_id, await self.read(table, tenant_id, keys, remembered=remembered))
-            outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+            outcomes: list[tuple[Job, Any, BaseException | None]] = []
             creates_and_deletes: list[Any] = []
             recall = False
             for job in batch:
-                if isinstance(job, _Admission) and job.abandoned:
+                if isinstance(job, Admission) and job.abandoned:
                     continue
                 result: Hold | Settlement
                 try:
-                    if isinstance(job, _Admission):
+                    if isinstance(job, Admission):
                         operation, result = self._plan_admission(rows, job, now)
                     else:
                         operation, result = self._plan_settlement(rows, job)
+                except Allocating as busy:
+                    outcomes.append((job, None, busy))
+                    continue
                 except LimitExceeded as refused:
                     outcomes.append((job, None, refused))
-                    if isinstance(job, _Admission) and leased_out(rows, refused, now):
+                    if isinstance(job, Admission) and leased_out(rows, refused, now):
                         job.recalled = recall = True
                     continue
                 if operation is not None:
@@ -395,7 +353,7 @@ class Ledger:
         outcomes = await self.update(table, tenant_id, "ledger update", plan)
         for job, outcome, error in outcomes:
             future: asyncio.Future[Any] = job.future
-            if isinstance(job, _Admission) and job.abandoned and isinstance(outcome, Hold):
+            if isinstance(job, Admission) and job.abandoned and isinstance(outcome, Hold):
                 # Its caller gave up (e.g. storage too slow for its deadline) after the
                 # batch was planned: no model call will follow, so release the hold now
                 # instead of letting it expire and be charged.
@@ -408,9 +366,9 @@ class Ledger:
                 future.set_result(outcome)
         self._log_outcomes(outcomes)
 
-    def _log_outcomes(self, outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    def _log_outcomes(self, outcomes: list[tuple[Job, Any, BaseException | None]]) -> None:
         for job, result, _ in outcomes:
-            if not isinstance(job, _Settling) or result is None:
+            if not isinstance(job, Settling) or result is None:
                 continue
             hold = job.hold
             if result.late:
@@ -439,13 +397,14 @@ class Ledger:
             leased = await self.leases.admit(tenant, price, prompt_tokens_bound, requested_max_tokens)
             if leased is not None:
                 return leased
+        first = self.leases is not None and self.leases.first_request(tenant)
         refused = self._refused.get(tenant.id)
         if refused is not None and time.monotonic() < refused[0]:
             # Many processes race for this tenant's rows and it was just refused here:
             # the same answer, without another read of a partition at its limit.
             raise refused[1].with_traceback(None)
         for attempt in range(2):
-            job = _Admission(
+            job = Admission(
                 tenant,
                 price,
                 prompt_tokens_bound,
@@ -453,9 +412,17 @@ class Ledger:
                 function,
                 key_id,
                 asyncio.get_running_loop().create_future(),
+                first=first,
             )
             try:
                 hold: Hold = await self._enqueue(tenant.id, job)
+            except Allocating:  # (at scale: exact first requests of hundreds would storm the rows)
+                assert self.leases is not None
+                self.leases.not_first(tenant)
+                return await self.admit(
+                    tenant, price=price, prompt_tokens_bound=prompt_tokens_bound,
+                    requested_max_tokens=requested_max_tokens, function=function, key_id=key_id,
+                )  # fmt: skip
             except LimitExceeded as refusal:
                 if not job.recalled or attempt > 0:
                     if time.monotonic() < self._contended_until.get(tenant.id, 0.0):
@@ -476,7 +443,7 @@ class Ledger:
         """Replace the hold by the actual cost; a settled or expired hold is never charged twice."""
         if hold.lease is not None and self.leases is not None:
             return self.leases.settle(hold, cost_nano, prompt_tokens, completion_tokens)
-        job = _Settling(
+        job = Settling(
             hold, cost_nano, prompt_tokens, completion_tokens, asyncio.get_running_loop().create_future()
         )
         self._settling[job.future] = hold.tenant_id
@@ -508,8 +475,10 @@ class Ledger:
 
         return await self.update(table, tenant.id, "request count", plan)
 
-    def _plan_admission(self, rows: PartitionRows, job: _Admission, now: datetime) -> tuple[Any, Hold]:
+    def _plan_admission(self, rows: PartitionRows, job: Admission, now: datetime) -> tuple[Any, Hold]:
         tenant = job.tenant
+        if job.first and allocating(rows.entities.get(ALLOC), now):
+            raise Allocating
         day_key, month_key, minute_key = window_keys(now)
         grant = policy.decide(
             tenant.limits,
@@ -554,7 +523,7 @@ class Ledger:
             rpm_reset=grant.rpm_reset,
         )
 
-    def _plan_settlement(self, rows: PartitionRows, job: _Settling) -> tuple[Any, Settlement]:
+    def _plan_settlement(self, rows: PartitionRows, job: Settling) -> tuple[Any, Settlement]:
         hold, cost_nano = job.hold, job.cost_nano
         stored = rows.entities.get(hold.row)
         if stored is None:

@@ -88,6 +88,17 @@ def alloc_entity(tenant_id: str, owner: str, until: datetime) -> dict[str, Any]:
     return {"PartitionKey": tenant_id, "RowKey": ALLOC, "owner": owner, "until": until}
 
 
+class Allocating(Exception):
+    """A process's first request of a tenant, sent to the exact path, finds an allocator
+    at work: it waits for a grant instead (hundreds of new instances deciding exactly at
+    once would race the allocator's writes of the same rows; ``bench/scale.py``)."""
+
+
+def allocating(alloc: Any, now: datetime) -> bool:
+    """The ``alloc`` row as read says an allocator holds it now."""
+    return alloc is not None and bool(alloc.get("owner")) and alloc["until"] > now
+
+
 def offer_key(process_id: str) -> str:
     return f"{OFFER_PREFIX}{process_id}"
 
