@@ -306,6 +306,7 @@ async def test_the_allocator_is_taken_over_when_its_process_vanishes(stores: lis
     costs = await asyncio.wait_for(asyncio.gather(*(call(second, who) for _ in range(5))), timeout=10)
     assert all(cost > 0 for cost in costs)
     assert isinstance(second.leases, AllocatedKeeper)
+    await allocating(second.leases)  # (its first requests were exact: the allocator lapsed)
     assert second.leases.allocators == 1
     assert (await partition(stores[1], who, ["alloc"]))["alloc"]["owner"] == second.leases.process_id
     await close_all([second], who, clock)
@@ -381,6 +382,7 @@ async def test_usage_shows_settled_calls_at_once_and_calls_in_flight_apart_from_
     calls in flight and leased slots apart."""
     from sk_core.usage import usage_of
 
+    await inside_one_minute(15)  # (the minute's counts are compared)
     who = tenant(max_concurrent=10)
     one = ledger(stores[0])
     first = await call(one, who)  # (exact: a process's first request)
