@@ -44,6 +44,7 @@ from sk_core.limits.offers import (
     Row,
     alloc_entity,
     claim_key,
+    in_transit,
     offer_key,
 )
 from sk_core.limits.rows import INFLIGHT, USAGE_TABLE, PartitionRows
@@ -87,7 +88,7 @@ class Claim:
     flushing: int = 0  # flushes waiting: settled calls and calls in flight are written now
     started: bool = False  # the first claim was sent (``admitted_exactly``)
     first: float = 0.0  # monotonic: this process's first request of the tenant
-    unclaimed_slots: int = 0  # ours and not in our slots, as the last refusal's read found
+    in_transit: tuple[int, int, int, int] = (0, 0, 0, 0)  # ours, not in our slices (``_decide``)
 
 
 class AllocatedKeeper(LeaseKeeper):
@@ -141,7 +142,7 @@ class AllocatedKeeper(LeaseKeeper):
     def _as_refused(self, tenant: Tenant, rows: PartitionRows, now: datetime) -> policy.Counters:
         claim, lease = self._claim(tenant.id), self._leases.get(tenant.id)
         counters = rows.counters(*policy.window_keys(now))
-        return lease_admit.as_refused(counters, lease, "slots" in claim.dry, claim.unclaimed_slots)
+        return lease_admit.as_refused(counters, lease, "slots" in claim.dry, claim.in_transit)
 
     async def _from_lease(
         self,
@@ -221,10 +222,7 @@ class AllocatedKeeper(LeaseKeeper):
         offer = Row.read(theirs, entities.pop(theirs, None), OFFER_COUNTS)
         dry = str(offer.extra.get("dry") or "")
         claim.dry = frozenset(d for d in dry.split(",") if d) if offer.etag is not None else claim.dry
-        # Ours in the in-flight row, not in our slots: offered unclaimed, given back uncredited.
-        mine = claim.row
-        slots = offer["slots"] - mine["slots_claimed"] + mine["slots_back"] if mine is not None else 0
-        claim.unclaimed_slots = max(0, slots - offer["seen_slots_back"])
+        claim.in_transit = in_transit(offer, claim.row, day, minute)
         decide(PartitionRows(tenant_id, entities), now)
 
     async def _polled(self, tenant_id: str, lease: TenantLease, claim: Claim) -> None:

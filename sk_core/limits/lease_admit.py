@@ -85,22 +85,23 @@ def take(
 
 
 def as_refused(
-    counters: policy.Counters, lease: TenantLease | None, dry_slots: bool, mine: int
+    counters: policy.Counters, lease: TenantLease | None, dry_slots: bool, mine: tuple[int, int, int, int]
 ) -> policy.Counters:
     """The rows a waiting request is refused on (allocated leases): what this process holds
-    unused is not used; slots (leased ones count as in flight) only when the allocator says
-    none are left (``dry_slots``; ``mine``: ours in the row, offered or given back)."""
+    unused, or has in transit (``mine``: budget, requests, tokens, slots offered and not
+    claimed, or given back and not credited), is not used; slots (leased ones count as in
+    flight) only when the allocator says none are left (``dry_slots``)."""
     budget, minute = (lease.current, lease.minute) if lease is not None else (None, None)
     free = max(0, budget.free) if budget is not None else 0
     return replace(
         counters,
-        inflight=counters.inflight - max(0, lease.slots - lease.inflight) - mine
+        inflight=counters.inflight - max(0, lease.slots - lease.inflight) - mine[3]
         if dry_slots and lease is not None
         else 0,
-        minute_requests=counters.minute_requests - (max(0, minute.requests) if minute else 0),
-        minute_tokens=counters.minute_tokens - (max(0, minute.tokens) if minute else 0),
-        day_held_nano=max(0, counters.day_held_nano - free),
-        month_held_nano=max(0, counters.month_held_nano - free),
+        minute_requests=counters.minute_requests - (max(0, minute.requests) if minute else 0) - mine[1],
+        minute_tokens=counters.minute_tokens - (max(0, minute.tokens) if minute else 0) - mine[2],
+        day_held_nano=max(0, counters.day_held_nano - free - mine[0]),
+        month_held_nano=max(0, counters.month_held_nano - free - mine[0]),
     )
 
 

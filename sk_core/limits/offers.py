@@ -257,6 +257,23 @@ class Plan:
         return self.windows.setdefault((day, month), {})
 
 
+def in_transit(offer: Row, claim: Row | None, day: str, minute: str) -> tuple[int, int, int, int]:
+    """A process's budget, requests, tokens and slots the window rows count as leased to it
+    and its slices do not hold: offered and not claimed, or given back and not credited."""
+    mine = claim or Row.read("", None, CLAIM_COUNTS)
+    same = mine.minute == offer.minute == minute
+
+    def apart(offered: str, took: str, back: str, seen: str, current: bool = True) -> int:
+        return max(0, offer[offered] - mine[took] + mine[back] - offer[seen]) if current else 0
+
+    return (
+        apart("budget_nano", "claimed_nano", "back_nano", "seen_back_nano", mine.day == offer.day == day),
+        apart("minute_requests", "minute_claimed", "minute_back", "seen_minute_back", same),
+        apart("minute_tokens", "minute_claimed_tokens", "minute_back_tokens", "seen_minute_back_tokens", same),  # noqa: E501
+        apart("slots", "slots_claimed", "slots_back", "seen_slots_back"),
+    )
+
+
 def expired_claim(tenant_id: str, claim: Row, charged: int, now: datetime) -> Any:
     """The audit row of a claim the allocator expired (flagged, as an expired lease's):
     the claim as last written, and what it was charged."""
