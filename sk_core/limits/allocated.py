@@ -163,11 +163,11 @@ class AllocatedKeeper(LeaseKeeper):
             return None
         claim = self._claim(tenant.id)
         if not claim.started and claim.row is None:
-            # This process's first requests of the tenant: exact, 2 storage exchanges, not a
-            # claim, an allocator cycle and a sync (5-7; defect 3). The claim follows the first
-            # admission (``admitted_exactly``; cache hits only: as requests wait).
+            # This process's first requests of the tenant: exact while no allocator is at
+            # work (the ledger checks: ``Allocating``), 2 storage exchanges, not a claim, a
+            # cycle and a sync (5-7; defect 3). The claim follows the first admission.
             claim.first = claim.first or time.monotonic()
-            if claim.first > 0 and time.monotonic() - claim.first < FIRST_SECONDS:
+            if self.first_request(tenant):
                 lease.demand.admitted += 1
                 size(lease.demand)
                 return None
@@ -267,7 +267,9 @@ class AllocatedKeeper(LeaseKeeper):
 
     def first_request(self, tenant: Tenant) -> bool:
         claim = self._claims.get(tenant.id)
-        return claim is not None and claim.row is None and 0 < time.monotonic() - claim.first < FIRST_SECONDS
+        if claim is None or claim.started or claim.row is not None or claim.first <= 0:
+            return False
+        return time.monotonic() - claim.first < FIRST_SECONDS
 
     def not_first(self, tenant: Tenant) -> None:
         self._claim(tenant.id).first = -FIRST_SECONDS  # (the window over: requests wait)
