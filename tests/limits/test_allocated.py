@@ -30,7 +30,7 @@ from sk_core.limits.lease_state import LeaseSettings
 from sk_core.limits.offers import ALLOC_SECONDS, CLAIM_PREFIX, DIMENSIONS, OFFER_PREFIX, Want, allocate
 from sk_core.storage import TableStore, query_partition, read_int
 from tests.support.clock import inside_one_minute
-from tests.support.ledgers import PRICE, call
+from tests.support.ledgers import PRICE, allocating, call, stop_allocating
 from tests.support.settings import make_settings
 from tests.support.stores import STORE_BACKENDS, open_stores
 
@@ -140,17 +140,6 @@ def counts(entity: Any) -> dict[str, int]:
         for k, v in (entity or {}).items()
         if k not in ("PartitionKey", "RowKey") and (isinstance(v, int) or hasattr(v, "value"))
     }
-
-
-async def allocating(keeper: Any) -> None:
-    """Until the process allocates: its first claim, and the election, follow its first
-    admission (which is exact)."""
-    assert isinstance(keeper, AllocatedKeeper)
-    for _ in range(100):
-        if keeper.allocators:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("no allocator")
 
 
 async def close_all(ledgers: list[Ledger], who: Tenant, clock: Any = None) -> None:
@@ -294,11 +283,7 @@ async def test_the_allocator_is_taken_over_when_its_process_vanishes(stores: lis
     await allocating(keeper)
     assert keeper.allocators == 1
     keeper._closing = True
-    for state in keeper._claims.values():
-        if state.allocator is not None:
-            state.allocator.stop()
-        if state.allocating is not None:
-            state.allocating.cancel()
+    stop_allocating(keeper)
     for lease in keeper._leases.values():
         if lease.keeper is not None:
             lease.keeper.cancel()
@@ -394,11 +379,7 @@ async def test_usage_shows_settled_calls_at_once_and_calls_in_flight_apart_from_
     ]  # fmt: skip
     keeper = one.leases
     assert isinstance(keeper, AllocatedKeeper)
-    for state in keeper._claims.values():  # no cycle credits the claim from here on
-        if state.allocator is not None:
-            state.allocator.stop()
-        if state.allocating is not None:
-            state.allocating.cancel()
+    stop_allocating(keeper)  # no cycle credits the claim from here on
     await asyncio.sleep(0.2)
     for hold in holds[1:]:
         await one.settle(hold, cost_nano=7, prompt_tokens=3, completion_tokens=2)

@@ -30,6 +30,7 @@ from sk_core.usage._history import last_final
 from sk_core.usage._read_model import usage_document
 from sk_core.usage._rollups import KEEP
 from tests.support.clock import inside_one_minute
+from tests.support.ledgers import allocating, stop_allocating
 from tests.support.stores import STORE_BACKENDS, open_stores
 
 NOW = datetime(2026, 3, 4, 15, 20, tzinfo=UTC)
@@ -282,11 +283,16 @@ async def test_the_overview_counts_what_was_used_and_shows_leased_apart(stores: 
     await tenants.create_tenant(who)
     serving = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16,
                      leases=LeaseSettings(report_seconds=60, idle_seconds=60))  # fmt: skip
-    holds = [
-        await serving.admit(who, price=price, prompt_tokens_bound=100, requested_max_tokens=100,
-                            function="f", key_id="k")
-        for _ in range(3)
-    ]  # fmt: skip
+    holds = [await serving.admit(who, price=price, prompt_tokens_bound=100, requested_max_tokens=100,
+                                 function="f", key_id="k")]  # fmt: skip
+    # The first admission is exact; the next two are leased, once the process allocates.
+    # Then its allocator stops, so that the slots it offers (leased, claimed or not) hold
+    # still between the two reads below.
+    await allocating(serving.leases)
+    for _ in range(2):
+        holds.append(await serving.admit(who, price=price, prompt_tokens_bound=100,
+                                         requested_max_tokens=100, function="f", key_id="k"))  # fmt: skip
+    stop_allocating(serving.leases)
     await serving.settle(holds[0], cost_nano=1000, prompt_tokens=1, completion_tokens=1)
     await serving.flush(who.id)  # reported: 3 admitted, 2 in flight, the rest of its slices leased
     reader = Ledger(store=stores[1], lease_seconds=30, min_answer_tokens=16)  # another instance
