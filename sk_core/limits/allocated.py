@@ -43,6 +43,7 @@ from sk_core.limits.offers import (
     REPORTED,
     Row,
     alloc_entity,
+    allocating,
     claim_key,
     in_transit,
     offer_key,
@@ -308,8 +309,7 @@ class AllocatedKeeper(LeaseKeeper):
     # ---------------------------------------------------------------- the sync
 
     async def _sync(self, tenant_id: str, lease: TenantLease) -> None:
-        # Our claim row changed under us (a write we never heard of; a reclaim or expiry):
-        # once more at once, on the row as read now (``verified`` is off).
+        # Our claim row changed (an unheard write, a reclaim, an expiry): again on it as read.
         with contextlib.suppress(_ClaimChanged):
             return await self._sync_once(tenant_id, lease)
         await self._sync_once(tenant_id, lease)
@@ -329,7 +329,7 @@ class AllocatedKeeper(LeaseKeeper):
         if ALLOC in keys:
             alloc = entities.get(ALLOC)
             self._elect(table, lease.tenant, state, alloc, now)
-            if alloc is not None and alloc.get("until") is not None:
+            if alloc is not None and alloc.get("owner") and alloc.get("until") is not None:
                 # Each cycle's first write sets until = its time + ALLOC_SECONDS.
                 state.next_cycle = alloc["until"] - timedelta(seconds=ALLOC_SECONDS - state.cycle)
                 state.heard = alloc["until"] - timedelta(seconds=ALLOC_SECONDS)
@@ -572,7 +572,7 @@ class AllocatedKeeper(LeaseKeeper):
         running = state.allocating is not None and not state.allocating.done()
         if running or self._closing:
             return
-        if alloc is not None and alloc.get("until") is not None and alloc["until"] > now:
+        if allocating(alloc, now):  # (a released row is free whatever its time: a skewed clock's)
             return
 
         async def elect() -> None:

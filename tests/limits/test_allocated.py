@@ -479,3 +479,60 @@ async def test_an_idle_tenants_allocator_stands_down_and_the_next_demand_elects_
     assert await call(one, who) > 0
     assert keeper.allocators == 2
     await close_all([one], who)
+
+
+async def test_a_live_process_whose_claim_a_fast_clock_expired_is_charged_once(
+    stores: list[TableStore],
+) -> None:
+    """A sweeper whose clock runs more than the TTL ahead of a live process sees its claim
+    as expired and charges what it held (an over-charge, never an overspend). The process,
+    alive, must not report that slice again: its next claim write finds the row gone and
+    drops the slice; its call in flight settles late, not reported again; what it serves
+    after is charged as usual. Nothing counts twice."""
+    from sk_core.limits.sweep import expire_claims
+
+    who = tenant()
+    live = ledger(stores[0])
+    await call(live, who)  # (exact: a process's first request)
+    await allocating(live.leases)
+    hold = await live.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100,
+                            function="f", key_id="k")  # fmt: skip
+    assert hold.lease is not None
+    assert await call(live, who) > 0  # settled from the slice and reported below
+    await live.flush(who.id)
+    keeper = live.leases
+    assert isinstance(keeper, AllocatedKeeper)
+    stop_allocating(keeper)  # (the day row holds still while it is read)
+    await asyncio.sleep(0.2)
+    day = window_keys(datetime.now(UTC))[0]
+    before = counts((await partition(stores[0], who, [day]))[day])
+    ahead = Clock()
+    ahead.offset = timedelta(seconds=FAST.ttl_seconds + 5)
+    sweeper = Ledger(store=stores[1], lease_seconds=30, min_answer_tokens=16, clock=ahead)
+    assert await expire_claims(sweeper) >= 1
+    rows = await partition(stores[1], who)
+    assert CLAIM_PREFIX + keeper.process_id not in rows
+    swept = counts(rows[day])
+    charged = swept["expired_nano"] - before.get("expired_nano", 0)
+    assert charged >= hold.amount_nano  # the call in flight, at least
+    # (The sweep's cycle also credits what the claim reported: the call settled above.)
+    assert swept["spent_nano"] - before["spent_nano"] >= charged
+    await live.flush(who.id)  # its next claim write: the row is gone, the slice dropped
+    settled = await live.settle(hold, cost_nano=hold.amount_nano // 2, prompt_tokens=100, completion_tokens=1)
+    assert settled.late
+    assert settled.cost_nano == hold.amount_nano  # (charged with the claim)
+    # The sweep gave the alloc row up at its own time, ahead: free all the same (owner
+    # ""), so the process allocates again at once and serves from slices, not once its
+    # own clock gets there (its requests waited WAIT_SECONDS, then went exact).
+    later = 0
+    for _ in range(4):
+        next_hold = await live.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100,
+                                     function="f", key_id="k")  # fmt: skip
+        assert next_hold.lease is not None
+        settled = await live.settle(next_hold, cost_nano=1000, prompt_tokens=1, completion_tokens=0)
+        later += settled.cost_nano
+    assert keeper.allocators == 2
+    await close_all([live], who)
+    after = counts((await partition(stores[0], who, [day]))[day])
+    assert after["spent_nano"] == swept["spent_nano"] + later
+    assert after.get("leased_nano", 0) == after.get("held_nano", 0) == 0
