@@ -86,7 +86,7 @@ class Allocator:
         # A sweep's cycle (``sweep.expire_claims``): expired claims only; live ones are
         # left to their tenant's next allocator (no credit, no grant).
         self.expiring_only = expiring_only
-        self.expirations = 0  # claims this allocator's cycles planned to expire
+        self.expirations = 0  # claims this allocator's cycles planned to charge at expiry
         self.tenant = tenant
         self.process_id = process_id
         self.horizon = horizon
@@ -369,18 +369,11 @@ class Allocator:
         claimed meanwhile, the transaction fails (and its own next write fails on the new
         ETag, so it re-reads the smaller offer): an offer never shrinks under a claim.
         """
-        same_minute = offer.minute == minute
-        claimed = int(claim.minute == minute)
-        unclaimed = {
-            "budget_nano": offer["budget_nano"] - claim["claimed_nano"]
-            if offer.day == claim.day == day
-            else 0,
-            "minute_requests": offer["minute_requests"] - claim["minute_claimed"] * claimed
-            if same_minute
-            else 0,
-            "minute_tokens": offer["minute_tokens"] - claim["minute_claimed_tokens"] * claimed
-            if same_minute
-            else 0,
+        same, claimed = offer.minute == minute, int(claim.minute == minute)
+        unclaimed = {  # (each 0 when its window is not the offer's)
+            "budget_nano": (offer["budget_nano"] - claim["claimed_nano"]) * (offer.day == claim.day == day),
+            "minute_requests": (offer["minute_requests"] - claim["minute_claimed"] * claimed) * same,
+            "minute_tokens": (offer["minute_tokens"] - claim["minute_claimed_tokens"] * claimed) * same,
             "slots": offer["slots"] - claim["slots_claimed"],
         }
         if not any(amount > 0 for amount in unclaimed.values()) or claim.etag is None:
@@ -403,8 +396,9 @@ class Allocator:
 
     def _expire(self, plan: Plan, claim: Row, offer: Row, minute: str) -> None:
         """A process that stopped renewing its claim: what it never took goes back, what
-        it took is charged (its calls may have happened), its slots come back."""
-        self.expirations += 1
+        it took is charged (its calls may have happened), its slots come back. A claim
+        that held nothing (its tenant went quiet: all given back, no call in flight) is
+        only retired: no charge, no count, no flagged audit row."""
         tenant_id = self.tenant.id
         claimed = (
             claim["claimed_nano"]
@@ -415,12 +409,15 @@ class Allocator:
         )
         unclaimed = offer["budget_nano"] - claimed
         held = max(0, offer["budget_nano"] - offer["seen_back_nano"] - offer["seen_spent_nano"] - unclaimed)
+        charged = held > 0 or claim["busy"] > 0
+        self.expirations += charged
         if offer.day:
             window = plan.at(offer.day, offer.month)
             add(window, "leased_nano", -(unclaimed + held))
             add(window, "spent_nano", held)
-            add(window, "expired_nano", held)
-            add(window, "expired_leases", 1)
+            if charged:
+                add(window, "expired_nano", held)
+                add(window, "expired_leases", 1)
         if offer.minute == minute:
             claimed = claim["minute_claimed"] if claim.minute == minute else 0
             add(plan.minute, "requests", -(offer["minute_requests"] - claimed))
@@ -429,7 +426,8 @@ class Allocator:
         add(plan.inflight, "leased_slots", -slots)
         assert claim.etag is not None
         plan.operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": claim.key}, claim.etag))
-        plan.operations.append(expired_claim(tenant_id, claim, held, self._ledger.now()))
+        if charged:
+            plan.operations.append(expired_claim(tenant_id, claim, held, self._ledger.now()))
         if offer.etag is not None:
             plan.operations.append(delete_op({"PartitionKey": tenant_id, "RowKey": offer.key}, offer.etag))
         assert self.offers is not None

@@ -536,3 +536,46 @@ async def test_a_live_process_whose_claim_a_fast_clock_expired_is_charged_once(
     after = counts((await partition(stores[0], who, [day]))[day])
     assert after["spent_nano"] == swept["spent_nano"] + later
     assert after.get("leased_nano", 0) == after.get("held_nano", 0) == 0
+
+
+async def test_an_idle_claim_that_lapses_is_retired_without_a_charge_or_a_flag(
+    stores: list[TableStore],
+) -> None:
+    """A process whose tenant went quiet gives its slice back and stops writing its
+    claim; the row lapses at its TTL with nothing held. Retiring it is housekeeping:
+    not an expiry to charge, count (``expired_leases``) or flag for audit, and not the
+    sweep's warning. (Every idle tenant of every instance did all three.)"""
+    from sk_core.limits.sweep import expire_claims
+
+    who = tenant()
+    one = ledger(stores[0])
+    await call(one, who)  # (exact: a process's first request)
+    await allocating(one.leases)
+    assert await call(one, who) > 0
+    keeper = one.leases
+    assert isinstance(keeper, AllocatedKeeper)
+    for _ in range(100):  # idle (FAST: after 1 s): everything given back, the keeper stops
+        lease = keeper._leases.get(who.id)
+        if lease is not None and lease.empty and (lease.keeper is None or lease.keeper.done()):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the lease never went idle")
+    stop_allocating(keeper)
+    claim_row = (await partition(stores[0], who))[CLAIM_PREFIX + keeper.process_id]
+    assert read_int(claim_row["busy"]) == 0
+    day = window_keys(datetime.now(UTC))[0]
+    before = counts((await partition(stores[0], who, [day]))[day])
+    ahead = Clock()
+    ahead.offset = timedelta(seconds=FAST.ttl_seconds + 5)
+    sweeper = Ledger(store=stores[1], lease_seconds=30, min_answer_tokens=16, clock=ahead)
+    assert await expire_claims(sweeper) == 0  # nothing charged
+    rows = await partition(stores[1], who)
+    assert CLAIM_PREFIX + keeper.process_id not in rows  # retired all the same
+    assert OFFER_PREFIX + keeper.process_id not in rows
+    assert not [key for key in rows if key.startswith("expired-")]
+    after = counts(rows[day])
+    assert after.get("expired_leases", 0) == after.get("expired_nano", 0) == 0
+    assert after["spent_nano"] == before["spent_nano"]
+    assert after.get("leased_nano", 0) == 0
+    await one.aclose()
