@@ -79,9 +79,19 @@ async def race(
     async def one(base: str) -> tuple[str, float]:
         body = {"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 600))), "max_words": 100}
         started = time.monotonic()
+        events: list[str] = []
+
+        async def trace(name: str, info: dict[str, Any]) -> None:
+            events.append(f"{time.monotonic() - started:.3f} {name}")
+
         try:
-            response = await client.post(f"{base}/api/v1/summarize", json=body, headers={"x-api-key": key})
+            response = await client.post(f"{base}/api/v1/summarize", json=body, headers={"x-api-key": key},
+                                         extensions={"trace": trace})  # fmt: skip
         except httpx.HTTPError as exc:
+            # When, where and at which step of the exchange (a new or a reused connection),
+            # to find it in the hosts' logs (--logs).
+            print(f"{time.strftime('%H:%M:%S')} {base}: {type(exc).__name__} {exc!r} after "
+                  f"{time.monotonic() - started:.2f} s; {'; '.join(events)}", file=sys.stderr, flush=True)
             return f"transport {type(exc).__name__}", time.monotonic() - started
         code = "" if response.status_code == 200 else f" {response.json().get('code')}"
         return f"{response.status_code}{code}", time.monotonic() - started
@@ -93,7 +103,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from sk_core.composition import Service
 
     with TemporaryDirectory() as tmp:
-        logs = Path(tmp)
+        logs = Path(args.logs or tmp)
+        logs.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (before the bench starts)
         port = free_port()
         azurite = start_azurite(port=port, log=logs / "azurite.log")
         stub = start_stub_model()
@@ -108,7 +119,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             service = Service.create(settings_from_env(env))
             stub.client.set_default(delay=0.05)
             rng = random.Random(7)
-            limits = httpx.Limits(max_connections=args.processes * args.per_process)
+            # This bench's ReadError (about 1 in 900 requests) was its own client's pool:
+            # httpcore 1.0.9 closes a connection it has just handed to a request that has
+            # not sent yet when a tidy of the pool finds it idle and either "surplus" (it
+            # counts *all* connections against max_keepalive_connections, default 20) or
+            # past its keep-alive expiry (5 s: about a round and the pause after it). The
+            # request then fails unanswered; the hosts saw only the client's close (traced
+            # with --logs and httpx's trace events; encode/httpcore#1110, #1000). So keep
+            # every connection alive, longer than a round, and shorter than the hosts' 75 s.
+            clients = args.processes * args.per_process
+            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients,
+                                  keepalive_expiry=30.0)  # fmt: skip
             async with httpx.AsyncClient(timeout=60, limits=limits) as client:
                 await asyncio.gather(*(wait_ready(client, base) for base in bases))
                 for number in range(1, args.rounds + 1):
@@ -135,6 +156,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--per-process", type=int, default=32)
     parser.add_argument("--name", default="budget-race", help="results file: bench/results/<name>.json")
+    parser.add_argument("--logs", help="keep the hosts' and Azurite's logs in this directory")
     args = parser.parse_args()
     result = asyncio.run(bench(args))
     rows = [[r["round"], ", ".join(f"{c} {n}" for c, n in r["outcomes"].items()),

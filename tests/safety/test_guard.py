@@ -5,6 +5,7 @@ the Prompt Shields client against a local stub of the real REST API."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import base64
 import html
 import html.entities
@@ -691,3 +692,20 @@ def test_reported_encoded_attacks_are_caught(text: str) -> None:
 )
 def test_ordinary_entities_and_percent_signs_are_not_flagged(text: str) -> None:
     assert not flagged(text).flagged
+
+
+async def test_the_shields_pool_keeps_every_connection_it_opened_for_reuse(stub: ContentSafetyStub) -> None:
+    """Past 20 open connections, httpcore 1.0.9 (under httpx) closed "surplus idle" ones
+    at each tidy of its pool, counting busy ones too, and among them one it had just
+    handed to a request that had not sent yet: that screening failed with a ReadError,
+    unanswered (encode/httpcore#1110; bench/budget_race.py's client met it). The client
+    allows keep-alive for every connection it may open, so after a burst the pool still
+    holds them all (it kept 20 before) and nothing is closed under a request."""
+    stub.delay(0.2)  # every call in flight at once: one connection each
+    stub.keep_connections()
+    async with PromptShieldsClient(stub.endpoint, STUB_KEY, timeout=5.0) as client:
+        for _ in range(2):  # the second burst reuses the first's connections
+            results = await asyncio.gather(*(client.shield(f"burst {n}") for n in range(40)))
+            assert not any(result.attack_detected for result in results)
+        pool = client._client._transport._pool  # type: ignore[attr-defined]
+        assert len(pool.connections) == 40

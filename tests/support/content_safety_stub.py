@@ -74,6 +74,7 @@ class _State:
     fail_times: int | None = None  # None: fail every request while fail_status is set
     delay: float = 0.0
     malformed: bool = False
+    keep_alive: bool = False
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -114,6 +115,11 @@ class ContentSafetyStub(ThreadedServer):
         with self._lock:
             self._state.delay = seconds
 
+    def keep_connections(self, on: bool = True) -> None:
+        """Keep connections alive, as the real service does (the client then closes them)."""
+        with self._lock:
+            self._state.keep_alive = on
+
     def malformed(self, on: bool = True) -> None:
         """Answer 200 with a body that is not the Prompt Shields shape."""
         with self._lock:
@@ -146,7 +152,7 @@ class ContentSafetyStub(ThreadedServer):
         with self._lock:
             self._state.requests.append(recorded)
             state = self._state
-            delay, malformed = state.delay, state.malformed
+            delay, malformed, keep_alive = state.delay, state.malformed, state.keep_alive
             fail_status = state.fail_status
             if fail_status is not None and state.fail_times is not None:
                 state.fail_times -= 1
@@ -155,8 +161,8 @@ class ContentSafetyStub(ThreadedServer):
         if delay:
             await asyncio.sleep(delay)
         response = self._answer(recorded, fail_status, malformed)
-        # No keep-alive: an idle pooled connection would hold up stop().
-        response.headers["Connection"] = "close"
+        if not keep_alive:  # (by default: an idle pooled connection would hold up stop())
+            response.headers["Connection"] = "close"
         return response
 
     def _answer(self, recorded: RecordedShieldRequest, fail_status: int | None, malformed: bool) -> Response:

@@ -88,7 +88,17 @@ class PromptShieldsClient:
         self._timeout = timeout
         self._max_retries = max_retries
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), follow_redirects=False, transport=transport
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            transport=transport,
+            # Keep-alive for every connection it may open (httpx's default 100). httpcore
+            # 1.0.9 counts *all* connections against max_keepalive_connections (default
+            # 20) when it tidies the pool, so past 20 open it closes "surplus idle" ones,
+            # among them one just handed to a request that has not sent yet: that call
+            # fails with a ReadError, unanswered (encode/httpcore#1110, #1000; traced in
+            # bench/budget_race.py's client). (The OpenAI SDK here runs on httpx2, whose
+            # pool leaves a connection handed to a request alone.)
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
         )
 
     def __repr__(self) -> str:
