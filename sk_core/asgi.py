@@ -32,6 +32,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httptools
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -61,6 +62,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     _read_timer: asyncio.TimerHandle | None = None
     _request_began = 0.0  # loop time the current request's deadlines count from
+    _parse_error = ""  # httptools' reason for the last request it could not parse
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parser = _ReasonedParser(self.parser, self)  # type: ignore[assignment]  # (a proxy of it)
 
     def _begin(self) -> None:
         self._request_began = self.loop.time()
@@ -130,6 +136,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._headers_too_large:
             self._send_431()
             return
+        # uvicorn logs only "Invalid HTTP request received."; the parser's reason (never
+        # the request's bytes, which may carry a key) says what was wrong with it.
+        logger.warning("refused a request HTTP could not parse: %s", self._parse_error or "unknown")
         state = self.server_state
         default = state.default_headers
         state.default_headers = [*default, *_SECURITY_HEADER_BYTES]
@@ -158,6 +167,24 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         ]
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self.transport.close()
+
+
+class _ReasonedParser:
+    """httptools' parser, remembering why it refused a request (uvicorn drops the reason)."""
+
+    def __init__(self, parser: Any, protocol: BoundedHttpProtocol) -> None:
+        self._parser = parser
+        self._protocol = protocol
+
+    def feed_data(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._protocol._parse_error = f"{type(exc).__name__}: {exc}"
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
 
 
 class _HeadersTooLarge(Exception):
