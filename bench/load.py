@@ -88,16 +88,19 @@ def _flags(tree: Path) -> list[str]:
     return list(json.loads(out.stdout))
 
 
-def start_tree(tree: Path, env: dict[str, str], log: Path, *, stalls: bool) -> tuple[ManagedProcess, str]:
+def start_tree(
+    tree: Path, env: dict[str, str], log: Path, *, stalls: bool, workers: int = 1
+) -> tuple[ManagedProcess, str]:
     """uvicorn serving ``tree``'s ``sk_core.asgi:app`` as ``start_service`` does (under
-    ``bench/_stallwatch.py`` with ``stalls``: its report goes next to the log)."""
+    ``bench/_stallwatch.py`` with ``stalls``: its report goes next to the log), with
+    ``workers`` processes (the image runs 2, ``WEB_CONCURRENCY``)."""
     port = free_port()
     runner = (
         [str(Path(__file__).with_name("_stallwatch.py")), str(log.with_suffix(".stalls.json"))]
         if stalls
         else ["-m", "uvicorn"]
     )
-    argv = service_argv(port=port, runner=runner, flags=_flags(tree))
+    argv = service_argv(port=port, runner=runner, flags=_flags(tree), workers=workers)
     process = ManagedProcess(
         f"service ({tree.name})", argv, env={**env, "PYTHONPATH": str(tree)}, log=log, cwd=tree
     )

@@ -140,6 +140,10 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=[],
                         help="label=PATH: also stream through that checkout's service (e.g. the base commit)")
     parser.add_argument("--stalls", action="store_true", help="run the services under bench/_stallwatch.py")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn workers per service (the image runs 2); the CPU column counts the "
+                             "first process only")  # fmt: skip
+    parser.add_argument("--name", default="streaming", help="results file: bench/results/<name>.json")
     args = parser.parse_args()
     logs = Path(os.environ.get("BENCH_LOGS", ".run/bench"))
     logs.mkdir(parents=True, exist_ok=True)
@@ -156,7 +160,8 @@ def main() -> None:
             try:
                 for tree_label, tree in trees:
                     log = logs / f"streaming-{tree_label}-{label}.log"
-                    process, url = start_tree(tree, {**backing.env, **extra}, log, stalls=args.stalls)
+                    process, url = start_tree(tree, {**backing.env, **extra}, log, stalls=args.stalls,
+                                              workers=args.workers)  # fmt: skip
                     started.append((tree_label, process, url))
                 services = {name: (url, process.process.pid) for name, process, url in started}
                 measured = asyncio.run(
@@ -184,11 +189,11 @@ def main() -> None:
         )
     )
     path = write_results(
-        "streaming",
+        args.name,
         {
             "config": {
                 "rounds": args.rounds, "concurrency": args.concurrency, "chunk_delay_s": args.chunk_delay,
-                "words": args.words or len(CONTENT.split()),
+                "words": args.words or len(CONTENT.split()), "workers": args.workers,
             },
             "results": results,
             "machine": machine(),
