@@ -48,6 +48,7 @@ from sk_core.limits.offers import (
     REPORTED,
     Plan,
     Row,
+    Taken,
     Want,
     add,
     alloc_entity,
@@ -225,34 +226,33 @@ class Allocator:
                     operations=[delete_op({"PartitionKey": self.tenant.id, "RowKey": offer.key}, offer.etag)],
                 )
 
-        # Room: what the rows leave now (this cycle's changes only where they take more).
-        # What comes back this cycle (credits, reclaims, expiries) is granted from the next:
-        # plans commit BATCH offers a transaction, and a grant funded by a later one's credit
-        # took a row over its limit, for good if that failed (scale.py, 1,024: 2,706 of 2,700).
+        # Room to grant: what the rows leave now (this cycle's changes only where they take
+        # more). What comes back this cycle (credits, reclaims, expiries) is granted from the
+        # next: plans commit BATCH offers a transaction, and a grant funded by a later one's
+        # credit took a row over its limit, for good if that failed (scale.py, 1,024: 2,706
+        # of 2,700). The pressure and dry signals read the room *ahead*, with it counted.
         day_row, month_row = rows.counter(day, WINDOW_FIELDS), rows.counter(month, WINDOW_FIELDS)
         minute_row = rows.counter(minute, MINUTE_FIELDS)
         inflight_row = rows.counter(INFLIGHT, INFLIGHT_FIELDS)
 
-        def taken(row: Any, names: tuple[str, ...], changes: Callable[[Plan], list[dict[str, int]]]) -> int:
+        def taken(row: Any, names: tuple[str, ...], changes: Callable[[Plan], list[dict[str, int]]]) -> Taken:
             planned = sum(c.get(name, 0) for p in plans.values() for c in changes(p) for name in names)
-            return sum(int(row[name]) for name in names) + max(0, planned)
+            return Taken(sum(int(row[name]) for name in names), planned)
 
-        def of_day(p: Plan) -> list[dict[str, int]]:
-            return [c for (d, _), c in p.windows.items() if d == day]
-
-        def of_month(p: Plan) -> list[dict[str, int]]:
-            return [c for (_, m), c in p.windows.items() if m == month]
-
-        budget_room = min(
-            limit - taken(row, ("spent_nano", "held_nano", "leased_nano"), changes)
-            for limit, row, changes in (
-                (limits.daily_budget_nano, day_row, of_day),
-                (limits.monthly_budget_nano, month_row, of_month),
-            )
+        spent = ("spent_nano", "held_nano", "leased_nano")
+        counted = {
+            "requests": (limits.requests_per_minute, taken(minute_row, ("requests",), lambda p: [p.minute])),
+            "tokens": (limits.tokens_per_minute, taken(minute_row, ("tokens",), lambda p: [p.minute])),
+            "slots": (limits.max_concurrent, taken(inflight_row, ("count",), lambda p: [p.inflight])),
+        }
+        windows = (
+            (limits.daily_budget_nano, taken(day_row, spent, lambda p: p.of_window(day))),
+            (limits.monthly_budget_nano, taken(month_row, spent, lambda p: p.of_window(month))),
         )
-        request_room = limits.requests_per_minute - taken(minute_row, ("requests",), lambda p: [p.minute])
-        token_room = limits.tokens_per_minute - taken(minute_row, ("tokens",), lambda p: [p.minute])
-        slot_room = limits.max_concurrent - taken(inflight_row, ("count",), lambda p: [p.inflight])
+        rooms = {"budget": min(lim - t.granting for lim, t in windows)}
+        ahead = {"budget": min(lim - t.ahead for lim, t in windows)}
+        rooms |= {d: lim - t.granting for d, (lim, t) in counted.items()}
+        ahead |= {d: lim - t.ahead for d, (lim, t) in counted.items()}
 
         wants: dict[str, dict[str, Want]] = {d: {} for d in DIMENSIONS}
         for process, claim in live.items():
@@ -301,7 +301,6 @@ class Allocator:
             }
             for d in DIMENSIONS:
                 wants[d][process] = Want(process, holds[d], targets[d], units[d], waiting)
-        rooms = {"budget": budget_room, "requests": request_room, "tokens": token_room, "slots": slot_room}
         unused = {
             # Whole calls only: fragments of a slice admit nothing.
             "budget": sum(whole(c["unused_nano"], c["unit_nano"]) for c in live.values()),
@@ -310,14 +309,15 @@ class Allocator:
             "slots": sum(max(0, w.hold) for w in wants["slots"].values()),
         }
         grants, left, unserved = allocate(rooms, wants)
+        left = {d: left[d] + ahead[d] - rooms[d] for d in DIMENSIONS}  # (once this cycle lands)
         tight = {
             d: sum(w.target for w in wants[d].values()) * 2
-            > rooms[d] + sum(w.hold for w in wants[d].values())
+            > ahead[d] + sum(w.hold for w in wants[d].values())
             for d in DIMENSIONS
         }
         # More waiting than room: whatever sits unused where nobody waits comes back.
         starving = {
-            d: sum(max(0, w.waiting * w.unit - w.hold) for w in wants[d].values()) > rooms[d]
+            d: sum(max(0, w.waiting * w.unit - w.hold) for w in wants[d].values()) > ahead[d]
             for d in DIMENSIONS
         }
         for process, claim in live.items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sk_core.limits.holds import EXPIRED_PREFIX
 from sk_core.storage import etag_of, int64, read_int, update_op
@@ -236,6 +236,23 @@ def stale(claim: Row, now: datetime) -> bool:
     return written is not None and (now - written).total_seconds() > 1.6 * report
 
 
+class Taken(NamedTuple):
+    """What a window row counts of a limit as read, and what a cycle's changes add."""
+
+    current: int
+    planned: int
+
+    @property
+    def granting(self) -> int:
+        """As grants may count it: changes that give back land only later (``_commit``)."""
+        return self.current + max(0, self.planned)
+
+    @property
+    def ahead(self) -> int:
+        """Once every change of the cycle has landed."""
+        return self.current + self.planned
+
+
 @dataclass
 class Plan:
     """One process's part of a cycle: window-row changes and its row operations."""
@@ -255,6 +272,10 @@ class Plan:
 
     def at(self, day: str, month: str) -> dict[str, int]:
         return self.windows.setdefault((day, month), {})
+
+    def of_window(self, key: str) -> list[dict[str, int]]:
+        """The changes of the day or month row ``key`` (each pair changes both)."""
+        return [changes for pair, changes in self.windows.items() if key in pair]
 
 
 def in_transit(offer: Row, claim: Row | None, day: str, minute: str) -> tuple[int, int, int, int]:
