@@ -36,7 +36,6 @@ from sk_core.limits import policy
 from sk_core.limits.offers import (
     ALLOC,
     ALLOC_SECONDS,
-    BATCH,
     CLAIM_COUNTS,
     CLAIM_PREFIX,
     CLAIM_RANGE,
@@ -53,8 +52,10 @@ from sk_core.limits.offers import (
     add,
     alloc_entity,
     allocate,
+    batches_of,
     expired_claim,
     offer_key,
+    overshoots,
     stale,
     whole,
 )
@@ -84,17 +85,16 @@ class Allocator:
         expiring_only: bool = False,
     ) -> None:  # fmt: skip
         self._ledger = ledger
-        # A sweep's cycle (``sweep.expire_claims``): expired claims only; live ones are
-        # left to their tenant's next allocator (no credit, no grant).
+        # A sweep's cycle (``sweep.expire_claims``): expired claims only (no credit, no grant).
         self.expiring_only = expiring_only
         self.expirations = 0  # claims this allocator's cycles planned to charge at expiry
-        self.tenant = tenant
-        self.process_id = process_id
-        self.horizon = horizon
+        self.tenant, self.process_id, self.horizon = tenant, process_id, horizon
         self.cycle = self.base_cycle = cycle
         self.alloc_etag: str | None = None
         self.offers: dict[str, Row] | None = None  # ours alone once read (fenced by alloc)
         self.cycles, self.stopped = 0, False
+        # Cycles whose commit order let a grant outrun the return funding it (``overshoots``).
+        self.outruns, self.room_read = 0, dict[str, int]()
         self.active = True  # the last cycle saw demand or holdings, or wrote something
 
     async def run(self) -> None:
@@ -198,9 +198,10 @@ class Allocator:
             stored[process] = (dict(offer.counts), offer.day, offer.minute, offer.extra.get("dry", ""))
             plan = plans[process] = Plan(process)
             self._credit(plan, claim, offer, day, minute)
+            plan.early = expired or stale(claim, now)
             if expired:
                 self._expire(plan, claim, offer, minute)
-            elif stale(claim, now):
+            elif plan.early:
                 self._reclaim(plan, claim, offer, day, minute)
                 if plan.changes or plan.operations:
                     # Credits, or a reclaim: the offer as it now stands.
@@ -226,17 +227,16 @@ class Allocator:
                     operations=[delete_op({"PartitionKey": self.tenant.id, "RowKey": offer.key}, offer.etag)],
                 )
 
-        # Room to grant: what the rows leave now (this cycle's changes only where they take
-        # more). What comes back this cycle (credits, reclaims, expiries) is granted from the
-        # next: plans commit BATCH offers a transaction, and a grant funded by a later one's
-        # credit took a row over its limit, for good if that failed (scale.py, 1,024: 2,706
-        # of 2,700). The pressure and dry signals read the room *ahead*, with it counted.
+        # Room: what the rows leave once this cycle's returns land. The plans commit BATCH
+        # offers a transaction, and a grant funded by a later one's return took a row over
+        # its limit, for good if that failed (scale.py, 1,024: 2,706 of 2,700): returns go
+        # first (``batches_of``); what that leaves open, ``overshoots`` counts.
         day_row, month_row = rows.counter(day, WINDOW_FIELDS), rows.counter(month, WINDOW_FIELDS)
         minute_row = rows.counter(minute, MINUTE_FIELDS)
         inflight_row = rows.counter(INFLIGHT, INFLIGHT_FIELDS)
 
         def taken(row: Any, names: tuple[str, ...], changes: Callable[[Plan], list[dict[str, int]]]) -> Taken:
-            planned = sum(c.get(name, 0) for p in plans.values() for c in changes(p) for name in names)
+            planned = sum(c.get(n, 0) for p in plans.values() for c in changes(p) for n in names)
             return Taken(sum(int(row[name]) for name in names), planned)
 
         spent = ("spent_nano", "held_nano", "leased_nano")
@@ -249,10 +249,12 @@ class Allocator:
             (limits.daily_budget_nano, taken(day_row, spent, lambda p: p.of_window(day))),
             (limits.monthly_budget_nano, taken(month_row, spent, lambda p: p.of_window(month))),
         )
-        rooms = {"budget": min(lim - t.granting for lim, t in windows)}
         ahead = {"budget": min(lim - t.ahead for lim, t in windows)}
-        rooms |= {d: lim - t.granting for d, (lim, t) in counted.items()}
         ahead |= {d: lim - t.ahead for d, (lim, t) in counted.items()}
+        rooms = ahead
+        (daily, day_t), (monthly, month_t) = windows
+        self.room_read = {"day": daily - day_t.current, "month": monthly - month_t.current}
+        self.room_read |= {d: lim - t.current for d, (lim, t) in counted.items()}
 
         wants: dict[str, dict[str, Want]] = {d: {} for d in DIMENSIONS}
         for process, claim in live.items():
@@ -309,7 +311,6 @@ class Allocator:
             "slots": sum(max(0, w.hold) for w in wants["slots"].values()),
         }
         grants, left, unserved = allocate(rooms, wants)
-        left = {d: left[d] + ahead[d] - rooms[d] for d in DIMENSIONS}  # (once this cycle lands)
         tight = {
             d: sum(w.target for w in wants[d].values()) * 2
             > ahead[d] + sum(w.hold for w in wants[d].values())
@@ -528,21 +529,11 @@ class Allocator:
         """Batches of plans, each with the window-row changes it makes and the alloc row."""
         day, month, minute = keys
         assert self.offers is not None
-        # Reclaims last, each alone: one that fails ends the cycle after everything else.
-        pending = sorted((p for p in plans if p.operations or p.changes), key=lambda p: p.alone)
-        first = True
-        while pending or first:
-            batch: list[Plan] = []
-            size = 0
-            while pending and size + len(pending[0].operations) <= BATCH:
-                if pending[0].alone and batch:
-                    break
-                plan = pending.pop(0)
-                batch.append(plan)
-                size += len(plan.operations)
-                if plan.alone:
-                    break
-            first = False
+        batches = batches_of(plans)
+        # Counted, not refused: refusing such cycles (and granting only what the rows leave
+        # next) cost churn at 256 instances a tenth of the budget (bench/README, session 14).
+        self.outruns += overshoots(batches, self.room_read, day, month)
+        for batch in batches:
             counters = {
                 day: rows.counter(day, WINDOW_FIELDS),
                 month: rows.counter(month, WINDOW_FIELDS),

@@ -243,11 +243,6 @@ class Taken(NamedTuple):
     planned: int
 
     @property
-    def granting(self) -> int:
-        """As grants may count it: changes that give back land only later (``_commit``)."""
-        return self.current + max(0, self.planned)
-
-    @property
     def ahead(self) -> int:
         """Once every change of the cycle has landed."""
         return self.current + self.planned
@@ -264,6 +259,9 @@ class Plan:
     inflight: dict[str, int] = field(default_factory=dict)
     operations: list[Any] = field(default_factory=list)
     alone: bool = False  # in a transaction of its own (it may fail: a reclaim)
+    # An expired or stale claim's (returns only): committed before the grants it funds
+    # (``batches_of``; reclaims, ``alone``, after: ``overshoots``).
+    early: bool = False
 
     @property
     def changes(self) -> bool:
@@ -276,6 +274,54 @@ class Plan:
     def of_window(self, key: str) -> list[dict[str, int]]:
         """The changes of the day or month row ``key`` (each pair changes both)."""
         return [changes for pair, changes in self.windows.items() if key in pair]
+
+
+SPENT = ("spent_nano", "held_nano", "leased_nano")  # what counts against a budget
+
+
+def batches_of(plans: list[Plan]) -> list[list[Plan]]:
+    """A cycle's plans in commit order, BATCH operations a transaction: the early plans
+    (expired claims), then plans that take nothing (returns only), then the rest, and the
+    reclaims last, each alone (one that fails ends the cycle after everything else)."""
+    def takes(plan: Plan) -> bool:
+        changes = [*(v for c in plan.windows.values() for k, v in c.items() if k in SPENT)]
+        return any(v > 0 for v in [*changes, *plan.minute.values(), *plan.inflight.values()])
+
+    pending = [p for p in plans if p.operations or p.changes]
+    pending.sort(key=lambda p: (p.alone, not p.early, takes(p)))
+    batches: list[list[Plan]] = []
+    while pending or not batches:
+        batch: list[Plan] = []
+        size = 0
+        while pending and size + len(pending[0].operations) <= BATCH and not (pending[0].alone and batch):
+            batch.append(plan := pending.pop(0))
+            size += len(plan.operations)
+            if plan.alone:
+                break
+        batches.append(batch)
+    return batches
+
+
+def overshoots(batches: list[list[Plan]], room: dict[str, int], day: str, month: str) -> bool:
+    """Whether, committed in this order, some transaction would take a row past the room it
+    had as read (``room``: day, month, requests, tokens, slots): what one gives back lands
+    with it, not before (a cycle that failed midway keeps the transactions before). Known
+    open: a process that both gives back and is granted commits with the takers, and a
+    reclaim (last, alone) fails only if its process claimed in that moment; then a row may
+    stay over its limit by that much. Reclaims' returns are counted from the start here."""
+    used = dict.fromkeys(room, 0)
+    reclaims = [p for b in batches for p in b if p.alone]
+    for batch in [reclaims, *([p for p in b if not p.alone] for b in batches)]:
+        for plan in batch:
+            for key in ("day", "month"):
+                window = day if key == "day" else month
+                used[key] += sum(v for c in plan.of_window(window) for k, v in c.items() if k in SPENT)
+            used["requests"] += plan.minute.get("requests", 0)
+            used["tokens"] += plan.minute.get("tokens", 0)
+            used["slots"] += plan.inflight.get("count", 0)
+        if any(used[d] > max(0, room[d]) for d in room):
+            return True
+    return False
 
 
 def in_transit(offer: Row, claim: Row | None, day: str, minute: str) -> tuple[int, int, int, int]:
