@@ -284,6 +284,8 @@ def batches_of(plans: list[Plan]) -> list[list[Plan]]:
     (expired claims), then plans that take nothing (returns only), then the rest, and the
     reclaims last, each alone (one that fails ends the cycle after everything else)."""
     def takes(plan: Plan) -> bool:
+        # (Any field up: a credit, spent up and leased down, counts as taking. Summing each
+        # window, as meant, measured worse once (256 churn: 3,062 left waiting); open.)
         changes = [*(v for c in plan.windows.values() for k, v in c.items() if k in SPENT)]
         return any(v > 0 for v in [*changes, *plan.minute.values(), *plan.inflight.values()])
 
