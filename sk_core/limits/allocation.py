@@ -45,6 +45,7 @@ from sk_core.limits.offers import (
     OFFER_PREFIX,
     OFFER_RANGE,
     REPORTED,
+    SPENT,
     Plan,
     Row,
     Taken,
@@ -239,19 +240,17 @@ class Allocator:
             planned = sum(c.get(n, 0) for p in plans.values() for c in changes(p) for n in names)
             return Taken(sum(int(row[name]) for name in names), planned)
 
-        spent = ("spent_nano", "held_nano", "leased_nano")
         counted = {
             "requests": (limits.requests_per_minute, taken(minute_row, ("requests",), lambda p: [p.minute])),
             "tokens": (limits.tokens_per_minute, taken(minute_row, ("tokens",), lambda p: [p.minute])),
             "slots": (limits.max_concurrent, taken(inflight_row, ("count",), lambda p: [p.inflight])),
         }
         windows = (
-            (limits.daily_budget_nano, taken(day_row, spent, lambda p: p.of_window(day))),
-            (limits.monthly_budget_nano, taken(month_row, spent, lambda p: p.of_window(month))),
+            (limits.daily_budget_nano, taken(day_row, SPENT, lambda p: p.of_window(day))),
+            (limits.monthly_budget_nano, taken(month_row, SPENT, lambda p: p.of_window(month))),
         )
-        ahead = {"budget": min(lim - t.ahead for lim, t in windows)}
-        ahead |= {d: lim - t.ahead for d, (lim, t) in counted.items()}
-        rooms = ahead
+        rooms = {"budget": min(lim - t.ahead for lim, t in windows)}
+        rooms |= {d: lim - t.ahead for d, (lim, t) in counted.items()}
         (daily, day_t), (monthly, month_t) = windows
         self.room_read = {"day": daily - day_t.current, "month": monthly - month_t.current}
         self.room_read |= {d: lim - t.current for d, (lim, t) in counted.items()}
@@ -313,12 +312,12 @@ class Allocator:
         grants, left, unserved = allocate(rooms, wants)
         tight = {
             d: sum(w.target for w in wants[d].values()) * 2
-            > ahead[d] + sum(w.hold for w in wants[d].values())
+            > rooms[d] + sum(w.hold for w in wants[d].values())
             for d in DIMENSIONS
         }
         # More waiting than room: whatever sits unused where nobody waits comes back.
         starving = {
-            d: sum(max(0, w.waiting * w.unit - w.hold) for w in wants[d].values()) > ahead[d]
+            d: sum(max(0, w.waiting * w.unit - w.hold) for w in wants[d].values()) > rooms[d]
             for d in DIMENSIONS
         }
         for process, claim in live.items():
