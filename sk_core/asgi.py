@@ -30,6 +30,7 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
+from http import HTTPStatus
 from typing import Any
 
 import httptools
@@ -44,8 +45,15 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sk_core.composition import get_service, sweep_periodically
-from sk_core.errors import ApiError
-from sk_core.http.rendering import CORS_EXPOSED_HEADERS, SECURITY_HEADERS, problem_response
+from sk_core.errors import ApiError, HeadersTooLarge, MalformedHttp
+from sk_core.http.rendering import (
+    CORS_EXPOSED_HEADERS,
+    PROBLEM_CONTENT_TYPE,
+    SECURITY_HEADERS,
+    openai_error_body,
+    problem_body,
+    problem_response,
+)
 from sk_core.http.routes import ROUTES
 from sk_core.settings import get_settings
 from sk_core.telemetry import prometheus_payload, setup_telemetry
@@ -132,36 +140,33 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
 
     def send_400_response(self, msg: str) -> None:
-        # uvicorn's own 400 (a request it cannot parse) carries our security headers too.
+        # uvicorn's own refusal of a request it cannot parse: in the error shape of the
+        # route the request named (its text/plain answer is in no document and no client
+        # reads it), with our security headers.
         if self._headers_too_large:
-            self._send_431()
+            limit = get_settings().http_max_header_bytes
+            self._send_error(HeadersTooLarge(f"Request headers are limited to {limit} bytes."))
             return
         # uvicorn logs only "Invalid HTTP request received."; the parser's reason (never
         # the request's bytes, which may carry a key) says what was wrong with it.
         logger.warning("refused a request HTTP could not parse: %s", self._parse_error or "unknown")
-        state = self.server_state
-        default = state.default_headers
-        state.default_headers = [*default, *_SECURITY_HEADER_BYTES]
-        try:
-            super().send_400_response(msg)
-        finally:
-            state.default_headers = default
+        self._send_error(MalformedHttp(_UNPARSABLE))
 
-    def _send_431(self) -> None:
-        body = json.dumps(
-            {
-                "type": "about:blank",
-                "title": "Request header fields too large",
-                "status": 431,
-                "code": "headers_too_large",
-                "detail": f"Request headers are limited to {get_settings().http_max_header_bytes} bytes.",
-            }
-        ).encode()
-        head = [b"HTTP/1.1 431 Request Header Fields Too Large"]
+    def _send_error(self, error: ApiError) -> None:
+        """Answer ``error`` and close: after a parse failure nothing on this connection
+        can be trusted to start where the next request does."""
+        # The URL as far as the parser got (it stops at the first error, so a broken
+        # request line may leave none): enough to pick the route's error shape.
+        path = bytes(getattr(self, "url", b"")).split(b"?", 1)[0].decode("latin-1")
+        if path in _OPENAI_ERROR_PATHS:
+            body, media_type = json.dumps(openai_error_body(error)).encode(), b"application/json"
+        else:
+            body, media_type = json.dumps(problem_body(error)).encode(), PROBLEM_CONTENT_TYPE.encode()
+        head = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}".encode()]
         headers = [*self.server_state.default_headers, *_SECURITY_HEADER_BYTES]
         head += [name + b": " + value for name, value in headers]
         head += [
-            b"content-type: application/problem+json",
+            b"content-type: " + media_type,
             b"content-length: " + str(len(body)).encode(),
             b"connection: close",
         ]
@@ -191,6 +196,8 @@ class _HeadersTooLarge(Exception):
     """Raised from a parser callback once the headers pass SKF_HTTP_MAX_HEADER_BYTES."""
 
 
+_UNPARSABLE = "The request is not valid HTTP/1.1: a header or the request line breaks its syntax."
+_OPENAI_ERROR_PATHS = frozenset(route.full_path for route in ROUTES if route.errors == "openai")
 _SECURITY_HEADER_BYTES = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
 
 

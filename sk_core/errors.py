@@ -63,6 +63,16 @@ class BadRequest(ApiError):
     status, code, title = 400, "bad_request", "Bad request"
 
 
+class MalformedHttp(ApiError):
+    """A request the HTTP parser refused before any route saw it (container host)."""
+
+    status, code, title = 400, "malformed_http", "Malformed HTTP request"
+
+
+class HeadersTooLarge(ApiError):
+    status, code, title = 431, "headers_too_large", "Request header fields too large"
+
+
 class UnsupportedParameter(ApiError):
     """A request parameter we do not implement: refused by name, never silently dropped."""
 

@@ -7,6 +7,7 @@ production numbers are in scripts/devservices.py (UVICORN_FLAGS) and the README.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -184,3 +185,68 @@ async def test_a_request_http_cannot_parse_is_refused_and_logged_with_the_parser
     assert lines, "no log line for the refused request"
     assert "HttpParser" in lines[-1]  # httptools' error class and message
     assert "sk-not-logged-7" not in log.read_text()
+
+
+async def _refused(address: str, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send raw bytes; the answer's status line, headers (lower-cased names) and body,
+    read until the host closes the connection."""
+    reader, writer = await _connect(address)
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
+    return status.encode(), headers, body
+
+
+# What the fuzz test's negative cases send (a character HTTP forbids in a header value or
+# name, a broken request line), and the shapes around them.
+UNPARSABLE = {
+    "control char in a header value": b"X-Api-Key: a\x01b\r\n",
+    "bare CR in a header value": b"X-Trace: a\rb\r\n",
+    "space in a header name": b"Bad Name: v\r\n",
+    "NUL in a header value": b"X-Api-Key: \x00\r\n",
+}
+
+
+@pytest.mark.parametrize("header", list(UNPARSABLE.values()), ids=list(UNPARSABLE))
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [("/api/v1/usage", "problem"), ("/api/health", "problem"), ("/api/v1/chat/completions", "openai"),
+     ("/api/v1/models?x=1", "openai")],
+)
+async def test_a_request_http_cannot_parse_is_answered_in_the_routes_error_shape(
+    strict_host: str, header: bytes, path: str, shape: str
+) -> None:
+    """Issue #23 (fuzz): the parser's refusal was uvicorn's text/plain "Invalid HTTP
+    request received.", a body the document does not describe and no client can read.
+    It is a 400 in the error shape of the route the request named (OpenAI's for the
+    OpenAI routes, problem+json elsewhere), with the security headers, and the
+    connection closes (the parser cannot find where the next request starts)."""
+    method = b"POST" if "completions" in path else b"GET"
+    status, headers, body = await _refused(
+        strict_host, method + b" " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n"
+    )
+    assert status.startswith(b"HTTP/1.1 400 "), status
+    assert headers.get("x-content-type-options") == "nosniff"
+    assert headers.get("connection") == "close"
+    assert int(headers["content-length"]) == len(body)
+    answer = json.loads(body)
+    if shape == "openai":
+        assert headers["content-type"] == "application/json"
+        assert answer["error"]["code"] == "malformed_http"
+        assert answer["error"]["type"] == "invalid_request_error"
+    else:
+        assert headers["content-type"] == "application/problem+json"
+        assert answer["status"] == 400
+        assert answer["code"] == "malformed_http"
+        assert "HTTP" in answer["detail"]
+
+
+async def test_a_broken_request_line_is_a_problem_400(strict_host: str) -> None:
+    status, headers, body = await _refused(strict_host, b"GET /api/health HTTP/9\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 "), status
+    assert headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["code"] == "malformed_http"

@@ -7,6 +7,7 @@ is what API Management imports (``infra/``) and what the API fuzzer reads.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -318,7 +319,21 @@ def _operation(
         operation["responses"]["404"] = _problem(_NOT_FOUND.get(route.name, "No such tenant"))
     if "tenant_id" in names:
         operation["responses"]["400"] = _problem("Malformed tenant id")
+    _document_host_refusals(operation, error)
     return operation
+
+
+def _document_host_refusals(operation: dict[str, Any], error: Callable[[str], dict[str, Any]]) -> None:
+    """The container host refuses a request its HTTP parser cannot read, or whose
+    headers are too large, before any route runs (``sk_core.asgi``), in the error shape
+    of the route the request named: any operation may answer them."""
+    responses = operation["responses"]
+    unparsable = "a request that is not valid HTTP (`malformed_http`, from the host before the route)"
+    if "400" in responses:
+        responses["400"]["description"] += f"; or {unparsable}"
+    else:
+        responses["400"] = error(unparsable[0].upper() + unparsable[1:])
+    responses["431"] = error("Request line and headers over the host's limit (`headers_too_large`)")
 
 
 async def openapi_document(request: Request, service: Service, context: RequestContext) -> Response:

@@ -21,11 +21,9 @@ import asyncio
 import collections
 import contextlib
 import json
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,7 +44,6 @@ MAX_EXAMPLES = 250
 # run, so a CI failure reproduces locally and a green run stays green.
 SEED = 20_240_611
 PROBLEM_JSON = "application/problem+json"
-PARSER_REFUSAL = "400 ['text/plain; charset=utf-8'] Invalid HTTP request received."
 
 # A request Schemathesis generated outside the document (a negative case) must be refused
 # with a 4xx. 413 is such a refusal (a 64-message chat at the 32,000-character limit
@@ -210,17 +207,10 @@ def test_openapi_fuzz(
     run = run_schemathesis(schema)
     elapsed = time.monotonic() - started
 
-    # uvicorn's own refusal of a request its HTTP parser cannot read (400 text/plain,
-    # before the app: the document describes the app). Seen in the full CI suite only
-    # (session 12: once per fresh-clone run on GET /api/v1/usage, never when this test
-    # runs alone or after the tests before it); bounded, so mangled requests in number
-    # (a connection left in a bad state) would still fail.
-    unparsed = [f for f in run.failures if PARSER_REFUSAL in f and "Received: 400" in f]
-    if unparsed:  # kept for the diagnosis (a passing run's output is not): the host's log has the reason
-        with (Path(tempfile.gettempdir()) / "skf-fuzz-parser-refusals.log").open("a") as kept:
-            kept.write("\n\n".join(unparsed).replace(api_key, "<api-key>") + "\n\n")
-    assert len(unparsed) <= 3, "\n\n".join(unparsed)
-    run.failures = [f for f in run.failures if f not in unparsed]
+    # No allowance for the host's parser refusals: Schemathesis' negative cases put
+    # characters HTTP forbids into header values (session 14: "Invalid header value
+    # char" on GET /api/v1/usage, once per fresh-clone run), and the host's answer is a
+    # documented 400 in the route's error shape (tests/test_asgi.py), checked as any other.
     # The key is a throwaway test key, but it has no business in CI logs either.
     report = "\n\n".join(run.errors + run.failures).replace(api_key, "<api-key>")
     assert not run.errors, f"Schemathesis could not test everything:\n{report}"

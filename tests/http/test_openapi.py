@@ -65,3 +65,19 @@ def test_the_openai_routes_document_openai_errors_and_every_model_route_its_stre
     assert request["additionalProperties"] is False
     expected = {"model", "messages", "stream", "stream_options", "max_completion_tokens"}
     assert expected <= set(request["properties"])
+
+
+def test_every_operation_documents_the_hosts_refusal_of_unparsable_requests() -> None:
+    """Issue #23 (fuzz): the container host answers a request its HTTP parser refuses
+    (400 ``malformed_http``) or whose headers are too large (431) before any route runs,
+    for any path; every operation lists both, in its route's error shape."""
+    document = build_openapi(Catalog.load())
+    openai_paths = {route.full_path for route in ROUTES if route.errors == "openai"}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            shape = "application/json" if path in openai_paths else PROBLEM_CONTENT_TYPE
+            for status in ("400", "431"):
+                response = operation["responses"].get(status)
+                assert response is not None, (method, path, status)
+                assert shape in response["content"], (method, path, status)
+            assert "malformed_http" in operation["responses"]["400"]["description"], (method, path)
