@@ -230,8 +230,10 @@ class Allocator:
 
         # Room: what the rows leave once this cycle's returns land. The plans commit BATCH
         # offers a transaction, and a grant funded by a later one's return took a row over
-        # its limit, for good if that failed (scale.py, 1,024: 2,706 of 2,700): returns go
-        # first (``batches_of``); what that leaves open, ``overshoots`` counts.
+        # its limit, for good if that failed (scale.py, 1,024: 2,706 of 2,700; a reclaim
+        # that lost its race, committed last, left two processes holding the same
+        # requests): returns go first, reclaims before any grant (``batches_of``); what
+        # that leaves open, ``overshoots`` counts.
         day_row, month_row = rows.counter(day, WINDOW_FIELDS), rows.counter(month, WINDOW_FIELDS)
         minute_row = rows.counter(minute, MINUTE_FIELDS)
         inflight_row = rows.counter(INFLIGHT, INFLIGHT_FIELDS)

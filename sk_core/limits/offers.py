@@ -260,7 +260,7 @@ class Plan:
     operations: list[Any] = field(default_factory=list)
     alone: bool = False  # in a transaction of its own (it may fail: a reclaim)
     # An expired or stale claim's (returns only): committed before the grants it funds
-    # (``batches_of``; reclaims, ``alone``, after: ``overshoots``).
+    # (``batches_of``).
     early: bool = False
 
     @property
@@ -281,8 +281,10 @@ SPENT = ("spent_nano", "held_nano", "leased_nano")  # what counts against a budg
 
 def batches_of(plans: list[Plan]) -> list[list[Plan]]:
     """A cycle's plans in commit order, BATCH operations a transaction: the early plans
-    (expired claims), then plans that take nothing (returns only), then the rest, and the
-    reclaims last, each alone (one that fails ends the cycle after everything else)."""
+    (expired and stale claims' credits), the reclaims, each alone, then plans that take
+    nothing (returns only), then the rest. Every return the grants count on lands before
+    them or the cycle ends first: a reclaim that fails (its process claimed at that
+    moment) ends the cycle before any grant it would have funded."""
     def takes(plan: Plan) -> bool:
         # (Any field up: a credit, spent up and leased down, counts as taking. Summing each
         # window, as meant, measured worse once (256 churn: 3,062 left waiting); open.)
@@ -290,7 +292,7 @@ def batches_of(plans: list[Plan]) -> list[list[Plan]]:
         return any(v > 0 for v in [*changes, *plan.minute.values(), *plan.inflight.values()])
 
     pending = [p for p in plans if p.operations or p.changes]
-    pending.sort(key=lambda p: (p.alone, not p.early, takes(p)))
+    pending.sort(key=lambda p: (not p.early, not p.alone, takes(p)))
     batches: list[list[Plan]] = []
     while pending or not batches:
         batch: list[Plan] = []
@@ -308,12 +310,11 @@ def overshoots(batches: list[list[Plan]], room: dict[str, int], day: str, month:
     """Whether, committed in this order, some transaction would take a row past the room it
     had as read (``room``: day, month, requests, tokens, slots): what one gives back lands
     with it, not before (a cycle that failed midway keeps the transactions before). Known
-    open: a process that both gives back and is granted commits with the takers, and a
-    reclaim (last, alone) fails only if its process claimed in that moment; then a row may
-    stay over its limit by that much. Reclaims' returns are counted from the start here."""
+    open: a process that both gives back and is granted commits with the takers; if a
+    later transaction fails, a row stays over its limit by what that one would have
+    credited, until the next cycle credits it (what was given back is not used twice)."""
     used = dict.fromkeys(room, 0)
-    reclaims = [p for b in batches for p in b if p.alone]
-    for batch in [reclaims, *([p for p in b if not p.alone] for b in batches)]:
+    for batch in batches:
         for plan in batch:
             for key in ("day", "month"):
                 window = day if key == "day" else month

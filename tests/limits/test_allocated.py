@@ -663,3 +663,74 @@ def test_a_cycle_commits_returns_before_the_grants_they_fund_or_not_at_all() -> 
     mixed = Plan("mixed", minute={"requests": -5, "tokens": 1}, operations=[("update", {"RowKey": "x"}, {})])
     ahead_of_it = [plan(f"a{n:03d}", 1) for n in range(90)]
     assert overshoots(batches_of([*ahead_of_it, mixed]), {**room, "tokens": 1}, "d", "m")
+
+
+async def test_a_reclaim_that_loses_its_race_funds_no_grant(
+    stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale claim's unclaimed offer comes back in a transaction conditional on its claim
+    row (``_reclaim``), which fails if the process claimed at that moment. The cycle
+    counted that return as room for its grants and committed the reclaim last, after
+    them: a lost race left the minute row over its limit and both the stalled process and
+    the one granted in its place holding the same requests, which each then admits (a
+    real overspend: bench/scale.py, 1,024 instances, 2,706 admitted of 2,700). Here a
+    process stalls with its offer unclaimed, another waits for more, and the stalled one
+    claims its offer just as the reclaim commits."""
+    limit = 20
+    who = tenant(requests_per_minute=limit)
+    await inside_one_minute(10)
+    clock = Clock()
+    auditor = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, clock=clock)
+    table = await stores[0].table(USAGE_TABLE)
+    now = clock()
+    day, month, minute = window_keys(now)
+    for process in ("slow", "want"):
+        await table.create_entity({
+            "PartitionKey": who.id, "RowKey": CLAIM_PREFIX + process, "day": day, "month": month,
+            "minute": minute, "unit_nano": 1000, "unit_tokens": 10, "busy": 0, "waiting": 0,
+            "rate": 20.0, "count_rate": 0.0, "at": now, "report_s": 30.0,
+            "expires_at": now + timedelta(seconds=60),
+        })  # fmt: skip
+    await credit_all(auditor, who, "allocator-1")
+    allocator = Allocator(auditor, who, "allocator-1", horizon=1.5, cycle=0.5)
+    assert await allocator.cycle_once()
+    rows = await partition(stores[0], who)
+    assert counts(rows[minute])["requests"] == limit  # (the minute offered out, to both)
+    slow_offer = counts(rows[OFFER_PREFIX + "slow"])["minute_requests"]
+    assert slow_offer > 0
+    # "want" claimed and used all of its offer and waits for more; "slow" stalls (its claim
+    # is not written for longer than 1.6 of its report intervals) with its offer unclaimed.
+    want = rows[CLAIM_PREFIX + "want"]
+    wanted = counts(rows[OFFER_PREFIX + "want"])["minute_requests"]
+    await table.update_entity(
+        {**want, "minute_claimed": int64(wanted), "waiting": int64(slow_offer), "at": now},
+        mode="merge", etag=want.metadata["etag"], match_condition=MatchConditions.IfNotModified,
+    )  # fmt: skip
+    slow = rows[CLAIM_PREFIX + "slow"]
+    await table.update_entity(
+        {**slow, "report_s": 0.5, "at": now - timedelta(seconds=5)},
+        mode="merge", etag=slow.metadata["etag"], match_condition=MatchConditions.IfNotModified,
+    )  # fmt: skip
+    raced = False
+
+    async def the_stalled_process_claims_first(table_: Any, operations: Any) -> Any:
+        # Just before the transaction that reclaims from "slow", "slow" claims its offer.
+        nonlocal raced
+        if not raced and any(entity["RowKey"] == CLAIM_PREFIX + "slow" for _, entity, _ in operations):
+            raced = True
+            current = (await partition(stores[0], who, [CLAIM_PREFIX + "slow"]))[CLAIM_PREFIX + "slow"]
+            await table.update_entity(
+                {**current, "minute_claimed": int64(slow_offer), "at": clock()},
+                mode="merge", etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified,
+            )  # fmt: skip
+        return await submit(table_, operations)
+
+    monkeypatch.setattr(allocation_module, "submit", the_stalled_process_claims_first)
+    with contextlib.suppress(Conflict):
+        await allocator.cycle_once()
+    assert raced
+    rows = await partition(stores[0], who)
+    assert counts(rows[minute])["requests"] <= limit
+    # What the two processes may admit: "slow" its claimed offer, "want" all it was offered.
+    held = slow_offer + counts(rows[OFFER_PREFIX + "want"])["minute_requests"]
+    assert held <= limit, (slow_offer, counts(rows[OFFER_PREFIX + "want"]))
