@@ -517,12 +517,32 @@ class Simulation:
                 (i.ledger.leases.why for i in everyone if isinstance(i.ledger.leases, AllocatedKeeper)),
                 Counter(),
             )),
+            # Allocated: what the allocators' cycles did; ``outruns``: cycles whose commit
+            # order let a grant land before a return funding it (offers.overshoots);
+            # ``reclaims_lost``: reclaims that lost their race (their cycle granted nothing).
+            "allocation": _allocation(everyone),
             "loop_lag_ms": _lag_summary(self.lags),
             "requests_unfinished_after_drain": self.stuck,
             "requests_unfinished_by_tenant": {name: self.stuck_by_tenant[name] for name in self.tenants},
             **({"series": self.series} if self.record_series else {}),
             "instances_not_closed_after_drain": self.unclosed,
         }
+
+
+def _allocation(instances: list[Any]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for instance in instances:
+        keeper = instance.ledger.leases
+        if isinstance(keeper, AllocatedKeeper):
+            total.update(keeper.allocation)
+            for claim in keeper._claims.values():  # still running (its counts not added yet)
+                allocator, running = claim.allocator, claim.allocating
+                if allocator is not None and running is not None and not running.done():
+                    total.update(
+                        cycles=allocator.cycles, outruns=allocator.outruns,
+                        reclaims_lost=allocator.reclaims_lost,
+                    )  # fmt: skip
+    return {name: total[name] for name in ("cycles", "outruns", "reclaims_lost")}
 
 
 def _lag_summary(lags: list[float]) -> dict[str, float]:

@@ -99,6 +99,7 @@ class AllocatedKeeper(LeaseKeeper):
         super().__init__(ledger, settings)
         self._claims: dict[str, Claim] = {}
         self.allocators, self.why = 0, Counter[str]()  # allocators run; claim writes by reason (bench)
+        self.allocation = Counter[str]()  # what the allocators this process ran did (bench)
 
     def _claim(self, tenant_id: str) -> Claim:
         return self._claims.setdefault(tenant_id, Claim())
@@ -588,7 +589,12 @@ class AllocatedKeeper(LeaseKeeper):
             )
             state.allocator = allocator
             self.allocators += 1
-            await allocator.run()
+            try:
+                await allocator.run()
+            finally:  # (what its cycles did, for bench/scale.py)
+                self.allocation.update(
+                    cycles=allocator.cycles, outruns=allocator.outruns, reclaims_lost=allocator.reclaims_lost
+                )
 
         state.allocating = asyncio.get_running_loop().create_task(elect())
 

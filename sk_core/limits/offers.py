@@ -281,10 +281,9 @@ SPENT = ("spent_nano", "held_nano", "leased_nano")  # what counts against a budg
 
 def batches_of(plans: list[Plan]) -> list[list[Plan]]:
     """A cycle's plans in commit order, BATCH operations a transaction: the early plans
-    (expired and stale claims' credits), the reclaims, each alone, then plans that take
-    nothing (returns only), then the rest. Every return the grants count on lands before
-    them or the cycle ends first: a reclaim that fails (its process claimed at that
-    moment) ends the cycle before any grant it would have funded."""
+    (expired and stale claims' credits), then plans that take nothing (returns only), then
+    the rest, and the reclaims last, each alone (one that fails ends the cycle after
+    everything else; what it returns funds no grant of its cycle: ``Allocator._plan``)."""
     def takes(plan: Plan) -> bool:
         # (Any field up: a credit, spent up and leased down, counts as taking. Summing each
         # window, as meant, measured worse once (256 churn: 3,062 left waiting); open.)
@@ -292,7 +291,7 @@ def batches_of(plans: list[Plan]) -> list[list[Plan]]:
         return any(v > 0 for v in [*changes, *plan.minute.values(), *plan.inflight.values()])
 
     pending = [p for p in plans if p.operations or p.changes]
-    pending.sort(key=lambda p: (not p.early, not p.alone, takes(p)))
+    pending.sort(key=lambda p: (p.alone, not p.early, takes(p)))
     batches: list[list[Plan]] = []
     while pending or not batches:
         batch: list[Plan] = []
@@ -316,6 +315,8 @@ def overshoots(batches: list[list[Plan]], room: dict[str, int], day: str, month:
     used = dict.fromkeys(room, 0)
     for batch in batches:
         for plan in batch:
+            if plan.alone:  # (a reclaim's return funds nothing in its own cycle)
+                continue
             for key in ("day", "month"):
                 window = day if key == "day" else month
                 used[key] += sum(v for c in plan.of_window(window) for k, v in c.items() if k in SPENT)
