@@ -54,8 +54,10 @@ behind the HTTP API, 503 ``limits_unavailable``), ``rpm_admitted`` and
 ``rpm_over_limit``, ``hottest_partition_ops_per_s`` (mean over the run) and its peak
 second, ``partition_target_ops_per_s``, ``conflicts_per_sync``, ``first_grant_s`` (new
 instances: first request to first admission from a lease), ``fairness`` (Jain's index
-of admitted/asked over instances) and the report interval the keepers ended at; with
-``--series``, where the budget sat every 0.5 s (``_scale_series.py``).
+of admitted/asked over instances), the report interval the keepers ended at, and
+``allocation`` (the allocators' ``cycles``; ``outruns``, cycles whose commit order let a
+grant land before a return funding it; ``reclaims_lost``, reclaims of stale claims whose
+process claimed at that moment); with ``--series``, where the budget sat every 0.5 s (``_scale_series.py``).
 """
 
 from __future__ import annotations

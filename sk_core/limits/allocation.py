@@ -240,12 +240,7 @@ class Allocator:
         inflight_row = rows.counter(INFLIGHT, INFLIGHT_FIELDS)
 
         def taken(row: Any, names: tuple[str, ...], changes: Callable[[Plan], list[dict[str, int]]]) -> Taken:
-            # A reclaim's return funds the next cycle's grants, not this one's: it fails if
-            # its process claims at that moment, and then the process holds what it would
-            # have funded (committed before the grants instead, each alone, a lost race
-            # ended cycles that granted nothing: 256 churn fell to 0.84-0.92 of the budget).
-            funding = [p for p in plans.values() if not p.alone]
-            planned = sum(c.get(n, 0) for p in funding for c in changes(p) for n in names)
+            planned = sum(c.get(n, 0) for p in plans.values() for c in changes(p) for n in names)
             return Taken(sum(int(row[name]) for name in names), planned)
 
         counted = {
@@ -402,7 +397,7 @@ class Allocator:
                 claim.etag,
             )
         )
-        plan.alone = True
+        plan.reclaim = True
 
     def _expire(self, plan: Plan, claim: Row, offer: Row, minute: str) -> None:
         """A process that stopped renewing its claim: what it never took goes back, what
@@ -565,7 +560,7 @@ class Allocator:
             try:
                 results = await submit(table, operations)
             except Conflict:
-                self.reclaims_lost += any(plan.alone for plan in batch)
+                self.reclaims_lost += any(plan.reclaim for plan in batch)
                 raise
             self.alloc_etag = str(results[len(changed)].get("etag"))
             for row, result in zip(changed, results, strict=False):

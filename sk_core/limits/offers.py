@@ -258,7 +258,9 @@ class Plan:
     minute: dict[str, int] = field(default_factory=dict)
     inflight: dict[str, int] = field(default_factory=dict)
     operations: list[Any] = field(default_factory=list)
-    alone: bool = False  # in a transaction of its own (it may fail: a reclaim)
+    # A reclaim (``Allocator._reclaim``): conditional on its process's claim row, so it fails
+    # if that process claims at the same moment.
+    reclaim: bool = False
     # An expired or stale claim's (returns only): committed before the grants it funds
     # (``batches_of``).
     early: bool = False
@@ -281,9 +283,10 @@ SPENT = ("spent_nano", "held_nano", "leased_nano")  # what counts against a budg
 
 def batches_of(plans: list[Plan]) -> list[list[Plan]]:
     """A cycle's plans in commit order, BATCH operations a transaction: the early plans
-    (expired and stale claims' credits), then plans that take nothing (returns only), then
-    the rest, and the reclaims last, each alone (one that fails ends the cycle after
-    everything else; what it returns funds no grant of its cycle: ``Allocator._plan``)."""
+    (expired and stale claims: their credits, expiries and reclaims), then plans that take
+    nothing (returns only), then the rest. Every return the cycle's grants count on but a
+    mixed plan's lands before them, or the cycle ends first: a reclaim that loses its race
+    (its process claimed at that moment) fails its transaction, ahead of every grant."""
     def takes(plan: Plan) -> bool:
         # (Any field up: a credit, spent up and leased down, counts as taking. Summing each
         # window, as meant, measured worse once (256 churn: 3,062 left waiting); open.)
@@ -291,16 +294,14 @@ def batches_of(plans: list[Plan]) -> list[list[Plan]]:
         return any(v > 0 for v in [*changes, *plan.minute.values(), *plan.inflight.values()])
 
     pending = [p for p in plans if p.operations or p.changes]
-    pending.sort(key=lambda p: (p.alone, not p.early, takes(p)))
+    pending.sort(key=lambda p: (not p.early, takes(p)))
     batches: list[list[Plan]] = []
     while pending or not batches:
         batch: list[Plan] = []
         size = 0
-        while pending and size + len(pending[0].operations) <= BATCH and not (pending[0].alone and batch):
+        while pending and size + len(pending[0].operations) <= BATCH:
             batch.append(plan := pending.pop(0))
             size += len(plan.operations)
-            if plan.alone:
-                break
         batches.append(batch)
     return batches
 
@@ -315,8 +316,6 @@ def overshoots(batches: list[list[Plan]], room: dict[str, int], day: str, month:
     used = dict.fromkeys(room, 0)
     for batch in batches:
         for plan in batch:
-            if plan.alone:  # (a reclaim's return funds nothing in its own cycle)
-                continue
             for key in ("day", "month"):
                 window = day if key == "day" else month
                 used[key] += sum(v for c in plan.of_window(window) for k, v in c.items() if k in SPENT)
