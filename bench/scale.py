@@ -56,8 +56,9 @@ second, ``partition_target_ops_per_s``, ``conflicts_per_sync``, ``first_grant_s`
 instances: first request to first admission from a lease), ``fairness`` (Jain's index
 of admitted/asked over instances), the report interval the keepers ended at, and
 ``allocation`` (the allocators' ``cycles``; ``outruns``, cycles whose commit order let a
-grant land before a return funding it; ``reclaims_lost``, reclaims of stale claims whose
-process claimed at that moment); with ``--series``, where the budget sat every 0.5 s (``_scale_series.py``).
+grant land before a return funding it; ``reclaims_failed``, cycles ended before any
+grant by a failed transaction holding a reclaim of a stale claim); with ``--series``,
+where the budget sat every 0.5 s (``_scale_series.py``).
 """
 
 from __future__ import annotations
@@ -521,7 +522,8 @@ class Simulation:
             )),
             # Allocated: what the allocators' cycles did; ``outruns``: cycles whose commit
             # order let a grant land before a return funding it (offers.overshoots);
-            # ``reclaims_lost``: reclaims that lost their race (their cycle granted nothing).
+            # ``reclaims_failed``: cycles ended, before any grant, by a failed transaction that
+            # held a reclaim (its process claimed at that moment, or another write raced).
             "allocation": _allocation(everyone),
             "loop_lag_ms": _lag_summary(self.lags),
             "requests_unfinished_after_drain": self.stuck,
@@ -532,19 +534,11 @@ class Simulation:
 
 
 def _allocation(instances: list[Any]) -> dict[str, int]:
-    total: Counter[str] = Counter()
-    for instance in instances:
-        keeper = instance.ledger.leases
-        if isinstance(keeper, AllocatedKeeper):
-            total.update(keeper.allocation)
-            for claim in keeper._claims.values():  # still running (its counts not added yet)
-                allocator, running = claim.allocator, claim.allocating
-                if allocator is not None and running is not None and not running.done():
-                    total.update(
-                        cycles=allocator.cycles, outruns=allocator.outruns,
-                        reclaims_lost=allocator.reclaims_lost,
-                    )  # fmt: skip
-    return {name: total[name] for name in ("cycles", "outruns", "reclaims_lost")}
+    total = sum(
+        (i.ledger.leases.allocation for i in instances if isinstance(i.ledger.leases, AllocatedKeeper)),
+        Counter[str](),
+    )
+    return {name: total[name] for name in ("cycles", "outruns", "reclaims_failed")}
 
 
 def _lag_summary(lags: list[float]) -> dict[str, float]:

@@ -98,8 +98,8 @@ class AllocatedKeeper(LeaseKeeper):
     def __init__(self, ledger: Ledger, settings: LeaseSettings) -> None:
         super().__init__(ledger, settings)
         self._claims: dict[str, Claim] = {}
-        self.allocators, self.why = 0, Counter[str]()  # allocators run; claim writes by reason (bench)
-        self.allocation = Counter[str]()  # what the allocators this process ran did (bench)
+        # (bench) allocators run; claim writes by reason; what those allocators' cycles did
+        self.allocators, self.why, self.allocation = 0, Counter[str](), Counter[str]()
 
     def _claim(self, tenant_id: str) -> Claim:
         return self._claims.setdefault(tenant_id, Claim())
@@ -584,17 +584,12 @@ class AllocatedKeeper(LeaseKeeper):
                 await submit(table, [write])
             except (Conflict, StorageUnavailable):
                 return  # someone else took it
-            allocator = Allocator(
-                self._ledger, tenant, self.process_id, horizon=HORIZON_SECONDS, cycle=CYCLE_SECONDS
+            state.allocator = allocator = Allocator(
+                self._ledger, tenant, self.process_id, horizon=HORIZON_SECONDS, cycle=CYCLE_SECONDS,
+                tally=self.allocation,
             )
-            state.allocator = allocator
             self.allocators += 1
-            try:
-                await allocator.run()
-            finally:  # (what its cycles did, for bench/scale.py)
-                self.allocation.update(
-                    cycles=allocator.cycles, outruns=allocator.outruns, reclaims_lost=allocator.reclaims_lost
-                )
+            await allocator.run()
 
         state.allocating = asyncio.get_running_loop().create_task(elect())
 

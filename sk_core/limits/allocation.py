@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -83,20 +84,23 @@ class Allocator:
 
     def __init__(
         self, ledger: Ledger, tenant: Tenant, process_id: str, *, horizon: float, cycle: float,
-        expiring_only: bool = False,
+        expiring_only: bool = False, tally: Counter[str] | None = None,
     ) -> None:  # fmt: skip
         self._ledger = ledger
         # A sweep's cycle (``sweep.expire_claims``): expired claims only (no credit, no grant).
         self.expiring_only = expiring_only
-        self.expirations = 0  # claims this allocator's cycles planned to charge at expiry
         self.tenant, self.process_id, self.horizon = tenant, process_id, horizon
         self.cycle = self.base_cycle = cycle
         self.alloc_etag: str | None = None
         self.offers: dict[str, Row] | None = None  # ours alone once read (fenced by alloc)
-        self.cycles, self.stopped = 0, False
-        # Cycles whose commit order let a grant outrun the return funding it (``overshoots``);
-        # reclaims that lost their race to their process's claim (the cycle ended there).
-        self.outruns, self.room_read, self.reclaims_lost = 0, dict[str, int](), 0
+        # What its cycles did, added to its process's (bench/scale.py): ``cycles``;
+        # ``expirations``, claims they planned to charge at expiry (the sweep's count);
+        # ``outruns``, cycles whose commit order let a grant outrun the return funding it
+        # (``overshoots``); ``reclaims_failed``, cycles ended by a failed transaction that
+        # held a reclaim (its process claimed at that moment, or another write raced a row
+        # of it): no grant of theirs landed.
+        self.tally = tally if tally is not None else Counter[str]()
+        self.stopped, self.room_read = False, dict[str, int]()
         self.active = True  # the last cycle saw demand or holdings, or wrote something
 
     async def run(self) -> None:
@@ -175,7 +179,7 @@ class Allocator:
             if not stale(c, now)
         )
         await self._commit(table, rows, plans, now, (day, month, minute))
-        self.cycles += 1
+        self.tally["cycles"] += 1
         return True
 
     # ------------------------------------------------------------------ planning
@@ -231,10 +235,10 @@ class Allocator:
 
         # Room: what the rows leave once this cycle's returns land. The plans commit BATCH
         # offers a transaction, and a grant funded by a later one's return took a row over
-        # its limit, for good if that failed (scale.py, 1,024: 2,706 of 2,700; a reclaim
-        # that lost its race left two processes holding the same requests): returns go
-        # first (``batches_of``), reclaims fund nothing this cycle (``taken``); what that
-        # leaves open, ``overshoots`` counts.
+        # its limit, for good if that failed (scale.py, 1,024: 2,706 of 2,700; a reclaim,
+        # committed last, that lost its race left two processes holding the same
+        # requests): returns and reclaims go first (``batches_of``); what that leaves
+        # open, ``overshoots`` counts.
         day_row, month_row = rows.counter(day, WINDOW_FIELDS), rows.counter(month, WINDOW_FIELDS)
         minute_row = rows.counter(minute, MINUTE_FIELDS)
         inflight_row = rows.counter(INFLIGHT, INFLIGHT_FIELDS)
@@ -415,7 +419,7 @@ class Allocator:
         unclaimed = offer["budget_nano"] - claimed
         held = max(0, offer["budget_nano"] - offer["seen_back_nano"] - offer["seen_spent_nano"] - unclaimed)
         charged = held > 0 or claim["busy"] > 0
-        self.expirations += charged
+        self.tally["expirations"] += charged
         if offer.day:
             window = plan.at(offer.day, offer.month)
             add(window, "leased_nano", -(unclaimed + held))
@@ -534,7 +538,7 @@ class Allocator:
         batches = batches_of(plans)
         # Counted, not refused: refusing such cycles (and granting only what the rows leave
         # next) cost churn at 256 instances a tenth of the budget (bench/README, session 14).
-        self.outruns += overshoots(batches, self.room_read, day, month)
+        self.tally["outruns"] += overshoots(batches, self.room_read, day, month)
         for batch in batches:
             counters = {
                 day: rows.counter(day, WINDOW_FIELDS),
@@ -560,7 +564,7 @@ class Allocator:
             try:
                 results = await submit(table, operations)
             except Conflict:
-                self.reclaims_lost += any(plan.reclaim for plan in batch)
+                self.tally["reclaims_failed"] += any(plan.reclaim for plan in batch)
                 raise
             self.alloc_etag = str(results[len(changed)].get("etag"))
             for row, result in zip(changed, results, strict=False):

@@ -195,7 +195,7 @@ async def expire_claims(ledger: Ledger) -> int:
                 )
             allocator.alloc_etag = str(taken[0].get("etag"))
             if await allocator.cycle_once():
-                charged += allocator.expirations
+                charged += allocator.tally["expirations"]
             await allocator.release()
         except (Conflict, StorageUnavailable):
             continue  # an allocator started meanwhile, or storage failed: the next sweep

@@ -645,7 +645,7 @@ def test_a_cycle_commits_returns_before_the_grants_they_fund_or_not_at_all() -> 
     """``batches_of`` puts plans that only give back before plans that take, so that no
     transaction's grants outrun the returns funding them; ``overshoots`` says when, in that
     order, one still would (a process giving back one thing and taking another, its return
-    in a later transaction: the case left open, counted as ``Allocator.outruns``)."""
+    in a later transaction: the case left open, counted in ``Allocator.tally``)."""
     from sk_core.limits.offers import Plan, batches_of, overshoots
 
     def plan(name: str, requests: int) -> Plan:

@@ -19,6 +19,7 @@ import pytest
 from azure.core.exceptions import ResourceModifiedError
 
 from sk_core.accounts import Limits, Tenant
+from sk_core.errors import LimitExceeded, LimitsUnavailable
 from sk_core.limits import USAGE_TABLE, Ledger, window_keys
 from sk_core.limits.lease_state import LeaseSettings
 from sk_core.pipeline import fail_closed
@@ -129,3 +130,38 @@ async def test_a_request_whose_renewal_lost_a_race_is_decided_exactly_in_time() 
     usage = await ledger.usage(who.id, window_keys(ledger.now())[0])
     outstanding = (usage["held_nano"], usage["leased_nano"], usage["inflight"])
     assert (usage["spent_nano"], outstanding) == (3 * UNIT, (0, 0, 0))
+
+
+async def test_near_its_end_a_slow_store_decides_every_request_of_processes_on_allocated_leases() -> None:
+    """Defect 5 on the default (allocated leases): four processes race for a budget with
+    three calls left while every storage exchange takes 300 ms (Azurite under load). Each
+    request is decided under the pipeline's storage deadline: three admitted, the rest
+    refused as spent (a 4xx), none failed closed (503 ``limits_unavailable``), and the
+    day row ends at exactly what was admitted."""
+
+    async def slow(_: Operation) -> None:
+        await asyncio.sleep(0.3)
+
+    store = MemoryTableStore(MemoryAccount(on_operation=slow), table_prefix="con")
+    settings = LeaseSettings(report_seconds=0.5, idle_seconds=1.0, ttl_seconds=30, allocated=True)
+    ledgers = [Ledger(store=store, lease_seconds=30, min_answer_tokens=16, leases=settings) for _ in range(4)]
+    who = near_its_end()
+
+    async def request(ledger: Ledger) -> str:
+        try:
+            async with fail_closed(2.0, store.silence):  # as the pipeline decides
+                await admit(ledger, who)
+        except LimitExceeded as refused:
+            return refused.code
+        except LimitsUnavailable:
+            return "failed closed"
+        return "admitted"
+
+    outcomes = await asyncio.gather(*(request(ledger) for ledger in ledgers for _ in range(3)))
+    for ledger in ledgers:
+        await ledger.aclose()
+    assert "failed closed" not in outcomes, outcomes
+    assert outcomes.count("admitted") == 3, outcomes
+    assert set(outcomes) == {"admitted", "budget_exceeded"}, outcomes
+    usage = await ledgers[0].usage(who.id, window_keys(ledgers[0].now())[0])
+    assert usage["spent_nano"] == 3 * UNIT
