@@ -452,7 +452,7 @@ async def test_a_stale_claim_gives_back_what_it_never_claimed_and_the_claim_row_
     assert offer["slots"] > 0
     assert counts(stored[day])["leased_nano"] == offer["budget_nano"]
     touched = stored[CLAIM_PREFIX + "p1"].metadata["etag"]
-    clock.offset = timedelta(seconds=1)  # 2 report intervals without a write: stale
+    clock.offset = timedelta(seconds=1.5)  # 3 report intervals without a write: stale
     assert await allocator.cycle_once()
     stored = await partition(stores[0], who)
     offer = counts(stored[OFFER_PREFIX + "p1"])
@@ -734,3 +734,22 @@ async def test_a_reclaim_that_loses_its_race_funds_no_grant(
     # What the two processes may admit: "slow" its claimed offer, "want" all it was offered.
     held = slow_offer + counts(rows[OFFER_PREFIX + "want"])["minute_requests"]
     assert held <= limit, (slow_offer, counts(rows[OFFER_PREFIX + "want"]))
+
+
+def test_a_live_keeper_late_by_its_jitter_and_a_lagging_loop_is_not_stale() -> None:
+    """A keeper writes its claim every report interval times 0.5-1.5 (jitter); a busy event
+    loop adds to that (up to 0.9 s at 1,024 instances on 2 cores, with 2 s intervals).
+    Taken for stale, a live keeper is reclaimed just as it claims, and the transaction
+    failing ends the allocator's cycle before its grants. Stale is 2 intervals."""
+    from sk_core.limits.offers import CLAIM_COUNTS, Row, stale
+
+    now = datetime.now(UTC)
+
+    def written(seconds_ago: float, report: float = 2.0) -> Row:
+        extra = {"at": now - timedelta(seconds=seconds_ago), "report_s": report}
+        return Row(CLAIM_PREFIX + "p", dict.fromkeys(CLAIM_COUNTS, 0), extra=extra)
+
+    assert not stale(written(1.5 * 2.0 + 0.9), now)  # the longest jitter and the loop's lag
+    assert stale(written(2.0 * 2.0 + 0.1), now)
+    assert not stale(written(0.9, report=0.5), now)
+    assert stale(written(1.1, report=0.5), now)
