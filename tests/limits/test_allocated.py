@@ -583,6 +583,31 @@ async def test_an_idle_claim_that_lapses_is_retired_without_a_charge_or_a_flag(
     await one.aclose()
 
 
+async def allocating_a_minute(
+    store: TableStore, limit: int, processes: list[str], rate: float
+) -> tuple[Tenant, Any, Allocator, datetime]:
+    """A tenant limited to ``limit`` requests a minute, a fresh claim row for each process
+    (calls at ``rate`` a second), and its allocator after one cycle (offers written)."""
+    who = tenant(requests_per_minute=limit)
+    await inside_one_minute(10)
+    auditor = Ledger(store=store, lease_seconds=30, min_answer_tokens=16, clock=Clock())
+    table = await store.table(USAGE_TABLE)
+    now = auditor.now()
+    day, month, minute = window_keys(now)
+    for process in processes:
+        await table.create_entity({
+            "PartitionKey": who.id, "RowKey": CLAIM_PREFIX + process, "day": day, "month": month,
+            "minute": minute, "unit_nano": 1000, "unit_tokens": 10, "busy": 0, "waiting": 0,
+            # (Reports every 30 s: fresh for the whole test, however slow the store.)
+            "rate": rate, "count_rate": 0.0, "at": now, "report_s": 30.0,
+            "expires_at": now + timedelta(seconds=60),
+        })  # fmt: skip
+    await credit_all(auditor, who, "allocator-1")  # (the alloc row: this allocator's)
+    allocator = Allocator(auditor, who, "allocator-1", horizon=1.5, cycle=0.5)
+    assert await allocator.cycle_once()
+    return who, table, allocator, now
+
+
 async def test_a_cycle_in_several_transactions_never_takes_a_row_over_its_limit(
     stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -594,25 +619,9 @@ async def test_a_cycle_in_several_transactions_never_takes_a_row_over_its_limit(
     processes fill the minute; the last 30 give all theirs back while the first 90 wait
     for more, and the cycle's second transaction fails."""
     limit = 150
-    who = tenant(requests_per_minute=limit)
-    await inside_one_minute(10)
-    clock = Clock()
-    auditor = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, clock=clock)
-    table = await stores[0].table(USAGE_TABLE)
-    now = clock()
-    day, month, minute = window_keys(now)
     processes = [f"p{n:03d}" for n in range(120)]  # (RowKey order: the plans' order)
-    for process in processes:
-        await table.create_entity({
-            "PartitionKey": who.id, "RowKey": CLAIM_PREFIX + process, "day": day, "month": month,
-            "minute": minute, "unit_nano": 1000, "unit_tokens": 10, "busy": 0, "waiting": 0,
-            # (Reports every 30 s: fresh for the whole test, however slow the store.)
-            "rate": 4.0, "count_rate": 0.0, "at": now, "report_s": 30.0,
-            "expires_at": now + timedelta(seconds=60),
-        })  # fmt: skip
-    await credit_all(auditor, who, "allocator-1")  # (the alloc row: this allocator's)
-    allocator = Allocator(auditor, who, "allocator-1", horizon=1.5, cycle=0.5)
-    assert await allocator.cycle_once()
+    who, table, allocator, now = await allocating_a_minute(stores[0], limit, processes, rate=4.0)
+    minute = window_keys(now)[2]
     rows = await partition(stores[0], who)
     assert counts(rows[minute])["requests"] >= 100  # (most of the minute offered)
     for index, process in enumerate(processes):
@@ -677,23 +686,8 @@ async def test_a_reclaim_that_loses_its_race_funds_no_grant(
     process stalls with its offer unclaimed, another waits for more, and the stalled one
     claims its offer just as the reclaim commits."""
     limit = 20
-    who = tenant(requests_per_minute=limit)
-    await inside_one_minute(10)
-    clock = Clock()
-    auditor = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, clock=clock)
-    table = await stores[0].table(USAGE_TABLE)
-    now = clock()
-    day, month, minute = window_keys(now)
-    for process in ("slow", "want"):
-        await table.create_entity({
-            "PartitionKey": who.id, "RowKey": CLAIM_PREFIX + process, "day": day, "month": month,
-            "minute": minute, "unit_nano": 1000, "unit_tokens": 10, "busy": 0, "waiting": 0,
-            "rate": 20.0, "count_rate": 0.0, "at": now, "report_s": 30.0,
-            "expires_at": now + timedelta(seconds=60),
-        })  # fmt: skip
-    await credit_all(auditor, who, "allocator-1")
-    allocator = Allocator(auditor, who, "allocator-1", horizon=1.5, cycle=0.5)
-    assert await allocator.cycle_once()
+    who, table, allocator, now = await allocating_a_minute(stores[0], limit, ["slow", "want"], rate=20.0)
+    minute = window_keys(now)[2]
     rows = await partition(stores[0], who)
     assert counts(rows[minute])["requests"] == limit  # (the minute offered out, to both)
     slow_offer = counts(rows[OFFER_PREFIX + "slow"])["minute_requests"]
@@ -720,7 +714,7 @@ async def test_a_reclaim_that_loses_its_race_funds_no_grant(
             raced = True
             current = (await partition(stores[0], who, [CLAIM_PREFIX + "slow"]))[CLAIM_PREFIX + "slow"]
             await table.update_entity(
-                {**current, "minute_claimed": int64(slow_offer), "at": clock()},
+                {**current, "minute_claimed": int64(slow_offer), "at": datetime.now(UTC)},
                 mode="merge", etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified,
             )  # fmt: skip
         return await submit(table_, operations)
