@@ -100,7 +100,7 @@ class Allocator:
         # held a reclaim (its process claimed at that moment, or another write raced a row
         # of it): no grant of theirs landed.
         self.tally = tally if tally is not None else Counter[str]()
-        self.stopped, self.room_read = False, dict[str, int]()
+        self.stopped = False
         self.active = True  # the last cycle saw demand or holdings, or wrote something
 
     async def run(self) -> None:
@@ -172,13 +172,13 @@ class Allocator:
         if older:
             entities.update(await query_partition(table, tenant_id, sorted(older)))
         rows = PartitionRows(tenant_id, entities)
-        plans = self._plan(rows, claims, now, (day, month, minute))
+        plans, room_read = self._plan(rows, claims, now, (day, month, minute))
         self.active = any(p.operations for p in plans) or any(
             c["waiting"] or c["busy"] or c["unused_nano"] or c["unused_requests"] or c.extra.get("rate")
             for c in claims.values()
             if not stale(c, now)
         )
-        await self._commit(table, rows, plans, now, (day, month, minute))
+        await self._commit(table, rows, plans, room_read, now, (day, month, minute))
         self.tally["cycles"] += 1
         return True
 
@@ -186,7 +186,7 @@ class Allocator:
 
     def _plan(
         self, rows: PartitionRows, claims: dict[str, Row], now: datetime, keys: tuple[str, str, str]
-    ) -> list[Plan]:
+    ) -> tuple[list[Plan], dict[str, int]]:  # (and the room each limit's row had as read)
         day, month, minute = keys
         limits = self.tenant.limits
         assert self.offers is not None
@@ -259,8 +259,8 @@ class Allocator:
         rooms = {"budget": min(lim - t.ahead for lim, t in windows)}
         rooms |= {d: lim - t.ahead for d, (lim, t) in counted.items()}
         (daily, day_t), (monthly, month_t) = windows
-        self.room_read = {"day": daily - day_t.current, "month": monthly - month_t.current}
-        self.room_read |= {d: lim - t.current for d, (lim, t) in counted.items()}
+        room_read = {"day": daily - day_t.current, "month": monthly - month_t.current}
+        room_read |= {d: lim - t.current for d, (lim, t) in counted.items()}
 
         wants: dict[str, dict[str, Want]] = {d: {} for d in DIMENSIONS}
         for process, claim in live.items():
@@ -341,7 +341,7 @@ class Allocator:
                 keys,
                 now,
             )
-        return list(plans.values())
+        return list(plans.values()), room_read
 
     def _credit(self, plan: Plan, claim: Row, offer: Row, day: str, minute: str) -> None:
         """Move what the claim reports since the offer last saw it into the window rows."""
@@ -529,16 +529,15 @@ class Allocator:
 
     # ------------------------------------------------------------------ committing
 
-    async def _commit(
-        self, table: Any, rows: PartitionRows, plans: list[Plan], now: datetime, keys: tuple[str, str, str]
-    ) -> None:
+    async def _commit(self, table: Any, rows: PartitionRows, plans: list[Plan], room_read: dict[str, int],
+                      now: datetime, keys: tuple[str, str, str]) -> None:  # fmt: skip
         """Batches of plans, each with the window-row changes it makes and the alloc row."""
         day, month, minute = keys
         assert self.offers is not None
         batches = batches_of(plans)
         # Counted, not refused: refusing such cycles (and granting only what the rows leave
         # next) cost churn at 256 instances a tenth of the budget (bench/README, session 14).
-        self.tally["outruns"] += overshoots(batches, self.room_read, day, month)
+        self.tally["outruns"] += overshoots(batches, room_read, day, month)
         for batch in batches:
             counters = {
                 day: rows.counter(day, WINDOW_FIELDS),
