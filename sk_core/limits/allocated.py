@@ -457,8 +457,8 @@ class AllocatedKeeper(LeaseKeeper):
         counts["unused_requests"] = max(0, minute_slice.requests + new_requests)
         counts["unused_tokens"] = max(0, minute_slice.tokens + new_tokens)
         counts["waiting"] = waiting = demand.waiting
-        # What the waiting requests lack once this sync lands, by dimension: the allocator
-        # grants exactly that first.
+        # What the waiting requests lack once this sync lands, by dimension: a change in it
+        # is news worth a write (the allocator derives it from waiting and unused).
         counts["lack_budget"] = max(0, waiting * demand.unit_amount - counts["unused_nano"])
         counts["lack_requests"] = max(0, waiting - counts["unused_requests"])
         counts["lack_tokens"] = max(0, waiting * demand.unit_tokens - counts["unused_tokens"])
