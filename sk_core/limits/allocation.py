@@ -87,11 +87,11 @@ class Allocator:
         expiring_only: bool = False, tally: Counter[str] | None = None,
     ) -> None:  # fmt: skip
         self._ledger = ledger
-        # A sweep's cycle (``sweep.expire_claims``): expired claims only (no credit, no grant).
-        self.expiring_only = expiring_only
+        self.expiring_only = expiring_only  # a sweep's cycle: expired claims only (no credit, no grant)
         self.tenant, self.process_id, self.horizon = tenant, process_id, horizon
         self.cycle = self.base_cycle = cycle
         self.alloc_etag: str | None = None
+        self.renew_at: datetime | None = None  # when the alloc row is next written, changes or not
         self.offers: dict[str, Row] | None = None  # ours alone once read (fenced by alloc)
         # What its cycles did, added to its process's (bench/scale.py): ``cycles``;
         # ``expirations``, claims they planned to charge at expiry (the sweep's count);
@@ -154,14 +154,12 @@ class Allocator:
         if self.offers is None:
             self.offers = {
                 key.removeprefix(OFFER_PREFIX): Row.read(key, e, OFFER_COUNTS)
-                for key, e in entities.items()
-                if key.startswith(OFFER_PREFIX)
-            }
+                for key, e in entities.items() if key.startswith(OFFER_PREFIX)
+            }  # fmt: skip
         claims = {
             key.removeprefix(CLAIM_PREFIX): Row.read(key, e, CLAIM_COUNTS)
-            for key, e in entities.items()
-            if key.startswith(CLAIM_PREFIX)
-        }
+            for key, e in entities.items() if key.startswith(CLAIM_PREFIX)
+        }  # fmt: skip
         # One read of every claim a cycle: with more claims, longer cycles, so that the
         # partition's reads stay about CLAIMS_PER_SECOND.
         self.cycle = max(self.base_cycle, len(claims) / CLAIMS_PER_SECOND)
@@ -175,10 +173,12 @@ class Allocator:
         plans, room_read = self._plan(rows, claims, now, (day, month, minute))
         self.active = any(p.operations for p in plans) or any(
             c["waiting"] or c["busy"] or c["unused_nano"] or c["unused_requests"] or c.extra.get("rate")
-            for c in claims.values()
-            if not stale(c, now)
-        )
-        await self._commit(table, rows, plans, room_read, now, (day, month, minute))
+            for c in claims.values() if not stale(c, now)
+        )  # fmt: skip
+        # Nothing to write: the alloc row is renewed once half its lease is gone (not every cycle)
+        if any(p.operations or p.changes for p in plans) or self.renew_at is None or now >= self.renew_at:
+            await self._commit(table, rows, plans, room_read, now, (day, month, minute))
+            self.renew_at = now + timedelta(seconds=ALLOC_SECONDS / 2)
         self.tally["cycles"] += 1
         return True
 
