@@ -91,14 +91,13 @@ class Allocator:
         self.tenant, self.process_id, self.horizon = tenant, process_id, horizon
         self.cycle = self.base_cycle = cycle
         self.alloc_etag: str | None = None
-        self.renew_at: datetime | None = None  # when the alloc row is next written, changes or not
+        self.renew_at: datetime | None = None  # the alloc row's next write, with changes or not
         self.offers: dict[str, Row] | None = None  # ours alone once read (fenced by alloc)
-        # What its cycles did, added to its process's (bench/scale.py): ``cycles``;
-        # ``expirations``, claims they planned to charge at expiry (the sweep's count);
-        # ``outruns``, cycles whose commit order let a grant outrun the return funding it
-        # (``overshoots``); ``reclaims_failed``, cycles ended by a failed transaction that
-        # held a reclaim (its process claimed at that moment, or another write raced a row
-        # of it): no grant of theirs landed.
+        # What its cycles did, added to its process's (bench/scale.py): ``cycles``; ``expirations``,
+        # claims they planned to charge at expiry (the sweep's count); ``outruns``, cycles whose
+        # commit order let a grant outrun the return funding it (``overshoots``); ``reclaims_failed``,
+        # cycles ended by a failed transaction holding a reclaim (its process claimed at that
+        # moment, or another write raced a row of it): no grant of theirs landed.
         self.tally = tally if tally is not None else Counter[str]()
         self.stopped = False
         self.active = True  # the last cycle saw demand or holdings, or wrote something
@@ -175,8 +174,9 @@ class Allocator:
             c["waiting"] or c["busy"] or c["unused_nano"] or c["unused_requests"] or c.extra.get("rate")
             for c in claims.values() if not stale(c, now)
         )  # fmt: skip
-        # Nothing to write: the alloc row is renewed once half its lease is gone (not every cycle)
-        if any(p.operations or p.changes for p in plans) or self.renew_at is None or now >= self.renew_at:
+        # Nothing to write, nobody waiting (waiters poll after the cycle alloc announces): renew at half-lease
+        due = self.renew_at is None or now >= self.renew_at or any(c["waiting"] for c in claims.values())
+        if due or any(p.operations or p.changes for p in plans):
             await self._commit(table, rows, plans, room_read, now, (day, month, minute))
             self.renew_at = now + timedelta(seconds=ALLOC_SECONDS / 2)
         self.tally["cycles"] += 1

@@ -755,8 +755,9 @@ async def test_an_allocator_with_nothing_to_write_only_renews_its_row_and_keeps_
     """A cycle whose plans change nothing (no credit, no grant, no expiry: a tenant served by
     one instance between its reports) wrote the ``alloc`` row anyway, 10 transactions a
     second per tenant: in a one-instance service, 8 % of its CPU samples under 16
-    streams (py-spy, session 15), on the loop its requests share. It renews the row only
-    when half of its lease is gone, and the row never lapses while it runs."""
+    streams (py-spy, session 15), on the loop its requests share. With nobody waiting (a
+    waiting keeper polls just after the cycle the row's time announces) it renews the row
+    only when half of its lease is gone, and the row never lapses while it runs."""
     who = tenant()
     auditor = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, clock=Clock())
     table = await stores[0].table(USAGE_TABLE)
