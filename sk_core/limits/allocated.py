@@ -98,8 +98,7 @@ class AllocatedKeeper(LeaseKeeper):
     def __init__(self, ledger: Ledger, settings: LeaseSettings) -> None:
         super().__init__(ledger, settings)
         self._claims: dict[str, Claim] = {}
-        # (bench) allocators run; claim writes by reason; what those allocators' cycles did
-        self.allocators, self.why, self.allocation = 0, Counter[str](), Counter[str]()
+        self.allocators, self.why, self.allocation = 0, Counter[str](), Counter[str]()  # (bench: below)
 
     def _claim(self, tenant_id: str) -> Claim:
         return self._claims.setdefault(tenant_id, Claim())
@@ -588,7 +587,7 @@ class AllocatedKeeper(LeaseKeeper):
                 self._ledger, tenant, self.process_id, horizon=HORIZON_SECONDS, cycle=CYCLE_SECONDS,
                 tally=self.allocation,
             )
-            self.allocators += 1
+            self.allocators += 1  # (and why: claim writes by reason; allocation: the cycles' tally)
             await allocator.run()
 
         state.allocating = asyncio.get_running_loop().create_task(elect())
