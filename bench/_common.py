@@ -112,7 +112,7 @@ def service_has_auth() -> bool:
     return importlib.util.find_spec("sk_core.accounts._store") is not None
 
 
-async def _provision_key(env: Mapping[str, str]) -> str:
+async def _provision_key(env: Mapping[str, str], tenant_id: str = _BENCH_TENANT) -> str:
     # Through the service's own stores, so keys are hashed exactly as it verifies them.
     from sk_core.accounts import Limits, Tenant
     from sk_core.composition import Service
@@ -120,9 +120,9 @@ async def _provision_key(env: Mapping[str, str]) -> str:
     service = Service.create(settings_from_env(env))
     try:
         await service.tenants.create_tenant(
-            Tenant(id=_BENCH_TENANT, display_name="Benchmark", limits=Limits(**_BENCH_LIMITS))
+            Tenant(id=tenant_id, display_name="Benchmark", limits=Limits(**_BENCH_LIMITS))
         )
-        issued = await service.tenants.issue_key(_BENCH_TENANT, name="bench")
+        issued = await service.tenants.issue_key(tenant_id, name="bench")
         return str(issued.secret)
     finally:
         await service.aclose()
@@ -136,6 +136,12 @@ class Backends:
     azurite: ManagedProcess | None
     env: dict[str, str]
     headers: dict[str, str]
+
+    def tenant_key(self, tenant_id: str) -> str:
+        """A key of another tenant with the bench's limits ("none" without auth): services
+        compared side by side on one Azurite serve a tenant each, or they are instances of
+        one tenant and the first started holds its allocator, doing the work of both."""
+        return asyncio.run(_provision_key(self.env, tenant_id)) if self.azurite is not None else "none"
 
 
 @contextlib.contextmanager

@@ -86,13 +86,13 @@ def figures(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
     }
 
 
-async def measure(stub_url: str, services: dict[str, tuple[str, int]], key: str, rounds: int,
+async def measure(stub_url: str, services: dict[str, tuple[str, int, str]], rounds: int,
                   concurrency: int) -> dict[str, Any]:
     """Rounds of direct streams and of each service's, alternating (the services' order
     rotating), so background load lands on all of them."""
     direct = openai.AsyncOpenAI(base_url=stub_url, api_key="none", max_retries=0, timeout=60)
     clients = {name: openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=60)
-               for name, (url, _) in services.items()}
+               for name, (url, _, key) in services.items()}
     cpu = dict.fromkeys(clients, 0.0)  # the service process's CPU seconds over its rounds
     try:
         for client in clients.values():  # warm: kernel, leases, connections
@@ -152,9 +152,12 @@ def main() -> None:
     with backends(logs) as backing:
         content = " ".join(CONTENT.split()[: args.words]) if args.words else CONTENT
         backing.stub.client.set_default(delay=0, content=content, chunk_delay=args.chunk_delay)
-        key = backing.headers.get("x-api-key", "none")
         trees = [("service", ROOT)] + [(label, Path(path).resolve())
                                        for label, path in (t.split("=", 1) for t in args.tree)]
+        # A tenant per tree: on one tenant the first service started would hold its
+        # allocator for both (an A/A run put it 6.8 ms of CPU a stream behind).
+        first = backing.headers.get("x-api-key", "none")
+        keys = {label: backing.tenant_key(f"bench-{n}") if n else first for n, (label, _) in enumerate(trees)}
         for label, extra in (("redaction_on", {}), ("redaction_off", {"SKF_REDACTION": ""})):
             started = []
             try:
@@ -163,10 +166,9 @@ def main() -> None:
                     process, url = start_tree(tree, {**backing.env, **extra}, log, stalls=args.stalls,
                                               workers=args.workers)  # fmt: skip
                     started.append((tree_label, process, url))
-                services = {name: (url, process.process.pid) for name, process, url in started}
-                measured = asyncio.run(
-                    measure(backing.stub.base_url, services, key, args.rounds, args.concurrency)
-                )
+                services = {name: (url, process.process.pid, keys[name]) for name, process, url in started}
+                stub_url = backing.stub.base_url
+                measured = asyncio.run(measure(stub_url, services, args.rounds, args.concurrency))
             finally:
                 for _, process, _ in started:
                     process.stop()
