@@ -534,7 +534,13 @@ async def test_a_pool_a_rebalance_left_dry_does_not_send_its_keepers_back_to_the
         who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f", key_id="k"
     )
     assert hold.lease is not None  # from its slice
-    cost = hold.amount_nano + 50 * UNIT
+    assert overrun.leases is not None
+    held = overrun.leases._leases[who.id].current
+    assert held is not None
+    # More than its slice has free, whatever the earlier syncs granted it: they size grants
+    # by rates measured in real time (CI once left 4.9 M nano-USD free after a fixed overrun
+    # of 50 calls, and the pool owed nothing).
+    cost = hold.amount_nano + held.free + 50 * UNIT
     await overrun.settle(hold, cost_nano=cost, prompt_tokens=100, completion_tokens=5000)
     await overrun.flush(who.id)
     owed = await partition(stores[0], who)
