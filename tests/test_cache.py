@@ -397,12 +397,7 @@ async def test_across_two_processes_tenants_stay_apart_and_hits_are_free(
     service = functions_service
     keys = {}
     for name in ("acme", "globex"):
-        # Room in the minute: with the default 60 a minute, the process that served a tenant
-        # first could be offered the rest of the minute, and the other process's first request
-        # was refused 429 rate_limited while that offer sat unclaimed (session 15, 1 fresh-clone
-        # run of 4; the allocator marks a tenant dry without counting offers not yet claimed
-        # elsewhere: open, in the session's note). This test is about the cache.
-        principal = await _principal(service, requests_per_minute=10_000)
+        principal = await _principal(service)
         keys[name] = (principal.tenant.id, (await service.tenants.issue_key(principal.tenant.id)).secret)
     body = {**ARGS, "text": "Cross-process " + secrets.token_hex(4)}
     one, two = two_hosts

@@ -263,6 +263,7 @@ class Allocator:
         room_read |= {d: lim - t.current for d, (lim, t) in counted.items()}
 
         wants: dict[str, dict[str, Want]] = {d: {} for d in DIMENSIONS}
+        spare: dict[str, dict[str, int]] = {d: {} for d in DIMENSIONS}
         for process, claim in live.items():
             offer = self.offers[process]
             # A claim not written for two of its report intervals: its keeper stopped (idle)
@@ -276,31 +277,35 @@ class Allocator:
             waiting, busy = claim["waiting"], claim["busy"]
             calls = rate * self.horizon
             active = calls > 0 or busy > 0 or waiting > 0
-            # Unused in its slice as it last reported, plus offered and not yet claimed.
             same_day, same_minute = offer.day == claim.day, offer.minute == minute
             claimed = int(claim.minute == minute)
             held_slots = offer["slots"] - offer["seen_slots_back"]
-            units = {
-                "budget": max(1, claim["unit_nano"]),
-                "requests": 1,
-                "tokens": max(1, claim["unit_tokens"]),
-                "slots": 1,
-            }
+            units = {"budget": max(1, claim["unit_nano"]), "tokens": max(1, claim["unit_tokens"])}
+            units |= {"requests": 1, "slots": 1}
             # What it has unused now: as it last reported, less what its rate used since
             # (a process writes its claim when something changes, not at every call: a
             # top-up must be ready before it runs dry, not a cycle after), plus offered
             # and not yet claimed.
             age = (now - written).total_seconds() if written is not None else 0.0
             used = (rate + count_rate) * max(0.0, age)
-            holds = {
-                "budget": max(0, claim["unused_nano"] - int(used * units["budget"]))
-                + (offer["budget_nano"] - claim["claimed_nano"] if same_day else 0),
-                "requests": max(0, claim["unused_requests"] - int(used))
-                + (offer["minute_requests"] - claim["minute_claimed"] * claimed if same_minute else 0),
-                "tokens": max(0, claim["unused_tokens"] - int(used * units["tokens"]))
-                + (offer["minute_tokens"] - claim["minute_claimed_tokens"] * claimed if same_minute else 0),
-                "slots": held_slots - busy,
+            reported = {
+                "budget": claim["unused_nano"],
+                "requests": claim["unused_requests"],
+                "tokens": claim["unused_tokens"],
             }
+            unclaimed = {
+                "budget": (offer["budget_nano"] - claim["claimed_nano"]) * same_day,
+                "requests": (offer["minute_requests"] - claim["minute_claimed"] * claimed) * same_minute,
+                "tokens": (offer["minute_tokens"] - claim["minute_claimed_tokens"] * claimed) * same_minute,
+            }
+            holds = {d: max(0, n - int(used * units[d])) + unclaimed[d] for d, n in reported.items()}
+            holds["slots"] = reported["slots"] = held_slots - busy
+            # What it could give back, in whole calls: as reported (its rate's guess may not
+            # have happened) plus offered and not claimed. Without the offers, a first request
+            # elsewhere was marked dry while the minute sat offered to the allocator's own
+            # process: ``429 rate_limited`` to the minute's end with 58 of 60 requests unused.
+            for d in DIMENSIONS:
+                spare[d][process] = whole(max(0, reported[d] + unclaimed.get(d, 0)), units[d])
             targets = {
                 "budget": math.ceil(calls * units["budget"]) + (units["budget"] if active else 0),
                 "requests": math.ceil(calls + count_rate * self.horizon) + (1 if active else 0),
@@ -309,13 +314,7 @@ class Allocator:
             }
             for d in DIMENSIONS:
                 wants[d][process] = Want(process, holds[d], targets[d], units[d], waiting)
-        unused = {
-            # Whole calls only: fragments of a slice admit nothing.
-            "budget": sum(whole(c["unused_nano"], c["unit_nano"]) for c in live.values()),
-            "requests": sum(c["unused_requests"] for c in live.values()),
-            "tokens": sum(whole(c["unused_tokens"], c["unit_tokens"]) for c in live.values()),
-            "slots": sum(max(0, w.hold) for w in wants["slots"].values()),
-        }
+        unused = {d: sum(spare[d].values()) for d in DIMENSIONS}
         grants, left, unserved = allocate(rooms, wants)
         tight = {
             d: sum(w.target for w in wants[d].values()) * 2
@@ -336,7 +335,7 @@ class Allocator:
                 wants,
                 grants,
                 left,
-                unused,
+                {d: unused[d] - spare[d][process] for d in DIMENSIONS},
                 (tight, starving, unserved),
                 keys,
                 now,
@@ -451,7 +450,7 @@ class Allocator:
         wants: dict[str, dict[str, Want]],
         grants: dict[str, dict[str, int]],
         left: dict[str, int],
-        unused: dict[str, int],
+        elsewhere: dict[str, int],  # whole calls other processes hold unused or unclaimed
         pressure: tuple[dict[str, bool], dict[str, bool], set[str]],
         keys: tuple[str, str, str],
         now: datetime,
@@ -506,8 +505,7 @@ class Allocator:
         if process in unserved:
             for dimension in DIMENSIONS:
                 want = wants[dimension][process]
-                elsewhere = unused[dimension] - max(0, want.hold)
-                if want.hold < want.unit and left[dimension] < want.unit and elsewhere < want.unit:
+                if want.hold < want.unit and left[dimension] < want.unit and elsewhere[dimension] < want.unit:
                     dry.append(dimension)
         dry_text = ",".join(dry)
         after = dict(offer.counts), offer.day, offer.minute, dry_text

@@ -793,3 +793,70 @@ async def test_an_allocator_with_nothing_to_write_only_renews_its_row_and_keeps_
     # One renewal each ALLOC_SECONDS / 2 (1 s), however long the cycles took; before, 30.
     assert 2 <= transactions <= elapsed / (ALLOC_SECONDS / 2) + 1, (transactions, elapsed)
     assert transactions < 30  # (every cycle wrote before)
+
+
+async def test_a_first_request_elsewhere_waits_for_what_is_offered_and_unclaimed_not_a_429(
+    stores: list[TableStore],
+) -> None:
+    """Process two serves the tenant's first request, becomes its allocator and offers
+    itself most of the minute (its rate after one call is high); it claims the offer only
+    at its next sync. Process one's first request waits for a grant, finds no room, and
+    was marked dry: "nothing usable elsewhere" counted what claims report unused, not what
+    is offered and not yet claimed. Dry sends a request to the window rows, which count
+    the offer as taken: ``429 rate_limited`` until the minute's end for a tenant with
+    58 of its 60 requests unused (the fifth fresh-clone CI run of session 15)."""
+    limit = 60
+    who = tenant(requests_per_minute=limit)
+    await inside_one_minute(20)
+    minute = window_keys(datetime.now(UTC))[2]
+    one, two = ledger(stores[0]), ledger(stores[1])
+    assert await call(two, who)
+    await allocating(two.leases)
+    # Until the allocator has offered process two most of the minute.
+    offered = 0
+    for _ in range(100):
+        rows = await partition(stores[0], who)
+        offers = [counts(e)["minute_requests"] for k, e in rows.items() if k.startswith(OFFER_PREFIX)]
+        offered = sum(offers)
+        if offered >= limit // 2:
+            break
+        await asyncio.sleep(0.05)
+    assert offered >= limit // 2, offered
+    codes: list[str] = []
+    try:
+        await asyncio.wait_for(
+            one.admit(who, price=PRICE, prompt_tokens_bound=100, requested_max_tokens=100, function="f",
+                      key_id="k"),
+            timeout=15,
+        )  # fmt: skip
+    except LimitExceeded as refused:
+        codes.append(f"{refused.code} retry-after {refused.retry_after}")
+    assert not codes, codes
+    assert window_keys(datetime.now(UTC))[2] == minute
+    await close_all([one, two], who)
+
+
+async def test_an_offer_not_yet_claimed_is_usable_elsewhere_so_a_waiter_is_not_dry(
+    stores: list[TableStore],
+) -> None:
+    """The same at the allocator, one cycle: the minute offered out to two processes, one
+    has used all of its offer and waits for one more request, the other has not claimed
+    its offer yet. The waiter is not dry (its request would be refused on the rows, which
+    count the other's offer as taken); the other is asked to give everything back."""
+    who, table, allocator, now = await allocating_a_minute(stores[0], 20, ["idle", "want"], rate=20.0)
+    minute = window_keys(now)[2]
+    rows = await partition(stores[0], who)
+    assert counts(rows[minute])["requests"] == 20  # (the minute offered out, to both)
+    idle_offer = counts(rows[OFFER_PREFIX + "idle"])["minute_requests"]
+    assert idle_offer > 0
+    want = rows[CLAIM_PREFIX + "want"]
+    took = counts(rows[OFFER_PREFIX + "want"])["minute_requests"]
+    changes = {"minute_claimed": took, "waiting": 1, "lack_requests": 1, "unused_requests": 0}
+    await table.update_entity(
+        {**want, **{k: int64(v) for k, v in changes.items()}, "at": now}, mode="merge",
+        etag=want.metadata["etag"], match_condition=MatchConditions.IfNotModified,
+    )  # fmt: skip
+    assert await allocator.cycle_once()
+    rows = await partition(stores[0], who)
+    assert not rows[OFFER_PREFIX + "want"].get("dry"), rows[OFFER_PREFIX + "want"]
+    assert counts(rows[OFFER_PREFIX + "idle"])["keep_requests"] == 0  # (all of it comes back)
