@@ -88,8 +88,8 @@ from sk_core.errors import LimitExceeded, StorageUnavailable
 from sk_core.limits import Hold, Ledger
 from sk_core.limits import leases as leases_module
 from sk_core.limits.allocated import AllocatedKeeper
-from sk_core.limits.allocation import credit_all
 from sk_core.limits.lease_state import LeaseSettings
+from sk_core.limits.sweep import credit_all
 from sk_core.pricing import Price
 from sk_core.storage import development_connection_string
 

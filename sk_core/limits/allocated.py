@@ -330,9 +330,9 @@ class AllocatedKeeper(LeaseKeeper):
             alloc = entities.get(ALLOC)
             self._elect(table, lease.tenant, state, alloc, now)
             if alloc is not None and alloc.get("owner") and alloc.get("until") is not None:
-                # Each cycle's first write sets until = its time + ALLOC_SECONDS.
-                state.next_cycle = alloc["until"] - timedelta(seconds=ALLOC_SECONDS - state.cycle)
-                state.heard = alloc["until"] - timedelta(seconds=ALLOC_SECONDS)
+                # Each cycle's first write gives its time (an election's: until - ALLOC_SECONDS).
+                state.heard = alloc.get("at") or alloc["until"] - timedelta(seconds=ALLOC_SECONDS)
+                state.next_cycle = state.heard + timedelta(seconds=state.cycle)
         if theirs in entities and entities[theirs].get("at") is not None:
             state.heard = max(state.heard, entities[theirs]["at"])
         stored = entities.get(mine) if not verified else None

@@ -92,6 +92,7 @@ class Allocator:
         self.cycle = self.base_cycle = cycle
         self.alloc_etag: str | None = None
         self.renew_at: datetime | None = None  # the alloc row's next write, with changes or not
+        self.started = self.took = 0.0  # (monotonic) this cycle's start; the last cycle's length
         self.offers: dict[str, Row] | None = None  # ours alone once read (fenced by alloc)
         # What its cycles did, added to its process's (bench/scale.py): ``cycles``; ``expirations``,
         # claims they planned to charge at expiry (the sweep's count); ``outruns``, cycles whose
@@ -141,7 +142,7 @@ class Allocator:
     async def cycle_once(self) -> bool:
         """Read every claim, credit and grant; False: another process allocates now."""
         ledger, tenant_id = self._ledger, self.tenant.id
-        now = ledger.now()
+        now, self.started = ledger.now(), asyncio.get_running_loop().time()
         day, month, minute = policy.window_keys(now)
         table = await ledger.store.table(USAGE_TABLE)
         ranges = CLAIM_RANGE if self.offers is not None else f"{CLAIM_RANGE} or {OFFER_RANGE}"
@@ -180,6 +181,7 @@ class Allocator:
             await self._commit(table, rows, plans, room_read, now, (day, month, minute))
             self.renew_at = now + timedelta(seconds=ALLOC_SECONDS / 2)
         self.tally["cycles"] += 1
+        self.took = asyncio.get_running_loop().time() - self.started
         return True
 
     # ------------------------------------------------------------------ planning
@@ -554,7 +556,12 @@ class Allocator:
                 for name, amount in plan.inflight.items():
                     counters[INFLIGHT].add(name, amount)
             changed = [row for row in counters.values() if row.changed]
-            alloc = alloc_entity(self.tenant.id, self.process_id, now + timedelta(seconds=ALLOC_SECONDS))
+            # Held from the write, for two cycles more: held from the cycle's start, cycles of 1-2 s
+            # (256 instances) let it lapse, waiters took it over, and each takeover failed the
+            # last one's commit: no grant for 15 s of a churn run (bench/README, session 16).
+            took = max(self.took, asyncio.get_running_loop().time() - self.started)
+            until = self._ledger.now() + timedelta(seconds=ALLOC_SECONDS + 2 * took)
+            alloc = alloc_entity(self.tenant.id, self.process_id, until, at=now)
             assert self.alloc_etag is not None
             operations = [row.operation() for row in changed] + [update_op(alloc, self.alloc_etag)]
             operations += [op for plan in batch for op in plan.operations]
@@ -577,22 +584,3 @@ class Allocator:
                     and process in self.offers
                 ):
                     self.offers[process].etag = str(result.get("etag"))
-
-
-async def credit_all(ledger: Ledger, tenant: Tenant, process_id: str) -> None:
-    """Take the allocator over now, whoever holds it, and run one cycle: every claim's
-    reports reach the window rows (an operator's flush; bench/scale.py after its drain)."""
-    table = await ledger.store.table(USAGE_TABLE)
-    for _ in range(10):
-        entities = await query_partition(table, tenant.id, [ALLOC])
-        alloc = entities.get(ALLOC)
-        entity = alloc_entity(tenant.id, process_id, ledger.now() + timedelta(seconds=ALLOC_SECONDS))
-        try:
-            await submit(
-                table, [("create", entity, {}) if alloc is None else update_op(entity, etag_of(alloc))]
-            )
-            allocator = Allocator(ledger, tenant, process_id, horizon=0.0, cycle=0.0)
-            if await allocator.cycle_once():
-                return
-        except Conflict:
-            await asyncio.sleep(0.05)

@@ -83,9 +83,11 @@ OFFER_COUNTS = (
 DIMENSIONS = ("budget", "requests", "tokens", "slots")
 
 
-def alloc_entity(tenant_id: str, owner: str, until: datetime) -> dict[str, Any]:
-    """The tenant's ``alloc`` row: held by ``owner`` until ``until`` ("" and now: released)."""
-    return {"PartitionKey": tenant_id, "RowKey": ALLOC, "owner": owner, "until": until}
+def alloc_entity(tenant_id: str, owner: str, until: datetime, at: datetime | None = None) -> dict[str, Any]:
+    """The tenant's ``alloc`` row: held by ``owner`` until ``until`` ("" and now: released);
+    ``at``, the time of the cycle that wrote it (waiting keepers poll after the next)."""
+    entity = {"PartitionKey": tenant_id, "RowKey": ALLOC, "owner": owner, "until": until}
+    return {**entity, "at": at} if at is not None else entity
 
 
 class Allocating(Exception):

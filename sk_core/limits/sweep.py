@@ -7,6 +7,7 @@ was down when it tried) is charged at its reserved amount, flagged and recorded 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -200,6 +201,25 @@ async def expire_claims(ledger: Ledger) -> int:
         except (Conflict, StorageUnavailable):
             continue  # an allocator started meanwhile, or storage failed: the next sweep
     return charged
+
+
+async def credit_all(ledger: Ledger, tenant: Tenant, process_id: str) -> None:
+    """Take the allocator over now, whoever holds it, and run one cycle: every claim's
+    reports reach the window rows (an operator's flush; bench/scale.py after its drain)."""
+    table = await ledger.store.table(USAGE_TABLE)
+    for _ in range(10):
+        entities = await query_partition(table, tenant.id, [ALLOC])
+        alloc = entities.get(ALLOC)
+        entity = alloc_entity(tenant.id, process_id, ledger.now() + timedelta(seconds=ALLOC_SECONDS))
+        try:
+            await submit(
+                table, [("create", entity, {}) if alloc is None else update_op(entity, etag_of(alloc))]
+            )
+            allocator = Allocator(ledger, tenant, process_id, horizon=0.0, cycle=0.0)
+            if await allocator.cycle_once():
+                return
+        except Conflict:
+            await asyncio.sleep(0.05)
 
 
 async def flush_pools(ledger: Ledger) -> int:

@@ -27,9 +27,11 @@ from sk_core.limits import INFLIGHT, USAGE_TABLE, Hold, Ledger, window_keys
 from sk_core.limits import allocated as allocated_module
 from sk_core.limits import allocation as allocation_module
 from sk_core.limits.allocated import AllocatedKeeper
-from sk_core.limits.allocation import Allocator, credit_all
+from sk_core.limits.allocation import Allocator
 from sk_core.limits.lease_state import LeaseSettings
 from sk_core.limits.offers import ALLOC_SECONDS, CLAIM_PREFIX, DIMENSIONS, OFFER_PREFIX, Want, allocate
+from sk_core.limits.offers import allocating as allocating_now
+from sk_core.limits.sweep import credit_all
 from sk_core.storage import Conflict, TableStore, int64, query_partition, read_int, submit
 from tests.support.clock import inside_one_minute
 from tests.support.ledgers import PRICE, allocating, call, stop_allocating
@@ -860,3 +862,54 @@ async def test_an_offer_not_yet_claimed_is_usable_elsewhere_so_a_waiter_is_not_d
     rows = await partition(stores[0], who)
     assert not rows[OFFER_PREFIX + "want"].get("dry"), rows[OFFER_PREFIX + "want"]
     assert counts(rows[OFFER_PREFIX + "idle"])["keep_requests"] == 0  # (all of it comes back)
+
+
+async def test_an_allocator_whose_cycles_take_longer_than_its_lease_keeps_its_row(
+    stores: list[TableStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle's ``alloc`` write said "held until this cycle began plus ALLOC_SECONDS". At
+    hundreds of instances a cycle (reading every claim and offer, planning, committing
+    through a busy partition on a lagging loop) took 1-2 s, so the row lapsed between
+    two commits; a waiting process took the allocator over, the old one's commit failed,
+    the new one's first cycle (all offers read again) was longer still: for 15 s of a
+    256-instance churn run every cycle failed and nothing was granted (bench/scale.py,
+    session 16). The row now lasts ALLOC_SECONDS past the commit, plus twice the time
+    the last cycle took. Here every read and transaction takes 0.6 s (1.8 s a cycle)."""
+    who = tenant()
+    auditor = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, clock=Clock())
+    table = await stores[0].table(USAGE_TABLE)
+    now = auditor.now()
+    day, month, minute = window_keys(now)
+    await table.create_entity({
+        "PartitionKey": who.id, "RowKey": CLAIM_PREFIX + "p1", "day": day, "month": month,
+        "minute": minute, "unit_nano": 1000, "unit_tokens": 10, "busy": 0, "waiting": int64(1),
+        "rate": 50.0, "count_rate": 0.0, "at": now, "report_s": 30.0,
+        "expires_at": now + timedelta(seconds=60),
+    })  # fmt: skip
+    await credit_all(auditor, who, "allocator-1")
+
+    async def slow_query(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.6)
+        return await query_partition(*args, **kwargs)
+
+    async def slow_submit(table_: Any, operations: Any) -> Any:
+        await asyncio.sleep(0.6)
+        return await submit(table_, operations)
+
+    monkeypatch.setattr(allocation_module, "query_partition", slow_query)
+    monkeypatch.setattr(allocation_module, "submit", slow_submit)
+    allocator = Allocator(auditor, who, "allocator-1", horizon=1.5, cycle=0.1)
+    running = asyncio.create_task(allocator.run())
+    lapsed, loop = [], asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        while loop.time() - started < 8.0:
+            await asyncio.sleep(0.1)
+            alloc = (await partition(stores[0], who, ["alloc"]))["alloc"]
+            if not allocating_now(alloc, auditor.now()):
+                lapsed.append(round(loop.time() - started, 1))
+        assert not running.done()
+    finally:
+        allocator.stop()
+        await running
+    assert not lapsed, lapsed
