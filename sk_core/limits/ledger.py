@@ -463,17 +463,32 @@ class Ledger:
             if counted is not None:
                 return counted
         table = await self._store.table(USAGE_TABLE)
+        # A first request, as in ``admit``: exact unless an allocator is at work, whose
+        # offers the minute row counts as taken (a cached answer elsewhere was refused
+        # ``rate_limited`` while the minute sat offered, unclaimed, to another process).
+        first = self.leases is not None and self.leases.first_request(tenant)
 
         async def plan() -> Plan[RateState]:
             now = self._clock()
             minute_key = window_keys(now)[2]
-            rows = PartitionRows(tenant.id, await query_partition(table, tenant.id, [minute_key]))
+            keys = [minute_key, *([ALLOC] if first else [])]
+            rows = PartitionRows(tenant.id, await query_partition(table, tenant.id, keys))
+            if first and allocating(rows.entities.get(ALLOC), now):
+                raise Allocating
             minute = rows.counter(minute_key, MINUTE_FIELDS)
             rate = policy.count_request(tenant.limits, minute["requests"], now)
             minute.add("requests", 1)
             return rows.operations(), rate
 
-        return await self.update(table, tenant.id, "request count", plan)
+        try:
+            counted = await self.update(table, tenant.id, "request count", plan)
+        except Allocating:
+            assert self.leases is not None
+            self.leases.not_first(tenant)
+            return await self.count_request(tenant)
+        if self.leases is not None:
+            self.leases.admitted_exactly(tenant)
+        return counted
 
     def _plan_admission(self, rows: PartitionRows, job: Admission, now: datetime) -> tuple[Any, Hold]:
         tenant = job.tenant

@@ -913,3 +913,38 @@ async def test_an_allocator_whose_cycles_take_longer_than_its_lease_keeps_its_ro
         allocator.stop()
         await running
     assert not lapsed, lapsed
+
+
+async def test_a_first_counted_request_elsewhere_is_not_refused_for_what_is_offered_there(
+    stores: list[TableStore],
+) -> None:
+    """The same with a cached answer, which counts one request and nothing else
+    (``count_request``): a process's first count went to the exact path, whose plan reads
+    the minute row, where the other process's offer counts as taken, and refused it
+    ``rate_limited`` (the cross-process cache test in session 16's full run, Retry-After
+    7). As a first admission does, it waits for a grant while an allocator is at work."""
+    limit = 60
+    who, table, allocator, now = await allocating_a_minute(stores[0], limit, ["two"], rate=60.0)
+    minute = window_keys(now)[2]
+    rows = await partition(stores[0], who)
+    assert counts(rows[minute])["requests"] == limit  # (the whole minute offered to "two")
+    offered = counts(rows[OFFER_PREFIX + "two"])["minute_requests"]
+    running = asyncio.create_task(allocator.run())
+    one = ledger(stores[0])
+    try:
+        counting = asyncio.create_task(one.count_request(who))
+        await asyncio.sleep(0.5)
+        assert not counting.done() or counting.exception() is None
+        # "two" claims its offer at its next report and, asked to, gives it all back.
+        claim = (await partition(stores[0], who, [CLAIM_PREFIX + "two"]))[CLAIM_PREFIX + "two"]
+        changes = {"minute_claimed": offered, "minute_back": offered, "unused_requests": 0}
+        await table.update_entity(
+            {**claim, **{k: int64(v) for k, v in changes.items()}, "at": datetime.now(UTC)}, mode="merge",
+            etag=claim.metadata["etag"], match_condition=MatchConditions.IfNotModified,
+        )  # fmt: skip
+        counted = await asyncio.wait_for(counting, timeout=10)
+        assert counted.limit == limit
+    finally:
+        allocator.stop()
+        await running
+        await one.aclose()
