@@ -585,13 +585,11 @@ async def test_an_idle_claim_that_lapses_is_retired_without_a_charge_or_a_flag(
     await one.aclose()
 
 
-async def allocating_a_minute(
-    store: TableStore, limit: int, processes: list[str], rate: float
-) -> tuple[Tenant, Any, Allocator, datetime]:
-    """A tenant limited to ``limit`` requests a minute, a fresh claim row for each process
-    (calls at ``rate`` a second), and its allocator after one cycle (offers written)."""
-    who = tenant(requests_per_minute=limit)
-    await inside_one_minute(10)
+async def with_claims(
+    store: TableStore, who: Tenant, processes: list[str], **fields: Any
+) -> tuple[Ledger, Any, datetime]:
+    """A fresh claim row for each process (``fields`` over the defaults), and the ``alloc``
+    row held by "allocator-1"; the ledger that took it, the usage table, the time."""
     auditor = Ledger(store=store, lease_seconds=30, min_answer_tokens=16, clock=Clock())
     table = await store.table(USAGE_TABLE)
     now = auditor.now()
@@ -601,10 +599,21 @@ async def allocating_a_minute(
             "PartitionKey": who.id, "RowKey": CLAIM_PREFIX + process, "day": day, "month": month,
             "minute": minute, "unit_nano": 1000, "unit_tokens": 10, "busy": 0, "waiting": 0,
             # (Reports every 30 s: fresh for the whole test, however slow the store.)
-            "rate": rate, "count_rate": 0.0, "at": now, "report_s": 30.0,
-            "expires_at": now + timedelta(seconds=60),
+            "rate": 1.0, "count_rate": 0.0, "at": now, "report_s": 30.0,
+            "expires_at": now + timedelta(seconds=60), **fields,
         })  # fmt: skip
-    await credit_all(auditor, who, "allocator-1")  # (the alloc row: this allocator's)
+    await credit_all(auditor, who, "allocator-1")
+    return auditor, table, now
+
+
+async def allocating_a_minute(
+    store: TableStore, limit: int, processes: list[str], rate: float
+) -> tuple[Tenant, Any, Allocator, datetime]:
+    """A tenant limited to ``limit`` requests a minute, a fresh claim row for each process
+    (calls at ``rate`` a second), and its allocator after one cycle (offers written)."""
+    who = tenant(requests_per_minute=limit)
+    await inside_one_minute(10)
+    auditor, table, now = await with_claims(store, who, processes, rate=rate)
     allocator = Allocator(auditor, who, "allocator-1", horizon=1.5, cycle=0.5)
     assert await allocator.cycle_once()
     return who, table, allocator, now
@@ -761,17 +770,7 @@ async def test_an_allocator_with_nothing_to_write_only_renews_its_row_and_keeps_
     waiting keeper polls just after the cycle the row's time announces) it renews the row
     only when half of its lease is gone, and the row never lapses while it runs."""
     who = tenant()
-    auditor = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, clock=Clock())
-    table = await stores[0].table(USAGE_TABLE)
-    now = auditor.now()
-    day, month, minute = window_keys(now)
-    await table.create_entity({
-        "PartitionKey": who.id, "RowKey": CLAIM_PREFIX + "p1", "day": day, "month": month,
-        "minute": minute, "unit_nano": 1000, "unit_tokens": 10, "busy": 0, "waiting": 0,
-        "rate": 1.0, "count_rate": 0.0, "at": now, "report_s": 30.0,
-        "expires_at": now + timedelta(seconds=60),
-    })  # fmt: skip
-    await credit_all(auditor, who, "allocator-1")
+    auditor, _, _ = await with_claims(stores[0], who, ["p1"])
     allocator = Allocator(auditor, who, "allocator-1", horizon=1.5, cycle=0.1)
     assert await allocator.cycle_once()  # (the first offer)
     assert await allocator.cycle_once()
@@ -876,17 +875,7 @@ async def test_an_allocator_whose_cycles_take_longer_than_its_lease_keeps_its_ro
     session 16). The row now lasts ALLOC_SECONDS past the commit, plus twice the time
     the last cycle took. Here every read and transaction takes 0.6 s (1.8 s a cycle)."""
     who = tenant()
-    auditor = Ledger(store=stores[0], lease_seconds=30, min_answer_tokens=16, clock=Clock())
-    table = await stores[0].table(USAGE_TABLE)
-    now = auditor.now()
-    day, month, minute = window_keys(now)
-    await table.create_entity({
-        "PartitionKey": who.id, "RowKey": CLAIM_PREFIX + "p1", "day": day, "month": month,
-        "minute": minute, "unit_nano": 1000, "unit_tokens": 10, "busy": 0, "waiting": int64(1),
-        "rate": 50.0, "count_rate": 0.0, "at": now, "report_s": 30.0,
-        "expires_at": now + timedelta(seconds=60),
-    })  # fmt: skip
-    await credit_all(auditor, who, "allocator-1")
+    auditor, _, _ = await with_claims(stores[0], who, ["p1"], waiting=int64(1), rate=50.0)
 
     async def slow_query(*args: Any, **kwargs: Any) -> Any:
         await asyncio.sleep(0.6)
