@@ -42,16 +42,16 @@ from sk_core.limits.offers import (
     OFFER_COUNTS,
     REPORTED,
     Row,
-    alloc_entity,
     allocating,
     claim_key,
     in_transit,
     offer_key,
+    take_alloc,
 )
 from sk_core.limits.rows import INFLIGHT, USAGE_TABLE, PartitionRows
 from sk_core.limits.slices import BudgetSlice, MinuteSlice
 from sk_core.pricing import Price
-from sk_core.storage import Conflict, etag_of, query_partition, read_int, submit, update_op
+from sk_core.storage import Conflict, query_partition, read_int, submit, update_op
 
 if TYPE_CHECKING:
     from sk_core.limits.ledger import Ledger
@@ -576,11 +576,8 @@ class AllocatedKeeper(LeaseKeeper):
             return
 
         async def elect() -> None:
-            until = self._ledger.now() + timedelta(seconds=ALLOC_SECONDS)
-            entity = alloc_entity(tenant.id, self.process_id, until)
-            write = ("create", entity, {}) if alloc is None else update_op(entity, etag_of(alloc))
             try:
-                await submit(table, [write])
+                await take_alloc(table, tenant.id, self.process_id, alloc, self._ledger.now())
             except (Conflict, StorageUnavailable):
                 return  # someone else took it
             state.allocator = allocator = Allocator(

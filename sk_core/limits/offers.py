@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sk_core.limits.holds import EXPIRED_PREFIX
-from sk_core.storage import etag_of, int64, read_int, update_op
+from sk_core.storage import etag_of, int64, read_int, submit, update_op
 
 ALLOC = "alloc"
 OFFER_PREFIX = "offer-"
@@ -88,6 +88,14 @@ def alloc_entity(tenant_id: str, owner: str, until: datetime, at: datetime | Non
     ``at``, the time of the cycle that wrote it (waiting keepers poll after the next)."""
     entity = {"PartitionKey": tenant_id, "RowKey": ALLOC, "owner": owner, "until": until}
     return {**entity, "at": at} if at is not None else entity
+
+
+async def take_alloc(table: Any, tenant_id: str, owner: str, alloc: Any, now: datetime) -> str:
+    """Write the ``alloc`` row as ``owner``'s for ALLOC_SECONDS, conditional on the row as
+    read (``alloc``; None: not there yet); its new ETag. ``Conflict``: another took it."""
+    entity = alloc_entity(tenant_id, owner, now + timedelta(seconds=ALLOC_SECONDS))
+    write = ("create", entity, {}) if alloc is None else update_op(entity, etag_of(alloc))
+    return str((await submit(table, [write]))[0].get("etag"))
 
 
 class Allocating(Exception):

@@ -20,7 +20,7 @@ from sk_core.errors import StorageUnavailable
 from sk_core.limits.allocation import Allocator
 from sk_core.limits.holds import EXPIRED_PREFIX, HOLD_PREFIX
 from sk_core.limits.lease_state import LEASE_PREFIX, lease_amounts, lease_in_flight
-from sk_core.limits.offers import ALLOC, ALLOC_SECONDS, CLAIM_PREFIX, alloc_entity
+from sk_core.limits.offers import ALLOC, CLAIM_PREFIX, allocating, take_alloc
 from sk_core.limits.pools import POOL_PREFIX, PoolRow
 from sk_core.limits.rows import (
     INFLIGHT,
@@ -40,7 +40,6 @@ from sk_core.storage import (
     read_int,
     storage_errors,
     submit,
-    update_op,
 )
 
 if TYPE_CHECKING:
@@ -182,19 +181,14 @@ async def expire_claims(ledger: Ledger) -> int:
     charged = 0
     for tenant_id in tenants:
         alloc = (await query_partition(table, tenant_id, [ALLOC])).get(ALLOC)
-        if alloc is not None and alloc.get("owner") and alloc["until"] > now:
+        if allocating(alloc, now):
             continue
         owner = f"sweep-{uuid.uuid4().hex[:12]}"
-        entity = alloc_entity(tenant_id, owner, now + timedelta(seconds=ALLOC_SECONDS))
         # (The tenant's limits are not needed: an expiring cycle grants nothing.)
         tenant = Tenant(id=tenant_id, display_name=tenant_id, limits=Limits())
         allocator = Allocator(ledger, tenant, owner, horizon=0.0, cycle=0.0, expiring_only=True)
         try:
-            with storage_errors():
-                taken = await submit(
-                    table, [("create", entity, {}) if alloc is None else update_op(entity, etag_of(alloc))]
-                )
-            allocator.alloc_etag = str(taken[0].get("etag"))
+            allocator.alloc_etag = await take_alloc(table, tenant_id, owner, alloc, now)
             if await allocator.cycle_once():
                 charged += allocator.tally["expirations"]
             await allocator.release()
@@ -208,13 +202,9 @@ async def credit_all(ledger: Ledger, tenant: Tenant, process_id: str) -> None:
     reports reach the window rows (an operator's flush; bench/scale.py after its drain)."""
     table = await ledger.store.table(USAGE_TABLE)
     for _ in range(10):
-        entities = await query_partition(table, tenant.id, [ALLOC])
-        alloc = entities.get(ALLOC)
-        entity = alloc_entity(tenant.id, process_id, ledger.now() + timedelta(seconds=ALLOC_SECONDS))
+        alloc = (await query_partition(table, tenant.id, [ALLOC])).get(ALLOC)
         try:
-            await submit(
-                table, [("create", entity, {}) if alloc is None else update_op(entity, etag_of(alloc))]
-            )
+            await take_alloc(table, tenant.id, process_id, alloc, ledger.now())
             allocator = Allocator(ledger, tenant, process_id, horizon=0.0, cycle=0.0)
             if await allocator.cycle_once():
                 return
